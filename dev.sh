@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Set up everything hacluster needs on Debian 12 (as root), then run one thing:
+#   ./dev.sh demo     local cluster, a host dies, its VMs come back elsewhere (timeline)
+#   ./dev.sh test     the full test suite: ruff, mypy, pytest
+#   ./dev.sh setup    only set up
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+APT_PACKAGES=(
+  python3 python3-venv python3-dev gcc pkg-config libvirt-dev
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 tini
+  ipmitool openipmi fence-agents iproute2 iptables nftables procps
+)
+
+need_apt() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    echo "dev.sh: installing apt packages: ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+setup() {
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    need_apt
+  fi
+  local py=${PYTHON:-python3}
+  if [ ! -x .venv/bin/python ]; then
+    "$py" -m venv .venv
+  fi
+  local stamp=.venv/.hacluster-installed
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/pip install -q --upgrade pip >/dev/null
+    .venv/bin/pip install -q -e '.[dev]'
+    touch "$stamp"
+  fi
+}
+
+run_tests() {
+  .venv/bin/ruff check hacluster tests bench
+  .venv/bin/mypy
+  .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  setup) setup ;;
+  demo) setup; exec .venv/bin/hacluster demo "$@" ;;
+  test) setup; run_tests "$@" ;;
+  *) echo "usage: ./dev.sh demo|test|setup" >&2; exit 2 ;;
+esac

@@ -1,0 +1,90 @@
+"""`hacluster`: the peer daemon, the simulator and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+EPILOG = """examples:
+  hacluster sim hacluster/sim/scenarios/01-host-power-loss
+  hacluster sim --all                       run every shipped scenario
+  hacluster sim --all --rewrite             refresh their expected.log files
+  hacluster demo
+"""
+
+
+def shipped_scenarios() -> list[Path]:
+    root = Path(__file__).resolve().parent.parent / "sim" / "scenarios"
+    return sorted(p for p in root.iterdir() if (p / "cluster.toml").exists())
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from hacluster.sim.scenario import ScenarioError, run_scenario
+
+    dirs = shipped_scenarios() if args.all else [Path(d) for d in args.dirs]
+    if not dirs:
+        print("hacluster sim: name a scenario directory or use --all", file=sys.stderr)
+        return 2
+    status = 0
+    for directory in dirs:
+        try:
+            outcome = run_scenario(directory)
+        except ScenarioError as exc:
+            print(f"hacluster sim: {exc}", file=sys.stderr)
+            return 2
+        if not args.quiet:
+            print(f"== {outcome.name}")
+            print(outcome.timeline, end="")
+        if args.rewrite:
+            (directory / "expected.log").write_text(outcome.timeline)
+        elif outcome.mismatch:
+            print(f"{outcome.name}: timeline differs from expected.log:\n{outcome.mismatch}",
+                  file=sys.stderr)
+            status = 1
+        if outcome.failures:
+            print(f"{outcome.name}: {len(outcome.failures)} failure(s)", file=sys.stderr)
+            status = 1
+        elif args.quiet:
+            print(f"{outcome.name}: ok")
+    return status
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Until the real-hosts demo lands, show the same story in the simulator."""
+    scenario = next(p for p in shipped_scenarios() if p.name.startswith("01-"))
+    print(f"demo (simulated cluster): {scenario.name}\n")
+    return cmd_sim(argparse.Namespace(all=False, dirs=[str(scenario)], rewrite=False,
+                                      quiet=False))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hacluster", description="HA cluster manager for KVM/libvirt VMs, built on Raft.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser("sim", help="run simulator scenarios and print their timelines",
+                         description="Run scenario directories (cluster.toml + events.txt) "
+                         "in the deterministic simulator and print the timeline. Exits 1 when "
+                         "an expectation or invariant fails or the timeline differs from "
+                         "expected.log.")
+    sim.add_argument("dirs", nargs="*", help="scenario directories")
+    sim.add_argument("--all", action="store_true", help="run every shipped scenario")
+    sim.add_argument("--rewrite", action="store_true", help="write expected.log from this run")
+    sim.add_argument("--quiet", action="store_true", help="print one line per scenario")
+    sim.set_defaults(func=cmd_sim)
+    demo = sub.add_parser("demo", help="a host dies, its VMs come back elsewhere (timeline)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""Manager decisions, made by the Raft leader. Pure: time comes in as arguments.
+
+Safety rules implemented here (see docs/safety.md):
+- Nothing is decided until the leader's own Noop committed in its term (its
+  state is then up to date and it holds a live majority).
+- A fence runs only for a token (RequestFence index) that this manager
+  proposed and saw committed in its current term; a stale leader's proposals
+  never commit, so it never fences. Tokens of earlier leaders are replaced by
+  a fresh attempt, never executed.
+- VMs are released only by applying ConfirmFence; the manager merely proposes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hacluster.core.lease import LeaseTable, LeaseView, Verdict
+from hacluster.fsm import commands as c
+from hacluster.fsm.apply_fence import cap_reopens_at, fence_action_for
+from hacluster.fsm.model import ClusterState, FenceAction, FenceResult, Host
+from hacluster.fsm.states import HostState
+
+H = HostState
+PROPOSAL_TIMEOUT_S = 10.0  # forget an unanswered proposal after this long
+REPEAT_AFTER_S = 1.0  # the same command for the same host at most this often
+
+
+@dataclass(frozen=True, slots=True)
+class Propose:
+    command: c.Command
+    key: str  # at most one proposal per key in flight
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunFence:
+    host: str
+    token: int
+    action: FenceAction
+    reason: str
+
+
+Decision = Propose | RunFence
+
+
+class Manager:
+    def __init__(self, me: str) -> None:
+        self.me = me
+        self.term = 0
+        self.leading = False
+        self.ready = False  # our Noop committed in this term
+        self.leases = LeaseTable()
+        self._inflight: dict[str, float] = {}  # proposal key -> give up at
+        self._last_sent: dict[tuple[str, str], float] = {}  # (key, command type) -> when
+        self._my_tokens: set[int] = set()  # RequestFence indexes we committed this term
+        self._fencing: set[int] = set()  # tokens with a fence running
+        self._failed_at: dict[str, float] = {}  # host -> last failed attempt (monotonic)
+
+    # ------------------------------------------------------------ leadership
+
+    def become_leader(self, term: int, state: ClusterState, now: float) -> list[Decision]:
+        self.term, self.leading, self.ready = term, True, False
+        self._inflight.clear()
+        self._last_sent.clear()
+        self._my_tokens.clear()
+        self._fencing.clear()
+        self._failed_at.clear()
+        self.leases.grant_all(sorted(state.hosts), now)
+        return [self._propose(c.Noop(term=term), "noop", f"new leader in term {term}", now)]
+
+    def lose_leadership(self) -> None:
+        self.leading = self.ready = False
+        self._my_tokens.clear()
+
+    def renewal(self, host: str, link: str, now: float) -> None:
+        self.leases.renew(host, link, now)
+
+    # ------------------------------------------------------------ feedback
+
+    def proposal_done(self, key: str, command: c.Command, committed: bool, index: int) -> None:
+        """The daemon reports the fate of a proposal it made for us."""
+        self._inflight.pop(key, None)
+        if not committed or not self.leading:
+            return
+        if isinstance(command, c.Noop) and command.term == self.term:
+            self.ready = True
+        elif isinstance(command, c.RequestFence) and command.term == self.term:
+            self._my_tokens.add(index)
+
+    def fence_result(self, host: str, token: int, result: FenceResult, evidence: str,
+                     method: str, now: float) -> list[Decision]:
+        self._fencing.discard(token)
+        if not self.leading:
+            return []
+        if result.host_is_off:
+            cmd: c.Command = c.ConfirmFence(host=host, token=token, result=result,
+                                            evidence=evidence, method=method)
+            why = f"power read back off for token {token}"
+        else:
+            self._failed_at[host] = now
+            cmd = c.FenceFailed(host=host, token=token, result=result, evidence=evidence,
+                                method=method)
+            why = f"fence attempt {token} failed: {result.value}"
+        return [self._propose(cmd, f"fence-result:{host}", why, now)]
+
+    # ------------------------------------------------------------ decisions
+
+    def tick(self, state: ClusterState, now: float, wall: float) -> list[Decision]:
+        if not self.leading:
+            return []
+        self._inflight = {k: t for k, t in self._inflight.items() if t > now}
+        self.renewal(self.me, "local", now)
+        if not self.ready:
+            return []
+        out: list[Decision] = []
+        for name in sorted(state.hosts):
+            host = state.hosts[name]
+            if host.state is H.REMOVED or not host.runs_vms:
+                continue
+            lease = self.leases.view(name, now, state.settings)
+            decision = self._decide_host(state, host, lease, now, wall)
+            if decision is not None and self._may_send(decision, now):
+                out.append(decision)
+        out.extend(self._fences_to_run(state))
+        return out
+
+    def _decide_host(self, state: ClusterState, host: Host, lease: LeaseView, now: float,
+                     wall: float) -> Propose | None:
+        s = state.settings
+        alive = lease.verdict is Verdict.ALIVE
+        if host.fence_wanted and host.state in (H.ONLINE, H.DRAINING, H.SUSPECT):
+            return self._fence(host, "fence wanted", host.fence_wanted)
+        if host.state in (H.ONLINE, H.DRAINING) and not alive:
+            return Propose(c.MarkHostSuspect(name=host.name, evidence=lease.evidence(s)),
+                           f"host:{host.name}", f"lease overdue: {lease.evidence(s)}")
+        if host.state in (H.SUSPECT, H.FENCE_BLOCKED, H.FENCE_FAILED) and alive:
+            return Propose(c.MarkHostAlive(name=host.name, evidence="lease renewed "
+                                           f"{lease.age_s:.2f}s ago"), f"host:{host.name}",
+                           "lease renewed before any fence ran")
+        if host.state is H.SUSPECT and lease.verdict is Verdict.EXPIRED:
+            if s.cluster_maintenance:
+                return None  # fencing disabled; the host stays suspect, visibly
+            return self._fence(host, "lease expired", lease.evidence(s))
+        if host.state is H.FENCE_BLOCKED and not s.cluster_maintenance:
+            reopens = cap_reopens_at(state)
+            if reopens is None or wall >= reopens:
+                return self._fence(host, "lease expired; fence cap has room again",
+                                   lease.evidence(s))
+        if host.state is H.FENCING:
+            return self._continue_fencing(state, host, now)
+        return None
+
+    def _continue_fencing(self, state: ClusterState, host: Host, now: float) -> Propose | None:
+        """A fencing host whose current attempt is not ours, or failed: new attempt."""
+        record = state.fence_record(host.fence_token)
+        if record is None:
+            return self._fence(host, "fence attempt record missing", "")
+        if record.result is FenceResult.PENDING:
+            if host.fence_token in self._my_tokens:
+                return None  # ours: _fences_to_run runs it
+            return self._fence(host, f"attempt {record.token} belongs to an earlier leader",
+                               record.evidence)
+        failed_at = self._failed_at.get(host.name)
+        backoff = state.settings.fence_retry_backoff_s * 2 ** (record.attempt - 1)
+        if failed_at is not None and now - failed_at < backoff:
+            return None
+        return self._fence(host, f"retry after {record.result.value} "
+                           f"(attempt {record.attempt + 1})", record.result_evidence)
+
+    def _fences_to_run(self, state: ClusterState) -> list[Decision]:
+        out: list[Decision] = []
+        for name in sorted(state.hosts):
+            host = state.hosts[name]
+            token = host.fence_token
+            if host.state is not H.FENCING or token not in self._my_tokens:
+                continue
+            record = state.fence_record(token)
+            if record is None or record.result is not FenceResult.PENDING:
+                continue
+            if token in self._fencing:
+                continue
+            self._fencing.add(token)
+            out.append(RunFence(name, token, fence_action_for(state, host),
+                                f"token {token} committed in term {self.term}: {record.reason}"))
+        return out
+
+    # ------------------------------------------------------------ helpers
+
+    def _may_send(self, decision: Propose, now: float) -> bool:
+        """One proposal per key in flight; a refused command is not repeated at tick rate."""
+        sent_key = (decision.key, decision.command.TYPE)
+        if decision.key in self._inflight or now - self._last_sent.get(sent_key, -1e18) < \
+                REPEAT_AFTER_S:
+            return False
+        self._inflight[decision.key] = now + PROPOSAL_TIMEOUT_S
+        self._last_sent[sent_key] = now
+        return True
+
+    def _fence(self, host: Host, reason: str, evidence: str) -> Propose:
+        cmd = c.RequestFence(host=host.name, reason=reason, evidence=evidence, term=self.term)
+        return Propose(cmd, f"host:{host.name}", f"fence {host.name}: {reason}")
+
+    def _propose(self, cmd: c.Command, key: str, reason: str, now: float) -> Propose:
+        self._inflight[key] = now + PROPOSAL_TIMEOUT_S
+        return Propose(cmd, key, reason)

@@ -1,0 +1,129 @@
+"""Placement: which host a VM goes to, with the one line that explains why.
+
+Pure and deterministic: hosts are ranked by the replicated selector, ties
+broken by host name; constraints are host limits, anti-affinity groups and
+capacity (never beyond the replicated overcommit ratios). A `Planner` books
+capacity as it goes, so one plan places all VMs of a dead host at once.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from hacluster.fsm.model import ClusterState, Host, Selector, Settings, Usage, Vm
+from hacluster.fsm.states import SCHEDULABLE_HOSTS
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    host: str | None  # None: nothing fits
+    reason: str
+
+
+def _score(selector: Selector, host: Host, usage: Usage, settings: Settings) -> float:
+    """Lower is better."""
+    if selector is Selector.FREE_MEMORY:
+        return -(host.memory_mib * settings.memory_overcommit - usage.memory_mib)
+    if selector is Selector.PROVISIONED_MEMORY:
+        return usage.memory_mib
+    if selector is Selector.VCPUS:
+        return usage.vcpus
+    if selector is Selector.VM_COUNT:
+        return usage.count
+    return host.load
+
+
+def _describe(selector: Selector, host: Host, usage: Usage, settings: Settings) -> str:
+    if selector is Selector.FREE_MEMORY:
+        free = host.memory_mib * settings.memory_overcommit - usage.memory_mib
+        return f"most free memory ({free:.0f} MiB before placing)"
+    if selector is Selector.PROVISIONED_MEMORY:
+        return f"least provisioned memory ({usage.memory_mib} MiB)"
+    if selector is Selector.VCPUS:
+        return f"fewest vCPUs allocated ({usage.vcpus})"
+    if selector is Selector.VM_COUNT:
+        return f"fewest VMs ({usage.count})"
+    return f"lowest load ({host.load:g})"
+
+
+def misfit(vm: Vm, host: Host, usage: Usage, settings: Settings) -> str:
+    """Why vm cannot go to host ("" if it can)."""
+    if vm.allowed_hosts and host.name not in vm.allowed_hosts:
+        return "outside the VM's host limits"
+    if vm.anti_affinity and usage.groups.get(vm.anti_affinity):
+        return f"already runs anti-affinity group {vm.anti_affinity}"
+    if usage.memory_mib + vm.memory_mib > host.memory_mib * settings.memory_overcommit:
+        return "lacks memory"
+    if usage.vcpus + vm.vcpus > host.vcpus * settings.vcpu_overcommit:
+        return "lacks vCPUs"
+    return ""
+
+
+class Planner:
+    """Books VMs onto schedulable hosts; `exclude` names hosts never to use."""
+
+    def __init__(self, state: ClusterState, exclude: Iterable[str] = ()) -> None:
+        excluded = set(exclude)
+        self.settings = state.settings
+        self.selector = state.settings.selector
+        self.hosts = {
+            name: host for name, host in state.hosts.items()
+            if host.state in SCHEDULABLE_HOSTS and host.runs_vms and name not in excluded
+        }
+        self.usage = {name: state.usage_of(name).copy() for name in self.hosts}
+        self.ranking = sorted((self._key(name), name) for name in self.hosts)
+
+    def _key(self, name: str) -> float:
+        return _score(self.selector, self.hosts[name], self.usage[name], self.settings)
+
+    def choose(self, vm: Vm) -> Choice:
+        for _, name in self.ranking:
+            host = self.hosts[name]
+            usage = self.usage[name]
+            if not misfit(vm, host, usage, self.settings):
+                return Choice(name, _describe(self.selector, host, usage, self.settings))
+        return Choice(None, self._why_nothing_fits(vm))
+
+    def check(self, vm: Vm, name: str) -> Choice:
+        """Can vm go to this particular host?"""
+        host = self.hosts.get(name)
+        if host is None:
+            return Choice(None, f"host {name} is not schedulable")
+        problem = misfit(vm, host, self.usage[name], self.settings)
+        return Choice(None, f"host {name} {problem}") if problem else Choice(name, "requested")
+
+    def book(self, vm: Vm, name: str) -> None:
+        old_key = self._key(name)
+        self.usage[name].add(vm, 1)
+        del self.ranking[bisect.bisect_left(self.ranking, (old_key, name))]
+        bisect.insort(self.ranking, (self._key(name), name))
+
+    def _why_nothing_fits(self, vm: Vm) -> str:
+        need = f"{vm.memory_mib} MiB, {vm.vcpus} vCPU"
+        if not self.hosts:
+            return f"no schedulable host for {need}"
+        reasons = Counter(
+            misfit(vm, host, self.usage[name], self.settings)
+            for name, host in self.hosts.items()
+        )
+        parts = [f"{count} {why}" for why, count in sorted(reasons.items())]
+        return f"no host fits {need}: " + ", ".join(parts)
+
+
+def by_priority(vms: Iterable[Vm]) -> list[Vm]:
+    """Highest priority first, then name: the order in which a plan places VMs."""
+    return sorted(vms, key=lambda vm: (-vm.priority, vm.name))
+
+
+def plan(planner: Planner, vms: Iterable[Vm]) -> list[tuple[Vm, Choice]]:
+    """Place VMs in priority order, booking capacity as each one is placed."""
+    out = []
+    for vm in by_priority(vms):
+        choice = planner.choose(vm)
+        if choice.host is not None:
+            planner.book(vm, choice.host)
+        out.append((vm, choice))
+    return out

@@ -1,0 +1,140 @@
+"""apply(state, entry, index) -> events: the deterministic heart of the cluster.
+
+Same log, same state on every peer. `apply` mutates `state` in place (copying
+10,000 VMs per command would make the log crawl) and returns the events. A
+refused or unreadable command is an event, never an exception, and leaves
+the state untouched apart from `applied_index`, `log_time` and the request id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+from hacluster.fsm import apply_fence, apply_hosts, apply_vms
+from hacluster.fsm import commands as c
+from hacluster.fsm import events as ev
+from hacluster.fsm.codec import decode_command
+from hacluster.fsm.context import Ctx, IllegalEdge, Refused
+from hacluster.fsm.events import Event
+from hacluster.fsm.lifecycle import place_pending, refresh_drains
+from hacluster.fsm.model import RECENT_REQUESTS_KEPT, ClusterState, Settings
+
+
+def set_settings(ctx: Ctx, cmd: c.SetSettings) -> None:
+    changes = {f.name: getattr(cmd, f.name) for f in dataclasses.fields(cmd)
+               if getattr(cmd, f.name) is not None}
+    if not changes:
+        raise Refused("no setting given")
+    updated = dataclasses.replace(ctx.state.settings, **changes)
+    problem = settings_problem(updated)
+    if problem:
+        raise Refused(problem)
+    ctx.state.settings = updated
+    ctx.capacity_changed = True
+    shown = ", ".join(f"{k}={getattr(v, 'value', v)}" for k, v in sorted(changes.items()))
+    ctx.emit(ev.SETTINGS_CHANGED, "", shown)
+
+
+def settings_problem(s: Settings) -> str:
+    """The first thing wrong with a settings record ("" when valid)."""
+    positive = ("fence_window_s", "fence_timeout_s", "memory_overcommit", "vcpu_overcommit",
+                "lease_renew_s", "lease_suspect_s", "lease_ttl_s", "vm_stable_s")
+    for name in positive:
+        value = getattr(s, name)
+        if not (math.isfinite(value) and value > 0):
+            return f"{name} must be a positive number (got {value})"
+    if s.fence_cap < 0 or s.fence_retry_limit < 1 or s.fence_retry_backoff_s < 0:
+        return "fence_cap must be >= 0, fence_retry_limit >= 1, fence_retry_backoff_s >= 0"
+    if not s.lease_renew_s < s.lease_suspect_s < s.lease_ttl_s:
+        return ("lease timings must satisfy lease_renew_s < lease_suspect_s < lease_ttl_s "
+                f"(got {s.lease_renew_s} < {s.lease_suspect_s} < {s.lease_ttl_s})")
+    return ""
+
+
+def set_bmc_defaults(ctx: Ctx, cmd: c.SetBmcDefaults) -> None:
+    ctx.state.settings = dataclasses.replace(ctx.state.settings, bmc=cmd.bmc)
+    ctx.emit(ev.SETTINGS_CHANGED, "", f"BMC defaults: driver {cmd.bmc.driver}, port "
+             f"{cmd.bmc.port}, user {cmd.bmc.username or '-'}")
+
+
+def set_cluster_maintenance(ctx: Ctx, cmd: c.SetClusterMaintenance) -> None:
+    ctx.state.settings = dataclasses.replace(ctx.state.settings, cluster_maintenance=cmd.on)
+    who = cmd.who or ctx.origin or "an operator"
+    ctx.emit(ev.CLUSTER_MAINTENANCE, "", f"cluster maintenance {'on' if cmd.on else 'off'} "
+             f"by {who}" + (": fencing disabled" if cmd.on else ": fencing enabled"))
+
+
+def noop(ctx: Ctx, cmd: c.Noop) -> None:
+    ctx.emit(ev.NOOP, "", f"leader {ctx.origin} holds a majority in term {cmd.term}",
+             term=cmd.term)
+
+
+Handler = Callable[[Ctx, Any], None]
+
+HANDLERS: dict[type[c.Command], Handler] = {
+    c.AddHost: apply_hosts.add_host,
+    c.RemoveHost: apply_hosts.remove_host,
+    c.HostReady: apply_hosts.host_ready,
+    c.ReportHostLoad: apply_hosts.report_load,
+    c.SetHostMaintenance: apply_hosts.set_maintenance,
+    c.SetHostBmc: apply_hosts.set_host_bmc,
+    c.MarkHostSuspect: apply_hosts.mark_suspect,
+    c.MarkHostAlive: apply_hosts.mark_alive,
+    c.RequestFence: apply_fence.request_fence,
+    c.ConfirmFence: apply_fence.confirm_fence,
+    c.FenceFailed: apply_fence.fence_failed,
+    c.AdminConfirmFence: apply_fence.admin_confirm,
+    c.RetryFence: apply_fence.retry_fence,
+    c.AddVm: apply_vms.add_vm,
+    c.RemoveVm: apply_vms.remove_vm,
+    c.SetVmOptions: apply_vms.set_vm_options,
+    c.SetVmDesired: apply_vms.set_vm_desired,
+    c.MigrateVm: apply_vms.migrate_vm,
+    c.VmReport: apply_vms.vm_report,
+    c.SetSettings: set_settings,
+    c.SetBmcDefaults: set_bmc_defaults,
+    c.SetClusterMaintenance: set_cluster_maintenance,
+    c.Noop: noop,
+}
+
+
+def _remember(state: ClusterState, request_id: str, index: int) -> None:
+    if not request_id:
+        return
+    recent = state.recent_requests
+    recent[request_id] = index
+    if len(recent) > RECENT_REQUESTS_KEPT:
+        del recent[next(iter(recent))]
+
+
+def apply(state: ClusterState, entry: bytes | c.Envelope | c.Undecodable,
+          index: int) -> list[Event]:
+    """Apply one committed log entry (bytes as replicated, or already decoded)."""
+    if isinstance(entry, bytes | bytearray | memoryview):
+        entry = decode_command(bytes(entry))
+    state.applied_index = index
+    if isinstance(entry, c.Undecodable):
+        _remember(state, entry.request_id, index)
+        return [Event(index, ev.UNDECODABLE, "", f"entry {index} skipped: {entry.problem}")]
+    seen = state.recent_requests.get(entry.request_id) if entry.request_id else None
+    if seen is not None:
+        return [Event(index, ev.DUPLICATE, "", f"request {entry.request_id} was applied at "
+                      f"index {seen}", (("original", str(seen)),))]
+    state.log_time = max(state.log_time, entry.stamped_at)
+    _remember(state, entry.request_id, index)
+    ctx = Ctx(state, index, entry.origin)
+    try:
+        HANDLERS[type(entry.command)](ctx, entry.command)
+        if ctx.capacity_changed:
+            place_pending(ctx)
+            refresh_drains(ctx)
+    except Refused as exc:
+        ctx.events.append(Event(index, ev.REJECTED, exc.subject, str(exc),
+                                (("command", entry.command.TYPE),)))
+    except IllegalEdge as exc:  # a bug: report it loudly, identically on every peer
+        ctx.events.append(Event(index, ev.REJECTED, "", f"internal error: illegal edge {exc}",
+                                (("command", entry.command.TYPE), ("bug", "1"))))
+    return ctx.events

@@ -1,0 +1,213 @@
+"""Handlers for the fence protocol: intent (with the cap), confirm, failure,
+operator confirm and retry. The token of an attempt is its RequestFence index."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hacluster.fsm import commands as c
+from hacluster.fsm import events as ev
+from hacluster.fsm.context import Ctx, Refused
+from hacluster.fsm.lifecycle import freeze_for_fence, release_after_fence
+from hacluster.fsm.model import (
+    FENCE_HISTORY_KEPT,
+    ClusterState,
+    FenceAction,
+    FenceRecord,
+    FenceResult,
+    Host,
+)
+from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState
+
+H = HostState
+
+
+def fences_in_window(state: ClusterState) -> list[FenceRecord]:
+    """Automatic fence incidents that count against the cap right now (log time)."""
+    since = state.log_time - state.settings.fence_window_s
+    return [r for r in state.fences
+            if r.attempt == 1 and r.result is not FenceResult.MANUAL and r.requested_at > since]
+
+
+def cap_reopens_at(state: ClusterState) -> float | None:
+    """Log time at which one more fence fits under the cap (None: it fits now)."""
+    counted = fences_in_window(state)
+    cap = state.settings.fence_cap
+    if len(counted) < cap:
+        return None
+    if cap == 0:
+        return float("inf")
+    return counted[len(counted) - cap].requested_at + state.settings.fence_window_s
+
+
+def fence_action_for(state: ClusterState, host: Host) -> FenceAction:
+    if host.bmc.action:
+        return FenceAction(host.bmc.action)
+    return state.settings.fence_action
+
+
+def _append(ctx: Ctx, record: FenceRecord) -> None:
+    fences = ctx.state.fences
+    fences.append(record)
+    if len(fences) > FENCE_HISTORY_KEPT:
+        del fences[: len(fences) - FENCE_HISTORY_KEPT]
+
+
+def _replace(ctx: Ctx, record: FenceRecord, **changes: object) -> FenceRecord:
+    fences = ctx.state.fences
+    for i in range(len(fences) - 1, -1, -1):
+        if fences[i].token == record.token:
+            fences[i] = dataclasses.replace(record, **changes)  # type: ignore[arg-type]
+            return fences[i]
+    return record
+
+
+def _supersede_pending(ctx: Ctx, host: Host) -> FenceRecord | None:
+    prev = ctx.state.fence_record(host.fence_token) if host.fence_token else None
+    if prev is not None and prev.result is FenceResult.PENDING:
+        prev = _replace(ctx, prev, result=FenceResult.SUPERSEDED, finished_at=ctx.now)
+    return prev
+
+
+def _check_fenceable(ctx: Ctx, host: Host) -> None:
+    if not host.runs_vms:
+        raise Refused(f"host {host.name} is a witness; it runs no VMs and is never fenced",
+                      host.name)
+    if ctx.state.settings.cluster_maintenance:
+        raise Refused("cluster maintenance is on: fencing is disabled", host.name)
+    wanted = host.fence_wanted and host.state in (H.ONLINE, H.DRAINING)
+    if host.state in (H.SUSPECT, H.FENCE_BLOCKED, H.FENCING) or wanted:
+        return
+    hints = {
+        H.MAINTENANCE: "it is in maintenance and never fenced for missing leases",
+        H.FENCE_FAILED: "its fence failed; it waits for an operator (fence confirm or retry)",
+        H.FENCED: "it is already fenced",
+    }
+    why = hints.get(host.state, "its lease is fresh")
+    raise Refused(f"host {host.name} is {host.state.value}: {why}", host.name)
+
+
+def request_fence(ctx: Ctx, cmd: c.RequestFence) -> None:
+    host = ctx.host(cmd.host)
+    _check_fenceable(ctx, host)
+    if host.state is H.FENCING:
+        prev = _supersede_pending(ctx, host)
+        incident = prev.incident if prev else ctx.index
+        attempt = prev.attempt + 1 if prev else 1
+    else:
+        reopens = cap_reopens_at(ctx.state)
+        if reopens is not None:
+            _block(ctx, host, reopens)
+            return
+        incident, attempt = ctx.index, 1
+    _start_attempt(ctx, host, incident, attempt, cmd.reason, cmd.evidence)
+
+
+def _block(ctx: Ctx, host: Host, reopens: float) -> None:
+    s = ctx.state.settings
+    reason = (f"fence cap reached: {s.fence_cap} fence(s) per {s.fence_window_s:g} s; "
+              f"next possible at log time {reopens:.0f} or by an operator")
+    if host.state is not H.FENCE_BLOCKED:
+        ctx.set_host_state(host, H.FENCE_BLOCKED, reason)
+        freeze_for_fence(ctx, host.name)
+    ctx.emit(ev.FENCE_CAP_REACHED, host.name, reason, cap=s.fence_cap,
+             window_s=s.fence_window_s)
+
+
+def _start_attempt(ctx: Ctx, host: Host, incident: int, attempt: int, reason: str,
+                   evidence: str) -> None:
+    action = fence_action_for(ctx.state, host)
+    _append(ctx, FenceRecord(
+        token=ctx.index, host=host.name, incident=incident, attempt=attempt, action=action,
+        reason=reason, evidence=evidence, requested_by=ctx.origin, requested_at=ctx.now))
+    ctx.set_host_state(host, H.FENCING, f"fence requested (token {ctx.index}, attempt "
+                       f"{attempt}): {reason}", fence_token=ctx.index)
+    freeze_for_fence(ctx, host.name)
+    ctx.emit(ev.FENCE_REQUESTED, host.name, f"{reason} [{evidence}]", token=ctx.index,
+             attempt=attempt, action=action.value)
+
+
+def _current_record(ctx: Ctx, host: Host, token: int) -> FenceRecord:
+    record = ctx.state.fence_record(token)
+    if record is None or record.host != host.name:
+        raise Refused(f"no fence attempt {token} for host {host.name}", host.name)
+    return record
+
+
+def confirm_fence(ctx: Ctx, cmd: c.ConfirmFence) -> None:
+    host = ctx.host(cmd.host)
+    record = _current_record(ctx, host, cmd.token)
+    if not cmd.result.host_is_off or cmd.result is FenceResult.MANUAL:
+        raise Refused(f"result {cmd.result.value} does not prove host {host.name} is off",
+                      host.name)
+    if host.state is not H.FENCING or host.fence_token != cmd.token:
+        raise Refused(f"stale confirm for token {cmd.token}: host {host.name} is "
+                      f"{host.state.value} with token {host.fence_token}", host.name)
+    _replace(ctx, record, result=cmd.result, result_evidence=cmd.evidence, method=cmd.method,
+             confirmed_by=ctx.origin, finished_at=ctx.now)
+    ctx.set_host_state(host, H.FENCED, f"fence confirmed: {cmd.result.value} ({cmd.method})")
+    ctx.emit(ev.FENCE_CONFIRMED, host.name, f"{cmd.result.value}: {cmd.evidence}",
+             token=cmd.token, method=cmd.method)
+    release_after_fence(ctx, host.name)
+
+
+def fence_failed(ctx: Ctx, cmd: c.FenceFailed) -> None:
+    host = ctx.host(cmd.host)
+    record = _current_record(ctx, host, cmd.token)
+    if host.state is not H.FENCING or host.fence_token != cmd.token:
+        raise Refused(f"stale failure for token {cmd.token}: host {host.name} is "
+                      f"{host.state.value} with token {host.fence_token}", host.name)
+    if cmd.result.host_is_off or cmd.result is FenceResult.PENDING:
+        raise Refused(f"result {cmd.result.value} is not a failure", host.name)
+    _replace(ctx, record, result=cmd.result, result_evidence=cmd.evidence, method=cmd.method,
+             finished_at=ctx.now)
+    limit = ctx.state.settings.fence_retry_limit
+    final = record.attempt >= limit or cmd.result is FenceResult.NOTIFIED
+    ctx.emit(ev.FENCE_FAILED, host.name, f"{cmd.result.value}: {cmd.evidence}",
+             token=cmd.token, attempt=record.attempt, final=final)
+    if final:
+        why = ("operator notified (fence action none/identify)"
+               if cmd.result is FenceResult.NOTIFIED else f"{record.attempt} attempt(s) failed")
+        ctx.set_host_state(host, H.FENCE_FAILED, f"{why}; waiting for an operator to confirm "
+                           f"the host is off (last: {cmd.result.value})")
+
+
+def admin_confirm(ctx: Ctx, cmd: c.AdminConfirmFence) -> None:
+    host = ctx.host(cmd.host)
+    if not cmd.who.strip() or not cmd.reason.strip():
+        raise Refused("an operator confirm needs who and a reason", host.name)
+    if host.state not in FENCE_PENDING_HOSTS and host.state is not H.SUSPECT:
+        raise Refused(f"host {host.name} is {host.state.value}; only a suspect or unfenced "
+                      "host can be confirmed off by hand", host.name)
+    prev = _supersede_pending(ctx, host)
+    same_incident = prev is not None and host.state in (H.FENCING, H.FENCE_FAILED)
+    _append(ctx, FenceRecord(
+        token=ctx.index, host=host.name, incident=prev.incident if same_incident and prev
+        else ctx.index, attempt=prev.attempt + 1 if same_incident and prev else 1,
+        action=FenceAction.OFF, reason=cmd.reason, evidence="operator confirmed power off",
+        requested_by=cmd.who, requested_at=ctx.now, result=FenceResult.MANUAL,
+        result_evidence=cmd.reason, method="manual", confirmed_by=cmd.who, finished_at=ctx.now))
+    freeze_for_fence(ctx, host.name)
+    ctx.set_host_state(ctx.state.hosts[host.name], H.FENCED,
+                       f"confirmed off by {cmd.who}: {cmd.reason}", fence_token=ctx.index)
+    ctx.emit(ev.FENCE_CONFIRMED, host.name, f"manual: {cmd.who}: {cmd.reason}",
+             token=ctx.index, method="manual")
+    release_after_fence(ctx, host.name)
+
+
+def retry_fence(ctx: Ctx, cmd: c.RetryFence) -> None:
+    host = ctx.host(cmd.host)
+    if host.state not in (H.FENCE_FAILED, H.FENCE_BLOCKED):
+        raise Refused(f"host {host.name} is {host.state.value}; only fence-failed or "
+                      "fence-blocked hosts can be retried", host.name)
+    if ctx.state.settings.cluster_maintenance:
+        raise Refused("cluster maintenance is on: fencing is disabled", host.name)
+    prev = ctx.state.fence_record(host.fence_token) if host.fence_token else None
+    if host.state is H.FENCE_FAILED and prev is not None:
+        incident, attempt = prev.incident, prev.attempt + 1
+    else:
+        incident, attempt = ctx.index, 1
+    reason = f"operator {cmd.who or ctx.origin} asked for a retry"
+    if host.state is H.FENCE_BLOCKED:
+        reason += " (overrides the fence cap)"
+    _start_attempt(ctx, host, incident, attempt, reason, f"retry by {cmd.who or ctx.origin}")

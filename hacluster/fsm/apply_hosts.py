@@ -1,0 +1,128 @@
+"""Handlers for host commands: membership, readiness, leases, maintenance."""
+
+from __future__ import annotations
+
+from hacluster.fsm import commands as c
+from hacluster.fsm import events as ev
+from hacluster.fsm.context import Ctx, Refused, check_name
+from hacluster.fsm.lifecycle import continue_drain, unfreeze
+from hacluster.fsm.model import Host
+from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState
+
+H = HostState
+
+
+def add_host(ctx: Ctx, cmd: c.AddHost) -> None:
+    check_name("host", cmd.name)
+    existing = ctx.state.hosts.get(cmd.name)
+    if existing is not None and existing.state is not H.REMOVED:
+        raise Refused(f"host {cmd.name} already exists ({existing.state.value})", cmd.name)
+    if cmd.memory_mib < 0 or cmd.vcpus < 0:
+        raise Refused("memory_mib and vcpus must be >= 0", cmd.name)
+    host = Host(name=cmd.name, addresses=cmd.addresses, memory_mib=cmd.memory_mib,
+                vcpus=cmd.vcpus, role=cmd.role, state=H.JOINING, since=ctx.now,
+                reason="added; waiting for its agent to report ready", bmc=cmd.bmc)
+    ctx.put_host(host)
+    ctx.emit(ev.HOST_ADDED, cmd.name, f"added as {cmd.role.value}", role=cmd.role.value)
+
+
+def remove_host(ctx: Ctx, cmd: c.RemoveHost) -> None:
+    host = ctx.host(cmd.name)
+    holding = ctx.state.vms_on(cmd.name)
+    if holding:
+        names = ", ".join(vm.name for vm in holding[:5])
+        raise Refused(f"host {cmd.name} still holds {len(holding)} VM(s) ({names}); put it "
+                      "in maintenance first", cmd.name)
+    if host.state in FENCE_PENDING_HOSTS:
+        raise Refused(f"host {cmd.name} is {host.state.value}; confirm the fence first",
+                      cmd.name)
+    ctx.set_host_state(host, H.REMOVED, f"removed by {ctx.origin or 'an operator'}")
+    ctx.emit(ev.HOST_REMOVED, cmd.name, "removed from the cluster")
+
+
+def host_ready(ctx: Ctx, cmd: c.HostReady) -> None:
+    host = ctx.host(cmd.name)
+    if host.state in FENCE_PENDING_HOSTS:
+        raise Refused(f"host {cmd.name} is {host.state.value}; it may rejoin only after the "
+                      "fence is confirmed", cmd.name)
+    capacity = {}
+    if cmd.memory_mib > 0 and cmd.memory_mib != host.memory_mib:
+        capacity["memory_mib"] = cmd.memory_mib
+    if cmd.vcpus > 0 and cmd.vcpus != host.vcpus:
+        capacity["vcpus"] = cmd.vcpus
+    if capacity:
+        host = ctx.put_host(host, **capacity)
+        ctx.capacity_changed = True
+        ctx.emit(ev.HOST_UPDATED, cmd.name, "capacity " + ", ".join(
+            f"{k}={v}" for k, v in sorted(capacity.items())))
+    if host.state is H.FENCED:
+        ctx.set_host_state(host, H.ONLINE, "back after fence; stale local VMs cleaned up",
+                           fence_wanted="")
+        ctx.emit(ev.HOST_RECOVERED, cmd.name, "rejoined after being fenced")
+    elif host.state in (H.JOINING, H.SUSPECT):
+        ctx.set_host_state(host, H.ONLINE, "agent ready")
+
+
+def report_load(ctx: Ctx, cmd: c.ReportHostLoad) -> None:
+    host = ctx.host(cmd.name)
+    if cmd.load < 0:
+        raise Refused("load must be >= 0", cmd.name)
+    ctx.put_host(host, load=cmd.load)
+
+
+def set_maintenance(ctx: Ctx, cmd: c.SetHostMaintenance) -> None:
+    host = ctx.host(cmd.name)
+    if cmd.on:
+        _enter_maintenance(ctx, host)
+    else:
+        _leave_maintenance(ctx, host)
+
+
+def _enter_maintenance(ctx: Ctx, host: Host) -> None:
+    if host.state in (H.DRAINING, H.MAINTENANCE):
+        ctx.emit(ev.HOST_UPDATED, host.name, f"already {host.state.value}")
+        return
+    if host.state in (H.JOINING, H.FENCED):
+        ctx.set_host_state(host, H.MAINTENANCE, "maintenance on (host runs no VMs)",
+                           maintenance_wanted=True)
+        return
+    if host.state is not H.ONLINE:
+        raise Refused(f"host {host.name} is {host.state.value}; only an online host can be "
+                      "drained", host.name)
+    ctx.set_host_state(host, H.DRAINING, "maintenance on: draining by live migration",
+                       maintenance_wanted=True)
+    continue_drain(ctx, host.name)
+
+
+def _leave_maintenance(ctx: Ctx, host: Host) -> None:
+    if host.state not in (H.DRAINING, H.MAINTENANCE):
+        if host.maintenance_wanted:
+            ctx.put_host(host, maintenance_wanted=False)
+        ctx.emit(ev.HOST_UPDATED, host.name, f"not in maintenance ({host.state.value})")
+        return
+    ctx.set_host_state(host, H.ONLINE, "maintenance off", maintenance_wanted=False)
+
+
+def set_host_bmc(ctx: Ctx, cmd: c.SetHostBmc) -> None:
+    host = ctx.host(cmd.name)
+    ctx.put_host(host, bmc=cmd.bmc)
+    ctx.emit(ev.HOST_UPDATED, cmd.name, "BMC settings changed")
+
+
+def mark_suspect(ctx: Ctx, cmd: c.MarkHostSuspect) -> None:
+    host = ctx.host(cmd.name)
+    if host.state not in (H.ONLINE, H.DRAINING):
+        raise Refused(f"host {cmd.name} is {host.state.value}, not online", cmd.name)
+    ctx.set_host_state(host, H.SUSPECT, cmd.evidence)
+
+
+def mark_alive(ctx: Ctx, cmd: c.MarkHostAlive) -> None:
+    """Renewals resumed before any fence ran: the host keeps its VMs."""
+    host = ctx.host(cmd.name)
+    if host.state not in (H.SUSPECT, H.FENCE_BLOCKED, H.FENCE_FAILED):
+        raise Refused(f"host {cmd.name} is {host.state.value}; nothing to clear", cmd.name)
+    back_to = H.DRAINING if host.maintenance_wanted else H.ONLINE
+    ctx.set_host_state(host, back_to, cmd.evidence)
+    unfreeze(ctx, cmd.name)
+    if back_to is H.DRAINING:
+        continue_drain(ctx, cmd.name)

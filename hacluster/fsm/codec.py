@@ -1,0 +1,118 @@
+"""Byte formats: log entries (commands) and snapshots (whole state).
+
+Log entry: msgpack [ENTRY_FORMAT, type, version, request_id, origin, stamped_at, {fields}].
+Snapshot:  msgpack {"format": SNAPSHOT_FORMAT, ...} with records as positional lists,
+hosts and VMs sorted by name, so equal states give equal bytes (and digests).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgpack
+
+from hacluster.fsm.commands import COMMANDS_BY_TYPE, Command, Envelope, Undecodable
+from hacluster.fsm.model import ClusterState, FenceRecord, Host, Settings, Vm
+from hacluster.fsm.wire import (
+    WireError,
+    decode_dataclass,
+    decode_fields,
+    encode_dataclass,
+    encode_fields,
+)
+
+ENTRY_FORMAT = 1
+SNAPSHOT_FORMAT = 1
+MAX_ENTRY_BYTES = 4 * 1024 * 1024
+
+
+class SnapshotError(ValueError):
+    """A snapshot cannot be decoded; the message says which part is wrong."""
+
+
+def encode_command(envelope: Envelope) -> bytes:
+    cmd = envelope.command
+    return msgpack.packb(
+        [ENTRY_FORMAT, cmd.TYPE, cmd.VERSION, envelope.request_id, envelope.origin,
+         float(envelope.stamped_at), encode_fields(cmd)],
+        use_bin_type=True,
+    )
+
+
+def decode_command(data: bytes) -> Envelope | Undecodable:
+    """Never raises: anything this peer cannot understand becomes Undecodable."""
+    if len(data) > MAX_ENTRY_BYTES:
+        return Undecodable(f"entry of {len(data)} bytes exceeds {MAX_ENTRY_BYTES}")
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        return Undecodable(f"not msgpack: {type(exc).__name__}")
+    if not isinstance(raw, list) or len(raw) != 7 or raw[0] != ENTRY_FORMAT:
+        return Undecodable("not a hacluster log entry (wrong envelope)")
+    _, ctype, version, request_id, origin, stamped_at, fields = raw
+    meta_ok = (isinstance(request_id, str) and isinstance(origin, str)
+               and isinstance(stamped_at, int | float) and not isinstance(stamped_at, bool))
+    if not meta_ok:
+        return Undecodable("malformed envelope metadata")
+    cls = COMMANDS_BY_TYPE.get(ctype) if isinstance(ctype, str) else None
+    if cls is None:
+        return Undecodable(f"unknown command type {ctype!r}", request_id, float(stamped_at))
+    if version != cls.VERSION:
+        return Undecodable(f"{ctype} version {version!r} not supported (this peer knows "
+                           f"{cls.VERSION})", request_id, float(stamped_at))
+    try:
+        command = decode_fields(cls, fields)
+    except WireError as exc:
+        return Undecodable(f"{ctype}: {exc}", request_id, float(stamped_at))
+    return Envelope(command, request_id, origin, float(stamped_at))
+
+
+def command_summary(command: Command) -> dict[str, Any]:
+    """Fields of a command for logs/events, with sealed secrets left out."""
+    return {k: v for k, v in encode_fields(command).items() if "password" not in k}
+
+
+def encode_snapshot(state: ClusterState) -> bytes:
+    doc = {
+        "format": SNAPSHOT_FORMAT,
+        "applied_index": state.applied_index,
+        "log_time": state.log_time,
+        "settings": encode_dataclass(state.settings),
+        "hosts": [encode_dataclass(state.hosts[n]) for n in sorted(state.hosts)],
+        "vms": [encode_dataclass(state.vms[n]) for n in sorted(state.vms)],
+        "fences": [encode_dataclass(r) for r in state.fences],
+        "recent": [[rid, idx] for rid, idx in state.recent_requests.items()],
+    }
+    return msgpack.packb(doc, use_bin_type=True)
+
+
+def decode_snapshot(data: bytes) -> ClusterState:
+    try:
+        doc = msgpack.unpackb(data, raw=False, use_list=True)
+    except Exception as exc:
+        raise SnapshotError(f"snapshot is not msgpack ({type(exc).__name__})") from None
+    found = doc.get("format") if isinstance(doc, dict) else None
+    if found != SNAPSHOT_FORMAT:
+        raise SnapshotError(f"unknown snapshot format {found!r} (this peer reads "
+                            f"{SNAPSHOT_FORMAT})")
+    try:
+        hosts = [decode_dataclass(Host, h) for h in doc["hosts"]]
+        vms = [decode_dataclass(Vm, v) for v in doc["vms"]]
+        state = ClusterState(
+            hosts={h.name: h for h in hosts},
+            vms={v.name: v for v in vms},
+            fences=[decode_dataclass(FenceRecord, r) for r in doc["fences"]],
+            settings=decode_dataclass(Settings, doc["settings"]),
+            log_time=float(doc["log_time"]),
+            applied_index=int(doc["applied_index"]),
+            recent_requests={str(rid): int(idx) for rid, idx in doc["recent"]},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"snapshot content is invalid: {exc}") from None
+    return state
+
+
+def state_digest(state: ClusterState) -> str:
+    """Short hex digest of the replicated state (equal on every peer at equal index)."""
+    return hashlib.sha256(encode_snapshot(state)).hexdigest()[:16]

@@ -1,0 +1,299 @@
+"""Commands: the only way the replicated state changes.
+
+Every command is a small frozen dataclass with a wire name (`TYPE`) and a
+`VERSION`. The proposer wraps it in an `Envelope` that carries a request id
+(apply is idempotent for it), the proposer's name and its wall-clock stamp
+(informational, and the source of the monotonic log time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from hacluster.fsm.model import (
+    BmcOverride,
+    BmcSettings,
+    Desired,
+    FenceAction,
+    FenceResult,
+    HaPolicy,
+    HostRole,
+    Selector,
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Command:
+    TYPE: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+
+# ---------------------------------------------------------------- hosts
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AddHost(Command):
+    TYPE = "add-host"
+    name: str
+    addresses: tuple[str, ...] = ()
+    memory_mib: int = 0
+    vcpus: int = 0
+    role: HostRole = HostRole.VOTER
+    bmc: BmcOverride = BmcOverride()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RemoveHost(Command):
+    TYPE = "remove-host"
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class HostReady(Command):
+    """The host's agent is up, cleaned up stale local domains, and reports capacity."""
+
+    TYPE = "host-ready"
+    name: str
+    memory_mib: int = 0
+    vcpus: int = 0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReportHostLoad(Command):
+    TYPE = "host-load"
+    name: str
+    load: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SetHostMaintenance(Command):
+    """on: drain the host by live migration, then hold it in maintenance.
+    off: make it schedulable again."""
+
+    TYPE = "host-maintenance"
+    name: str
+    on: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SetHostBmc(Command):
+    TYPE = "host-bmc"
+    name: str
+    bmc: BmcOverride
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MarkHostSuspect(Command):
+    TYPE = "host-suspect"
+    name: str
+    evidence: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MarkHostAlive(Command):
+    TYPE = "host-alive"
+    name: str
+    evidence: str
+
+
+# ---------------------------------------------------------------- fencing
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RequestFence(Command):
+    """Fence intent. Its log index becomes the fencing token."""
+
+    TYPE = "fence-request"
+    host: str
+    reason: str
+    evidence: str
+    term: int = 0  # proposer's Raft term, for the record
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConfirmFence(Command):
+    """The BMC read the power back as off for this token's attempt."""
+
+    TYPE = "fence-confirm"
+    host: str
+    token: int
+    result: FenceResult
+    evidence: str
+    method: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FenceFailed(Command):
+    TYPE = "fence-failed"
+    host: str
+    token: int
+    result: FenceResult
+    evidence: str
+    method: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AdminConfirmFence(Command):
+    """An operator states the host is powered off (by hand); releases its VMs."""
+
+    TYPE = "fence-admin-confirm"
+    host: str
+    who: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RetryFence(Command):
+    """An operator asks for a new fence attempt of a fence-failed host."""
+
+    TYPE = "fence-retry"
+    host: str
+    who: str
+
+
+# ---------------------------------------------------------------- VMs
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AddVm(Command):
+    TYPE = "add-vm"
+    name: str
+    xml: str
+    memory_mib: int
+    vcpus: int
+    priority: int = 0
+    ha: HaPolicy = HaPolicy.RESTART
+    desired: Desired = Desired.STARTED
+    allowed_hosts: tuple[str, ...] = ()
+    anti_affinity: str = ""
+    max_restarts: int = 2
+    max_relocates: int = 1
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RemoveVm(Command):
+    TYPE = "remove-vm"
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SetVmOptions(Command):
+    """Change placement options; fields left None keep their value."""
+
+    TYPE = "vm-set"
+    name: str
+    priority: int | None = None
+    ha: HaPolicy | None = None
+    allowed_hosts: tuple[str, ...] | None = None
+    anti_affinity: str | None = None
+    max_restarts: int | None = None
+    max_relocates: int | None = None
+    xml: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SetVmDesired(Command):
+    TYPE = "vm-desired"
+    name: str
+    desired: Desired
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MigrateVm(Command):
+    TYPE = "vm-migrate"
+    name: str
+    target: str = ""  # "" = let placement choose
+
+
+# What an agent observed for a VM placement it was given.
+VM_REPORTS = (
+    "started",  # running on the reporting host
+    "start-failed",  # could not start it
+    "stopped",  # stopped as asked
+    "crashed",  # was running, is not (crash, guest shutdown, killed)
+    "stop-failed",  # could not stop it: two copies are possible, fence the host
+    "migrated",  # now runs on the target host
+    "migrate-failed",  # still on the source host
+)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class VmReport(Command):
+    TYPE = "vm-report"
+    name: str
+    host: str  # reporting host
+    placement: int  # the placement index the report is about
+    observed: str  # one of VM_REPORTS
+    detail: str = ""
+
+
+# ---------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SetSettings(Command):
+    """Change replicated settings; fields left None keep their value."""
+
+    TYPE = "settings"
+    fence_cap: int | None = None
+    fence_window_s: float | None = None
+    fence_action: FenceAction | None = None
+    fence_retry_limit: int | None = None
+    fence_retry_backoff_s: float | None = None
+    fence_timeout_s: float | None = None
+    selector: Selector | None = None
+    memory_overcommit: float | None = None
+    vcpu_overcommit: float | None = None
+    lease_renew_s: float | None = None
+    lease_suspect_s: float | None = None
+    lease_ttl_s: float | None = None
+    vm_stable_s: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SetBmcDefaults(Command):
+    TYPE = "bmc-defaults"
+    bmc: BmcSettings
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SetClusterMaintenance(Command):
+    TYPE = "cluster-maintenance"
+    on: bool
+    who: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Noop(Command):
+    """Committed by a new leader to prove it holds a live majority in its term."""
+
+    TYPE = "noop"
+    term: int = 0
+
+
+ALL_COMMANDS: tuple[type[Command], ...] = (
+    AddHost, RemoveHost, HostReady, ReportHostLoad, SetHostMaintenance, SetHostBmc,
+    MarkHostSuspect, MarkHostAlive, RequestFence, ConfirmFence, FenceFailed,
+    AdminConfirmFence, RetryFence, AddVm, RemoveVm, SetVmOptions, SetVmDesired, MigrateVm,
+    VmReport, SetSettings, SetBmcDefaults, SetClusterMaintenance, Noop,
+)
+
+COMMANDS_BY_TYPE: dict[str, type[Command]] = {c.TYPE: c for c in ALL_COMMANDS}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    command: Command
+    request_id: str = ""
+    origin: str = ""  # proposing peer (or admin user via a peer)
+    stamped_at: float = 0.0  # proposer's wall clock, seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A log entry this peer cannot decode (unknown type/version, corrupt)."""
+
+    problem: str
+    request_id: str = ""
+    stamped_at: float = 0.0

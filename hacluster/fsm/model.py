@@ -1,0 +1,283 @@
+"""The replicated state: hosts, VMs, fence history and cluster settings.
+
+Records are frozen dataclasses; `ClusterState` swaps whole records in its maps
+(so a reader holding a record never sees it change) and keeps two derived
+indexes (VMs by host, pending VMs) that are rebuilt on restore and never
+serialized.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from hacluster.fsm.states import VM_ON_HOST, HostState, VmState
+
+
+class FenceAction(enum.StrEnum):
+    OFF = "off"
+    REBOOT = "reboot"
+    NONE = "none"
+    IDENTIFY = "identify"
+
+
+class Selector(enum.StrEnum):
+    FREE_MEMORY = "free-memory"
+    PROVISIONED_MEMORY = "provisioned-memory"
+    VCPUS = "vcpus"
+    VM_COUNT = "vm-count"
+    LOAD = "load"
+
+
+class HaPolicy(enum.StrEnum):
+    RESTART = "restart"
+    NONE = "none"
+
+
+class Desired(enum.StrEnum):
+    STARTED = "started"
+    STOPPED = "stopped"
+    DISABLED = "disabled"  # stopped and not managed: never started, recovered or moved
+
+
+class HostRole(enum.StrEnum):
+    VOTER = "voter"
+    MEMBER = "member"  # non-voting Raft member, runs VMs
+    WITNESS = "witness"  # votes, runs no VMs, never fenced
+
+
+class FenceResult(enum.StrEnum):
+    PENDING = "pending"
+    OFF = "off"
+    ALREADY_OFF = "already-off"
+    REBOOTED = "rebooted"
+    NOTIFIED = "notified"
+    UNREACHABLE = "unreachable"
+    AUTH_REJECTED = "auth-rejected"
+    COMMAND_REJECTED = "command-rejected"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+    MANUAL = "manual"  # an admin confirmed the host is off
+    SUPERSEDED = "superseded"  # a newer attempt for the same host replaced it
+
+    @property
+    def host_is_off(self) -> bool:
+        return self in (FenceResult.OFF, FenceResult.ALREADY_OFF, FenceResult.REBOOTED,
+                        FenceResult.MANUAL)
+
+
+@dataclass(frozen=True, slots=True)
+class BmcSettings:
+    """Cluster-wide BMC defaults. The password is sealed (encrypted with a key
+    derived from the cluster secret) by the proposer; the core never sees it."""
+
+    driver: str = "ipmi"
+    port: int = 623
+    username: str = ""
+    sealed_password: bytes = field(default=b"", repr=False)
+    cipher_suite: int = 3
+    agent: str = ""
+    options: tuple[tuple[str, str], ...] = ()
+    verify_tls: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class BmcOverride:
+    """Per-host BMC settings; empty / negative fields inherit the cluster default."""
+
+    address: str = ""
+    driver: str = ""
+    port: int = 0
+    username: str = ""
+    sealed_password: bytes = field(default=b"", repr=False)
+    cipher_suite: int = -1
+    agent: str = ""
+    action: str = ""  # "" = cluster fence action
+    options: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    fence_cap: int = 3
+    fence_window_s: float = 3600.0
+    fence_action: FenceAction = FenceAction.OFF
+    fence_retry_limit: int = 3  # attempts per incident before fence-failed
+    fence_retry_backoff_s: float = 2.0  # doubled after each failed attempt
+    fence_timeout_s: float = 15.0  # hard deadline of one attempt
+    selector: Selector = Selector.FREE_MEMORY
+    memory_overcommit: float = 1.0
+    vcpu_overcommit: float = 4.0
+    lease_renew_s: float = 0.5  # how often agents renew
+    lease_suspect_s: float = 1.5  # silence before a host is suspect
+    lease_ttl_s: float = 3.0  # silence before its lease expires and it is fenced
+    vm_stable_s: float = 600.0  # a VM running this long has its restart count reset
+    cluster_maintenance: bool = False
+    bmc: BmcSettings = BmcSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class Host:
+    name: str
+    addresses: tuple[str, ...] = ()
+    memory_mib: int = 0
+    vcpus: int = 0
+    role: HostRole = HostRole.VOTER
+    state: HostState = HostState.JOINING
+    reason: str = ""  # why it is in this state (one line)
+    since: float = 0.0  # log time of the last state change
+    load: float = 0.0  # last reported load figure
+    fence_token: int = 0  # token (log index) of the current/last fence attempt
+    fence_wanted: str = ""  # non-empty: fence even though the lease is fresh (why)
+    maintenance_wanted: bool = False  # drain ends in maintenance
+    bmc: BmcOverride = BmcOverride()
+
+    @property
+    def runs_vms(self) -> bool:
+        return self.role is not HostRole.WITNESS
+
+
+@dataclass(frozen=True, slots=True)
+class Vm:
+    name: str
+    xml: str = ""
+    memory_mib: int = 0
+    vcpus: int = 1
+    priority: int = 0
+    ha: HaPolicy = HaPolicy.RESTART
+    desired: Desired = Desired.STARTED
+    allowed_hosts: tuple[str, ...] = ()  # empty = any host
+    anti_affinity: str = ""  # group name; members never share a host
+    max_restarts: int = 2  # restarts in place before relocating
+    max_relocates: int = 1  # relocations after restarts are used up
+    state: VmState = VmState.STOPPED
+    host: str = ""
+    target_host: str = ""  # migration target
+    placement: int = 0  # log index of the current placement; reports must match it
+    restarts: int = 0
+    relocates: int = 0
+    reason: str = ""
+    since: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FenceRecord:
+    token: int  # log index of the RequestFence that created it
+    host: str
+    incident: int  # token of the first attempt for this outage
+    attempt: int
+    action: FenceAction
+    reason: str
+    evidence: str  # why the leader decided (lease age etc.)
+    requested_by: str
+    requested_at: float
+    result: FenceResult = FenceResult.PENDING
+    result_evidence: str = ""
+    method: str = ""
+    confirmed_by: str = ""
+    finished_at: float = 0.0
+
+
+RECENT_REQUESTS_KEPT = 10_000
+FENCE_HISTORY_KEPT = 5_000
+
+
+class Usage:
+    """Resources booked on one host (derived from the VMs; never serialized)."""
+
+    __slots__ = ("count", "groups", "memory_mib", "vcpus")
+
+    def __init__(self) -> None:
+        self.memory_mib = 0
+        self.vcpus = 0
+        self.count = 0
+        self.groups: dict[str, int] = {}  # anti-affinity group -> VMs
+
+    def add(self, vm: Vm, sign: int) -> None:
+        self.memory_mib += sign * vm.memory_mib
+        self.vcpus += sign * vm.vcpus
+        self.count += sign
+        if vm.anti_affinity:
+            left = self.groups.get(vm.anti_affinity, 0) + sign
+            if left:
+                self.groups[vm.anti_affinity] = left
+            else:
+                self.groups.pop(vm.anti_affinity, None)
+
+    def copy(self) -> Usage:
+        other = Usage()
+        other.memory_mib, other.vcpus, other.count = self.memory_mib, self.vcpus, self.count
+        other.groups = dict(self.groups)
+        return other
+
+
+@dataclass
+class ClusterState:
+    hosts: dict[str, Host] = field(default_factory=dict)
+    vms: dict[str, Vm] = field(default_factory=dict)
+    fences: list[FenceRecord] = field(default_factory=list)
+    settings: Settings = Settings()
+    log_time: float = 0.0  # max proposer timestamp seen: monotonic across the log
+    applied_index: int = 0
+    recent_requests: dict[str, int] = field(default_factory=dict)  # request id -> index
+    # derived, never serialized: who holds resources where, and who waits for a host
+    vms_by_host: dict[str, set[str]] = field(default_factory=dict, repr=False, compare=False)
+    usage: dict[str, Usage] = field(default_factory=dict, repr=False, compare=False)
+    pending: set[str] = field(default_factory=set, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.rebuild_indexes()
+
+    def rebuild_indexes(self) -> None:
+        self.vms_by_host = {}
+        self.usage = {}
+        self.pending = set()
+        for vm in self.vms.values():
+            self._index(vm, 1)
+
+    @staticmethod
+    def holds(vm: Vm) -> tuple[str, ...]:
+        """Hosts on which vm holds resources: its host, and a migration target."""
+        if vm.state not in VM_ON_HOST:
+            return ()
+        if vm.target_host and vm.target_host != vm.host:
+            return (vm.host, vm.target_host)
+        return (vm.host,)
+
+    def _index(self, vm: Vm, sign: int) -> None:
+        for host in self.holds(vm):
+            names = self.vms_by_host.setdefault(host, set())
+            if sign > 0:
+                names.add(vm.name)
+            else:
+                names.discard(vm.name)
+            self.usage.setdefault(host, Usage()).add(vm, sign)
+        if vm.state is VmState.PENDING:
+            if sign > 0:
+                self.pending.add(vm.name)
+            else:
+                self.pending.discard(vm.name)
+
+    def put_vm(self, vm: Vm) -> None:
+        old = self.vms.get(vm.name)
+        if old is not None:
+            self._index(old, -1)
+        self.vms[vm.name] = vm
+        self._index(vm, 1)
+
+    def drop_vm(self, name: str) -> None:
+        old = self.vms.pop(name, None)
+        if old is not None:
+            self._index(old, -1)
+
+    def vms_on(self, host: str) -> list[Vm]:
+        """VMs holding resources on host (running, starting, migrating to or from it), sorted."""
+        return [self.vms[n] for n in sorted(self.vms_by_host.get(host, ()))]
+
+    def usage_of(self, host: str) -> Usage:
+        return self.usage.get(host) or Usage()
+
+    def fence_record(self, token: int) -> FenceRecord | None:
+        for record in reversed(self.fences):
+            if record.token == token:
+                return record
+        return None

@@ -1,0 +1,116 @@
+"""Domain XML helpers that need no libvirt: build a minimal domain, read its
+name, and stamp a digest of the caller's XML into <metadata>.
+
+The stamp lets the libvirt adapter tell "same definition again" (no-op) from
+"definition changed" (redefine) without comparing against libvirt's normalised
+XML, which never equals what the caller wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import xml.etree.ElementTree as ET
+from typing import Literal
+from xml.sax.saxutils import escape, quoteattr
+
+DomainType = Literal["kvm", "qemu", "test"]
+
+# Namespace of our own <metadata> element; libvirt keeps one element per URI.
+STAMP_NS = "https://hacluster.invalid/xmlns/define/1"
+STAMP_TAG = "define"
+
+
+class DomainXmlError(ValueError):
+    """The XML is not a usable domain definition."""
+
+
+def domain_type_for(uri: str) -> DomainType:
+    """The domain type that fits a connection URI on this machine: the test
+    driver wants "test"; QEMU gets "kvm" when /dev/kvm is usable, else TCG."""
+    if uri.split(":", 1)[0].split("+", 1)[0] == "test":
+        return "test"
+    return "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "qemu"
+
+
+def minimal_domain_xml(
+    name: str,
+    memory_mib: int = 32,
+    vcpus: int = 1,
+    domain_type: DomainType = "kvm",
+    uuid: str | None = None,
+) -> str:
+    """A diskless domain: enough to boot into firmware and idle, for tests and
+    the demo. It has no ACPI, so a graceful shutdown never completes."""
+    if not name or memory_mib <= 0 or vcpus <= 0:
+        raise DomainXmlError(f"bad domain spec name={name!r} memory={memory_mib} vcpus={vcpus}")
+    uuid_line = f"  <uuid>{escape(uuid)}</uuid>\n" if uuid else ""
+    if domain_type == "test":
+        os_block = "  <os><type>hvm</type></os>\n"
+        devices = "  <devices/>\n"
+    else:
+        # Let libvirt pick the emulator from its capabilities; no balloon, no
+        # display and no disk keep QEMU start, stop and migration fast.
+        os_block = "  <os><type arch='x86_64' machine='pc'>hvm</type></os>\n"
+        devices = "  <devices>\n    <memballoon model='none'/>\n  </devices>\n"
+    return (
+        f"<domain type={quoteattr(domain_type)}>\n"
+        f"  <name>{escape(name)}</name>\n"
+        f"{uuid_line}"
+        f"  <memory unit='MiB'>{int(memory_mib)}</memory>\n"
+        f"  <vcpu>{int(vcpus)}</vcpu>\n"
+        f"{os_block}"
+        "  <on_crash>destroy</on_crash>\n"
+        f"{devices}"
+        "</domain>\n"
+    )
+
+
+def _parse(xml: str) -> ET.Element:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise DomainXmlError(f"domain XML does not parse: {exc}") from exc
+    if root.tag != "domain":
+        raise DomainXmlError(f"root element is <{root.tag}>, expected <domain>")
+    return root
+
+
+def domain_name(xml: str) -> str:
+    """The <name> of a domain definition."""
+    node = _parse(xml).find("name")
+    if node is None or not (node.text or "").strip():
+        raise DomainXmlError("domain XML has no <name>")
+    return (node.text or "").strip()
+
+
+def xml_digest(xml: str) -> str:
+    """Digest of the caller's XML; whitespace-only edits count as no change."""
+    canonical = " ".join(xml.split())
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def stamped(xml: str, digest: str, uuid: str | None = None) -> str:
+    """The XML with our digest element in <metadata>, and `uuid` filled in when
+    the caller gave none (libvirt refuses to redefine a domain under a new uuid)."""
+    root = _parse(xml)
+    if uuid and root.find("uuid") is None:
+        node = ET.Element("uuid")
+        node.text = uuid
+        root.insert(1, node)
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = ET.SubElement(root, "metadata")
+    for old in metadata.findall(f"{{{STAMP_NS}}}{STAMP_TAG}"):
+        metadata.remove(old)
+    ET.SubElement(metadata, f"{{{STAMP_NS}}}{STAMP_TAG}", {"sha256": digest})
+    return ET.tostring(root, encoding="unicode")
+
+
+def stamp_digest(metadata_xml: str) -> str | None:
+    """The digest from the element libvirt returns for our metadata namespace."""
+    try:
+        node = ET.fromstring(metadata_xml)
+    except ET.ParseError:
+        return None
+    return node.get("sha256")

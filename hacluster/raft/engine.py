@@ -1,0 +1,258 @@
+"""The pysyncobj SyncObj subclass behind RaftNode: the only place touching its internals.
+
+What we override or replace, and why (pysyncobj 0.3.17):
+
+* the journal: SyncObj builds its own (an mmap never fsync'ed); we build it with no
+  journal file and swap our DurableJournal in before the first tick, then restore term,
+  vote and commit index from it exactly as SyncObj.__init__ does;
+* `__doApplyCommand`: regular commands are our opaque bytes (one type byte, no pickle);
+  we pass the log index to the state machine and return an `Applied` record carrying the
+  entry's term and the term in which this node saw it committed;
+* `__generateRaftTimeout`: a rebuilt peer must not stand for election before it caught
+  up (its log is empty), so its election timer is parked until then;
+* the transport (DurableTransport): fsync barrier before every outgoing message;
+* the snapshot serializer hooks: our checksummed format, no pickle, no fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj.node import TCPNode
+
+from hacluster.raft.errors import ApplyFailed, RaftError, StorageError
+from hacluster.raft.files import Disk
+from hacluster.raft.journal import DurableJournal
+from hacluster.raft.settings import RaftSettings
+from hacluster.raft.snapshot import SnapshotData, read_snapshot, write_snapshot
+from hacluster.raft.transport import DurableTransport
+
+log = logging.getLogger(__name__)
+
+REGULAR = b"\x00"  # pysyncobj _COMMAND_TYPE.REGULAR: the type byte of our commands
+_NO_OP = b"\x01"
+_LEADER_STATE = 2  # pysyncobj _RAFT_STATE.LEADER
+_PARKED_TIMEOUT_S = 1e9
+
+
+@dataclass(frozen=True)
+class AppliedEntry:
+    """Where an applied entry sits in the log, and who committed it.
+
+    `term` is the term of the leader that appended the entry: replicated, identical on
+    every peer. `commit_term` is the term of the leader from which *this* node learned
+    that the entry is committed (0 when unknown, e.g. for entries replayed at start).
+    `own_term` is true when this node was the leader of `term` and committed the entry
+    itself in that same term: the condition for acting on the entry's side effects.
+    """
+
+    index: int
+    term: int
+    commit_term: int
+    own_term: bool
+
+
+@dataclass(frozen=True)
+class Applied:
+    entry: AppliedEntry
+    result: object
+
+
+@dataclass(frozen=True)
+class Machine:
+    apply: Callable[[bytes, int], object]
+    snapshot: Callable[[], bytes]
+    restore: Callable[[bytes], None]
+
+
+class CommitTerms:
+    """Records the term in force each time the commit index advanced."""
+
+    def __init__(self, commit_index: int) -> None:
+        self._high = commit_index  # entries up to here were committed in unknown terms
+        self._ranges: deque[tuple[int, int]] = deque()  # (up to index, term), ascending
+
+    def advance(self, commit_index: int, term: int) -> None:
+        if commit_index > self._high:
+            self._ranges.append((commit_index, term))
+        elif commit_index < self._high:
+            # pysyncobj lowered the commit index (log cut below it): forget what we
+            # knew above it; 0 means "unknown" and is never treated as our own term.
+            while self._ranges and self._ranges[-1][0] > commit_index:
+                self._ranges.pop()
+            self._ranges.append((commit_index, 0))
+        self._high = commit_index
+
+    def term_for(self, index: int) -> int:
+        """Commit term of `index`; call with non-decreasing indexes (apply order)."""
+        while self._ranges and self._ranges[0][0] < index:
+            self._ranges.popleft()
+        return self._ranges[0][1] if self._ranges else 0
+
+
+class Engine(SyncObj):  # type: ignore[misc]
+    def __init__(
+        self,
+        self_address: str | None,
+        partners: list[str],
+        conf_kwargs: dict[str, Any],
+        settings: RaftSettings,
+        journal: DurableJournal,
+        disk: Disk,
+        machine: Machine,
+        rebuilding: bool,
+    ) -> None:
+        # Attributes the overridden hooks read must exist before SyncObj.__init__ runs.
+        self._ha_settings = settings
+        self._ha_journal = journal
+        self._ha_disk = disk
+        self._ha_machine = machine
+        self._ha_fatal: BaseException | None = None
+        self._ha_fatal_lock = threading.Lock()
+        self._ha_abstain = rebuilding
+        self._ha_catchup_target: int | None = None
+        self._ha_led_terms: deque[int] = deque(maxlen=64)
+        self._ha_applying: AppliedEntry | None = None
+        self._ha_commits = CommitTerms(journal.getRaftCommitIndex())
+        conf = SyncObjConf(
+            serializer=self._ha_serialize,
+            deserializer=self._ha_deserialize,
+            onStateChanged=self._ha_state_changed,
+            **conf_kwargs,
+        )
+        super().__init__(self_address, partners, conf, transportClass=DurableTransport)
+        self._ha_install_journal(journal)
+
+    def _ha_install_journal(self, journal: DurableJournal) -> None:
+        """Replace the throw-away in-memory journal SyncObj made (see module doc)."""
+        names = ("_SyncObj__raftLog", "_SyncObj__raftCurrentTerm",
+                 "_SyncObj__votedForNodeId", "_SyncObj__raftCommitIndex")
+        if not all(hasattr(self, n) for n in names):
+            raise RaftError("unsupported pysyncobj version: SyncObj internals changed")
+        if len(journal) == 0:
+            journal.add(_NO_OP, 1, 0)  # what SyncObj.__init__ puts in an empty log
+        journal.on_commit_index = self._ha_on_commit_index
+        journal.on_failure = self.ha_fail
+        self._SyncObj__raftLog = journal
+        self._SyncObj__raftCurrentTerm = max(journal.getCurrentTerm(), journal[-1][2])
+        self._SyncObj__votedForNodeId = journal.getVotedForNodeId()
+        self._SyncObj__raftCommitIndex = journal.getRaftCommitIndex()
+
+    # ------------------------------------------------------------ pysyncobj overrides
+
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Applied:  # noqa: N802
+        # SyncObj increments raftLastApplied right after this returns.
+        index = self.raftLastApplied + 1
+        term = self._ha_journal.term_at(index)
+        commit_term = self._ha_commits.term_for(index)
+        entry = AppliedEntry(index, term, commit_term,
+                             own_term=commit_term == term and term in self._ha_led_terms)
+        if command[:1] != REGULAR:
+            return Applied(entry, SyncObj._SyncObj__doApplyCommand(self, command))
+        self._ha_applying = entry
+        try:
+            result = self._ha_machine.apply(command[1:], index)
+        except Exception as exc:
+            raise self.ha_fail(ApplyFailed(f"apply of log index {index} raised {exc!r}")) from exc
+        finally:
+            self._ha_applying = None
+        return Applied(entry, result)
+
+    def _SyncObj__generateRaftTimeout(self) -> float:  # noqa: N802
+        if self._ha_abstain:
+            return _PARKED_TIMEOUT_S
+        return float(SyncObj._SyncObj__generateRaftTimeout(self))
+
+    # ------------------------------------------------------------ hooks
+
+    def _ha_state_changed(self, old: int, new: int) -> None:
+        if new == _LEADER_STATE:
+            self._ha_led_terms.append(self.raftCurrentTerm)
+            log.info("became leader in term %d", self.raftCurrentTerm)
+
+    def _ha_on_commit_index(self, commit_index: int) -> None:
+        # Called from the leader's commit step and from append_entries handling; in
+        # both the current term is the term of the leader that committed.
+        self._ha_commits.advance(commit_index, self.raftCurrentTerm)
+
+    def _ha_serialize(self, path: str, data: tuple[Any, Any, Any]) -> None:
+        last, prev, cluster = data
+        try:
+            state = self._ha_machine.snapshot()
+        except Exception as exc:
+            raise self.ha_fail(ApplyFailed(f"snapshot() raised {exc!r}")) from exc
+        members = sorted((n.id if n is not None else None for n in cluster),
+                         key=lambda a: (a is None, a or ""))
+        try:
+            write_snapshot(path, SnapshotData(last, prev, tuple(members), bytes(state)),
+                           self._ha_disk)
+        except StorageError as exc:
+            raise self.ha_fail(exc) from exc
+
+    def _ha_deserialize(self, path: str) -> tuple[Any, Any, Any]:
+        try:
+            snap = read_snapshot(path, self._ha_disk)
+        except RaftError as exc:
+            raise self.ha_fail(exc) from exc
+        try:
+            self._ha_machine.restore(snap.state)
+        except Exception as exc:
+            raise self.ha_fail(ApplyFailed(f"restore() raised {exc!r}")) from exc
+        log.info("state restored from snapshot at index %d", snap.index)
+        cluster = [TCPNode(a) if a is not None else None for a in snap.cluster]
+        return snap.last, snap.prev, cluster
+
+    def durability_barrier(self) -> None:
+        self._ha_journal.sync()
+
+    def abstains_from_voting(self) -> bool:
+        return self._ha_abstain
+
+    def handshake_limits(self) -> tuple[float, int]:
+        s = self._ha_settings
+        return s.handshake_timeout_s, s.max_handshake_bytes
+
+    # ------------------------------------------------------------ used by RaftNode
+
+    def ha_fail(self, exc: BaseException) -> BaseException:
+        """Record the first fatal error; the event loop halts after this tick."""
+        with self._ha_fatal_lock:
+            if self._ha_fatal is None:
+                self._ha_fatal = exc
+        return exc
+
+    def ha_fatal(self) -> BaseException | None:
+        return self._ha_fatal
+
+    def ha_after_tick(self) -> None:
+        """Flush queued messages; end a rebuilt peer's abstention once caught up."""
+        self._SyncObj__transport.flush()
+        if not self._ha_abstain:
+            return
+        target = self._SyncObj__leaderCommitIndex
+        if self._ha_catchup_target is None and target is not None:
+            self._ha_catchup_target = target
+        if self._ha_catchup_target is not None and self.raftLastApplied >= self._ha_catchup_target:
+            self._ha_abstain = False
+            log.warning("rebuilt peer caught up at index %d: voting again", self.raftLastApplied)
+
+    def ha_leader_term(self) -> int | None:
+        before = self.raftCurrentTerm
+        leading = self._isLeader()
+        return before if leading and self.raftCurrentTerm == before else None
+
+    def ha_applying(self) -> AppliedEntry | None:
+        return self._ha_applying
+
+    def ha_entry_is_own(self, term: int, commit_term: int) -> bool:
+        return commit_term == term and term in self._ha_led_terms
+
+    def ha_destroy(self) -> None:
+        """Stop networking and close the journal (event loop must be stopped)."""
+        self._doDestroy()

@@ -1,0 +1,468 @@
+"""RaftNode: a replicated log of opaque byte commands (ports.ReplicatedLog) on pysyncobj.
+
+Usage::
+
+    node = RaftNode("10.0.0.1:7000", ["10.0.0.2:7000", "10.0.0.3:7000"], secret,
+                    "/var/lib/hacluster/raft", fsm.apply, fsm.snapshot, fsm.restore)
+    res = node.propose(command_bytes, timeout_s=2.0)   # from a worker thread
+    node.close()
+
+Threads: pysyncobj's event loop runs in one thread owned by the node; every state
+machine callback (apply, snapshot, restore) runs on it, one at a time. `propose()` blocks
+the calling thread (use a thread pool from asyncio) and must not be called from a
+callback. Callbacks must have no effect outside the state machine: a snapshot install or
+a restart re-applies entries.
+
+Propose outcomes:
+
+* COMMITTED: this very proposal was applied *on this node*, at `index`, and `result` is
+  what apply returned. (Matched by log index and term, so it is our entry.)
+* NOT_LEADER: the command did not and will not enter the log: no leader known, the
+  leader refused it, the queue was full, or its slot was taken by another leader's entry.
+  Retrying is safe.
+* MAYBE: the deadline passed or the leader changed while waiting: the command may still
+  be committed later. pysyncobj's own sync timeout is not used.
+
+Leader safety (acting only on what you committed in your own term)
+-----------------------------------------------------------------
+An isolated old leader keeps reporting `is_leader()` for up to leader_fallback_timeout_s,
+and an entry appended by a deposed leader can still be committed by its successor. So
+side effects (fencing) must not hang on `is_leader()`. Every applied entry carries:
+
+* `term`: the term of the leader that appended it (same on every peer);
+* `commit_term`: the term in force when *this* node saw the commit index pass it (the
+  leader records its own term when it advances the commit index; a follower records the
+  term of the append_entries that told it). 0 means unknown (entries replayed at start).
+* `own_term`: this node was leader in `term` *and* committed the entry itself in that
+  same term (`commit_term == term`).
+
+`RaftProposeResult` (a ProposeResult) carries all three; inside an apply callback
+`current_entry()` returns the same `AppliedEntry`. Rule for the daemon: run a side effect
+for an entry only if `own_term` is true, and check `leader_term() == entry.term` right
+before acting (a later term means someone else now owns the decision). A stale leader's
+entry committed by its successor has `commit_term > term`, so neither the stale leader
+(own_term false) nor the successor (its term differs) acts on it blindly: the successor
+sees it applied and decides anew in its own term.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.syncobj import SyncObjException
+
+from hacluster.ports import ProposeResult, ProposeStatus, Secret
+from hacluster.raft.engine import REGULAR, Applied, AppliedEntry, Engine, Machine
+from hacluster.raft.errors import NodeHalted, RaftError
+from hacluster.raft.files import Disk
+from hacluster.raft.recovery import open_storage
+from hacluster.raft.settings import RaftSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_NEVER_IN_LOG = {
+    FAIL_REASON.QUEUE_FULL,
+    FAIL_REASON.MISSING_LEADER,
+    FAIL_REASON.NOT_LEADER,
+    FAIL_REASON.REQUEST_DENIED,
+    FAIL_REASON.DISCARDED,  # our (index, term) slot was applied with another entry
+}
+_ROLES = {0: "follower", 1: "candidate", 2: "leader"}
+
+
+@dataclass(frozen=True)
+class RaftProposeResult(ProposeResult):
+    commit_term: int = 0  # term in which this node saw the entry committed
+    own_term: bool = False  # this node led `term` and committed the entry in it
+
+
+@dataclass(frozen=True)
+class PartnerStatus:
+    address: str
+    connected: bool
+    match_index: int | None  # leader only: highest entry known replicated there
+    last_response_age_s: float | None  # leader only
+
+
+@dataclass(frozen=True)
+class RaftStatus:
+    self_address: str | None
+    role: str  # leader | candidate | follower | read-only
+    leader: str | None
+    term: int
+    leader_term: int | None  # term in which this node leads, if it does
+    commit_index: int
+    applied_index: int
+    log_first_index: int
+    log_last_index: int
+    durable_index: int
+    has_quorum: bool
+    ready: bool  # caught up with the leader's commit index once since start
+    partners: tuple[PartnerStatus, ...]
+    readonly_members: int
+    abstaining: bool  # rebuilt peer not voting until caught up
+    rebuilt_into: str | None  # quarantine directory of a rebuild at start
+    fsync_count: int
+    fsync_seconds: float
+    halted: str | None
+
+
+class _Waiter:
+    """Collects one pysyncobj callback; called on the event-loop thread."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._res: object = None
+        self._err: int | None = None
+
+    def done(self, res: object, err: int) -> None:
+        self._res, self._err = res, err
+        self._event.set()
+
+    def wait(self, timeout_s: float) -> RaftProposeResult:
+        if not self._event.wait(max(timeout_s, 0.0)):
+            return RaftProposeResult(ProposeStatus.MAYBE)
+        res, err = self._res, self._err
+        if err == FAIL_REASON.SUCCESS and isinstance(res, Applied):
+            e = res.entry
+            return RaftProposeResult(
+                ProposeStatus.COMMITTED, e.index, e.term, res.result, e.commit_term, e.own_term
+            )
+        if err in _NEVER_IN_LOG:
+            return RaftProposeResult(ProposeStatus.NOT_LEADER)
+        return RaftProposeResult(ProposeStatus.MAYBE)  # LEADER_CHANGED, UNKNOWN_OUTCOME
+
+
+def validate_address(address: str, what: str = "address") -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{what} must be host:port, got {address!r}")
+    return address
+
+
+class RaftNode:
+    """One Raft peer; see the module docstring. Implements ports.ReplicatedLog."""
+
+    def __init__(
+        self,
+        self_address: str | None,
+        partners: list[str] | tuple[str, ...],
+        secret: Secret | str | bytes,
+        data_dir: str | os.PathLike[str],
+        apply: Callable[[bytes, int], object],
+        snapshot: Callable[[], bytes],
+        restore: Callable[[bytes], None],
+        settings: RaftSettings | None = None,
+        *,
+        rebuild: bool = False,
+        bind_address: str | None = None,
+        on_halt: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """Open storage, bind, and start the event loop.
+
+        self_address None makes a read-only member (receives the log, never votes, can
+        propose). Partners equal to self_address are ignored. Raises CorruptStorage
+        (naming the bad file) unless rebuild=True, which moves bad files aside and
+        starts empty, catching up from the others without voting until it has.
+        """
+        self._settings = settings if settings is not None else RaftSettings()
+        self._self_address = _check_self(self_address)
+        partner_list = _check_partners(self_address, partners)
+        password = _check_secret(secret)
+        self._on_halt = on_halt
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = (
+            queue.SimpleQueue()
+        )
+        self._stopping = threading.Event()
+        self._started = threading.Event()
+        self._stopped = threading.Event()
+        self._disk = Disk(self._settings.fsync)
+        self._storage = open_storage(os.fspath(data_dir), self._disk, rebuild)
+        self._engine = self._make_engine(
+            partner_list, password, bind_address, Machine(apply, snapshot, restore)
+        )
+        self._thread = threading.Thread(
+            target=self._run, name=f"raft-{self_address or 'readonly'}", daemon=True
+        )
+        self._loop_ident: int | None = None
+        self._thread.start()
+        self._await_start()
+
+    def _make_engine(
+        self, partners: list[str], password: str | bytes, bind: str | None, machine: Machine
+    ) -> Engine:
+        conf = self._settings.syncobj_conf_kwargs()
+        conf.update(
+            password=password,
+            bindAddress=bind or self._self_address,
+            fullDumpFile=self._storage.snapshot_path,
+            journalFile=None,  # SyncObj's own journal is replaced by ours (engine.py)
+        )
+        try:
+            return Engine(self._self_address, partners, conf, self._settings,
+                          self._storage.journal, self._disk, machine,
+                          rebuilding=self._storage.rebuilt_into is not None)
+        except BaseException as exc:
+            self._storage.journal.close()
+            self._storage.lock.release()
+            if isinstance(exc, SyncObjException):
+                raise RaftError(f"cannot bind {bind or self._self_address}: {exc}") from exc
+            raise
+
+    def _await_start(self) -> None:
+        if not self._started.wait(self._settings.start_timeout_s):
+            self.close()
+            raise RaftError("the Raft event loop did not complete its first tick")
+        fatal = self._engine.ha_fatal()
+        if fatal is not None:
+            self.close()
+            raise NodeHalted(f"node halted while starting: {fatal}") from fatal
+
+    # ------------------------------------------------------------ ReplicatedLog
+
+    def propose(self, data: bytes, timeout_s: float) -> RaftProposeResult:
+        """Replicate one command; see the module docstring for the outcomes."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"propose() takes bytes, got {type(data).__name__}")
+        self._refuse_in_loop("propose")
+        if self._stopping.is_set():
+            return RaftProposeResult(ProposeStatus.NOT_LEADER)
+        waiter = _Waiter()
+        self._submit(lambda: self._engine._applyCommand(REGULAR + bytes(data), waiter.done))
+        return waiter.wait(timeout_s)
+
+    def is_leader(self) -> bool:
+        return bool(self._engine._isLeader())
+
+    def leader(self) -> str | None:
+        node = self._engine._getLeader()
+        return None if node is None else str(node.id)
+
+    def term(self) -> int:
+        return int(self._engine.raftCurrentTerm)
+
+    def applied_index(self) -> int:
+        return int(self._engine.raftLastApplied)
+
+    # ------------------------------------------------------------ leader safety
+
+    def leader_term(self) -> int | None:
+        """The term in which this node is leader right now, else None."""
+        return self._engine.ha_leader_term()
+
+    def current_entry(self) -> AppliedEntry:
+        """The entry being applied; only valid inside the apply callback."""
+        entry = self._engine.ha_applying()
+        if entry is None:
+            raise RaftError("current_entry() is only valid inside the apply callback")
+        return entry
+
+    # ------------------------------------------------------------ membership, admin
+
+    def add_member(self, address: str, timeout_s: float = 5.0) -> RaftProposeResult:
+        """Add a voting member (start it first with the current members as partners)."""
+        validate_address(address)
+        return self._membership(self._engine.addNodeToCluster, address, timeout_s)
+
+    def remove_member(self, address: str, timeout_s: float = 5.0) -> RaftProposeResult:
+        """Remove a voting member; stop its process once this returns COMMITTED."""
+        validate_address(address)
+        return self._membership(self._engine.removeNodeFromCluster, address, timeout_s)
+
+    def _membership(
+        self, change: Callable[..., None], address: str, timeout_s: float
+    ) -> RaftProposeResult:
+        self._refuse_in_loop("a membership change")
+        if self._stopping.is_set():
+            return RaftProposeResult(ProposeStatus.NOT_LEADER)
+        waiter = _Waiter()
+        self._submit(lambda: change(address, callback=waiter.done))
+        return waiter.wait(timeout_s)
+
+    def compact(self) -> None:
+        """Take a snapshot and compact the log at the next tick (admin, tests)."""
+        self._engine.forceLogCompaction()
+        self._wake()
+
+    def status(self) -> RaftStatus:
+        """A consistent view for `hactl status` (collected on the event-loop thread)."""
+        return self._call_in_loop(self._collect_status)
+
+    @property
+    def fsync_count(self) -> int:
+        return self._disk.count
+
+    def close(self) -> None:
+        """Flush, stop the event loop, close sockets and files. Idempotent."""
+        self._stopping.set()
+        self._wake()
+        if threading.get_ident() == self._loop_ident:
+            return  # the loop exits after the current tick
+        if self._thread.is_alive():
+            self._thread.join(self._settings.close_timeout_s)
+            if self._thread.is_alive():
+                log.error("Raft event loop did not stop within %.1fs",
+                          self._settings.close_timeout_s)
+
+    def __enter__(self) -> RaftNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ event loop
+
+    def _run(self) -> None:
+        self._loop_ident = threading.get_ident()
+        engine = self._engine
+        try:
+            while not self._stopping.is_set():
+                self._tick_once()
+                if engine.ha_fatal() is not None:
+                    break
+                self._started.set()
+                self._run_calls()
+        finally:
+            self._shutdown()
+
+    def _tick_once(self) -> None:
+        engine = self._engine
+        try:
+            engine._onTick(self._settings.tick_interval_s)
+            engine.ha_after_tick()
+        except RaftError as exc:
+            engine.ha_fail(exc)
+        except Exception:
+            if engine.ha_fatal() is None:
+                # Same policy as pysyncobj's own tick thread: log and carry on.
+                log.exception("Raft event loop iteration failed")
+                time.sleep(self._settings.tick_interval_s)
+
+    def _shutdown(self) -> None:
+        fatal = self._engine.ha_fatal()
+        if fatal is not None:
+            log.critical("Raft node halted: %s", fatal)
+        try:
+            self._engine.ha_destroy()  # flushes messages, closes sockets and the journal
+        except Exception:
+            log.exception("error while closing the Raft node")
+        finally:
+            self._storage.lock.release()
+            self._stopping.set()
+            self._started.set()
+            self._stopped.set()
+            self._run_calls()
+        if fatal is not None and self._on_halt is not None:
+            self._on_halt(fatal)
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                call, future = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call())
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+    def _call_in_loop(self, call: Callable[[], T]) -> T:
+        if threading.get_ident() == self._loop_ident or self._stopped.is_set():
+            return call()
+        future: Future[T] = Future()
+        self._calls.put((call, future))
+        self._wake()
+        if self._stopped.is_set():
+            self._run_calls()
+        return future.result(timeout=self._settings.close_timeout_s)
+
+    def _submit(self, enqueue: Callable[[], None]) -> None:
+        try:
+            enqueue()
+        except BlockingIOError:
+            pass  # the wake-up pipe is full: the loop is already due to wake up
+
+    def _wake(self) -> None:
+        try:
+            self._engine._SyncObj__pipeNotifier.notify()
+        except (BlockingIOError, AttributeError, OSError):
+            pass
+
+    def _refuse_in_loop(self, what: str) -> None:
+        if threading.get_ident() == self._loop_ident:
+            raise RaftError(f"{what} from inside a state machine callback would deadlock")
+
+    def _collect_status(self) -> RaftStatus:
+        e = self._engine
+        journal = self._storage.journal
+        leading = e._isLeader()
+        match = e._SyncObj__raftMatchIndex if leading else {}
+        answered = e._SyncObj__lastResponseTime if leading else {}
+        now = time.monotonic()
+        partners = tuple(
+            PartnerStatus(
+                address=str(n.id),
+                connected=bool(e.isNodeConnected(n)),
+                match_index=match.get(n),
+                last_response_age_s=(now - answered[n]) if n in answered else None,
+            )
+            for n in sorted(e.otherNodes, key=lambda n: str(n.id))
+        )
+        fatal = e.ha_fatal()
+        return RaftStatus(
+            self_address=self._self_address,
+            role="read-only" if self._self_address is None else _ROLES[e._SyncObj__raftState],
+            leader=self.leader(),
+            term=self.term(),
+            leader_term=e.ha_leader_term(),
+            commit_index=int(e.raftCommitIndex),
+            applied_index=self.applied_index(),
+            log_first_index=journal[0][1] if len(journal) else 0,
+            log_last_index=journal[-1][1] if len(journal) else 0,
+            durable_index=journal.durable_index,
+            has_quorum=bool(e.hasQuorum),
+            ready=bool(e.isReady()),
+            partners=partners,
+            readonly_members=len(e.readonlyNodes),
+            abstaining=e.abstains_from_voting(),
+            rebuilt_into=self._storage.rebuilt_into,
+            fsync_count=self._disk.count,
+            fsync_seconds=self._disk.seconds,
+            halted=None if fatal is None else str(fatal),
+        )
+
+
+def _check_self(self_address: str | None) -> str | None:
+    return None if self_address is None else validate_address(self_address, "self_address")
+
+
+def _check_partners(self_address: str | None, partners: list[str] | tuple[str, ...]) -> list[str]:
+    if isinstance(partners, str):
+        raise TypeError("partners must be a list of host:port strings, not one string")
+    result = []
+    for p in partners:
+        validate_address(p, "partner address")
+        if p != self_address and p not in result:
+            result.append(p)
+    if self_address is None and not result:
+        raise ValueError("a read-only member needs at least one partner")
+    return result
+
+
+def _check_secret(secret: Secret | str | bytes) -> str | bytes:
+    value = secret.reveal() if isinstance(secret, Secret) else secret
+    if not isinstance(value, str | bytes) or not value:
+        raise ValueError("the cluster secret is mandatory and must not be empty")
+    return value
+
