@@ -40,8 +40,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
         if args.rewrite:
             (directory / "expected.log").write_text(outcome.timeline)
         elif outcome.mismatch:
-            print(f"{outcome.name}: timeline differs from expected.log:\n{outcome.mismatch}",
-                  file=sys.stderr)
+            print(
+                f"{outcome.name}: timeline differs from expected.log:\n{outcome.mismatch}",
+                file=sys.stderr,
+            )
             status = 1
         if outcome.failures:
             print(f"{outcome.name}: {len(outcome.failures)} failure(s)", file=sys.stderr)
@@ -55,20 +57,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Until the real-hosts demo lands, show the same story in the simulator."""
     scenario = next(p for p in shipped_scenarios() if p.name.startswith("01-"))
     print(f"demo (simulated cluster): {scenario.name}\n")
-    return cmd_sim(argparse.Namespace(all=False, dirs=[str(scenario)], rewrite=False,
-                                      quiet=False))
+    return cmd_sim(argparse.Namespace(all=False, dirs=[str(scenario)], rewrite=False, quiet=False))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hacluster", description="HA cluster manager for KVM/libvirt VMs, built on Raft.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="hacluster",
+        description="HA cluster manager for KVM/libvirt VMs, built on Raft.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    sim = sub.add_parser("sim", help="run simulator scenarios and print their timelines",
-                         description="Run scenario directories (cluster.toml + events.txt) "
-                         "in the deterministic simulator and print the timeline. Exits 1 when "
-                         "an expectation or invariant fails or the timeline differs from "
-                         "expected.log.")
+    sim = sub.add_parser(
+        "sim",
+        help="run simulator scenarios and print their timelines",
+        description="Run scenario directories (cluster.toml + events.txt) "
+        "in the deterministic simulator and print the timeline. Exits 1 when "
+        "an expectation or invariant fails or the timeline differs from "
+        "expected.log.",
+    )
     sim.add_argument("dirs", nargs="*", help="scenario directories")
     sim.add_argument("--all", action="store_true", help="run every shipped scenario")
     sim.add_argument("--rewrite", action="store_true", help="write expected.log from this run")

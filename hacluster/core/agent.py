@@ -35,8 +35,9 @@ class DomainState(enum.StrEnum):
 
 
 # Domain states that mean "a copy of this VM is alive here".
-LIVE = frozenset({DomainState.RUNNING, DomainState.PAUSED, DomainState.MIGRATING,
-                  DomainState.OTHER})
+LIVE = frozenset(
+    {DomainState.RUNNING, DomainState.PAUSED, DomainState.MIGRATING, DomainState.OTHER}
+)
 # Host states in which the agent may start VMs placed on it.
 MAY_START = frozenset({HostState.ONLINE, HostState.DRAINING, HostState.SUSPECT})
 
@@ -83,9 +84,14 @@ class Report:
 AgentAction = StartVm | StopVm | DestroyVm | MigrateVm | Report
 
 
-def reconcile(me: str, state: ClusterState, domains: Mapping[str, DomainState],
-              busy: frozenset[str] = frozenset(), fresh: bool = False,
-              capacity: tuple[int, int] = (0, 0)) -> list[AgentAction]:
+def reconcile(
+    me: str,
+    state: ClusterState,
+    domains: Mapping[str, DomainState],
+    busy: frozenset[str] = frozenset(),
+    fresh: bool = False,
+    capacity: tuple[int, int] = (0, 0),
+) -> list[AgentAction]:
     """What to do now. `busy`: VMs with an operation still running here."""
     host = state.hosts.get(me)
     if host is None or host.state is HostState.REMOVED:
@@ -98,35 +104,46 @@ def reconcile(me: str, state: ClusterState, domains: Mapping[str, DomainState],
         action = _for_vm(me, state.vms[name], domains.get(name), may_start, fresh)
         if action is not None:
             out.append(action)
-    if host.state in (HostState.JOINING, HostState.FENCED) and fresh and \
-            not any(isinstance(a, DestroyVm) for a in out) and not busy:
-        out.append(Report(c.HostReady(name=me, memory_mib=capacity[0], vcpus=capacity[1]),
-                          "local domains match the committed state"))
+    if (
+        host.state in (HostState.JOINING, HostState.FENCED)
+        and fresh
+        and not any(isinstance(a, DestroyVm) for a in out)
+        and not busy
+    ):
+        out.append(
+            Report(
+                c.HostReady(name=me, memory_mib=capacity[0], vcpus=capacity[1]),
+                "local domains match the committed state",
+            )
+        )
     return out
 
 
 def _report(vm: Vm, me: str, observed: str, detail: str, reason: str) -> Report:
-    return Report(c.VmReport(name=vm.name, host=me, placement=vm.placement, observed=observed,
-                             detail=detail), reason)
+    return Report(
+        c.VmReport(name=vm.name, host=me, placement=vm.placement, observed=observed, detail=detail),
+        reason,
+    )
 
 
-def _for_vm(me: str, vm: Vm, dom: DomainState | None, may_start: bool,
-            fresh: bool) -> AgentAction | None:
+def _for_vm(
+    me: str, vm: Vm, dom: DomainState | None, may_start: bool, fresh: bool
+) -> AgentAction | None:
     live = dom in LIVE
     seen = dom.value if dom else "not defined"
     if vm.host == me:
         return _placed_here(me, vm, dom, live, seen, may_start)
     if vm.target_host == me and vm.state in (V.MIGRATING, V.FENCE):
         return None  # incoming migration: the source agent drives it
-    if live and fresh and dom is not DomainState.MIGRATING and \
-            vm.desired is not Desired.DISABLED:
+    if live and fresh and dom is not DomainState.MIGRATING and vm.desired is not Desired.DISABLED:
         where = f"on {vm.host}" if vm.host else "nowhere"
         return DestroyVm(vm.name, f"committed state places it {where} ({vm.state.value})")
     return None
 
 
-def _placed_here(me: str, vm: Vm, dom: DomainState | None, live: bool, seen: str,
-                 may_start: bool) -> AgentAction | None:
+def _placed_here(
+    me: str, vm: Vm, dom: DomainState | None, live: bool, seen: str, may_start: bool
+) -> AgentAction | None:
     if vm.state in (V.STARTING, V.RECOVERY):
         if live:
             return _report(vm, me, "started", seen, "domain is running")
@@ -141,8 +158,13 @@ def _placed_here(me: str, vm: Vm, dom: DomainState | None, live: bool, seen: str
         return _report(vm, me, "stopped", f"domain {seen}", "domain is not running")
     if vm.state is V.MIGRATING:
         if not live:
-            return _report(vm, me, "crashed", f"domain {seen} on the source",
-                           "a migrating VM vanished from its source")
+            return _report(
+                vm,
+                me,
+                "crashed",
+                f"domain {seen} on the source",
+                "a migrating VM vanished from its source",
+            )
         if may_start:
             return MigrateVm(vm.name, vm.target_host, vm.placement, vm.reason)
     return None

@@ -27,8 +27,10 @@ class LeaseView:
 
     def evidence(self, settings: Settings) -> str:
         links = ", ".join(f"{name} {age:.2f}s" for name, age in self.links) or "none"
-        return (f"last renewal {self.age_s:.2f}s ago (suspect after {settings.lease_suspect_s:g}s,"
-                f" expired after {settings.lease_ttl_s:g}s); links: {links}")
+        return (
+            f"last renewal {self.age_s:.2f}s ago (suspect after {settings.lease_suspect_s:g}s,"
+            f" expired after {settings.lease_ttl_s:g}s); links: {links}"
+        )
 
 
 GRANT = "granted"  # pseudo-link: the full lease a new leader grants

@@ -54,6 +54,7 @@ class Manager:
         self._last_sent: dict[tuple[str, str], float] = {}  # (key, command type) -> when
         self._my_tokens: set[int] = set()  # RequestFence indexes we committed this term
         self._fencing: set[int] = set()  # tokens with a fence running
+        self._results: dict[int, Propose] = {}  # token -> its outcome, until committed
         self._failed_at: dict[str, float] = {}  # host -> last failed attempt (monotonic)
 
     # ------------------------------------------------------------ leadership
@@ -64,6 +65,7 @@ class Manager:
         self._last_sent.clear()
         self._my_tokens.clear()
         self._fencing.clear()
+        self._results.clear()
         self._failed_at.clear()
         self.leases.grant_all(sorted(state.hosts), now)
         return [self._propose(c.Noop(term=term), "noop", f"new leader in term {term}", now)]
@@ -87,21 +89,26 @@ class Manager:
         elif isinstance(command, c.RequestFence) and command.term == self.term:
             self._my_tokens.add(index)
 
-    def fence_result(self, host: str, token: int, result: FenceResult, evidence: str,
-                     method: str, now: float) -> list[Decision]:
+    def fence_result(
+        self, host: str, token: int, result: FenceResult, evidence: str, method: str, now: float
+    ) -> list[Decision]:
         self._fencing.discard(token)
         if not self.leading:
             return []
         if result.host_is_off:
-            cmd: c.Command = c.ConfirmFence(host=host, token=token, result=result,
-                                            evidence=evidence, method=method)
+            cmd: c.Command = c.ConfirmFence(
+                host=host, token=token, result=result, evidence=evidence, method=method
+            )
             why = f"power read back off for token {token}"
         else:
             self._failed_at[host] = now
-            cmd = c.FenceFailed(host=host, token=token, result=result, evidence=evidence,
-                                method=method)
+            cmd = c.FenceFailed(
+                host=host, token=token, result=result, evidence=evidence, method=method
+            )
             why = f"fence attempt {token} failed: {result.value}"
-        return [self._propose(cmd, f"fence-result:{host}", why, now)]
+        decision = Propose(cmd, f"fence-result:{host}", why)
+        self._results[token] = decision
+        return [decision] if self._may_send(decision, now) else []
 
     # ------------------------------------------------------------ decisions
 
@@ -122,21 +129,29 @@ class Manager:
             if decision is not None and self._may_send(decision, now):
                 out.append(decision)
         out.extend(self._fences_to_run(state))
+        self._results = {t: r for t, r in self._results.items() if _pending(state, t)}
+        out.extend(r for r in self._results.values() if self._may_send(r, now))
         return out
 
-    def _decide_host(self, state: ClusterState, host: Host, lease: LeaseView, now: float,
-                     wall: float) -> Propose | None:
+    def _decide_host(
+        self, state: ClusterState, host: Host, lease: LeaseView, now: float, wall: float
+    ) -> Propose | None:
         s = state.settings
         alive = lease.verdict is Verdict.ALIVE
         if host.fence_wanted and host.state in (H.ONLINE, H.DRAINING, H.SUSPECT):
             return self._fence(host, "fence wanted", host.fence_wanted)
         if host.state in (H.ONLINE, H.DRAINING) and not alive:
-            return Propose(c.MarkHostSuspect(name=host.name, evidence=lease.evidence(s)),
-                           f"host:{host.name}", f"lease overdue: {lease.evidence(s)}")
+            return Propose(
+                c.MarkHostSuspect(name=host.name, evidence=lease.evidence(s)),
+                f"host:{host.name}",
+                f"lease overdue: {lease.evidence(s)}",
+            )
         if host.state in (H.SUSPECT, H.FENCE_BLOCKED, H.FENCE_FAILED) and alive:
-            return Propose(c.MarkHostAlive(name=host.name, evidence="lease renewed "
-                                           f"{lease.age_s:.2f}s ago"), f"host:{host.name}",
-                           "lease renewed before any fence ran")
+            return Propose(
+                c.MarkHostAlive(name=host.name, evidence=f"lease renewed {lease.age_s:.2f}s ago"),
+                f"host:{host.name}",
+                "lease renewed before any fence ran",
+            )
         if host.state is H.SUSPECT and lease.verdict is Verdict.EXPIRED:
             if s.cluster_maintenance:
                 return None  # fencing disabled; the host stays suspect, visibly
@@ -144,8 +159,9 @@ class Manager:
         if host.state is H.FENCE_BLOCKED and not s.cluster_maintenance:
             reopens = cap_reopens_at(state)
             if reopens is None or wall >= reopens:
-                return self._fence(host, "lease expired; fence cap has room again",
-                                   lease.evidence(s))
+                return self._fence(
+                    host, "lease expired; fence cap has room again", lease.evidence(s)
+                )
         if host.state is H.FENCING:
             return self._continue_fencing(state, host, now)
         return None
@@ -158,14 +174,18 @@ class Manager:
         if record.result is FenceResult.PENDING:
             if host.fence_token in self._my_tokens:
                 return None  # ours: _fences_to_run runs it
-            return self._fence(host, f"attempt {record.token} belongs to an earlier leader",
-                               record.evidence)
+            return self._fence(
+                host, f"attempt {record.token} belongs to an earlier leader", record.evidence
+            )
         failed_at = self._failed_at.get(host.name)
         backoff = state.settings.fence_retry_backoff_s * 2 ** (record.attempt - 1)
         if failed_at is not None and now - failed_at < backoff:
             return None
-        return self._fence(host, f"retry after {record.result.value} "
-                           f"(attempt {record.attempt + 1})", record.result_evidence)
+        return self._fence(
+            host,
+            f"retry after {record.result.value} (attempt {record.attempt + 1})",
+            record.result_evidence,
+        )
 
     def _fences_to_run(self, state: ClusterState) -> list[Decision]:
         out: list[Decision] = []
@@ -179,9 +199,17 @@ class Manager:
                 continue
             if token in self._fencing:
                 continue
+            if token in self._results:  # answered; its outcome has not committed yet
+                continue
             self._fencing.add(token)
-            out.append(RunFence(name, token, fence_action_for(state, host),
-                                f"token {token} committed in term {self.term}: {record.reason}"))
+            out.append(
+                RunFence(
+                    name,
+                    token,
+                    fence_action_for(state, host),
+                    f"token {token} committed in term {self.term}: {record.reason}",
+                )
+            )
         return out
 
     # ------------------------------------------------------------ helpers
@@ -189,8 +217,10 @@ class Manager:
     def _may_send(self, decision: Propose, now: float) -> bool:
         """One proposal per key in flight; a refused command is not repeated at tick rate."""
         sent_key = (decision.key, decision.command.TYPE)
-        if decision.key in self._inflight or now - self._last_sent.get(sent_key, -1e18) < \
-                REPEAT_AFTER_S:
+        if (
+            decision.key in self._inflight
+            or now - self._last_sent.get(sent_key, -1e18) < REPEAT_AFTER_S
+        ):
             return False
         self._inflight[decision.key] = now + PROPOSAL_TIMEOUT_S
         self._last_sent[sent_key] = now
@@ -203,3 +233,8 @@ class Manager:
     def _propose(self, cmd: c.Command, key: str, reason: str, now: float) -> Propose:
         self._inflight[key] = now + PROPOSAL_TIMEOUT_S
         return Propose(cmd, key, reason)
+
+
+def _pending(state: ClusterState, token: int) -> bool:
+    record = state.fence_record(token)
+    return record is not None and record.result is FenceResult.PENDING

@@ -9,7 +9,6 @@ capacity as it goes, so one plan places all VMs of a dead host at once.
 from __future__ import annotations
 
 import bisect
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -70,7 +69,8 @@ class Planner:
         self.settings = state.settings
         self.selector = state.settings.selector
         self.hosts = {
-            name: host for name, host in state.hosts.items()
+            name: host
+            for name, host in state.hosts.items()
             if host.state in SCHEDULABLE_HOSTS and host.runs_vms and name not in excluded
         }
         self.usage = {name: state.usage_of(name).copy() for name in self.hosts}
@@ -105,12 +105,17 @@ class Planner:
         need = f"{vm.memory_mib} MiB, {vm.vcpus} vCPU"
         if not self.hosts:
             return f"no schedulable host for {need}"
-        reasons = Counter(
-            misfit(vm, host, self.usage[name], self.settings)
-            for name, host in self.hosts.items()
-        )
-        parts = [f"{count} {why}" for why, count in sorted(reasons.items())]
-        return f"no host fits {need}: " + ", ".join(parts)
+        by_reason: dict[str, list[str]] = {}
+        for name in sorted(self.hosts):
+            why = misfit(vm, self.hosts[name], self.usage[name], self.settings)
+            by_reason.setdefault(why, []).append(name)
+        parts = [f"{why} ({_names(hosts)})" for why, hosts in sorted(by_reason.items())]
+        return f"no host fits {need}: " + "; ".join(parts)
+
+
+def _names(hosts: list[str], shown: int = 4) -> str:
+    more = f" and {len(hosts) - shown} more" if len(hosts) > shown else ""
+    return ", ".join(hosts[:shown]) + more
 
 
 def by_priority(vms: Iterable[Vm]) -> list[Vm]:

@@ -24,8 +24,11 @@ from hacluster.fsm.model import RECENT_REQUESTS_KEPT, ClusterState, Settings
 
 
 def set_settings(ctx: Ctx, cmd: c.SetSettings) -> None:
-    changes = {f.name: getattr(cmd, f.name) for f in dataclasses.fields(cmd)
-               if getattr(cmd, f.name) is not None}
+    changes = {
+        f.name: getattr(cmd, f.name)
+        for f in dataclasses.fields(cmd)
+        if getattr(cmd, f.name) is not None
+    }
     if not changes:
         raise Refused("no setting given")
     updated = dataclasses.replace(ctx.state.settings, **changes)
@@ -40,8 +43,16 @@ def set_settings(ctx: Ctx, cmd: c.SetSettings) -> None:
 
 def settings_problem(s: Settings) -> str:
     """The first thing wrong with a settings record ("" when valid)."""
-    positive = ("fence_window_s", "fence_timeout_s", "memory_overcommit", "vcpu_overcommit",
-                "lease_renew_s", "lease_suspect_s", "lease_ttl_s", "vm_stable_s")
+    positive = (
+        "fence_window_s",
+        "fence_timeout_s",
+        "memory_overcommit",
+        "vcpu_overcommit",
+        "lease_renew_s",
+        "lease_suspect_s",
+        "lease_ttl_s",
+        "vm_stable_s",
+    )
     for name in positive:
         value = getattr(s, name)
         if not (math.isfinite(value) and value > 0):
@@ -49,27 +60,36 @@ def settings_problem(s: Settings) -> str:
     if s.fence_cap < 0 or s.fence_retry_limit < 1 or s.fence_retry_backoff_s < 0:
         return "fence_cap must be >= 0, fence_retry_limit >= 1, fence_retry_backoff_s >= 0"
     if not s.lease_renew_s < s.lease_suspect_s < s.lease_ttl_s:
-        return ("lease timings must satisfy lease_renew_s < lease_suspect_s < lease_ttl_s "
-                f"(got {s.lease_renew_s} < {s.lease_suspect_s} < {s.lease_ttl_s})")
+        return (
+            "lease timings must satisfy lease_renew_s < lease_suspect_s < lease_ttl_s "
+            f"(got {s.lease_renew_s} < {s.lease_suspect_s} < {s.lease_ttl_s})"
+        )
     return ""
 
 
 def set_bmc_defaults(ctx: Ctx, cmd: c.SetBmcDefaults) -> None:
     ctx.state.settings = dataclasses.replace(ctx.state.settings, bmc=cmd.bmc)
-    ctx.emit(ev.SETTINGS_CHANGED, "", f"BMC defaults: driver {cmd.bmc.driver}, port "
-             f"{cmd.bmc.port}, user {cmd.bmc.username or '-'}")
+    ctx.emit(
+        ev.SETTINGS_CHANGED,
+        "",
+        f"BMC defaults: driver {cmd.bmc.driver}, port "
+        f"{cmd.bmc.port}, user {cmd.bmc.username or '-'}",
+    )
 
 
 def set_cluster_maintenance(ctx: Ctx, cmd: c.SetClusterMaintenance) -> None:
     ctx.state.settings = dataclasses.replace(ctx.state.settings, cluster_maintenance=cmd.on)
     who = cmd.who or ctx.origin or "an operator"
-    ctx.emit(ev.CLUSTER_MAINTENANCE, "", f"cluster maintenance {'on' if cmd.on else 'off'} "
-             f"by {who}" + (": fencing disabled" if cmd.on else ": fencing enabled"))
+    ctx.emit(
+        ev.CLUSTER_MAINTENANCE,
+        "",
+        f"cluster maintenance {'on' if cmd.on else 'off'} "
+        f"by {who}" + (": fencing disabled" if cmd.on else ": fencing enabled"),
+    )
 
 
 def noop(ctx: Ctx, cmd: c.Noop) -> None:
-    ctx.emit(ev.NOOP, "", f"leader {ctx.origin} holds a majority in term {cmd.term}",
-             term=cmd.term)
+    ctx.emit(ev.NOOP, "", f"leader {ctx.origin} holds a majority in term {cmd.term}", term=cmd.term)
 
 
 Handler = Callable[[Ctx, Any], None]
@@ -110,8 +130,9 @@ def _remember(state: ClusterState, request_id: str, index: int) -> None:
         del recent[next(iter(recent))]
 
 
-def apply(state: ClusterState, entry: bytes | c.Envelope | c.Undecodable,
-          index: int) -> list[Event]:
+def apply(
+    state: ClusterState, entry: bytes | c.Envelope | c.Undecodable, index: int
+) -> list[Event]:
     """Apply one committed log entry (bytes as replicated, or already decoded)."""
     if isinstance(entry, bytes | bytearray | memoryview):
         entry = decode_command(bytes(entry))
@@ -121,8 +142,15 @@ def apply(state: ClusterState, entry: bytes | c.Envelope | c.Undecodable,
         return [Event(index, ev.UNDECODABLE, "", f"entry {index} skipped: {entry.problem}")]
     seen = state.recent_requests.get(entry.request_id) if entry.request_id else None
     if seen is not None:
-        return [Event(index, ev.DUPLICATE, "", f"request {entry.request_id} was applied at "
-                      f"index {seen}", (("original", str(seen)),))]
+        return [
+            Event(
+                index,
+                ev.DUPLICATE,
+                "",
+                f"request {entry.request_id} was applied at index {seen}",
+                (("original", str(seen)),),
+            )
+        ]
     state.log_time = max(state.log_time, entry.stamped_at)
     _remember(state, entry.request_id, index)
     ctx = Ctx(state, index, entry.origin)
@@ -132,9 +160,17 @@ def apply(state: ClusterState, entry: bytes | c.Envelope | c.Undecodable,
             place_pending(ctx)
             refresh_drains(ctx)
     except Refused as exc:
-        ctx.events.append(Event(index, ev.REJECTED, exc.subject, str(exc),
-                                (("command", entry.command.TYPE),)))
+        ctx.events.append(
+            Event(index, ev.REJECTED, exc.subject, str(exc), (("command", entry.command.TYPE),))
+        )
     except IllegalEdge as exc:  # a bug: report it loudly, identically on every peer
-        ctx.events.append(Event(index, ev.REJECTED, "", f"internal error: illegal edge {exc}",
-                                (("command", entry.command.TYPE), ("bug", "1"))))
+        ctx.events.append(
+            Event(
+                index,
+                ev.REJECTED,
+                "",
+                f"internal error: illegal edge {exc}",
+                (("command", entry.command.TYPE), ("bug", "1")),
+            )
+        )
     return ctx.events

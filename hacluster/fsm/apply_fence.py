@@ -25,8 +25,11 @@ H = HostState
 def fences_in_window(state: ClusterState) -> list[FenceRecord]:
     """Automatic fence incidents that count against the cap right now (log time)."""
     since = state.log_time - state.settings.fence_window_s
-    return [r for r in state.fences
-            if r.attempt == 1 and r.result is not FenceResult.MANUAL and r.requested_at > since]
+    return [
+        r
+        for r in state.fences
+        if r.attempt == 1 and r.result is not FenceResult.MANUAL and r.requested_at > since
+    ]
 
 
 def cap_reopens_at(state: ClusterState) -> float | None:
@@ -71,8 +74,9 @@ def _supersede_pending(ctx: Ctx, host: Host) -> FenceRecord | None:
 
 def _check_fenceable(ctx: Ctx, host: Host) -> None:
     if not host.runs_vms:
-        raise Refused(f"host {host.name} is a witness; it runs no VMs and is never fenced",
-                      host.name)
+        raise Refused(
+            f"host {host.name} is a witness; it runs no VMs and is never fenced", host.name
+        )
     if ctx.state.settings.cluster_maintenance:
         raise Refused("cluster maintenance is on: fencing is disabled", host.name)
     wanted = host.fence_wanted and host.state in (H.ONLINE, H.DRAINING)
@@ -105,26 +109,49 @@ def request_fence(ctx: Ctx, cmd: c.RequestFence) -> None:
 
 def _block(ctx: Ctx, host: Host, reopens: float) -> None:
     s = ctx.state.settings
-    reason = (f"fence cap reached: {s.fence_cap} fence(s) per {s.fence_window_s:g} s; "
-              f"next possible at log time {reopens:.0f} or by an operator")
+    reason = (
+        f"fence cap reached: {s.fence_cap} fence(s) per {s.fence_window_s:g} s; "
+        f"next possible at log time {reopens:.0f} or by an operator"
+    )
     if host.state is not H.FENCE_BLOCKED:
         ctx.set_host_state(host, H.FENCE_BLOCKED, reason)
         freeze_for_fence(ctx, host.name)
-    ctx.emit(ev.FENCE_CAP_REACHED, host.name, reason, cap=s.fence_cap,
-             window_s=s.fence_window_s)
+    ctx.emit(ev.FENCE_CAP_REACHED, host.name, reason, cap=s.fence_cap, window_s=s.fence_window_s)
 
 
-def _start_attempt(ctx: Ctx, host: Host, incident: int, attempt: int, reason: str,
-                   evidence: str) -> None:
+def _start_attempt(
+    ctx: Ctx, host: Host, incident: int, attempt: int, reason: str, evidence: str
+) -> None:
     action = fence_action_for(ctx.state, host)
-    _append(ctx, FenceRecord(
-        token=ctx.index, host=host.name, incident=incident, attempt=attempt, action=action,
-        reason=reason, evidence=evidence, requested_by=ctx.origin, requested_at=ctx.now))
-    ctx.set_host_state(host, H.FENCING, f"fence requested (token {ctx.index}, attempt "
-                       f"{attempt}): {reason}", fence_token=ctx.index)
+    _append(
+        ctx,
+        FenceRecord(
+            token=ctx.index,
+            host=host.name,
+            incident=incident,
+            attempt=attempt,
+            action=action,
+            reason=reason,
+            evidence=evidence,
+            requested_by=ctx.origin,
+            requested_at=ctx.now,
+        ),
+    )
+    ctx.set_host_state(
+        host,
+        H.FENCING,
+        f"fence requested (token {ctx.index}, attempt {attempt}): {reason}",
+        fence_token=ctx.index,
+    )
     freeze_for_fence(ctx, host.name)
-    ctx.emit(ev.FENCE_REQUESTED, host.name, f"{reason} [{evidence}]", token=ctx.index,
-             attempt=attempt, action=action.value)
+    ctx.emit(
+        ev.FENCE_REQUESTED,
+        host.name,
+        f"{reason} [{evidence}]",
+        token=ctx.index,
+        attempt=attempt,
+        action=action.value,
+    )
 
 
 def _current_record(ctx: Ctx, host: Host, token: int) -> FenceRecord:
@@ -138,16 +165,32 @@ def confirm_fence(ctx: Ctx, cmd: c.ConfirmFence) -> None:
     host = ctx.host(cmd.host)
     record = _current_record(ctx, host, cmd.token)
     if not cmd.result.host_is_off or cmd.result is FenceResult.MANUAL:
-        raise Refused(f"result {cmd.result.value} does not prove host {host.name} is off",
-                      host.name)
+        raise Refused(
+            f"result {cmd.result.value} does not prove host {host.name} is off", host.name
+        )
     if host.state is not H.FENCING or host.fence_token != cmd.token:
-        raise Refused(f"stale confirm for token {cmd.token}: host {host.name} is "
-                      f"{host.state.value} with token {host.fence_token}", host.name)
-    _replace(ctx, record, result=cmd.result, result_evidence=cmd.evidence, method=cmd.method,
-             confirmed_by=ctx.origin, finished_at=ctx.now)
+        raise Refused(
+            f"stale confirm for token {cmd.token}: host {host.name} is "
+            f"{host.state.value} with token {host.fence_token}",
+            host.name,
+        )
+    _replace(
+        ctx,
+        record,
+        result=cmd.result,
+        result_evidence=cmd.evidence,
+        method=cmd.method,
+        confirmed_by=ctx.origin,
+        finished_at=ctx.now,
+    )
     ctx.set_host_state(host, H.FENCED, f"fence confirmed: {cmd.result.value} ({cmd.method})")
-    ctx.emit(ev.FENCE_CONFIRMED, host.name, f"{cmd.result.value}: {cmd.evidence}",
-             token=cmd.token, method=cmd.method)
+    ctx.emit(
+        ev.FENCE_CONFIRMED,
+        host.name,
+        f"{cmd.result.value}: {cmd.evidence}",
+        token=cmd.token,
+        method=cmd.method,
+    )
     release_after_fence(ctx, host.name)
 
 
@@ -155,21 +198,42 @@ def fence_failed(ctx: Ctx, cmd: c.FenceFailed) -> None:
     host = ctx.host(cmd.host)
     record = _current_record(ctx, host, cmd.token)
     if host.state is not H.FENCING or host.fence_token != cmd.token:
-        raise Refused(f"stale failure for token {cmd.token}: host {host.name} is "
-                      f"{host.state.value} with token {host.fence_token}", host.name)
+        raise Refused(
+            f"stale failure for token {cmd.token}: host {host.name} is "
+            f"{host.state.value} with token {host.fence_token}",
+            host.name,
+        )
     if cmd.result.host_is_off or cmd.result is FenceResult.PENDING:
         raise Refused(f"result {cmd.result.value} is not a failure", host.name)
-    _replace(ctx, record, result=cmd.result, result_evidence=cmd.evidence, method=cmd.method,
-             finished_at=ctx.now)
+    _replace(
+        ctx,
+        record,
+        result=cmd.result,
+        result_evidence=cmd.evidence,
+        method=cmd.method,
+        finished_at=ctx.now,
+    )
     limit = ctx.state.settings.fence_retry_limit
     final = record.attempt >= limit or cmd.result is FenceResult.NOTIFIED
-    ctx.emit(ev.FENCE_FAILED, host.name, f"{cmd.result.value}: {cmd.evidence}",
-             token=cmd.token, attempt=record.attempt, final=final)
+    ctx.emit(
+        ev.FENCE_FAILED,
+        host.name,
+        f"{cmd.result.value}: {cmd.evidence}",
+        token=cmd.token,
+        attempt=record.attempt,
+        final=final,
+    )
     if final:
-        why = ("operator notified (fence action none/identify)"
-               if cmd.result is FenceResult.NOTIFIED else f"{record.attempt} attempt(s) failed")
-        ctx.set_host_state(host, H.FENCE_FAILED, f"{why}; waiting for an operator to confirm "
-                           f"the host is off (last: {cmd.result.value})")
+        why = (
+            "operator notified (fence action none/identify)"
+            if cmd.result is FenceResult.NOTIFIED
+            else f"{record.attempt} attempt(s) failed"
+        )
+        ctx.set_host_state(
+            host,
+            H.FENCE_FAILED,
+            f"{why}; waiting for an operator to confirm the host is off (last: {cmd.result.value})",
+        )
 
 
 def admin_confirm(ctx: Ctx, cmd: c.AdminConfirmFence) -> None:
@@ -177,29 +241,57 @@ def admin_confirm(ctx: Ctx, cmd: c.AdminConfirmFence) -> None:
     if not cmd.who.strip() or not cmd.reason.strip():
         raise Refused("an operator confirm needs who and a reason", host.name)
     if host.state not in FENCE_PENDING_HOSTS and host.state is not H.SUSPECT:
-        raise Refused(f"host {host.name} is {host.state.value}; only a suspect or unfenced "
-                      "host can be confirmed off by hand", host.name)
+        raise Refused(
+            f"host {host.name} is {host.state.value}; only a suspect or unfenced "
+            "host can be confirmed off by hand",
+            host.name,
+        )
     prev = _supersede_pending(ctx, host)
     same_incident = prev is not None and host.state in (H.FENCING, H.FENCE_FAILED)
-    _append(ctx, FenceRecord(
-        token=ctx.index, host=host.name, incident=prev.incident if same_incident and prev
-        else ctx.index, attempt=prev.attempt + 1 if same_incident and prev else 1,
-        action=FenceAction.OFF, reason=cmd.reason, evidence="operator confirmed power off",
-        requested_by=cmd.who, requested_at=ctx.now, result=FenceResult.MANUAL,
-        result_evidence=cmd.reason, method="manual", confirmed_by=cmd.who, finished_at=ctx.now))
+    _append(
+        ctx,
+        FenceRecord(
+            token=ctx.index,
+            host=host.name,
+            incident=prev.incident if same_incident and prev else ctx.index,
+            attempt=prev.attempt + 1 if same_incident and prev else 1,
+            action=FenceAction.OFF,
+            reason=cmd.reason,
+            evidence="operator confirmed power off",
+            requested_by=cmd.who,
+            requested_at=ctx.now,
+            result=FenceResult.MANUAL,
+            result_evidence=cmd.reason,
+            method="manual",
+            confirmed_by=cmd.who,
+            finished_at=ctx.now,
+        ),
+    )
     freeze_for_fence(ctx, host.name)
-    ctx.set_host_state(ctx.state.hosts[host.name], H.FENCED,
-                       f"confirmed off by {cmd.who}: {cmd.reason}", fence_token=ctx.index)
-    ctx.emit(ev.FENCE_CONFIRMED, host.name, f"manual: {cmd.who}: {cmd.reason}",
-             token=ctx.index, method="manual")
+    ctx.set_host_state(
+        ctx.state.hosts[host.name],
+        H.FENCED,
+        f"confirmed off by {cmd.who}: {cmd.reason}",
+        fence_token=ctx.index,
+    )
+    ctx.emit(
+        ev.FENCE_CONFIRMED,
+        host.name,
+        f"manual: {cmd.who}: {cmd.reason}",
+        token=ctx.index,
+        method="manual",
+    )
     release_after_fence(ctx, host.name)
 
 
 def retry_fence(ctx: Ctx, cmd: c.RetryFence) -> None:
     host = ctx.host(cmd.host)
     if host.state not in (H.FENCE_FAILED, H.FENCE_BLOCKED):
-        raise Refused(f"host {host.name} is {host.state.value}; only fence-failed or "
-                      "fence-blocked hosts can be retried", host.name)
+        raise Refused(
+            f"host {host.name} is {host.state.value}; only fence-failed or "
+            "fence-blocked hosts can be retried",
+            host.name,
+        )
     if ctx.state.settings.cluster_maintenance:
         raise Refused("cluster maintenance is on: fencing is disabled", host.name)
     prev = ctx.state.fence_record(host.fence_token) if host.fence_token else None

@@ -19,9 +19,17 @@ def add_host(ctx: Ctx, cmd: c.AddHost) -> None:
         raise Refused(f"host {cmd.name} already exists ({existing.state.value})", cmd.name)
     if cmd.memory_mib < 0 or cmd.vcpus < 0:
         raise Refused("memory_mib and vcpus must be >= 0", cmd.name)
-    host = Host(name=cmd.name, addresses=cmd.addresses, memory_mib=cmd.memory_mib,
-                vcpus=cmd.vcpus, role=cmd.role, state=H.JOINING, since=ctx.now,
-                reason="added; waiting for its agent to report ready", bmc=cmd.bmc)
+    host = Host(
+        name=cmd.name,
+        addresses=cmd.addresses,
+        memory_mib=cmd.memory_mib,
+        vcpus=cmd.vcpus,
+        role=cmd.role,
+        state=H.JOINING,
+        since=ctx.now,
+        reason="added; waiting for its agent to report ready",
+        bmc=cmd.bmc,
+    )
     ctx.put_host(host)
     ctx.emit(ev.HOST_ADDED, cmd.name, f"added as {cmd.role.value}", role=cmd.role.value)
 
@@ -31,11 +39,13 @@ def remove_host(ctx: Ctx, cmd: c.RemoveHost) -> None:
     holding = ctx.state.vms_on(cmd.name)
     if holding:
         names = ", ".join(vm.name for vm in holding[:5])
-        raise Refused(f"host {cmd.name} still holds {len(holding)} VM(s) ({names}); put it "
-                      "in maintenance first", cmd.name)
+        raise Refused(
+            f"host {cmd.name} still holds {len(holding)} VM(s) ({names}); put it "
+            "in maintenance first",
+            cmd.name,
+        )
     if host.state in FENCE_PENDING_HOSTS:
-        raise Refused(f"host {cmd.name} is {host.state.value}; confirm the fence first",
-                      cmd.name)
+        raise Refused(f"host {cmd.name} is {host.state.value}; confirm the fence first", cmd.name)
     ctx.set_host_state(host, H.REMOVED, f"removed by {ctx.origin or 'an operator'}")
     ctx.emit(ev.HOST_REMOVED, cmd.name, "removed from the cluster")
 
@@ -43,8 +53,11 @@ def remove_host(ctx: Ctx, cmd: c.RemoveHost) -> None:
 def host_ready(ctx: Ctx, cmd: c.HostReady) -> None:
     host = ctx.host(cmd.name)
     if host.state in FENCE_PENDING_HOSTS:
-        raise Refused(f"host {cmd.name} is {host.state.value}; it may rejoin only after the "
-                      "fence is confirmed", cmd.name)
+        raise Refused(
+            f"host {cmd.name} is {host.state.value}; it may rejoin only after the "
+            "fence is confirmed",
+            cmd.name,
+        )
     capacity = {}
     if cmd.memory_mib > 0 and cmd.memory_mib != host.memory_mib:
         capacity["memory_mib"] = cmd.memory_mib
@@ -53,11 +66,15 @@ def host_ready(ctx: Ctx, cmd: c.HostReady) -> None:
     if capacity:
         host = ctx.put_host(host, **capacity)
         ctx.capacity_changed = True
-        ctx.emit(ev.HOST_UPDATED, cmd.name, "capacity " + ", ".join(
-            f"{k}={v}" for k, v in sorted(capacity.items())))
+        ctx.emit(
+            ev.HOST_UPDATED,
+            cmd.name,
+            "capacity " + ", ".join(f"{k}={v}" for k, v in sorted(capacity.items())),
+        )
     if host.state is H.FENCED:
-        ctx.set_host_state(host, H.ONLINE, "back after fence; stale local VMs cleaned up",
-                           fence_wanted="")
+        ctx.set_host_state(
+            host, H.ONLINE, "back after fence; stale local VMs cleaned up", fence_wanted=""
+        )
         ctx.emit(ev.HOST_RECOVERED, cmd.name, "rejoined after being fenced")
     elif host.state in (H.JOINING, H.SUSPECT):
         ctx.set_host_state(host, H.ONLINE, "agent ready")
@@ -83,14 +100,17 @@ def _enter_maintenance(ctx: Ctx, host: Host) -> None:
         ctx.emit(ev.HOST_UPDATED, host.name, f"already {host.state.value}")
         return
     if host.state in (H.JOINING, H.FENCED):
-        ctx.set_host_state(host, H.MAINTENANCE, "maintenance on (host runs no VMs)",
-                           maintenance_wanted=True)
+        ctx.set_host_state(
+            host, H.MAINTENANCE, "maintenance on (host runs no VMs)", maintenance_wanted=True
+        )
         return
     if host.state is not H.ONLINE:
-        raise Refused(f"host {host.name} is {host.state.value}; only an online host can be "
-                      "drained", host.name)
-    ctx.set_host_state(host, H.DRAINING, "maintenance on: draining by live migration",
-                       maintenance_wanted=True)
+        raise Refused(
+            f"host {host.name} is {host.state.value}; only an online host can be drained", host.name
+        )
+    ctx.set_host_state(
+        host, H.DRAINING, "maintenance on: draining by live migration", maintenance_wanted=True
+    )
     continue_drain(ctx, host.name)
 
 

@@ -16,8 +16,9 @@ V = VmState
 MAX_XML_BYTES = 1024 * 1024
 
 
-def _check_limits(memory_mib: int, vcpus: int, max_restarts: int, max_relocates: int,
-                  name: str) -> None:
+def _check_limits(
+    memory_mib: int, vcpus: int, max_restarts: int, max_relocates: int, name: str
+) -> None:
     if memory_mib <= 0 or vcpus <= 0:
         raise Refused("memory_mib and vcpus must be > 0", name)
     if max_restarts < 0 or max_relocates < 0:
@@ -31,14 +32,29 @@ def add_vm(ctx: Ctx, cmd: c.AddVm) -> None:
     if len(cmd.xml.encode()) > MAX_XML_BYTES:
         raise Refused(f"domain XML larger than {MAX_XML_BYTES} bytes", cmd.name)
     _check_limits(cmd.memory_mib, cmd.vcpus, cmd.max_restarts, cmd.max_relocates, cmd.name)
-    vm = Vm(name=cmd.name, xml=cmd.xml, memory_mib=cmd.memory_mib, vcpus=cmd.vcpus,
-            priority=cmd.priority, ha=cmd.ha, desired=cmd.desired,
-            allowed_hosts=tuple(sorted(set(cmd.allowed_hosts))), anti_affinity=cmd.anti_affinity,
-            max_restarts=cmd.max_restarts, max_relocates=cmd.max_relocates,
-            state=V.STOPPED, since=ctx.now, reason="defined")
+    vm = Vm(
+        name=cmd.name,
+        xml=cmd.xml,
+        memory_mib=cmd.memory_mib,
+        vcpus=cmd.vcpus,
+        priority=cmd.priority,
+        ha=cmd.ha,
+        desired=cmd.desired,
+        allowed_hosts=tuple(sorted(set(cmd.allowed_hosts))),
+        anti_affinity=cmd.anti_affinity,
+        max_restarts=cmd.max_restarts,
+        max_relocates=cmd.max_relocates,
+        state=V.STOPPED,
+        since=ctx.now,
+        reason="defined",
+    )
     ctx.state.put_vm(vm)
-    ctx.emit(ev.VM_ADDED, cmd.name, f"{cmd.memory_mib} MiB, {cmd.vcpus} vCPU, priority "
-             f"{cmd.priority}, desired {cmd.desired.value}")
+    ctx.emit(
+        ev.VM_ADDED,
+        cmd.name,
+        f"{cmd.memory_mib} MiB, {cmd.vcpus} vCPU, priority "
+        f"{cmd.priority}, desired {cmd.desired.value}",
+    )
     if cmd.desired is Desired.STARTED:
         place(ctx, [vm])
 
@@ -53,19 +69,26 @@ def remove_vm(ctx: Ctx, cmd: c.RemoveVm) -> None:
 
 def set_vm_options(ctx: Ctx, cmd: c.SetVmOptions) -> None:
     vm = ctx.vm(cmd.name)
-    changes = {f.name: getattr(cmd, f.name) for f in dataclasses.fields(cmd)
-               if f.name != "name" and getattr(cmd, f.name) is not None}
+    changes = {
+        f.name: getattr(cmd, f.name)
+        for f in dataclasses.fields(cmd)
+        if f.name != "name" and getattr(cmd, f.name) is not None
+    }
     if "allowed_hosts" in changes:
         changes["allowed_hosts"] = tuple(sorted(set(changes["allowed_hosts"])))
     if "xml" in changes and len(changes["xml"].encode()) > MAX_XML_BYTES:
         raise Refused(f"domain XML larger than {MAX_XML_BYTES} bytes", cmd.name)
     updated = dataclasses.replace(vm, **changes)
-    _check_limits(updated.memory_mib, updated.vcpus, updated.max_restarts,
-                  updated.max_relocates, cmd.name)
+    _check_limits(
+        updated.memory_mib, updated.vcpus, updated.max_restarts, updated.max_relocates, cmd.name
+    )
     ctx.state.put_vm(updated)
     shown = ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items()) if k != "xml")
-    ctx.emit(ev.VM_UPDATED, cmd.name, shown + (" (new XML: used at next start)"
-                                                if "xml" in changes else ""))
+    ctx.emit(
+        ev.VM_UPDATED,
+        cmd.name,
+        shown + (" (new XML: used at next start)" if "xml" in changes else ""),
+    )
     if updated.state is V.PENDING:
         ctx.capacity_changed = True
 
@@ -74,8 +97,11 @@ def set_vm_desired(ctx: Ctx, cmd: c.SetVmDesired) -> None:
     vm = ctx.vm(cmd.name)
     if vm.state is V.MIGRATING and cmd.desired is not Desired.STARTED:
         raise Refused(f"VM {cmd.name} is migrating; stop it when the migration ends", cmd.name)
-    if vm.desired is Desired.DISABLED and cmd.desired is Desired.STARTED and \
-            vm.state is not V.STOPPED:
+    if (
+        vm.desired is Desired.DISABLED
+        and cmd.desired is Desired.STARTED
+        and vm.state is not V.STOPPED
+    ):
         raise Refused(f"VM {cmd.name} is disabled and {vm.state.value}", cmd.name)
     vm = dataclasses.replace(vm, desired=cmd.desired)
     ctx.state.put_vm(vm)
@@ -96,27 +122,33 @@ def set_vm_desired(ctx: Ctx, cmd: c.SetVmDesired) -> None:
 def migrate_vm(ctx: Ctx, cmd: c.MigrateVm) -> None:
     vm = ctx.vm(cmd.name)
     if vm.state is not V.STARTED:
-        raise Refused(f"VM {cmd.name} is {vm.state.value}; only a started VM can migrate",
-                      cmd.name)
+        raise Refused(f"VM {cmd.name} is {vm.state.value}; only a started VM can migrate", cmd.name)
     if cmd.target == vm.host:
         raise Refused(f"VM {cmd.name} already runs on {vm.host}", cmd.name)
     planner = Planner(ctx.state, exclude=[vm.host])
     choice = planner.check(vm, cmd.target) if cmd.target else planner.choose(vm)
     if choice.host is None:
         raise Refused(f"cannot migrate {cmd.name}: {choice.reason}", cmd.name)
-    ctx.set_vm(vm, V.MIGRATING, f"live migration to {choice.host} ({choice.reason})",
-               target_host=choice.host, placement=ctx.index)
+    ctx.set_vm(
+        vm,
+        V.MIGRATING,
+        f"live migration to {choice.host} ({choice.reason})",
+        target_host=choice.host,
+        placement=ctx.index,
+    )
 
 
 def vm_report(ctx: Ctx, cmd: c.VmReport) -> None:
     vm = ctx.vm(cmd.name)
     if cmd.observed not in c.VM_REPORTS:
         raise Refused(f"unknown report {cmd.observed!r}", cmd.name)
-    if cmd.placement != vm.placement or cmd.host not in (vm.host, vm.target_host) or \
-            not vm.host:
-        raise Refused(f"stale report {cmd.observed} from {cmd.host} for placement "
-                      f"{cmd.placement} (current: {vm.state.value} on {vm.host or '-'}, "
-                      f"placement {vm.placement})", cmd.name)
+    if cmd.placement != vm.placement or cmd.host not in (vm.host, vm.target_host) or not vm.host:
+        raise Refused(
+            f"stale report {cmd.observed} from {cmd.host} for placement "
+            f"{cmd.placement} (current: {vm.state.value} on {vm.host or '-'}, "
+            f"placement {vm.placement})",
+            cmd.name,
+        )
     handler = _REPORTS[cmd.observed]
     handler(ctx, vm, cmd)
     for host in sorted({vm.host, vm.target_host} - {""}):
@@ -141,8 +173,13 @@ def _failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
     elif vm.state is V.MIGRATING:
         # The domain vanished mid-migration: make sure the target holds no copy
         # before anything starts again.
-        ctx.set_vm(vm, V.STOPPING, f"{detail}; stopping any copy on {vm.target_host}",
-                   host=vm.target_host, target_host="")
+        ctx.set_vm(
+            vm,
+            V.STOPPING,
+            f"{detail}; stopping any copy on {vm.target_host}",
+            host=vm.target_host,
+            target_host="",
+        )
     elif vm.state in (V.STARTING, V.STARTED, V.RECOVERY) and cmd.host == vm.host:
         restart_or_relocate(ctx, vm, detail)
     else:
@@ -163,8 +200,10 @@ def _stop_failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
     if vm.state is not V.STOPPING or cmd.host != vm.host:
         raise _wrong_state(vm, cmd)
     host = ctx.state.hosts[vm.host]
-    why = f"VM {vm.name} failed to stop: {cmd.detail or 'no detail'}; fencing {vm.host} so " \
-          "that two copies can never run"
+    why = (
+        f"VM {vm.name} failed to stop: {cmd.detail or 'no detail'}; fencing {vm.host} so "
+        "that two copies can never run"
+    )
     ctx.put_host(host, fence_wanted=why)
     ctx.set_vm(vm, V.STOPPING, why)
     ctx.emit(ev.HOST_UPDATED, vm.host, why)
@@ -173,8 +212,14 @@ def _stop_failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
 def _migrated(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
     if vm.state is not V.MIGRATING:
         raise _wrong_state(vm, cmd)
-    ctx.set_vm(vm, V.STARTED, f"live-migrated from {vm.host} to {vm.target_host}",
-               host=vm.target_host, target_host="", placement=ctx.index)
+    ctx.set_vm(
+        vm,
+        V.STARTED,
+        f"live-migrated from {vm.host} to {vm.target_host}",
+        host=vm.target_host,
+        target_host="",
+        placement=ctx.index,
+    )
 
 
 def _migrate_failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
@@ -183,8 +228,13 @@ def _migrate_failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
     detail = f"migration to {vm.target_host} failed: {cmd.detail or 'no detail'}"
     source = ctx.state.hosts.get(vm.host)
     if source is not None and source.state is HostState.DRAINING:
-        ctx.set_vm(vm, V.STOPPING, f"{detail}; draining by stop and start instead",
-                   target_host="", placement=ctx.index)
+        ctx.set_vm(
+            vm,
+            V.STOPPING,
+            f"{detail}; draining by stop and start instead",
+            target_host="",
+            placement=ctx.index,
+        )
     else:
         ctx.set_vm(vm, V.STARTED, f"{detail}; still on {vm.host}", target_host="")
 

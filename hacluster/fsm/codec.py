@@ -34,8 +34,15 @@ class SnapshotError(ValueError):
 def encode_command(envelope: Envelope) -> bytes:
     cmd = envelope.command
     return msgpack.packb(
-        [ENTRY_FORMAT, cmd.TYPE, cmd.VERSION, envelope.request_id, envelope.origin,
-         float(envelope.stamped_at), encode_fields(cmd)],
+        [
+            ENTRY_FORMAT,
+            cmd.TYPE,
+            cmd.VERSION,
+            envelope.request_id,
+            envelope.origin,
+            float(envelope.stamped_at),
+            encode_fields(cmd),
+        ],
         use_bin_type=True,
     )
 
@@ -51,16 +58,23 @@ def decode_command(data: bytes) -> Envelope | Undecodable:
     if not isinstance(raw, list) or len(raw) != 7 or raw[0] != ENTRY_FORMAT:
         return Undecodable("not a hacluster log entry (wrong envelope)")
     _, ctype, version, request_id, origin, stamped_at, fields = raw
-    meta_ok = (isinstance(request_id, str) and isinstance(origin, str)
-               and isinstance(stamped_at, int | float) and not isinstance(stamped_at, bool))
+    meta_ok = (
+        isinstance(request_id, str)
+        and isinstance(origin, str)
+        and isinstance(stamped_at, int | float)
+        and not isinstance(stamped_at, bool)
+    )
     if not meta_ok:
         return Undecodable("malformed envelope metadata")
     cls = COMMANDS_BY_TYPE.get(ctype) if isinstance(ctype, str) else None
     if cls is None:
         return Undecodable(f"unknown command type {ctype!r}", request_id, float(stamped_at))
     if version != cls.VERSION:
-        return Undecodable(f"{ctype} version {version!r} not supported (this peer knows "
-                           f"{cls.VERSION})", request_id, float(stamped_at))
+        return Undecodable(
+            f"{ctype} version {version!r} not supported (this peer knows {cls.VERSION})",
+            request_id,
+            float(stamped_at),
+        )
     try:
         command = decode_fields(cls, fields)
     except WireError as exc:
@@ -94,8 +108,9 @@ def decode_snapshot(data: bytes) -> ClusterState:
         raise SnapshotError(f"snapshot is not msgpack ({type(exc).__name__})") from None
     found = doc.get("format") if isinstance(doc, dict) else None
     if found != SNAPSHOT_FORMAT:
-        raise SnapshotError(f"unknown snapshot format {found!r} (this peer reads "
-                            f"{SNAPSHOT_FORMAT})")
+        raise SnapshotError(
+            f"unknown snapshot format {found!r} (this peer reads {SNAPSHOT_FORMAT})"
+        )
     try:
         hosts = [decode_dataclass(Host, h) for h in doc["hosts"]]
         vms = [decode_dataclass(Vm, v) for v in doc["vms"]]

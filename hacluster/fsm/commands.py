@@ -273,10 +273,29 @@ class Noop(Command):
 
 
 ALL_COMMANDS: tuple[type[Command], ...] = (
-    AddHost, RemoveHost, HostReady, ReportHostLoad, SetHostMaintenance, SetHostBmc,
-    MarkHostSuspect, MarkHostAlive, RequestFence, ConfirmFence, FenceFailed,
-    AdminConfirmFence, RetryFence, AddVm, RemoveVm, SetVmOptions, SetVmDesired, MigrateVm,
-    VmReport, SetSettings, SetBmcDefaults, SetClusterMaintenance, Noop,
+    AddHost,
+    RemoveHost,
+    HostReady,
+    ReportHostLoad,
+    SetHostMaintenance,
+    SetHostBmc,
+    MarkHostSuspect,
+    MarkHostAlive,
+    RequestFence,
+    ConfirmFence,
+    FenceFailed,
+    AdminConfirmFence,
+    RetryFence,
+    AddVm,
+    RemoveVm,
+    SetVmOptions,
+    SetVmDesired,
+    MigrateVm,
+    VmReport,
+    SetSettings,
+    SetBmcDefaults,
+    SetClusterMaintenance,
+    Noop,
 )
 
 COMMANDS_BY_TYPE: dict[str, type[Command]] = {c.TYPE: c for c in ALL_COMMANDS}

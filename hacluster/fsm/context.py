@@ -29,8 +29,11 @@ class IllegalEdge(Exception):
 
 def check_name(kind: str, name: str) -> None:
     if not NAME_RE.match(name):
-        raise Refused(f"invalid {kind} name {name!r}: use 1-63 letters, digits, '.', '_' or "
-                      "'-', starting with a letter or digit", name)
+        raise Refused(
+            f"invalid {kind} name {name!r}: use 1-63 letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit",
+            name,
+        )
 
 
 @dataclass
@@ -87,9 +90,13 @@ class Ctx:
         since = self.now if new is not vm.state else vm.since
         updated = dataclasses.replace(vm, state=new, reason=reason, since=since, **changes)
         self.state.put_vm(updated)
-        if new is not vm.state or updated.host != vm.host:
-            self.emit(ev.VM_STATE, vm.name, reason, **{
-                "from": vm.state.value, "to": new.value, "host": updated.host})
+        if new is not vm.state or updated.host != vm.host or updated.placement != vm.placement:
+            self.emit(
+                ev.VM_STATE,
+                vm.name,
+                reason,
+                **{"from": vm.state.value, "to": new.value, "host": updated.host},
+            )
         if set(ClusterState.holds(vm)) - set(ClusterState.holds(updated)):
             self.capacity_changed = True
         return updated

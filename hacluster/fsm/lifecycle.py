@@ -13,8 +13,9 @@ from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState, VmState
 V = VmState
 
 
-def place(ctx: Ctx, vms: Iterable[Vm], exclude: Iterable[str] = (), *,
-          recovery: bool = False) -> None:
+def place(
+    ctx: Ctx, vms: Iterable[Vm], exclude: Iterable[str] = (), *, recovery: bool = False
+) -> None:
     """Place VMs in one plan (priority order, capacity booked); misfits go pending."""
     planner = Planner(ctx.state, exclude)
     for vm, choice in plan(planner, vms):
@@ -22,8 +23,14 @@ def place(ctx: Ctx, vms: Iterable[Vm], exclude: Iterable[str] = (), *,
             ctx.set_vm(vm, V.PENDING, choice.reason, host="", target_host="")
             continue
         new_state = V.RECOVERY if recovery else V.STARTING
-        ctx.set_vm(vm, new_state, f"placed on {choice.host}: {choice.reason}",
-                   host=choice.host, target_host="", placement=ctx.index)
+        ctx.set_vm(
+            vm,
+            new_state,
+            f"placed on {choice.host}: {choice.reason}",
+            host=choice.host,
+            target_host="",
+            placement=ctx.index,
+        )
 
 
 def place_pending(ctx: Ctx) -> None:
@@ -36,8 +43,13 @@ def place_pending(ctx: Ctx) -> None:
             if choice.reason != vm.reason:
                 ctx.set_vm(vm, V.PENDING, choice.reason)
             continue
-        ctx.set_vm(vm, V.STARTING, f"capacity appeared on {choice.host}: {choice.reason}",
-                   host=choice.host, placement=ctx.index)
+        ctx.set_vm(
+            vm,
+            V.STARTING,
+            f"capacity appeared on {choice.host}: {choice.reason}",
+            host=choice.host,
+            placement=ctx.index,
+        )
 
 
 def stop_here(ctx: Ctx, vm: Vm, reason: str) -> None:
@@ -48,31 +60,43 @@ def stop_here(ctx: Ctx, vm: Vm, reason: str) -> None:
 def restart_or_relocate(ctx: Ctx, vm: Vm, why: str) -> None:
     """A VM that should run failed on vm.host: restart in place, then relocate, then error."""
     if vm.ha is HaPolicy.NONE or vm.desired is not Desired.STARTED:
-        stop_here(ctx, vm, f"{why}; not restarted (HA policy {vm.ha.value}, "
-                           f"desired {vm.desired.value})")
+        stop_here(
+            ctx, vm, f"{why}; not restarted (HA policy {vm.ha.value}, desired {vm.desired.value})"
+        )
         return
     if vm.state is V.STARTED and ctx.now - vm.since >= ctx.state.settings.vm_stable_s:
         vm = ctx.set_vm(vm, vm.state, vm.reason, restarts=0, relocates=0)
     host = ctx.state.hosts.get(vm.host)
     host_ok = host is not None and host.state is HostState.ONLINE
     if vm.restarts < vm.max_restarts and host_ok:
-        ctx.set_vm(vm, V.STARTING, f"{why}; restart {vm.restarts + 1}/{vm.max_restarts} "
-                   f"on {vm.host}", restarts=vm.restarts + 1, placement=ctx.index)
+        ctx.set_vm(
+            vm,
+            V.STARTING,
+            f"{why}; restart {vm.restarts + 1}/{vm.max_restarts} on {vm.host}",
+            restarts=vm.restarts + 1,
+            placement=ctx.index,
+        )
         return
     if vm.relocates < vm.max_relocates:
         vm = ctx.set_vm(vm, vm.state, why, restarts=0, relocates=vm.relocates + 1)
         place(ctx, [vm], exclude=[vm.host])
         return
-    ctx.set_vm(vm, V.ERROR, f"{why}; restart cap {vm.max_restarts} and relocate cap "
-               f"{vm.max_relocates} used up", host="", target_host="")
+    ctx.set_vm(
+        vm,
+        V.ERROR,
+        f"{why}; restart cap {vm.max_restarts} and relocate cap {vm.max_relocates} used up",
+        host="",
+        target_host="",
+    )
 
 
 def freeze_for_fence(ctx: Ctx, host: str) -> None:
     """Every VM that may run on the host waits (FENCE) until the fence is confirmed."""
     for vm in ctx.state.vms_on(host):
         if vm.state is not V.FENCE:
-            ctx.set_vm(vm, V.FENCE, f"host {host} is being fenced; VM frozen until the fence "
-                       "is confirmed")
+            ctx.set_vm(
+                vm, V.FENCE, f"host {host} is being fenced; VM frozen until the fence is confirmed"
+            )
 
 
 def unfreeze(ctx: Ctx, host: str) -> None:
@@ -99,19 +123,34 @@ def release_after_fence(ctx: Ctx, host: str) -> None:
         elif vm.desired is Desired.STARTED and vm.ha is HaPolicy.RESTART:
             to_plan.append(vm)
         else:
-            stop_here(ctx, vm, f"host {host} fenced; VM not restarted (HA policy "
-                               f"{vm.ha.value}, desired {vm.desired.value})")
+            stop_here(
+                ctx,
+                vm,
+                f"host {host} fenced; VM not restarted (HA policy "
+                f"{vm.ha.value}, desired {vm.desired.value})",
+            )
     place(ctx, by_priority(to_plan), exclude=[host], recovery=True)
 
 
 def _release_migrating(ctx: Ctx, vm: Vm, other: str) -> None:
     """A VM caught mid-migration may run on the other end: pin it there."""
     if _fence_pending(ctx, other):
-        ctx.set_vm(vm, V.FENCE, f"waits for host {other} (migration peer) to be fenced",
-                   host=other, target_host="")
+        ctx.set_vm(
+            vm,
+            V.FENCE,
+            f"waits for host {other} (migration peer) to be fenced",
+            host=other,
+            target_host="",
+        )
         return
-    ctx.set_vm(vm, V.RECOVERY, f"migration was cut by a fence; resumes on {other}",
-               host=other, target_host="", placement=ctx.index)
+    ctx.set_vm(
+        vm,
+        V.RECOVERY,
+        f"migration was cut by a fence; resumes on {other}",
+        host=other,
+        target_host="",
+        placement=ctx.index,
+    )
 
 
 def _fence_pending(ctx: Ctx, host: str) -> bool:
@@ -136,8 +175,13 @@ def continue_drain(ctx: Ctx, host_name: str) -> None:
                 ctx.set_vm(vm, vm.state, f"drain waits: {choice.reason}")
             continue
         planner.book(vm, choice.host)
-        ctx.set_vm(vm, V.MIGRATING, f"draining {host_name}: live migration to {choice.host} "
-                   f"({choice.reason})", target_host=choice.host, placement=ctx.index)
+        ctx.set_vm(
+            vm,
+            V.MIGRATING,
+            f"draining {host_name}: live migration to {choice.host} ({choice.reason})",
+            target_host=choice.host,
+            placement=ctx.index,
+        )
 
 
 def refresh_drains(ctx: Ctx) -> None:

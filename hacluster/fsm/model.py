@@ -62,8 +62,12 @@ class FenceResult(enum.StrEnum):
 
     @property
     def host_is_off(self) -> bool:
-        return self in (FenceResult.OFF, FenceResult.ALREADY_OFF, FenceResult.REBOOTED,
-                        FenceResult.MANUAL)
+        return self in (
+            FenceResult.OFF,
+            FenceResult.ALREADY_OFF,
+            FenceResult.REBOOTED,
+            FenceResult.MANUAL,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,7 +129,8 @@ def spec_of(cls: type) -> _Spec:
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
     required = frozenset(
-        f.name for f in fields
+        f.name
+        for f in fields
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     )
     return _Spec(

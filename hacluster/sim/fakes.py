@@ -41,21 +41,32 @@ class BmcPlan:
 
 def bmc_plan(mode: BmcMode, action: FenceAction, host_powered: bool, deadline_s: float) -> BmcPlan:
     if mode is BmcMode.UNREACHABLE:
-        return BmcPlan(FenceResult.UNREACHABLE, min(5.0, deadline_s), None,
-                       evidence="no answer from the BMC")
+        return BmcPlan(
+            FenceResult.UNREACHABLE, min(5.0, deadline_s), None, evidence="no answer from the BMC"
+        )
     if mode is BmcMode.BAD_CREDENTIALS:
-        return BmcPlan(FenceResult.AUTH_REJECTED, 0.1, None,
-                       evidence="BMC rejected the credentials")
+        return BmcPlan(
+            FenceResult.AUTH_REJECTED, 0.1, None, evidence="BMC rejected the credentials"
+        )
     if action in (FenceAction.NONE, FenceAction.IDENTIFY):
         return BmcPlan(FenceResult.NOTIFIED, 0.1, None, evidence=f"action {action.value}")
     if not host_powered or mode is BmcMode.ALREADY_OFF:
         return BmcPlan(FenceResult.ALREADY_OFF, 0.1, 0.0, evidence="power read: off")
     if mode is BmcMode.SLOW:
-        return BmcPlan(FenceResult.TIMEOUT, deadline_s, deadline_s + 2.0,
-                       evidence=f"power still on after {deadline_s:g}s")
+        return BmcPlan(
+            FenceResult.TIMEOUT,
+            deadline_s,
+            deadline_s + 2.0,
+            evidence=f"power still on after {deadline_s:g}s",
+        )
     if action is FenceAction.REBOOT:
-        return BmcPlan(FenceResult.REBOOTED, 0.4, 0.2, power_on_after_s=1.5,
-                       evidence="power off, read back off, power on")
+        return BmcPlan(
+            FenceResult.REBOOTED,
+            0.4,
+            0.2,
+            power_on_after_s=1.5,
+            evidence="power off, read back off, power on",
+        )
     return BmcPlan(FenceResult.OFF, 0.3, 0.2, evidence="power off sent, read back off")
 
 
@@ -78,8 +89,11 @@ class Network:
             return list(self.links[a])
         if self.group[a] != self.group[b]:
             return []
-        return [ln for ln in self.links[a]
-                if ln in self.links[b] and ln not in self.cut[a] and ln not in self.cut[b]]
+        return [
+            ln
+            for ln in self.links[a]
+            if ln in self.links[b] and ln not in self.cut[a] and ln not in self.cut[b]
+        ]
 
     def connected(self, a: str, b: str) -> bool:
         return a == b or bool(self.shared_links(a, b))

@@ -39,8 +39,11 @@ class Observer:
     def vm_started(self, vm: str, host: str, now: float) -> None:
         lost = self.unconfirmed_loss.get(vm)
         if lost is not None and lost[0] != host:
-            self.fail(now, f"{vm} started on {host} before the fence of {lost[0]} was "
-                           f"confirmed (copy lost there at t={lost[1]:.2f})")
+            self.fail(
+                now,
+                f"{vm} started on {host} before the fence of {lost[0]} was "
+                f"confirmed (copy lost there at t={lost[1]:.2f})",
+            )
         self.unconfirmed_loss.pop(vm, None)
 
     # ------------------------------------------------------------ per-step checks
@@ -53,18 +56,30 @@ class Observer:
     def check_digest(self, peer: str, index: int, digest: str, now: float) -> None:
         known = self.digests.setdefault(index, digest)
         if known != digest:
-            self.fail(now, f"peer {peer} state digest {digest} at index {index} differs "
-                           f"from {known}")
+            self.fail(
+                now, f"peer {peer} state digest {digest} at index {index} differs from {known}"
+            )
 
     def check_fence_cap(self, state: ClusterState, now: float) -> None:
         """At each automatic incident, incidents within the window <= the cap."""
         window = state.settings.fence_window_s
-        incidents = [r for r in state.fences if r.attempt == 1
-                     and r.result is not FenceResult.MANUAL and not r.evidence.startswith("retry by")]
-        for record in incidents[self.checked_fences:]:
-            inside = [r for r in incidents
-                      if record.requested_at - window < r.requested_at <= record.requested_at]
+        incidents = [
+            r
+            for r in state.fences
+            if r.attempt == 1
+            and r.result is not FenceResult.MANUAL
+            and not r.evidence.startswith("retry by")
+        ]
+        for record in incidents[self.checked_fences :]:
+            inside = [
+                r
+                for r in incidents
+                if record.requested_at - window < r.requested_at <= record.requested_at
+            ]
             if len(inside) > state.settings.fence_cap:
-                self.fail(now, f"{len(inside)} fences within {window:g}s exceed the cap "
-                               f"{state.settings.fence_cap}")
+                self.fail(
+                    now,
+                    f"{len(inside)} fences within {window:g}s exceed the cap "
+                    f"{state.settings.fence_cap}",
+                )
         self.checked_fences = len(incidents)

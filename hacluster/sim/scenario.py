@@ -53,9 +53,14 @@ def load_cluster(sim: Simulation, path: Path) -> tuple[dict[str, Any], float]:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ScenarioError(f"{path}: {exc}") from None
     for spec in doc.get("host", []):
-        sim.add_host(spec["name"], spec.get("memory_mib", 16384), spec.get("vcpus", 16),
-                     HostRole(spec.get("role", "voter")), tuple(spec.get("links", ["mgmt"])),
-                     BmcMode(spec.get("bmc", "works")))
+        sim.add_host(
+            spec["name"],
+            spec.get("memory_mib", 16384),
+            spec.get("vcpus", 16),
+            HostRole(spec.get("role", "voter")),
+            tuple(spec.get("links", ["mgmt"])),
+            BmcMode(spec.get("bmc", "works")),
+        )
     return doc, float(doc.get("duration", 30.0))
 
 
@@ -66,13 +71,23 @@ def bootstrap(sim: Simulation, doc: dict[str, Any], path: Path) -> None:
     if doc.get("settings"):
         sim.admin(_decode(c.SetSettings, doc["settings"], path))
     for spec in doc.get("host", []):
-        sim.admin(c.AddHost(name=spec["name"], memory_mib=spec.get("memory_mib", 16384),
-                            vcpus=spec.get("vcpus", 16), role=HostRole(spec.get("role", "voter")),
-                            addresses=tuple(spec.get("links", ["mgmt"]))))
+        sim.admin(
+            c.AddHost(
+                name=spec["name"],
+                memory_mib=spec.get("memory_mib", 16384),
+                vcpus=spec.get("vcpus", 16),
+                role=HostRole(spec.get("role", "voter")),
+                addresses=tuple(spec.get("links", ["mgmt"])),
+            )
+        )
     _wait_until_online(sim, [spec["name"] for spec in doc.get("host", [])])
     for spec in doc.get("vm", []):
-        fields = {"xml": f"<domain><name>{spec['name']}</name></domain>", "memory_mib": 1024,
-                  "vcpus": 1, **spec}
+        fields = {
+            "xml": f"<domain><name>{spec['name']}</name></domain>",
+            "memory_mib": 1024,
+            "vcpus": 1,
+            **spec,
+        }
         sim.admin(_decode(c.AddVm, fields, path))
 
 
@@ -114,8 +129,11 @@ def run_scenario(directory: Path) -> Outcome:
     if expected_file.exists():
         expected = expected_file.read_text()
         if expected != text:
-            mismatch = "".join(difflib.unified_diff(
-                expected.splitlines(True), text.splitlines(True), "expected.log", "actual"))
+            mismatch = "".join(
+                difflib.unified_diff(
+                    expected.splitlines(True), text.splitlines(True), "expected.log", "actual"
+                )
+            )
     return Outcome(directory.name, text, failures, mismatch)
 
 
@@ -173,8 +191,11 @@ def perform(sim: Simulation, words: list[str]) -> str:
     elif verb == "crash":
         _crash(sim, args[0])
     elif verb in ("fault", "clear-fault"):
-        kinds = {"start-fails": sim.faults.start_fails, "stop-fails": sim.faults.stop_fails,
-                 "migrate-fails": sim.faults.migrate_fails}
+        kinds = {
+            "start-fails": sim.faults.start_fails,
+            "stop-fails": sim.faults.stop_fails,
+            "migrate-fails": sim.faults.migrate_fails,
+        }
         bucket = kinds[args[0]]
         bucket.add(args[1]) if verb == "fault" else bucket.discard(args[1])
         sim.note(f"fault {args[1]}: {args[0]} {'on' if verb == 'fault' else 'off'}")
@@ -204,8 +225,11 @@ def hactl_command(args: list[str]) -> c.Command:
         case ["fence", "retry", host]:
             return c.RetryFence(host=host, who="operator")
         case ["vm", ("start" | "stop" | "disable") as verb, vm]:
-            desired = {"start": Desired.STARTED, "stop": Desired.STOPPED,
-                       "disable": Desired.DISABLED}[verb]
+            desired = {
+                "start": Desired.STARTED,
+                "stop": Desired.STOPPED,
+                "disable": Desired.DISABLED,
+            }[verb]
             return c.SetVmDesired(name=vm, desired=desired)
         case ["vm", "migrate", vm, *target]:
             return c.MigrateVm(name=vm, target=target[0] if target else "")
@@ -247,8 +271,11 @@ def expect(sim: Simulation, args: list[str]) -> str:
             got = ",".join(hosts) or "nowhere"
             ok = got == where
         case ["fences", count]:
-            confirmed = [r for r in state.fences if r.result.host_is_off
-                         and r.result is not FenceResult.MANUAL]
+            confirmed = [
+                r
+                for r in state.fences
+                if r.result.host_is_off and r.result is not FenceResult.MANUAL
+            ]
             got = str(len(confirmed))
             ok = got == count
         case _:
@@ -260,8 +287,10 @@ def expect(sim: Simulation, args: list[str]) -> str:
 def render(sim: Simulation, failures: list[str]) -> str:
     lines = [f"{t:7.2f}  {text}" for t, text in sim.timeline]
     lines.append("")
-    lines.append(f"final (t={sim.now:.2f}, leader {sim.leader}, term {sim.term}, "
-                 f"log {len(sim.log)} entries):")
+    lines.append(
+        f"final (t={sim.now:.2f}, leader {sim.leader}, term {sim.term}, "
+        f"log {len(sim.log)} entries):"
+    )
     state = sim.hosts[sim.leader].state if sim.leader else None
     if state is not None:
         for name in sorted(state.hosts):
@@ -270,8 +299,10 @@ def render(sim: Simulation, failures: list[str]) -> str:
         for name in sorted(state.vms):
             vm = state.vms[name]
             running = [h.name for h in sim.hosts.values() if h.powered and name in h.hyper.live()]
-            lines.append(f"  vm   {name:<8} {vm.state.value:<10} on {vm.host or '-':<6} "
-                         f"running on {','.join(running) or 'nowhere'}")
+            lines.append(
+                f"  vm   {name:<8} {vm.state.value:<10} on {vm.host or '-':<6} "
+                f"running on {','.join(running) or 'nowhere'}"
+            )
     lines.append(f"invariants: {'VIOLATED' if sim.observer.violations else 'ok'}")
     lines.extend(f"  FAILED {f}" for f in failures)
     return "\n".join(lines) + "\n"

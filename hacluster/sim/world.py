@@ -51,8 +51,14 @@ class Faults:
 
 
 class Simulation:
-    def __init__(self, step_s: float = 0.05, start_s: float = 0.4, stop_s: float = 0.2,
-                 migrate_s: float = 0.6, check_digests: bool = True) -> None:
+    def __init__(
+        self,
+        step_s: float = 0.05,
+        start_s: float = 0.4,
+        stop_s: float = 0.2,
+        migrate_s: float = 0.6,
+        check_digests: bool = True,
+    ) -> None:
         self.now = 0.0
         self.step_s = step_s
         self.delays = {"start": start_s, "stop": stop_s, "migrate": migrate_s}
@@ -72,8 +78,15 @@ class Simulation:
 
     # ------------------------------------------------------------ setup
 
-    def add_host(self, name: str, memory_mib: int, vcpus: int, role: HostRole,
-                 links: tuple[str, ...] = ("mgmt",), bmc: BmcMode = BmcMode.WORKS) -> None:
+    def add_host(
+        self,
+        name: str,
+        memory_mib: int,
+        vcpus: int,
+        role: HostRole,
+        links: tuple[str, ...] = ("mgmt",),
+        bmc: BmcMode = BmcMode.WORKS,
+    ) -> None:
         self.hosts[name] = SimHost(name, role, memory_mib, vcpus, bmc)
         self.net.add(name, links)
 
@@ -99,18 +112,23 @@ class Simulation:
         if self.leader is not None and not self._has_majority(self.leader):
             if self.hosts[self.leader].powered:
                 self.stale[self.leader] = self.now + STALE_LEADER_S
-                self.note(f"raft: leader {self.leader} lost its majority (still believes it "
-                          "leads)")
+                self.note(f"raft: leader {self.leader} lost its majority (still believes it leads)")
             else:
                 self.note(f"raft: leader {self.leader} is down")
             self.leader, self.leaderless_since = None, self.now
-        if self.leader is None and self.leaderless_since is not None and \
-                self.now - self.leaderless_since >= ELECTION_DELAY_S - 1e-9:
+        if (
+            self.leader is None
+            and self.leaderless_since is not None
+            and self.now - self.leaderless_since >= ELECTION_DELAY_S - 1e-9
+        ):
             self._elect()
         for name, until in sorted(self.stale.items()):
             host = self.hosts[name]
-            if self.now >= until or not host.powered or (
-                    self.leader is not None and self.connected(name, self.leader)):
+            if (
+                self.now >= until
+                or not host.powered
+                or (self.leader is not None and self.connected(name, self.leader))
+            ):
                 del self.stale[name]
                 if host.manager is not None:
                     host.manager.lose_leadership()
@@ -158,19 +176,26 @@ class Simulation:
             if record:
                 self._record_events(events)
         if applied_any and self.check_digests:
-            self.observer.check_digest(host.name, host.state.applied_index,
-                                       state_digest(host.state), self.now)
+            self.observer.check_digest(
+                host.name, host.state.applied_index, state_digest(host.state), self.now
+            )
 
     def _record_events(self, events: list[Event]) -> None:
         for event in events:
-            self.note(f"log[{event.index}] {event.kind} {event.subject}: {event.message}"
-                      if event.subject else f"log[{event.index}] {event.kind}: {event.message}")
+            self.note(
+                f"log[{event.index}] {event.kind} {event.subject}: {event.message}"
+                if event.subject
+                else f"log[{event.index}] {event.kind}: {event.message}"
+            )
             if event.kind == "fence-confirmed":
                 self.observer.fence_confirmed(event.subject)
 
     def _after_commit(self, origin: str, command: c.Command, index: int) -> None:
-        if isinstance(command, c.VmReport) and command.observed in ("crashed", "stopped",
-                                                                    "start-failed"):
+        if isinstance(command, c.VmReport) and command.observed in (
+            "crashed",
+            "stopped",
+            "start-failed",
+        ):
             self.observer.host_vouched(origin, command.name)
         if isinstance(command, c.RequestFence) and self.leader:
             self.observer.check_fence_cap(self.hosts[self.leader].state, self.now)
@@ -183,6 +208,10 @@ class Simulation:
             _, _, fn = heapq.heappop(self._timers)
             fn()
         self._update_leadership()
+        if self.leader is not None:  # followers fetch what they missed (Raft's AppendEntries)
+            for name in sorted(self.hosts):
+                if self.connected(name, self.leader):
+                    self._catch_up(self.hosts[name])
         self._renewals()
         for name in self._leaders():
             host = self.hosts[name]
@@ -243,8 +272,10 @@ class Simulation:
         target = self.hosts[order.host]
         deadline = self.hosts[peer].state.settings.fence_timeout_s
         plan = bmc_plan(target.bmc, order.action, target.powered, deadline)
-        self.note(f"bmc {order.host}: {order.action.value} requested by {peer} (token "
-                  f"{order.token}, BMC {target.bmc.value})")
+        self.note(
+            f"bmc {order.host}: {order.action.value} requested by {peer} (token "
+            f"{order.token}, BMC {target.bmc.value})"
+        )
         if plan.power_off_after_s is not None:
             self.at(plan.power_off_after_s, lambda: self.power_off(order.host, "BMC"))
         if plan.power_on_after_s is not None:
@@ -256,9 +287,14 @@ class Simulation:
             self.note(f"bmc {order.host}: {plan.result.value} ({plan.evidence})")
             if not fencer.powered or fencer.boot != boot or fencer.manager is None:
                 return
-            decisions = fencer.manager.fence_result(order.host, order.token, plan.result,
-                                                    plan.evidence, f"sim-bmc {order.host}",
-                                                    self.now)
+            decisions = fencer.manager.fence_result(
+                order.host,
+                order.token,
+                plan.result,
+                plan.evidence,
+                f"sim-bmc {order.host}",
+                self.now,
+            )
             self._execute(peer, decisions)
 
         self.at(plan.answer_after_s, answer)
@@ -284,16 +320,27 @@ class Simulation:
         host.powered, host.boot = True, host.boot + 1
         host.next_renewal = self.now
         host.throttle = ag.Throttle()
-        self.note(f"power {name}: on ({why}); peer restarts from its journal at index "
-                  f"{host.state.applied_index}")
+        self.note(
+            f"power {name}: on ({why}); peer restarts from its journal at index "
+            f"{host.state.applied_index}"
+        )
 
     # ------------------------------------------------------------ agents
 
     def _agent(self, host: SimHost) -> None:
-        fresh = self.leader is not None and self.connected(host.name, self.leader) and \
-            host.state.applied_index == len(self.log)
-        actions = ag.reconcile(host.name, host.state, host.hyper.domains,
-                               frozenset(host.busy), fresh, (host.memory_mib, host.vcpus))
+        fresh = (
+            self.leader is not None
+            and self.connected(host.name, self.leader)
+            and host.state.applied_index == len(self.log)
+        )
+        actions = ag.reconcile(
+            host.name,
+            host.state,
+            host.hyper.domains,
+            frozenset(host.busy),
+            fresh,
+            (host.memory_mib, host.vcpus),
+        )
         for action in actions:
             self._agent_action(host, action)
 
@@ -323,10 +370,15 @@ class Simulation:
 
         self.at(self.delays[op], done)
 
-    def _report(self, host: SimHost, vm: str, placement: int, observed: str,
-                detail: str = "") -> None:
-        self.propose(host.name, c.VmReport(name=vm, host=host.name, placement=placement,
-                                           observed=observed, detail=detail))
+    def _report(
+        self, host: SimHost, vm: str, placement: int, observed: str, detail: str = ""
+    ) -> None:
+        self.propose(
+            host.name,
+            c.VmReport(
+                name=vm, host=host.name, placement=placement, observed=observed, detail=detail
+            ),
+        )
 
     def _started(self, host: SimHost, action: ag.StartVm) -> None:
         if action.name in self.faults.start_fails:
@@ -347,9 +399,12 @@ class Simulation:
 
     def _migrated(self, host: SimHost, action: ag.MigrateVm) -> None:
         target = self.hosts.get(action.target)
-        ok = (target is not None and self.connected(host.name, action.target)
-              and action.name not in self.faults.migrate_fails
-              and action.name in host.hyper.domains)
+        ok = (
+            target is not None
+            and self.connected(host.name, action.target)
+            and action.name not in self.faults.migrate_fails
+            and action.name in host.hyper.domains
+        )
         if not ok or target is None:
             self._report(host, action.name, action.placement, "migrate-failed", "sim fault")
             return
