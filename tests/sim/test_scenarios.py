@@ -25,7 +25,8 @@ def test_scenario_matches_expected_timeline(directory: Path) -> None:
     assert "expect " in outcome.timeline  # every scenario checks something
 
 
-def test_cli_reports_a_diverging_timeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_a_diverging_timeline(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     source = SCENARIOS[0]
     for name in ("cluster.toml", "events.txt"):
         (tmp_path / name).write_text((source / name).read_text())
@@ -53,5 +54,5 @@ def test_malformed_events_file_names_the_line(tmp_path: Path) -> None:
 def test_malformed_cluster_file_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "cluster.toml").write_text("[[host]\nname = ")
     (tmp_path / "events.txt").write_text("")
-    with pytest.raises(ScenarioError, match="cluster.toml"):
+    with pytest.raises(ScenarioError, match=r"cluster\.toml"):
         run_scenario(tmp_path)
