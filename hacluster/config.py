@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hacluster.fsm.context import NAME_RE
-from hacluster.fsm.wire import WireError, decoder_for, spec_of
+from hacluster.fsm.wire import WireError, spec_of
 from hacluster.raft.settings import RaftSettings, RaftSettingsError
 
 
@@ -145,7 +145,8 @@ def _raft(table: Any, where: str) -> RaftSettings:
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                              for k, v in table.items()}
     try:
         return RaftSettings(**values)
     except RaftSettingsError as exc:
