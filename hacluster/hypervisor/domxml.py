@@ -1,5 +1,6 @@
-"""Domain XML helpers that need no libvirt: build a minimal domain, read its
-name, and stamp a digest of the caller's XML into <metadata>.
+"""Domain XML and URI helpers that need no libvirt: build a minimal domain,
+read its name, stamp a digest of the caller's XML into <metadata>, and spell a
+peer-to-peer migration destination.
 
 The stamp lets the libvirt adapter tell "same definition again" (no-op) from
 "definition changed" (redefine) without comparing against libvirt's normalised
@@ -114,3 +115,13 @@ def stamp_digest(metadata_xml: str) -> str | None:
     except ET.ParseError:
         return None
     return node.get("sha256")
+
+
+def p2p_uri(uri: str) -> str:
+    """libvirt refuses a peer-to-peer destination without a host unless the URI
+    names the unix transport explicitly; qemu:///system?socket=P means the same
+    as qemu+unix:///system?socket=P, so spell it that way."""
+    scheme, sep, rest = uri.partition("://")
+    if sep and "+" not in scheme and "socket=" in rest and rest.startswith("/"):
+        return f"{scheme}+unix://{rest}"
+    return uri

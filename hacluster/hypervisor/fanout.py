@@ -24,8 +24,11 @@ class DomainEventFanout:
         self._label = label
         self._lock = threading.Lock()
         self._listeners: list[DomainListener] = []
-        self._known: dict[str, DomainState] = {}
+        self._known: dict[str, DomainState] = {}  # what subscribers were last told
+        self._primed = False  # _known holds a real snapshot
         self._epoch = 0  # connection generation whose events we accept; 0 = none yet
+        self._seq = 0  # counts published events
+        self._last_seq: dict[str, int] = {}  # per domain: _seq of its latest event
         self._outbox: queue.SimpleQueue[Change | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -48,35 +51,58 @@ class DomainEventFanout:
                 )
                 self._thread.start()
 
+    def begin(self, epoch: int) -> int:
+        """Accept events of connection `epoch` only, from now on (call before
+        registering for its events, so none is lost); returns a mark for resync."""
+        with self._lock:
+            self._epoch = epoch
+            return self._seq
+
+    def mark(self) -> int:
+        """Take before reading domain states for resync()."""
+        with self._lock:
+            return self._seq
+
     def publish(self, epoch: int, name: str, state: DomainState, reason: str) -> None:
         """A lifecycle event; dropped when it comes from a replaced connection."""
         with self._lock:
             if epoch != self._epoch:
                 return
+            self._seq += 1
+            self._last_seq[name] = self._seq
             self._known[name] = state
-        self._outbox.put((name, state, reason))
+            self._outbox.put((name, state, reason))
 
-    def reset(self, epoch: int, current: dict[str, DomainState]) -> None:
-        """Accept events of connection `epoch` from now on. `current` is the
-        state right after subscribing; on a reconnect, differences from what
-        subscribers last heard are announced with reason "resync"."""
+    def resync(self, epoch: int, current: dict[str, DomainState], mark: int) -> None:
+        """Compare states read after `mark` with what subscribers last heard and
+        announce differences with reason "resync" (catches changes libvirt sent
+        no event for, e.g. while libvirtd or our connection was down). Domains
+        with an event since `mark` are skipped: the event is newer than the read.
+        The first call only records the states."""
         with self._lock:
-            changes = self._diff_locked(current) if self._epoch else []
-            self._known = dict(current)
-            self._epoch = epoch
-        for change in changes:
-            self._outbox.put(change)
+            if epoch != self._epoch:
+                return
+            fresh = {n for n in set(current) | set(self._known) if self._last_seq.get(n, 0) <= mark}
+            changes = self._diff_locked(current, fresh) if self._primed else []
+            for name in fresh:
+                if name in current:
+                    self._known[name] = current[name]
+                else:
+                    self._known.pop(name, None)
+            self._primed = True
+            for change in changes:
+                self._outbox.put(change)
 
-    def _diff_locked(self, current: dict[str, DomainState]) -> list[Change]:
+    def _diff_locked(self, current: dict[str, DomainState], fresh: set[str]) -> list[Change]:
         changes = [
             (name, state, "resync")
             for name, state in sorted(current.items())
-            if self._known.get(name) != state
+            if name in fresh and self._known.get(name) != state
         ]
         changes += [
             (name, DomainState.SHUTOFF, "resync/gone")
             for name in sorted(set(self._known) - set(current))
-            if self._known[name] != DomainState.SHUTOFF
+            if name in fresh and self._known[name] != DomainState.SHUTOFF
         ]
         return changes
 

@@ -3,7 +3,7 @@
 One `LibvirtHypervisor` owns one connection to one URI (qemu:///system,
 qemu:///system?socket=PATH, test:///default, test+unix:///default?socket=PATH).
 Every method may be called from any thread: libvirt connections are
-thread-safe, and our own bookkeeping sits behind two small locks. Every
+thread-safe, and our own bookkeeping sits behind small locks. Every
 libvirt error leaves as HypervisorError naming the domain and the cause.
 
 Lifecycle events come from libvirt's default event loop, driven by one
@@ -11,7 +11,9 @@ process-wide thread, and are handed to subscribers from a dispatcher thread so
 that a slow subscriber never stalls libvirt's keepalive or other connections.
 When libvirtd goes away the connection's close callback wakes a watcher that
 reconnects, re-registers for events and reports any state that changed while
-we were blind (reason "resync").
+we were blind (reason "resync"). The watcher also compares states every
+resync_interval_s, because libvirt sends no event for a domain that died while
+libvirtd was restarting.
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import libvirt
 
 from hacluster.hypervisor import domxml
+from hacluster.hypervisor.domxml import p2p_uri
 from hacluster.hypervisor.fanout import DomainEventFanout
-from hacluster.hypervisor.states import map_event, map_state
+from hacluster.hypervisor.jobs import abort_after
+from hacluster.hypervisor.states import IncomingMigrations, map_event, map_state
 from hacluster.ports import (
     DomainInfo,
     DomainListener,
@@ -107,14 +111,11 @@ def _is_active(dom: libvirt.virDomain) -> bool:
         raise
 
 
-def p2p_uri(uri: str) -> str:
-    """libvirt refuses a peer-to-peer destination without a host unless the URI
-    names the unix transport explicitly; qemu:///system?socket=P means the same
-    as qemu+unix:///system?socket=P, so spell it that way."""
-    scheme, sep, rest = uri.partition("://")
-    if sep and "+" not in scheme and "socket=" in rest and rest.startswith("/"):
-        return f"{scheme}+unix://{rest}"
-    return uri
+def _abort_job(dom: libvirt.virDomain) -> None:
+    try:
+        dom.abortJob()
+    except libvirt.libvirtError as exc:
+        log.debug("abortJob on %s: %s", dom.name(), _cause(exc))
 
 
 class LibvirtHypervisor:
@@ -129,12 +130,14 @@ class LibvirtHypervisor:
         keepalive_interval_s: int = 2,
         keepalive_count: int = 3,
         reconnect_interval_s: float = 0.2,
+        resync_interval_s: float = 5.0,
         poll_interval_s: float = 0.05,
     ) -> None:
         self.uri = uri
         self._capacity_override = capacity_override
         self._keepalive = (keepalive_interval_s, keepalive_count)
         self._reconnect_interval_s = reconnect_interval_s
+        self._resync_interval_s = resync_interval_s
         self._poll_interval_s = poll_interval_s
         # Held across connect and close only; event callbacks never take it, so
         # they cannot deadlock against a caller that is reconnecting.
@@ -142,6 +145,7 @@ class LibvirtHypervisor:
         self._conn: libvirt.virConnect | None = None
         self._generation = 0  # bumps per connection; stale callbacks are dropped
         self._fanout = DomainEventFanout(uri)
+        self._incoming = IncomingMigrations()  # touched by libvirt's event thread only
         self._migrating: set[str] = set()  # guarded by _migrating_lock
         self._migrating_lock = threading.Lock()
         self._closed = threading.Event()
@@ -187,18 +191,29 @@ class LibvirtHypervisor:
                 undo()  # the connection is usually dead already; best effort
 
     def _subscribe_locked(self, conn: libvirt.virConnect) -> None:
-        # Register first, then read the states: a change in between is reported
-        # twice (harmless), never missed.
+        generation = self._generation
+        mark = self._fanout.begin(generation)  # accept this connection's events first
         try:
             conn.domainEventRegisterAny(
-                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, self._generation
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, generation
             )
-            current = {info.name: info.state for info in self._list(conn)}
         except libvirt.libvirtError as exc:
+            self._fanout.begin(0)  # not subscribed: the next call tries again
             raise HypervisorError(
                 f"cannot subscribe to domain events on {self.uri}: {_cause(exc)}"
             ) from exc
-        self._fanout.reset(self._generation, current)
+        try:
+            self._resync(conn, generation, mark)
+        except HypervisorError as exc:
+            # events flow already; the watcher's periodic resync catches up
+            log.warning("first state read after subscribing failed: %s", exc)
+
+    def _resync(self, conn: libvirt.virConnect, generation: int, mark: int) -> None:
+        try:
+            current = {info.name: info.state for info in self._list(conn)}
+        except libvirt.libvirtError as exc:
+            raise HypervisorError(f"listing domains on {self.uri} failed: {_cause(exc)}") from exc
+        self._fanout.resync(generation, current, mark)
 
     def _on_close(self, _conn: object, reason: int, _generation: int) -> None:
         log.info("libvirt connection to %s closed (reason %s)", self.uri, reason)
@@ -207,17 +222,24 @@ class LibvirtHypervisor:
     def _on_lifecycle(
         self, _conn: object, dom: libvirt.virDomain, event: int, detail: int, generation: int
     ) -> None:
-        mapped = map_event(event, detail)
+        name = dom.name()
+        mapped = self._incoming.adjust(name, event, detail, map_event(event, detail))
         if mapped is not None:
-            self._fanout.publish(generation, dom.name(), *mapped)
+            self._fanout.publish(generation, name, *mapped)
 
     def _watch(self) -> None:
-        """Keep a live, subscribed connection while anyone listens."""
+        """Keep a live, subscribed connection while anyone listens, and compare
+        states every resync_interval_s: libvirt sends no event for a domain that
+        died while libvirtd was restarting or reconnecting to it."""
+        next_resync = time.monotonic() + self._resync_interval_s
         while not self._closed.is_set():
-            self._wake.wait(timeout=1.0)
+            self._wake.wait(timeout=max(0.0, min(1.0, next_resync - time.monotonic())))
             self._wake.clear()
             try:
-                self._connection()
+                conn = self._connection()
+                if time.monotonic() >= next_resync:
+                    next_resync = time.monotonic() + self._resync_interval_s
+                    self._resync(conn, self._generation, self._fanout.mark())
             except HypervisorError as exc:
                 if self._closed.is_set():
                     return
@@ -254,11 +276,14 @@ class LibvirtHypervisor:
                 return None
             raise
 
-    def _require(self, action: str, name: str) -> libvirt.virDomain:
+    def _conn_for(self, action: str, name: str) -> libvirt.virConnect:
         try:
-            dom = self._lookup(self._connection(), name)
-        except libvirt.libvirtError as exc:
-            raise self._fail(action, name, exc) from exc
+            return self._connection()
+        except HypervisorError as exc:
+            raise HypervisorError(f"{action} of domain {name!r} failed: {exc}") from exc
+
+    def _require(self, action: str, name: str) -> libvirt.virDomain:
+        dom = self._find(action, name)
         if dom is None:
             raise HypervisorError(
                 f"{action} of domain {name!r} on {self.uri} failed: no such domain"
@@ -267,7 +292,7 @@ class LibvirtHypervisor:
 
     def _find(self, action: str, name: str) -> libvirt.virDomain | None:
         try:
-            return self._lookup(self._connection(), name)
+            return self._lookup(self._conn_for(action, name), name)
         except libvirt.libvirtError as exc:
             raise self._fail(action, name, exc) from exc
 
@@ -319,7 +344,7 @@ class LibvirtHypervisor:
                 if self._stamp_of(dom) == digest:
                     return
                 uuid = dom.UUIDString()
-            self._connection().defineXML(domxml.stamped(xml, digest, uuid))
+            self._conn_for("define", name).defineXML(domxml.stamped(xml, digest, uuid))
         except libvirt.libvirtError as exc:
             raise self._fail("define", name, exc) from exc
 
@@ -342,8 +367,9 @@ class LibvirtHypervisor:
             if not dom.isActive():
                 dom.create()
         except libvirt.libvirtError as exc:
-            if _alive_quietly(dom):
-                return  # someone else started it meanwhile: the goal is met
+            with contextlib.suppress(libvirt.libvirtError):
+                if _is_active(dom):
+                    return  # someone else started it meanwhile: the goal is met
             raise self._fail("start", name, exc) from exc
 
     def shutdown(self, name: str, timeout_s: float) -> None:
@@ -406,7 +432,7 @@ class LibvirtHypervisor:
         try:
             if _is_active(dom):
                 self._destroy(dom)
-            if self._lookup(self._connection(), name) is None:
+            if self._lookup(self._conn_for("undefine", name), name) is None:
                 return  # it was transient: destroying it removed it
             try:
                 dom.undefineFlags(_UNDEFINE_ALL)
@@ -442,7 +468,7 @@ class LibvirtHypervisor:
         with self._migrating_lock:
             self._migrating.add(name)
         try:
-            with _abort_after(dom, timeout_s) as aborted:
+            with abort_after(timeout_s, lambda: _abort_job(dom), f"migration of {name}") as aborted:
                 self._run_migration(dom, dest_uri, params, peer_to_peer)
         except libvirt.libvirtError as exc:
             what = f"migration of domain {name!r} from {self.uri} to {dest_uri}"
@@ -504,37 +530,3 @@ class LibvirtHypervisor:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
-
-
-def _alive_quietly(dom: libvirt.virDomain) -> bool:
-    try:
-        return _is_active(dom)
-    except libvirt.libvirtError:
-        return False
-
-
-@contextlib.contextmanager
-def _abort_after(dom: libvirt.virDomain, timeout_s: float) -> Iterator[threading.Event]:
-    """Abort the domain's job once timeout_s has passed, until the block ends.
-    abortJob fails while the migration is still being prepared, so keep trying."""
-    done = threading.Event()
-    aborted = threading.Event()
-
-    def abort() -> None:
-        if done.wait(timeout_s):
-            return
-        aborted.set()
-        while not done.is_set():
-            try:
-                dom.abortJob()
-            except libvirt.libvirtError as exc:
-                log.debug("abortJob on %s: %s", dom.name(), _cause(exc))
-            done.wait(0.1)
-
-    thread = threading.Thread(target=abort, name=f"hv-abort {dom.name()}", daemon=True)
-    thread.start()
-    try:
-        yield aborted
-    finally:
-        done.set()
-        thread.join()

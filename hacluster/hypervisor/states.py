@@ -72,6 +72,24 @@ class SuspendedDetail(enum.IntEnum):  # VIR_DOMAIN_EVENT_SUSPENDED_<name>
     POSTCOPY_FAILED = 8
 
 
+class ResumedDetail(enum.IntEnum):  # VIR_DOMAIN_EVENT_RESUMED_<name>
+    UNPAUSED = 0
+    MIGRATED = 1
+    FROM_SNAPSHOT = 2
+    POSTCOPY = 3
+    POSTCOPY_FAILED = 4
+
+
+class UndefinedDetail(enum.IntEnum):  # VIR_DOMAIN_EVENT_UNDEFINED_<name>
+    REMOVED = 0
+    RENAMED = 1
+
+
+class CrashedDetail(enum.IntEnum):  # VIR_DOMAIN_EVENT_CRASHED_<name>
+    PANICKED = 0
+    CRASHLOADED = 1
+
+
 class StoppedDetail(enum.IntEnum):  # VIR_DOMAIN_EVENT_STOPPED_<name>
     SHUTDOWN = 0
     DESTROYED = 1
@@ -86,6 +104,9 @@ _DETAILS: dict[int, type[enum.IntEnum]] = {
     VirEvent.STARTED: StartedDetail,
     VirEvent.SUSPENDED: SuspendedDetail,
     VirEvent.STOPPED: StoppedDetail,
+    VirEvent.RESUMED: ResumedDetail,
+    VirEvent.UNDEFINED: UndefinedDetail,
+    VirEvent.CRASHED: CrashedDetail,
 }
 
 
@@ -127,6 +148,8 @@ def map_event(event: int, detail: int) -> tuple[DomainState, str] | None:
     nothing about whether the domain runs (defined; shutdown, which is always
     followed by stopped)."""
     reason = event_reason(event, detail)
+    if event == VirEvent.STARTED and detail == StartedDetail.MIGRATED:
+        return DomainState.MIGRATING, reason  # incoming: paused until it completes
     if event in (VirEvent.STARTED, VirEvent.RESUMED):
         return DomainState.RUNNING, reason
     if event == VirEvent.SUSPENDED:
@@ -142,3 +165,31 @@ def map_event(event: int, detail: int) -> tuple[DomainState, str] | None:
     if event == VirEvent.UNDEFINED:
         return DomainState.SHUTOFF, reason
     return None
+
+
+class IncomingMigrations:
+    """Tells a failed incoming migration from a crash.
+
+    When an incoming migration is aborted, the destination's half-started
+    domain stops with "failed", which alone reads like a crash. Track domains
+    that started as migration targets and have not resumed yet, and report
+    their stop as a plain shutoff. Fed from libvirt's single event thread."""
+
+    def __init__(self) -> None:
+        self._pending: set[str] = set()
+
+    def adjust(
+        self, name: str, event: int, detail: int, mapped: tuple[DomainState, str] | None
+    ) -> tuple[DomainState, str] | None:
+        if event == VirEvent.STARTED:
+            if detail == StartedDetail.MIGRATED:
+                self._pending.add(name)
+            else:
+                self._pending.discard(name)
+        elif event == VirEvent.RESUMED:
+            self._pending.discard(name)
+        elif event in (VirEvent.STOPPED, VirEvent.UNDEFINED) and name in self._pending:
+            self._pending.discard(name)
+            if mapped is not None and mapped[0] == DomainState.CRASHED:
+                return DomainState.SHUTOFF, f"{mapped[1]} (incoming migration)"
+        return mapped

@@ -53,18 +53,21 @@ class LibvirtdSpec:
     base_dir: str
     driver: Driver = "qemu"
     netns: str | None = None  # a name under /run/netns, or None for the root namespace
-    hostname: str = ""  # default: "lab-" + directory name
+    hostname: str = ""  # default: "lab-<directory name>-<hash of the path>"
     host_uuid: str = ""  # default: derived from the directory path
     migration_host: str | None = None  # address peers send migration streams to
     migration_ports: tuple[int, int] = (49152, 49215)
 
     def resolved(self) -> LibvirtdSpec:
         base = Path(self.base_dir).absolute()
+        host_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"file://{base}"))
         return dataclasses.replace(
             self,
             base_dir=str(base),
-            hostname=self.hostname or f"lab-{base.name}",
-            host_uuid=self.host_uuid or str(uuid.uuid5(uuid.NAMESPACE_URL, f"file://{base}")),
+            # live migration needs distinct hostnames and host UUIDs: derive
+            # both from the full path, not just the directory name
+            hostname=self.hostname or f"lab-{base.name[:20]}-{host_uuid[:6]}",
+            host_uuid=self.host_uuid or host_uuid,
             migration_ports=tuple(self.migration_ports),  # type: ignore[arg-type]
         )
 
@@ -178,14 +181,29 @@ def _qemu_conf(spec: LibvirtdSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _with_qemu_user(path: str, line: str) -> str:
-    """The QEMU driver resolves the user "libvirt-qemu" at start even when
-    qemu.conf says root; hosts without libvirt-daemon-system lack it, so the
-    instance gets its own passwd/group files with the entry added."""
+def _with_line(path: str, line: str, unless_prefix: str = "") -> str:
     text = _read(path)
-    if any(entry.startswith("libvirt-qemu:") for entry in text.splitlines()):
+    if unless_prefix and any(entry.startswith(unless_prefix) for entry in text.splitlines()):
         return text
-    return text + ("" if text.endswith("\n") else "\n") + line + "\n"
+    return text + ("" if text.endswith("\n") or not text else "\n") + line + "\n"
+
+
+def _system_files(spec: LibvirtdSpec) -> dict[str, str]:
+    """Files of /etc the instance sees in place of the host's."""
+    # libvirtd resolves its own hostname (migration cookies, capabilities); in a
+    # namespace that cannot reach the host's DNS server that costs two 5 s
+    # timeouts per lookup, so the name is in /etc/hosts and DNS is absent.
+    address = spec.migration_host or "127.0.1.1"
+    files = {"/etc/hosts": _with_line("/etc/hosts", f"{address} {spec.hostname}")}
+    if spec.netns:
+        files["/etc/resolv.conf"] = "# no DNS inside lab namespaces\n"
+    if spec.driver == "qemu":
+        # The QEMU driver resolves the user "libvirt-qemu" at start even when
+        # qemu.conf says root; hosts without libvirt-daemon-system lack it.
+        passwd = "libvirt-qemu:x:64055:64055::/nonexistent:/bin/false"
+        files["/etc/passwd"] = _with_line("/etc/passwd", passwd, "libvirt-qemu:")
+        files["/etc/group"] = _with_line("/etc/group", "libvirt-qemu:x:64055:", "libvirt-qemu:")
+    return files
 
 
 def _holder_script(base: Path, spec: LibvirtdSpec) -> str:
@@ -195,8 +213,7 @@ def _holder_script(base: Path, spec: LibvirtdSpec) -> str:
         (base / "cache", "/var/cache/libvirt"),
         (base / "log", "/var/log/libvirt"),
     ]
-    if (base / "sys" / "passwd").exists():
-        binds += [(base / "sys" / "passwd", "/etc/passwd"), (base / "sys" / "group", "/etc/group")]
+    binds += [(base / "sys" / Path(path).name, path) for path in sorted(_system_files(spec))]
     q = shlex.quote
     steps = ["set -e", f"hostname {q(spec.hostname)}", f"mkdir -p {' '.join(_MOUNTED)}"]
     steps += [f"mount --bind {q(str(src))} {q(dst)}" for src, dst in binds]
@@ -245,7 +262,11 @@ class LabLibvirtd:
             raise LabError(f"instance {self.base} is already running")
         self._prepare_dirs()
         self._start_holder(timeout_s)
-        self.start_daemon(timeout_s)
+        try:
+            self.start_daemon(timeout_s)
+        except (LabError, subprocess.TimeoutExpired):
+            self.kill_all()
+            raise
 
     def _prepare_dirs(self) -> None:
         for sub in ("etc", "lib", "cache", "log", "s", "drivers"):
@@ -261,15 +282,10 @@ class LabLibvirtd:
         module = _qemu_driver_module()
         if self.spec.driver == "qemu" and module:
             link.symlink_to(module)  # the only module loaded: no network/storage drivers
-            (self.base / "sys").mkdir(exist_ok=True)
-            (self.base / "sys" / "passwd").write_text(
-                _with_qemu_user(
-                    "/etc/passwd", "libvirt-qemu:x:64055:64055::/nonexistent:/bin/false"
-                )
-            )
-            (self.base / "sys" / "group").write_text(
-                _with_qemu_user("/etc/group", "libvirt-qemu:x:64055:")
-            )
+        shutil.rmtree(self.base / "sys", ignore_errors=True)
+        (self.base / "sys").mkdir()
+        for path, text in _system_files(self.spec).items():
+            (self.base / "sys" / Path(path).name).write_text(text)
         spec_json = json.dumps(dataclasses.asdict(self.spec), indent=2)
         (self.base / "spec.json").write_text(spec_json)
 
@@ -337,19 +353,24 @@ class LabLibvirtd:
         """Stop libvirtd (and the keeper) only; QEMU processes keep running,
         as they do when a real libvirtd restarts."""
         victims = [
-            pid for pid, cmd in self.processes() if Path(cmd[0]).name in ("libvirtd", "virsh")
+            pid
+            for pid, cmd in self.processes()
+            if cmd and Path(cmd[0]).name in ("libvirtd", "virsh")
         ]
         for pid in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        alive = lambda: any(_ns_of(pid) is not None for pid in victims)  # noqa: E731
+
+        def gone() -> bool:
+            return all(_ns_of(pid) is None for pid in victims)
+
         try:
-            _wait_for(lambda: not alive(), timeout_s, f"libvirtd of {self.base} to stop")
+            _wait_for(gone, timeout_s, f"libvirtd of {self.base} to stop")
         except LabError:
             for pid in victims:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            _wait_for(lambda: not alive(), timeout_s, f"libvirtd of {self.base} to die")
+            _wait_for(gone, timeout_s, f"libvirtd of {self.base} to die")
 
     def restart_daemon(self, timeout_s: float = 20.0) -> None:
         self.stop_daemon(timeout_s)
@@ -380,10 +401,12 @@ class LabLibvirtd:
         """Power off: every process of the instance dies at once."""
         kill_instance(self.base, timeout_s)
         if self._holder is not None:
+            if self._holder.poll() is None:  # init unknown yet: --kill-child does it
+                self._holder.kill()
             self._holder.wait(timeout=timeout_s)
             self._holder = None
 
-    stop = kill_all
+    stop = kill_all  # an instance has no state worth a graceful stop
 
     def _log_tail(self, name: str, lines: int = 5) -> str:
         return " | ".join(_read(str(self.base / name)).strip().splitlines()[-lines:])
@@ -454,7 +477,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         spec = LibvirtdSpec(args.dir, args.driver or "qemu", args.netns, args.hostname)
         instance = LabLibvirtd(dataclasses.replace(spec, migration_host=args.migration_host))
-    instance.start()
+    if instance.init_pid() is None:  # powering on a running host changes nothing
+        try:
+            instance.start()
+        except LabError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     print(instance.uri)
     return 0
 

@@ -277,7 +277,8 @@ class LabNetwork:
         self._drop_table(short, _LOSS_TABLE)
         if percent <= 0:
             return
-        rule = f"numgen random mod 100 < {int(percent)} drop"
+        # numgen's range is 0-99, so "< 100" does not parse; 100 % is a plain drop
+        rule = "drop" if percent >= 100 else f"numgen random mod 100 < {int(percent)} drop"
         self._nft(
             short,
             f"table inet {_LOSS_TABLE} {{\n"

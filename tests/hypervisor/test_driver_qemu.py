@@ -1,0 +1,178 @@
+"""LibvirtHypervisor against real libvirtd + QEMU instances, each in its own
+network namespace (two diskless 32 MiB hosts; see the qemu_pair fixture)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from hacluster.hypervisor.domxml import domain_type_for, minimal_domain_xml
+from hacluster.hypervisor.libvirt_driver import LibvirtHypervisor
+from hacluster.lab.libvirtd import LabLibvirtd
+from hacluster.ports import DomainInfo, HypervisorError
+from hacluster.ports import DomainState as S
+
+from .support import Recorder, wait_for
+
+Pair = tuple[LabLibvirtd, LabLibvirtd]
+
+
+@pytest.fixture
+def hvs(qemu_pair: Pair) -> Iterator[tuple[LibvirtHypervisor, LibvirtHypervisor]]:
+    a, b = (LibvirtHypervisor(host.uri, reconnect_interval_s=0.05) for host in qemu_pair)
+    try:
+        yield a, b
+    finally:
+        for hv in (a, b):
+            for info in hv.list_domains():
+                hv.undefine(info.name)
+            hv.close()
+
+
+def _xml(name: str, uri: str) -> str:
+    return minimal_domain_xml(name, 32, 1, domain_type_for(uri))
+
+
+def _state(hv: LibvirtHypervisor, name: str) -> S | None:
+    return next((info.state for info in hv.list_domains() if info.name == name), None)
+
+
+def _started(hv: LibvirtHypervisor, name: str) -> float:
+    hv.define(name, _xml(name, hv.uri))
+    began = time.monotonic()
+    hv.start(name)
+    return time.monotonic() - began
+
+
+def test_start_list_and_shutdown_that_times_out_into_destroy(
+    hvs: tuple[LibvirtHypervisor, LibvirtHypervisor], name: str
+) -> None:
+    hv = hvs[0]
+    events = Recorder()
+    hv.subscribe(events)
+    assert _started(hv, name) < 5.0
+    assert DomainInfo(name, S.RUNNING, 32, 1) in hv.list_domains()
+    events.wait(name, S.RUNNING, reason="started/booted")
+    began = time.monotonic()
+    hv.shutdown(name, timeout_s=0.5)  # SeaBIOS without ACPI ignores the request
+    took = time.monotonic() - began
+    assert 0.5 <= took < 4.0
+    assert _state(hv, name) == S.SHUTOFF
+    events.wait(name, S.SHUTOFF, reason="stopped/destroyed")
+
+
+def test_killed_qemu_is_reported_as_crashed_within_a_second(
+    qemu_pair: Pair, hvs: tuple[LibvirtHypervisor, LibvirtHypervisor], name: str
+) -> None:
+    hv = hvs[0]
+    events = Recorder()
+    hv.subscribe(events)
+    _started(hv, name)
+    pid = qemu_pair[0].qemu_pid(name)
+    assert pid is not None
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    at, reason = events.wait(name, S.CRASHED, timeout_s=5.0)
+    assert at - killed < 1.0, f"crash noticed after {at - killed:.3f} s"
+    assert reason == "stopped/failed"
+    assert _state(hv, name) == S.CRASHED
+
+
+def test_live_migration_there_and_back(
+    qemu_pair: Pair, hvs: tuple[LibvirtHypervisor, LibvirtHypervisor], name: str
+) -> None:
+    (host_a, host_b), (hv_a, hv_b) = qemu_pair, hvs
+    seen_a, seen_b = Recorder(), Recorder()
+    hv_a.subscribe(seen_a)
+    hv_b.subscribe(seen_b)
+    _started(hv_a, name)
+    # peer-to-peer, given the plain qemu:///system?socket= spelling
+    hv_a.migrate(name, host_b.uri.replace("qemu+unix:", "qemu:"), timeout_s=20.0)
+    assert _state(hv_a, name) is None  # the definition moved too
+    assert _state(hv_b, name) == S.RUNNING
+    seen_a.wait(name, S.SHUTOFF, reason="stopped/migrated")
+    seen_b.wait(name, S.RUNNING, reason="resumed/migrated")
+    # back again, driven by this client talking to both daemons
+    hv_b.migrate(name, host_a.uri, timeout_s=20.0, peer_to_peer=False)
+    assert _state(hv_b, name) is None
+    assert _state(hv_a, name) == S.RUNNING
+    hv_a.destroy(name)
+    assert _state(hv_a, name) == S.SHUTOFF  # persistent at the destination
+
+
+def test_migration_past_its_timeout_is_aborted_and_the_vm_stays(
+    qemu_pair: Pair, hvs: tuple[LibvirtHypervisor, LibvirtHypervisor], name: str
+) -> None:
+    (_, host_b), (hv_a, hv_b) = qemu_pair, hvs
+    seen_b = Recorder()
+    hv_b.subscribe(seen_b)
+    _started(hv_a, name)
+    began = time.monotonic()
+    with pytest.raises(HypervisorError, match=f"'{name}'.*within 0.5 s and was aborted"):
+        # 1 MiB/s for 32 MiB of guest memory would take half a minute
+        hv_a.migrate(name, host_b.uri, timeout_s=0.5, bandwidth_mib_s=1)
+    assert time.monotonic() - began < 5.0
+    assert _state(hv_a, name) == S.RUNNING
+    # the half-started copy at the destination is not reported as a crash
+    seen_b.wait(name, S.SHUTOFF, reason="stopped/failed (incoming migration)")
+    assert S.CRASHED not in [state for state, _ in seen_b.of(name)]
+    wait_for(lambda: _state(hv_b, name) is None, 5.0, "destination to forget the domain")
+
+
+def test_vms_survive_a_libvirtd_restart_and_events_resume(
+    qemu_pair: Pair, hvs: tuple[LibvirtHypervisor, LibvirtHypervisor], name: str
+) -> None:
+    host_a, hv = qemu_pair[0], hvs[0]
+    events = Recorder()
+    hv.subscribe(events)
+    _started(hv, name)
+    pid = host_a.qemu_pid(name)
+    assert pid is not None
+    host_a.restart_daemon()
+    assert host_a.qemu_pid(name) == pid
+    wait_for(lambda: _state(hv, name) == S.RUNNING, 10.0, "reconnect and see the VM running")
+    # a domain started after the restart proves that events flow again (and
+    # gives libvirtd time to finish reconnecting to the first one's QEMU)
+    _started(hv, f"{name}-2")
+    events.wait(f"{name}-2", S.RUNNING)
+    killed = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    at, reason = events.wait(name, S.CRASHED, since=killed, timeout_s=5.0)
+    assert reason == "stopped/failed"
+    assert at - killed < 1.0
+
+
+def test_vm_that_died_while_libvirtd_was_down_is_reported_on_reconnect(
+    qemu_pair: Pair, hvs: tuple[LibvirtHypervisor, LibvirtHypervisor], name: str
+) -> None:
+    host_a, hv = qemu_pair[0], hvs[0]
+    events = Recorder()
+    hv.subscribe(events)
+    _started(hv, name)
+    pid = host_a.qemu_pid(name)
+    assert pid is not None
+    host_a.stop_daemon()
+    killed = time.monotonic()
+    try:
+        os.kill(pid, signal.SIGKILL)  # libvirtd will never send an event for this
+    finally:
+        host_a.start_daemon()
+    back = time.monotonic()
+    at, reason = events.wait(name, S.CRASHED, since=killed, timeout_s=5.0)
+    assert reason == "resync"
+    assert at - back < 1.0  # the watcher reconnects on its own, at once
+
+
+def test_libvirt_errors_name_the_domain(
+    hvs: tuple[LibvirtHypervisor, LibvirtHypervisor], name: str
+) -> None:
+    hv = hvs[0]
+    broken = _xml(name, hv.uri).replace(
+        "<devices>", "<devices>\n    <emulator>/nonexistent/qemu</emulator>"
+    )
+    with pytest.raises(HypervisorError, match=f"define of domain '{name}'.*nonexistent"):
+        hv.define(name, broken)
