@@ -10,12 +10,16 @@ What we override or replace, and why (pysyncobj 0.3.17):
   entry's term and the term in which this node saw it committed;
 * `__generateRaftTimeout`: a rebuilt peer must not stand for election before it caught
   up (its log is empty), so its election timer is parked until then;
-* the transport (DurableTransport): fsync barrier before every outgoing message;
-* the snapshot serializer hooks: our checksummed format, no pickle, no fork.
+* the transport (DurableTransport): fsync barrier before every outgoing message, and
+  a monotonic nextIndex on acknowledgements (pysyncobj rewinds it on stale acks);
+* the snapshot serializer hooks: our checksummed format, no pickle, no fork;
+* the admin commands pysyncobj serves on the Raft port (add/remove/transfer/version)
+  are denied: membership changes go through RaftNode only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -24,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj.config import FAIL_REASON
+from pysyncobj.monotonic import monotonic as raft_clock  # CLOCK_MONOTONIC_RAW
 from pysyncobj.node import TCPNode
 
 from hacluster.raft.errors import ApplyFailed, RaftError, StorageError
@@ -75,8 +81,10 @@ class CommitTerms:
     """Records the term in force each time the commit index advanced."""
 
     def __init__(self, commit_index: int) -> None:
-        self._high = commit_index  # entries up to here were committed in unknown terms
-        self._ranges: deque[tuple[int, int]] = deque()  # (up to index, term), ascending
+        self._high = commit_index
+        # (up to index, term), ascending; entries committed before this start (replayed
+        # from the journal) have an unknown commit term, 0.
+        self._ranges: deque[tuple[int, int]] = deque([(commit_index, 0)])
 
     def advance(self, commit_index: int, term: int) -> None:
         if commit_index > self._high:
@@ -96,7 +104,7 @@ class CommitTerms:
         return self._ranges[0][1] if self._ranges else 0
 
 
-class Engine(SyncObj):  # type: ignore[misc]
+class Engine(SyncObj):
     def __init__(
         self,
         self_address: str | None,
@@ -128,11 +136,16 @@ class Engine(SyncObj):  # type: ignore[misc]
         )
         super().__init__(self_address, partners, conf, transportClass=DurableTransport)
         self._ha_install_journal(journal)
+        self._ha_deny_admin_commands()
 
     def _ha_install_journal(self, journal: DurableJournal) -> None:
         """Replace the throw-away in-memory journal SyncObj made (see module doc)."""
-        names = ("_SyncObj__raftLog", "_SyncObj__raftCurrentTerm",
-                 "_SyncObj__votedForNodeId", "_SyncObj__raftCommitIndex")
+        names = (
+            "_SyncObj__raftLog",
+            "_SyncObj__raftCurrentTerm",
+            "_SyncObj__votedForNodeId",
+            "_SyncObj__raftCommitIndex",
+        )
         if not all(hasattr(self, n) for n in names):
             raise RaftError("unsupported pysyncobj version: SyncObj internals changed")
         if len(journal) == 0:
@@ -144,15 +157,27 @@ class Engine(SyncObj):  # type: ignore[misc]
         self._SyncObj__votedForNodeId = journal.getVotedForNodeId()
         self._SyncObj__raftCommitIndex = journal.getRaftCommitIndex()
 
+    def _ha_deny_admin_commands(self) -> None:
+        """pysyncobj serves membership, code-version and leadership-transfer commands
+        to any holder of the secret on the Raft port (syncobj_admin): they would bypass
+        RaftNode and the daemon's audit trail. Only 'status' stays."""
+
+        def deny(args: object, callback: Callable[[object, int], None]) -> None:
+            callback(None, FAIL_REASON.REQUEST_DENIED)
+
+        for command in ("add", "remove", "set_version", "transfer"):
+            self._SyncObj__transport.setOnUtilityMessageCallback(command, deny)
+
     # ------------------------------------------------------------ pysyncobj overrides
 
-    def _SyncObj__doApplyCommand(self, command: bytes) -> Applied:  # noqa: N802
+    def _SyncObj__doApplyCommand(self, command: bytes) -> Applied:
         # SyncObj increments raftLastApplied right after this returns.
         index = self.raftLastApplied + 1
         term = self._ha_journal.term_at(index)
         commit_term = self._ha_commits.term_for(index)
-        entry = AppliedEntry(index, term, commit_term,
-                             own_term=commit_term == term and term in self._ha_led_terms)
+        entry = AppliedEntry(
+            index, term, commit_term, own_term=commit_term == term and term in self._ha_led_terms
+        )
         if command[:1] != REGULAR:
             return Applied(entry, SyncObj._SyncObj__doApplyCommand(self, command))
         self._ha_applying = entry
@@ -164,7 +189,7 @@ class Engine(SyncObj):  # type: ignore[misc]
             self._ha_applying = None
         return Applied(entry, result)
 
-    def _SyncObj__generateRaftTimeout(self) -> float:  # noqa: N802
+    def _SyncObj__generateRaftTimeout(self) -> float:
         if self._ha_abstain:
             return _PARKED_TIMEOUT_S
         return float(SyncObj._SyncObj__generateRaftTimeout(self))
@@ -180,6 +205,10 @@ class Engine(SyncObj):  # type: ignore[misc]
         # Called from the leader's commit step and from append_entries handling; in
         # both the current term is the term of the leader that committed.
         self._ha_commits.advance(commit_index, self.raftCurrentTerm)
+        if self._isLeader():
+            # A follower may apply before its own fsync: the leader saw a majority hold
+            # the entry durably. A leader counts itself, so it syncs first.
+            self._ha_journal.sync_through(commit_index)
 
     def _ha_serialize(self, path: str, data: tuple[Any, Any, Any]) -> None:
         last, prev, cluster = data
@@ -187,11 +216,13 @@ class Engine(SyncObj):  # type: ignore[misc]
             state = self._ha_machine.snapshot()
         except Exception as exc:
             raise self.ha_fail(ApplyFailed(f"snapshot() raised {exc!r}")) from exc
-        members = sorted((n.id if n is not None else None for n in cluster),
-                         key=lambda a: (a is None, a or ""))
+        members = sorted(
+            (n.id if n is not None else None for n in cluster), key=lambda a: (a is None, a or "")
+        )
         try:
-            write_snapshot(path, SnapshotData(last, prev, tuple(members), bytes(state)),
-                           self._ha_disk)
+            write_snapshot(
+                path, SnapshotData(last, prev, tuple(members), bytes(state)), self._ha_disk
+            )
         except StorageError as exc:
             raise self.ha_fail(exc) from exc
 
@@ -211,12 +242,24 @@ class Engine(SyncObj):  # type: ignore[misc]
     def durability_barrier(self) -> None:
         self._ha_journal.sync()
 
+    def term_barrier(self) -> None:
+        self._ha_journal.sync_term()
+
     def abstains_from_voting(self) -> bool:
         return self._ha_abstain
 
     def handshake_limits(self) -> tuple[float, int]:
         s = self._ha_settings
         return s.handshake_timeout_s, s.max_handshake_bytes
+
+    def ha_next_index(self, node: Any) -> int | None:
+        value = self._SyncObj__raftNextIndex.get(node)
+        return None if value is None else int(value)
+
+    def ha_keep_next_index(self, node: Any, before: int | None) -> None:
+        table = self._SyncObj__raftNextIndex
+        if before is not None and self._isLeader() and table.get(node, before) < before:
+            table[node] = before
 
     # ------------------------------------------------------------ used by RaftNode
 
@@ -253,6 +296,37 @@ class Engine(SyncObj):  # type: ignore[misc]
     def ha_entry_is_own(self, term: int, commit_term: int) -> bool:
         return commit_term == term and term in self._ha_led_terms
 
+    def ha_role(self) -> str:
+        return {0: "follower", 1: "candidate", 2: "leader"}[self._SyncObj__raftState]
+
+    def ha_partner_views(self) -> list[tuple[str, bool, int | None, float | None]]:
+        """(address, connected, match index, seconds since last answer) per partner;
+        the last two only on a leader."""
+        leading = self._isLeader()
+        match = self._SyncObj__raftMatchIndex if leading else {}
+        answered = self._SyncObj__lastResponseTime if leading else {}
+        now = raft_clock()
+        return [
+            (
+                str(n.id),
+                bool(self.isNodeConnected(n)),
+                match.get(n),
+                (now - answered[n]) if n in answered else None,
+            )
+            for n in sorted(self.otherNodes, key=lambda n: str(n.id))
+        ]
+
+    def ha_wake(self) -> None:
+        """Interrupt the event loop's poll() (a full pipe means it is due anyway)."""
+        with contextlib.suppress(BlockingIOError, AttributeError, OSError):
+            self._SyncObj__pipeNotifier.notify()
+
     def ha_destroy(self) -> None:
-        """Stop networking and close the journal (event loop must be stopped)."""
-        self._doDestroy()
+        """Stop networking and close the journal (event loop must be stopped). A halted
+        node drops its unsent messages: their barrier may be what failed."""
+        if self._ha_fatal is not None:
+            self._SyncObj__transport.discard_outbox()
+        try:
+            self._SyncObj__transport.destroy()
+        finally:
+            self._ha_journal.close()

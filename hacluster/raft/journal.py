@@ -22,8 +22,8 @@ import os
 import struct
 import zlib
 from collections.abc import Callable
-from typing import NoReturn
 from dataclasses import dataclass, field
+from typing import NoReturn, overload
 
 from pysyncobj.journal import Journal
 
@@ -136,12 +136,13 @@ class DurableJournal(Journal):
         self._header_dirty = False  # header rewritten but not fdatasync'ed
         self._vote_dirty = False  # term/vote changed but not stored
         self._commit_dirty = False
+        self._persisted_commit = meta.commit_index  # commit index in the meta file
         self._fd = -1
         # Called with each new commit index (commit-term bookkeeping of the node).
         self.on_commit_index: Callable[[int], None] | None = None
         # Called with every storage failure before it is raised: pysyncobj swallows
         # exceptions in places (snapshot install), the node must still halt.
-        self.on_failure: Callable[[BaseException], None] | None = None
+        self.on_failure: Callable[[BaseException], object] | None = None
 
     # ------------------------------------------------------------ opening
 
@@ -158,8 +159,13 @@ class DurableJournal(Journal):
         scan = scan_journal(path, raw)
         if scan.tail_problem is not None:
             side = save_aside(path, raw[scan.good_size :], disk)
-            log.warning("%s: %s at offset %d (never synced): dropped, bytes kept in %s",
-                        path, scan.tail_problem, scan.good_size, side)
+            log.warning(
+                "%s: %s at offset %d (never synced): dropped, bytes kept in %s",
+                path,
+                scan.tail_problem,
+                scan.good_size,
+                side,
+            )
         journal._adopt(scan)
         return journal
 
@@ -190,10 +196,10 @@ class DurableJournal(Journal):
     def clear(self) -> None:
         self._truncate_to(0)
 
-    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802 - pysyncobj API
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
         self._truncate_to(max(entryFrom, 0))
 
-    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802 - pysyncobj API
+    def deleteEntriesTo(self, entryTo: int) -> None:
         """Drop entries before position `entryTo` (log compaction after a snapshot)."""
         # The snapshot that replaces these entries was just renamed into place: make the
         # rename durable before the entries it covers disappear.
@@ -202,6 +208,12 @@ class DurableJournal(Journal):
         except OSError as exc:
             self._fail(f"cannot fsync {self._dir}: {exc}")
         self.rewrite(self._entries[entryTo:])
+
+    @overload
+    def __getitem__(self, item: int) -> Entry: ...
+
+    @overload
+    def __getitem__(self, item: slice) -> list[Entry]: ...
 
     def __getitem__(self, item: int | slice) -> Entry | list[Entry]:
         return self._entries[item]
@@ -215,33 +227,29 @@ class DurableJournal(Journal):
     def flush(self) -> None:
         self.sync()
 
-    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:  # noqa: N802, N803
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
         if raftCommitIndex != self._meta.commit_index:
             self._meta.commit_index = raftCommitIndex
             self._commit_dirty = True
         if self.on_commit_index is not None:
             self.on_commit_index(raftCommitIndex)
-        if self._data_dirty:
-            # Nothing is applied (and no client answered) before its entry is durable,
-            # even on a single-node cluster where no message would trigger the barrier.
-            self.sync()
 
-    def getRaftCommitIndex(self) -> int:  # noqa: N802
+    def getRaftCommitIndex(self) -> int:
         return self._meta.commit_index
 
-    def setCurrentTerm(self, term: int, votedForNodeId: str | None) -> None:  # noqa: N802, N803
+    def setCurrentTerm(self, term: int, votedForNodeId: str | None) -> None:
         self._meta.term = term
         self._meta.voted_for = votedForNodeId
         # Stored at the next barrier: before any message reflecting it is sent.
         self._vote_dirty = True
 
-    def getCurrentTerm(self) -> int:  # noqa: N802
+    def getCurrentTerm(self) -> int:
         return self._meta.term
 
-    def getVotedForNodeId(self) -> str | None:  # noqa: N802
+    def getVotedForNodeId(self) -> str | None:
         return self._meta.voted_for
 
-    def onOneSecondTimer(self) -> None:  # noqa: N802
+    def onOneSecondTimer(self) -> None:
         self.sync()
         if self._header_dirty:
             self._datasync()
@@ -256,6 +264,18 @@ class DurableJournal(Journal):
         self._sync_data()
         if self._vote_dirty:
             self._store_meta()
+
+    def sync_term(self) -> None:
+        """Make a changed term/vote durable (no-op when unchanged)."""
+        if self._vote_dirty:
+            self._store_meta()
+
+    def sync_through(self, index: int) -> None:
+        """Barrier for a leader about to apply up to `index`: it counts itself in the
+        majority, so its own copy must be durable (matters when no message was sent,
+        e.g. a single-node cluster)."""
+        if index > self._durable:
+            self._sync_data()
 
     def _sync_data(self) -> None:
         if not self._data_dirty:
@@ -294,18 +314,33 @@ class DurableJournal(Journal):
     def close(self) -> None:
         if self._fd < 0:
             return
-        self.sync()
-        if self._header_dirty:
-            self._datasync()
-            self._header_dirty = False
-        if self._commit_dirty:
-            self._store_meta()
-        os.close(self._fd)
-        self._fd = -1
+        try:
+            self.sync()
+            if self._header_dirty:
+                self._datasync()
+                self._header_dirty = False
+            if self._commit_dirty:
+                self._store_meta()
+        finally:
+            os.close(self._fd)
+            self._fd = -1
 
     @property
     def durable_index(self) -> int:
         return self._durable
+
+    @property
+    def persisted_commit_index(self) -> int:
+        """Commit index stored in the meta file (replayed without peers at restart)."""
+        return self._persisted_commit
+
+    @property
+    def first_index(self) -> int:
+        return self._entries[0][1] if self._entries else 0
+
+    @property
+    def last_index(self) -> int:
+        return self._entries[-1][1] if self._entries else 0
 
     def term_at(self, index: int) -> int:
         """Term of the entry at log index `index` (0 if not in the journal)."""
@@ -364,6 +399,7 @@ class DurableJournal(Journal):
             atomic_write(self._meta_path, encode_meta(self._meta), self._disk)
         except StorageError as exc:
             self._fail(str(exc))
+        self._persisted_commit = self._meta.commit_index
         self._vote_dirty = self._commit_dirty = False
 
     def _fail(self, message: str) -> NoReturn:

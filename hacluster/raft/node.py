@@ -47,6 +47,7 @@ sees it applied and decides anew in its own term.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -54,100 +55,29 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pysyncobj.config import FAIL_REASON
 from pysyncobj.syncobj import SyncObjException
 
-from hacluster.ports import ProposeResult, ProposeStatus, Secret
-from hacluster.raft.engine import REGULAR, Applied, AppliedEntry, Engine, Machine
+from hacluster.ports import ProposeStatus, Secret
+from hacluster.raft.engine import REGULAR, AppliedEntry, Engine, Machine
 from hacluster.raft.errors import NodeHalted, RaftError
 from hacluster.raft.files import Disk
 from hacluster.raft.recovery import open_storage
+from hacluster.raft.results import (
+    PartnerStatus,
+    RaftProposeResult,
+    RaftStatus,
+    Waiter,
+    collect_status,
+    validate_address,
+)
 from hacluster.raft.settings import RaftSettings
+
+__all__ = ["PartnerStatus", "RaftNode", "RaftProposeResult", "RaftStatus", "validate_address"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_NEVER_IN_LOG = {
-    FAIL_REASON.QUEUE_FULL,
-    FAIL_REASON.MISSING_LEADER,
-    FAIL_REASON.NOT_LEADER,
-    FAIL_REASON.REQUEST_DENIED,
-    FAIL_REASON.DISCARDED,  # our (index, term) slot was applied with another entry
-}
-_ROLES = {0: "follower", 1: "candidate", 2: "leader"}
-
-
-@dataclass(frozen=True)
-class RaftProposeResult(ProposeResult):
-    commit_term: int = 0  # term in which this node saw the entry committed
-    own_term: bool = False  # this node led `term` and committed the entry in it
-
-
-@dataclass(frozen=True)
-class PartnerStatus:
-    address: str
-    connected: bool
-    match_index: int | None  # leader only: highest entry known replicated there
-    last_response_age_s: float | None  # leader only
-
-
-@dataclass(frozen=True)
-class RaftStatus:
-    self_address: str | None
-    role: str  # leader | candidate | follower | read-only
-    leader: str | None
-    term: int
-    leader_term: int | None  # term in which this node leads, if it does
-    commit_index: int
-    applied_index: int
-    log_first_index: int
-    log_last_index: int
-    durable_index: int
-    has_quorum: bool
-    ready: bool  # caught up with the leader's commit index once since start
-    partners: tuple[PartnerStatus, ...]
-    readonly_members: int
-    abstaining: bool  # rebuilt peer not voting until caught up
-    rebuilt_into: str | None  # quarantine directory of a rebuild at start
-    fsync_count: int
-    fsync_seconds: float
-    halted: str | None
-
-
-class _Waiter:
-    """Collects one pysyncobj callback; called on the event-loop thread."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._res: object = None
-        self._err: int | None = None
-
-    def done(self, res: object, err: int) -> None:
-        self._res, self._err = res, err
-        self._event.set()
-
-    def wait(self, timeout_s: float) -> RaftProposeResult:
-        if not self._event.wait(max(timeout_s, 0.0)):
-            return RaftProposeResult(ProposeStatus.MAYBE)
-        res, err = self._res, self._err
-        if err == FAIL_REASON.SUCCESS and isinstance(res, Applied):
-            e = res.entry
-            return RaftProposeResult(
-                ProposeStatus.COMMITTED, e.index, e.term, res.result, e.commit_term, e.own_term
-            )
-        if err in _NEVER_IN_LOG:
-            return RaftProposeResult(ProposeStatus.NOT_LEADER)
-        return RaftProposeResult(ProposeStatus.MAYBE)  # LEADER_CHANGED, UNKNOWN_OUTCOME
-
-
-def validate_address(address: str, what: str = "address") -> str:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{what} must be host:port, got {address!r}")
-    return address
 
 
 class RaftNode:
@@ -180,10 +110,10 @@ class RaftNode:
         partner_list = _check_partners(self_address, partners)
         password = _check_secret(secret)
         self._on_halt = on_halt
-        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = (
-            queue.SimpleQueue()
-        )
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
         self._stopping = threading.Event()
+        self._waiters: set[Waiter] = set()
+        self._waiters_lock = threading.Lock()
         self._started = threading.Event()
         self._stopped = threading.Event()
         self._disk = Disk(self._settings.fsync)
@@ -209,9 +139,16 @@ class RaftNode:
             journalFile=None,  # SyncObj's own journal is replaced by ours (engine.py)
         )
         try:
-            return Engine(self._self_address, partners, conf, self._settings,
-                          self._storage.journal, self._disk, machine,
-                          rebuilding=self._storage.rebuilt_into is not None)
+            return Engine(
+                self._self_address,
+                partners,
+                conf,
+                self._settings,
+                self._storage.journal,
+                self._disk,
+                machine,
+                rebuilding=self._storage.rebuilt_into is not None,
+            )
         except BaseException as exc:
             self._storage.journal.close()
             self._storage.lock.release()
@@ -234,12 +171,16 @@ class RaftNode:
         """Replicate one command; see the module docstring for the outcomes."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError(f"propose() takes bytes, got {type(data).__name__}")
+        if len(data) > self._settings.max_command_bytes:
+            raise ValueError(
+                f"command of {len(data)} bytes exceeds max_command_bytes "
+                f"({self._settings.max_command_bytes})"
+            )
         self._refuse_in_loop("propose")
         if self._stopping.is_set():
             return RaftProposeResult(ProposeStatus.NOT_LEADER)
-        waiter = _Waiter()
-        self._submit(lambda: self._engine._applyCommand(REGULAR + bytes(data), waiter.done))
-        return waiter.wait(timeout_s)
+        command = REGULAR + bytes(data)
+        return self._wait_for(lambda w: self._engine._applyCommand(command, w.done), timeout_s)
 
     def is_leader(self) -> bool:
         return bool(self._engine._isLeader())
@@ -285,9 +226,22 @@ class RaftNode:
         self._refuse_in_loop("a membership change")
         if self._stopping.is_set():
             return RaftProposeResult(ProposeStatus.NOT_LEADER)
-        waiter = _Waiter()
-        self._submit(lambda: change(address, callback=waiter.done))
-        return waiter.wait(timeout_s)
+        return self._wait_for(lambda w: change(address, callback=w.done), timeout_s)
+
+    def _wait_for(self, submit: Callable[[Waiter], None], timeout_s: float) -> RaftProposeResult:
+        waiter = Waiter()
+        with self._waiters_lock:
+            self._waiters.add(waiter)
+        try:
+            if self._stopped.is_set():
+                return RaftProposeResult(ProposeStatus.NOT_LEADER)
+            # A full wake-up pipe means the loop is already due to wake up.
+            with contextlib.suppress(BlockingIOError):
+                submit(waiter)
+            return waiter.wait(timeout_s)
+        finally:
+            with self._waiters_lock:
+                self._waiters.discard(waiter)
 
     def compact(self) -> None:
         """Take a snapshot and compact the log at the next tick (admin, tests)."""
@@ -297,6 +251,11 @@ class RaftNode:
     def status(self) -> RaftStatus:
         """A consistent view for `hactl status` (collected on the event-loop thread)."""
         return self._call_in_loop(self._collect_status)
+
+    def run_on_loop(self, call: Callable[[], T]) -> T:
+        """Run `call` on the event-loop thread between ticks and return its result: a
+        consistent read of the state machine from another thread. Keep it short."""
+        return self._call_in_loop(call)
 
     @property
     def fsync_count(self) -> int:
@@ -311,8 +270,9 @@ class RaftNode:
         if self._thread.is_alive():
             self._thread.join(self._settings.close_timeout_s)
             if self._thread.is_alive():
-                log.error("Raft event loop did not stop within %.1fs",
-                          self._settings.close_timeout_s)
+                log.error(
+                    "Raft event loop did not stop within %.1fs", self._settings.close_timeout_s
+                )
 
     def __enter__(self) -> RaftNode:
         return self
@@ -362,6 +322,10 @@ class RaftNode:
             self._started.set()
             self._stopped.set()
             self._run_calls()
+            with self._waiters_lock:
+                waiting = list(self._waiters)
+            for waiter in waiting:
+                waiter.abandon()
         if fatal is not None and self._on_halt is not None:
             self._on_halt(fatal)
 
@@ -387,59 +351,20 @@ class RaftNode:
             self._run_calls()
         return future.result(timeout=self._settings.close_timeout_s)
 
-    def _submit(self, enqueue: Callable[[], None]) -> None:
-        try:
-            enqueue()
-        except BlockingIOError:
-            pass  # the wake-up pipe is full: the loop is already due to wake up
-
     def _wake(self) -> None:
-        try:
-            self._engine._SyncObj__pipeNotifier.notify()
-        except (BlockingIOError, AttributeError, OSError):
-            pass
+        self._engine.ha_wake()
 
     def _refuse_in_loop(self, what: str) -> None:
         if threading.get_ident() == self._loop_ident:
             raise RaftError(f"{what} from inside a state machine callback would deadlock")
 
     def _collect_status(self) -> RaftStatus:
-        e = self._engine
-        journal = self._storage.journal
-        leading = e._isLeader()
-        match = e._SyncObj__raftMatchIndex if leading else {}
-        answered = e._SyncObj__lastResponseTime if leading else {}
-        now = time.monotonic()
-        partners = tuple(
-            PartnerStatus(
-                address=str(n.id),
-                connected=bool(e.isNodeConnected(n)),
-                match_index=match.get(n),
-                last_response_age_s=(now - answered[n]) if n in answered else None,
-            )
-            for n in sorted(e.otherNodes, key=lambda n: str(n.id))
-        )
-        fatal = e.ha_fatal()
-        return RaftStatus(
-            self_address=self._self_address,
-            role="read-only" if self._self_address is None else _ROLES[e._SyncObj__raftState],
-            leader=self.leader(),
-            term=self.term(),
-            leader_term=e.ha_leader_term(),
-            commit_index=int(e.raftCommitIndex),
-            applied_index=self.applied_index(),
-            log_first_index=journal[0][1] if len(journal) else 0,
-            log_last_index=journal[-1][1] if len(journal) else 0,
-            durable_index=journal.durable_index,
-            has_quorum=bool(e.hasQuorum),
-            ready=bool(e.isReady()),
-            partners=partners,
-            readonly_members=len(e.readonlyNodes),
-            abstaining=e.abstains_from_voting(),
-            rebuilt_into=self._storage.rebuilt_into,
-            fsync_count=self._disk.count,
-            fsync_seconds=self._disk.seconds,
-            halted=None if fatal is None else str(fatal),
+        return collect_status(
+            self._engine,
+            self._storage.journal,
+            self._disk,
+            self._self_address,
+            self._storage.rebuilt_into,
         )
 
 
@@ -465,4 +390,3 @@ def _check_secret(secret: Secret | str | bytes) -> str | bytes:
     if not isinstance(value, str | bytes) or not value:
         raise ValueError("the cluster secret is mandatory and must not be empty")
     return value
-

@@ -101,8 +101,8 @@ def _cross_check(
     journal_path: str,
     snapshot_path: str,
 ) -> None:
-    first = journal[0][1] if len(journal) else None
-    last = journal[-1][1] if len(journal) else 0
+    first = journal.first_index if len(journal) else None
+    last = journal.last_index
     if snapshot is None and first is not None and first > 1:
         raise CorruptStorage(snapshot_path, f"snapshot is missing: the journal starts at {first}")
     if snapshot is not None and first is not None and first > snapshot.prev[1]:
@@ -113,7 +113,8 @@ def _cross_check(
     if meta.commit_index > max(covered, 1):
         raise CorruptStorage(
             journal_path,
-            f"truncated: log ends at index {covered}, commit index {meta.commit_index} was recorded",
+            f"truncated: log ends at index {covered}, "
+            f"commit index {meta.commit_index} was recorded",
         )
 
 
@@ -121,13 +122,13 @@ def _compact_to_snapshot(journal: DurableJournal, snapshot: SnapshotData) -> Non
     """Make the journal start at the snapshot's (prev, last) pair when it holds them."""
     if not len(journal):
         return
-    pos = snapshot.prev[1] - journal[0][1]
+    pos = snapshot.prev[1] - journal.first_index
     if pos <= 0 or pos + 1 >= len(journal):
         return  # already aligned, or the journal does not reach the snapshot
     if journal[pos] != snapshot.prev or journal[pos + 1] != snapshot.last:
         return  # diverging uncommitted tail: pysyncobj resets to the snapshot
     log.warning("journal predates snapshot %d: compacting it now", snapshot.index)
-    journal.rewrite(list(journal[pos:]))
+    journal.rewrite(journal[pos:])
 
 
 def _rebuild(data_dir: str, disk: Disk) -> tuple[DurableJournal, str, str]:
@@ -144,8 +145,12 @@ def _rebuild(data_dir: str, disk: Disk) -> tuple[DurableJournal, str, str]:
         names.append(META_NAME)
         meta = Meta()
     moved_to = quarantine(data_dir, names, disk)
-    log.error("moved %s into %s; this peer starts empty and will not vote before it has "
-              "caught up with a leader", ", ".join(names), moved_to)
+    log.error(
+        "moved %s into %s; this peer starts empty and will not vote before it has "
+        "caught up with a leader",
+        ", ".join(names),
+        moved_to,
+    )
     meta.commit_index = 1
     atomic_write(meta_path, encode_meta(meta), disk)
     journal = DurableJournal.open(journal_path, meta_path, meta, disk)

@@ -46,7 +46,10 @@ class RaftSettings:
     snapshot_min_entries: int = 5000
     snapshot_min_interval_s: float = 300.0
     # Largest append_entries / snapshot chunk sent at once.
-    append_batch_bytes: int = 64 * 1024
+    append_batch_bytes: int = 1024 * 1024
+    # Largest command propose() accepts. Must stay below append_batch_bytes: pysyncobj
+    # sends a bigger single entry through a chunked path that cuts it at the wrong place.
+    max_command_bytes: int = 512 * 1024
     # Bounded queue of not-yet-processed proposals (a full queue answers NOT_LEADER).
     commands_queue_size: int = 100_000
     socket_buffer_bytes: int = 256 * 1024
@@ -86,11 +89,22 @@ class RaftSettings:
 
     def _check_ranges(self) -> None:
         positive = (
-            "election_timeout_min_s", "heartbeat_interval_s", "leader_fallback_timeout_s",
-            "connection_timeout_s", "tick_interval_s", "handshake_timeout_s",
-            "snapshot_min_interval_s", "bind_retry_s", "close_timeout_s", "start_timeout_s",
-            "max_handshake_bytes", "append_batch_bytes", "commands_queue_size",
-            "socket_buffer_bytes", "bind_attempts",
+            "election_timeout_min_s",
+            "heartbeat_interval_s",
+            "leader_fallback_timeout_s",
+            "connection_timeout_s",
+            "tick_interval_s",
+            "handshake_timeout_s",
+            "snapshot_min_interval_s",
+            "bind_retry_s",
+            "close_timeout_s",
+            "start_timeout_s",
+            "max_handshake_bytes",
+            "append_batch_bytes",
+            "max_command_bytes",
+            "commands_queue_size",
+            "socket_buffer_bytes",
+            "bind_attempts",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -114,9 +128,9 @@ class RaftSettings:
                 "leader_fallback_timeout_s", "must be greater than election_timeout_max_s"
             )
         if self.connection_timeout_s < self.election_timeout_max_s:
-            raise RaftSettingsError(
-                "connection_timeout_s", "must be >= election_timeout_max_s"
-            )
+            raise RaftSettingsError("connection_timeout_s", "must be >= election_timeout_max_s")
+        if self.max_command_bytes + 1 >= self.append_batch_bytes:
+            raise RaftSettingsError("max_command_bytes", "must be smaller than append_batch_bytes")
         if self.tick_interval_s >= self.election_timeout_min_s / 2:
             raise RaftSettingsError(
                 "tick_interval_s", "must be less than half of election_timeout_min_s"

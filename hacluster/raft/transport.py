@@ -1,13 +1,16 @@
 """pysyncobj TCP transport with a durability barrier and handshake limits.
 
 * Outgoing Raft messages are queued and flushed once per event-loop round, after one
-  fsync of everything the journal wrote (group commit): no vote, acknowledgement or
-  append_entries leaves this node before the state it reflects is on disk.
+  fsync of everything the journal wrote (group commit): no vote or acknowledgement
+  leaves this node before the state it reflects is on disk. A leader's replication
+  messages overlap its own fsync instead (see `flush`).
 * An incoming connection that has not completed the encrypted handshake within
   `handshake_timeout_s`, or has buffered more than `max_handshake_bytes`, is dropped:
   garbage or a bogus length prefix cannot pile up memory or linger.
 * While a rebuilt peer catches up it drops vote requests (it must not vote with an
   empty log: it may have acknowledged entries it no longer has).
+* A leader keeps each follower's nextIndex monotonic on successful acknowledgements
+  (pipelining), see `_onMessageReceived`.
 """
 
 from __future__ import annotations
@@ -28,13 +31,19 @@ class _Engine(Protocol):
 
     def durability_barrier(self) -> None: ...
 
+    def term_barrier(self) -> None: ...
+
     def abstains_from_voting(self) -> bool: ...
 
     def handshake_limits(self) -> tuple[float, int]: ...
 
+    def ha_next_index(self, node: Any) -> int | None: ...
+
+    def ha_keep_next_index(self, node: Any, before: int | None) -> None: ...
+
 
 class DurableTransport(TCPTransport):
-    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:  # noqa: N803
+    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
         self._outbox: list[tuple[Any, Any]] = []
         self._accepted_at: dict[Any, float] = {}
         self._engine: _Engine = syncObj
@@ -50,26 +59,47 @@ class DurableTransport(TCPTransport):
         return True
 
     def flush(self) -> None:
-        """Make the journal durable, then send every queued message in order."""
+        """Send every queued message in order, with the journal durable first.
+
+        A leader's append_entries are the exception: they go out first and the leader
+        fsyncs while the followers do (Raft paper 10.2.1). That is safe because the
+        leader counts its own copy towards a commit only once it is durable (the
+        engine syncs before advancing its commit index), and every other message
+        (acknowledgements, votes, answers) still waits for the barrier.
+        """
         if not self._outbox:
             return
-        self._engine.durability_barrier()
         outbox, self._outbox = self._outbox, []
+        replication_only = all(
+            isinstance(m, dict) and m.get("type") == "append_entries" for _, m in outbox
+        )
+        if replication_only:
+            self._engine.term_barrier()  # the term they carry is durable (normally no-op)
+        else:
+            self._engine.durability_barrier()
         for node, message in outbox:
             TCPTransport.send(self, node, message)
+        if replication_only:
+            self._engine.durability_barrier()
 
-    def _onTick(self) -> None:  # noqa: N802 - pysyncobj hook, runs right before poll()
+    def _onTick(self) -> None:
         super()._onTick()
         self._drop_stalled_handshakes()
         self.flush()
 
     def destroy(self) -> None:
-        self.flush()
-        super().destroy()
+        try:
+            self.flush()
+        finally:
+            super().destroy()
+
+    def discard_outbox(self) -> None:
+        """Forget queued messages (a halted node must not send what it cannot persist)."""
+        self._outbox.clear()
 
     # ------------------------------------------------------------ inbound guards
 
-    def _onNewIncomingConnection(self, conn: Any) -> None:  # noqa: N802
+    def _onNewIncomingConnection(self, conn: Any) -> None:
         super()._onNewIncomingConnection(conn)
         self._accepted_at[conn] = monotonic()
         read_chunk = conn._TcpConnection__processRead
@@ -82,12 +112,13 @@ class DurableTransport(TCPTransport):
 
         def read() -> bool:
             more = bool(read_chunk())
-            if conn in self._unknownConnections:
-                if len(conn._TcpConnection__readBuffer) > max_bytes:
-                    log.warning("dropping unauthenticated connection: %d bytes before handshake",
-                                len(conn._TcpConnection__readBuffer))
-                    conn.disconnect()
-                    return False
+            buffered = len(conn._TcpConnection__readBuffer)
+            if buffered > max_bytes and conn in self._unknownConnections:
+                log.warning(
+                    "dropping unauthenticated connection: %d bytes before handshake", buffered
+                )
+                conn.disconnect()
+                return False
             return more
 
         return read
@@ -105,11 +136,16 @@ class DurableTransport(TCPTransport):
                 del self._accepted_at[conn]
                 conn.disconnect()
 
-    def _onMessageReceived(self, node: Any, message: Any) -> None:  # noqa: N802
-        if (
-            isinstance(message, dict)
-            and message.get("type") == "request_vote"
-            and self._engine.abstains_from_voting()
-        ):
+    def _onMessageReceived(self, node: Any, message: Any) -> None:
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "request_vote" and self._engine.abstains_from_voting():
+            return
+        if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
+            # pysyncobj sets nextIndex from every successful ack, so an ack for an older
+            # in-flight message rewinds it and the follower receives (and truncates and
+            # rewrites) entries it already has. Keep nextIndex monotonic instead.
+            before = self._engine.ha_next_index(node)
+            super()._onMessageReceived(node, message)
+            self._engine.ha_keep_next_index(node, before)
             return
         super()._onMessageReceived(node, message)

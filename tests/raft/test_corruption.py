@@ -1,0 +1,67 @@
+"""A peer with a corrupt or truncated journal/snapshot refuses to start, naming the
+file; with the rebuild flag it moves the files aside and catches up from the others."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from hacluster.raft.files import JOURNAL_NAME, SNAPSHOT_NAME
+from hacluster.raft.harness import Peer, PeerFailed, propose_all, wait_for
+from hacluster.raft.testpeer import CORRUPT_EXIT
+
+
+def damage(path: str, how: str) -> None:
+    size = os.path.getsize(path)
+    if how == "truncated":
+        os.truncate(path, size * 6 // 10)
+        return
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        byte = f.read(1)
+        f.seek(size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def compact(peer: Peer) -> None:
+    peer.call("compact")
+    wait_for(lambda: peer.status()["log_first_index"] > 1, 10, f"{peer.name} to compact")
+
+
+@pytest.mark.parametrize("how", ["corrupt", "truncated"])
+@pytest.mark.parametrize("target", [JOURNAL_NAME, SNAPSHOT_NAME])
+def test_bad_storage_refuses_then_rebuild_recovers(make_cluster, target, how):
+    c = make_cluster(3).start()
+    leader, _ = c.wait_leader()
+    propose_all(leader, 40, "a")
+    c.wait_converged(min_count=40)
+    victim = next(p for p in c.peers if p is not leader)
+    if target == SNAPSHOT_NAME:
+        compact(victim)
+        compact(leader)  # the rebuilt peer then has to install the leader's snapshot
+        propose_all(leader, 5, "b")
+    victim.stop()
+    path = os.path.join(victim.data_dir, target)
+    damage(path, how)
+
+    with pytest.raises(PeerFailed) as info:
+        victim.start()
+    assert info.value.doc["path"] == path
+    assert victim.proc is not None and victim.proc.returncode == CORRUPT_EXIT
+
+    propose_all(leader, 5, "while-refused")
+    victim.start(rebuild=True)
+    status = victim.status()
+    assert status["rebuilt_into"] is not None
+    assert target in os.listdir(status["rebuilt_into"])  # moved aside, not deleted
+    expected = 50 if target == SNAPSHOT_NAME else 45
+    c.wait_converged(min_count=expected)
+    if target == SNAPSHOT_NAME:  # it caught up by installing the leader's snapshot
+        assert victim.status()["log_first_index"] > 1
+    wait_for(lambda: not victim.status()["abstaining"], 10, "the rebuilt peer to vote again")
+    # The rebuilt peer is a full member again: it survives a leader change.
+    leader.kill()
+    new_leader, _ = c.wait_leader()
+    propose_all(new_leader, 3, "c")
+    c.wait_converged(min_count=expected + 3)
