@@ -51,6 +51,9 @@ class LeaseConfig:
 @dataclass(frozen=True)
 class HypervisorConfig:
     uri: str = "qemu:///system"
+    # URI other hosts' libvirtd use to live-migrate to this one ("" = uri), e.g.
+    # "qemu+tls://10.0.0.1/system"
+    migration_uri: str = ""
     memory_mib: int = 0  # 0: read from libvirt, minus reserve_memory_mib
     vcpus: int = 0  # 0: read from libvirt
     reserve_memory_mib: int = 1024

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 EPILOG = """examples:
+  hacluster peer --config /etc/hacluster/hacluster.toml
   hacluster sim hacluster/sim/scenarios/01-host-power-loss
   hacluster sim --all                       run every shipped scenario
   hacluster sim --all --rewrite             refresh their expected.log files
@@ -53,6 +54,12 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_peer(args: argparse.Namespace) -> int:
+    from hacluster.daemon.run import run_peer
+
+    return run_peer(args.config, rebuild=args.rebuild)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Until the real-hosts demo lands, show the same story in the simulator."""
     scenario = next(p for p in shipped_scenarios() if p.name.startswith("01-"))
@@ -68,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    peer = sub.add_parser(
+        "peer", help="run this host's peer daemon",
+        description="Run the peer daemon: Raft replica, lease renewals, the leader's "
+        "decisions when it leads, and the agent that makes libvirt match the cluster state. "
+        "SIGTERM leaves cleanly (nobody is fenced); SIGHUP reloads what can change safely "
+        "([log], [notify]) and names what needs a restart.",
+        epilog="example: hacluster peer --config /etc/hacluster/hacluster.toml",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    peer.add_argument("--config", default="/etc/hacluster/hacluster.toml",
+                      help="TOML configuration (default: %(default)s)")
+    peer.add_argument("--rebuild", action="store_true",
+                      help="the local journal or snapshot is corrupt: move it aside (nothing "
+                      "is deleted) and catch up from the other peers")
+    peer.set_defaults(func=cmd_peer)
     sim = sub.add_parser(
         "sim",
         help="run simulator scenarios and print their timelines",

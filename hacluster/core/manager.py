@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hacluster.core.lease import LeaseTable, LeaseView, Verdict
+from hacluster.core.lease import GRANT, LeaseTable, LeaseView, Verdict
 from hacluster.fsm import commands as c
 from hacluster.fsm.apply_fence import cap_reopens_at, fence_action_for
 from hacluster.fsm.model import ClusterState, FenceAction, FenceResult, Host
@@ -123,6 +123,9 @@ class Manager:
         for name in sorted(state.hosts):
             host = state.hosts[name]
             if host.state is H.REMOVED or not host.runs_vms:
+                continue
+            if host.peer_stopped and host.state in (H.ONLINE, H.DRAINING, H.SUSPECT):
+                self.leases.renew(name, GRANT, now)  # left cleanly: never fenced for it
                 continue
             lease = self.leases.view(name, now, state.settings)
             decision = self._decide_host(state, host, lease, now, wall)

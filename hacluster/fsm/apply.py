@@ -99,6 +99,8 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.RemoveHost: apply_hosts.remove_host,
     c.HostReady: apply_hosts.host_ready,
     c.ReportHostLoad: apply_hosts.report_load,
+    c.ReportBmcHealth: apply_hosts.report_bmc_health,
+    c.SetPeerStopped: apply_hosts.set_peer_stopped,
     c.SetHostMaintenance: apply_hosts.set_maintenance,
     c.SetHostBmc: apply_hosts.set_host_bmc,
     c.MarkHostSuspect: apply_hosts.mark_suspect,

@@ -63,6 +63,8 @@ def host_ready(ctx: Ctx, cmd: c.HostReady) -> None:
         capacity["memory_mib"] = cmd.memory_mib
     if cmd.vcpus > 0 and cmd.vcpus != host.vcpus:
         capacity["vcpus"] = cmd.vcpus
+    if cmd.migration_uri != host.migration_uri:
+        host = ctx.put_host(host, migration_uri=cmd.migration_uri)
     if capacity:
         host = ctx.put_host(host, **capacity)
         ctx.capacity_changed = True
@@ -78,6 +80,25 @@ def host_ready(ctx: Ctx, cmd: c.HostReady) -> None:
         ctx.emit(ev.HOST_RECOVERED, cmd.name, "rejoined after being fenced")
     elif host.state in (H.JOINING, H.SUSPECT):
         ctx.set_host_state(host, H.ONLINE, "agent ready")
+
+
+def report_bmc_health(ctx: Ctx, cmd: c.ReportBmcHealth) -> None:
+    host = ctx.host(cmd.name)
+    changed = host.bmc_ok != cmd.ok or host.bmc_detail != cmd.detail
+    ctx.put_host(host, bmc_ok=cmd.ok, bmc_detail=cmd.detail, bmc_checked_at=ctx.now)
+    if changed:
+        ctx.emit(ev.HOST_UPDATED, cmd.name, f"own BMC {'answers' if cmd.ok else 'FAILS'}: "
+                 f"{cmd.detail}", bmc_ok=cmd.ok)
+
+
+def set_peer_stopped(ctx: Ctx, cmd: c.SetPeerStopped) -> None:
+    host = ctx.host(cmd.name)
+    if host.peer_stopped == cmd.stopped:
+        return
+    ctx.put_host(host, peer_stopped=cmd.stopped)
+    ctx.emit(ev.HOST_UPDATED, cmd.name, "peer stopped cleanly: lease not judged, its VMs are "
+             "not protected until it returns" if cmd.stopped else "peer running again",
+             peer_stopped=cmd.stopped)
 
 
 def report_load(ctx: Ctx, cmd: c.ReportHostLoad) -> None:

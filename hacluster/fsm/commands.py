@@ -36,7 +36,8 @@ class Command:
 class AddHost(Command):
     TYPE = "add-host"
     name: str
-    addresses: tuple[str, ...] = ()
+    addresses: tuple[str, ...] = ()  # "link=address"
+    raft_address: str = ""
     memory_mib: int = 0
     vcpus: int = 0
     role: HostRole = HostRole.VOTER
@@ -57,6 +58,27 @@ class HostReady(Command):
     name: str
     memory_mib: int = 0
     vcpus: int = 0
+    migration_uri: str = ""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReportBmcHealth(Command):
+    """A host checked its own BMC: can it be fenced if it dies?"""
+
+    TYPE = "bmc-health"
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SetPeerStopped(Command):
+    """A peer stops cleanly (SIGTERM) or starts again: while stopped, its lease is
+    not judged, so stopping the daemon never fences its host."""
+
+    TYPE = "peer-stopped"
+    name: str
+    stopped: bool
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -276,6 +298,8 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     AddHost,
     RemoveHost,
     HostReady,
+    ReportBmcHealth,
+    SetPeerStopped,
     ReportHostLoad,
     SetHostMaintenance,
     SetHostBmc,

@@ -122,7 +122,8 @@ class Settings:
 @dataclass(frozen=True, slots=True)
 class Host:
     name: str
-    addresses: tuple[str, ...] = ()
+    addresses: tuple[str, ...] = ()  # "link=address" for every network it renews over
+    raft_address: str = ""  # host:port of its Raft peer
     memory_mib: int = 0
     vcpus: int = 0
     role: HostRole = HostRole.VOTER
@@ -134,6 +135,11 @@ class Host:
     fence_wanted: str = ""  # non-empty: fence even though the lease is fresh (why)
     maintenance_wanted: bool = False  # drain ends in maintenance
     bmc: BmcOverride = BmcOverride()
+    migration_uri: str = ""  # libvirt URI other hosts use to live-migrate to it
+    bmc_ok: bool = False  # its own last BMC check answered
+    bmc_detail: str = "not checked yet"
+    bmc_checked_at: float = 0.0  # log time of that check
+    peer_stopped: bool = False  # its peer left cleanly: lease not judged, VMs unprotected
 
     @property
     def runs_vms(self) -> bool:

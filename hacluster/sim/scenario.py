@@ -77,7 +77,7 @@ def bootstrap(sim: Simulation, doc: dict[str, Any], path: Path) -> None:
                 memory_mib=spec.get("memory_mib", 16384),
                 vcpus=spec.get("vcpus", 16),
                 role=HostRole(spec.get("role", "voter")),
-                addresses=tuple(spec.get("links", ["mgmt"])),
+                addresses=tuple(f"{ln}=sim" for ln in spec.get("links", ["mgmt"])),
             )
         )
     _wait_until_online(sim, [spec["name"] for spec in doc.get("host", [])])

@@ -1,0 +1,219 @@
+"""Drives the pure agent on this host: read libvirt, check freshness, act.
+
+Reconciles every `agent_tick_s` and at once when libvirt reports a domain
+event. Hypervisor calls run in a thread pool; a VM with an operation in
+flight is `busy` and skipped by the next decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+
+from hacluster.core import agent as ag
+from hacluster.core.bmc import bmc_spec
+from hacluster.daemon.fencing import SecretError, bmc_target
+from hacluster.daemon.logs import decision
+from hacluster.daemon.proposer import Proposer
+from hacluster.daemon.replica import Replica
+from hacluster.fsm import commands as c
+from hacluster.fsm.model import HostRole
+from hacluster.ports import Fencer, HostCapacity, Hypervisor, HypervisorError
+
+log = logging.getLogger("hacluster.agent")
+
+Freshness = Callable[[], Awaitable[bool]]
+
+
+class AgentDriver:
+    def __init__(self, me: str, replica: Replica, hypervisor: Hypervisor, proposer: Proposer,
+                 fresh: Freshness, capacity: HostCapacity, pool: Executor, *,
+                 shutdown_timeout_s: float, migrate_timeout_s: float,
+                 migration_uri: str) -> None:
+        self.me = me
+        self.replica = replica
+        self.hypervisor = hypervisor
+        self.proposer = proposer
+        self.fresh = fresh
+        self.capacity = capacity
+        self.pool = pool
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.migrate_timeout_s = migrate_timeout_s
+        self.migration_uri = migration_uri
+        self.busy: set[str] = set()
+        self.throttle = ag.Throttle(1.0)
+        self.wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def domain_event(self, name: str, state: object, reason: str) -> None:
+        """libvirt callback (any thread): reconcile now, not at the next tick."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self.wake.set)
+
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def run(self, tick_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.hypervisor.subscribe(self.domain_event)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), tick_s)
+            self.wake.clear()
+            try:
+                await self.reconcile_once()
+            except HypervisorError as exc:
+                log.warning("cannot read the hypervisor", extra={"error": str(exc)})
+
+    async def reconcile_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Read libvirt *before* the freshness barrier: see core/agent.py.
+        domains = await loop.run_in_executor(self.pool, self.hypervisor.list_domains)
+        fresh = await self.fresh()
+        with self.replica.read() as state:
+            actions = ag.reconcile(self.me, state, {d.name: d.state for d in domains},
+                                   frozenset(self.busy), fresh,
+                                   (self.capacity.memory_mib, self.capacity.vcpus))
+        for action in actions:
+            self._act(action)
+
+    # ------------------------------------------------------------ actions
+
+    def _act(self, action: ag.AgentAction) -> None:
+        if isinstance(action, ag.Report):
+            command = action.command
+            if isinstance(command, c.HostReady):
+                command = c.HostReady(name=command.name, memory_mib=command.memory_mib,
+                                      vcpus=command.vcpus, migration_uri=self.migration_uri)
+            key = (command.TYPE, getattr(command, "name", ""), getattr(command, "observed", ""),
+                   getattr(command, "placement", 0))
+            if self.throttle.allow(key, time.monotonic()):
+                decision(log, f"report {command.TYPE}", action.reason,
+                         vm=getattr(command, "name", ""))
+                self._spawn(self._report(command))
+            return
+        self.busy.add(action.name)
+        decision(log, type(action).__name__, action.reason, vm=action.name)
+        self._spawn(self._run_blocking(action))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _report(self, command: c.Command) -> None:
+        outcome = await self.proposer.propose(command)
+        for event in outcome.events:
+            if event.kind == "rejected":
+                log.info("report refused", extra={"reason": event.message})
+
+    async def _run_blocking(self, action: ag.AgentAction) -> None:
+        name = getattr(action, "name", "")
+        try:
+            loop = asyncio.get_running_loop()
+            report = await loop.run_in_executor(self.pool, self._perform, action)
+        finally:
+            self.busy.discard(name)
+            self.wake.set()
+        if report is not None:
+            await self._report(report)
+
+    def _perform(self, action: ag.AgentAction) -> c.Command | None:
+        """Runs in a worker thread; returns the report to propose."""
+        if isinstance(action, ag.StartVm):
+            return self._start(action)
+        if isinstance(action, ag.StopVm):
+            return self._stop(action)
+        if isinstance(action, ag.MigrateVm):
+            return self._migrate(action)
+        if isinstance(action, ag.DestroyVm):
+            try:
+                self.hypervisor.destroy(action.name)
+            except HypervisorError as exc:
+                log.error("cannot destroy a stale copy", extra={"vm": action.name,
+                                                                "error": str(exc)})
+        return None
+
+    def _vm_report(self, name: str, placement: int, observed: str, detail: str = "") -> c.Command:
+        return c.VmReport(name=name, host=self.me, placement=placement, observed=observed,
+                          detail=detail)
+
+    def _start(self, a: ag.StartVm) -> c.Command:
+        try:
+            self.hypervisor.define(a.name, a.xml)
+            self.hypervisor.start(a.name)
+            return self._vm_report(a.name, a.placement, "started")
+        except HypervisorError as exc:
+            # never leave a half-started copy behind a start-failed report
+            with contextlib.suppress(HypervisorError):
+                self.hypervisor.destroy(a.name)
+            return self._vm_report(a.name, a.placement, "start-failed", str(exc))
+
+    def _stop(self, a: ag.StopVm) -> c.Command:
+        try:
+            self.hypervisor.shutdown(a.name, self.shutdown_timeout_s)
+            return self._vm_report(a.name, a.placement, "stopped")
+        except HypervisorError as exc:
+            return self._vm_report(a.name, a.placement, "stop-failed", str(exc))
+
+    def _migrate(self, a: ag.MigrateVm) -> c.Command:
+        with self.replica.read() as state:
+            target = state.hosts.get(a.target)
+            uri = target.migration_uri if target else ""
+        if not uri:
+            return self._vm_report(a.name, a.placement, "migrate-failed",
+                                   f"host {a.target} has no migration URI")
+        try:
+            self.hypervisor.migrate(a.name, uri, self.migrate_timeout_s)
+            return self._vm_report(a.name, a.placement, "migrated")
+        except HypervisorError as exc:
+            return self._vm_report(a.name, a.placement, "migrate-failed", str(exc))
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
+
+
+class HostReporter:
+    """Slow periodic facts about this host: load, and whether its own BMC answers."""
+
+    def __init__(self, me: str, replica: Replica, proposer: Proposer, fencer: Fencer,
+                 cluster_secret: str, pool: Executor) -> None:
+        self.me = me
+        self.replica = replica
+        self.proposer = proposer
+        self.fencer = fencer
+        self.secret = cluster_secret
+        self.pool = pool
+
+    async def report_load(self) -> None:
+        with self.replica.read() as state:
+            host = state.hosts.get(self.me)
+        load = round(os.getloadavg()[0], 2)
+        if host is not None and host.role is not HostRole.WITNESS and abs(host.load - load) >= 0.1:
+            await self.proposer.propose(c.ReportHostLoad(name=self.me, load=load))
+
+    async def check_bmc(self, timeout_s: float) -> None:
+        with self.replica.read() as state:
+            spec = bmc_spec(state, self.me)
+            host = state.hosts.get(self.me)
+        if host is None or not host.runs_vms:
+            return
+        if spec is None:
+            ok, detail = False, "no BMC address configured: this host cannot be fenced"
+        else:
+            try:
+                target = bmc_target(spec, self.secret)
+                loop = asyncio.get_running_loop()
+                probe = await loop.run_in_executor(self.pool, self.fencer.probe, target,
+                                                   timeout_s)
+                ok, detail = probe.ok, f"{probe.detail} (power {probe.power.value})"
+            except SecretError as exc:
+                ok, detail = False, str(exc)
+        if ok != host.bmc_ok or detail != host.bmc_detail:
+            await self.proposer.propose(c.ReportBmcHealth(name=self.me, ok=ok, detail=detail))

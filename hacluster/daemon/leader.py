@@ -1,0 +1,133 @@
+"""Drives the pure Manager while this peer leads: lease renewals in, proposals
+and fences out. Every Manager call happens on the asyncio loop thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from concurrent.futures import Executor
+from typing import Any
+
+from hacluster.core.bmc import BmcSpec, bmc_spec
+from hacluster.core.manager import Decision, Manager, Propose, RunFence
+from hacluster.daemon.fencing import SecretError, as_record_result, bmc_target
+from hacluster.daemon.logs import decision
+from hacluster.daemon.proposer import Proposer
+from hacluster.daemon.replica import Replica
+from hacluster.fsm import commands as c
+from hacluster.fsm.model import FenceResult
+from hacluster.ports import Fencer
+from hacluster.raft import RaftNode
+
+log = logging.getLogger("hacluster.manager")
+
+
+class LeaderDriver:
+    def __init__(self, me: str, raft: RaftNode, replica: Replica, proposer: Proposer,
+                 fencer: Fencer, cluster_secret: str, pool: Executor) -> None:
+        self.me = me
+        self.raft = raft
+        self.replica = replica
+        self.proposer = proposer
+        self.fencer = fencer
+        self.secret = cluster_secret
+        self.pool = pool
+        self.manager = Manager(me)
+        self.stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------ inputs
+
+    def renewal(self, host: str, link: str) -> tuple[str, int, int] | None:
+        """A lease renewal arrived; answer with (leader, term, index) if we lead."""
+        term = self.raft.leader_term()
+        if term is None or self.stopping:
+            return None
+        self.manager.renewal(host, link, time.monotonic())
+        return self.me, term, self.replica.applied_index
+
+    @property
+    def ready(self) -> bool:
+        """Leading in the current term with our Noop committed (state is current)."""
+        return (self.manager.leading and self.manager.ready
+                and self.raft.leader_term() == self.manager.term)
+
+    def tick(self) -> None:
+        term = None if self.stopping else self.raft.leader_term()
+        now = time.monotonic()
+        if term is None:
+            if self.manager.leading:
+                self.manager.lose_leadership()
+                decision(log, "not leader any more", "Raft reports another leader or none",
+                         term=self.manager.term)
+            return
+        decisions: list[Decision] = []
+        with self.replica.read() as state:
+            if not self.manager.leading or self.manager.term != term:
+                decision(log, "leading", f"elected in term {term}; every host gets a full "
+                         "lease, nothing is decided before our no-op commits", term=term)
+                decisions += self.manager.become_leader(term, state, now)
+            decisions += self.manager.tick(state, now, time.time())
+        for d in decisions:
+            self._spawn(self._propose(d) if isinstance(d, Propose) else self._fence(d))
+
+    # ------------------------------------------------------------ outputs
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _propose(self, d: Propose) -> None:
+        decision(log, f"propose {d.command.TYPE}", d.reason, key=d.key)
+        try:
+            outcome = await self.proposer.propose(d.command)
+        except Exception:
+            log.exception("proposal failed", extra={"key": d.key})
+            self.manager.proposal_done(d.key, d.command, False, 0)
+            return
+        needs_own_term = isinstance(d.command, c.Noop | c.RequestFence)
+        committed = outcome.committed and (outcome.own_term or not needs_own_term)
+        self.manager.proposal_done(d.key, d.command, committed, outcome.index)
+        for event in outcome.events:
+            if event.kind == "rejected":
+                log.warning("proposal refused", extra={"key": d.key, "reason": event.message})
+
+    async def _fence(self, d: RunFence) -> None:
+        if self.stopping or self.raft.leader_term() != self.manager.term:
+            decision(log, "fence skipped", "leadership changed (or this peer is stopping) "
+                     "before the fence ran",
+                     host=d.host, token=d.token)
+            self.manager.fence_result(d.host, d.token, FenceResult.ERROR, "leader changed",
+                                      "none", time.monotonic())
+            return
+        with self.replica.read() as state:
+            spec = bmc_spec(state, d.host)
+            deadline = state.settings.fence_timeout_s
+        decision(log, "fence", d.reason, host=d.host, token=d.token, action=d.action.value)
+        result, evidence, method = await self._run_backend(d, spec, deadline)
+        decision(log, "fence result", evidence, host=d.host, token=d.token, result=result.value)
+        for follow in self.manager.fence_result(d.host, d.token, result, evidence, method,
+                                                time.monotonic()):
+            self._spawn(self._propose(follow) if isinstance(follow, Propose)
+                        else self._fence(follow))
+
+    async def _run_backend(self, d: RunFence, spec: BmcSpec | None,
+                           deadline: float) -> tuple[FenceResult, str, str]:
+        if spec is None:
+            return FenceResult.ERROR, f"host {d.host} has no BMC address configured", "none"
+        try:
+            target = bmc_target(spec, self.secret)
+        except SecretError as exc:
+            return FenceResult.ERROR, str(exc), "none"
+        loop = asyncio.get_running_loop()
+        res = await loop.run_in_executor(self.pool, self.fencer.fence, target, d.action,
+                                         deadline)
+        return as_record_result(res.outcome), res.evidence, res.method
+
+    async def drain(self) -> None:
+        """Wait for in-flight proposals and fences (used on shutdown)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)

@@ -1,0 +1,331 @@
+"""The embeddable peer: everything one host runs, in one object.
+
+    peer = Peer(load_config("/etc/hacluster/hacluster.toml"))
+    uvloop.run(peer.serve())          # until peer.request_stop()
+
+Embedders may pass their own fencer, hypervisor and notifier (any object with
+the methods of the Protocols in hacluster.ports). Threads: the asyncio loop
+(leases, RPC, decisions), the Raft thread (applies entries), and a pool for
+blocking calls (Raft proposals, libvirt, BMCs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hacluster.config import Config, read_secret
+from hacluster.daemon.agent import AgentDriver, HostReporter
+from hacluster.daemon.leader import LeaderDriver
+from hacluster.daemon.leases import LeaseCodec, LeaseService
+from hacluster.daemon.logs import decision
+from hacluster.daemon.notify import HookNotifier, notification
+from hacluster.daemon.proposer import Outcome, Proposer
+from hacluster.daemon.replica import EventListener, Replica
+from hacluster.daemon.sdnotify import sd_notify, watchdog_interval_s
+from hacluster.fsm import ClusterState, Event
+from hacluster.fsm import commands as c
+from hacluster.fsm.model import HostRole
+from hacluster.fsm.states import HostState
+from hacluster.ports import Fencer, HostCapacity, Hypervisor, Notifier
+from hacluster.raft import RaftNode
+
+log = logging.getLogger("hacluster.peer")
+
+
+class Peer:
+    def __init__(self, config: Config, *, cluster_secret: str | None = None,
+                 fencer: Fencer | None = None, hypervisor: Hypervisor | None = None,
+                 notifier: Notifier | None = None, rebuild: bool = False) -> None:
+        self.config = config
+        self.me = config.peer.name
+        self.role = HostRole(config.peer.role)
+        self.secret = cluster_secret if cluster_secret is not None else read_secret(config)
+        self.replica = Replica()
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="hacluster")
+        self._fencer = fencer
+        self._hypervisor = hypervisor
+        self.notifier: Notifier = notifier or HookNotifier(config.notify.hook,
+                                                           config.timing.notify_timeout_s)
+        self._rebuild = rebuild
+        self._stop = threading.Event()
+        self._stop_async: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.raft: RaftNode | None = None
+        self.leader: LeaderDriver | None = None
+        self.agent: AgentDriver | None = None
+        self.leases: LeaseService | None = None
+        self.proposer: Proposer | None = None
+        self.extra_services: list[Any] = []  # e.g. the RPC server (start()/close())
+
+    # ------------------------------------------------------------ embedding API
+
+    @contextmanager
+    def read(self) -> Iterator[ClusterState]:
+        with self.replica.read() as state:
+            yield state
+
+    def subscribe(self, listener: EventListener) -> Callable[[], None]:
+        return self.replica.subscribe(listener)
+
+    async def submit(self, command: c.Command, *, origin: str = "",
+                     deadline_s: float = 10.0) -> Outcome:
+        if self.proposer is None:
+            raise RuntimeError("the peer is not running")
+        return await self.proposer.submit(command, origin=origin or self.me,
+                                          deadline_s=deadline_s)
+
+    def request_stop(self) -> None:
+        """Thread-safe; serve() returns after a clean shutdown."""
+        self._stop.set()
+        if self._loop is not None and self._stop_async is not None:
+            self._loop.call_soon_threadsafe(self._stop_async.set)
+
+    # ------------------------------------------------------------ start
+
+    def _open_raft(self) -> RaftNode:
+        cfg = self.config
+        partners = [p.partition("=")[2] for p in cfg.cluster.peers]
+        self_address = None if self.role is HostRole.MEMBER else cfg.peer.raft_address
+        return RaftNode(self_address, partners, self.secret, Path(cfg.peer.data_dir) / "raft",
+                        self.replica.apply, self.replica.snapshot, self.replica.restore,
+                        cfg.raft, rebuild=self._rebuild)
+
+    def _links(self) -> dict[str, str]:
+        links = dict(self.config.leases.links)
+        if not links:  # one network: the Raft address's host
+            links = {"main": self.config.peer.raft_address.rpartition(":")[0]}
+        return links
+
+    def _make_fencer(self) -> Fencer:
+        if self._fencer is None:
+            from hacluster.fence import make_fencer
+
+            self._fencer = make_fencer()
+        return self._fencer
+
+    def _make_hypervisor(self) -> Hypervisor:
+        if self._hypervisor is None:
+            from hacluster.hypervisor.libvirt_driver import LibvirtHypervisor
+
+            self._hypervisor = LibvirtHypervisor(self.config.hypervisor.uri)
+        return self._hypervisor
+
+    def _capacity(self, hypervisor: Hypervisor) -> HostCapacity:
+        hv = self.config.hypervisor
+        found = hypervisor.capacity()
+        memory = hv.memory_mib or max(0, found.memory_mib - hv.reserve_memory_mib)
+        return HostCapacity(memory, hv.vcpus or found.vcpus)
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.raft = await loop.run_in_executor(self.pool, self._open_raft)
+        cfg = self.config
+        self.proposer = Proposer(self.raft, self.me, self.pool, cfg.timing.propose_timeout_s)
+        fencer = self._make_fencer()
+        self.leader = LeaderDriver(self.me, self.raft, self.replica, self.proposer, fencer,
+                                   self.secret, self.pool)
+        self.leases = LeaseService(self.me, LeaseCodec(self.secret), self._links(),
+                                   cfg.leases.port, self.leader.renewal)
+        await self.leases.start()
+        self.replica.subscribe(self._notify_events)
+        self._every(cfg.timing.manager_tick_s, self.leader.tick)
+        self._tasks.append(asyncio.ensure_future(self._renew_forever()))
+        self._tasks.append(asyncio.ensure_future(self._register()))
+        if self.role is not HostRole.WITNESS:
+            await self._start_agent(fencer)
+        for service in self.extra_services:
+            await service.start()
+        interval = watchdog_interval_s()
+        if interval:
+            self._every(interval, lambda: sd_notify("WATCHDOG=1"))
+
+    async def _start_agent(self, fencer: Fencer) -> None:
+        assert self.proposer is not None
+        loop = asyncio.get_running_loop()
+        hypervisor = await loop.run_in_executor(self.pool, self._make_hypervisor)
+        capacity = await loop.run_in_executor(self.pool, self._capacity, hypervisor)
+        hv, timing = self.config.hypervisor, self.config.timing
+        self.agent = AgentDriver(
+            self.me, self.replica, hypervisor, self.proposer, self._fresh, capacity, self.pool,
+            shutdown_timeout_s=hv.shutdown_timeout_s, migrate_timeout_s=hv.migrate_timeout_s,
+            migration_uri=hv.migration_uri or hv.uri)
+        self._tasks.append(asyncio.ensure_future(self.agent.run(timing.agent_tick_s)))
+        reporter = HostReporter(self.me, self.replica, self.proposer, fencer, self.secret,
+                                self.pool)
+        self._every_async(30.0, reporter.report_load)
+        self._every_async(timing.bmc_check_interval_s,
+                          lambda: reporter.check_bmc(timing.bmc_check_timeout_s), first=2.0)
+
+    def _every(self, interval_s: float, fn: Callable[[], object]) -> None:
+        async def loop() -> None:
+            while True:
+                try:
+                    fn()
+                except Exception:
+                    log.exception("periodic task failed")
+                await asyncio.sleep(interval_s)
+
+        self._tasks.append(asyncio.ensure_future(loop()))
+
+    def _every_async(self, interval_s: float, fn: Callable[[], Any],
+                     first: float = 0.0) -> None:
+        async def loop() -> None:
+            await asyncio.sleep(first)
+            while True:
+                try:
+                    await fn()
+                except Exception:
+                    log.exception("periodic task failed")
+                await asyncio.sleep(interval_s)
+
+        self._tasks.append(asyncio.ensure_future(loop()))
+
+    # ------------------------------------------------------------ leases and freshness
+
+    def renewal_targets(self) -> dict[str, list[tuple[str, str]]]:
+        mine = self._links()
+        out: dict[str, list[tuple[str, str]]] = {}
+        with self.replica.read() as state:
+            for name, host in state.hosts.items():
+                if host.role is HostRole.MEMBER or host.state is HostState.REMOVED:
+                    continue
+                routes = []
+                for entry in host.addresses:
+                    link, _, address = entry.partition("=")
+                    if link in mine:
+                        routes.append((link, address))
+                out[name] = routes
+        return out
+
+    async def _renew_forever(self) -> None:
+        assert self.leases is not None
+        while True:
+            self.leases.send_renewals(self.renewal_targets())
+            with self.replica.read() as state:
+                interval = state.settings.lease_renew_s
+            await asyncio.sleep(interval)
+
+    async def _fresh(self) -> bool:
+        """Read barrier: is our state at least as new as the leader's, right now?"""
+        assert self.leader is not None and self.leases is not None
+        if self.leader.ready:
+            return True
+        ack = await self.leases.barrier(self.renewal_targets(),
+                                        self.config.timing.read_barrier_timeout_s)
+        if ack is None:
+            return False
+        give_up = time.monotonic() + 0.5
+        while self.replica.applied_index < ack.commit_index:
+            if time.monotonic() > give_up:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    # ------------------------------------------------------------ registration
+
+    def _registration(self) -> c.Command | None:
+        with self.replica.read() as state:
+            host = state.hosts.get(self.me)
+        if host is None or host.state is HostState.REMOVED:
+            addresses = tuple(f"{k}={v}" for k, v in sorted(self._links().items()))
+            return c.AddHost(name=self.me, addresses=addresses, role=self.role,
+                             raft_address=self.config.peer.raft_address)
+        if host.peer_stopped:
+            return c.SetPeerStopped(name=self.me, stopped=False)
+        return None
+
+    async def _register(self) -> None:
+        """Add this host to the cluster state if missing; resume lease judging."""
+        assert self.proposer is not None
+        while (command := self._registration()) is not None:
+            decision(log, f"register: {command.TYPE}", "this host is missing from the "
+                     "cluster state or was stopped cleanly", host=self.me)
+            await self.proposer.submit(command, deadline_s=5.0)
+            await asyncio.sleep(0.2)
+
+    # ------------------------------------------------------------ notifications
+
+    def _notify_events(self, events: list[Event]) -> None:
+        """Raft thread: only the leader notifies (every peer applies the same events)."""
+        if self.raft is None or self.raft.leader_term() is None:
+            return
+        for event in events:
+            doc = notification(event, self.me)
+            if doc is not None:
+                self.pool.submit(self.notifier.notify, doc)
+
+    # ------------------------------------------------------------ run / stop
+
+    async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_async = asyncio.Event()
+        if self._stop.is_set():
+            self._stop_async.set()
+        try:
+            await self._start()
+            sd_notify("READY=1")
+            decision(log, "peer running", "started", host=self.me, role=self.role.value)
+            if on_ready is not None:
+                on_ready()
+            await self._stop_async.wait()
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        """Leave cleanly: nobody gets fenced because this peer stops."""
+        sd_notify("STOPPING=1")
+        if self.leader is not None:
+            self.leader.stopping = True
+        if self.proposer is not None and self.role is not HostRole.WITNESS:
+            outcome = await self.proposer.submit(c.SetPeerStopped(name=self.me, stopped=True),
+                                                 deadline_s=self.config.timing.stop_grace_s)
+            decision(log, "peer stopping", "marked stopped in the cluster state"
+                     if outcome.committed else "could not mark stopped (no quorum?)")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        log.debug("shutdown: tasks cancelled")
+        for driver in (self.agent, self.leader):
+            if driver is not None:
+                await driver.drain()
+        log.debug("shutdown: drivers drained")
+        for service in self.extra_services:
+            await service.close()
+        if self.leases is not None:
+            self.leases.close()
+        loop = asyncio.get_running_loop()
+        if self.raft is not None:
+            await loop.run_in_executor(None, self.raft.close)
+        log.debug("shutdown: raft closed")
+        if self._hypervisor is not None:
+            self._hypervisor.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        log.info("peer stopped", extra={"host": self.me})
+
+    # ------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        raft = self.raft.status() if self.raft is not None else None
+        manager = self.leader.manager if self.leader is not None else None
+        return {
+            "name": self.me,
+            "role": self.role.value,
+            "leader": raft.leader if raft else None,
+            "term": raft.term if raft else 0,
+            "is_leader": bool(raft and raft.role == "leader"),
+            "has_quorum": bool(raft and raft.has_quorum),
+            "commit_index": raft.commit_index if raft else 0,
+            "applied_index": self.replica.applied_index,
+            "manager_ready": bool(manager and manager.ready),
+            "links": self.leases.link_report() if self.leases else {},
+            "digest": self.replica.digest(),
+        }

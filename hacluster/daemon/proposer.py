@@ -1,0 +1,68 @@
+"""Proposing commands through Raft from the asyncio side.
+
+Every command travels in an Envelope with a fresh request id, the proposer's
+name and its wall clock. `submit` retries until a deadline: NOT_LEADER (no
+leader yet) is simply retried; MAYBE is retried with the *same* request id,
+which apply treats as a duplicate if the first attempt did commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from hacluster.fsm import commands as c
+from hacluster.fsm import encode_command
+from hacluster.fsm.events import Event
+from hacluster.ports import ProposeStatus
+from hacluster.raft import RaftNode, RaftProposeResult
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: ProposeStatus
+    index: int = 0
+    own_term: bool = False
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def committed(self) -> bool:
+        return self.status is ProposeStatus.COMMITTED
+
+
+class Proposer:
+    def __init__(self, raft: RaftNode, me: str, pool: Executor, timeout_s: float) -> None:
+        self.raft = raft
+        self.me = me
+        self.pool = pool
+        self.timeout_s = timeout_s
+
+    async def propose(self, command: c.Command, *, origin: str = "",
+                      request_id: str = "") -> Outcome:
+        """One attempt."""
+        envelope = c.Envelope(command, request_id or uuid.uuid4().hex, origin or self.me,
+                              time.time())
+        data = encode_command(envelope)
+        loop = asyncio.get_running_loop()
+        result: RaftProposeResult = await loop.run_in_executor(
+            self.pool, self.raft.propose, data, self.timeout_s)
+        events = result.result if isinstance(result.result, list) else []
+        return Outcome(result.status, result.index, result.own_term, events)
+
+    async def submit(self, command: c.Command, *, origin: str = "",
+                     deadline_s: float = 10.0) -> Outcome:
+        """Retry until committed or the deadline passes (then MAYBE or NOT_LEADER)."""
+        request_id = uuid.uuid4().hex
+        give_up = time.monotonic() + deadline_s
+        outcome = Outcome(ProposeStatus.NOT_LEADER)
+        maybe = False
+        while time.monotonic() < give_up:
+            outcome = await self.propose(command, origin=origin, request_id=request_id)
+            if outcome.committed:
+                return outcome
+            maybe = maybe or outcome.status is ProposeStatus.MAYBE
+            await asyncio.sleep(0.05)
+        return Outcome(ProposeStatus.MAYBE if maybe else outcome.status)

@@ -1,0 +1,67 @@
+"""The peer's replica of the state machine, shared between the Raft thread
+(which applies entries) and everything else (which reads).
+
+One lock guards the state: `apply` holds it for one entry (microseconds), and
+readers hold it for one decision. Events are handed to listeners after the
+lock is released; listeners must not block (the Raft thread calls them).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from hacluster.fsm import ClusterState, Event, apply, decode_snapshot, encode_snapshot
+from hacluster.fsm.codec import state_digest
+
+EventListener = Callable[[list[Event]], None]
+RECENT_EVENTS = 10_000
+
+
+class Replica:
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._state = ClusterState()
+        self._listeners: list[EventListener] = []
+        self.recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
+
+    # ------------------------------------------------------------ Raft callbacks (Raft thread)
+
+    def apply(self, data: bytes, index: int) -> list[Event]:
+        with self._lock:
+            events = apply(self._state, data, index)
+            self.recent.extend(events)
+        for listener in list(self._listeners):
+            listener(events)
+        return events
+
+    def snapshot(self) -> bytes:
+        with self._lock:
+            return encode_snapshot(self._state)
+
+    def restore(self, data: bytes) -> None:
+        state = decode_snapshot(data)
+        with self._lock:
+            self._state = state
+
+    # ------------------------------------------------------------ readers
+
+    @contextmanager
+    def read(self) -> Iterator[ClusterState]:
+        """Hold the state still while deciding; keep the block short."""
+        with self._lock:
+            yield self._state
+
+    @property
+    def applied_index(self) -> int:
+        return self._state.applied_index
+
+    def digest(self) -> str:
+        with self._lock:
+            return state_digest(self._state)
+
+    def subscribe(self, listener: EventListener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)

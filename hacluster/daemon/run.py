@@ -1,0 +1,76 @@
+"""`hacluster peer`: load the config, run the peer under uvloop, handle signals."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+
+import uvloop
+
+from hacluster.config import Config, ConfigError, load_config
+from hacluster.daemon.logs import setup_logging
+from hacluster.daemon.notify import HookNotifier
+from hacluster.daemon.peer import Peer
+from hacluster.raft import CorruptStorage, RaftError
+
+log = logging.getLogger("hacluster.peer")
+
+# What SIGHUP may change in a running peer; everything else needs a restart.
+RELOADABLE = {"log", "notify"}
+
+EXIT_CONFIG, EXIT_STORAGE, EXIT_RUNTIME = 2, 3, 1
+
+
+def reload(peer: Peer, path: str) -> None:
+    try:
+        new = load_config(path)
+    except ConfigError as exc:
+        log.error("reload refused: configuration invalid", extra={"error": str(exc)})
+        return
+    old = peer.config
+    changed = [f.name for f in dataclasses.fields(Config)
+               if f.name != "source" and getattr(old, f.name) != getattr(new, f.name)]
+    fixed = [name for name in changed if name not in RELOADABLE]
+    applied = [name for name in changed if name in RELOADABLE]
+    peer.config = dataclasses.replace(old, **{name: getattr(new, name) for name in applied})
+    if "log" in applied:
+        setup_logging(new.log.level, new.log.format)
+    if "notify" in applied and isinstance(peer.notifier, HookNotifier):
+        peer.notifier = HookNotifier(new.notify.hook, old.timing.notify_timeout_s)
+    log.info("configuration reloaded", extra={
+        "applied": ",".join(applied) or "nothing changed",
+        "needs_restart": ",".join(f"[{n}]" for n in fixed) or "none"})
+
+
+async def _serve(peer: Peer, path: str) -> None:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, peer.request_stop)
+    loop.add_signal_handler(signal.SIGINT, peer.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, reload, peer, path)
+    await peer.serve()
+
+
+def run_peer(path: str, rebuild: bool = False) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"hacluster peer: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging(config.log.level, config.log.format)
+    try:
+        peer = Peer(config, rebuild=rebuild)
+        uvloop.run(_serve(peer, path))
+    except ConfigError as exc:
+        print(f"hacluster peer: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except CorruptStorage as exc:
+        print(f"hacluster peer: {exc}\n  the peer refuses to start with damaged state; to "
+              "rebuild from the other peers, run it once with --rebuild", file=sys.stderr)
+        return EXIT_STORAGE
+    except RaftError as exc:
+        print(f"hacluster peer: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return 0
