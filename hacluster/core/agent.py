@@ -104,8 +104,10 @@ def reconcile(
         action = _for_vm(me, state.vms[name], domains.get(name), may_start, fresh)
         if action is not None:
             out.append(action)
+    needs_ready = host.state in (HostState.JOINING, HostState.FENCED) or (
+        host.state is HostState.MAINTENANCE and not host.agent_ready)
     if (
-        host.state in (HostState.JOINING, HostState.FENCED)
+        needs_ready
         and fresh
         and not any(isinstance(a, DestroyVm) for a in out)
         and not busy

@@ -141,7 +141,11 @@ class Manager:
     ) -> Propose | None:
         s = state.settings
         alive = lease.verdict is Verdict.ALIVE
+        # Only a real renewal proves life; a new leader's grant merely defers judgement.
+        renewed = alive and bool(lease.links)
         if host.fence_wanted and host.state in (H.ONLINE, H.DRAINING, H.SUSPECT):
+            if s.cluster_maintenance:
+                return None
             return self._fence(host, "fence wanted", host.fence_wanted)
         if host.state in (H.ONLINE, H.DRAINING) and not alive:
             return Propose(
@@ -149,7 +153,8 @@ class Manager:
                 f"host:{host.name}",
                 f"lease overdue: {lease.evidence(s)}",
             )
-        if host.state in (H.SUSPECT, H.FENCE_BLOCKED, H.FENCE_FAILED) and alive:
+        if host.state in (H.SUSPECT, H.FENCE_BLOCKED, H.FENCE_FAILED) and renewed \
+                and not host.fence_wanted:
             return Propose(
                 c.MarkHostAlive(name=host.name, evidence=f"lease renewed {lease.age_s:.2f}s ago"),
                 f"host:{host.name}",
@@ -165,7 +170,7 @@ class Manager:
                 return self._fence(
                     host, "lease expired; fence cap has room again", lease.evidence(s)
                 )
-        if host.state is H.FENCING:
+        if host.state is H.FENCING and not s.cluster_maintenance:
             return self._continue_fencing(state, host, now)
         return None
 
@@ -177,9 +182,8 @@ class Manager:
         if record.result is FenceResult.PENDING:
             if host.fence_token in self._my_tokens:
                 return None  # ours: _fences_to_run runs it
-            return self._fence(
-                host, f"attempt {record.token} belongs to an earlier leader", record.evidence
-            )
+            return self._fence(host, f"attempt {record.token} belongs to an earlier leader "
+                               f"or an operator; new attempt in term {self.term}", record.evidence)
         failed_at = self._failed_at.get(host.name)
         backoff = state.settings.fence_retry_backoff_s * 2 ** (record.attempt - 1)
         if failed_at is not None and now - failed_at < backoff:
@@ -192,6 +196,8 @@ class Manager:
 
     def _fences_to_run(self, state: ClusterState) -> list[Decision]:
         out: list[Decision] = []
+        if state.settings.cluster_maintenance:
+            return out  # switched on after the intent committed: do not act on it
         for name in sorted(state.hosts):
             host = state.hosts[name]
             token = host.fence_token

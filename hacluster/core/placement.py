@@ -22,8 +22,10 @@ class Choice:
     reason: str
 
 
-def _score(selector: Selector, host: Host, usage: Usage, settings: Settings) -> float:
-    """Lower is better."""
+def _score(selector: Selector, host: Host, usage: Usage, settings: Settings,
+           booked_vcpus: int = 0) -> float:
+    """Lower is better. The reported load does not know about VMs booked in this plan
+    yet, so each booked vCPU counts as one unit of load (else a plan piles up)."""
     if selector is Selector.FREE_MEMORY:
         return -(host.memory_mib * settings.memory_overcommit - usage.memory_mib)
     if selector is Selector.PROVISIONED_MEMORY:
@@ -32,7 +34,7 @@ def _score(selector: Selector, host: Host, usage: Usage, settings: Settings) -> 
         return usage.vcpus
     if selector is Selector.VM_COUNT:
         return usage.count
-    return host.load
+    return host.load + booked_vcpus
 
 
 def _describe(selector: Selector, host: Host, usage: Usage, settings: Settings) -> str:
@@ -74,10 +76,12 @@ class Planner:
             if host.state in SCHEDULABLE_HOSTS and host.runs_vms and name not in excluded
         }
         self.usage = {name: state.usage_of(name).copy() for name in self.hosts}
+        self.booked_vcpus = dict.fromkeys(self.hosts, 0)
         self.ranking = sorted((self._key(name), name) for name in self.hosts)
 
     def _key(self, name: str) -> float:
-        return _score(self.selector, self.hosts[name], self.usage[name], self.settings)
+        return _score(self.selector, self.hosts[name], self.usage[name], self.settings,
+                      self.booked_vcpus[name])
 
     def choose(self, vm: Vm) -> Choice:
         for _, name in self.ranking:
@@ -98,6 +102,7 @@ class Planner:
     def book(self, vm: Vm, name: str) -> None:
         old_key = self._key(name)
         self.usage[name].add(vm, 1)
+        self.booked_vcpus[name] += vm.vcpus
         del self.ranking[bisect.bisect_left(self.ranking, (old_key, name))]
         bisect.insort(self.ranking, (self._key(name), name))
 

@@ -149,6 +149,7 @@ class LeaseService:
         self.health: dict[str, LinkHealth] = {name: LinkHealth() for name in links}
         self.rejected = 0
         self.errors = 0
+        self.seen: dict[str, dict[str, float]] = {}  # host -> link -> monotonic time
         self.last_ack: Ack | None = None
         self.last_ack_at = 0.0
         self._endpoints: dict[str, _Endpoint] = {}
@@ -184,6 +185,7 @@ class LeaseService:
         if not self.guard.fresh(r, time.time()):
             self.rejected += 1
             return
+        self.seen.setdefault(r.host, {})[r.link] = time.monotonic()
         leading = self.on_renewal(r.host, r.link)
         if leading is None or endpoint.transport is None:
             return

@@ -12,6 +12,7 @@ blocking calls (Raft proposals, libvirt, BMCs).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -34,7 +35,7 @@ from hacluster.fsm import ClusterState, Event
 from hacluster.fsm import commands as c
 from hacluster.fsm.model import HostRole
 from hacluster.fsm.states import HostState
-from hacluster.ports import Fencer, HostCapacity, Hypervisor, Notifier
+from hacluster.ports import Fencer, HostCapacity, Hypervisor, Notifier, ProposeStatus
 from hacluster.raft import RaftNode
 
 log = logging.getLogger("hacluster.peer")
@@ -82,6 +83,35 @@ class Peer:
             raise RuntimeError("the peer is not running")
         return await self.proposer.submit(command, origin=origin or self.me,
                                           deadline_s=deadline_s)
+
+    def lease_ages(self) -> dict[str, dict[str, float]]:
+        """Age of the last renewal seen by this peer, per host and link."""
+        if self.leases is None:
+            return {}
+        now = time.monotonic()
+        return {host: {link: round(now - t, 3) for link, t in sorted(links.items())}
+                for host, links in self.leases.seen.items()}
+
+    async def add_raft_member(self, address: str) -> None:
+        await self._membership("add_member", address)
+
+    async def remove_raft_member(self, address: str) -> None:
+        await self._membership("remove_member", address)
+
+    async def _membership(self, change: str, address: str) -> None:
+        if self.raft is None:
+            raise RuntimeError("the peer is not running")
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self.pool, getattr(self.raft, change), address,
+                                            self.config.timing.propose_timeout_s)
+        if result.status is not ProposeStatus.COMMITTED:
+            raise RuntimeError(f"{change.replace('_', ' ')} {address}: {result.status.value}")
+
+    def config_view(self) -> dict[str, Any]:
+        """The running configuration; the secret itself is never part of it."""
+        doc = dataclasses.asdict(self.config)
+        doc["leases"]["links"] = dict(self.config.leases.links)
+        return doc
 
     def request_stop(self) -> None:
         """Thread-safe; serve() returns after a clean shutdown."""
@@ -142,11 +172,19 @@ class Peer:
         self._tasks.append(asyncio.ensure_future(self._register()))
         if self.role is not HostRole.WITNESS:
             await self._start_agent(fencer)
+        self._add_rpc()
         for service in self.extra_services:
             await service.start()
         interval = watchdog_interval_s()
         if interval:
             self._every(interval, lambda: sd_notify("WATCHDOG=1"))
+
+    def _add_rpc(self) -> None:
+        from hacluster.daemon.api import Api
+        from hacluster.rpc.server import RpcServer
+
+        if self.config.rpc.socket or self.config.rpc.tcp_address:
+            self.extra_services.insert(0, RpcServer(Api(self).methods(), self.config.rpc))
 
     async def _start_agent(self, fencer: Fencer) -> None:
         assert self.proposer is not None

@@ -57,7 +57,7 @@ def settings_problem(s: Settings) -> str:
         value = getattr(s, name)
         if not (math.isfinite(value) and value > 0):
             return f"{name} must be a positive number (got {value})"
-    if s.fence_cap < 0 or s.fence_retry_limit < 1 or s.fence_retry_backoff_s < 0:
+    if s.fence_cap < 0 or s.fence_retry_limit < 1 or not s.fence_retry_backoff_s >= 0:
         return "fence_cap must be >= 0, fence_retry_limit >= 1, fence_retry_backoff_s >= 0"
     if not s.lease_renew_s < s.lease_suspect_s < s.lease_ttl_s:
         return (
@@ -68,6 +68,10 @@ def settings_problem(s: Settings) -> str:
 
 
 def set_bmc_defaults(ctx: Ctx, cmd: c.SetBmcDefaults) -> None:
+    if cmd.bmc.driver not in ("ipmi", "redfish", "agent"):
+        raise Refused(f"BMC driver {cmd.bmc.driver!r}: expected ipmi|redfish|agent")
+    if not 0 < cmd.bmc.port < 65536:
+        raise Refused(f"BMC port {cmd.bmc.port} out of range")
     ctx.state.settings = dataclasses.replace(ctx.state.settings, bmc=cmd.bmc)
     ctx.emit(
         ev.SETTINGS_CHANGED,

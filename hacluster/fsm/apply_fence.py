@@ -183,7 +183,8 @@ def confirm_fence(ctx: Ctx, cmd: c.ConfirmFence) -> None:
         confirmed_by=ctx.origin,
         finished_at=ctx.now,
     )
-    ctx.set_host_state(host, H.FENCED, f"fence confirmed: {cmd.result.value} ({cmd.method})")
+    ctx.set_host_state(host, H.FENCED, f"fence confirmed: {cmd.result.value} ({cmd.method})",
+                       agent_ready=False)
     ctx.emit(
         ev.FENCE_CONFIRMED,
         host.name,
@@ -273,6 +274,7 @@ def admin_confirm(ctx: Ctx, cmd: c.AdminConfirmFence) -> None:
         H.FENCED,
         f"confirmed off by {cmd.who}: {cmd.reason}",
         fence_token=ctx.index,
+        agent_ready=False,
     )
     ctx.emit(
         ev.FENCE_CONFIRMED,
@@ -299,7 +301,7 @@ def retry_fence(ctx: Ctx, cmd: c.RetryFence) -> None:
         incident, attempt = prev.incident, prev.attempt + 1
     else:
         incident, attempt = ctx.index, 1
-    reason = f"operator {cmd.who or ctx.origin} asked for a retry"
+    reason = f"{cmd.who or ctx.origin} asked for a retry"
     if host.state is H.FENCE_BLOCKED:
         reason += " (overrides the fence cap)"
     _start_attempt(ctx, host, incident, attempt, reason, f"retry by {cmd.who or ctx.origin}")

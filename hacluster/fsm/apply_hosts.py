@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
 from hacluster.fsm.context import Ctx, Refused, check_name
 from hacluster.fsm.lifecycle import continue_drain, unfreeze
-from hacluster.fsm.model import Host
+from hacluster.fsm.model import BmcOverride, FenceAction, Host
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState
 
 H = HostState
@@ -19,6 +21,7 @@ def add_host(ctx: Ctx, cmd: c.AddHost) -> None:
         raise Refused(f"host {cmd.name} already exists ({existing.state.value})", cmd.name)
     if cmd.memory_mib < 0 or cmd.vcpus < 0:
         raise Refused("memory_mib and vcpus must be >= 0", cmd.name)
+    check_bmc_override(cmd.bmc, cmd.name)
     host = Host(
         name=cmd.name,
         addresses=cmd.addresses,
@@ -73,6 +76,8 @@ def host_ready(ctx: Ctx, cmd: c.HostReady) -> None:
             cmd.name,
             "capacity " + ", ".join(f"{k}={v}" for k, v in sorted(capacity.items())),
         )
+    if not host.agent_ready:
+        host = ctx.put_host(host, agent_ready=True)
     if host.state is H.FENCED:
         ctx.set_host_state(
             host, H.ONLINE, "back after fence; stale local VMs cleaned up", fence_wanted=""
@@ -103,8 +108,8 @@ def set_peer_stopped(ctx: Ctx, cmd: c.SetPeerStopped) -> None:
 
 def report_load(ctx: Ctx, cmd: c.ReportHostLoad) -> None:
     host = ctx.host(cmd.name)
-    if cmd.load < 0:
-        raise Refused("load must be >= 0", cmd.name)
+    if not (math.isfinite(cmd.load) and cmd.load >= 0):
+        raise Refused(f"load must be a finite number >= 0 (got {cmd.load})", cmd.name)
     ctx.put_host(host, load=cmd.load)
 
 
@@ -141,11 +146,30 @@ def _leave_maintenance(ctx: Ctx, host: Host) -> None:
             ctx.put_host(host, maintenance_wanted=False)
         ctx.emit(ev.HOST_UPDATED, host.name, f"not in maintenance ({host.state.value})")
         return
-    ctx.set_host_state(host, H.ONLINE, "maintenance off", maintenance_wanted=False)
+    if host.agent_ready:
+        ctx.set_host_state(host, H.ONLINE, "maintenance off", maintenance_wanted=False)
+    else:  # fenced or new while in maintenance: its agent must report ready first
+        ctx.set_host_state(host, H.JOINING, "maintenance off; waiting for its agent to "
+                           "report ready", maintenance_wanted=False)
+
+
+FENCE_ACTIONS = ("", *(a.value for a in FenceAction))
+BMC_DRIVERS = ("", "ipmi", "redfish", "agent")
+
+
+def check_bmc_override(bmc: BmcOverride, subject: str) -> None:
+    if bmc.action not in FENCE_ACTIONS:
+        raise Refused(f"fence action {bmc.action!r}: expected one of "
+                      f"{'|'.join(a for a in FENCE_ACTIONS if a)}", subject)
+    if bmc.driver not in BMC_DRIVERS:
+        raise Refused(f"BMC driver {bmc.driver!r}: expected ipmi|redfish|agent", subject)
+    if not 0 <= bmc.port < 65536:
+        raise Refused(f"BMC port {bmc.port} out of range", subject)
 
 
 def set_host_bmc(ctx: Ctx, cmd: c.SetHostBmc) -> None:
     host = ctx.host(cmd.name)
+    check_bmc_override(cmd.bmc, cmd.name)
     ctx.put_host(host, bmc=cmd.bmc)
     ctx.emit(ev.HOST_UPDATED, cmd.name, "BMC settings changed")
 

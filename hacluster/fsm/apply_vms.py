@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hacluster.core.placement import Planner
+from hacluster.core import placement  # module import: placement imports fsm.model
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
 from hacluster.fsm.context import Ctx, Refused, check_name
@@ -74,6 +74,8 @@ def set_vm_options(ctx: Ctx, cmd: c.SetVmOptions) -> None:
         for f in dataclasses.fields(cmd)
         if f.name != "name" and getattr(cmd, f.name) is not None
     }
+    if not changes:
+        raise Refused("nothing to change", cmd.name)
     if "allowed_hosts" in changes:
         changes["allowed_hosts"] = tuple(sorted(set(changes["allowed_hosts"])))
     if "xml" in changes and len(changes["xml"].encode()) > MAX_XML_BYTES:
@@ -125,7 +127,7 @@ def migrate_vm(ctx: Ctx, cmd: c.MigrateVm) -> None:
         raise Refused(f"VM {cmd.name} is {vm.state.value}; only a started VM can migrate", cmd.name)
     if cmd.target == vm.host:
         raise Refused(f"VM {cmd.name} already runs on {vm.host}", cmd.name)
-    planner = Planner(ctx.state, exclude=[vm.host])
+    planner = placement.Planner(ctx.state, exclude=[vm.host])
     choice = planner.check(vm, cmd.target) if cmd.target else planner.choose(vm)
     if choice.host is None:
         raise Refused(f"cannot migrate {cmd.name}: {choice.reason}", cmd.name)
@@ -170,8 +172,8 @@ def _failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
     detail = f"{cmd.observed} on {cmd.host}" + (f": {cmd.detail}" if cmd.detail else "")
     if vm.state is V.STOPPING and cmd.host == vm.host:
         _stopped(ctx, vm, cmd)
-    elif vm.state is V.MIGRATING:
-        # The domain vanished mid-migration: make sure the target holds no copy
+    elif vm.state is V.MIGRATING and cmd.host == vm.host:
+        # The domain vanished from the source mid-migration: make sure the target holds no copy
         # before anything starts again.
         ctx.set_vm(
             vm,
@@ -212,14 +214,11 @@ def _stop_failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
 def _migrated(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
     if vm.state is not V.MIGRATING:
         raise _wrong_state(vm, cmd)
-    ctx.set_vm(
-        vm,
-        V.STARTED,
-        f"live-migrated from {vm.host} to {vm.target_host}",
-        host=vm.target_host,
-        target_host="",
-        placement=ctx.index,
-    )
+    why = f"live-migrated from {vm.host} to {vm.target_host}"
+    vm = ctx.set_vm(vm, V.STARTED, why, host=vm.target_host, target_host="",
+                    placement=ctx.index)
+    if vm.desired is not Desired.STARTED:
+        ctx.set_vm(vm, V.STOPPING, f"{why}; desired {vm.desired.value}")
 
 
 def _migrate_failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:

@@ -7,7 +7,9 @@ hosts and VMs sorted by name, so equal states give equal bytes (and digests).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import math
 from typing import Any
 
 import msgpack
@@ -55,7 +57,8 @@ def decode_command(data: bytes) -> Envelope | Undecodable:
         raw = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types
         return Undecodable(f"not msgpack: {type(exc).__name__}")
-    if not isinstance(raw, list) or len(raw) != 7 or raw[0] != ENTRY_FORMAT:
+    if not isinstance(raw, list) or len(raw) != 7 or type(raw[0]) is not int \
+            or raw[0] != ENTRY_FORMAT:
         return Undecodable("not a hacluster log entry (wrong envelope)")
     _, ctype, version, request_id, origin, stamped_at, fields = raw
     meta_ok = (
@@ -63,13 +66,14 @@ def decode_command(data: bytes) -> Envelope | Undecodable:
         and isinstance(origin, str)
         and isinstance(stamped_at, int | float)
         and not isinstance(stamped_at, bool)
+        and math.isfinite(stamped_at)
     )
     if not meta_ok:
         return Undecodable("malformed envelope metadata")
     cls = COMMANDS_BY_TYPE.get(ctype) if isinstance(ctype, str) else None
     if cls is None:
         return Undecodable(f"unknown command type {ctype!r}", request_id, float(stamped_at))
-    if version != cls.VERSION:
+    if type(version) is not int or version != cls.VERSION:
         return Undecodable(
             f"{ctype} version {version!r} not supported (this peer knows {cls.VERSION})",
             request_id,
@@ -83,8 +87,18 @@ def decode_command(data: bytes) -> Envelope | Undecodable:
 
 
 def command_summary(command: Command) -> dict[str, Any]:
-    """Fields of a command for logs/events, with sealed secrets left out."""
-    return {k: v for k, v in encode_fields(command).items() if "password" not in k}
+    """Fields of a command for logs/events, with sealed secrets left out at any depth."""
+    return _without_secrets(command)
+
+
+def _without_secrets(record: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        if "password" in f.name:
+            continue
+        value = getattr(record, f.name)
+        out[f.name] = _without_secrets(value) if dataclasses.is_dataclass(value) else value
+    return out
 
 
 def encode_snapshot(state: ClusterState) -> bytes:
@@ -123,7 +137,7 @@ def decode_snapshot(data: bytes) -> ClusterState:
             applied_index=int(doc["applied_index"]),
             recent_requests={str(rid): int(idx) for rid, idx in doc["recent"]},
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise SnapshotError(f"snapshot content is invalid: {exc}") from None
     return state
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from hacluster.core.placement import Planner, by_priority, plan
+from hacluster.core import placement  # module import: placement imports fsm.model
 from hacluster.fsm.context import Ctx
 from hacluster.fsm.model import Desired, HaPolicy, Vm
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState, VmState
@@ -14,19 +14,21 @@ V = VmState
 
 
 def place(
-    ctx: Ctx, vms: Iterable[Vm], exclude: Iterable[str] = (), *, recovery: bool = False
+    ctx: Ctx, vms: Iterable[Vm], exclude: Iterable[str] = (), *, recovery: bool = False,
+    cause: str = "",
 ) -> None:
     """Place VMs in one plan (priority order, capacity booked); misfits go pending."""
-    planner = Planner(ctx.state, exclude)
-    for vm, choice in plan(planner, vms):
+    planner = placement.Planner(ctx.state, exclude)
+    before = f"{cause}; " if cause else ""
+    for vm, choice in placement.plan(planner, vms):
         if choice.host is None:
-            ctx.set_vm(vm, V.PENDING, choice.reason, host="", target_host="")
+            ctx.set_vm(vm, V.PENDING, before + choice.reason, host="", target_host="")
             continue
         new_state = V.RECOVERY if recovery else V.STARTING
         ctx.set_vm(
             vm,
             new_state,
-            f"placed on {choice.host}: {choice.reason}",
+            f"{before}placed on {choice.host}: {choice.reason}",
             host=choice.host,
             target_host="",
             placement=ctx.index,
@@ -37,8 +39,8 @@ def place_pending(ctx: Ctx) -> None:
     if not ctx.state.pending:
         return
     waiting = [ctx.state.vms[n] for n in sorted(ctx.state.pending)]
-    planner = Planner(ctx.state)
-    for vm, choice in plan(planner, waiting):
+    planner = placement.Planner(ctx.state)
+    for vm, choice in placement.plan(planner, waiting):
         if choice.host is None:
             if choice.reason != vm.reason:
                 ctx.set_vm(vm, V.PENDING, choice.reason)
@@ -79,7 +81,8 @@ def restart_or_relocate(ctx: Ctx, vm: Vm, why: str) -> None:
         return
     if vm.relocates < vm.max_relocates:
         vm = ctx.set_vm(vm, vm.state, why, restarts=0, relocates=vm.relocates + 1)
-        place(ctx, [vm], exclude=[vm.host])
+        place(ctx, [vm], exclude=[vm.host],
+              cause=f"{why}; relocation {vm.relocates}/{vm.max_relocates}")
         return
     ctx.set_vm(
         vm,
@@ -107,8 +110,15 @@ def unfreeze(ctx: Ctx, host: str) -> None:
         other = vm.target_host if vm.host == host else vm.host
         if other and _fence_pending(ctx, other):
             continue  # still waits for the other host of its migration
-        new = V.STARTED if vm.desired is Desired.STARTED else V.STOPPING
-        ctx.set_vm(vm, new, f"host {host} is alive again", target_host="")
+        why = f"host {host} is alive again"
+        if vm.target_host and vm.desired is Desired.STARTED:
+            ctx.set_vm(vm, V.MIGRATING, f"{why}; the live migration resumes")
+        elif vm.desired is Desired.STARTED:
+            # STARTING, not STARTED: the agent reports it running, or starts it, and no
+            # restart is counted for what happened while the host was cut off.
+            ctx.set_vm(vm, V.STARTING, f"{why}; checking that the VM runs")
+        else:
+            ctx.set_vm(vm, V.STOPPING, why, target_host="")
 
 
 def release_after_fence(ctx: Ctx, host: str) -> None:
@@ -129,7 +139,7 @@ def release_after_fence(ctx: Ctx, host: str) -> None:
                 f"host {host} fenced; VM not restarted (HA policy "
                 f"{vm.ha.value}, desired {vm.desired.value})",
             )
-    place(ctx, by_priority(to_plan), exclude=[host], recovery=True)
+    place(ctx, placement.by_priority(to_plan), exclude=[host], recovery=True)
 
 
 def _release_migrating(ctx: Ctx, vm: Vm, other: str) -> None:
@@ -167,8 +177,8 @@ def continue_drain(ctx: Ctx, host_name: str) -> None:
     if not on_host and not ctx.state.vms_by_host.get(host_name):
         ctx.set_host_state(host, HostState.MAINTENANCE, "drained: no VMs left")
         return
-    planner = Planner(ctx.state, exclude=[host_name])
-    for vm in by_priority(v for v in on_host if v.state is V.STARTED):
+    planner = placement.Planner(ctx.state, exclude=[host_name])
+    for vm in placement.by_priority(v for v in on_host if v.state is V.STARTED):
         choice = planner.choose(vm)
         if choice.host is None:
             if vm.reason != f"drain waits: {choice.reason}":

@@ -139,6 +139,7 @@ class Host:
     bmc_ok: bool = False  # its own last BMC check answered
     bmc_detail: str = "not checked yet"
     bmc_checked_at: float = 0.0  # log time of that check
+    agent_ready: bool = False  # its agent reported ready since it joined or was fenced
     peer_stopped: bool = False  # its peer left cleanly: lease not judged, VMs unprotected
 
     @property

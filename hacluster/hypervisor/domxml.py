@@ -68,6 +68,8 @@ def minimal_domain_xml(
 
 
 def _parse(xml: str) -> ET.Element:
+    if "<!DOCTYPE" in xml or "<!ENTITY" in xml:  # no entity expansion bombs from users
+        raise DomainXmlError("domain XML must not contain a DOCTYPE or entities")
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
@@ -83,6 +85,27 @@ def domain_name(xml: str) -> str:
     if node is None or not (node.text or "").strip():
         raise DomainXmlError("domain XML has no <name>")
     return (node.text or "").strip()
+
+
+_UNITS_TO_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "kb": 1000 / 1024, "k": 1, "kib": 1,
+                 "mb": 1e6 / 1024, "m": 1024, "mib": 1024, "gb": 1e9 / 1024, "g": 1024**2,
+                 "gib": 1024**2, "tb": 1e12 / 1024, "t": 1024**3, "tib": 1024**3}
+
+
+def domain_resources(xml: str) -> tuple[str, int, int]:
+    """(name, memory MiB, vCPUs) of a domain definition, for `hactl vm add FILE`."""
+    root = _parse(xml)
+    name = domain_name(xml)
+    memory = root.find("memory")
+    if memory is None or not (memory.text or "").strip().isdigit():
+        raise DomainXmlError("domain XML has no <memory> amount")
+    unit = memory.get("unit", "KiB").lower()
+    if unit not in _UNITS_TO_KIB:
+        raise DomainXmlError(f"unknown memory unit {unit!r}")
+    memory_mib = int(int((memory.text or "0").strip()) * _UNITS_TO_KIB[unit] // 1024)
+    vcpu = root.find("vcpu")
+    vcpus = int((vcpu.text or "1").strip()) if vcpu is not None else 1
+    return name, max(memory_mib, 1), vcpus
 
 
 def xml_digest(xml: str) -> str:

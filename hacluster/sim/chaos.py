@@ -57,11 +57,11 @@ def build_cluster(rng: random.Random) -> Simulation:
     return sim
 
 
-def _random_action(sim: Simulation, rng: random.Random) -> tuple[str, Callable[[], None]]:
+def _random_action(sim: Simulation, rng: random.Random) -> tuple[str, Callable[[], object]]:
     hosts = sorted(sim.hosts)
     host = rng.choice(hosts)
     vms = sorted(sim.hosts[sim.leader].state.vms) if sim.leader else []
-    choices: list[tuple[str, Callable[[], None]]] = [
+    choices: list[tuple[str, Callable[[], object]]] = [
         (f"power-off {host}", lambda: sim.power_off(host, "chaos")),
         (f"power-on {host}", lambda: sim.power_on(host, "chaos")),
         (f"isolate {host}", lambda: sim.net.isolate(host)),
@@ -71,7 +71,7 @@ def _random_action(sim: Simulation, rng: random.Random) -> tuple[str, Callable[[
                                                      BmcMode.UNREACHABLE)),
         (f"bmc {host} slow", lambda: setattr(sim.hosts[host], "bmc", BmcMode.SLOW)),
         (f"bmc {host} works", lambda: setattr(sim.hosts[host], "bmc", BmcMode.WORKS)),
-        ("kill-leader", lambda: sim.leader and sim.power_off(sim.leader, "chaos")),
+        ("kill-leader", lambda: _kill_leader(sim)),
         ("cluster maintenance on", lambda: sim.admin(c.SetClusterMaintenance(on=True))),
         ("cluster maintenance off", lambda: sim.admin(c.SetClusterMaintenance(on=False))),
         (f"maintenance {host} on", lambda: sim.admin(c.SetHostMaintenance(name=host, on=True))),
@@ -98,6 +98,11 @@ def _random_action(sim: Simulation, rng: random.Random) -> tuple[str, Callable[[
             (f"vm migrate {vm}", lambda: sim.admin(c.MigrateVm(name=vm))),
         ]
     return rng.choice(choices)
+
+
+def _kill_leader(sim: Simulation) -> None:
+    if sim.leader is not None:
+        sim.power_off(sim.leader, "chaos")
 
 
 def _partition(sim: Simulation, minority: list[str], majority: list[str]) -> None:

@@ -1,0 +1,260 @@
+"""Every hactl command: its words, arguments, RPC method, and how to show the result.
+One table drives the argument parser, the interactive shell and its completion."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hacluster.cli import render
+
+Arg = tuple[tuple[str, ...], dict[str, Any]]
+Params = Callable[[argparse.Namespace], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Spec:
+    words: tuple[str, ...]
+    method: str
+    help: str
+    examples: tuple[str, ...]
+    params: Params
+    args: tuple[Arg, ...] = ()
+    render: Callable[[Any], str] | None = None
+    streamed: bool = False
+    completes: tuple[str, ...] = field(default=())  # "host" | "vm" per positional
+
+
+def _name(a: argparse.Namespace) -> dict[str, Any]:
+    return {"name": a.name}
+
+
+def _none(a: argparse.Namespace) -> dict[str, Any]:
+    return {}
+
+
+def _given(a: argparse.Namespace, *keys: str) -> dict[str, Any]:
+    return {k: getattr(a, k) for k in keys if getattr(a, k) is not None}
+
+
+def _csv(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _pairs(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
+        value: Any = raw
+        for kind in (int, float):
+            try:
+                value = kind(raw)
+                break
+            except ValueError:
+                continue
+        out[key] = value
+    return out
+
+
+def _vm_options(a: argparse.Namespace) -> dict[str, Any]:
+    params = _given(a, "priority", "ha", "anti_affinity", "max_restarts", "max_relocates")
+    if a.allowed_hosts is not None:
+        params["allowed_hosts"] = _csv(a.allowed_hosts)
+    return params
+
+
+def _vm_add(a: argparse.Namespace) -> dict[str, Any]:
+    return {"xml": Path(a.file).read_text(), **_vm_options(a), **_given(a, "desired")}
+
+
+def _vm_set(a: argparse.Namespace) -> dict[str, Any]:
+    params = {"name": a.name, **_vm_options(a)}
+    if a.xml_file:
+        params["xml"] = Path(a.xml_file).read_text()
+    return params
+
+
+def _bmc_set(a: argparse.Namespace) -> dict[str, Any]:
+    params = _given(a, "host", "address", "driver", "port", "username", "cipher_suite",
+                    "agent", "action")
+    if a.password_file:
+        params["password"] = Path(a.password_file).read_text().strip()
+    return params
+
+
+VM_OPTIONS: tuple[Arg, ...] = (
+    (("--priority",), {"type": int, "help": "higher is placed and recovered first"}),
+    (("--ha",), {"choices": ["restart", "none"], "help": "restart after failures or not"}),
+    (("--allowed-hosts",), {"metavar": "H1,H2", "help": "host limits (comma separated)"}),
+    (("--anti-affinity",), {"metavar": "GROUP", "help": "members never share a host"}),
+    (("--max-restarts",), {"type": int, "help": "restarts in place before relocating"}),
+    (("--max-relocates",), {"type": int, "help": "relocations before giving up (error)"}),
+)
+NAME = (("name",), {"help": "name"})
+
+
+def _tables(key: str, fn: Callable[[Any], str]) -> Callable[[Any], str]:
+    return lambda result: fn(result[key])
+
+
+COMMANDS: tuple[Spec, ...] = (
+    Spec(("status",), "status", "leader, quorum, hosts, VMs, what waits for an operator",
+         ("hactl status", "hactl --json status | jq .hosts"), _none, render=render.status),
+    Spec(("host", "list"), "host.list", "hosts with state, lease age per link, BMC health",
+         ("hactl host list",), _none, render=_tables("hosts", render.hosts_table)),
+    Spec(("host", "show"), "host.show", "one host in detail", ("hactl host show h2",), _name,
+         (NAME,), render=lambda r: render.block(f"host {r['host']['name']}", r["host"]),
+         completes=("host",)),
+    Spec(("host", "add"), "host.add", "add a host (and its Raft peer, for voters)",
+         ("hactl host add h4 --raft 10.0.0.4:7440 --address mgmt=10.0.0.4 "
+          "--bmc-address 10.0.1.4",),
+         lambda a: {"name": a.name, "raft_address": a.raft or "", "role": a.role,
+                    "addresses": a.address or [], "bmc_address": a.bmc_address or ""},
+         (NAME, (("--raft",), {"metavar": "HOST:PORT", "help": "its Raft address"}),
+          (("--address",), {"action": "append", "metavar": "LINK=IP",
+                            "help": "a network it renews its lease over (repeatable)"}),
+          (("--role",), {"default": "voter", "choices": ["voter", "member", "witness"]}),
+          (("--bmc-address",), {"help": "its BMC address (see hactl bmc set)"}))),
+    Spec(("host", "remove"), "host.remove", "remove an empty host from the cluster",
+         ("hactl host remove h4",), _name, (NAME,), completes=("host",)),
+    Spec(("host", "maintenance"), "host.maintenance",
+         "on: drain by live migration, then hold in maintenance (never fenced); off: back",
+         ("hactl host maintenance h2 on", "hactl host maintenance h2 off"),
+         lambda a: {"name": a.name, "on": a.mode == "on"},
+         (NAME, (("mode",), {"choices": ["on", "off"]})), completes=("host",)),
+    Spec(("host", "drain"), "host.maintenance", "same as maintenance on",
+         ("hactl host drain h2",), lambda a: {"name": a.name, "on": True}, (NAME,),
+         completes=("host",)),
+    Spec(("host", "ready"), "host.maintenance", "same as maintenance off",
+         ("hactl host ready h2",), lambda a: {"name": a.name, "on": False}, (NAME,),
+         completes=("host",)),
+    Spec(("vm", "list"), "vm.list", "VMs with state, host and the reason",
+         ("hactl vm list",), _none, render=_tables("vms", render.vms_table)),
+    Spec(("vm", "show"), "vm.show", "one VM in detail", ("hactl vm show db1",), _name,
+         (NAME,), render=lambda r: render.block(f"vm {r['vm']['name']}", r["vm"]),
+         completes=("vm",)),
+    Spec(("vm", "add"), "vm.add", "define a VM from a libvirt domain XML file",
+         ("hactl vm add db1.xml --priority 10 --anti-affinity db",), _vm_add,
+         ((("file",), {"help": "domain XML (name, memory and vCPUs are read from it)"}),
+          *VM_OPTIONS, (("--desired",), {"choices": ["started", "stopped", "disabled"]}))),
+    Spec(("vm", "remove"), "vm.remove", "forget a stopped VM", ("hactl vm remove db1",),
+         _name, (NAME,), completes=("vm",)),
+    Spec(("vm", "set"), "vm.set", "change priority, limits, anti-affinity, HA policy, caps",
+         ("hactl vm set db1 --priority 20 --allowed-hosts h1,h2",), _vm_set,
+         (NAME, *VM_OPTIONS, (("--xml-file",), {"help": "new domain XML (next start)"})),
+         completes=("vm",)),
+    Spec(("vm", "start"), "vm.start", "desired started", ("hactl vm start db1",), _name,
+         (NAME,), completes=("vm",)),
+    Spec(("vm", "stop"), "vm.stop", "desired stopped (stays down)", ("hactl vm stop db1",),
+         _name, (NAME,), completes=("vm",)),
+    Spec(("vm", "disable"), "vm.disable", "stop and stop managing it",
+         ("hactl vm disable db1",), _name, (NAME,), completes=("vm",)),
+    Spec(("vm", "migrate"), "vm.migrate", "live-migrate (to HOST, or where placement says)",
+         ("hactl vm migrate db1 h3", "hactl vm migrate db1"),
+         lambda a: {"name": a.name, "target": a.target or ""},
+         (NAME, (("target",), {"nargs": "?", "help": "destination host"})),
+         completes=("vm", "host")),
+    Spec(("explain",), "explain", "why a VM is where it is, and where it would go next",
+         ("hactl explain db1",), _name, (NAME,),
+         render=lambda r: "\n".join(r["lines"]), completes=("vm",)),
+    Spec(("fence", "history"), "fence.history", "every fence attempt with its evidence",
+         ("hactl fence history", "hactl fence history h2 --limit 5"),
+         lambda a: {"host": a.host or "", "limit": a.limit},
+         ((("host",), {"nargs": "?"}), (("--limit",), {"type": int, "default": 50})),
+         render=_tables("fences", render.fences_table), completes=("host",)),
+    Spec(("fence", "confirm"), "fence.confirm",
+         "state that a host is powered off (by hand): releases its VMs",
+         ("hactl fence confirm h2 --reason 'pulled the power cords in rack B4'",),
+         lambda a: {"host": a.host, "reason": a.reason},
+         ((("host",), {}), (("--reason",), {"required": True})), completes=("host",)),
+    Spec(("fence", "retry"), "fence.retry", "a new fence attempt for a fence-failed host",
+         ("hactl fence retry h2",), lambda a: {"host": a.host}, ((("host",), {}),),
+         completes=("host",)),
+    Spec(("fence", "cap"), "fence.cap", "show (or set) the fence cap: K fences per window",
+         ("hactl fence cap", "hactl fence cap --set 2 --window 3600"),
+         lambda a: _given(a, "set", "window") and {"cap": a.set, "window_s": a.window}
+         if (a.set is not None or a.window is not None) else {},
+         ((("--set",), {"type": int, "metavar": "K"}),
+          (("--window",), {"type": float, "metavar": "SECONDS"})),
+         render=lambda r: render.block("fence cap", r["cap"])),
+    Spec(("cluster", "maintenance"), "cluster.maintenance",
+         "on: disable all fencing (hosts stay suspect); off: enable",
+         ("hactl cluster maintenance on",), lambda a: {"on": a.mode == "on"},
+         ((("mode",), {"choices": ["on", "off"]}),)),
+    Spec(("events",), "events", "recent events; --follow keeps printing new ones",
+         ("hactl events --follow", "hactl --json events --last 500"),
+         lambda a: {"follow": a.follow, "last": a.last},
+         ((("--follow", "-f"), {"action": "store_true"}),
+          (("--last",), {"type": int, "default": 50})), streamed=True),
+    Spec(("config", "show"), "config.show", "this peer's configuration (no secrets)",
+         ("hactl config show",), _none,
+         render=lambda r: "\n".join(render.block(f"[{k}]", v) for k, v in r["config"].items()
+                                    if isinstance(v, dict))),
+    Spec(("settings", "show"), "settings.show", "replicated cluster settings",
+         ("hactl settings show",), _none,
+         render=lambda r: render.block("settings", r["settings"])),
+    Spec(("settings", "set"), "settings.set", "change replicated settings",
+         ("hactl settings set lease_ttl_s=5 selector=vm-count",),
+         lambda a: {"values": _pairs(a.pairs)}, ((("pairs",), {"nargs": "+",
+                                                              "metavar": "KEY=VALUE"}),)),
+    Spec(("bmc", "show"), "bmc.show", "BMC defaults and per-host overrides (sealed)",
+         ("hactl bmc show",), _none,
+         render=lambda r: "\n".join([render.block("defaults", r["defaults"])] + [
+             render.block(f"host {h}", b) for h, b in r["hosts"].items()])),
+    Spec(("bmc", "set"), "bmc.set", "set BMC defaults, or one host's overrides (--host)",
+         ("hactl bmc set --username admin --password-file /root/bmc.pw",
+          "hactl bmc set --host h2 --address 10.0.1.2 --port 623"), _bmc_set,
+         ((("--host",), {}), (("--address",), {}), (("--driver",), {
+             "choices": ["ipmi", "redfish", "agent"]}), (("--port",), {"type": int}),
+          (("--username",), {}), (("--password-file",), {"help": "file holding the password"}),
+          (("--cipher-suite",), {"type": int}), (("--agent",), {"help": "fence agent"}),
+          (("--action",), {"choices": ["off", "reboot", "none", "identify"]}))),
+)
+
+
+def _add_spec(sub: Any, spec: Spec, parents: dict[tuple[str, ...], Any]) -> None:
+    *group, leaf = spec.words
+    target = sub
+    for i in range(len(group)):
+        key = tuple(group[: i + 1])
+        if key not in parents:
+            p = target.add_parser(group[i], help=f"{group[i]} commands")
+            parents[key] = p.add_subparsers(dest=f"sub_{i}", metavar="COMMAND", required=True)
+        target = parents[key]
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in spec.examples)
+    parser = target.add_parser(leaf, help=spec.help, description=spec.help, epilog=epilog,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flags, kwargs in spec.args:
+        parser.add_argument(*flags, **kwargs)
+    parser.set_defaults(spec=spec)
+
+
+def build_parser(default_socket: str) -> argparse.ArgumentParser:
+    from hacluster.cli import hactl
+
+    parser = argparse.ArgumentParser(
+        prog="hactl", description="Admin shell for a hacluster cluster. With no command, "
+        "an interactive shell.", epilog=(hactl.__doc__ or "").split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--connect", default=default_socket, metavar="TARGET",
+                        help="peer to talk to: a Unix socket path, or HOST:PORT over TLS "
+                        "(default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="also say how fresh each read is")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument("--token-file", help="bearer token for TCP")
+    parser.add_argument("--cafile", help="CA for the peer's TLS certificate")
+    parser.add_argument("--cert", help="client certificate (TLS)")
+    parser.add_argument("--key", help="client key (TLS)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parents: dict[tuple[str, ...], Any] = {}
+    for spec in COMMANDS:
+        _add_spec(sub, spec, parents)
+    parser.set_defaults(spec=None)
+    return parser

@@ -1,0 +1,93 @@
+"""Human output for hactl: aligned tables and short blocks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[str(h).upper() for h in headers]] + [["" if v is None else str(v) for v in r]
+                                                    for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    return "\n".join(lines)
+
+
+def freshness(f: dict[str, Any]) -> str:
+    if f.get("is_leader"):
+        return f"(read from the leader {f['peer']} at index {f['applied_index']})"
+    lag = max(0, int(f.get("commit_index", 0)) - int(f.get("applied_index", 0)))
+    quorum = "" if f.get("has_quorum") else ", NO QUORUM: may be stale"
+    return (f"(read from {f['peer']} at index {f['applied_index']}, {lag} behind its commit "
+            f"index; leader {f.get('leader') or 'unknown'}{quorum})")
+
+
+def lease(links: dict[str, float] | None) -> str:
+    if not links:
+        return "-"
+    return " ".join(f"{link}:{age:.1f}s" for link, age in sorted(links.items()))
+
+
+def hosts_table(hosts: list[dict[str, Any]]) -> str:
+    rows = [(h["name"], h["state"], h["role"], f"{h['used_memory_mib']}/{h['memory_mib']}",
+             h["vms"], lease(h.get("lease_links")), "ok" if h["bmc_ok"] else "FAIL",
+             h["reason"][:60]) for h in hosts]
+    return table(rows, ["host", "state", "role", "mem MiB", "vms", "lease", "bmc", "reason"])
+
+
+def vms_table(vms: list[dict[str, Any]]) -> str:
+    rows = [(v["name"], v["state"], v["host"] or "-", v["desired"], v["ha"], v["priority"],
+             v["memory_mib"], v["reason"][:60]) for v in vms]
+    return table(rows, ["vm", "state", "host", "desired", "ha", "prio", "mem MiB", "reason"])
+
+
+def fences_table(fences: list[dict[str, Any]]) -> str:
+    rows = [(f["token"], f["host"], f"{f['attempt']}", f["action"], f["result"],
+             f["confirmed_by"] or f["requested_by"], _when(f["requested_at"]),
+             (f["result_evidence"] or f["reason"])[:60]) for f in fences]
+    return table(rows, ["token", "host", "try", "action", "result", "by", "when", "evidence"])
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def status(doc: dict[str, Any]) -> str:
+    peer = doc["peer"]
+    quorum = "yes" if peer["has_quorum"] else "NO"
+    out = [f"leader {peer['leader'] or 'none'}  term {peer['term']}  quorum {quorum}  "
+           f"(this peer: {peer['name']}, {peer['role']}, index {peer['applied_index']})"]
+    if doc.get("cluster_maintenance"):
+        out.append("CLUSTER MAINTENANCE ON: fencing is disabled")
+    out += ["", hosts_table(doc["hosts"]), ""]
+    by_state = doc["vms_by_state"]
+    counts = ", ".join(f"{state} {len(names)}" for state, names in sorted(by_state.items()))
+    out.append(f"VMs: {counts or 'none'}")
+    for state in ("pending", "error", "fence", "recovery"):
+        if by_state.get(state):
+            out.append(f"  {state}: {', '.join(by_state[state])}")
+    if doc["waiting"]:
+        out += ["", "Waiting for an operator:"] + [f"  - {w}" for w in doc["waiting"]]
+    return "\n".join(out)
+
+
+def block(title: str, doc: dict[str, Any]) -> str:
+    width = max((len(k) for k in doc), default=0)
+    lines = [title]
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        elif isinstance(value, list):
+            value = ", ".join(str(v) for v in value) or "-"
+        if key == "xml":
+            value = f"<{len(str(value))} bytes; hactl --json vm show to see it>"
+        lines.append(f"  {key.ljust(width)}  {value}")
+    return "\n".join(lines)
+
+
+def event_line(e: dict[str, Any]) -> str:
+    subject = f" {e['subject']}" if e["subject"] else ""
+    return f"[{e['index']}] {e['kind']}{subject}: {e['message']}"

@@ -1,0 +1,66 @@
+"""`hactl explain VM`: why a VM is where it is, or why it does not run, and
+where it would go if its host died now. Pure: reads the state only."""
+
+from __future__ import annotations
+
+from hacluster.core.placement import Planner
+from hacluster.fsm.model import ClusterState, Desired, HaPolicy, Vm
+from hacluster.fsm.states import HostState, VmState
+
+
+def explain(state: ClusterState, name: str) -> list[str]:
+    vm = state.vms.get(name)
+    if vm is None:
+        return [f"no VM named {name!r}"]
+    lines = [_where(vm), f"why: {vm.reason or '-'}"]
+    lines += _policy(vm)
+    lines += _host_context(state, vm)
+    lines.append(_if_host_died(state, vm))
+    return lines
+
+
+def _where(vm: Vm) -> str:
+    if vm.state is VmState.MIGRATING:
+        return f"{vm.name} is migrating from {vm.host} to {vm.target_host}"
+    if vm.host:
+        return f"{vm.name} is {vm.state.value} on {vm.host} (placement {vm.placement})"
+    return f"{vm.name} is {vm.state.value} and placed on no host"
+
+
+def _policy(vm: Vm) -> list[str]:
+    lines = [f"desired {vm.desired.value}, HA policy {vm.ha.value}, priority {vm.priority}, "
+             f"restarts {vm.restarts}/{vm.max_restarts}, relocations "
+             f"{vm.relocates}/{vm.max_relocates}"]
+    if vm.allowed_hosts:
+        lines.append(f"host limits: only {', '.join(vm.allowed_hosts)}")
+    if vm.anti_affinity:
+        lines.append(f"anti-affinity group {vm.anti_affinity}: never shares a host with "
+                     "another member")
+    if vm.desired is Desired.DISABLED:
+        lines.append("disabled: the cluster neither starts, recovers nor moves it")
+    elif vm.desired is Desired.STOPPED:
+        lines.append("stopped on purpose: it stays down until started")
+    elif vm.ha is HaPolicy.NONE:
+        lines.append("HA policy none: not restarted after a crash or a host failure")
+    return lines
+
+
+def _host_context(state: ClusterState, vm: Vm) -> list[str]:
+    host = state.hosts.get(vm.host) if vm.host else None
+    if host is None:
+        return []
+    line = f"host {host.name} is {host.state.value}: {host.reason or '-'}"
+    if host.state in (HostState.FENCING, HostState.FENCE_FAILED, HostState.FENCE_BLOCKED):
+        line += " (its VMs wait until the fence is confirmed)"
+    return [line]
+
+
+def _if_host_died(state: ClusterState, vm: Vm) -> str:
+    if vm.desired is not Desired.STARTED or vm.ha is not HaPolicy.RESTART:
+        return "if its host died now: it would not be restarted"
+    exclude = [vm.host] if vm.host else []
+    choice = Planner(state, exclude=exclude).choose(vm)
+    if choice.host is None:
+        return f"if its host died now: it would wait pending ({choice.reason})"
+    died = f"if {vm.host} died now" if vm.host else "if placed now"
+    return f"{died}: it would go to {choice.host} ({choice.reason})"

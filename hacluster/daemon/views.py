@@ -1,0 +1,109 @@
+"""Plain-data views of the replicated state for RPC replies (secrets redacted)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hacluster.fsm.apply_fence import cap_reopens_at, fences_in_window
+from hacluster.fsm.events import Event
+from hacluster.fsm.model import BmcOverride, BmcSettings, ClusterState, FenceRecord, Host, Vm
+from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState, VmState
+
+SEALED = "<sealed>"
+
+
+def _bmc_override(b: BmcOverride) -> dict[str, Any]:
+    return {"address": b.address, "driver": b.driver, "port": b.port, "username": b.username,
+            "password": SEALED if b.sealed_password else "", "cipher_suite": b.cipher_suite,
+            "agent": b.agent, "action": b.action, "options": dict(b.options)}
+
+
+def bmc_defaults(b: BmcSettings) -> dict[str, Any]:
+    return {"driver": b.driver, "port": b.port, "username": b.username,
+            "password": SEALED if b.sealed_password else "", "cipher_suite": b.cipher_suite,
+            "agent": b.agent, "options": dict(b.options), "verify_tls": b.verify_tls}
+
+
+def host_view(state: ClusterState, host: Host, lease_ages: dict[str, float] | None = None,
+              detail: bool = False) -> dict[str, Any]:
+    vms = state.vms_on(host.name)
+    view: dict[str, Any] = {
+        "name": host.name, "state": host.state.value, "role": host.role.value,
+        "reason": host.reason, "memory_mib": host.memory_mib, "vcpus": host.vcpus,
+        "used_memory_mib": state.usage_of(host.name).memory_mib,
+        "vms": len(vms), "load": host.load, "bmc_ok": host.bmc_ok,
+        "bmc_detail": host.bmc_detail, "peer_stopped": host.peer_stopped,
+        "lease_links": lease_ages or {},
+    }
+    if detail:
+        view.update(addresses=list(host.addresses), raft_address=host.raft_address,
+                    migration_uri=host.migration_uri, fence_token=host.fence_token,
+                    fence_wanted=host.fence_wanted, since=host.since,
+                    bmc=_bmc_override(host.bmc), vm_names=[vm.name for vm in vms])
+    return view
+
+
+def vm_view(vm: Vm, detail: bool = False) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "name": vm.name, "state": vm.state.value, "host": vm.host,
+        "target_host": vm.target_host, "desired": vm.desired.value, "ha": vm.ha.value,
+        "priority": vm.priority, "memory_mib": vm.memory_mib, "vcpus": vm.vcpus,
+        "reason": vm.reason,
+    }
+    if detail:
+        view.update(allowed_hosts=list(vm.allowed_hosts), anti_affinity=vm.anti_affinity,
+                    max_restarts=vm.max_restarts, max_relocates=vm.max_relocates,
+                    restarts=vm.restarts, relocates=vm.relocates, placement=vm.placement,
+                    since=vm.since, xml=vm.xml)
+    return view
+
+
+def fence_view(r: FenceRecord) -> dict[str, Any]:
+    return {"token": r.token, "host": r.host, "incident": r.incident, "attempt": r.attempt,
+            "action": r.action.value, "reason": r.reason, "evidence": r.evidence,
+            "requested_by": r.requested_by, "requested_at": r.requested_at,
+            "result": r.result.value, "result_evidence": r.result_evidence,
+            "method": r.method, "confirmed_by": r.confirmed_by, "finished_at": r.finished_at}
+
+
+def settings_view(state: ClusterState) -> dict[str, Any]:
+    s = state.settings
+    out = {name: getattr(s, name) for name in s.__dataclass_fields__ if name != "bmc"}
+    out = {k: getattr(v, "value", v) for k, v in out.items()}
+    out["bmc"] = bmc_defaults(s.bmc)
+    return out
+
+
+def cap_view(state: ClusterState) -> dict[str, Any]:
+    counted = fences_in_window(state)
+    reopens = cap_reopens_at(state)
+    return {"cap": state.settings.fence_cap, "window_s": state.settings.fence_window_s,
+            "used": len(counted), "tokens": [r.token for r in counted],
+            "reached": reopens is not None,
+            "reopens_at_log_time": reopens if reopens not in (None, float("inf")) else None}
+
+
+def waiting_for_operator(state: ClusterState) -> list[str]:
+    """Everything an operator should look at now, one line each."""
+    out = []
+    for name in sorted(state.hosts):
+        host = state.hosts[name]
+        if host.state in FENCE_PENDING_HOSTS and host.state is not HostState.FENCING:
+            out.append(f"host {name} is {host.state.value}: {host.reason} -> hactl fence "
+                       f"confirm {name} --reason TEXT, or hactl fence retry {name}")
+        if host.runs_vms and not host.bmc_ok and host.state is not HostState.REMOVED:
+            out.append(f"host {name} cannot be fenced: {host.bmc_detail}")
+        if host.peer_stopped:
+            out.append(f"host {name}: its peer is stopped; its VMs are not protected")
+    for name in sorted(state.vms):
+        vm = state.vms[name]
+        if vm.state in (VmState.PENDING, VmState.ERROR):
+            out.append(f"vm {name} is {vm.state.value}: {vm.reason}")
+    if state.settings.cluster_maintenance:
+        out.append("cluster maintenance is on: no host will be fenced")
+    return out
+
+
+def event_view(e: Event) -> dict[str, Any]:
+    return {"index": e.index, "kind": e.kind, "subject": e.subject, "message": e.message,
+            "data": dict(e.data)}

@@ -1,0 +1,184 @@
+"""Snapshots: exact, canonical, and a damaged one is a SnapshotError (nothing else)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hacluster.fsm import ClusterState, decode_snapshot, encode_snapshot, state_digest
+from hacluster.fsm import commands as c
+from hacluster.fsm.codec import SnapshotError
+from hacluster.fsm.model import BmcOverride, FenceRecord, FenceResult, Host, Vm
+
+from .builders import Cluster, indexes
+
+
+def busy_cluster() -> Cluster:
+    """Hosts in several states, VMs everywhere, fence history, request ids."""
+    cluster = Cluster(fence_cap=5)
+    cluster.add_hosts("h1", "h2", "h3", "h4")
+    cluster.add_host("h5", bmc=BmcOverride(address="10.0.0.5", sealed_password=b"\x00\xffpw"))
+    for i in range(12):
+        cluster.add_vm(
+            f"v{i:02}",
+            memory_mib=512 * (1 + i % 3),
+            priority=i % 4,
+            anti_affinity="db" if i % 5 == 0 else "",
+        )
+        cluster.ok(c.Noop(term=i), request_id=f"noop-{i}")
+    cluster.ok(c.AddVm(name="off", xml="<d/>", memory_mib=1, vcpus=1, desired=c.Desired.STOPPED))
+    cluster.fence("h1")
+    cluster.confirm("h1")
+    cluster.fence("h2")
+    cluster.fail_fence("h2")
+    cluster.ok(c.SetHostMaintenance(name="h4", on=True))
+    cluster.ok(c.ReportHostLoad(name="h3", load=1.25))
+    return cluster
+
+
+def test_round_trip_is_exact() -> None:
+    state = busy_cluster().state
+    restored = decode_snapshot(encode_snapshot(state))
+    assert restored == state
+    assert state_digest(restored) == state_digest(state)
+
+
+def test_round_trip_rebuilds_the_derived_indexes() -> None:
+    state = busy_cluster().state
+    restored = decode_snapshot(encode_snapshot(state))
+    assert indexes(restored) == indexes(state)
+    assert restored.pending == state.pending
+
+
+def test_round_trip_keeps_secrets_and_request_order() -> None:
+    state = busy_cluster().state
+    restored = decode_snapshot(encode_snapshot(state))
+    assert restored.hosts["h5"].bmc.sealed_password == b"\x00\xffpw"
+    assert list(restored.recent_requests.items()) == list(state.recent_requests.items())
+
+
+def test_snapshot_bytes_do_not_depend_on_dict_order() -> None:
+    state = busy_cluster().state
+    shuffled = decode_snapshot(encode_snapshot(state))
+    shuffled.hosts = dict(reversed(list(shuffled.hosts.items())))
+    shuffled.vms = dict(reversed(list(shuffled.vms.items())))
+    assert encode_snapshot(shuffled) == encode_snapshot(state)
+
+
+def test_empty_state_round_trips() -> None:
+    assert decode_snapshot(encode_snapshot(ClusterState())) == ClusterState()
+
+
+def test_digest_changes_with_content() -> None:
+    cluster = busy_cluster()
+    before = state_digest(cluster.state)
+    cluster.ok(c.ReportHostLoad(name="h3", load=2.5))
+    assert state_digest(cluster.state) != before
+
+
+# ---------------------------------------------------------------- damaged snapshots
+
+
+def _doc() -> dict[str, Any]:
+    doc = msgpack.unpackb(encode_snapshot(busy_cluster().state), raw=False)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def position(cls: type, name: str) -> int:
+    """Index of a field in a record's positional snapshot form."""
+    return [f.name for f in dataclasses.fields(cls)].index(name)
+
+
+def _pack(doc: Any) -> bytes:
+    return msgpack.packb(doc, use_bin_type=True)
+
+
+def test_truncated_snapshot_is_a_snapshot_error() -> None:
+    data = encode_snapshot(busy_cluster().state)
+    for cut in range(0, len(data) - 1, max(1, len(data) // 300)):
+        with pytest.raises(SnapshotError):
+            decode_snapshot(data[:cut])
+
+
+def test_garbage_is_a_snapshot_error() -> None:
+    for data in (b"", b"\xc1", b"not a snapshot", _pack([1, 2, 3])):
+        with pytest.raises(SnapshotError):
+            decode_snapshot(data)
+
+
+def test_unknown_format_is_named() -> None:
+    doc = _doc()
+    doc["format"] = 99
+    with pytest.raises(SnapshotError, match="unknown snapshot format 99"):
+        decode_snapshot(_pack(doc))
+
+
+@pytest.mark.parametrize(
+    "key", ["hosts", "vms", "fences", "settings", "recent", "log_time", "applied_index"]
+)
+def test_missing_part_is_a_snapshot_error(key: str) -> None:
+    doc = _doc()
+    del doc[key]
+    with pytest.raises(SnapshotError, match="invalid"):
+        decode_snapshot(_pack(doc))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("hosts", 5),
+        ("hosts", [["h1"]]),
+        ("vms", [[1] * len(dataclasses.fields(Vm))]),
+        ("fences", [{"token": "x"}]),
+        ("settings", None),
+        ("recent", [[1, 2, 3]]),
+        ("recent", [5]),
+        ("log_time", "noon"),
+        ("applied_index", None),
+        ("applied_index", float("inf")),
+        ("log_time", [1]),
+    ],
+)
+def test_wrong_part_is_a_snapshot_error(key: str, value: Any) -> None:
+    doc = _doc()
+    doc[key] = value
+    with pytest.raises(SnapshotError):
+        decode_snapshot(_pack(doc))
+
+
+def test_record_with_bad_enum_is_a_snapshot_error() -> None:
+    doc = _doc()
+    doc["hosts"][0][position(Host, "state")] = "on-fire"
+    with pytest.raises(SnapshotError, match="on-fire"):
+        decode_snapshot(_pack(doc))
+
+
+def test_fence_record_with_bad_result_is_a_snapshot_error() -> None:
+    doc = _doc()
+    result = position(FenceRecord, "result")
+    assert doc["fences"][0][result] == FenceResult.OFF.value
+    doc["fences"][0][result] = "maybe"
+    with pytest.raises(SnapshotError):
+        decode_snapshot(_pack(doc))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_corrupted_snapshot_is_a_snapshot_error_or_a_state(data: st.DataObject) -> None:
+    raw = bytearray(SNAPSHOT)
+    for _ in range(data.draw(st.integers(1, 3))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        state = decode_snapshot(bytes(raw))
+    except SnapshotError:
+        return
+    assert isinstance(state, ClusterState)
+
+
+SNAPSHOT = encode_snapshot(busy_cluster().state)
