@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from hacluster.core.lease import GRANT, LeaseTable, LeaseView, Verdict
 from hacluster.fsm import commands as c
-from hacluster.fsm.apply_fence import cap_reopens_at, fence_action_for
+from hacluster.fsm.apply_fence import cap_reopens_at, fence_action_for, quorum_problem
 from hacluster.fsm.model import ClusterState, FenceAction, FenceResult, Host
 from hacluster.fsm.states import HostState
 
@@ -40,7 +40,16 @@ class RunFence:
     reason: str
 
 
-Decision = Propose | RunFence
+@dataclass(frozen=True, slots=True)
+class StepDown:
+    """Our own host must be fenced: a leader never fences itself (it could not
+    confirm the fence afterwards), so it hands leadership to another peer."""
+
+    reason: str
+
+
+Decision = Propose | RunFence | StepDown
+STEP_DOWN_EVERY_S = 2.0
 
 
 class Manager:
@@ -55,6 +64,7 @@ class Manager:
         self._my_tokens: set[int] = set()  # RequestFence indexes we committed this term
         self._fencing: set[int] = set()  # tokens with a fence running
         self._results: dict[int, Propose] = {}  # token -> its outcome, until committed
+        self._last_step_down = -1e18
         self._failed_at: dict[str, float] = {}  # host -> last failed attempt (monotonic)
 
     # ------------------------------------------------------------ leadership
@@ -129,7 +139,10 @@ class Manager:
                 continue
             lease = self.leases.view(name, now, state.settings)
             decision = self._decide_host(state, host, lease, now, wall)
-            if decision is not None and self._may_send(decision, now):
+            if decision is not None and name == self.me and \
+                    isinstance(decision.command, c.RequestFence):
+                out.extend(self._step_down(decision.reason, now))
+            elif decision is not None and self._may_send(decision, now):
                 out.append(decision)
         out.extend(self._fences_to_run(state))
         self._results = {t: r for t, r in self._results.items() if _pending(state, t)}
@@ -166,7 +179,8 @@ class Manager:
             return self._fence(host, "lease expired", lease.evidence(s))
         if host.state is H.FENCE_BLOCKED and not s.cluster_maintenance:
             reopens = cap_reopens_at(state)
-            if reopens is None or wall >= reopens:
+            quorum_ok = not quorum_problem(state, host.name)
+            if quorum_ok and (reopens is None or wall >= reopens):
                 return self._fence(
                     host, "lease expired; fence cap has room again", lease.evidence(s)
                 )
@@ -201,7 +215,7 @@ class Manager:
         for name in sorted(state.hosts):
             host = state.hosts[name]
             token = host.fence_token
-            if host.state is not H.FENCING or token not in self._my_tokens:
+            if host.state is not H.FENCING or token not in self._my_tokens or name == self.me:
                 continue
             record = state.fence_record(token)
             if record is None or record.result is not FenceResult.PENDING:
@@ -234,6 +248,12 @@ class Manager:
         self._inflight[decision.key] = now + PROPOSAL_TIMEOUT_S
         self._last_sent[sent_key] = now
         return True
+
+    def _step_down(self, why: str, now: float) -> list[Decision]:
+        if now - self._last_step_down < STEP_DOWN_EVERY_S:
+            return []
+        self._last_step_down = now
+        return [StepDown(f"{why}; another peer must do it")]
 
     def _fence(self, host: Host, reason: str, evidence: str) -> Propose:
         cmd = c.RequestFence(host=host.name, reason=reason, evidence=evidence, term=self.term)

@@ -71,7 +71,17 @@ class LeaderDriver:
                 decisions += self.manager.become_leader(term, state, now)
             decisions += self.manager.tick(state, now, time.time())
         for d in decisions:
-            self._spawn(self._propose(d) if isinstance(d, Propose) else self._fence(d))
+            self._spawn(self._dispatch(d))
+
+    async def _dispatch(self, d: Decision) -> None:
+        if isinstance(d, Propose):
+            await self._propose(d)
+        elif isinstance(d, RunFence):
+            await self._fence(d)
+        else:
+            decision(log, "step down", d.reason)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.pool, self.raft.transfer_leadership)
 
     # ------------------------------------------------------------ outputs
 
@@ -111,8 +121,7 @@ class LeaderDriver:
         decision(log, "fence result", evidence, host=d.host, token=d.token, result=result.value)
         for follow in self.manager.fence_result(d.host, d.token, result, evidence, method,
                                                 time.monotonic()):
-            self._spawn(self._propose(follow) if isinstance(follow, Propose)
-                        else self._fence(follow))
+            self._spawn(self._dispatch(follow))
 
     async def _run_backend(self, d: RunFence, spec: BmcSpec | None,
                            deadline: float) -> tuple[FenceResult, str, str]:

@@ -16,6 +16,7 @@ from hacluster.fsm.model import (
     FenceRecord,
     FenceResult,
     Host,
+    HostRole,
 )
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState
 
@@ -41,6 +42,22 @@ def cap_reopens_at(state: ClusterState) -> float | None:
     if cap == 0:
         return float("inf")
     return counted[len(counted) - cap].requested_at + state.settings.fence_window_s
+
+
+def quorum_problem(state: ClusterState, name: str) -> str:
+    """Why fencing this host now would cost the majority that must confirm it ("" if
+    it would not). Hosts being fenced or fenced count as gone; so does this one."""
+    voters = [h for h in state.hosts.values()
+              if h.role is not HostRole.MEMBER and h.state is not H.REMOVED]
+    if name not in {h.name for h in voters}:
+        return ""
+    gone = [h.name for h in voters if h.name == name or h.state in (H.FENCING, H.FENCED)]
+    left = len(voters) - len(gone)
+    if left * 2 > len(voters):
+        return ""
+    return (f"fencing {name} would leave {left} of {len(voters)} voters (gone or going: "
+            f"{', '.join(sorted(gone))}): no majority could confirm it; it waits until "
+            "fenced voters return, or an operator confirms it off by hand")
 
 
 def fence_action_for(state: ClusterState, host: Host) -> FenceAction:
@@ -101,22 +118,28 @@ def request_fence(ctx: Ctx, cmd: c.RequestFence) -> None:
     else:
         reopens = cap_reopens_at(ctx.state)
         if reopens is not None:
-            _block(ctx, host, reopens)
+            s = ctx.state.settings
+            _block(ctx, host, ev.FENCE_CAP_REACHED, (
+                f"fence cap reached: {s.fence_cap} fence(s) per {s.fence_window_s:g} s; "
+                f"next possible at log time {reopens:.0f} or by an operator"))
+            return
+        problem = quorum_problem(ctx.state, host.name)
+        if problem:
+            _block(ctx, host, ev.FENCE_REFUSED, problem)
             return
         incident, attempt = ctx.index, 1
     _start_attempt(ctx, host, incident, attempt, cmd.reason, cmd.evidence)
 
 
-def _block(ctx: Ctx, host: Host, reopens: float) -> None:
-    s = ctx.state.settings
-    reason = (
-        f"fence cap reached: {s.fence_cap} fence(s) per {s.fence_window_s:g} s; "
-        f"next possible at log time {reopens:.0f} or by an operator"
-    )
+def _block(ctx: Ctx, host: Host, kind: str, reason: str) -> None:
+    """The host waits, frozen and visible, for the cap window or for its peers."""
     if host.state is not H.FENCE_BLOCKED:
         ctx.set_host_state(host, H.FENCE_BLOCKED, reason)
         freeze_for_fence(ctx, host.name)
-    ctx.emit(ev.FENCE_CAP_REACHED, host.name, reason, cap=s.fence_cap, window_s=s.fence_window_s)
+    elif host.reason != reason:
+        ctx.put_host(host, reason=reason)
+    s = ctx.state.settings
+    ctx.emit(kind, host.name, reason, cap=s.fence_cap, window_s=s.fence_window_s)
 
 
 def _start_attempt(
@@ -296,6 +319,9 @@ def retry_fence(ctx: Ctx, cmd: c.RetryFence) -> None:
         )
     if ctx.state.settings.cluster_maintenance:
         raise Refused("cluster maintenance is on: fencing is disabled", host.name)
+    problem = quorum_problem(ctx.state, host.name)
+    if problem:  # an operator may override the cap, never the quorum guard
+        raise Refused(problem, host.name)
     prev = ctx.state.fence_record(host.fence_token) if host.fence_token else None
     if host.state is H.FENCE_FAILED and prev is not None:
         incident, attempt = prev.incident, prev.attempt + 1

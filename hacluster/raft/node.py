@@ -57,6 +57,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from pysyncobj.config import FAIL_REASON
 from pysyncobj.syncobj import SyncObjException
 
 from hacluster.ports import ProposeStatus, Secret
@@ -242,6 +243,17 @@ class RaftNode:
         finally:
             with self._waiters_lock:
                 self._waiters.discard(waiter)
+
+    def transfer_leadership(self) -> bool:
+        """Ask the most caught-up connected follower to take over (Raft TimeoutNow).
+        Best effort: True when the request was sent; poll leader() for the result."""
+        self._refuse_in_loop("a leadership transfer")
+        if self._stopping.is_set():
+            return False
+        errors: list[object] = []  # pysyncobj answers synchronously, on its loop
+        self._call_in_loop(lambda: self._engine.transferLeadership(
+            None, lambda _result, error: errors.append(error)))
+        return bool(errors) and errors[0] == FAIL_REASON.SUCCESS
 
     def compact(self) -> None:
         """Take a snapshot and compact the log at the next tick (admin, tests)."""

@@ -138,10 +138,19 @@ def heal_everything(sim: Simulation) -> None:
 
 
 def _settle(sim: Simulation) -> None:
+    """What an operator does once the faults are gone: maintenance off, and a new
+    attempt for every host whose fence waits for them (cap reached or failed)."""
     sim.admin(c.SetClusterMaintenance(on=False))
     state = sim.hosts[sim.leader].state if sim.leader else None
     for name in sorted(state.hosts if state else []):
         sim.admin(c.SetHostMaintenance(name=name, on=False))
+        if state and state.hosts[name].state in (HostState.FENCE_BLOCKED,
+                                                 HostState.FENCE_FAILED):
+            if sim.hosts[name].powered:
+                sim.admin(c.RetryFence(host=name, who="chaos operator"))
+            else:
+                sim.admin(c.AdminConfirmFence(host=name, who="chaos operator",
+                                              reason="verified off"))
 
 
 def stuck_vms(sim: Simulation) -> list[str]:

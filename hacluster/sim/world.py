@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hacluster.core import agent as ag
-from hacluster.core.manager import Decision, Manager, Propose, RunFence
+from hacluster.core.manager import Decision, Manager, Propose, RunFence, StepDown
 from hacluster.fsm import apply, encode_command, state_digest
 from hacluster.fsm import commands as c
 from hacluster.fsm.events import Event
@@ -134,8 +134,16 @@ class Simulation:
                     host.manager.lose_leadership()
                 self.note(f"raft: {name} steps down")
 
-    def _elect(self) -> None:
-        candidates = [n for n in sorted(self.hosts) if self._has_majority(n)]
+    def _hand_over(self, peer: str) -> None:
+        """Raft leadership transfer (TimeoutNow) to the most up-to-date other voter."""
+        manager = self.hosts[peer].manager
+        if manager is not None:
+            manager.lose_leadership()
+        self.leader, self.leaderless_since = None, self.now
+        self._elect(exclude=peer)
+
+    def _elect(self, exclude: str = "") -> None:
+        candidates = [n for n in sorted(self.hosts) if self._has_majority(n) and n != exclude]
         if not candidates:
             return
         # Raft elects a peer with the most complete log; ties go to the lowest name.
@@ -267,6 +275,9 @@ class Simulation:
                     manager.proposal_done(decision.key, decision.command, committed, index)
             elif isinstance(decision, RunFence):
                 self._run_fence(peer, decision)
+            elif isinstance(decision, StepDown) and peer == self.leader:
+                self.note(f"raft: {peer} steps down: {decision.reason}")
+                self._hand_over(peer)
 
     def _run_fence(self, peer: str, order: RunFence) -> None:
         target = self.hosts[order.host]

@@ -14,7 +14,7 @@ from typing import Any
 from hacluster.fsm import ClusterState, apply, encode_command, state_digest
 from hacluster.fsm import commands as c
 from hacluster.fsm.events import Event
-from hacluster.fsm.model import FenceResult, Host, Vm
+from hacluster.fsm.model import FenceResult, Host, HostRole, Vm
 from hacluster.fsm.states import HostState, VmState
 
 START_TIME = 1_000.0
@@ -93,6 +93,9 @@ class Cluster:
     def add_host(
         self, name: str, memory_mib: int = 16_384, vcpus: int = 8, *, ready: bool = True, **kw: Any
     ) -> Host:
+        # Non-voting by default: these tests apply entries directly, without a Raft
+        # majority, so the quorum guard (tested on its own) must not get in the way.
+        kw.setdefault("role", HostRole.MEMBER)
         self.ok(c.AddHost(name=name, memory_mib=memory_mib, vcpus=vcpus, **kw))
         if ready:
             self.ok(c.HostReady(name=name))
