@@ -7,6 +7,7 @@ from hacluster.core.manager import Manager, Propose, StepDown
 from hacluster.fsm import commands as c
 from hacluster.fsm.model import Desired, HostRole
 from hacluster.fsm.states import HostState
+
 from .builders import Cluster
 
 
