@@ -90,12 +90,7 @@ class AgentDriver:
             if isinstance(command, c.HostReady):
                 command = c.HostReady(name=command.name, memory_mib=command.memory_mib,
                                       vcpus=command.vcpus, migration_uri=self.migration_uri)
-            key = (command.TYPE, getattr(command, "name", ""), getattr(command, "observed", ""),
-                   getattr(command, "placement", 0))
-            if self.throttle.allow(key, time.monotonic()):
-                decision(log, f"report {command.TYPE}", action.reason,
-                         vm=getattr(command, "name", ""))
-                self._spawn(self._report(command))
+            self._send_report(command, action.reason)
             return
         self.busy.add(action.name)
         decision(log, type(action).__name__, action.reason, vm=action.name)
@@ -105,6 +100,15 @@ class AgentDriver:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _send_report(self, command: c.Command, reason: str) -> None:
+        """Every report goes through the throttle: the one an action sends and the one
+        the next reconcile would send for the same observation are one report."""
+        key = (command.TYPE, getattr(command, "name", ""), getattr(command, "observed", ""),
+               getattr(command, "placement", 0))
+        if self.throttle.allow(key, time.monotonic()):
+            decision(log, f"report {command.TYPE}", reason, subject=getattr(command, "name", ""))
+            self._spawn(self._report(command))
 
     async def _report(self, command: c.Command) -> None:
         outcome = await self.proposer.propose(command)
@@ -121,7 +125,7 @@ class AgentDriver:
             self.busy.discard(name)
             self.wake.set()
         if report is not None:
-            await self._report(report)
+            self._send_report(report, f"{type(action).__name__} finished")
 
     def _perform(self, action: ag.AgentAction) -> c.Command | None:
         """Runs in a worker thread; returns the report to propose."""

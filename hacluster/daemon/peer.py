@@ -89,8 +89,10 @@ class Peer:
         if self.leases is None:
             return {}
         now = time.monotonic()
-        return {host: {link: round(now - t, 3) for link, t in sorted(links.items())}
+        ages = {host: {link: round(now - t, 3) for link, t in sorted(links.items())}
                 for host, links in self.leases.seen.items()}
+        ages[self.me] = {"self": 0.0}
+        return ages
 
     async def add_raft_member(self, address: str) -> None:
         await self._membership("add_member", address)
