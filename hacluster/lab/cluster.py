@@ -1,0 +1,212 @@
+"""A lab cluster on one machine: N hosts, each a private libvirtd (libvirt's
+test driver, or QEMU) plus a peer process on its own loopback address, and a
+BMC simulator (OpenIPMI's ipmi_sim) per host whose power-off kills every
+process of that host and whose power-on starts them again.
+
+Used by the end-to-end tests, `hacluster demo` and bench/failover.py.
+Needs root (private libvirtd instances use namespaces).
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hacluster.hypervisor.domxml import minimal_domain_xml
+from hacluster.lab.bmc import BmcSim
+from hacluster.lab.host import HostSpec, LabHost
+from hacluster.lab.observer import Observer
+from hacluster.ports import Hypervisor, PowerState
+from hacluster.rpc.client import RpcClient
+from hacluster.rpc.protocol import RpcError
+
+RAFT_PORT, LEASE_PORT = 7440, 7441
+BMC_USER = "admin"
+
+# Replicated settings per profile (lease timings; the rest stays default).
+PROFILES: dict[str, dict[str, float]] = {
+    "default": {},
+    "fast": {"lease_renew_s": 0.15, "lease_suspect_s": 0.45, "lease_ttl_s": 0.9,
+             "fence_retry_backoff_s": 0.5},
+}
+LAB_TIMING = (("agent_tick_s", 0.1), ("manager_tick_s", 0.05), ("bmc_check_interval_s", 5.0))
+
+
+@dataclass
+class LabNode:
+    host: LabHost
+    bmc: BmcSim
+
+    @property
+    def name(self) -> str:
+        return self.host.spec.name
+
+
+class LabCluster:
+    def __init__(self, root: str | Path, hosts: int = 3, *, profile: str = "default",
+                 driver: str = "test", log_level: str = "info", vm_memory_mib: int = 256) -> None:
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
+        self.root = Path(root).resolve()
+        self.count = hosts
+        self.profile = profile
+        self.driver = driver
+        self.log_level = log_level
+        self.vm_memory_mib = vm_memory_mib
+        self.nodes: dict[str, LabNode] = {}
+        self.observer: Observer | None = None
+        # A random 127.x.y.0/24 per cluster: clusters and other programs never collide.
+        self.net = f"127.{random.randint(100, 250)}.{random.randint(1, 254)}"
+
+    # ------------------------------------------------------------ build
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        secret_file = self.root / "secret"
+        secret_file.write_text(secrets.token_hex(24))
+        secret_file.chmod(0o600)
+        names = [f"h{i + 1}" for i in range(self.count)]
+        peers = tuple(f"{n}={self.net}.{i + 1}:{RAFT_PORT}" for i, n in enumerate(names))
+        for i, name in enumerate(names):
+            self.nodes[name] = self._node(name, f"{self.net}.{i + 1}", peers, str(secret_file))
+        for node in self.nodes.values():
+            node.host.power_on()
+        self.wait(lambda: self._all_online(), timeout_s, "every host online")
+        self._configure()
+        # libvirt's test driver ships a running domain named "test": not ours.
+        self.observer = Observer({n: self._connector(n) for n in self.nodes},
+                                 lambda n: self.nodes[n].bmc.power is PowerState.ON,
+                                 ignore=frozenset({"test"}) if self.driver == "test"
+                                 else frozenset())
+        self.observer.start()
+
+    def _node(self, name: str, address: str, peers: tuple[str, ...], secret: str) -> LabNode:
+        directory = self.root / name
+        spec = HostSpec(name=name, directory=str(directory), address=address,
+                        raft_port=RAFT_PORT, lease_port=LEASE_PORT, peers=peers,
+                        secret_file=secret, driver=self.driver, log_level=self.log_level,
+                        timing=LAB_TIMING)
+        host = LabHost(spec)
+        host.write()
+        hook = [sys.executable, "-m", "hacluster.lab.host", str(directory)]
+        bmc = BmcSim.start(directory / "bmc", user=BMC_USER, power_on=True,
+                           power_off_cmd=[*hook, "power-off"], power_on_cmd=[*hook, "power-on"])
+        return LabNode(host, bmc)
+
+    def _connector(self, name: str) -> Callable[[], Hypervisor]:
+        uri = self.nodes[name].host.libvirtd.uri
+
+        def connect() -> Hypervisor:
+            from hacluster.hypervisor.libvirt_driver import LibvirtHypervisor
+
+            return LibvirtHypervisor(uri)
+
+        return connect
+
+    def _configure(self) -> None:
+        first = next(iter(self.nodes.values()))
+        with self.client() as rpc:
+            rpc.call("bmc.set", {"username": BMC_USER, "driver": "ipmi",
+                                 "password": first.bmc.password.reveal()})
+            for name, node in self.nodes.items():
+                rpc.call("bmc.set", {"host": name, "address": node.bmc.address,
+                                     "port": node.bmc.port,
+                                     "password": node.bmc.password.reveal()})
+            settings = PROFILES[self.profile]
+            if settings:
+                rpc.call("settings.set", {"values": settings})
+
+    # ------------------------------------------------------------ use
+
+    def client(self, name: str | None = None, timeout_s: float = 30.0) -> RpcClient:
+        """An RPC client to a peer that is powered (the named one, or any)."""
+        names = [name] if name else [n for n, node in self.nodes.items()
+                                     if node.bmc.power is PowerState.ON]
+        last: Exception | None = None
+        for candidate in names:
+            try:
+                return RpcClient.connect(self.nodes[candidate].host.spec.rpc_socket,
+                                         timeout_s=timeout_s)
+            except RpcError as exc:
+                last = exc
+        raise RuntimeError(f"no peer answers: {last}")
+
+    def call(self, method: str, params: dict[str, Any] | None = None,
+             name: str | None = None) -> Any:
+        with self.client(name) as rpc:
+            return rpc.call(method, params or {})
+
+    def add_vms(self, count: int, prefix: str = "vm") -> list[str]:
+        names = [f"{prefix}{i + 1}" for i in range(count)]
+        kind = "test" if self.driver == "test" else "kvm"
+        for name in names:
+            self.call("vm.add", {"xml": minimal_domain_xml(name, self.vm_memory_mib, 1, kind)})
+        self.wait(lambda: self._all_running(names), 60, f"{count} VMs running")
+        return names
+
+    def power_off(self, name: str, cause: str = "lab power cut") -> float:
+        """Cut the host's power through its BMC simulator; returns the moment."""
+        at = time.monotonic()
+        self.nodes[name].bmc.set_power(False, cause)
+        return at
+
+    def power_on(self, name: str) -> None:
+        self.nodes[name].bmc.set_power(True, "lab power on")
+
+    def vms(self) -> dict[str, dict[str, Any]]:
+        return {v["name"]: v for v in self.call("vm.list")["vms"]}
+
+    def hosts(self) -> dict[str, dict[str, Any]]:
+        return {h["name"]: h for h in self.call("host.list")["hosts"]}
+
+    def _all_online(self) -> bool:
+        try:
+            hosts = self.hosts()
+        except (RpcError, RuntimeError):
+            return False
+        return len(hosts) == self.count and all(h["state"] == "online" for h in hosts.values())
+
+    def _all_running(self, names: list[str]) -> bool:
+        vms = self.vms()
+        return all(n in vms and vms[n]["state"] == "started" for n in names)
+
+    @staticmethod
+    def wait(condition: Callable[[], bool], timeout_s: float, what: str) -> float:
+        start = time.monotonic()
+        while True:
+            try:
+                if condition():
+                    return time.monotonic() - start
+            except (RpcError, RuntimeError, OSError):
+                pass
+            if time.monotonic() - start > timeout_s:
+                raise TimeoutError(f"timed out after {timeout_s:g}s waiting for {what}")
+            time.sleep(0.05)
+
+    # ------------------------------------------------------------ teardown
+
+    def stop(self, keep: bool = False) -> None:
+        """Power everything off and stop the BMCs; remove the files unless keep."""
+        if self.observer is not None:
+            self.observer.stop()
+        for node in self.nodes.values():
+            try:
+                node.host.power_off()
+            finally:
+                node.bmc.stop()
+        if not keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> LabCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,168 @@
+"""One simulated host of a lab cluster: a private libvirtd and a peer process,
+powered on and off together (by its BMC simulator's chassis script).
+
+Layout of DIR:
+    host.json     what this host is (name, address, ports, paths)
+    peer.toml     the peer's configuration
+    peer.pid      the running peer (its own process group)
+    peer.log      its logs (appended across power cycles)
+    libvirtd/     the private libvirtd instance
+    data/         the peer's Raft journal and snapshots (survive power cycles)
+
+`python -m hacluster.lab.host DIR power-off|power-on|status` is what the BMC's
+chassis script runs; it must return quickly (ipmi_sim waits for it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hacluster.lab.libvirtd import LabLibvirtd, LibvirtdSpec
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str
+    directory: str
+    address: str  # this host's own loopback address (or namespace address)
+    raft_port: int
+    lease_port: int
+    peers: tuple[str, ...]  # "name=address:port" of the initial voters
+    secret_file: str
+    role: str = "voter"
+    memory_mib: int = 8192
+    vcpus: int = 8
+    driver: str = "test"  # libvirt driver of the private instance: test | qemu
+    log_level: str = "info"
+    timing: tuple[tuple[str, float], ...] = ()  # [timing] overrides
+
+    @property
+    def path(self) -> Path:
+        return Path(self.directory)
+
+    @property
+    def raft_address(self) -> str:
+        return f"{self.address}:{self.raft_port}"
+
+    @property
+    def rpc_socket(self) -> str:
+        return str(self.path / "hactl.sock")
+
+
+class LabHost:
+    def __init__(self, spec: HostSpec) -> None:
+        self.spec = spec
+        self.libvirtd = LabLibvirtd(LibvirtdSpec(base_dir=str(spec.path / "libvirtd"),
+                                                 driver=spec.driver))  # type: ignore[arg-type]
+
+    @classmethod
+    def load(cls, directory: str | Path) -> LabHost:
+        raw = json.loads(Path(directory, "host.json").read_text())
+        raw["peers"] = tuple(raw["peers"])
+        raw["timing"] = tuple(tuple(p) for p in raw["timing"])
+        return cls(HostSpec(**raw))
+
+    def write(self) -> None:
+        self.spec.path.mkdir(parents=True, exist_ok=True)
+        (self.spec.path / "host.json").write_text(json.dumps(asdict(self.spec), indent=1))
+        (self.spec.path / "peer.toml").write_text(self.peer_config())
+
+    def peer_config(self) -> str:
+        s = self.spec
+        timing = "".join(f"{k} = {v}\n" for k, v in s.timing)
+        return (
+            f'[peer]\nname = "{s.name}"\nraft_address = "{s.raft_address}"\n'
+            f'data_dir = "{s.path / "data"}"\nrole = "{s.role}"\n\n'
+            f'[cluster]\nsecret_file = "{s.secret_file}"\n'
+            f"peers = {json.dumps(list(s.peers))}\n\n"
+            f'[leases]\nport = {s.lease_port}\nlinks = {{ main = "{s.address}" }}\n\n'
+            f'[hypervisor]\nuri = "{self.libvirtd.uri}"\nmemory_mib = {s.memory_mib}\n'
+            f"vcpus = {s.vcpus}\nshutdown_timeout_s = 5.0\n\n"
+            f'[rpc]\nsocket = "{s.rpc_socket}"\n\n'
+            f"[timing]\n{timing}\n"
+            f'[log]\nlevel = "{s.log_level}"\n'
+        )
+
+    # ------------------------------------------------------------ power
+
+    @property
+    def pid_file(self) -> Path:
+        return self.spec.path / "peer.pid"
+
+    def peer_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    def power_on(self) -> None:
+        if self.libvirtd.init_pid() is None:
+            self.libvirtd.start()
+        if self.peer_pid() is None:
+            self._start_peer()
+
+    def _start_peer(self) -> None:
+        log = open(self.spec.path / "peer.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hacluster.cli.main", "peer", "--config",
+             str(self.spec.path / "peer.toml")],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=self.spec.path)
+        log.close()
+        self.pid_file.write_text(str(proc.pid))
+
+    def power_off(self) -> None:
+        """Everything dies at once, as in a power cut: no clean shutdown."""
+        pid = self.peer_pid()
+        if pid is not None:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.libvirtd.kill_all()
+        self.pid_file.unlink(missing_ok=True)
+
+    def stop_peer(self, timeout_s: float = 15.0) -> None:
+        """A clean SIGTERM of the peer only (the host keeps running)."""
+        pid = self.peer_pid()
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while self.peer_pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.peer_pid() is not None:
+            os.killpg(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+
+    def status(self) -> dict[str, object]:
+        return {"name": self.spec.name, "peer_pid": self.peer_pid(),
+                "libvirtd": self.libvirtd.init_pid() is not None}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[1] not in ("power-off", "power-on", "status"):
+        print("usage: python -m hacluster.lab.host DIR power-off|power-on|status",
+              file=sys.stderr)
+        return 2
+    host = LabHost.load(argv[0])
+    if argv[1] == "power-off":
+        host.power_off()
+    elif argv[1] == "power-on":
+        host.power_on()
+    else:
+        print(json.dumps(host.status()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
