@@ -160,6 +160,14 @@ class LabCluster:
     def power_on(self, name: str) -> None:
         self.nodes[name].bmc.set_power(True, "lab power on")
 
+    def leader(self) -> str | None:
+        """The host whose peer leads, as a powered peer sees it."""
+        address = self.call("status")["peer"]["leader"]
+        for name, node in self.nodes.items():
+            if node.host.spec.raft_address == address:
+                return name
+        return None
+
     def vms(self) -> dict[str, dict[str, Any]]:
         return {v["name"]: v for v in self.call("vm.list")["vms"]}
 
