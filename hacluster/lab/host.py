@@ -15,6 +15,7 @@ chassis script runs; it must return quickly (ipmi_sim waits for it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -124,10 +125,8 @@ class LabHost:
         """Everything dies at once, as in a power cut: no clean shutdown."""
         pid = self.peer_pid()
         if pid is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.libvirtd.kill_all()
         self.pid_file.unlink(missing_ok=True)
 
