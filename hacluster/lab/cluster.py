@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hacluster.hypervisor.domxml import minimal_domain_xml
+from hacluster.hypervisor.domxml import DomainType, minimal_domain_xml
 from hacluster.lab.bmc import BmcSim
 from hacluster.lab.host import HostSpec, LabHost
 from hacluster.lab.observer import Observer
@@ -145,7 +145,7 @@ class LabCluster:
 
     def add_vms(self, count: int, prefix: str = "vm") -> list[str]:
         names = [f"{prefix}{i + 1}" for i in range(count)]
-        kind = "test" if self.driver == "test" else "kvm"
+        kind: DomainType = "test" if self.driver == "test" else "kvm"
         for name in names:
             self.call("vm.add", {"xml": minimal_domain_xml(name, self.vm_memory_mib, 1, kind)})
         self.wait(lambda: self._all_running(names), 60, f"{count} VMs running")
