@@ -61,10 +61,22 @@ def cmd_peer(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Until the real-hosts demo lands, show the same story in the simulator."""
+    """The lab demo on this machine; the simulated one where a lab cannot run."""
+    if not args.sim:
+        from hacluster.lab.cluster import lab_unavailable
+
+        reason = lab_unavailable()
+        if reason is None:
+            from hacluster.lab.demo import run_demo
+
+            return run_demo(args.hosts, args.vms, "fast" if args.fast else "default",
+                            keep=args.keep)
+        print(f"hacluster demo: a lab cluster cannot run here ({reason}); showing the "
+              "simulated cluster instead\n")
     scenario = next(p for p in shipped_scenarios() if p.name.startswith("01-"))
     print(f"demo (simulated cluster): {scenario.name}\n")
-    return cmd_sim(argparse.Namespace(all=False, dirs=[str(scenario)], rewrite=False, quiet=False))
+    return cmd_sim(argparse.Namespace(all=False, dirs=[str(scenario)], rewrite=False,
+                                      quiet=False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--rewrite", action="store_true", help="write expected.log from this run")
     sim.add_argument("--quiet", action="store_true", help="print one line per scenario")
     sim.set_defaults(func=cmd_sim)
-    demo = sub.add_parser("demo", help="a host dies, its VMs come back elsewhere (timeline)")
+    demo = sub.add_parser(
+        "demo", help="a host dies, its VMs come back elsewhere (timeline)",
+        description="Build a lab cluster on this machine (a peer, a private libvirtd and an "
+        "IPMI BMC simulator per host, on loopback addresses), cut one host's power, and "
+        "print the timeline of its recovery. Needs root; everything is removed afterwards.")
+    demo.add_argument("--hosts", type=int, default=3, help="hosts (default %(default)s)")
+    demo.add_argument("--vms", type=int, default=4, help="VMs (default %(default)s)")
+    demo.add_argument("--fast", action="store_true", help="the fast lease profile (0.9 s)")
+    demo.add_argument("--sim", action="store_true", help="the simulated cluster instead")
+    demo.add_argument("--keep", action="store_true", help="keep the lab's files and logs")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -9,10 +9,12 @@ Needs root (private libvirtd instances use namespaces).
 
 from __future__ import annotations
 
+import math
 import random
 import secrets
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +39,52 @@ PROFILES: dict[str, dict[str, float]] = {
              "fence_retry_backoff_s": 0.5},
 }
 LAB_TIMING = (("agent_tick_s", 0.1), ("manager_tick_s", 0.05), ("bmc_check_interval_s", 5.0))
+
+
+class EventFollower:
+    """Streams a peer's cluster events in a thread, stamped with arrival time."""
+
+    def __init__(self, lab: LabCluster, peer: str) -> None:
+        self.lab = lab
+        self.peer = peer
+        self.events: list[tuple[float, dict[str, Any]]] = []
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="event-follower", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        try:
+            with self.lab.client(self.peer) as rpc:
+                for item in rpc.stream("events", {"follow": True, "last": 0},
+                                       timeout_s=math.inf):
+                    self.events.append((time.monotonic(), item))
+                    if self._stop.is_set():
+                        return
+        except (RpcError, OSError, RuntimeError):
+            return
+
+    def first(self, kind: str, subject: str, after: float = 0.0) -> float | None:
+        for at, item in list(self.events):
+            if item["kind"] == kind and item["subject"] == subject and at >= after:
+                return at
+        return None
+
+
+def lab_unavailable() -> str | None:
+    """Why a lab cluster cannot run on this machine (None: it can)."""
+    from hacluster.lab.libvirtd import unavailable_reason
+
+    reason = unavailable_reason("test")
+    if reason:
+        return reason
+    for tool in ("ipmi_sim", "nft"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (apt: openipmi, nftables)"
+    return None
 
 
 @dataclass

@@ -3,24 +3,12 @@ ipmi_sim BMCs, libvirtd instances; on loopback addresses of their own."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from hacluster.lab.cluster import LabCluster
-from hacluster.lab.libvirtd import unavailable_reason
-
-
-def lab_unavailable() -> str | None:
-    reason = unavailable_reason("test")
-    if reason:
-        return reason
-    for tool in ("ipmi_sim", "nft"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (apt: openipmi, nftables)"
-    return None
+from hacluster.lab.cluster import LabCluster, lab_unavailable
 
 
 @pytest.fixture
