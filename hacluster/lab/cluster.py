@@ -135,6 +135,21 @@ class LabCluster:
                                  else frozenset())
         self.observer.start()
 
+    def add_host(self, name: str, secret_file: str | None = None) -> LabNode:
+        """A new host joins a running cluster: Raft membership first (through any
+        peer), then its peer starts with every member as a partner."""
+        index = len(self.nodes) + 1
+        address = f"{self.net}.{index}"
+        peers = tuple(f"{n}={node.host.spec.raft_address}" for n, node in self.nodes.items())
+        peers += (f"{name}={address}:{RAFT_PORT}",)
+        self.call("host.add", {"name": name, "raft_address": f"{address}:{RAFT_PORT}",
+                               "addresses": [f"main={address}"]})
+        node = self._node(name, address, peers, secret_file or str(self.root / "secret"))
+        self.nodes[name] = node
+        node.host.power_on()
+        self.count += 1
+        return node
+
     def _node(self, name: str, address: str, peers: tuple[str, ...], secret: str) -> LabNode:
         directory = self.root / name
         spec = HostSpec(name=name, directory=str(directory), address=address,

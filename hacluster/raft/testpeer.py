@@ -164,7 +164,10 @@ class NodePeer:
         return {"log_first_index_before": before}
 
     def _ok(self, payload: bytes) -> bool:
-        return self.node.propose(payload, 5.0).status.value == "committed"
+        # A real state machine makes its own realistic commands (bench_payload).
+        make = getattr(self.machine, "bench_payload", None)
+        data = make() if make is not None else payload
+        return self.node.propose(data, 5.0).status.value == "committed"
 
     @staticmethod
     def _result(res: Any) -> dict[str, Any]:

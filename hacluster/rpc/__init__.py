@@ -1,3 +1,10 @@
-"""The admin RPC transport: framing (protocol), the peer's server (server), the
-blocking client for hactl (client) and the asyncio client for peer-to-leader
-forwarding (aclient). What the methods do lives elsewhere."""
+"""The admin RPC transport, independent of what the methods do.
+
+protocol  frames, envelopes, error codes, params schemas
+server    the peer's listener (Unix socket, optionally TCP+TLS)
+auth      who is calling: peer uid, client certificate, bearer token
+listen    sockets and streams under the server
+client    blocking client for hactl
+aclient   asyncio client (pipelined), for forwarding writes to the leader
+endpoint  what both clients share: targets, TLS, readable connection errors
+"""

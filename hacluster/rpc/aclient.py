@@ -97,8 +97,7 @@ class AsyncRpcClient:
     async def close(self) -> None:
         self._shut(None, "the client closed the connection")
         self._receiver.cancel()
-        with contextlib.suppress(BaseException):
-            await self._receiver
+        await asyncio.gather(self._receiver, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()
 

@@ -20,6 +20,7 @@ because method code downstream assumes the types the envelope promises.
 
 from __future__ import annotations
 
+import copy
 import enum
 import struct
 from collections.abc import Mapping
@@ -320,7 +321,8 @@ def validate_params(params: Mapping[str, Any], schema: Mapping[str, Field | type
             if spec.required:
                 raise RpcError(ErrorCode.BAD_PARAMS, f"missing parameter {name!r}",
                                {"field": name, "expected": _type_names(spec.types)})
-            out[name] = spec.default
+            # A copy: optional(list, default=[]) must not share one list across calls.
+            out[name] = copy.deepcopy(spec.default)
             continue
         value = params[name]
         if not _accepts(spec.types, value):

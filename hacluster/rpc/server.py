@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -84,11 +85,11 @@ Method = Callable[[CallContext, dict[str, Any]], Any]
 
 @dataclass(frozen=True)
 class ServerLimits:
-    max_connections: int = 64
+    max_connections: int = 64  # per listener (Unix socket, TCP)
     frame_timeout_s: float = 10.0  # a started frame must complete within this
     idle_timeout_s: float = 600.0  # a connection with no request for this long is closed
     write_timeout_s: float = 10.0  # a client that does not read its replies is dropped
-    handshake_timeout_s: float = 10.0
+    handshake_timeout_s: float = 10.0  # also: the first request on TCP must start by then
 
     @classmethod
     def from_config(cls, config: RpcConfig) -> ServerLimits:
@@ -113,6 +114,7 @@ class _Conn:
     current: int | None = None  # request being served, for a parting message on close
     refused: bool = False  # a connection-level error or refusal was sent: closing
     uid: int | None = None  # Unix peer credentials
+    trusted: bool = False  # has sent an authenticated request (or is a Unix caller)
 
 
 class RpcServer:
@@ -134,6 +136,7 @@ class RpcServer:
         self._listeners: list[socket.socket] = []
         self._acceptors: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[None]] = set()
+        self._open_count = {"unix": 0, "tcp": 0}
         self._unix_inode: tuple[int, int] | None = None
         self._tcp_address: tuple[str, int] | None = None
 
@@ -158,10 +161,13 @@ class RpcServer:
 
     @property
     def connection_count(self) -> int:
-        return len(self._connections)
+        return sum(self._open_count.values())
 
     async def start(self) -> None:
         config = self._config
+        if config.max_frame_bytes < 1024:
+            raise RpcSetupError(f"[rpc] max_frame_bytes: {config.max_frame_bytes} is below "
+                                "1024 bytes")
         if config.tcp_address:
             if not (config.tls_cert and config.tls_key):
                 raise RpcSetupError("[rpc] tcp_address needs tls_cert and tls_key")
@@ -170,9 +176,6 @@ class RpcServer:
             self._ssl = server_ssl_context(config)
         if config.tokens_file:
             self._tokens = TokenTable.load(config.tokens_file)
-        if config.max_frame_bytes < 1024:
-            raise RpcSetupError(f"[rpc] max_frame_bytes: {config.max_frame_bytes} is below "
-                                "1024 bytes")
         try:
             if config.socket:
                 sock, self._unix_inode = bind_unix(Path(config.socket))
@@ -220,14 +223,21 @@ class RpcServer:
                 self._log.warning("rpc: accept on %s failed: %s", transport, exc)
                 await asyncio.sleep(0.1)
                 continue
-            if len(self._connections) >= self._limits.max_connections:
-                self._log.warning("rpc: refusing a %s connection: %d connections open",
-                                  transport, len(self._connections))
+            # Counted per listener: remote clients filling their slots must not lock
+            # the local admin out of the Unix socket.
+            if self._open_count[transport] >= self._limits.max_connections:
+                self._log.warning("rpc: refusing a %s connection: %d already open",
+                                  transport, self._open_count[transport])
                 sock.close()
                 continue
+            self._open_count[transport] += 1
             task = asyncio.create_task(self._serve(sock, address, transport))
             self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
+            task.add_done_callback(functools.partial(self._forget, transport))
+
+    def _forget(self, transport: str, task: asyncio.Task[None]) -> None:
+        self._connections.discard(task)
+        self._open_count[transport] -= 1
 
     async def _serve(self, sock: socket.socket, address: Any, transport: str) -> None:
         conn: _Conn | None = None
@@ -285,13 +295,16 @@ class RpcServer:
 
     async def _admit(self, conn: _Conn) -> bool:
         """Unix callers are judged once, by uid; TCP callers request by request."""
-        if conn.uid is None or unix_uid_allowed(conn.uid, self._own_uid):
+        if conn.uid is None:
+            return True
+        if unix_uid_allowed(conn.uid, self._own_uid):
+            conn.trusted = True
             return True
         reason = f"uid {conn.uid} is neither root nor the daemon's uid {self._own_uid}"
         self._auth_failed("unix", conn.peer, reason)
-        error = RpcError(ErrorCode.FORBIDDEN, f"refused: {reason}")
         with contextlib.suppress(_PeerGone):
-            await self._send(conn, error_reply(CONNECTION_ID, error))
+            await self._send_error(conn, CONNECTION_ID,
+                                   RpcError(ErrorCode.FORBIDDEN, f"refused: {reason}"))
         return False
 
     def _auth_failed(self, transport: str, peer: str, reason: str) -> None:
@@ -321,8 +334,12 @@ class RpcServer:
 
     async def _read_frame(self, conn: _Conn) -> bytes | None:
         """The next frame body; None when the connection should end."""
+        # Until a TCP client has authenticated, it gets no long idle allowance: idle
+        # anonymous connections would otherwise hold every slot for idle_timeout_s.
+        idle_s = (self._limits.idle_timeout_s if conn.trusted
+                  else self._limits.handshake_timeout_s)
         try:
-            async with asyncio.timeout(self._limits.idle_timeout_s):
+            async with asyncio.timeout(idle_s):
                 first = await conn.reader.readexactly(1)
         except (asyncio.IncompleteReadError, TimeoutError, OSError):
             return None  # clean end, idle, or reset between frames
@@ -362,6 +379,7 @@ class RpcServer:
                 ErrorCode.UNKNOWN_METHOD, f"unknown method {request.method!r}",
                 {"method": request.method}))
             return True
+        conn.trusted = True
         ctx = CallContext(user, conn.transport, conn.peer, request.id, request.method, how)
         conn.current = request.id
         await self._call(conn, method, ctx, request)
@@ -397,8 +415,13 @@ class RpcServer:
                 raise TypeError(f"method {ctx.method!r} is not async")
             result = await outcome
             await self._send_result(conn, ctx, result)
-        except (_PeerGone, asyncio.CancelledError):
+        except _PeerGone:
             raise
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # we are being cancelled (close, hang-up)
+            await self._send_internal(conn, ctx, exc)  # the method's own affair
         except RpcError as exc:
             await self._send_error(conn, ctx.request_id, exc)
         except Exception as exc:
@@ -433,7 +456,8 @@ class RpcServer:
                 with contextlib.suppress(Exception):
                     await aclose()
 
-    async def _send_internal(self, conn: _Conn, ctx: CallContext, exc: Exception) -> None:
+    async def _send_internal(self, conn: _Conn, ctx: CallContext,
+                             exc: BaseException) -> None:
         self._log.error("rpc: method %s (request %d from %s, user %s) failed",
                         ctx.method, ctx.request_id, ctx.peer, ctx.user, exc_info=exc)
         error = RpcError(ErrorCode.INTERNAL,
@@ -450,6 +474,9 @@ class RpcServer:
             frame = encode_frame(result_reply(ctx.request_id, result, more=more),
                                  self._config.max_frame_bytes)
         except RpcError as exc:
+            if exc.code != ErrorCode.TOO_LARGE:  # e.g. an int beyond 64 bits: a bug
+                raise TypeError(f"returned a value that cannot be sent: {exc.message}"
+                                ) from None
             raise RpcError(exc.code, f"reply to {ctx.method}: {exc.message}",
                            exc.details) from None
         await self._write(conn, frame)
@@ -457,16 +484,14 @@ class RpcServer:
     async def _send_error(self, conn: _Conn, request_id: int, error: RpcError) -> None:
         conn.refused |= request_id == CONNECTION_ID
         try:
+            check_plain(error.details)
             frame = encode_frame(error_reply(request_id, error), self._config.max_frame_bytes)
-        except RpcError:  # details that cannot be sent, or a huge message
+        except (RpcError, ValueError):  # details that cannot be sent, or a huge message
             self._log.error("rpc: error reply %s cannot be encoded; sending a bare one",
                             error.code)
             frame = encode_frame(error_reply(request_id, RpcError(error.code,
                                                                   error.message[:1000])))
         await self._write(conn, frame)
-
-    async def _send(self, conn: _Conn, doc: dict[str, Any]) -> None:
-        await self._write(conn, encode_frame(doc, self._config.max_frame_bytes))
 
     async def _write(self, conn: _Conn, frame: bytes) -> None:
         if conn.writer.is_closing():

@@ -1,0 +1,131 @@
+"""`hacluster peer` as real processes (a lab cluster on loopback): restarts from
+the journal, full-cluster power loss, membership changes, clean leave, wrong
+secret, corrupt journal. Peer state digests are compared after each."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from hacluster.lab.cluster import LabCluster
+
+Factory = Callable[..., LabCluster]
+
+
+def digests(lab: LabCluster) -> dict[str, tuple[int, str]]:
+    out = {}
+    for name, node in lab.nodes.items():
+        if node.host.peer_pid() is None:
+            continue
+        peer = lab.call("status", name=name)["peer"]
+        out[name] = (peer["applied_index"], peer["digest"])
+    return out
+
+
+def converged(lab: LabCluster) -> Callable[[], bool]:
+    def check() -> bool:
+        seen = digests(lab)
+        return len(seen) == len(lab.nodes) and len(set(seen.values())) == 1
+
+    return check
+
+
+def test_sigkilled_peer_restarts_from_its_journal(lab_factory: Factory) -> None:
+    lab = lab_factory(3)
+    lab.add_vms(2)
+    host = lab.nodes["h2"].host
+    pid = host.peer_pid()
+    assert pid is not None
+    subprocess.run(["kill", "-9", str(pid)], check=True)
+    lab.wait(lambda: host.peer_pid() is None, 10, "peer gone")
+    lab.call("vm.stop", {"name": "vm1"})  # the log moves on without it
+    host.power_on()  # libvirtd kept running: only the peer restarts
+    lab.wait(converged(lab), 30, "equal digests after the restart")
+    assert "vm1" in lab.call("vm.list", name="h2")["vms"][0]["name"]
+
+
+def test_whole_cluster_power_loss_keeps_every_committed_entry(lab_factory: Factory) -> None:
+    lab = lab_factory(3)
+    lab.add_vms(3)
+    lab.wait(converged(lab), 20, "converged before the outage")
+    before = digests(lab)["h1"]
+    for node in lab.nodes.values():
+        node.host.power_off()
+    for node in lab.nodes.values():
+        node.host.power_on()
+    lab.wait(converged(lab), 60, "equal digests after every peer restarted")
+    after = lab.vms()
+    assert sorted(after) == ["vm1", "vm2", "vm3"]
+    assert digests(lab)["h1"][0] >= before[0]
+
+
+def test_a_host_joins_and_leaves_through_hactl(lab_factory: Factory) -> None:
+    lab = lab_factory(3)
+    lab.add_host("h4")
+    lab.wait(lambda: lab.hosts().get("h4", {}).get("state") == "online", 30, "h4 online")
+    lab.wait(converged(lab), 30, "h4 caught up")
+    status = lab.call("status", name="h4")["peer"]
+    assert status["has_quorum"]
+    lab.nodes["h4"].host.stop_peer()
+    lab.call("host.maintenance", {"name": "h4", "on": True})
+    lab.call("host.remove", {"name": "h4"})
+    assert lab.hosts()["h4"]["state"] == "removed"
+
+
+def test_sigterm_leaves_cleanly_and_nobody_is_fenced(lab_factory: Factory) -> None:
+    lab = lab_factory(3)
+    lab.add_vms(3)
+    host = lab.nodes["h3"].host
+    host.stop_peer()
+    lab.wait(lambda: lab.hosts()["h3"]["peer_stopped"], 10, "peer marked stopped")
+    settings = lab.call("settings.show")["settings"]
+    time.sleep(settings["lease_ttl_s"] * 3)  # long enough to have fenced it, were it judged
+    assert lab.hosts()["h3"]["state"] == "online"
+    assert lab.call("fence.history")["fences"] == []
+    host.power_on()
+    lab.wait(lambda: not lab.hosts()["h3"]["peer_stopped"], 20, "peer running again")
+
+
+def test_wrong_secret_cannot_join(lab_factory: Factory, tmp_path: Path) -> None:
+    lab = lab_factory(3)
+    wrong = tmp_path / "wrong-secret"
+    wrong.write_text("this-is-not-the-cluster-secret-0123456789")
+    wrong.chmod(0o600)
+    before = lab.call("status")["peer"]["term"]
+    node = lab.add_host("h4", secret_file=str(wrong))
+    time.sleep(3)
+    assert lab.hosts()["h4"]["state"] == "joining"  # added by the operator, never ready
+    assert lab.call("status")["peer"]["term"] == before
+    assert node.host.peer_pid() is not None  # it runs, alone, without quorum
+    assert not lab.call("status", name="h4")["peer"]["has_quorum"]
+
+
+def test_corrupt_journal_refuses_to_start_and_rebuild_recovers(lab_factory: Factory) -> None:
+    lab = lab_factory(3)
+    lab.add_vms(1)
+    host = lab.nodes["h2"].host
+    host.power_off()
+    journals = sorted((host.spec.path / "data" / "raft").rglob("*journal*"))
+    assert journals, "no journal file found"
+    journal = max(journals, key=lambda p: p.stat().st_size)
+    data = bytearray(journal.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 16] = b"\xff" * 16
+    journal.write_bytes(bytes(data))
+    config = str(host.spec.path / "peer.toml")
+    run = subprocess.run([sys.executable, "-m", "hacluster.cli.main", "peer", "--config", config],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 3
+    assert journal.name in run.stderr and "--rebuild" in run.stderr
+    host.libvirtd.start()
+    log = open(host.spec.path / "peer.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "hacluster.cli.main", "peer", "--config",
+                             config, "--rebuild"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    host.pid_file.write_text(str(proc.pid))
+    lab.wait(converged(lab), 60, "the rebuilt peer caught up")
+    quarantined = list((host.spec.path / "data" / "raft").glob("quarantine-*"))
+    assert quarantined, "the damaged files were not kept aside"

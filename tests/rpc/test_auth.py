@@ -1,0 +1,371 @@
+"""Authentication: Unix socket permissions and peer uid, TLS client certificates,
+bearer tokens; failures are logged with the peer and reason, never the token."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import ssl
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hacluster.config import RpcConfig
+from hacluster.rpc.auth import (
+    AuthFailure,
+    RpcSetupError,
+    TokenTable,
+    parse_tokens,
+    unix_uid_allowed,
+)
+from hacluster.rpc.client import RpcClient
+from hacluster.rpc.endpoint import ConnectError
+from hacluster.rpc.protocol import HEADER, ErrorCode, RpcError, decode_reply
+from hacluster.rpc.server import ServerLimits
+
+from .conftest import TOKEN
+from .support import (
+    Pki,
+    ServerThread,
+    read_reply,
+    request,
+    unix_config,
+    unix_socket,
+    wait_for,
+)
+
+NOBODY = 65534
+
+
+# -- Unix socket ---------------------------------------------------------------------------
+
+def test_unix_socket_is_root_only(server: ServerThread) -> None:
+    sock_info = os.stat(server.socket_path)
+    dir_info = os.stat(os.path.dirname(server.socket_path))
+    assert stat.S_ISSOCK(sock_info.st_mode) and stat.S_IMODE(sock_info.st_mode) == 0o600
+    assert stat.S_IMODE(dir_info.st_mode) == 0o700 and dir_info.st_uid == os.geteuid()
+
+
+def test_an_existing_socket_directory_is_tightened(
+        start_server: Callable[..., ServerThread], tmp_short: Path) -> None:
+    (tmp_short / "run").mkdir(mode=0o755)
+    server = start_server()
+    assert stat.S_IMODE(os.stat(os.path.dirname(server.socket_path)).st_mode) == 0o700
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+def test_a_socket_directory_owned_by_someone_else_is_refused(
+        start_server: Callable[..., ServerThread], tmp_short: Path) -> None:
+    (tmp_short / "run").mkdir()
+    os.chown(tmp_short / "run", NOBODY, NOBODY)
+    with pytest.raises(RpcSetupError, match="belongs to uid 65534"):
+        start_server()
+
+
+def test_a_stale_socket_is_replaced_and_a_live_one_is_not(
+        start_server: Callable[..., ServerThread], tmp_short: Path) -> None:
+    config = unix_config(tmp_short)
+    Path(config.socket).parent.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX) as dead:  # bound, never listening: a dead daemon
+        dead.bind(config.socket)
+    server = start_server(config)
+    assert RpcClient.connect(server.socket_path).call("add", {"a": 1, "b": 1}) == 2
+    with pytest.raises(RpcSetupError, match="in use by another process"):
+        start_server(config)
+
+
+def test_a_file_in_the_way_is_refused(start_server: Callable[..., ServerThread],
+                                      tmp_short: Path) -> None:
+    config = unix_config(tmp_short)
+    Path(config.socket).parent.mkdir(mode=0o700)
+    Path(config.socket).write_text("not a socket")
+    with pytest.raises(RpcSetupError, match="not a socket"):
+        start_server(config)
+
+
+def test_uid_rule() -> None:
+    assert unix_uid_allowed(0, 1000) and unix_uid_allowed(1000, 1000)
+    assert not unix_uid_allowed(1001, 1000)
+
+
+def _call_as(uid: int, path: str, frame: bytes) -> bytes:
+    """Everything the server sends to a client running as `uid` (a forked child)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: nothing but syscalls, then _exit
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(5)
+                sock.connect(path)
+                with contextlib.suppress(BrokenPipeError):  # refused at once, maybe
+                    sock.sendall(frame)
+                data = b""
+                # A reset after the data: the server closed with our request unread.
+                with contextlib.suppress(ConnectionResetError):
+                    while chunk := sock.recv(65536):
+                        data += chunk
+            os.write(write_end, data)
+            code = 0
+        except BaseException as exc:
+            os.write(write_end, repr(exc).encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, f"the child failed: {data!r}"
+    return data
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch uid")
+def test_other_uids_are_refused_even_through_a_loosened_socket_mode(
+        server: ServerThread, tmp_short: Path, caplog: pytest.LogCaptureFixture) -> None:
+    os.chmod(tmp_short, 0o711)  # mkdtemp made it 0700
+    os.chmod(os.path.dirname(server.socket_path), 0o711)
+    os.chmod(server.socket_path, 0o666)
+    with caplog.at_level(logging.WARNING, logger="hacluster.rpc"):
+        data = _call_as(NOBODY, server.socket_path, request(1, "whoami"))
+    (length,) = HEADER.unpack(data[:4])
+    assert len(data) == 4 + length, "exactly one frame, then the server hung up"
+    reply = decode_reply(data[4:])
+    assert reply.id == 0 and reply.error is not None
+    assert reply.error.code == ErrorCode.FORBIDDEN
+    assert "uid 65534" in caplog.text and "unix:pid=" in caplog.text
+
+
+def test_a_token_on_the_unix_socket_is_ignored(server: ServerThread) -> None:
+    with unix_socket(server.socket_path) as sock:
+        sock.sendall(request(1, "whoami", token="whatever"))
+        reply = read_reply(sock)
+    assert reply is not None and reply.result["auth"] == "peercred"
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def failures() -> list[AuthFailure]:
+    return []
+
+
+@pytest.fixture
+def tls_server(start_server: Callable[..., ServerThread], tls_config: RpcConfig,
+               failures: list[AuthFailure]) -> ServerThread:
+    return start_server(tls_config, on_auth_failure=failures.append)
+
+
+def tls_client(server: ServerThread, pki: Pki, *, cert: bool = False,
+               token: str | None = None) -> RpcClient:
+    return RpcClient.connect(server.endpoint, token=token, cafile=pki.ca_cert,
+                             certfile=pki.client_cert if cert else None,
+                             keyfile=pki.client_key if cert else None, timeout_s=5)
+
+
+def test_tls_listener_binds_port_zero(tls_server: ServerThread) -> None:
+    assert tls_server.server is not None and tls_server.server.tcp_address is not None
+    host, port = tls_server.server.tcp_address
+    assert host == "127.0.0.1" and port > 0
+
+
+def test_client_certificate_is_accepted(tls_server: ServerThread, pki: Pki) -> None:
+    with tls_client(tls_server, pki, cert=True) as rpc:
+        me = rpc.call("whoami")
+        assert (me["user"], me["transport"], me["auth"]) == ("alice", "tcp", "certificate")
+        assert rpc.call("add", {"a": 2, "b": 2}) == 4  # every request, same connection
+
+
+def test_good_token_is_accepted(tls_server: ServerThread, pki: Pki) -> None:
+    with tls_client(tls_server, pki, token=TOKEN) as rpc:
+        me = rpc.call("whoami")
+        assert (me["user"], me["auth"]) == ("ops", "token")
+        assert list(rpc.stream("count", {"n": 3})) == [0, 1, 2]
+
+
+def test_a_token_names_the_user_even_with_a_certificate(tls_server: ServerThread,
+                                                        pki: Pki) -> None:
+    with tls_client(tls_server, pki, cert=True, token=TOKEN) as rpc:
+        assert rpc.call("whoami")["user"] == "ops"
+
+
+def test_no_certificate_and_no_token_is_refused(
+        tls_server: ServerThread, pki: Pki, failures: list[AuthFailure],
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="hacluster.rpc"), \
+            tls_client(tls_server, pki) as rpc:
+        with pytest.raises(RpcError) as info:
+            rpc.call("whoami")
+        assert info.value.code == ErrorCode.UNAUTHENTICATED
+        assert "no client certificate and no token" in info.value.message
+        with pytest.raises(RpcError) as again:  # the server hung up after the refusal
+            rpc.call("whoami")
+        assert again.value.code in (ErrorCode.UNAVAILABLE, ErrorCode.MAYBE_APPLIED)
+    assert [f.reason for f in failures] == [
+        "no client certificate and no token (method 'whoami')"]
+    assert failures[0].transport == "tcp" and failures[0].peer.startswith("127.0.0.1:")
+    assert f"refused tcp caller {failures[0].peer}" in caplog.text
+
+
+def test_wrong_token_is_refused_and_never_logged(
+        tls_server: ServerThread, pki: Pki, failures: list[AuthFailure],
+        caplog: pytest.LogCaptureFixture) -> None:
+    wrong = "wrong-token-" + TOKEN[:8] + "zz-9876543210"
+    with caplog.at_level(logging.DEBUG), \
+            tls_client(tls_server, pki, cert=True, token=wrong) as rpc, \
+            pytest.raises(RpcError) as info:
+        rpc.call("whoami")
+    assert info.value.code == ErrorCode.UNAUTHENTICATED
+    assert info.value.message == "invalid token"
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("hacluster")]
+    assert any("invalid token" in line and "127.0.0.1:" in line for line in lines)
+    everything = caplog.text + repr(failures) + repr(info.value)
+    assert wrong not in everything and TOKEN not in everything
+    assert all(wrong not in str(dataclasses.astuple(f)) for f in failures)
+
+
+def test_certificate_from_another_ca_fails_the_handshake(
+        tls_server: ServerThread, pki: Pki, failures: list[AuthFailure],
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="hacluster.rpc"), \
+            pytest.raises(RpcError) as info, \
+            RpcClient.connect(tls_server.endpoint, cafile=pki.ca_cert,
+                              certfile=pki.rogue_cert, keyfile=pki.rogue_key,
+                              timeout_s=5) as rpc:
+        rpc.call("whoami")  # TLS 1.3 tells the client of its rejection on first read
+    assert info.value.code == ErrorCode.MAYBE_APPLIED  # the client cannot know better
+    assert "was our TLS client certificate refused?" in info.value.message
+    assert [f.reason.split(":")[0] for f in failures] == ["TLS handshake failed"]
+    assert "certificate" in failures[0].reason.lower()
+    assert "TLS handshake failed" in caplog.text
+
+
+def test_plain_tcp_is_refused(tls_server: ServerThread,
+                              failures: list[AuthFailure]) -> None:
+    host, port = tls_server.endpoint.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request(1, "whoami"))
+        answer = sock.recv(100)
+        assert answer == b"" or answer[0] == 0x15  # nothing, or a TLS alert record
+    wait_for(lambda: bool(failures))
+    assert failures[0].reason.startswith("TLS handshake failed")
+
+
+def test_untrusted_server_certificate_is_named(tls_server: ServerThread) -> None:
+    with pytest.raises(ConnectError) as info:
+        RpcClient.connect(tls_server.endpoint, timeout_s=5)  # system CAs: not ours
+    assert info.value.message.startswith(f"cannot connect to {tls_server.endpoint}: TLS")
+    assert "not trusted" in info.value.message
+
+
+def test_tokens_only_server(start_server: Callable[..., ServerThread], tmp_short: Path,
+                            pki: Pki, tokens_file: str) -> None:
+    config = unix_config(tmp_short, tcp_address="127.0.0.1:0", tls_cert=pki.server_cert,
+                         tls_key=pki.server_key, tokens_file=tokens_file)
+    server = start_server(config)
+    with RpcClient.connect(server.endpoint, token=TOKEN, cafile=pki.ca_cert) as rpc:
+        assert rpc.call("whoami")["user"] == "ops"
+    with RpcClient.connect(server.endpoint, cafile=pki.ca_cert, certfile=pki.client_cert,
+                           keyfile=pki.client_key) as rpc, pytest.raises(RpcError) as info:
+        rpc.call("whoami")  # no CA configured: a certificate proves nothing here
+    assert info.value.code == ErrorCode.UNAUTHENTICATED
+
+
+# -- setup checks ------------------------------------------------------------------------
+
+def test_tcp_needs_tls_and_an_authenticator(start_server: Callable[..., ServerThread],
+                                            tmp_short: Path, pki: Pki) -> None:
+    with pytest.raises(RpcSetupError, match="tls_cert and tls_key"):
+        start_server(unix_config(tmp_short, tcp_address="127.0.0.1:0"))
+    with pytest.raises(RpcSetupError, match="tls_client_ca or tokens_file"):
+        start_server(unix_config(tmp_short, tcp_address="127.0.0.1:0",
+                                 tls_cert=pki.server_cert, tls_key=pki.server_key))
+    with pytest.raises(RpcSetupError, match="TLS files"):
+        start_server(unix_config(tmp_short, tcp_address="127.0.0.1:0",
+                                 tls_cert="/nonexistent.crt", tls_key=pki.server_key,
+                                 tls_client_ca=pki.ca_cert))
+
+
+def test_tokens_file_must_be_private(tmp_short: Path) -> None:
+    path = tmp_short / "tokens"
+    path.write_text(f"ops:{TOKEN}\n")
+    path.chmod(0o640)
+    with pytest.raises(RpcSetupError, match="chmod 600"):
+        TokenTable.load(str(path))
+    with pytest.raises(RpcSetupError, match="cannot read"):
+        TokenTable.load(str(tmp_short / "missing"))
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("ops", "expected user:token"),
+    (f":{TOKEN}", "expected user:token"),
+    (f"ops:{TOKEN}\nops:other-token-0123456789", "appears twice"),
+    (f"ops:{TOKEN}\nbackup:{TOKEN}", "already another user's"),
+    ("ops:tiny-1234", "shorter than 16"),
+])
+def test_bad_tokens_files_are_refused_without_echoing_tokens(text: str, words: str) -> None:
+    with pytest.raises(RpcSetupError, match=words) as info:
+        parse_tokens(text)
+    assert TOKEN not in str(info.value) and "tiny-1234" not in str(info.value)
+
+
+def test_token_table_lookup() -> None:
+    table = TokenTable(parse_tokens(f"# comment\nops:{TOKEN}\nbackup: other-token-0123456789 \n"))
+    assert len(table) == 2
+    assert table.user_for(TOKEN) == "ops"
+    assert table.user_for("other-token-0123456789") == "backup"
+    assert table.user_for(TOKEN + "x") is None and table.user_for("") is None
+
+
+def test_server_ssl_context_asks_for_optional_client_certificates(
+        tls_config: RpcConfig) -> None:
+    from hacluster.rpc.auth import server_ssl_context
+
+    assert server_ssl_context(tls_config).verify_mode == ssl.CERT_OPTIONAL
+
+
+def test_oversized_frame_over_tls_still_gets_its_error(tls_server: ServerThread,
+                                                      pki: Pki) -> None:
+    host, port = tls_server.endpoint.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=pki.ca_cert)
+    context.load_cert_chain(pki.client_cert, pki.client_key)
+    with socket.create_connection((host, int(port)), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as sock:
+        sock.sendall(HEADER.pack(64 << 20) + b"\x00" * 200_000)  # unread by the server
+        reply = read_reply(sock)
+    assert reply is not None and reply.id == 0 and reply.error is not None
+    assert reply.error.code == ErrorCode.TOO_LARGE
+
+
+def test_anonymous_tcp_connections_get_a_short_idle_allowance(
+        start_server: Callable[..., ServerThread], tls_config: RpcConfig, pki: Pki) -> None:
+    server = start_server(tls_config, limits=ServerLimits(handshake_timeout_s=0.3,
+                                                          idle_timeout_s=30))
+    with tls_client(server, pki) as anonymous:  # connects, then says nothing
+        time.sleep(0.6)
+        with pytest.raises(RpcError):
+            anonymous.call("whoami")
+    with tls_client(server, pki, cert=True) as known:
+        assert known.call("whoami")["user"] == "alice"
+        time.sleep(0.6)  # authenticated: the long idle timeout applies now
+        assert known.call("add", {"a": 1, "b": 1}) == 2
+
+
+def test_full_tcp_slots_do_not_lock_out_the_unix_socket(
+        start_server: Callable[..., ServerThread], tls_config: RpcConfig, pki: Pki) -> None:
+    server = start_server(tls_config, limits=ServerLimits(max_connections=1))
+    with tls_client(server, pki, cert=True) as first:
+        assert first.call("whoami")["user"] == "alice"
+        with pytest.raises(RpcError):  # the second TCP client is turned away
+            tls_client(server, pki, cert=True).call("whoami")
+        with RpcClient.connect(server.socket_path) as local:
+            assert local.call("whoami")["auth"] == "peercred"
