@@ -1,0 +1,12 @@
+#!/bin/sh
+# Example notification hook ([notify] hook = "/usr/local/lib/hacluster/notify").
+# The leader runs it once per event with one JSON object on stdin, e.g.
+#   {"event": "fence-succeeded", "host": "h2", "message": "...", "index": 41,
+#    "cluster": "h1", "data": {...}}
+# Events: fence-requested, fence-succeeded, fence-failed, fence-cap-reached,
+# host-recovered. It must finish within [timing] notify_timeout_s.
+event=$(cat)
+logger -t hacluster-notify -- "$event"
+# mail -s "hacluster: $(printf '%s' "$event" | sed 's/.*"event": "\([^"]*\)".*/\1/')" ops@example.com <<MAIL
+# $event
+# MAIL
