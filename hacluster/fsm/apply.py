@@ -68,8 +68,9 @@ def settings_problem(s: Settings) -> str:
 
 
 def set_bmc_defaults(ctx: Ctx, cmd: c.SetBmcDefaults) -> None:
-    if cmd.bmc.driver not in ("ipmi", "redfish", "agent"):
-        raise Refused(f"BMC driver {cmd.bmc.driver!r}: expected ipmi|redfish|agent")
+    if not apply_hosts.DRIVER_RE.match(cmd.bmc.driver):
+        raise Refused(f"BMC driver {cmd.bmc.driver!r}: expected a name such as ipmi, "
+                      "redfish or agent")
     if not 0 < cmd.bmc.port < 65536:
         raise Refused(f"BMC port {cmd.bmc.port} out of range")
     ctx.state.settings = dataclasses.replace(ctx.state.settings, bmc=cmd.bmc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
@@ -154,15 +155,18 @@ def _leave_maintenance(ctx: Ctx, host: Host) -> None:
 
 
 FENCE_ACTIONS = ("", *(a.value for a in FenceAction))
-BMC_DRIVERS = ("", "ipmi", "redfish", "agent")
+# Built-in drivers are ipmi, redfish and agent; embedders may register more, so any
+# plain name is accepted here and an unknown one fails visibly at the BMC check.
+DRIVER_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 def check_bmc_override(bmc: BmcOverride, subject: str) -> None:
     if bmc.action not in FENCE_ACTIONS:
         raise Refused(f"fence action {bmc.action!r}: expected one of "
                       f"{'|'.join(a for a in FENCE_ACTIONS if a)}", subject)
-    if bmc.driver not in BMC_DRIVERS:
-        raise Refused(f"BMC driver {bmc.driver!r}: expected ipmi|redfish|agent", subject)
+    if bmc.driver and not DRIVER_RE.match(bmc.driver):
+        raise Refused(f"BMC driver {bmc.driver!r}: expected a name such as ipmi, redfish "
+                      "or agent", subject)
     if not 0 <= bmc.port < 65536:
         raise Refused(f"BMC port {bmc.port} out of range", subject)
 
