@@ -209,8 +209,9 @@ COMMANDS: tuple[Spec, ...] = (
     Spec(("bmc", "set"), "bmc.set", "set BMC defaults, or one host's overrides (--host)",
          ("hactl bmc set --username admin --password-file /root/bmc.pw",
           "hactl bmc set --host h2 --address 10.0.1.2 --port 623"), _bmc_set,
-         ((("--host",), {}), (("--address",), {}), (("--driver",), {
-             "help": "ipmi, redfish, agent, or a registered plug-in"}), (("--port",), {"type": int}),
+         ((("--host",), {}), (("--address",), {}),
+          (("--driver",), {"help": "ipmi, redfish, agent, or a registered plug-in"}),
+          (("--port",), {"type": int}),
           (("--username",), {}), (("--password-file",), {"help": "file holding the password"}),
           (("--cipher-suite",), {"type": int}), (("--agent",), {"help": "fence agent"}),
           (("--action",), {"choices": ["off", "reboot", "none", "identify"]}))),
