@@ -70,6 +70,11 @@ class RpcConfig:
     tls_client_ca: str = ""  # require client certificates signed by this CA
     tokens_file: str = ""  # or: bearer tokens, one "user:token" per line
     max_frame_bytes: int = 4 * 1024 * 1024
+    max_connections: int = 64  # per listener
+    frame_timeout_s: float = 10.0  # a frame must arrive whole within this
+    idle_timeout_s: float = 600.0  # an idle connection is closed after this
+    write_timeout_s: float = 10.0  # a client that does not read its replies is dropped
+    handshake_timeout_s: float = 10.0  # TLS handshake and first authenticated request
 
 
 @dataclass(frozen=True)
@@ -216,7 +221,12 @@ def config_problem(c: Config) -> str:
                       f"[cluster] peers: expected name=host:port, got {peer!r}")
         if sep:
             checks.append(_address_problem("[cluster] peers", addr))
-    for section in (c.hypervisor, c.timing):
+    checks.append(_address_problem("[rpc] tcp_address", c.rpc.tcp_address)
+                  if c.rpc.tcp_address else "")
+    checks.append("" if c.rpc.max_frame_bytes >= 1024 else
+                  f"[rpc] max_frame_bytes: must be >= 1024, got {c.rpc.max_frame_bytes}")
+    checks.append("" if c.rpc.max_connections > 0 else "[rpc] max_connections: must be > 0")
+    for section in (c.hypervisor, c.timing, c.rpc):
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
             if f.name.endswith("_s") and not (math.isfinite(value) and value > 0):

@@ -1,0 +1,90 @@
+"""hactl against real peers: tables, --json, exit codes, the shell, --help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hacluster.cli.commands import COMMANDS, build_parser
+from hacluster.cli.shell import Names, candidates
+from hacluster.hypervisor.domxml import minimal_domain_xml
+from hacluster.lab.cluster import LabCluster
+
+Factory = Callable[..., LabCluster]
+
+
+def hactl(lab: LabCluster, *args: str,
+          stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    socket = lab.nodes["h1"].host.spec.rpc_socket
+    return subprocess.run([sys.executable, "-m", "hacluster.cli.hactl", "--connect", socket,
+                           *args], capture_output=True, text=True, input=stdin, timeout=60)
+
+
+@pytest.mark.parametrize("spec", COMMANDS, ids=[" ".join(s.words) for s in COMMANDS])
+def test_every_command_has_help_with_examples(spec: object,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser("/nonexistent")
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args([*spec.words, "--help"])  # type: ignore[attr-defined]
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "hactl " in out
+
+
+def test_no_peer_is_a_clear_error_and_exit_3(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "hacluster.cli.hactl", "--connect",
+                           str(tmp_path / "missing.sock"), "status"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 3
+    assert "missing.sock" in done.stderr
+
+
+def test_commands_against_a_running_cluster(lab_factory: Factory, tmp_path: Path) -> None:
+    lab = lab_factory(3)
+    xml = tmp_path / "db1.xml"
+    xml.write_text(minimal_domain_xml("db1", 256, 1, "test"))
+    added = hactl(lab, "vm", "add", str(xml), "--priority", "7", "--anti-affinity", "db")
+    assert added.returncode == 0, added.stderr
+    assert "vm-added db1" in added.stdout
+    lab.wait(lambda: lab.vms()["db1"]["state"] == "started", 20, "db1 running")
+    status = hactl(lab, "status")
+    assert status.returncode == 0 and "leader" in status.stdout and "h1" in status.stdout
+    listed = json.loads(hactl(lab, "--json", "vm", "list").stdout)
+    assert [v["name"] for v in listed["vms"]] == ["db1"]
+    assert listed["freshness"]["applied_index"] > 0
+    explained = hactl(lab, "explain", "db1")
+    assert "if" in explained.stdout and "died now" in explained.stdout
+    assert hactl(lab, "vm", "show", "nope").returncode == 1  # not found
+    refused = hactl(lab, "vm", "remove", "db1")  # running: refused by the cluster
+    assert refused.returncode == 1 and "stop it first" in refused.stderr
+    bad = hactl(lab, "settings", "set", "lease_ttl_s=0.1")
+    assert bad.returncode == 1 and "lease timings" in bad.stderr
+    assert hactl(lab, "host", "maintenance").returncode == 2  # usage error
+    config = hactl(lab, "--json", "config", "show")
+    assert config.returncode == 0 and "secret_file" in config.stdout
+    bmc = json.loads(hactl(lab, "--json", "bmc", "show").stdout)
+    assert bmc["defaults"]["password"] == "<sealed>"
+    assert lab.nodes["h1"].bmc.password.reveal() not in json.dumps(bmc)
+
+
+def test_the_shell_runs_piped_commands(lab_factory: Factory) -> None:
+    lab = lab_factory(3)
+    done = hactl(lab, stdin="host list\nhelp\nsettings show\nexit\n")
+    assert done.returncode == 0, done.stderr
+    assert "h3" in done.stdout and "commands (add --help" in done.stdout
+    assert "lease_ttl_s" in done.stdout
+
+
+def test_shell_completion_knows_commands_and_names() -> None:
+    names = Names(client=None)
+    names.hosts, names.vms = ["h1", "h2"], ["db1"]
+    assert "host" in candidates([], names) and "exit" in candidates([], names)
+    assert "maintenance" in candidates(["host"], names)
+    assert candidates(["host", "maintenance"], names) == ["h1", "h2"]
+    assert candidates(["vm", "migrate"], names) == ["db1"]
+    assert candidates(["vm", "migrate", "db1"], names) == ["h1", "h2"]
