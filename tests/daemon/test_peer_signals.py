@@ -1,0 +1,103 @@
+"""A single `hacluster peer` process: systemd notifications (READY, WATCHDOG,
+STOPPING), SIGHUP reload (what applies, what needs a restart), SIGTERM exit,
+and a broken configuration refused with the key named."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PEER = [sys.executable, "-m", "hacluster.cli.main", "peer", "--config"]
+
+
+def write_config(base: Path, level: str = "info", extra: str = "") -> Path:
+    port = 20000 + secrets.randbelow(20000)
+    secret = base / "secret"
+    if not secret.exists():
+        secret.write_text(secrets.token_hex(16))
+        secret.chmod(0o600)
+    path = base / "peer.toml"
+    path.write_text(
+        f'[peer]\nname = "solo"\nraft_address = "127.0.0.1:{port}"\ndata_dir = "{base}/data"\n'
+        f'[cluster]\nsecret_file = "{secret}"\n[leases]\nport = {port + 1}\n'
+        '[hypervisor]\nuri = "test:///default"\nmemory_mib = 1024\nvcpus = 2\n'
+        f'[rpc]\nsocket = "{base}/hactl.sock"\n[log]\nlevel = "{level}"\n{extra}')
+    return path
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(30)
+    yield sock
+    sock.close()
+
+
+def messages_until(sock: socket.socket, wanted: str) -> list[str]:
+    seen = []
+    while wanted not in seen:
+        seen.append(sock.recv(4096).decode())
+    return seen
+
+
+def test_systemd_notifications(tmp_path: Path, notify_socket: socket.socket) -> None:
+    config = write_config(tmp_path)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+           "WATCHDOG_USEC": "1000000"}
+    proc = subprocess.Popen([*PEER, str(config)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        assert "READY=1" in messages_until(notify_socket, "READY=1")
+        assert "WATCHDOG=1" in messages_until(notify_socket, "WATCHDOG=1")
+        proc.send_signal(signal.SIGTERM)
+        assert "STOPPING=1" in messages_until(notify_socket, "STOPPING=1")
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sighup_applies_what_it_can_and_names_the_rest(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    log = tmp_path / "peer.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*PEER, str(config)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while "peer running" not in log.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        text = config.read_text().replace('level = "info"', 'level = "debug"')
+        config.write_text(text + "[raft]\nelection_timeout_max_s = 0.5\n")
+        proc.send_signal(signal.SIGHUP)
+        while "configuration reloaded" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        line = next(x for x in log.read_text().splitlines() if "configuration reloaded" in x)
+        assert "applied=log" in line and "needs_restart=[raft]" in line
+        config.write_text("[peer\nbroken")
+        proc.send_signal(signal.SIGHUP)
+        while "reload refused" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert proc.poll() is None  # a bad reload never stops the peer
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+def test_broken_config_exits_2_naming_the_key(tmp_path: Path) -> None:
+    config = write_config(tmp_path, extra="[timing]\nagent_tick_s = -1\n")
+    done = subprocess.run([*PEER, str(config)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "[timing] agent_tick_s: must be > 0" in done.stderr
