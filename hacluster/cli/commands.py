@@ -44,12 +44,13 @@ def _csv(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
-def _pairs(items: list[str]) -> dict[str, Any]:
+def parse_pairs(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE words to a map; numbers become int or float, the rest stays text."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {item!r}")
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
         value: Any = raw
         for kind in (int, float):
             try:
@@ -200,7 +201,7 @@ COMMANDS: tuple[Spec, ...] = (
          render=lambda r: render.block("settings", r["settings"])),
     Spec(("settings", "set"), "settings.set", "change replicated settings",
          ("hactl settings set lease_ttl_s=5 selector=vm-count",),
-         lambda a: {"values": _pairs(a.pairs)}, ((("pairs",), {"nargs": "+",
+         lambda a: {"values": parse_pairs(a.pairs)}, ((("pairs",), {"nargs": "+",
                                                               "metavar": "KEY=VALUE"}),)),
     Spec(("bmc", "show"), "bmc.show", "BMC defaults and per-host overrides (sealed)",
          ("hactl bmc show",), _none,

@@ -81,19 +81,28 @@ def main(argv: list[str] | None = None) -> int:
         from hacluster.cli.shell import run_shell
 
         return run_shell(args, parser)
-    try:
+
+    def once() -> int:
         with connect(args) as client:
             return run_command(args, client)
+
+    return guarded(once)
+
+
+def guarded(action: Callable[[], int]) -> int:
+    """Run one command; turn every failure into a message and an exit code."""
+    try:
+        return action()
     except RpcError as exc:
         return report_error(exc)
+    except BrokenPipeError:  # e.g. piped into head: the reader left, nothing to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
     except (OSError, ValueError) as exc:
         print(f"hactl: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # e.g. piped into head: the reader left, nothing to say
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
-        return 0
 
 
 __all__ = ["COMMANDS", "main"]

@@ -72,7 +72,7 @@ def _help(parser: argparse.ArgumentParser) -> str:
 
 def run_line(line: str, parser: argparse.ArgumentParser, base: argparse.Namespace,
              client: Any) -> int:
-    from hacluster.cli.hactl import report_error, run_command
+    from hacluster.cli.hactl import guarded, run_command
 
     words = shlex.split(line)
     try:
@@ -83,15 +83,7 @@ def run_line(line: str, parser: argparse.ArgumentParser, base: argparse.Namespac
     if spec is None:
         print(_help(parser))
         return 0
-    try:
-        return run_command(args, client)
-    except RpcError as exc:
-        return report_error(exc)
-    except (OSError, ValueError) as exc:
-        print(f"hactl: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return guarded(lambda: run_command(args, client))
 
 
 def run_shell(base: argparse.Namespace, parser: argparse.ArgumentParser,

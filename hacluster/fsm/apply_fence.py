@@ -177,26 +177,24 @@ def _start_attempt(
     )
 
 
-def _current_record(ctx: Ctx, host: Host, token: int) -> FenceRecord:
+def _current_attempt(ctx: Ctx, host: Host, token: int, what: str) -> FenceRecord:
+    """The record of the attempt a result is about; it must be the host's current one."""
     record = ctx.state.fence_record(token)
     if record is None or record.host != host.name:
         raise Refused(f"no fence attempt {token} for host {host.name}", host.name)
+    if host.state is not H.FENCING or host.fence_token != token:
+        raise Refused(f"stale {what} for token {token}: host {host.name} is "
+                      f"{host.state.value} with token {host.fence_token}", host.name)
     return record
 
 
 def confirm_fence(ctx: Ctx, cmd: c.ConfirmFence) -> None:
     host = ctx.host(cmd.host)
-    record = _current_record(ctx, host, cmd.token)
     if not cmd.result.host_is_off or cmd.result is FenceResult.MANUAL:
         raise Refused(
             f"result {cmd.result.value} does not prove host {host.name} is off", host.name
         )
-    if host.state is not H.FENCING or host.fence_token != cmd.token:
-        raise Refused(
-            f"stale confirm for token {cmd.token}: host {host.name} is "
-            f"{host.state.value} with token {host.fence_token}",
-            host.name,
-        )
+    record = _current_attempt(ctx, host, cmd.token, "confirm")
     _replace(
         ctx,
         record,
@@ -220,13 +218,7 @@ def confirm_fence(ctx: Ctx, cmd: c.ConfirmFence) -> None:
 
 def fence_failed(ctx: Ctx, cmd: c.FenceFailed) -> None:
     host = ctx.host(cmd.host)
-    record = _current_record(ctx, host, cmd.token)
-    if host.state is not H.FENCING or host.fence_token != cmd.token:
-        raise Refused(
-            f"stale failure for token {cmd.token}: host {host.name} is "
-            f"{host.state.value} with token {host.fence_token}",
-            host.name,
-        )
+    record = _current_attempt(ctx, host, cmd.token, "failure")
     if cmd.result.host_is_off or cmd.result is FenceResult.PENDING:
         raise Refused(f"result {cmd.result.value} is not a failure", host.name)
     _replace(

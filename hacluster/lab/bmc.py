@@ -69,13 +69,16 @@ class BmcMode(enum.StrEnum):
 @dataclasses.dataclass(frozen=True)
 class PowerEvent:
     """One line of power.log. event: power-off, power-on, power-accepted (a
-    slow BMC took the command), identify. cause: ipmi, ipmi-delayed, lab."""
+    slow BMC took the command), identify. cause: ipmi, ipmi-delayed, lab.
+    A power change began at `began` (its hook killed or started the host's
+    processes) and was done at `mono`; both CLOCK_MONOTONIC."""
 
     wall: float
     mono: float
     event: str
     cause: str
     detail: str
+    began: float = 0.0
 
 
 def _free_udp_port(address: str) -> int:
@@ -348,6 +351,7 @@ class BmcSim:
                         str(raw["event"]),
                         str(raw["cause"]),
                         str(raw.get("detail", "")),
+                        float(raw.get("began", raw["mono"])),
                     )
                 )
         return out

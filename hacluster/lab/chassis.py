@@ -11,6 +11,7 @@ must return quickly. The state lives in files in one directory (written by
 - `mode.json`    {"mode": "works" | "slow" | ..., "delay_s": N}
 - `pending.json` the change a slow BMC has accepted but not yet made
 - `power.log`    one JSON object per line for every power change and identify
+                 (`mono`: done, the state file changed; `began`: the hook started)
 
 Run as `python -m hacluster.lab.chassis DIR get power` and the like, or
 through `command_argv(DIR)` (what the wrapper script ipmi_sim calls uses);
@@ -70,12 +71,17 @@ def _write_power(directory: Path, on: bool) -> None:
     os.replace(tmp, directory / POWER_FILE)
 
 
-def log_event(directory: Path, event: str, cause: str, detail: str = "") -> None:
-    """Append one line; O_APPEND keeps lines from different processes whole."""
+def log_event(
+    directory: Path, event: str, cause: str, detail: str = "", began: float | None = None
+) -> None:
+    """Append one line; O_APPEND keeps lines from different processes whole.
+    `began`: when a power change started (its hook ran from then until now)."""
+    now = time.monotonic()  # CLOCK_MONOTONIC: comparable across processes
     line = json.dumps(
         {
             "wall": time.time(),
-            "mono": time.monotonic(),  # CLOCK_MONOTONIC: comparable across processes
+            "mono": now,
+            "began": now if began is None else began,
             "event": event,
             "cause": cause,
             "detail": detail,
@@ -128,9 +134,10 @@ def apply_power(directory: Path, on: bool, cause: str) -> bool:
         return False
     config = _read_json(directory / CONFIG_FILE)
     hook = config.get("power_on_cmd" if on else "power_off_cmd") or []
+    began = time.monotonic()
     result = _run_hook(directory, list(hook), float(config.get("cmd_timeout_s", 10.0)))
     _write_power(directory, on)
-    log_event(directory, "power-on" if on else "power-off", cause, result)
+    log_event(directory, "power-on" if on else "power-off", cause, result, began)
     return True
 
 

@@ -1,7 +1,12 @@
 """A lab cluster on one machine: N hosts, each a private libvirtd (libvirt's
-test driver, or QEMU) plus a peer process on its own loopback address, and a
-BMC simulator (OpenIPMI's ipmi_sim) per host whose power-off kills every
-process of that host and whose power-on starts them again.
+test driver, or QEMU) plus a peer process, and a BMC simulator (OpenIPMI's
+ipmi_sim) per host whose power-off kills every process of that host and whose
+power-on starts them again.
+
+Hosts live on loopback addresses of their own (isolation="loopback", the
+default) or each in a network namespace (isolation="netns", usually with
+driver="qemu"); hacluster.lab.isolation says what each means, where the BMCs
+listen and what `cut` does.
 
 Used by the end-to-end tests, `hacluster demo` and bench/failover.py.
 Needs root (private libvirtd instances use namespaces).
@@ -9,21 +14,22 @@ Needs root (private libvirtd instances use namespaces).
 
 from __future__ import annotations
 
+import contextlib
 import math
-import random
 import secrets
 import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hacluster.hypervisor.domxml import DomainType, minimal_domain_xml
+from hacluster.hypervisor.domxml import domain_type_for, minimal_domain_xml
 from hacluster.lab.bmc import BmcSim
 from hacluster.lab.host import HostSpec, LabHost
+from hacluster.lab.isolation import isolation_unavailable, make_isolation
 from hacluster.lab.observer import Observer
 from hacluster.ports import Hypervisor, PowerState
 from hacluster.rpc.client import RpcClient
@@ -74,17 +80,17 @@ class EventFollower:
         return None
 
 
-def lab_unavailable() -> str | None:
+def lab_unavailable(driver: str = "test", isolation: str = "loopback") -> str | None:
     """Why a lab cluster cannot run on this machine (None: it can)."""
     from hacluster.lab.libvirtd import unavailable_reason
 
-    reason = unavailable_reason("test")
+    reason = unavailable_reason("qemu" if driver == "qemu" else "test")
     if reason:
         return reason
     for tool in ("ipmi_sim", "nft"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (apt: openipmi, nftables)"
-    return None
+    return isolation_unavailable(isolation)
 
 
 @dataclass
@@ -99,19 +105,22 @@ class LabNode:
 
 class LabCluster:
     def __init__(self, root: str | Path, hosts: int = 3, *, profile: str = "default",
-                 driver: str = "test", log_level: str = "info", vm_memory_mib: int = 256) -> None:
+                 driver: str = "test", isolation: str = "loopback", log_level: str = "info",
+                 vm_memory_mib: int | None = None) -> None:
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
+        if driver not in ("test", "qemu"):
+            raise ValueError(f"unknown driver {driver!r} (known: test, qemu)")
         self.root = Path(root).resolve()
         self.count = hosts
         self.profile = profile
         self.driver = driver
+        self.isolation = make_isolation(isolation)
         self.log_level = log_level
-        self.vm_memory_mib = vm_memory_mib
+        # QEMU domains of 32 MiB without a disk idle in the firmware: cheap and quick
+        self.vm_memory_mib = vm_memory_mib or (32 if driver == "qemu" else 256)
         self.nodes: dict[str, LabNode] = {}
         self.observer: Observer | None = None
-        # A random 127.x.y.0/24 per cluster: clusters and other programs never collide.
-        self.net = f"127.{random.randint(100, 250)}.{random.randint(1, 254)}"
 
     # ------------------------------------------------------------ build
 
@@ -120,10 +129,12 @@ class LabCluster:
         secret_file = self.root / "secret"
         secret_file.write_text(secrets.token_hex(24))
         secret_file.chmod(0o600)
+        self.isolation.create()
         names = [f"h{i + 1}" for i in range(self.count)]
-        peers = tuple(f"{n}={self.net}.{i + 1}:{RAFT_PORT}" for i, n in enumerate(names))
-        for i, name in enumerate(names):
-            self.nodes[name] = self._node(name, f"{self.net}.{i + 1}", peers, str(secret_file))
+        places = {name: self.isolation.add_host(name) for name in names}
+        peers = tuple(f"{n}={places[n][0]}:{RAFT_PORT}" for n in names)
+        for name in names:
+            self.nodes[name] = self._node(name, places[name], peers, str(secret_file))
         for node in self.nodes.values():
             node.host.power_on()
         self.wait(lambda: self._all_online(), timeout_s, "every host online")
@@ -132,34 +143,41 @@ class LabCluster:
         self.observer = Observer({n: self._connector(n) for n in self.nodes},
                                  lambda n: self.nodes[n].bmc.power is PowerState.ON,
                                  ignore=frozenset({"test"}) if self.driver == "test"
-                                 else frozenset())
+                                 else frozenset(),
+                                 power_log=lambda n: self.nodes[n].bmc.events())
         self.observer.start()
 
     def add_host(self, name: str, secret_file: str | None = None) -> LabNode:
         """A new host joins a running cluster: Raft membership first (through any
         peer), then its peer starts with every member as a partner."""
-        index = len(self.nodes) + 1
-        address = f"{self.net}.{index}"
+        place = self.isolation.add_host(name)
+        address = place[0]
         peers = tuple(f"{n}={node.host.spec.raft_address}" for n, node in self.nodes.items())
         peers += (f"{name}={address}:{RAFT_PORT}",)
         self.call("host.add", {"name": name, "raft_address": f"{address}:{RAFT_PORT}",
                                "addresses": [f"main={address}"]})
-        node = self._node(name, address, peers, secret_file or str(self.root / "secret"))
+        node = self._node(name, place, peers, secret_file or str(self.root / "secret"))
         self.nodes[name] = node
         node.host.power_on()
         self.count += 1
         return node
 
-    def _node(self, name: str, address: str, peers: tuple[str, ...], secret: str) -> LabNode:
+    def _node(self, name: str, place: tuple[str, str], peers: tuple[str, ...],
+              secret: str) -> LabNode:
         directory = self.root / name
+        address, netns = place
         spec = HostSpec(name=name, directory=str(directory), address=address,
                         raft_port=RAFT_PORT, lease_port=LEASE_PORT, peers=peers,
                         secret_file=secret, driver=self.driver, log_level=self.log_level,
-                        timing=LAB_TIMING)
+                        timing=LAB_TIMING, netns=netns)
         host = LabHost(spec)
         host.write()
         hook = [sys.executable, "-m", "hacluster.lab.host", str(directory)]
-        bmc = BmcSim.start(directory / "bmc", user=BMC_USER, power_on=True,
+        # The BMC listens outside any host namespace, where every host reaches it.
+        bmc = BmcSim.start(directory / "bmc", address=self.isolation.bmc_address,
+                           user=BMC_USER, power_on=True,
+                           # a QEMU libvirtd takes seconds to start (capability probes)
+                           cmd_timeout_s=30.0 if self.driver == "qemu" else 10.0,
                            power_off_cmd=[*hook, "power-off"], power_on_cmd=[*hook, "power-on"])
         return LabNode(host, bmc)
 
@@ -208,7 +226,7 @@ class LabCluster:
 
     def add_vms(self, count: int, prefix: str = "vm") -> list[str]:
         names = [f"{prefix}{i + 1}" for i in range(count)]
-        kind: DomainType = "test" if self.driver == "test" else "kvm"
+        kind = domain_type_for(next(iter(self.nodes.values())).host.libvirtd.uri)
         for name in names:
             self.call("vm.add", {"xml": minimal_domain_xml(name, self.vm_memory_mib, 1, kind)})
         self.wait(lambda: self._all_running(names), 60, f"{count} VMs running")
@@ -222,6 +240,26 @@ class LabCluster:
 
     def power_on(self, name: str) -> None:
         self.nodes[name].bmc.set_power(True, "lab power on")
+
+    def cut(self, name: str) -> float:
+        """Take a running host off the network (see hacluster.lab.isolation for
+        what stays reachable); returns the moment."""
+        others = [node.host.spec.address for n, node in self.nodes.items() if n != name]
+        at = time.monotonic()
+        self.isolation.cut(name, others)
+        return at
+
+    def restore(self, name: str) -> None:
+        self.isolation.restore(name)
+
+    @contextlib.contextmanager
+    def cut_off(self, name: str) -> Iterator[float]:
+        """cut() for the duration of a with block; yields the moment of the cut."""
+        at = self.cut(name)
+        try:
+            yield at
+        finally:
+            self.restore(name)
 
     def leader(self) -> str | None:
         """The host whose peer leads, as a powered peer sees it."""
@@ -264,16 +302,26 @@ class LabCluster:
     # ------------------------------------------------------------ teardown
 
     def stop(self, keep: bool = False) -> None:
-        """Power everything off and stop the BMCs; remove the files unless keep."""
+        """Power everything off, stop the BMCs, remove namespaces, bridge and
+        cuts (also after a start that failed half-way); remove the files
+        unless keep. Every step runs even when an earlier one failed."""
+        steps: list[Callable[[], object]] = []
         if self.observer is not None:
-            self.observer.stop()
+            steps.append(self.observer.stop)
         for node in self.nodes.values():
-            try:
-                node.host.power_off()
-            finally:
-                node.bmc.stop()
+            steps += [node.host.power_off, node.bmc.stop]
+        # processes first: a namespace lingers while a process still uses it
+        steps.append(self.isolation.destroy)
         if not keep:
-            shutil.rmtree(self.root, ignore_errors=True)
+            steps.append(lambda: shutil.rmtree(self.root, ignore_errors=True))
+        failures: list[BaseException] = []
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                failures.append(exc)
+        if failures:
+            raise RuntimeError(f"lab teardown: {len(failures)} step(s) failed") from failures[0]
 
     def __enter__(self) -> LabCluster:
         self.start()

@@ -1,5 +1,9 @@
 """One simulated host of a lab cluster: a private libvirtd and a peer process,
-powered on and off together (by its BMC simulator's chassis script).
+powered on and off together (by its BMC simulator's chassis script). With a
+network namespace (`HostSpec.netns`), both run inside it: the peer through
+`nsenter --net`, libvirtd (and its QEMU processes) in its own namespaces
+entered from that one; the RPC and libvirt sockets are files, reachable from
+the root namespace.
 
 Layout of DIR:
     host.json     what this host is (name, address, ports, paths)
@@ -43,6 +47,7 @@ class HostSpec:
     driver: str = "test"  # libvirt driver of the private instance: test | qemu
     log_level: str = "info"
     timing: tuple[tuple[str, float], ...] = ()  # [timing] overrides
+    netns: str = ""  # network namespace (under /run/netns) the host lives in
 
     @property
     def path(self) -> Path:
@@ -60,8 +65,12 @@ class HostSpec:
 class LabHost:
     def __init__(self, spec: HostSpec) -> None:
         self.spec = spec
-        self.libvirtd = LabLibvirtd(LibvirtdSpec(base_dir=str(spec.path / "libvirtd"),
-                                                 driver=spec.driver))  # type: ignore[arg-type]
+        # QEMU hosts receive live migrations on their own address; libvirtd
+        # derives distinct hostnames and host UUIDs from the directory path.
+        self.libvirtd = LabLibvirtd(LibvirtdSpec(
+            base_dir=str(spec.path / "libvirtd"), driver=spec.driver,  # type: ignore[arg-type]
+            netns=spec.netns or None,
+            migration_host=spec.address if spec.driver == "qemu" else None))
 
     @classmethod
     def load(cls, directory: str | Path) -> LabHost:
@@ -78,13 +87,16 @@ class LabHost:
     def peer_config(self) -> str:
         s = self.spec
         timing = "".join(f"{k} = {v}\n" for k, v in s.timing)
+        # Peer-to-peer live migration: the source libvirtd connects to this
+        # URI (a Unix socket on the shared filesystem, so no TCP listener).
+        migration = f'migration_uri = "{self.libvirtd.uri}"\n' if s.driver == "qemu" else ""
         return (
             f'[peer]\nname = "{s.name}"\nraft_address = "{s.raft_address}"\n'
             f'data_dir = "{s.path / "data"}"\nrole = "{s.role}"\n\n'
             f'[cluster]\nsecret_file = "{s.secret_file}"\n'
             f"peers = {json.dumps(list(s.peers))}\n\n"
             f'[leases]\nport = {s.lease_port}\nlinks = {{ main = "{s.address}" }}\n\n'
-            f'[hypervisor]\nuri = "{self.libvirtd.uri}"\nmemory_mib = {s.memory_mib}\n'
+            f'[hypervisor]\nuri = "{self.libvirtd.uri}"\n{migration}memory_mib = {s.memory_mib}\n'
             f"vcpus = {s.vcpus}\nshutdown_timeout_s = 5.0\n\n"
             f'[rpc]\nsocket = "{s.rpc_socket}"\n\n'
             f"[timing]\n{timing}\n"
@@ -112,22 +124,32 @@ class LabHost:
             self._start_peer()
 
     def _start_peer(self) -> None:
+        argv = [sys.executable, "-m", "hacluster.cli.main", "peer", "--config",
+                str(self.spec.path / "peer.toml")]
+        if self.spec.netns:  # nsenter execs the peer: the pid below is the peer's
+            argv = ["nsenter", f"--net=/run/netns/{self.spec.netns}", *argv]
         log = open(self.spec.path / "peer.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            [sys.executable, "-m", "hacluster.cli.main", "peer", "--config",
-             str(self.spec.path / "peer.toml")],
+            argv,
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=self.spec.path)
         log.close()
         self.pid_file.write_text(str(proc.pid))
 
     def power_off(self) -> None:
-        """Everything dies at once, as in a power cut: no clean shutdown."""
+        """Everything dies at once, as in a power cut: no clean shutdown.
+        That includes children the peer started in sessions of their own (its
+        IPMI workers), which a kill of its process group would miss."""
         pid = self.peer_pid()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGSTOP)  # frozen: it starts no child meanwhile
+            _kill_all({pid, *_descendants(pid)})
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         self.libvirtd.kill_all()
+        if self.spec.netns:  # whatever else still runs in the host's namespace
+            _kill_all(_pids_in_netns(self.spec.netns))
         self.pid_file.unlink(missing_ok=True)
 
     def stop_peer(self, timeout_s: float = 15.0) -> None:
@@ -143,9 +165,78 @@ class LabHost:
             os.killpg(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
 
+    def pids(self) -> set[int]:
+        """Live processes of this host: the peer and its descendants, the
+        libvirtd instance (QEMU included), anything in its namespace."""
+        pid = self.peer_pid()
+        found = {pid, *_descendants(pid)} if pid is not None else set()
+        found |= {p for p, _ in self.libvirtd.processes()}
+        if self.spec.netns:
+            found |= _pids_in_netns(self.spec.netns)
+        return {p for p in found if not _zombie(p)}
+
     def status(self) -> dict[str, object]:
         return {"name": self.spec.name, "peer_pid": self.peer_pid(),
                 "libvirtd": self.libvirtd.init_pid() is not None}
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process."""
+    out: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # the command name may contain spaces and parentheses: split after the last ")"
+        fields = stat.rpartition(")")[2].split()
+        if len(fields) > 1:
+            out[int(entry)] = int(fields[1])
+    return out
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, parent in _parents().items():
+        children.setdefault(parent, []).append(pid)
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _pids_in_netns(name: str) -> set[int]:
+    """Processes whose network namespace is /run/netns/NAME."""
+    try:
+        wanted = os.stat(f"/run/netns/{name}")
+    except OSError:
+        return set()
+    found = set()
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, ValueError):
+            ns = os.stat(f"/proc/{entry}/ns/net")
+            if (ns.st_dev, ns.st_ino) == (wanted.st_dev, wanted.st_ino):
+                found.add(int(entry))
+    return found
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] in "ZX"
+    except (OSError, IndexError):
+        return True  # gone
+
+
+def _kill_all(pids: set[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def main(argv: list[str]) -> int:

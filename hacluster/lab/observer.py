@@ -1,15 +1,17 @@
 """An observer independent of the cluster's own state: polls every host's
 libvirtd (at 10 Hz or more) for the domains that really run, and reads every
-BMC's power log. It records changes with timestamps and flags any VM seen
-running on two powered hosts at once."""
+BMC's power log (each change stamped by the BMC itself, so none is missed
+between two samples). It records changes with timestamps and flags any VM
+seen running on two powered hosts at once."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from hacluster.lab.bmc import PowerEvent
 from hacluster.ports import DomainState, Hypervisor, HypervisorError
 
 
@@ -21,13 +23,25 @@ class Sighting:
     running: bool  # True: started running there; False: stopped running there
 
 
+@dataclass(frozen=True)
+class PowerChange:
+    at: float  # time.monotonic() when the change was done, as the BMC logged it
+    host: str
+    on: bool
+    cause: str  # ipmi (a fence or an IPMI client), lab (the test or bench), ...
+    began: float  # when it started: a power-off kills the host between began and at
+
+
 @dataclass
 class Observer:
     hypervisors: dict[str, Callable[[], Hypervisor]]  # host -> connect
     powered: Callable[[str], bool]  # host -> is its BMC power on
     interval_s: float = 0.05
     ignore: frozenset[str] = frozenset()  # domains that are not cluster VMs
+    power_log: Callable[[str], Sequence[PowerEvent]] | None = None  # host -> BMC log
     sightings: list[Sighting] = field(default_factory=list)
+    power_changes: list[PowerChange] = field(default_factory=list)
+    _power_seen: dict[str, int] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
     _running: dict[str, set[str]] = field(default_factory=dict)
     _conns: dict[str, Hypervisor | None] = field(default_factory=dict)
@@ -72,10 +86,23 @@ class Observer:
         if conn is not None:
             conn.close()
 
+    def _read_power_logs(self) -> list[PowerChange]:
+        if self.power_log is None:
+            return []
+        new: list[PowerChange] = []
+        for host in sorted(self.hypervisors):
+            entries = [e for e in self.power_log(host) if e.event in ("power-on", "power-off")]
+            new += [PowerChange(e.mono, host, e.event == "power-on", e.cause, e.began)
+                    for e in entries[self._power_seen.get(host, 0):]]
+            self._power_seen[host] = len(entries)
+        return sorted(new, key=lambda change: change.at)
+
     def sample(self) -> None:
         now = time.monotonic()
         seen = {host: self._domains(host) for host in sorted(self.hypervisors)}
+        changes = self._read_power_logs()
         with self._lock:
+            self.power_changes += changes
             for host, names in seen.items():
                 before = self._running.get(host, set())
                 self.sightings += [Sighting(now, host, vm, True) for vm in sorted(names - before)]
@@ -95,6 +122,11 @@ class Observer:
 
     def where(self, vm: str) -> list[str]:
         return sorted(h for h, names in self.running().items() if vm in names)
+
+    def power_offs(self, host: str, after: float = 0.0) -> list[PowerChange]:
+        with self._lock:
+            return [c for c in self.power_changes
+                    if c.host == host and not c.on and c.at >= after]
 
     def first_start(self, vm: str, after: float, not_on: str = "") -> float | None:
         with self._lock:

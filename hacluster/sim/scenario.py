@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hacluster.cli.commands import parse_pairs
 from hacluster.fsm import commands as c
-from hacluster.fsm.model import Desired, FenceResult, HostRole, Selector
+from hacluster.fsm.model import Desired, FenceResult, HostRole
 from hacluster.fsm.states import HostState
 from hacluster.fsm.wire import WireError, decode_fields
 from hacluster.sim.fakes import BmcMode
@@ -236,22 +237,8 @@ def hactl_command(args: list[str]) -> c.Command:
         case ["cluster", "maintenance", ("on" | "off") as mode]:
             return c.SetClusterMaintenance(on=mode == "on", who="operator")
         case ["settings", *pairs]:
-            return decode_fields(c.SetSettings, dict(_setting(p) for p in pairs))
+            return decode_fields(c.SetSettings, parse_pairs(pairs))
     raise ValueError(f"unknown hactl command {' '.join(args)!r}")
-
-
-def _setting(pair: str) -> tuple[str, Any]:
-    key, _, raw = pair.partition("=")
-    value: Any = raw
-    for convert in (int, float):
-        try:
-            value = convert(raw)
-            break
-        except ValueError:
-            continue
-    if key == "selector":
-        value = Selector(raw)
-    return key, value
 
 
 def expect(sim: Simulation, args: list[str]) -> str:
