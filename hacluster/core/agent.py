@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hacluster.fsm import commands as c
-from hacluster.fsm.model import ClusterState, Desired, Vm
+from hacluster.fsm.model import ClusterState, Desired, Vm, stop_failure
 from hacluster.fsm.states import HostState, VmState
 
 V = VmState
@@ -98,10 +98,15 @@ def reconcile(
         return []
     out: list[AgentAction] = []
     may_start = fresh and host.state in MAY_START
-    for name in sorted(state.vms):
+    # Only VMs placed here (or migrating here) and VMs with a local domain can need
+    # anything from this agent: O(local), not O(cluster).
+    relevant = state.vms_by_host.get(me, set()) | (domains.keys() & state.vms.keys())
+    for name in sorted(relevant):
         if name in busy:
             continue
-        action = _for_vm(me, state.vms[name], domains.get(name), may_start, fresh)
+        vm = state.vms[name]
+        stop_failed = host.fence_wanted.startswith(stop_failure(name))
+        action = _for_vm(me, vm, domains.get(name), may_start, fresh, stop_failed)
         if action is not None:
             out.append(action)
     needs_ready = host.state in (HostState.JOINING, HostState.FENCED) or (
@@ -129,12 +134,13 @@ def _report(vm: Vm, me: str, observed: str, detail: str, reason: str) -> Report:
 
 
 def _for_vm(
-    me: str, vm: Vm, dom: DomainState | None, may_start: bool, fresh: bool
+    me: str, vm: Vm, dom: DomainState | None, may_start: bool, fresh: bool,
+    stop_failed: bool = False,
 ) -> AgentAction | None:
     live = dom in LIVE
     seen = dom.value if dom else "not defined"
     if vm.host == me:
-        return _placed_here(me, vm, dom, live, seen, may_start)
+        return _placed_here(me, vm, dom, live, seen, may_start, stop_failed)
     if vm.target_host == me and vm.state in (V.MIGRATING, V.FENCE):
         return None  # incoming migration: the source agent drives it
     if live and fresh and dom is not DomainState.MIGRATING and vm.desired is not Desired.DISABLED:
@@ -144,7 +150,8 @@ def _for_vm(
 
 
 def _placed_here(
-    me: str, vm: Vm, dom: DomainState | None, live: bool, seen: str, may_start: bool
+    me: str, vm: Vm, dom: DomainState | None, live: bool, seen: str, may_start: bool,
+    stop_failed: bool,
 ) -> AgentAction | None:
     if vm.state in (V.STARTING, V.RECOVERY):
         if live:
@@ -155,8 +162,10 @@ def _placed_here(
     if vm.state is V.STARTED and not live:
         return _report(vm, me, "crashed", f"domain {seen}", "a started VM is not running")
     if vm.state is V.STOPPING:
-        if live:
+        if live and not stop_failed:
             return StopVm(vm.name, vm.placement, vm.reason)
+        if live:
+            return None  # a stop failed here: the host waits for its fence, no retry loop
         return _report(vm, me, "stopped", f"domain {seen}", "domain is not running")
     if vm.state is V.MIGRATING:
         if not live:

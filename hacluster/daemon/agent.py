@@ -23,7 +23,7 @@ from hacluster.daemon.proposer import Proposer
 from hacluster.daemon.replica import Replica
 from hacluster.fsm import commands as c
 from hacluster.fsm.model import HostRole
-from hacluster.ports import Fencer, HostCapacity, Hypervisor, HypervisorError
+from hacluster.ports import DomainState, Fencer, HostCapacity, Hypervisor, HypervisorError
 
 log = logging.getLogger("hacluster.agent")
 
@@ -74,13 +74,23 @@ class AgentDriver:
         loop = asyncio.get_running_loop()
         # Read libvirt *before* the freshness barrier: see core/agent.py.
         domains = await loop.run_in_executor(self.pool, self.hypervisor.list_domains)
-        fresh = await self.fresh()
-        with self.replica.read() as state:
-            actions = ag.reconcile(self.me, state, {d.name: d.state for d in domains},
-                                   frozenset(self.busy), fresh,
-                                   (self.capacity.memory_mib, self.capacity.vcpus))
+        local = {d.name: d.state for d in domains}
+        if self._needs_freshness(local):
+            fresh = await self.fresh()
+            actions = self._decide(local, fresh)
+        else:  # nothing that needs fresh state: skip the barrier round trip
+            actions = self._decide(local, False)
         for action in actions:
             self._act(action)
+
+    def _decide(self, local: dict[str, DomainState], fresh: bool) -> list[ag.AgentAction]:
+        with self.replica.read() as state:
+            return ag.reconcile(self.me, state, local, frozenset(self.busy), fresh,
+                                (self.capacity.memory_mib, self.capacity.vcpus))
+
+    def _needs_freshness(self, local: dict[str, DomainState]) -> bool:
+        """Would fresh state change anything (start, destroy, migrate, ready)?"""
+        return self._decide(local, True) != self._decide(local, False)
 
     # ------------------------------------------------------------ actions
 

@@ -9,7 +9,7 @@ from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
 from hacluster.fsm.context import Ctx, Refused, check_name
 from hacluster.fsm.lifecycle import continue_drain, place, restart_or_relocate, stop_here
-from hacluster.fsm.model import Desired, Vm
+from hacluster.fsm.model import Desired, Vm, stop_failure
 from hacluster.fsm.states import HostState, VmState
 
 V = VmState
@@ -191,6 +191,11 @@ def _failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
 def _stopped(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
     if vm.state is not V.STOPPING or cmd.host != vm.host:
         raise _wrong_state(vm, cmd)
+    host = ctx.state.hosts.get(vm.host)
+    if host is not None and host.fence_wanted.startswith(stop_failure(vm.name)):
+        # the stop that failed has now succeeded: no second copy is possible any more
+        ctx.put_host(host, fence_wanted="")
+        ctx.emit(ev.HOST_UPDATED, host.name, f"VM {vm.name} stopped after all; no fence needed")
     if vm.desired is Desired.STARTED:
         vm = ctx.set_vm(vm, V.STOPPING, f"stopped on {vm.host}; relocating")
         place(ctx, [vm], exclude=[vm.host])
@@ -202,13 +207,14 @@ def _stop_failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
     if vm.state is not V.STOPPING or cmd.host != vm.host:
         raise _wrong_state(vm, cmd)
     host = ctx.state.hosts[vm.host]
-    why = (
-        f"VM {vm.name} failed to stop: {cmd.detail or 'no detail'}; fencing {vm.host} so "
-        "that two copies can never run"
-    )
+    if host.fence_wanted:
+        return  # already on its way to a fence; nothing new to record
+    why = (f"{stop_failure(vm.name)}: {cmd.detail or 'no detail'}; fencing {vm.host} so that "
+           "two copies can never run")
     ctx.put_host(host, fence_wanted=why)
     ctx.set_vm(vm, V.STOPPING, why)
     ctx.emit(ev.HOST_UPDATED, vm.host, why)
+
 
 
 def _migrated(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:

@@ -147,6 +147,11 @@ class Host:
         return self.role is not HostRole.WITNESS
 
 
+def stop_failure(vm_name: str) -> str:
+    """How Host.fence_wanted begins when this VM failed to stop there."""
+    return f"VM {vm_name} failed to stop"
+
+
 @dataclass(frozen=True, slots=True)
 class Vm:
     name: str

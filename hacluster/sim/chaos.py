@@ -187,5 +187,7 @@ def run_schedule(seed: int, fault_s: float = 30.0, actions: int = 12) -> ChaosRe
     _settle(sim)
     sim.run_until(sim.now + 15.0)
     heal_everything(sim)  # hosts fenced during healing come back too
+    sim.run_until(sim.now + 2.0)
+    _settle(sim)  # and whatever blocked meanwhile gets the operator's attention
     sim.run_until(sim.now + 20.0)
     return ChaosResult(seed, list(sim.observer.violations), log, stuck_vms(sim))
