@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import socket as sk
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -88,3 +92,30 @@ def test_shell_completion_knows_commands_and_names() -> None:
     assert candidates(["host", "maintenance"], names) == ["h1", "h2"]
     assert candidates(["vm", "migrate"], names) == ["db1"]
     assert candidates(["vm", "migrate", "db1"], names) == ["h1", "h2"]
+
+
+def test_garbage_on_a_peers_socket_does_not_disturb_it(lab_factory: Factory) -> None:
+    """Bad frames get an error or a closed connection; the peer keeps serving."""
+    lab = lab_factory(3)
+    path = lab.nodes["h2"].host.spec.rpc_socket
+    rng = random.Random(7)
+    for _ in range(200):
+        with sk.socket(sk.AF_UNIX, sk.SOCK_STREAM) as conn:
+            conn.settimeout(2)
+            conn.connect(path)
+            kind = rng.randrange(3)
+            if kind == 0:
+                payload = os.urandom(rng.randrange(1, 64))
+            elif kind == 1:  # a length prefix that lies
+                payload = struct.pack(">I", rng.randrange(1 << 32)) + os.urandom(8)
+            else:  # a valid frame header with a garbage msgpack body
+                body = os.urandom(rng.randrange(1, 32))
+                payload = struct.pack(">I", len(body)) + body
+            try:
+                conn.sendall(payload)
+                conn.shutdown(sk.SHUT_WR)
+                conn.recv(4096)
+            except OSError:
+                pass
+    assert lab.call("status", name="h2")["peer"]["name"] == "h2"
+    assert hactl(lab, "status").returncode == 0
