@@ -18,6 +18,7 @@ from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
 from hacluster.fsm.events import Event
 from hacluster.fsm.model import BmcOverride, BmcSettings, Desired, HostRole
+from hacluster.fsm.states import HostState
 from hacluster.fsm.wire import WireError, decode_fields
 from hacluster.ports import ProposeStatus
 from hacluster.rpc.protocol import ErrorCode, RpcError, optional, validate_params
@@ -37,6 +38,7 @@ class Api:
     def methods(self) -> dict[str, Method]:
         return {name.replace("_", "."): getattr(self, "m_" + name) for name in (
             "status", "host_list", "host_show", "host_add", "host_remove", "host_maintenance",
+            "host_promote", "host_demote",
             "vm_list", "vm_show", "vm_add", "vm_remove", "vm_set", "vm_start", "vm_stop",
             "vm_disable", "vm_migrate", "fence_history", "fence_confirm", "fence_retry",
             "fence_cap", "cluster_maintenance", "events", "config_show", "explain",
@@ -137,6 +139,43 @@ class Api:
             host = state.hosts[p["name"]]
         result = await self._write(ctx, c.RemoveHost(name=p["name"]))
         if host.raft_address and host.role is not HostRole.MEMBER:
+            await self._membership(self.peer.remove_raft_member, host.raft_address)
+            replacement = self._member_to_promote()
+            if replacement:  # keep the number of voters: a member takes the seat
+                result["promoted"] = replacement
+                await self._promote(ctx, replacement)
+        return result
+
+    def _member_to_promote(self) -> str:
+        with self.peer.read() as state:
+            members = sorted(n for n, h in state.hosts.items()
+                             if h.role is HostRole.MEMBER and h.raft_address
+                             and h.state is HostState.ONLINE)
+        return members[0] if members else ""
+
+    async def _promote(self, ctx: CallContext, name: str) -> dict[str, Any]:
+        with self.peer.read() as state:
+            host = state.hosts[name]
+        if host.role is not HostRole.MEMBER:
+            raise RpcError(ErrorCode.CONFLICT, f"host {name} is a {host.role.value}, not a "
+                           "non-voting member")
+        if not host.raft_address:
+            raise RpcError(ErrorCode.CONFLICT, f"host {name} has no Raft address on record")
+        await self._membership(self.peer.add_raft_member, host.raft_address)
+        return await self._write(ctx, c.SetHostRole(name=name, role=HostRole.VOTER))
+
+    async def m_host_promote(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
+        p = validate_params(params, {"name": str})
+        self._host(p["name"])
+        return await self._promote(ctx, p["name"])
+
+    async def m_host_demote(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
+        p = validate_params(params, {"name": str})
+        self._host(p["name"])
+        with self.peer.read() as state:
+            host = state.hosts[p["name"]]
+        result = await self._write(ctx, c.SetHostRole(name=p["name"], role=HostRole.MEMBER))
+        if host.raft_address:
             await self._membership(self.peer.remove_raft_member, host.raft_address)
         return result
 

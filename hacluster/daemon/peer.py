@@ -39,6 +39,7 @@ from hacluster.ports import Fencer, HostCapacity, Hypervisor, Notifier, ProposeS
 from hacluster.raft import RaftNode
 
 log = logging.getLogger("hacluster.peer")
+RESTART_FOR_ROLE = 75  # exit code: restart me (systemd does, Restart=on-failure)
 
 
 class Peer:
@@ -47,7 +48,8 @@ class Peer:
                  notifier: Notifier | None = None, rebuild: bool = False) -> None:
         self.config = config
         self.me = config.peer.name
-        self.role = HostRole(config.peer.role)
+        self.role = self._starting_role(config)
+        self.exit_code = 0  # RESTART_FOR_ROLE when the cluster changed our Raft role
         self.secret = cluster_secret if cluster_secret is not None else read_secret(config)
         self.replica = Replica()
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="hacluster")
@@ -66,6 +68,35 @@ class Peer:
         self.leases: LeaseService | None = None
         self.proposer: Proposer | None = None
         self.extra_services: list[Any] = []  # e.g. the RPC server (start()/close())
+
+    # ------------------------------------------------------------ Raft role
+
+    @staticmethod
+    def _role_file(config: Config) -> Path:
+        return Path(config.peer.data_dir) / "role"
+
+    def _starting_role(self, config: Config) -> HostRole:
+        """The configured role, unless a promotion or demotion changed it since."""
+        try:
+            return HostRole(self._role_file(config).read_text().strip())
+        except (OSError, ValueError):
+            return HostRole(config.peer.role)
+
+    def _check_role(self) -> None:
+        """Promoted or demoted in the replicated state: restart in the new Raft role
+        (pysyncobj cannot turn a read-only node into a voter in place)."""
+        with self.replica.read() as state:
+            host = state.hosts.get(self.me)
+        if host is None or host.role is self.role or HostRole.WITNESS in (host.role,
+                                                                           self.role):
+            return
+        path = self._role_file(self.config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(host.role.value)
+        decision(log, "restarting in a new Raft role", f"the cluster made this host a "
+                 f"{host.role.value} (was {self.role.value})", host=self.me)
+        self.exit_code = RESTART_FOR_ROLE
+        self.request_stop()
 
     # ------------------------------------------------------------ embedding API
 
@@ -170,6 +201,7 @@ class Peer:
         await self.leases.start()
         self.replica.subscribe(self._notify_events)
         self._every(cfg.timing.manager_tick_s, self.leader.tick)
+        self._every(1.0, self._check_role)
         self._tasks.append(asyncio.ensure_future(self._renew_forever()))
         self._tasks.append(asyncio.ensure_future(self._register()))
         if self.role is not HostRole.WITNESS:

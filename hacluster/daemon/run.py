@@ -63,6 +63,8 @@ def run_peer(path: str, rebuild: bool = False) -> int:
     try:
         peer = Peer(config, rebuild=rebuild)
         uvloop.run(_serve(peer, path))
+        if peer.exit_code:
+            return peer.exit_code
     except ConfigError as exc:
         print(f"hacluster peer: {exc}", file=sys.stderr)
         return EXIT_CONFIG

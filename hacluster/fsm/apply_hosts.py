@@ -9,7 +9,7 @@ from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
 from hacluster.fsm.context import Ctx, Refused, check_name
 from hacluster.fsm.lifecycle import continue_drain, unfreeze
-from hacluster.fsm.model import BmcOverride, FenceAction, Host
+from hacluster.fsm.model import BmcOverride, FenceAction, Host, HostRole
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState
 
 H = HostState
@@ -95,6 +95,18 @@ def report_bmc_health(ctx: Ctx, cmd: c.ReportBmcHealth) -> None:
     if changed:
         ctx.emit(ev.HOST_UPDATED, cmd.name, f"own BMC {'answers' if cmd.ok else 'FAILS'}: "
                  f"{cmd.detail}", bmc_ok=cmd.ok)
+
+
+def set_host_role(ctx: Ctx, cmd: c.SetHostRole) -> None:
+    host = ctx.host(cmd.name)
+    if HostRole.WITNESS in (host.role, cmd.role):
+        raise Refused("a witness runs no VMs: remove it and add the host again to change "
+                      "that", cmd.name)
+    if host.role is cmd.role:
+        raise Refused(f"host {cmd.name} already is a {cmd.role.value}", cmd.name)
+    ctx.put_host(host, role=cmd.role)
+    ctx.emit(ev.HOST_UPDATED, cmd.name, f"now a {cmd.role.value} (its peer restarts in that "
+             "Raft role)", role=cmd.role.value)
 
 
 def set_peer_stopped(ctx: Ctx, cmd: c.SetPeerStopped) -> None:

@@ -72,6 +72,16 @@ class ReportBmcHealth(Command):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SetHostRole(Command):
+    """Promote a non-voting member to voter, or demote a voter (Raft membership is
+    changed by the same operation; the host's peer restarts in its new role)."""
+
+    TYPE = "host-role"
+    name: str
+    role: HostRole
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SetPeerStopped(Command):
     """A peer stops cleanly (SIGTERM) or starts again: while stopped, its lease is
     not judged, so stopping the daemon never fences its host."""
@@ -300,6 +310,7 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     HostReady,
     ReportBmcHealth,
     SetPeerStopped,
+    SetHostRole,
     ReportHostLoad,
     SetHostMaintenance,
     SetHostBmc,
