@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import logging
 import threading
 import time
@@ -233,28 +234,19 @@ class Peer:
         self._tasks.append(asyncio.ensure_future(self.agent.run(timing.agent_tick_s)))
         reporter = HostReporter(self.me, self.replica, self.proposer, fencer, self.secret,
                                 self.pool)
-        self._every_async(30.0, reporter.report_load)
-        self._every_async(timing.bmc_check_interval_s,
+        self._every(30.0, reporter.report_load)
+        self._every(timing.bmc_check_interval_s,
                           lambda: reporter.check_bmc(timing.bmc_check_timeout_s), first=2.0)
 
-    def _every(self, interval_s: float, fn: Callable[[], object]) -> None:
-        async def loop() -> None:
-            while True:
-                try:
-                    fn()
-                except Exception:
-                    log.exception("periodic task failed")
-                await asyncio.sleep(interval_s)
-
-        self._tasks.append(asyncio.ensure_future(loop()))
-
-    def _every_async(self, interval_s: float, fn: Callable[[], Any],
-                     first: float = 0.0) -> None:
+    def _every(self, interval_s: float, fn: Callable[[], Any], first: float = 0.0) -> None:
+        """Run fn (plain or async) every interval; a failure is logged, never fatal."""
         async def loop() -> None:
             await asyncio.sleep(first)
             while True:
                 try:
-                    await fn()
+                    result = fn()
+                    if inspect.isawaitable(result):
+                        await result
                 except Exception:
                     log.exception("periodic task failed")
                 await asyncio.sleep(interval_s)
