@@ -47,7 +47,7 @@ class Api:
     # ------------------------------------------------------------ helpers
 
     def _freshness(self) -> dict[str, Any]:
-        s = self.peer.status()
+        s = self.peer.status(digest=False)
         return {"peer": s["name"], "leader": s["leader"], "is_leader": s["is_leader"],
                 "has_quorum": s["has_quorum"], "applied_index": s["applied_index"],
                 "commit_index": s["commit_index"]}
