@@ -3,11 +3,16 @@ elsewhere (as the independent observer sees it), split into detection, fence
 and restart, with the default settings and with the fast lease profile.
 
     .venv/bin/python bench/failover.py --trials 20
+    .venv/bin/python bench/failover.py --trials 5 --isolation netns --driver qemu
 
 Prints one JSON object on its last stdout line:
 {"default": {...}, "fast": {...}}, each with median_s, p95_s, max_s,
 overhead_median_s (recovery minus lease timeout, BMC time and VM start time),
-trials, and the medians of each phase. Needs root (see hacluster.lab).
+trials, the medians of each phase, and the lab it ran on (isolation, driver,
+VM memory). By default hosts are loopback addresses with libvirt's test
+driver; `--isolation netns --driver qemu` makes every host a network
+namespace running real QEMU domains (32 MiB, no disk). Needs root (see
+hacluster.lab).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from hacluster.lab.cluster import EventFollower, LabCluster, lab_unavailable
+from hacluster.lab.isolation import ISOLATIONS
 
 
 @dataclass
@@ -39,7 +45,16 @@ class Trial:
         return self.total_s - self.lease_ttl_s - self.bmc_s - self.vm_start_s
 
 
+def settled(lab: LabCluster) -> bool:
+    """Every VM started where the state says, and seen there by the observer."""
+    assert lab.observer is not None
+    vms = lab.vms()
+    return all(v["state"] == "started" and lab.observer.where(n) == [v["host"]]
+               for n, v in vms.items())
+
+
 def one_trial(lab: LabCluster, ttl: float) -> Trial:
+    lab.wait(lambda: settled(lab), 60, "a settled cluster before the trial")
     placement = {n: v["host"] for n, v in lab.vms().items()}
     victim = max(sorted(set(placement.values())),
                  key=lambda h: sum(1 for x in placement.values() if x == h))
@@ -52,6 +67,10 @@ def one_trial(lab: LabCluster, ttl: float) -> Trial:
     lab.wait(lambda: _recovered(lab, moved, victim), 60, "recovery")
     assert lab.observer is not None
     starts = [lab.observer.first_start(n, cut, not_on=victim) for n in moved]
+    missing = [n for n, s in zip(moved, starts, strict=True) if s is None]
+    if missing:
+        raise RuntimeError(f"observer never saw {missing} start after the cut of {victim}: "
+                           f"{lab.observer.sightings[-10:]}")
     last = max(s for s in starts if s is not None)
     requested = follower.first("fence-requested", victim, cut) or cut
     confirmed = follower.first("fence-confirmed", victim, cut) or requested
@@ -97,11 +116,16 @@ def summarize(trials: list[Trial]) -> dict[str, float | int]:
     }
 
 
-def run_profile(profile: str, trials: int, hosts: int, vms: int) -> dict[str, float | int]:
+def run_profile(profile: str, trials: int, hosts: int, vms: int,
+                lab_kind: argparse.Namespace) -> dict[str, float | int | str]:
     lab = LabCluster(tempfile.mkdtemp(prefix=f"hacluster-bench-{profile}-"), hosts,
-                     profile=profile, log_level="warning")
+                     profile=profile, log_level="warning", driver=lab_kind.driver,
+                     isolation=lab_kind.isolation)
     try:
         lab.start()
+        # every trial is one fence incident: the default cap (3 per hour) would
+        # block the fourth, and the victim would wait fence-blocked for good
+        lab.call("fence.cap", {"cap": trials + 1})
         lab.add_vms(vms)
         ttl = float(lab.call("settings.show")["settings"]["lease_ttl_s"])
         results = []
@@ -110,7 +134,8 @@ def run_profile(profile: str, trials: int, hosts: int, vms: int) -> dict[str, fl
             print(f"{profile} trial {i + 1}/{trials}: " + json.dumps(
                 {k: round(v, 3) for k, v in asdict(trial).items()}), file=sys.stderr)
             results.append(trial)
-        return summarize(results)
+        return {**summarize(results), "isolation": lab_kind.isolation,
+                "driver": lab_kind.driver, "vm_memory_mib": lab.vm_memory_mib}
     finally:
         lab.stop()
 
@@ -121,12 +146,16 @@ def main() -> int:
     parser.add_argument("--hosts", type=int, default=3)
     parser.add_argument("--vms", type=int, default=6)
     parser.add_argument("--profiles", default="default,fast")
+    parser.add_argument("--isolation", choices=ISOLATIONS, default="loopback",
+                        help="hosts on loopback addresses, or each in a network namespace")
+    parser.add_argument("--driver", choices=("test", "qemu"), default="test",
+                        help="libvirt driver of every host's libvirtd")
     args = parser.parse_args()
-    reason = lab_unavailable()
+    reason = lab_unavailable(args.driver, args.isolation)
     if reason:
         print(f"bench/failover.py: cannot build a lab cluster here: {reason}", file=sys.stderr)
         return 2
-    out = {p: run_profile(p, args.trials, args.hosts, args.vms)
+    out = {p: run_profile(p, args.trials, args.hosts, args.vms, args)
            for p in args.profiles.split(",")}
     print(json.dumps(out))
     return 0

@@ -1,5 +1,6 @@
 """Lab clusters for end-to-end tests: real peer processes, real IPMI to
-ipmi_sim BMCs, libvirtd instances; on loopback addresses of their own."""
+ipmi_sim BMCs, libvirtd instances; on loopback addresses of their own, or
+each host in a network namespace with QEMU (isolation="netns", driver="qemu")."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ from hacluster.lab.cluster import LabCluster, lab_unavailable
 
 @pytest.fixture
 def lab_factory(tmp_path: Path) -> Iterator[object]:
-    reason = lab_unavailable()
-    if reason:
-        pytest.skip(reason)
     made: list[LabCluster] = []
 
-    def make(hosts: int = 3, profile: str = "fast") -> LabCluster:
-        lab = LabCluster(tmp_path / f"lab{len(made)}", hosts, profile=profile)
-        made.append(lab)
+    def make(hosts: int = 3, profile: str = "fast", *, driver: str = "test",
+             isolation: str = "loopback") -> LabCluster:
+        reason = lab_unavailable(driver, isolation)
+        if reason:
+            pytest.skip(reason)
+        lab = LabCluster(tmp_path / f"lab{len(made)}", hosts, profile=profile, driver=driver,
+                         isolation=isolation)
+        made.append(lab)  # before start(): a start that fails half-way is cleaned up too
         lab.start()
         return lab
 

@@ -17,10 +17,12 @@ from hacluster.ports import DomainState, Hypervisor, HypervisorError
 
 @dataclass(frozen=True)
 class Sighting:
-    at: float  # time.monotonic()
+    at: float  # time.monotonic() when the look that saw the change began
     host: str
     vm: str
     running: bool  # True: started running there; False: stopped running there
+    after: float = 0.0  # the change happened after this (the previous look began)
+    by: float = 0.0  # ... and before this (the look that saw it ended)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class PowerChange:
 
 @dataclass
 class Observer:
+    """One thread per host looks at its libvirtd every `interval_s`, so a slow
+    or dying libvirtd delays nobody else's observations."""
+
     hypervisors: dict[str, Callable[[], Hypervisor]]  # host -> connect
     powered: Callable[[str], bool]  # host -> is its BMC power on
     interval_s: float = 0.05
@@ -41,30 +46,36 @@ class Observer:
     power_log: Callable[[str], Sequence[PowerEvent]] | None = None  # host -> BMC log
     sightings: list[Sighting] = field(default_factory=list)
     power_changes: list[PowerChange] = field(default_factory=list)
-    _power_seen: dict[str, int] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
+    samples: int = 0  # looks at one host, all hosts together
+    gaps_s: list[float] = field(default_factory=list)  # between two looks at one host
+    _last_look: dict[str, float] = field(default_factory=dict)
+    _power_seen: dict[str, int] = field(default_factory=dict)
     _running: dict[str, set[str]] = field(default_factory=dict)
     _conns: dict[str, Hypervisor | None] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="observer", daemon=True)
-        self._thread.start()
+        for host in sorted(self.hypervisors):
+            thread = threading.Thread(target=self._loop, args=(host,),
+                                      name=f"observer-{host}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        for conn in self._conns.values():
+        for thread in self._threads:
+            thread.join(5)
+        for conn in list(self._conns.values()):
             if conn is not None:
                 conn.close()
 
-    def _loop(self) -> None:
+    def _loop(self, host: str) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
-            self.sample()
+            self.sample_host(host)
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
 
     def _domains(self, host: str) -> set[str]:
@@ -86,35 +97,42 @@ class Observer:
         if conn is not None:
             conn.close()
 
-    def _read_power_logs(self) -> list[PowerChange]:
+    def _read_power_log(self, host: str) -> list[PowerChange]:
         if self.power_log is None:
             return []
-        new: list[PowerChange] = []
-        for host in sorted(self.hypervisors):
-            entries = [e for e in self.power_log(host) if e.event in ("power-on", "power-off")]
-            new += [PowerChange(e.mono, host, e.event == "power-on", e.cause, e.began)
-                    for e in entries[self._power_seen.get(host, 0):]]
-            self._power_seen[host] = len(entries)
-        return sorted(new, key=lambda change: change.at)
+        entries = [e for e in self.power_log(host) if e.event in ("power-on", "power-off")]
+        new = [PowerChange(e.mono, host, e.event == "power-on", e.cause, e.began)
+               for e in entries[self._power_seen.get(host, 0):]]
+        self._power_seen[host] = len(entries)
+        return new
 
     def sample(self) -> None:
-        now = time.monotonic()
-        seen = {host: self._domains(host) for host in sorted(self.hypervisors)}
-        changes = self._read_power_logs()
+        """One look at every host in turn (the threads do this on their own)."""
+        for host in sorted(self.hypervisors):
+            self.sample_host(host)
+
+    def sample_host(self, host: str) -> None:
+        began = time.monotonic()
+        names = self._domains(host)
+        changes = self._read_power_log(host)
+        ended = time.monotonic()
         with self._lock:
-            self.power_changes += changes
-            for host, names in seen.items():
-                before = self._running.get(host, set())
-                self.sightings += [Sighting(now, host, vm, True) for vm in sorted(names - before)]
-                self.sightings += [Sighting(now, host, vm, False) for vm in sorted(before - names)]
-                self._running[host] = names
-            where: dict[str, list[str]] = {}
-            for host, names in seen.items():
-                for vm in names:
-                    where.setdefault(vm, []).append(host)
-            for vm, hosts in sorted(where.items()):
-                if len(hosts) > 1:
-                    self.violations.append(f"{vm} seen running on {', '.join(hosts)}")
+            previous = self._last_look.get(host)
+            self.samples += 1
+            if previous is not None:
+                self.gaps_s.append(began - previous)
+            self._last_look[host] = began
+            self.power_changes = sorted(self.power_changes + changes, key=lambda c: c.at)
+            before = self._running.get(host, set())
+            self.sightings += [Sighting(began, host, vm, vm in names, previous or 0.0, ended)
+                               for vm in sorted(names ^ before)]
+            self._running[host] = names
+            # other hosts as last seen (at most one look ago), if still powered
+            for vm in sorted(names):
+                others = [h for h, seen in sorted(self._running.items())
+                          if h != host and vm in seen and self.powered(h)]
+                if others:
+                    self.violations.append(f"{vm} seen running on {host} and {', '.join(others)}")
 
     def running(self) -> dict[str, set[str]]:
         with self._lock:
@@ -128,9 +146,16 @@ class Observer:
             return [c for c in self.power_changes
                     if c.host == host and not c.on and c.at >= after]
 
-    def first_start(self, vm: str, after: float, not_on: str = "") -> float | None:
+    def first_sighting(self, vm: str, after: float, *, running: bool = True, on: str = "",
+                       not_on: str = "") -> Sighting | None:
+        """The earliest change of `vm` seen at or after `after` (the host threads
+        append concurrently, so the list is only roughly in time order)."""
         with self._lock:
-            for s in self.sightings:
-                if s.vm == vm and s.running and s.at >= after and s.host != not_on:
-                    return s.at
-        return None
+            found = [s for s in self.sightings
+                     if s.vm == vm and s.running is running and s.at >= after
+                     and s.host != not_on and (not on or s.host == on)]
+        return min(found, key=lambda s: s.at, default=None)
+
+    def first_start(self, vm: str, after: float, not_on: str = "") -> float | None:
+        found = self.first_sighting(vm, after, not_on=not_on)
+        return None if found is None else found.at
