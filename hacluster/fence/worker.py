@@ -24,6 +24,7 @@ is kept as evidence in case the child dies without an answer.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import selectors
@@ -61,6 +62,7 @@ def serve(open_session: WorkerOpener, prepare: Callable[[], object] | None = Non
     """The child's main: `prepare` (import the heavy library while nobody
     waits: an idle child sits here until it is needed), then answer requests
     one at a time until stdin closes."""
+    _die_with_parent()
     if prepare is not None:
         prepare()
     lock = threading.Lock()
@@ -74,6 +76,21 @@ def serve(open_session: WorkerOpener, prepare: Callable[[], object] | None = Non
         _answer(json.loads(line), open_session, emit)
         _join_cleanup(timeout_s=2.0)
     return 0
+
+
+PARENT_ENV = "HACLUSTER_FENCE_PARENT"
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """A fence worker must never act after the peer that asked for it is gone (it would
+    command a BMC on behalf of nobody): the kernel kills it when its parent dies, and a
+    parent that died before this line ran is noticed by its pid."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = int(os.environ.get(PARENT_ENV, "0") or 0)
+    if parent and os.getppid() != parent:
+        os._exit(1)
 
 
 def _answer(
@@ -119,6 +136,7 @@ def _spawn(entry: tuple[str, str]) -> subprocess.Popen[bytes]:
     module, function = entry
     return subprocess.Popen(
         [sys.executable, "-I", "-c", _CHILD_CODE, json.dumps(sys.path), module, function],
+        env={**os.environ, PARENT_ENV: str(os.getpid())},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
