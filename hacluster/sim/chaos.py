@@ -18,7 +18,6 @@ from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState, VmState
 from hacluster.sim.fakes import BmcMode
 from hacluster.sim.world import Simulation
 
-
 HEAL_ROUNDS = 3
 
 

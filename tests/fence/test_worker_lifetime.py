@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 # The parent starts an attempt against a BMC that never answers (pyghmi keeps
 # trying for seconds), says which worker runs it, and waits to be killed.
@@ -29,8 +30,8 @@ def children_running_ipmi(parent: int) -> list[int]:
         if not entry.isdigit():
             continue
         try:
-            status = open(f"/proc/{entry}/status").read()
-            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+            status = Path(f"/proc/{entry}/status").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
         if f"PPid:\t{parent}\n" in status and b"hacluster.fence.ipmi" in cmdline:
