@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,12 +18,12 @@ def lab_factory(tmp_path: Path) -> Iterator[object]:
     made: list[LabCluster] = []
 
     def make(hosts: int = 3, profile: str = "fast", *, driver: str = "test",
-             isolation: str = "loopback") -> LabCluster:
+             isolation: str = "loopback", **options: Any) -> LabCluster:
         reason = lab_unavailable(driver, isolation)
         if reason:
             pytest.skip(reason)
         lab = LabCluster(tmp_path / f"lab{len(made)}", hosts, profile=profile, driver=driver,
-                         isolation=isolation)
+                         isolation=isolation, **options)
         made.append(lab)  # before start(): a start that fails half-way is cleaned up too
         lab.start()
         return lab

@@ -23,9 +23,14 @@ def add_host(ctx: Ctx, cmd: c.AddHost) -> None:
     if cmd.memory_mib < 0 or cmd.vcpus < 0:
         raise Refused("memory_mib and vcpus must be >= 0", cmd.name)
     check_bmc_override(cmd.bmc, cmd.name)
+    for entry in cmd.addresses:
+        link, sep, address = entry.partition("=")
+        if not sep or not link or not address:
+            raise Refused(f"address {entry!r}: expected link=address", cmd.name)
     host = Host(
         name=cmd.name,
         addresses=cmd.addresses,
+        raft_address=cmd.raft_address,
         memory_mib=cmd.memory_mib,
         vcpus=cmd.vcpus,
         role=cmd.role,

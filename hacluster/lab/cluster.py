@@ -47,6 +47,12 @@ PROFILES: dict[str, dict[str, float]] = {
 LAB_TIMING = (("agent_tick_s", 0.1), ("manager_tick_s", 0.05), ("bmc_check_interval_s", 5.0))
 
 
+def backend_of(address: str) -> str:
+    """The second network of a loopback host: the same host number one /24 up."""
+    a, b, c, d = address.split(".")
+    return f"{a}.{b}.{(int(c) % 254) + 1}.{d}"
+
+
 class EventFollower:
     """Streams a peer's cluster events in a thread, stamped with arrival time."""
 
@@ -106,7 +112,8 @@ class LabNode:
 class LabCluster:
     def __init__(self, root: str | Path, hosts: int = 3, *, profile: str = "default",
                  driver: str = "test", isolation: str = "loopback", log_level: str = "info",
-                 vm_memory_mib: int | None = None) -> None:
+                 vm_memory_mib: int | None = None, links: int = 1,
+                 notify_hook: str = "") -> None:
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
         if driver not in ("test", "qemu"):
@@ -119,6 +126,10 @@ class LabCluster:
         self.log_level = log_level
         # QEMU domains of 32 MiB without a disk idle in the firmware: cheap and quick
         self.vm_memory_mib = vm_memory_mib or (32 if driver == "qemu" else 256)
+        if links not in (1, 2) or (links == 2 and isolation != "loopback"):
+            raise ValueError("links: 1, or 2 with loopback isolation")
+        self.links = links
+        self.notify_hook = notify_hook
         self.nodes: dict[str, LabNode] = {}
         self.observer: Observer | None = None
 
@@ -147,29 +158,36 @@ class LabCluster:
                                  power_log=lambda n: self.nodes[n].bmc.events())
         self.observer.start()
 
-    def add_host(self, name: str, secret_file: str | None = None) -> LabNode:
+    def add_host(self, name: str, secret_file: str | None = None,
+                 role: str = "voter") -> LabNode:
         """A new host joins a running cluster: Raft membership first (through any
-        peer), then its peer starts with every member as a partner."""
+        peer, voters only), then its peer starts with every voter as a partner."""
         place = self.isolation.add_host(name)
         address = place[0]
-        peers = tuple(f"{n}={node.host.spec.raft_address}" for n, node in self.nodes.items())
-        peers += (f"{name}={address}:{RAFT_PORT}",)
+        peers = tuple(f"{n}={node.host.spec.raft_address}" for n, node in self.nodes.items()
+                      if node.host.spec.role != "member")
+        if role != "member":
+            peers += (f"{name}={address}:{RAFT_PORT}",)
+        addresses = [f"main={address}"] + ([f"backend={backend_of(address)}"]
+                                           if self.links == 2 else [])
         self.call("host.add", {"name": name, "raft_address": f"{address}:{RAFT_PORT}",
-                               "addresses": [f"main={address}"]})
-        node = self._node(name, place, peers, secret_file or str(self.root / "secret"))
+                               "addresses": addresses, "role": role})
+        node = self._node(name, place, peers, secret_file or str(self.root / "secret"), role)
         self.nodes[name] = node
         node.host.power_on()
         self.count += 1
         return node
 
     def _node(self, name: str, place: tuple[str, str], peers: tuple[str, ...],
-              secret: str) -> LabNode:
+              secret: str, role: str = "voter") -> LabNode:
         directory = self.root / name
         address, netns = place
         spec = HostSpec(name=name, directory=str(directory), address=address,
                         raft_port=RAFT_PORT, lease_port=LEASE_PORT, peers=peers,
-                        secret_file=secret, driver=self.driver, log_level=self.log_level,
-                        timing=LAB_TIMING, netns=netns)
+                        secret_file=secret, role=role, driver=self.driver,
+                        log_level=self.log_level, timing=LAB_TIMING, netns=netns,
+                        backend_address=backend_of(address) if self.links == 2 else "",
+                        notify_hook=self.notify_hook)
         host = LabHost(spec)
         host.write()
         hook = [sys.executable, "-m", "hacluster.lab.host", str(directory)]

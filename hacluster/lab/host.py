@@ -48,6 +48,8 @@ class HostSpec:
     log_level: str = "info"
     timing: tuple[tuple[str, float], ...] = ()  # [timing] overrides
     netns: str = ""  # network namespace (under /run/netns) the host lives in
+    backend_address: str = ""  # a second network to renew leases over ("" = one link)
+    notify_hook: str = ""  # [notify] hook
 
     @property
     def path(self) -> Path:
@@ -90,16 +92,18 @@ class LabHost:
         # Peer-to-peer live migration: the source libvirtd connects to this
         # URI (a Unix socket on the shared filesystem, so no TCP listener).
         migration = f'migration_uri = "{self.libvirtd.uri}"\n' if s.driver == "qemu" else ""
+        backend = f', backend = "{s.backend_address}"' if s.backend_address else ""
         return (
             f'[peer]\nname = "{s.name}"\nraft_address = "{s.raft_address}"\n'
             f'data_dir = "{s.path / "data"}"\nrole = "{s.role}"\n\n'
             f'[cluster]\nsecret_file = "{s.secret_file}"\n'
             f"peers = {json.dumps(list(s.peers))}\n\n"
-            f'[leases]\nport = {s.lease_port}\nlinks = {{ main = "{s.address}" }}\n\n'
+            f'[leases]\nport = {s.lease_port}\nlinks = {{ main = "{s.address}"{backend} }}\n\n'
             f'[hypervisor]\nuri = "{self.libvirtd.uri}"\n{migration}memory_mib = {s.memory_mib}\n'
             f"vcpus = {s.vcpus}\nshutdown_timeout_s = 5.0\n\n"
             f'[rpc]\nsocket = "{s.rpc_socket}"\n\n'
             f"[timing]\n{timing}\n"
+            f'[notify]\nhook = "{s.notify_hook}"\n\n'
             f'[log]\nlevel = "{s.log_level}"\n'
         )
 
@@ -110,12 +114,13 @@ class LabHost:
         return self.spec.path / "peer.pid"
 
     def peer_pid(self) -> int | None:
+        """The running peer; an exited one not yet reaped (a zombie) is not running."""
         try:
             pid = int(self.pid_file.read_text())
-            os.kill(pid, 0)
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except (OSError, ValueError):
             return None
-        return pid
+        return None if stat.rsplit(") ", 1)[1].startswith("Z") else pid
 
     def power_on(self) -> None:
         if self.libvirtd.init_pid() is None:

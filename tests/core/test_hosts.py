@@ -16,10 +16,11 @@ V = VmState
 
 def test_added_host_joins_and_runs_nothing() -> None:
     cluster = Cluster()
-    events = cluster.ok(c.AddHost(name="h1", memory_mib=8_192, vcpus=4, addresses=("10.0.0.1",)))
+    events = cluster.ok(c.AddHost(name="h1", memory_mib=8_192, vcpus=4,
+                                  addresses=("main=10.0.0.1",)))
     assert kinds(events) == ["host-added"]
     host = cluster.host("h1")
-    assert host.state is H.JOINING and host.addresses == ("10.0.0.1",)
+    assert host.state is H.JOINING and host.addresses == ("main=10.0.0.1",)
     cluster.add_vm("v1")
     assert cluster.vm_state("v1") is V.PENDING
 
@@ -302,3 +303,12 @@ def test_unknown_host_is_refused_and_changes_nothing() -> None:
         events = cluster.run(cmd)
         assert kinds(events) == ["rejected"] and "unknown host 'zz'" in events[0].message
     assert (cluster.state.hosts, cluster.state.vms) == (hosts, vms)
+
+
+def test_host_keeps_its_raft_address_and_refuses_malformed_links() -> None:
+    cluster = Cluster()
+    cluster.ok(c.AddHost(name="h1", raft_address="10.0.0.1:7440",
+                         addresses=("main=10.0.0.1", "backend=192.168.0.1")))
+    assert cluster.host("h1").raft_address == "10.0.0.1:7440"
+    events = cluster.run(c.AddHost(name="h2", addresses=("10.0.0.2",)))
+    assert kinds(events) == ["rejected"] and "expected link=address" in events[0].message
