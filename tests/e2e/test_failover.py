@@ -104,7 +104,13 @@ def test_unreachable_bmc_waits_for_an_operator(lab_factory: Factory) -> None:
     lab.add_vms(3)
     victim = lab.vms()["vm1"]["host"]
     frozen = vms_on(lab, victim)
+    lab.wait(lambda: all(h["bmc_ok"] for h in lab.hosts().values()), 20,
+             "every host's own BMC check answered")
     lab.nodes[victim].bmc.set_mode(BmcMode.UNREACHABLE)
+    # the host's own periodic check sees it first: status says it cannot be fenced
+    lab.wait(lambda: not lab.hosts()[victim]["bmc_ok"], 20, "the failing BMC reported")
+    assert any(victim in line and "cannot be fenced" in line
+               for line in lab.call("status")["waiting"])
     lab.power_off(victim)
     lab.wait(lambda: lab.hosts()[victim]["state"] == "fence-failed", 60, "fence-failed")
     vms = lab.vms()
