@@ -224,13 +224,21 @@ COMMANDS: tuple[Spec, ...] = (
 )
 
 
+def _examples(prefix: tuple[str, ...] = ()) -> str:
+    """The first example of every command under prefix (all commands: no prefix)."""
+    shown = [s.examples[0] for s in COMMANDS if s.words[: len(prefix)] == prefix]
+    return "examples:\n" + "\n".join(f"  {e}" for e in shown)
+
+
 def _add_spec(sub: Any, spec: Spec, parents: dict[tuple[str, ...], Any]) -> None:
     *group, leaf = spec.words
     target = sub
     for i in range(len(group)):
         key = tuple(group[: i + 1])
         if key not in parents:
-            p = target.add_parser(group[i], help=f"{group[i]} commands")
+            p = target.add_parser(group[i], help=f"{group[i]} commands",
+                                  epilog=_examples(key),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
             parents[key] = p.add_subparsers(dest=f"sub_{i}", metavar="COMMAND", required=True)
         target = parents[key]
     epilog = "examples:\n" + "\n".join(f"  {e}" for e in spec.examples)
@@ -246,7 +254,8 @@ def build_parser(default_socket: str) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="hactl", description="Admin shell for a hacluster cluster. With no command, "
-        "an interactive shell.", epilog=(hactl.__doc__ or "").split("\n", 2)[2],
+        "an interactive shell.",
+        epilog=_examples() + "\n\n" + (hactl.__doc__ or "").split("\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connect", default=default_socket, metavar="TARGET",
                         help="peer to talk to: a Unix socket path, or HOST:PORT over TLS "

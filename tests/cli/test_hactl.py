@@ -119,3 +119,12 @@ def test_garbage_on_a_peers_socket_does_not_disturb_it(lab_factory: Factory) -> 
                 pass
     assert lab.call("status", name="h2")["peer"]["name"] == "h2"
     assert hactl(lab, "status").returncode == 0
+
+
+@pytest.mark.parametrize("words", [[], ["host"], ["vm"], ["fence"], ["cluster"], ["config"],
+                                   ["settings"], ["bmc"]])
+def test_every_group_and_the_top_level_help_show_examples(
+        words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser("/nonexistent").parse_args([*words, "--help"])
+    assert "examples:\n  hactl " in capsys.readouterr().out
