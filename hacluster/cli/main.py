@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         "in the deterministic simulator and print the timeline. Exits 1 when "
         "an expectation or invariant fails or the timeline differs from "
         "expected.log.",
+        epilog="examples:\n  hacluster sim hacluster/sim/scenarios/02-host-isolated-but-alive\n"
+        "  hacluster sim --all --quiet\n  hacluster sim --all --rewrite",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sim.add_argument("dirs", nargs="*", help="scenario directories")
     sim.add_argument("--all", action="store_true", help="run every shipped scenario")
@@ -118,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="a host dies, its VMs come back elsewhere (timeline)",
         description="Build a lab cluster on this machine (a peer, a private libvirtd and an "
         "IPMI BMC simulator per host, on loopback addresses), cut one host's power, and "
-        "print the timeline of its recovery. Needs root; everything is removed afterwards.")
+        "print the timeline of its recovery. Needs root; everything is removed afterwards.",
+        epilog="examples:\n  hacluster demo\n  hacluster demo --fast --hosts 5 --vms 10\n"
+        "  hacluster demo --sim",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--hosts", type=int, default=3, help="hosts (default %(default)s)")
     demo.add_argument("--vms", type=int, default=4, help="VMs (default %(default)s)")
     demo.add_argument("--fast", action="store_true", help="the fast lease profile (0.9 s)")
