@@ -38,8 +38,8 @@ from hacluster.fence.attempt import (
     FenceFailure,
     NoAnswer,
 )
-from hacluster.fence.procedure import NotConfirmed, PowerSession, fence_with, probe_with
-from hacluster.ports import BmcProbe, BmcTarget, FenceAction, FenceResult, PowerState
+from hacluster.fence.procedure import NotConfirmed, PowerSession, SessionFencer
+from hacluster.ports import BmcTarget, PowerState
 
 DEFAULT_SEARCH_PATH = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 IPMI_PORT = 623
@@ -180,7 +180,7 @@ class _AgentSession:
         pass
 
 
-class AgentFencer:
+class AgentFencer(SessionFencer):
     """ports.Fencer running fence-agents executables (`BmcTarget.agent`)."""
 
     def __init__(
@@ -189,13 +189,12 @@ class AgentFencer:
         poll_interval_s: float = 0.5,
         search_path: Sequence[str] = DEFAULT_SEARCH_PATH,
     ) -> None:
-        self._poll_s = poll_interval_s
+        super().__init__(poll_interval_s)
         self._search_path = os.pathsep.join(
             [*search_path, *os.environ.get("PATH", "").split(os.pathsep)]
         )
 
-    @staticmethod
-    def method(target: BmcTarget) -> str:
+    def method(self, target: BmcTarget) -> str:
         return f"agent {target.agent or '?'} {target.address}:{target.port}"
 
     def _resolve(self, agent: str) -> str:
@@ -212,22 +211,3 @@ class AgentFencer:
         path = self._resolve(target.agent)
         return _AgentSession(path, _stdin_lines(target, os.path.basename(path)), attempt)
 
-    def fence(self, target: BmcTarget, action: FenceAction, deadline_s: float) -> FenceResult:
-        return fence_with(
-            lambda attempt: self._open(target, attempt),
-            target,
-            action,
-            deadline_s,
-            self.method(target),
-            poll_s=self._poll_s,
-            threaded=False,
-        )
-
-    def probe(self, target: BmcTarget, deadline_s: float) -> BmcProbe:
-        return probe_with(
-            lambda attempt: self._open(target, attempt),
-            target,
-            deadline_s,
-            self.method(target),
-            threaded=False,
-        )

@@ -287,3 +287,29 @@ def probe_with(
     except Exception as err:
         done = (False, PowerState.UNKNOWN, f"error: {describe_error(err)}")
     return finish_probe(target, attempt, done, deadline_s, method)
+
+
+class SessionFencer:
+    """A ports.Fencer made of one method: open a PowerSession for a target.
+    `threaded`: run each attempt in a thread abandoned at the deadline (for
+    libraries that cannot bound their own calls)."""
+
+    threaded = False
+
+    def __init__(self, poll_interval_s: float) -> None:
+        self._poll_s = poll_interval_s
+
+    def method(self, target: BmcTarget) -> str:
+        raise NotImplementedError
+
+    def _open(self, target: BmcTarget, attempt: Attempt) -> PowerSession:
+        raise NotImplementedError
+
+    def fence(self, target: BmcTarget, action: FenceAction, deadline_s: float) -> FenceResult:
+        return fence_with(lambda attempt: self._open(target, attempt), target, action,
+                          deadline_s, self.method(target), poll_s=self._poll_s,
+                          threaded=self.threaded)
+
+    def probe(self, target: BmcTarget, deadline_s: float) -> BmcProbe:
+        return probe_with(lambda attempt: self._open(target, attempt), target, deadline_s,
+                          self.method(target), threaded=self.threaded)

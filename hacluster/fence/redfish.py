@@ -36,8 +36,8 @@ from hacluster.fence.attempt import (
     NoAnswer,
     describe_error,
 )
-from hacluster.fence.procedure import PowerSession, fence_with, probe_with
-from hacluster.ports import BmcProbe, BmcTarget, FenceAction, FenceResult, PowerState
+from hacluster.fence.procedure import PowerSession, SessionFencer
+from hacluster.ports import BmcTarget, PowerState
 
 IPMI_DEFAULT_PORT = 623
 HTTPS_PORT = 443
@@ -122,14 +122,15 @@ class _RedfishSession:
         pass
 
 
-class RedfishFencer:
+class RedfishFencer(SessionFencer):
     """ports.Fencer over Redfish (HTTPS)."""
 
-    def __init__(self, *, poll_interval_s: float = 0.1) -> None:
-        self._poll_s = poll_interval_s
+    threaded = True  # pyghmi's Redfish calls cannot be bounded: abandon them at the deadline
 
-    @staticmethod
-    def method(target: BmcTarget) -> str:
+    def __init__(self, *, poll_interval_s: float = 0.1) -> None:
+        super().__init__(poll_interval_s)
+
+    def method(self, target: BmcTarget) -> str:
         return f"redfish https://{target.address}:{_port(target)}"
 
     def _open(self, target: BmcTarget, attempt: Attempt) -> PowerSession:
@@ -158,22 +159,3 @@ class RedfishFencer:
             raise CommandRejected("BMC offers no system with a Reset action")
         return _RedfishSession(cmd)
 
-    def fence(self, target: BmcTarget, action: FenceAction, deadline_s: float) -> FenceResult:
-        return fence_with(
-            lambda attempt: self._open(target, attempt),
-            target,
-            action,
-            deadline_s,
-            self.method(target),
-            poll_s=self._poll_s,
-            threaded=True,
-        )
-
-    def probe(self, target: BmcTarget, deadline_s: float) -> BmcProbe:
-        return probe_with(
-            lambda attempt: self._open(target, attempt),
-            target,
-            deadline_s,
-            self.method(target),
-            threaded=True,
-        )
