@@ -305,6 +305,8 @@ class Peer:
                              raft_address=self.config.peer.raft_address)
         if host.peer_stopped:
             return c.SetPeerStopped(name=self.me, stopped=False)
+        if self.role is HostRole.WITNESS and host.state is HostState.JOINING:
+            return c.HostReady(name=self.me)  # no agent, nothing to clean up: ready at once
         return None
 
     async def _register(self) -> None:

@@ -88,3 +88,21 @@ def test_a_member_is_promoted_to_voter(lab_factory: Factory) -> None:
              "restarted as a voter")
     lab.wait(lambda: lab.call("status", name="h4")["peer"]["has_quorum"], 30, "voting")
     assert lab.hosts()["h4"]["role"] == "voter"
+
+
+def test_two_hosts_and_a_witness_survive_a_host_loss(lab_factory: Factory) -> None:
+    """A two-host site: the witness votes (so one host can die) and runs no VMs."""
+    lab = lab_factory(2)
+    lab.add_host("w", role="witness")
+    lab.wait(lambda: lab.hosts().get("w", {}).get("state") == "online", 30, "witness online")
+    lab.add_vms(2)
+    assert all(v["host"] != "w" for v in lab.vms().values())
+    victim = lab.vms()["vm1"]["host"]
+    moved = vms_on(lab, victim)
+    lab.power_off(victim)
+    survivor = next(n for n in ("h1", "h2") if n != victim)
+    lab.wait(lambda: all(lab.vms()[n]["host"] == survivor
+                         and lab.vms()[n]["state"] == "started" for n in moved), 30,
+             "recovered onto the other host")
+    assert lab.hosts()[victim]["state"] == "fenced"
+    assert lab.observer is not None and lab.observer.violations == []
