@@ -135,7 +135,7 @@ def _remember(state: ClusterState, request_id: str, index: int) -> None:
     recent = state.recent_requests
     recent[request_id] = index
     if len(recent) > RECENT_REQUESTS_KEPT:
-        del recent[next(iter(recent))]
+        recent.popitem(last=False)
 
 
 def apply(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from collections import OrderedDict
 from typing import Any
 
 import msgpack
@@ -135,7 +136,7 @@ def decode_snapshot(data: bytes) -> ClusterState:
             settings=decode_dataclass(Settings, doc["settings"]),
             log_time=float(doc["log_time"]),
             applied_index=int(doc["applied_index"]),
-            recent_requests={str(rid): int(idx) for rid, idx in doc["recent"]},
+            recent_requests=OrderedDict((str(rid), int(idx)) for rid, idx in doc["recent"]),
         )
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise SnapshotError(f"snapshot content is invalid: {exc}") from None

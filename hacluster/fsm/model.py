@@ -9,6 +9,7 @@ serialized.
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from hacluster.fsm.states import VM_ON_HOST, HostState, VmState
@@ -234,7 +235,8 @@ class ClusterState:
     settings: Settings = Settings()
     log_time: float = 0.0  # max proposer timestamp seen: monotonic across the log
     applied_index: int = 0
-    recent_requests: dict[str, int] = field(default_factory=dict)  # request id -> index
+    # request id -> index, oldest first (an OrderedDict: dropping the oldest is O(1))
+    recent_requests: OrderedDict[str, int] = field(default_factory=OrderedDict)
     # derived, never serialized: who holds resources where, and who waits for a host
     vms_by_host: dict[str, set[str]] = field(default_factory=dict, repr=False, compare=False)
     usage: dict[str, Usage] = field(default_factory=dict, repr=False, compare=False)
