@@ -125,7 +125,7 @@ def build() -> Log:
         log.run(
             c.AddHost(
                 name=host_name(i),
-                addresses=(f"10.1.{i // 250}.{i % 250}",),
+                addresses=(f"main=10.1.{i // 250}.{i % 250}",),
                 memory_mib=(1 << 20) if big else 256 * 1024,
                 vcpus=512 if big else 64,
             )
