@@ -65,12 +65,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.sim:
         from hacluster.lab.cluster import lab_unavailable
 
-        reason = lab_unavailable()
+        reason = lab_unavailable(*(("qemu", "netns") if args.qemu else ()))
         if reason is None:
             from hacluster.lab.demo import run_demo
 
             return run_demo(args.hosts, args.vms, "fast" if args.fast else "default",
-                            keep=args.keep)
+                            keep=args.keep, qemu=args.qemu)
         print(f"hacluster demo: a lab cluster cannot run here ({reason}); showing the "
               "simulated cluster instead\n")
     scenario = next(p for p in shipped_scenarios() if p.name.startswith("01-"))
@@ -123,11 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
         "IPMI BMC simulator per host, on loopback addresses), cut one host's power, and "
         "print the timeline of its recovery. Needs root; everything is removed afterwards.",
         epilog="examples:\n  hacluster demo\n  hacluster demo --fast --hosts 5 --vms 10\n"
+        "  hacluster demo --qemu\n"
         "  hacluster demo --sim",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--hosts", type=int, default=3, help="hosts (default %(default)s)")
     demo.add_argument("--vms", type=int, default=4, help="VMs (default %(default)s)")
     demo.add_argument("--fast", action="store_true", help="the fast lease profile (0.9 s)")
+    demo.add_argument("--qemu", action="store_true", help="hosts in network namespaces "
+                      "running real QEMU domains (slower to start)")
     demo.add_argument("--sim", action="store_true", help="the simulated cluster instead")
     demo.add_argument("--keep", action="store_true", help="keep the lab's files and logs")
     demo.set_defaults(func=cmd_demo)

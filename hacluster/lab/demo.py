@@ -62,13 +62,16 @@ def _summary(lab: LabCluster, victim: str, moved: list[str], cut: float) -> str:
     return "\n".join(lines)
 
 
-def run_demo(hosts: int = 3, vms: int = 4, profile: str = "default", keep: bool = False) -> int:
+def run_demo(hosts: int = 3, vms: int = 4, profile: str = "default", keep: bool = False,
+             qemu: bool = False) -> int:
     root = tempfile.mkdtemp(prefix="hacluster-demo-")
-    lab = LabCluster(root, hosts, profile=profile)
+    lab = LabCluster(root, hosts, profile=profile, driver="qemu" if qemu else "test",
+                     isolation="netns" if qemu else "loopback")
     timeline = Timeline()
     follower: EventFollower | None = None
     try:
-        print(f"starting {hosts} hosts (peer + libvirtd + IPMI BMC simulator each) in {root}")
+        kind = "network namespace, QEMU libvirtd" if qemu else "libvirtd test driver"
+        print(f"starting {hosts} hosts (peer + {kind} + IPMI BMC simulator each) in {root}")
         lab.start()
         names = lab.add_vms(vms)
         placement = {n: v["host"] for n, v in lab.vms().items()}

@@ -246,7 +246,9 @@ def test_acks_votes_and_leader_applies_wait_for_fsync(tmp_path, nodes, monkeypat
 
     acks, applies = tracer.check(f"raft-{leader.status().self_address}")
     assert acks > 100 and applies >= 50
-    assert sum(1 for _, kind, _ in tracer.events if kind == "write") > 150
+    # writes are coalesced per event-loop round, so their number varies with timing;
+    # the ordering checks above are the point, this only proves the tracing saw writes
+    assert sum(1 for _, kind, _ in tracer.events if kind == "write") > 50
     assert leader.fsync_count > fsyncs_before
 
 
