@@ -19,7 +19,7 @@ import pytest
 PEER = [sys.executable, "-m", "hacluster.cli.main", "peer", "--config"]
 
 
-def write_config(base: Path, level: str = "info", extra: str = "") -> Path:
+def write_config(base: Path, level: str = "info", extra: str = "", rpc: str = "") -> Path:
     port = 20000 + secrets.randbelow(20000)
     secret = base / "secret"
     if not secret.exists():
@@ -30,7 +30,7 @@ def write_config(base: Path, level: str = "info", extra: str = "") -> Path:
         f'[peer]\nname = "solo"\nraft_address = "127.0.0.1:{port}"\ndata_dir = "{base}/data"\n'
         f'[cluster]\nsecret_file = "{secret}"\n[leases]\nport = {port + 1}\n'
         '[hypervisor]\nuri = "test:///default"\nmemory_mib = 1024\nvcpus = 2\n'
-        f'[rpc]\nsocket = "{base}/hactl.sock"\n[log]\nlevel = "{level}"\n{extra}')
+        f'[rpc]\nsocket = "{base}/hactl.sock"\n{rpc}[log]\nlevel = "{level}"\n{extra}')
     return path
 
 
@@ -101,3 +101,34 @@ def test_broken_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     done = subprocess.run([*PEER, str(config)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "[timing] agent_tick_s: must be > 0" in done.stderr
+
+
+def test_hactl_reaches_a_peer_over_tls_with_a_client_certificate(tmp_path: Path) -> None:
+    from rpc.support import make_pki  # tests/rpc/support.py: a throwaway CA
+
+    pki = make_pki(tmp_path)
+    port = 40000 + secrets.randbelow(10000)
+    config = write_config(tmp_path, rpc=(
+        f'tcp_address = "127.0.0.1:{port}"\ntls_cert = "{pki.server_cert}"\n'
+        f'tls_key = "{pki.server_key}"\ntls_client_ca = "{pki.ca_cert}"\n'))
+    proc = subprocess.Popen([*PEER, str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    hactl = [sys.executable, "-m", "hacluster.cli.hactl", "--connect", f"127.0.0.1:{port}",
+             "--cafile", pki.ca_cert]
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            done = subprocess.run([*hactl, "--cert", pki.client_cert, "--key", pki.client_key,
+                                   "--json", "status"], capture_output=True, text=True,
+                                  timeout=30)
+            if done.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert done.returncode == 0, done.stderr
+        assert '"name": "solo"' in done.stdout
+        refused = subprocess.run([*hactl, "status"], capture_output=True, text=True,
+                                 timeout=30)
+        assert refused.returncode == 3 and "unauthenticated" in refused.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
