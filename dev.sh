@@ -43,7 +43,7 @@ setup() {
 }
 
 run_tests() {
-  .venv/bin/ruff check hacluster tests bench
+  .venv/bin/ruff check hacluster tests bench scripts contrib
   .venv/bin/mypy
   .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 }
