@@ -242,7 +242,10 @@ def test_acks_votes_and_leader_applies_wait_for_fsync(tmp_path, nodes, monkeypat
     for i in range(50):
         assert leader.propose(b"cmd%d" % i, 5.0).status is ProposeStatus.COMMITTED
     follower = next(n for n in nodes if n is not leader)
-    assert follower.propose(b"from-follower", 5.0).status is ProposeStatus.COMMITTED
+    # NOT_LEADER means "never entered the log, retry": a follower may not have heard
+    # of the leader yet right after the election
+    wait_for(lambda: follower.propose(b"from-follower", 5.0).status
+             is ProposeStatus.COMMITTED, 15, "a proposal through a follower")
 
     acks, applies = tracer.check(f"raft-{leader.status().self_address}")
     assert acks > 100 and applies >= 50
