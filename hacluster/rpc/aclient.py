@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from hacluster.rpc.endpoint import (
+    DEFAULT_TIMEOUT_S,
     Target,
     client_ssl_context,
     connect_error,
@@ -44,7 +45,6 @@ from hacluster.rpc.protocol import (
     frame_length,
 )
 
-DEFAULT_TIMEOUT_S = 10.0
 _Waiter = tuple[str, "asyncio.Queue[Reply | RpcError]"]  # method, replies for one request
 
 

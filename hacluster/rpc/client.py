@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from hacluster.rpc.endpoint import (
+    DEFAULT_TIMEOUT_S,
     Target,
     client_ssl_context,
     connect_error,
@@ -39,8 +40,6 @@ from hacluster.rpc.protocol import (
     encode_request,
     frame_length,
 )
-
-DEFAULT_TIMEOUT_S = 10.0
 
 
 class _Lost(Exception):

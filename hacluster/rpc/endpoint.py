@@ -20,6 +20,8 @@ from hacluster.rpc.protocol import CONNECTION_ID, ErrorCode, Reply, RpcError
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
 
+DEFAULT_TIMEOUT_S = 10.0  # per request, both clients
+
 class ConnectError(RpcError):
     """Cannot reach the peer at all; the message names the socket or address."""
 
