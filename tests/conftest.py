@@ -4,6 +4,8 @@ each host in a network namespace with QEMU (isolation="netns", driver="qemu").""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,50 @@ import pytest
 
 from hacluster.lab.cluster import LabCluster, lab_unavailable
 
+FAILED_LABS = Path("/tmp/hacluster-failed-labs")  # kept for a look after a failure
+LOG_TAIL_LINES = 25
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"report_{report.when}", report)  # the fixture reads it at teardown
+    return report
+
+
+def lab_diagnostics(lab: LabCluster) -> str:
+    """The tail of every peer log and what the observer saw: enough to tell
+    from a CI log alone why a lab test failed."""
+    parts = []
+    for name, node in sorted(lab.nodes.items()):
+        log = Path(node.host.spec.path) / "peer.log"
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+        parts.append(f"--- {name} peer.log (last {LOG_TAIL_LINES} of {len(lines)} lines)")
+        parts += lines[-LOG_TAIL_LINES:]
+    if lab.observer is not None:
+        parts.append("--- observer: sightings (monotonic s)")
+        parts += [f"{s.at:.3f} {s.host} {s.vm} {'start' if s.running else 'stop'}"
+                  for s in lab.observer.sightings[-30:]]
+        parts += [f"{c.at:.3f} {c.host} power {'on' if c.on else 'off'} ({c.cause})"
+                  for c in lab.observer.power_changes[-10:]]
+    return "\n".join(parts)
+
+
+def keep_failed_lab(lab: LabCluster, test: str, index: int) -> Path:
+    target = FAILED_LABS / f"{test}-{index}"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(lab.root, target, ignore=special_files, ignore_dangling_symlinks=True)
+    return target
+
+
+def special_files(directory: str, names: list[str]) -> list[str]:
+    """Sockets and pipes (libvirtd's, the RPC socket): nothing to copy."""
+    return [n for n in names if not (os.path.isdir(os.path.join(directory, n))
+                                     or os.path.isfile(os.path.join(directory, n)))]
+
 
 @pytest.fixture
-def lab_factory(tmp_path: Path) -> Iterator[object]:
+def lab_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[object]:
     made: list[LabCluster] = []
 
     def make(hosts: int = 3, profile: str = "fast", *, driver: str = "test",
@@ -29,5 +72,12 @@ def lab_factory(tmp_path: Path) -> Iterator[object]:
         return lab
 
     yield make
-    for lab in made:
+    report = getattr(request.node, "report_call", None)
+    failed = report is not None and report.failed
+    for index, lab in enumerate(made):
+        if failed:
+            assert report is not None
+            kept = keep_failed_lab(lab, request.node.name, index)
+            report.sections.append((f"lab {index} (files kept in {kept})",
+                                    lab_diagnostics(lab)))
         lab.stop(keep=False)

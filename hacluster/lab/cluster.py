@@ -131,6 +131,7 @@ class LabCluster:
         self.links = links
         self.notify_hook = notify_hook
         self.nodes: dict[str, LabNode] = {}
+        self.cut_hosts: set[str] = set()
         self.observer: Observer | None = None
 
     # ------------------------------------------------------------ build
@@ -225,9 +226,10 @@ class LabCluster:
     # ------------------------------------------------------------ use
 
     def client(self, name: str | None = None, timeout_s: float = 30.0) -> RpcClient:
-        """An RPC client to a peer that is powered (the named one, or any)."""
+        """An RPC client to the named peer, or to any powered peer that is not
+        cut off (a cut-off peer answers from a replica that no longer moves)."""
         names = [name] if name else [n for n, node in self.nodes.items()
-                                     if node.bmc.power is PowerState.ON]
+                                     if node.bmc.power is PowerState.ON and n not in self.cut_hosts]
         last: Exception | None = None
         for candidate in names:
             try:
@@ -265,10 +267,12 @@ class LabCluster:
         others = [node.host.spec.address for n, node in self.nodes.items() if n != name]
         at = time.monotonic()
         self.isolation.cut(name, others)
+        self.cut_hosts.add(name)
         return at
 
     def restore(self, name: str) -> None:
         self.isolation.restore(name)
+        self.cut_hosts.discard(name)
 
     @contextlib.contextmanager
     def cut_off(self, name: str) -> Iterator[float]:

@@ -43,10 +43,13 @@ def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
     sock.close()
 
 
-def messages_until(sock: socket.socket, wanted: str) -> list[str]:
+def messages_until(sock: socket.socket, wanted: str, log: Path) -> list[str]:
     seen = []
     while wanted not in seen:
-        seen.append(sock.recv(4096).decode())
+        try:
+            seen.append(sock.recv(4096).decode())
+        except TimeoutError:
+            pytest.fail(f"no {wanted} after {seen}; the peer logged:\n{log.read_text()}")
     return seen
 
 
@@ -54,13 +57,15 @@ def test_systemd_notifications(tmp_path: Path, notify_socket: socket.socket) -> 
     config = write_config(tmp_path)
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
            "WATCHDOG_USEC": "1000000"}
-    proc = subprocess.Popen([*PEER, str(config)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    log = tmp_path / "peer.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*PEER, str(config)], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
     try:
-        assert "READY=1" in messages_until(notify_socket, "READY=1")
-        assert "WATCHDOG=1" in messages_until(notify_socket, "WATCHDOG=1")
+        for wanted in ("READY=1", "WATCHDOG=1"):
+            assert wanted in messages_until(notify_socket, wanted, log)
         proc.send_signal(signal.SIGTERM)
-        assert "STOPPING=1" in messages_until(notify_socket, "STOPPING=1")
+        assert "STOPPING=1" in messages_until(notify_socket, "STOPPING=1", log)
         assert proc.wait(30) == 0
     finally:
         proc.kill()

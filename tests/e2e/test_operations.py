@@ -63,7 +63,7 @@ def test_returning_host_destroys_copies_placed_elsewhere(lab_factory: Factory) -
     lab.call("bmc.set", {"host": victim, "action": "none"})
     observer = lab.observer
     assert observer is not None
-    with AddressCut(lab.nodes[victim].host.spec.address):
+    with lab.cut_off(victim):
         lab.wait(lambda: lab.hosts()[victim]["state"] == "fence-failed", 30, "fence-failed")
         lab.call("fence.confirm", {"host": victim, "reason": "I thought it was off"})
         lab.wait(lambda: all(len(observer.where(n)) == 2 for n in moved), 20,
