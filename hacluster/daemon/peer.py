@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hacluster.config import Config, read_secret
 from hacluster.daemon.agent import AgentDriver, HostReporter
@@ -38,6 +38,9 @@ from hacluster.fsm.model import HostRole
 from hacluster.fsm.states import HostState
 from hacluster.ports import Fencer, HostCapacity, Hypervisor, Notifier, ProposeStatus
 from hacluster.raft import RaftNode
+
+if TYPE_CHECKING:
+    from hacluster.rpc.server import RpcServer
 
 log = logging.getLogger("hacluster.peer")
 RESTART_FOR_ROLE = 75  # exit code: restart me (systemd does, Restart=on-failure)
@@ -69,6 +72,7 @@ class Peer:
         self.leases: LeaseService | None = None
         self.proposer: Proposer | None = None
         self.extra_services: list[Any] = []  # e.g. the RPC server (start()/close())
+        self.rpc_server: RpcServer | None = None
 
     # ------------------------------------------------------------ Raft role
 
@@ -219,7 +223,8 @@ class Peer:
         from hacluster.rpc.server import RpcServer
 
         if self.config.rpc.socket or self.config.rpc.tcp_address:
-            self.extra_services.insert(0, RpcServer(Api(self).methods(), self.config.rpc))
+            self.rpc_server = RpcServer(Api(self).methods(), self.config.rpc)
+            self.extra_services.insert(0, self.rpc_server)
 
     async def _start_agent(self, fencer: Fencer) -> None:
         assert self.proposer is not None

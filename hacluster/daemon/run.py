@@ -15,6 +15,7 @@ from hacluster.daemon.logs import setup_logging
 from hacluster.daemon.notify import HookNotifier
 from hacluster.daemon.peer import Peer
 from hacluster.raft import CorruptStorage, RaftError
+from hacluster.rpc.auth import RpcSetupError
 
 log = logging.getLogger("hacluster.peer")
 
@@ -43,6 +44,19 @@ def reload(peer: Peer, path: str) -> None:
     log.info("configuration reloaded", extra={
         "applied": ",".join(applied) or "nothing changed",
         "needs_restart": ",".join(f"[{n}]" for n in fixed) or "none"})
+    reload_rpc_credentials(peer)
+
+
+def reload_rpc_credentials(peer: Peer) -> None:
+    """Tokens and certificates rotate in place: their files change, not the config."""
+    if peer.rpc_server is None:
+        return
+    try:
+        done = peer.rpc_server.reload_credentials()
+    except RpcSetupError as exc:
+        log.error("RPC credentials reload refused: the old ones stay", extra={"error": str(exc)})
+        return
+    log.info("RPC credentials reloaded", extra={"reloaded": done})
 
 
 async def _serve(peer: Peer, path: str) -> None:

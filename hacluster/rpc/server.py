@@ -163,6 +163,18 @@ class RpcServer:
     def connection_count(self) -> int:
         return sum(self._open_count.values())
 
+    def reload_credentials(self) -> str:
+        """Re-read the tokens file and the TLS files (rotated without a restart).
+        All or nothing: on an error the old ones stay and RpcSetupError names
+        the file. New connections use the new ones; open ones keep theirs."""
+        config = self._config
+        tokens = TokenTable.load(config.tokens_file) if config.tokens_file else None
+        context = server_ssl_context(config) if self._ssl is not None else None
+        self._tokens, self._ssl = tokens, context
+        done = [f"{len(tokens)} token(s)"] if tokens is not None else []
+        done += ["TLS certificate"] if context is not None else []
+        return ", ".join(done) or "nothing to reload"
+
     async def start(self) -> None:
         config = self._config
         if config.max_frame_bytes < 1024:

@@ -137,3 +137,51 @@ def test_hactl_reaches_a_peer_over_tls_with_a_client_certificate(tmp_path: Path)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_sighup_rotates_rpc_tokens_without_a_restart(tmp_path: Path) -> None:
+    from rpc.support import make_pki  # tests/rpc/support.py: a throwaway CA
+
+    pki = make_pki(tmp_path)
+    port = 40000 + secrets.randbelow(10000)
+    tokens, old, new = tmp_path / "tokens", tmp_path / "old.token", tmp_path / "new.token"
+    old.write_text("a" * 32)
+    new.write_text("b" * 32)
+    tokens.write_text(f"ops:{'a' * 32}\n")
+    tokens.chmod(0o600)
+    config = write_config(tmp_path, rpc=(
+        f'tcp_address = "127.0.0.1:{port}"\ntls_cert = "{pki.server_cert}"\n'
+        f'tls_key = "{pki.server_key}"\ntokens_file = "{tokens}"\n'))
+    log = tmp_path / "peer.log"
+    hactl = [sys.executable, "-m", "hacluster.cli.hactl", "--connect", f"127.0.0.1:{port}",
+             "--cafile", pki.ca_cert]
+
+    def status(token: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*hactl, "--token-file", str(token), "--json", "status"],
+                              capture_output=True, text=True, timeout=30)
+
+    def wait_logged(text: str, times: int) -> None:
+        deadline = time.monotonic() + 30
+        while log.read_text().count(text) < times:
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*PEER, str(config)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_logged("peer running", 1)
+        assert status(old).returncode == 0
+        tokens.write_text(f"ops:{'b' * 32}\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_logged("RPC credentials reloaded", 1)
+        refused = status(old)
+        assert refused.returncode == 3 and "unauthenticated" in refused.stderr
+        assert status(new).returncode == 0
+        tokens.write_text("no colon here\n")  # broken: the current tokens stay
+        proc.send_signal(signal.SIGHUP)
+        wait_logged("RPC credentials reload refused", 1)
+        assert "line 1" in log.read_text() and "b" * 32 not in log.read_text()
+        assert status(new).returncode == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
