@@ -5,7 +5,7 @@ Exit codes (stable, for scripts):
   0  done
   1  refused by the cluster (rejected, not found, conflict)
   2  usage error or bad parameters
-  3  cannot reach a peer, or no quorum
+  3  cannot reach a peer, no quorum, or the peer has not caught up since it started
   4  outcome unknown (maybe applied: timeout or leader change) - check with a read
 """
 

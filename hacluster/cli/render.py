@@ -21,6 +21,8 @@ def freshness(f: dict[str, Any]) -> str:
         return f"(read from the leader {f['peer']} at index {f['applied_index']})"
     lag = max(0, int(f.get("commit_index", 0)) - int(f.get("applied_index", 0)))
     quorum = "" if f.get("has_quorum") else ", NO QUORUM: may be stale"
+    if not f.get("caught_up", True):
+        quorum += ", NOT CAUGHT UP since start: may lack committed entries"
     return (f"(read from {f['peer']} at index {f['applied_index']}, {lag} behind its commit "
             f"index; leader {f.get('leader') or 'unknown'}{quorum})")
 
@@ -60,6 +62,9 @@ def status(doc: dict[str, Any]) -> str:
     quorum = "yes" if peer["has_quorum"] else "NO"
     out = [f"leader {peer['leader'] or 'none'}  term {peer['term']}  quorum {quorum}  "
            f"(this peer: {peer['name']}, {peer['role']}, index {peer['applied_index']})"]
+    if not peer.get("caught_up", True):
+        out.append(f"NOT CAUGHT UP: {peer['name']} has not heard from a leader since it "
+                   "started; what follows may lack committed entries")
     if doc.get("cluster_maintenance"):
         out.append("CLUSTER MAINTENANCE ON: fencing is disabled")
     out += ["", hosts_table(doc["hosts"]), ""]

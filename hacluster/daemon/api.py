@@ -9,11 +9,13 @@ message is apply's reason.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from hacluster.core.explain import explain
 from hacluster.daemon import views
+from hacluster.fsm import ClusterState
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
 from hacluster.fsm.events import Event
@@ -50,7 +52,21 @@ class Api:
         s = self.peer.status(digest=False)
         return {"peer": s["name"], "leader": s["leader"], "is_leader": s["is_leader"],
                 "has_quorum": s["has_quorum"], "applied_index": s["applied_index"],
-                "commit_index": s["commit_index"]}
+                "commit_index": s["commit_index"], "caught_up": s["caught_up"]}
+
+    @contextmanager
+    def _read(self) -> Iterator[ClusterState]:
+        """The local replica, once it has caught up with the cluster since this
+        peer started. Before that it can lack committed entries (Raft does not
+        keep the commit index across a restart), and an empty VM list would
+        read as "no VMs". `status` alone answers regardless, to diagnose."""
+        if not self.peer.caught_up():
+            raise RpcError(ErrorCode.UNAVAILABLE, f"peer {self.peer.me} has not caught up with "
+                           "the cluster since it started (no leader has answered it yet), so "
+                           "its state may lack committed entries; retry in a moment, or "
+                           "--connect another peer", {"peer": self.peer.me})
+        with self.peer.read() as state:
+            yield state
 
     async def _write(self, ctx: CallContext, command: c.Command) -> dict[str, Any]:
         origin = f"{ctx.user}@{self.peer.me}"
@@ -76,12 +92,12 @@ class Api:
                            f"failed: {exc}") from None
 
     def _host(self, name: str) -> None:
-        with self.peer.read() as state:
+        with self._read() as state:
             if name not in state.hosts:
                 raise RpcError(ErrorCode.NOT_FOUND, f"unknown host {name!r}")
 
     def _vm(self, name: str) -> None:
-        with self.peer.read() as state:
+        with self._read() as state:
             if name not in state.vms:
                 raise RpcError(ErrorCode.NOT_FOUND, f"unknown VM {name!r}")
 
@@ -107,7 +123,7 @@ class Api:
     async def m_host_list(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         validate_params(params, {})
         lease_ages = self.peer.lease_ages()
-        with self.peer.read() as state:
+        with self._read() as state:
             hosts = [views.host_view(state, state.hosts[n], lease_ages.get(n))
                      for n in sorted(state.hosts)]
         return {"freshness": self._freshness(), "hosts": hosts}
@@ -115,7 +131,7 @@ class Api:
     async def m_host_show(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         p = validate_params(params, {"name": str})
         self._host(p["name"])
-        with self.peer.read() as state:
+        with self._read() as state:
             view = views.host_view(state, state.hosts[p["name"]],
                                    self.peer.lease_ages().get(p["name"]), detail=True)
         return {"freshness": self._freshness(), "host": view}
@@ -135,7 +151,7 @@ class Api:
     async def m_host_remove(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         p = validate_params(params, {"name": str})
         self._host(p["name"])
-        with self.peer.read() as state:
+        with self._read() as state:
             host = state.hosts[p["name"]]
         result = await self._write(ctx, c.RemoveHost(name=p["name"]))
         if host.raft_address and host.role is not HostRole.MEMBER:
@@ -147,14 +163,14 @@ class Api:
         return result
 
     def _member_to_promote(self) -> str:
-        with self.peer.read() as state:
+        with self._read() as state:
             members = sorted(n for n, h in state.hosts.items()
                              if h.role is HostRole.MEMBER and h.raft_address
                              and h.state is HostState.ONLINE)
         return members[0] if members else ""
 
     async def _promote(self, ctx: CallContext, name: str) -> dict[str, Any]:
-        with self.peer.read() as state:
+        with self._read() as state:
             host = state.hosts[name]
         if host.role is not HostRole.MEMBER:
             raise RpcError(ErrorCode.CONFLICT, f"host {name} is a {host.role.value}, not a "
@@ -172,7 +188,7 @@ class Api:
     async def m_host_demote(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         p = validate_params(params, {"name": str})
         self._host(p["name"])
-        with self.peer.read() as state:
+        with self._read() as state:
             host = state.hosts[p["name"]]
         result = await self._write(ctx, c.SetHostRole(name=p["name"], role=HostRole.MEMBER))
         if host.raft_address:
@@ -189,14 +205,14 @@ class Api:
 
     async def m_vm_list(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         validate_params(params, {})
-        with self.peer.read() as state:
+        with self._read() as state:
             vms = [views.vm_view(state.vms[n]) for n in sorted(state.vms)]
         return {"freshness": self._freshness(), "vms": vms}
 
     async def m_vm_show(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         p = validate_params(params, {"name": str})
         self._vm(p["name"])
-        with self.peer.read() as state:
+        with self._read() as state:
             view = views.vm_view(state.vms[p["name"]], detail=True)
         return {"freshness": self._freshness(), "vm": view}
 
@@ -257,7 +273,7 @@ class Api:
     async def m_explain(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         p = validate_params(params, {"name": str})
         self._vm(p["name"])
-        with self.peer.read() as state:
+        with self._read() as state:
             lines = explain(state, p["name"])
         return {"freshness": self._freshness(), "lines": lines}
 
@@ -266,7 +282,7 @@ class Api:
     async def m_fence_history(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         p = validate_params(params, {"host": optional(str, default=""),
                                      "limit": optional(int, default=50)})
-        with self.peer.read() as state:
+        with self._read() as state:
             records = [r for r in state.fences if not p["host"] or r.host == p["host"]]
             shown = [views.fence_view(r) for r in records[-max(1, p["limit"]):]]
         return {"freshness": self._freshness(), "fences": shown}
@@ -287,7 +303,7 @@ class Api:
         if p["cap"] is not None or p["window_s"] is not None:
             await self._write(ctx, c.SetSettings(fence_cap=p["cap"],
                                                  fence_window_s=p["window_s"]))
-        with self.peer.read() as state:
+        with self._read() as state:
             return {"freshness": self._freshness(), "cap": views.cap_view(state)}
 
     async def m_cluster_maintenance(self, ctx: CallContext,
@@ -299,7 +315,7 @@ class Api:
 
     async def m_settings_show(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         validate_params(params, {})
-        with self.peer.read() as state:
+        with self._read() as state:
             return {"freshness": self._freshness(), "settings": views.settings_view(state)}
 
     async def m_settings_set(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
@@ -312,7 +328,7 @@ class Api:
 
     async def m_bmc_show(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         validate_params(params, {})
-        with self.peer.read() as state:
+        with self._read() as state:
             hosts = {n: views.host_view(state, h, detail=True)["bmc"]
                      for n, h in sorted(state.hosts.items())}
             defaults = views.bmc_defaults(state.settings.bmc)
@@ -332,12 +348,12 @@ class Api:
         if not p["host"]:
             given.pop("address", None)
             given.pop("action", None)
-            with self.peer.read() as state:
+            with self._read() as state:
                 current = state.settings.bmc
             return await self._write(ctx, c.SetBmcDefaults(bmc=_replace(current, given)))
         self._host(p["host"])
         given.pop("verify_tls", None)
-        with self.peer.read() as state:
+        with self._read() as state:
             override = state.hosts[p["host"]].bmc
         return await self._write(ctx, c.SetHostBmc(name=p["host"],
                                                    bmc=_replace(override, given)))

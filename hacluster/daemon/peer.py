@@ -110,6 +110,11 @@ class Peer:
         with self.replica.read() as state:
             yield state
 
+    def caught_up(self) -> bool:
+        """Has this peer, once since it started, applied everything a leader had
+        committed? Until then its state can lack committed entries."""
+        return self.raft is not None and self.raft.status().ready
+
     def subscribe(self, listener: EventListener) -> Callable[[], None]:
         return self.replica.subscribe(listener)
 
@@ -397,6 +402,7 @@ class Peer:
             "has_quorum": bool(raft and raft.has_quorum),
             "commit_index": raft.commit_index if raft else 0,
             "applied_index": self.replica.applied_index,
+            "caught_up": bool(raft and raft.ready),
             "manager_ready": bool(manager and manager.ready),
             "links": self.leases.link_report() if self.leases else {},
             "digest": self.replica.digest() if digest else "",

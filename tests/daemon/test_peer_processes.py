@@ -10,7 +10,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from hacluster.lab.cluster import LabCluster
+from hacluster.rpc.protocol import ErrorCode, RpcError
 
 Factory = Callable[..., LabCluster]
 
@@ -61,6 +64,19 @@ def test_whole_cluster_power_loss_keeps_every_committed_entry(lab_factory: Facto
     before = digests(lab)["h1"]
     for node in lab.nodes.values():
         node.host.power_off()
+    lab.nodes["h1"].host.power_on()  # alone, it cannot learn what was committed
+    lab.wait(lambda: lab.call("status", name="h1")["peer"]["name"] == "h1", 30, "h1 answers")
+    assert not lab.call("status", name="h1")["peer"]["caught_up"]
+    with pytest.raises(RpcError) as refused:  # not an empty list that reads as "no VMs"
+        lab.call("vm.list", name="h1")
+    assert refused.value.code is ErrorCode.UNAVAILABLE
+    assert "has not caught up" in refused.value.message
+    hactl = [sys.executable, "-m", "hacluster.cli.hactl", "--connect",
+             lab.nodes["h1"].host.spec.rpc_socket]
+    status = subprocess.run([*hactl, "status"], capture_output=True, text=True, timeout=30)
+    assert status.returncode == 0 and "NOT CAUGHT UP" in status.stdout
+    listed = subprocess.run([*hactl, "vm", "list"], capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 3 and "has not caught up" in listed.stderr
     for node in lab.nodes.values():
         node.host.power_on()
     lab.wait(converged(lab, at_least=before[0]), 60,
