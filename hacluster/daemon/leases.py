@@ -92,17 +92,20 @@ class LeaseCodec:
 
 @dataclass
 class ReplayGuard:
-    """Accept each sender's sequence numbers once and in order, per boot."""
+    """Accept each sender's sequence numbers once and in order, per boot and per
+    link: one renewal goes out on every link with the same sequence number, and
+    each copy is that link's proof of life."""
 
-    seen: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+    seen: dict[tuple[str, str], tuple[bytes, int]] = field(default_factory=dict)
 
     def fresh(self, r: Renewal, wall_now: float) -> bool:
         if abs(wall_now - r.sent_at) > CLOCK_WINDOW_S:
             return False
-        last = self.seen.get(r.host)
+        key = (r.host, r.link)
+        last = self.seen.get(key)
         if last is not None and last[0] == r.boot and r.seq <= last[1]:
             return False
-        self.seen[r.host] = (r.boot, r.seq)
+        self.seen[key] = (r.boot, r.seq)
         return True
 
 

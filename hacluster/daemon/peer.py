@@ -34,6 +34,7 @@ from hacluster.daemon.replica import EventListener, Replica
 from hacluster.daemon.sdnotify import sd_notify, watchdog_interval_s
 from hacluster.fsm import ClusterState, Event
 from hacluster.fsm import commands as c
+from hacluster.fsm import events as ev
 from hacluster.fsm.model import HostRole
 from hacluster.fsm.states import HostState
 from hacluster.ports import Fencer, HostCapacity, Hypervisor, Notifier, ProposeStatus
@@ -306,27 +307,42 @@ class Peer:
 
     # ------------------------------------------------------------ registration
 
-    def _registration(self) -> c.Command | None:
+    def _registration(self) -> tuple[c.Command, str] | None:
+        """What the cluster state must learn about this host, and why."""
+        addresses = tuple(f"{k}={v}" for k, v in sorted(self._links().items()))
         with self.replica.read() as state:
             host = state.hosts.get(self.me)
         if host is None or host.state is HostState.REMOVED:
-            addresses = tuple(f"{k}={v}" for k, v in sorted(self._links().items()))
             return c.AddHost(name=self.me, addresses=addresses, role=self.role,
-                             raft_address=self.config.peer.raft_address)
+                             raft_address=self.config.peer.raft_address), \
+                "this host is missing from the cluster state"
+        if host.addresses != addresses:
+            return c.SetHostAddresses(name=self.me, addresses=addresses), \
+                "[leases] links in the config differ from the cluster state"
         if host.peer_stopped:
-            return c.SetPeerStopped(name=self.me, stopped=False)
+            return c.SetPeerStopped(name=self.me, stopped=False), "it was stopped cleanly"
         if self.role is HostRole.WITNESS and host.state is HostState.JOINING:
-            return c.HostReady(name=self.me)  # no agent, nothing to clean up: ready at once
+            # no agent, nothing to clean up: ready at once
+            return c.HostReady(name=self.me), "a witness runs no VMs"
         return None
 
     async def _register(self) -> None:
-        """Add this host to the cluster state if missing; resume lease judging."""
+        """Add this host to the cluster state if missing, bring its lease links
+        up to date, resume lease judging."""
         assert self.proposer is not None
-        while (command := self._registration()) is not None:
-            decision(log, f"register: {command.TYPE}", "this host is missing from the "
-                     "cluster state or was stopped cleanly", host=self.me)
-            await self.proposer.submit(command, deadline_s=5.0)
-            await asyncio.sleep(0.2)
+        while not self.caught_up():  # judge what is missing from the cluster's state
+            await asyncio.sleep(0.1)
+        pause, last_refusal = 0.2, ""
+        while (todo := self._registration()) is not None:
+            command, reason = todo
+            decision(log, f"register: {command.TYPE}", reason, host=self.me)
+            outcome = await self.proposer.submit(command, deadline_s=5.0)
+            refused = [e.message for e in outcome.events if e.kind == ev.REJECTED]
+            if refused and refused[0] != last_refusal:  # say it once, then back off
+                log.error("registration refused", extra={"error": refused[0]})
+            last_refusal = refused[0] if refused else ""
+            pause = min(10.0, pause * 2) if refused else 0.2
+            await asyncio.sleep(pause)
 
     # ------------------------------------------------------------ notifications
 

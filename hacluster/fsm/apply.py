@@ -106,6 +106,7 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.ReportHostLoad: apply_hosts.report_load,
     c.ReportBmcHealth: apply_hosts.report_bmc_health,
     c.SetPeerStopped: apply_hosts.set_peer_stopped,
+    c.SetHostAddresses: apply_hosts.set_addresses,
     c.SetHostRole: apply_hosts.set_host_role,
     c.SetHostMaintenance: apply_hosts.set_maintenance,
     c.SetHostBmc: apply_hosts.set_host_bmc,

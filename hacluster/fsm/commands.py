@@ -92,6 +92,17 @@ class SetPeerStopped(Command):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class SetHostAddresses(Command):
+    """A host's lease links ("link=address"), as its own config lists them: its
+    peer proposes them when it starts and finds the stored ones differ (a link
+    added or re-addressed), since the other peers send renewals to these."""
+
+    TYPE = "host-addresses"
+    name: str
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ReportHostLoad(Command):
     TYPE = "host-load"
     name: str
@@ -310,6 +321,7 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     HostReady,
     ReportBmcHealth,
     SetPeerStopped,
+    SetHostAddresses,
     SetHostRole,
     ReportHostLoad,
     SetHostMaintenance,

@@ -130,6 +130,8 @@ def host_misc(ch: Chooser, state: ClusterState) -> c.Command:
         c.SetHostBmc(name=name, bmc=BmcOverride(username="admin", sealed_password=_secret(ch))),
         c.ReportBmcHealth(name=name, ok=ch.pick((True, False)), detail="probe"),
         c.SetPeerStopped(name=name, stopped=ch.pick((True, False))),
+        c.SetHostAddresses(name=name, addresses=ch.pick(
+            (("main=192.168.0.1",), ("main=192.168.0.1", "backend=10.0.0.1"), ("bad",)))),
         c.MarkHostAlive(
             name=_host_in(
                 ch, state, HostState.SUSPECT, HostState.FENCE_BLOCKED, HostState.FENCE_FAILED

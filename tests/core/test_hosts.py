@@ -51,6 +51,29 @@ def test_duplicate_host_is_refused() -> None:
     assert kinds(events) == ["rejected"] and "already exists" in events[0].message
 
 
+def test_a_host_updates_its_lease_links() -> None:
+    cluster = Cluster()
+    cluster.ok(c.AddHost(name="h1", addresses=("main=10.0.0.1",)))
+    links = ("backend=10.1.0.1", "main=10.0.0.1")
+    events = cluster.ok(c.SetHostAddresses(name="h1", addresses=links))
+    assert cluster.host("h1").addresses == links
+    message = only(events, "host-updated")[0].message
+    assert "backend=10.1.0.1" in message and "were main=10.0.0.1" in message
+    assert cluster.ok(c.SetHostAddresses(name="h1", addresses=links)) == []  # no change
+
+
+def test_bad_lease_links_are_refused_and_change_nothing() -> None:
+    cluster = Cluster()
+    cluster.ok(c.AddHost(name="h1", addresses=("main=10.0.0.1",)))
+    for bad, why in ((("main",), "expected link=address"),
+                     (("main=10.0.0.1", "main=10.0.0.2"), "listed twice"),
+                     ((), "at least one lease link")):
+        events = cluster.run(c.SetHostAddresses(name="h1", addresses=bad))
+        assert kinds(events) == ["rejected"] and why in events[0].message
+    assert cluster.host("h1").addresses == ("main=10.0.0.1",)
+    assert kinds(cluster.run(c.SetHostAddresses(name="h9", addresses=("m=x",)))) == ["rejected"]
+
+
 def test_invalid_host_name_is_refused() -> None:
     cluster = Cluster()
     for name in ("", "-x", "a b", "x" * 64, "é"):

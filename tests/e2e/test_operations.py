@@ -3,6 +3,7 @@ networks, a fenced host that returns with stale copies, promotion of a member.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -48,6 +49,34 @@ def test_a_cut_link_is_noticed_and_the_other_keeps_the_lease(lab_factory: Factor
         assert hosts["h2"]["state"] == "online"
         links = hosts["h2"]["lease_links"]
         assert links["backend"] > ttl * 2 and links["main"] < ttl
+    assert lab.call("fence.history")["fences"] == []
+
+
+def test_a_link_added_to_the_config_reaches_the_cluster_state(lab_factory: Factory) -> None:
+    """Rolling change: each host in turn stops cleanly, gets a second lease link in
+    its config and starts again; its peer updates its record, so the others send
+    renewals on the new link too and nobody is fenced on the way."""
+    lab = lab_factory(3)
+    lab.add_vms(3)
+    for name, node in lab.nodes.items():
+        host = node.host
+        host.stop_peer()
+        host.spec = dataclasses.replace(host.spec,
+                                        backend_address=backend_of(host.spec.address))
+        host.write()
+        host.power_on()
+        lab.wait(lambda n=name: len(lab.call("host.show", {"name": n})["host"]["addresses"])
+                 == 2, 30,
+                 f"{name}'s backend link in the cluster state")
+        lab.wait(lambda n=name: lab.hosts()[n]["state"] == "online", 30, f"{name} online")
+    ttl = lab.call("settings.show")["settings"]["lease_ttl_s"]
+
+    def renewed_on_both_links() -> bool:  # as the answering peer hears them ("self": itself)
+        others = [h["lease_links"] for h in lab.hosts().values() if "self" not in h["lease_links"]]
+        return len(others) == 2 and all(set(links) == {"main", "backend"}
+                                        and max(links.values()) < ttl for links in others)
+
+    lab.wait(renewed_on_both_links, 30, "renewals on both links from every host")
     assert lab.call("fence.history")["fences"] == []
 
 
