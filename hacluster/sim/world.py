@@ -323,6 +323,9 @@ class Simulation:
         host.manager = None
         self.stale.pop(name, None)
         self.note(f"power {name}: off ({why})")
+        if name == self.leader:  # at once: a reboot within one step must not keep it leader
+            self.note(f"raft: leader {name} is down")
+            self.leader, self.leaderless_since = None, self.now
 
     def power_on(self, name: str, why: str) -> None:
         host = self.hosts[name]
