@@ -4,6 +4,7 @@ removed at the end, also on Ctrl-C."""
 
 from __future__ import annotations
 
+import signal
 import tempfile
 import threading
 import time
@@ -64,6 +65,9 @@ def _summary(lab: LabCluster, victim: str, moved: list[str], cut: float) -> str:
 
 def run_demo(hosts: int = 3, vms: int = 4, profile: str = "default", keep: bool = False,
              qemu: bool = False) -> int:
+    # Ctrl-C must clean up even when our parent ignored SIGINT for us (a job a
+    # shell started with "&", some CI runners): Python then installs no handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     root = tempfile.mkdtemp(prefix="hacluster-demo-")
     lab = LabCluster(root, hosts, profile=profile, driver="qemu" if qemu else "test",
                      isolation="netns" if qemu else "loopback")

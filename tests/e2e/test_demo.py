@@ -49,7 +49,11 @@ def test_demo_prints_the_recovery_and_cleans_up() -> None:
 
 
 def test_interrupted_demo_cleans_up() -> None:
-    proc = subprocess.Popen(DEMO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """Ctrl-C mid-recovery; started the way a shell starts a job with "&" (SIGINT
+    ignored), which the demo must override to clean up."""
+    ignoring = ["bash", "-c", 'trap "" INT; exec "$@"', "demo", *DEMO]
+    proc = subprocess.Popen(ignoring, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:
