@@ -74,6 +74,7 @@ class Peer:
         self.proposer: Proposer | None = None
         self.extra_services: list[Any] = []  # e.g. the RPC server (start()/close())
         self.rpc_server: RpcServer | None = None
+        self._caught_up = False
 
     # ------------------------------------------------------------ Raft role
 
@@ -113,8 +114,11 @@ class Peer:
 
     def caught_up(self) -> bool:
         """Has this peer, once since it started, applied everything a leader had
-        committed? Until then its state can lack committed entries."""
-        return self.raft is not None and self.raft.status().ready
+        committed? Until then its state can lack committed entries. Once true it
+        stays true (Raft's ready flag), so only the wait asks the Raft thread."""
+        if not self._caught_up and self.raft is not None:
+            self._caught_up = self.raft.status().ready
+        return self._caught_up
 
     def subscribe(self, listener: EventListener) -> Callable[[], None]:
         return self.replica.subscribe(listener)

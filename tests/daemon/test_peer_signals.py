@@ -16,19 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from hacluster.raft.harness import free_ports
+
 PEER = [sys.executable, "-m", "hacluster.cli.main", "peer", "--config"]
 
 
-def free_port(kind: int = socket.SOCK_STREAM, also_udp_next: bool = False) -> int:
-    """A port the kernel says is free on 127.0.0.1 (a random pick can land on a
-    port in use, e.g. an ephemeral one); with also_udp_next, port + 1 is free
-    for UDP too (the lease port)."""
+def raft_and_lease_ports() -> int:
+    """A Raft port the kernel says is free, whose next port (the lease port) is
+    free for UDP too: a random pick can land on a port in use."""
     while True:
-        with socket.socket(socket.AF_INET, kind) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if not also_udp_next:
-            return port
+        port = free_ports(1)[0]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as lease:
             try:
                 lease.bind(("127.0.0.1", port + 1))
@@ -38,7 +35,7 @@ def free_port(kind: int = socket.SOCK_STREAM, also_udp_next: bool = False) -> in
 
 
 def write_config(base: Path, level: str = "info", extra: str = "", rpc: str = "") -> Path:
-    port = free_port(also_udp_next=True)
+    port = raft_and_lease_ports()
     secret = base / "secret"
     if not secret.exists():
         secret.write_text(secrets.token_hex(16))
@@ -130,7 +127,7 @@ def test_hactl_reaches_a_peer_over_tls_with_a_client_certificate(tmp_path: Path)
     from rpc.support import make_pki  # tests/rpc/support.py: a throwaway CA
 
     pki = make_pki(tmp_path)
-    port = free_port()
+    port = free_ports(1)[0]
     config = write_config(tmp_path, rpc=(
         f'tcp_address = "127.0.0.1:{port}"\ntls_cert = "{pki.server_cert}"\n'
         f'tls_key = "{pki.server_key}"\ntls_client_ca = "{pki.ca_cert}"\n'))
@@ -161,7 +158,7 @@ def test_sighup_rotates_rpc_tokens_without_a_restart(tmp_path: Path) -> None:
     from rpc.support import make_pki  # tests/rpc/support.py: a throwaway CA
 
     pki = make_pki(tmp_path)
-    port = free_port()
+    port = free_ports(1)[0]
     tokens, old, new = tmp_path / "tokens", tmp_path / "old.token", tmp_path / "new.token"
     old.write_text("a" * 32)
     new.write_text("b" * 32)
