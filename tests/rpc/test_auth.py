@@ -244,6 +244,8 @@ def test_certificate_from_another_ca_fails_the_handshake(
         rpc.call("whoami")  # TLS 1.3 tells the client of its rejection on first read
     assert info.value.code == ErrorCode.MAYBE_APPLIED  # the client cannot know better
     assert "was our TLS client certificate refused?" in info.value.message
+    # the server's alert reaches the client before its own handler has recorded the refusal
+    wait_for(lambda: bool(failures))
     assert [f.reason.split(":")[0] for f in failures] == ["TLS handshake failed"]
     assert "certificate" in failures[0].reason.lower()
     assert "TLS handshake failed" in caplog.text
