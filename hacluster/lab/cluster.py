@@ -239,6 +239,14 @@ class LabCluster:
                 last = exc
         raise RuntimeError(f"no peer answers: {last}")
 
+    def answers(self, name: str) -> bool:
+        """True once the named peer's RPC socket answers a status call."""
+        try:
+            with self.client(name, timeout_s=2.0) as rpc:
+                return bool(rpc.call("status"))
+        except (RpcError, RuntimeError):
+            return False
+
     def call(self, method: str, params: dict[str, Any] | None = None,
              name: str | None = None) -> Any:
         with self.client(name) as rpc:

@@ -340,6 +340,8 @@ class LabLibvirtd:
             # virsh waiting for events forever holds one connection open.
             keeper = f"virsh -q -c {shlex.quote(self.uri)} event --all --loop"
             self._nsenter(f"{keeper} </dev/null >/dev/null 2>&1 &", timeout_s)
+            # until it is connected, the next client to leave would wipe the state
+            _wait_for(self._has_clients, timeout_s, f"the keeper of {self.base} to connect")
 
     def _answers(self) -> bool:
         if not os.path.exists(self.socket_path):
@@ -348,6 +350,15 @@ class LabLibvirtd:
             ["virsh", "-q", "-c", self.uri, "uri"], capture_output=True, timeout=30, check=False
         )
         return probe.returncode == 0
+
+    def _has_clients(self) -> bool:
+        admin = os.path.join(os.path.dirname(self.socket_path), "libvirt-admin-sock")
+        listing = subprocess.run(
+            ["virt-admin", "-q", "-c", f"libvirtd:///system?socket={admin}",
+             "srv-clients-list", "libvirtd"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+        return listing.returncode == 0 and bool(listing.stdout.strip())
 
     def stop_daemon(self, timeout_s: float = 10.0) -> None:
         """Stop libvirtd (and the keeper) only; QEMU processes keep running,

@@ -16,6 +16,7 @@ from .support import (
     assert_one_line,
     start_host_process,
     timed,
+    wait_until,
 )
 
 
@@ -159,6 +160,8 @@ def test_slow_bmc_within_deadline_is_polled_until_off(bmc: BmcSim, ipmi: IpmiFen
     bmc.set_mode(BmcMode.SLOW, delay_s=0.4)
     result = ipmi.fence(bmc.target(), FenceAction.OFF, 10)
     assert result.outcome is FenceOutcome.OFF, result.evidence
+    # the delayed change writes the power file first, then its log line
+    wait_until(lambda: len(bmc.events()) == 2, 5, "the delayed power-off logged")
     assert [e.event for e in bmc.events()] == ["power-accepted", "power-off"]
 
 

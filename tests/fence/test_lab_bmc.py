@@ -12,7 +12,7 @@ import pytest
 from hacluster.lab.bmc import BmcMode, BmcSim, BmcSimError, rmcp_ping
 from hacluster.ports import PowerState
 
-from .support import PASSWORD, assert_no_secret, need
+from .support import PASSWORD, assert_no_secret, need, wait_until
 
 
 def ipmitool(bmc: BmcSim, *args: str, password: str = PASSWORD) -> subprocess.CompletedProcess[str]:
@@ -67,6 +67,8 @@ def test_slow_mode_accepts_then_switches_later(bmc: BmcSim) -> None:
     assert ipmitool(bmc, "chassis", "power", "off").returncode == 0
     assert bmc.power is PowerState.ON  # accepted, not done yet
     bmc.wait_for_power(PowerState.OFF, 10)
+    # the delayed change writes the power file first, then its log line
+    wait_until(lambda: len(bmc.events()) == 2, 5, "the delayed power-off logged")
     assert [e.event for e in bmc.events()] == ["power-accepted", "power-off"]
     assert [e.cause for e in bmc.events()][-1] == "ipmi-delayed"
 

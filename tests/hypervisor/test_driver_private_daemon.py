@@ -59,8 +59,8 @@ def test_reconnects_and_resubscribes_after_a_libvirtd_restart(
         hv.define(name, minimal_domain_xml(name, 32, 1, "test"))
         hv.start(name)
         events.wait(name, S.RUNNING)
-        restarted = time.monotonic()
         test_daemon.restart_daemon()
+        restarted = time.monotonic()
         # the test driver forgets everything on restart: the watcher notices
         # on its own (no call from us) and reports the domain as gone
         at, _ = events.wait(name, S.SHUTOFF, reason="resync/gone", timeout_s=5.0)

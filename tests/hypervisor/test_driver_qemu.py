@@ -19,11 +19,18 @@ from hacluster.ports import DomainState as S
 from .support import Recorder, wait_for
 
 Pair = tuple[LabLibvirtd, LabLibvirtd]
+RESYNC_S = 60.0
+# Functional bound only (well under RESYNC_S, loose enough for a loaded CI machine); the
+# latency itself is measured by bench/hypervisor.py (about 0.2 s here).
+EVENT_BOUND_S = 5.0
 
 
 @pytest.fixture
 def hvs(qemu_pair: Pair) -> Iterator[tuple[LibvirtHypervisor, LibvirtHypervisor]]:
-    a, b = (LibvirtHypervisor(host.uri, reconnect_interval_s=0.05) for host in qemu_pair)
+    # The periodic resync is set far out, so a change seen within EVENT_BOUND_S came from a
+    # lifecycle event (or the resync on reconnect), not from the poll that would find it anyway.
+    a, b = (LibvirtHypervisor(host.uri, reconnect_interval_s=0.05,
+                              resync_interval_s=RESYNC_S) for host in qemu_pair)
     try:
         yield a, b
     finally:
@@ -65,7 +72,7 @@ def test_start_list_and_shutdown_that_times_out_into_destroy(
     events.wait(name, S.SHUTOFF, reason="stopped/destroyed")
 
 
-def test_killed_qemu_is_reported_as_crashed_within_a_second(
+def test_killed_qemu_is_reported_as_crashed_by_an_event(
     qemu_pair: Pair, hvs: tuple[LibvirtHypervisor, LibvirtHypervisor], name: str
 ) -> None:
     hv = hvs[0]
@@ -76,8 +83,8 @@ def test_killed_qemu_is_reported_as_crashed_within_a_second(
     assert pid is not None
     killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    at, reason = events.wait(name, S.CRASHED, timeout_s=5.0)
-    assert at - killed < 1.0, f"crash noticed after {at - killed:.3f} s"
+    at, reason = events.wait(name, S.CRASHED, timeout_s=EVENT_BOUND_S)
+    assert at - killed < EVENT_BOUND_S, f"crash noticed after {at - killed:.3f} s"
     assert reason == "stopped/failed"
     assert _state(hv, name) == S.CRASHED
 
@@ -141,9 +148,9 @@ def test_vms_survive_a_libvirtd_restart_and_events_resume(
     events.wait(f"{name}-2", S.RUNNING)
     killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
-    at, reason = events.wait(name, S.CRASHED, since=killed, timeout_s=5.0)
+    at, reason = events.wait(name, S.CRASHED, since=killed, timeout_s=EVENT_BOUND_S)
     assert reason == "stopped/failed"
-    assert at - killed < 1.0
+    assert at - killed < EVENT_BOUND_S
 
 
 def test_vm_that_died_while_libvirtd_was_down_is_reported_on_reconnect(
@@ -162,9 +169,9 @@ def test_vm_that_died_while_libvirtd_was_down_is_reported_on_reconnect(
     finally:
         host_a.start_daemon()
     back = time.monotonic()
-    at, reason = events.wait(name, S.CRASHED, since=killed, timeout_s=5.0)
+    at, reason = events.wait(name, S.CRASHED, since=killed, timeout_s=EVENT_BOUND_S)
     assert reason == "resync"
-    assert at - back < 1.0  # the watcher reconnects on its own, at once
+    assert at - back < EVENT_BOUND_S  # the watcher reconnects on its own and resyncs at once
 
 
 def test_libvirt_errors_name_the_domain(

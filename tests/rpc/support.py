@@ -172,7 +172,12 @@ def make_methods(probe: Probe | None = None) -> dict[str, Method]:
                 yield "never"
             finally:
                 probe.cancelled.set()
+
+        async def hold(ctx: CallContext, params: dict[str, Any]) -> Any:
+            probe.started.set()  # the server has read the request and is working on it
+            await asyncio.sleep(3600)
         methods["forever"] = forever
+        methods["hold"] = hold
     return methods
 
 

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import math
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -178,13 +179,14 @@ def test_async_client_timeout_then_late_reply_is_dropped(server: ServerThread) -
 
 
 def test_async_client_waiters_learn_of_a_lost_connection(
-        start_server: Callable[..., ServerThread]) -> None:
+        start_server: Callable[..., ServerThread], probe: Probe) -> None:
     server = start_server()
 
     async def main() -> None:
         rpc = await AsyncRpcClient.connect(server.socket_path)
-        pending = asyncio.ensure_future(rpc.call("sleep", {"s": 30}))
-        await asyncio.sleep(0.05)
+        pending = asyncio.ensure_future(rpc.call("hold"))
+        # the parting word names the request the server was working on: it must have one
+        assert await asyncio.to_thread(probe.started.wait, 10)
         await asyncio.to_thread(server.stop)
         with pytest.raises(RpcError) as info:
             await pending
@@ -236,7 +238,11 @@ def test_leader_link_redials_when_the_connection_drops_or_the_leader_moves(
         assert (await link.call(first.endpoint, "whoami", {}))["auth"] == "certificate"
         # The leader closes the idle connection; the next forward is not sent on it,
         # so one retry on a fresh connection is safe.
-        await asyncio.sleep(0.4)
+        stale = link._client  # private: the test waits until the link has seen the close
+        deadline = time.monotonic() + 10
+        while stale is None or not stale.closed:
+            assert time.monotonic() < deadline, "the idle connection was never closed"
+            await asyncio.sleep(0.01)
         assert await link.call(first.endpoint, "add", {"a": 1, "b": 1}) == 2
         assert await link.call(second.endpoint, "add", {"a": 2, "b": 2}) == 4
         with pytest.raises(RpcError) as info:  # errors of the method are not retried
