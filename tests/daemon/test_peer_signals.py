@@ -21,11 +21,13 @@ from hacluster.raft.harness import free_ports
 PEER = [sys.executable, "-m", "hacluster.cli.main", "peer", "--config"]
 
 
-def raft_and_lease_ports() -> int:
-    """A Raft port the kernel says is free, whose next port (the lease port) is
-    free for UDP too: a random pick can land on a port in use."""
+def raft_and_lease_ports(taken: tuple[int, ...] = ()) -> int:
+    """A Raft port the kernel says is free (and not one of `taken`, picked earlier for
+    something else), whose next port (the lease port) is free for UDP too."""
     while True:
         port = free_ports(1)[0]
+        if port in taken:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as lease:
             try:
                 lease.bind(("127.0.0.1", port + 1))
@@ -34,8 +36,9 @@ def raft_and_lease_ports() -> int:
         return port
 
 
-def write_config(base: Path, level: str = "info", extra: str = "", rpc: str = "") -> Path:
-    port = raft_and_lease_ports()
+def write_config(base: Path, level: str = "info", extra: str = "", rpc: str = "",
+                 rpc_port: int = 0) -> Path:
+    port = raft_and_lease_ports(taken=(rpc_port,))
     secret = base / "secret"
     if not secret.exists():
         secret.write_text(secrets.token_hex(16))
@@ -128,7 +131,7 @@ def test_hactl_reaches_a_peer_over_tls_with_a_client_certificate(tmp_path: Path)
 
     pki = make_pki(tmp_path)
     port = free_ports(1)[0]
-    config = write_config(tmp_path, rpc=(
+    config = write_config(tmp_path, rpc_port=port, rpc=(
         f'tcp_address = "127.0.0.1:{port}"\ntls_cert = "{pki.server_cert}"\n'
         f'tls_key = "{pki.server_key}"\ntls_client_ca = "{pki.ca_cert}"\n'))
     proc = subprocess.Popen([*PEER, str(config)], stdout=subprocess.DEVNULL,
@@ -164,7 +167,7 @@ def test_sighup_rotates_rpc_tokens_without_a_restart(tmp_path: Path) -> None:
     new.write_text("b" * 32)
     tokens.write_text(f"ops:{'a' * 32}\n")
     tokens.chmod(0o600)
-    config = write_config(tmp_path, rpc=(
+    config = write_config(tmp_path, rpc_port=port, rpc=(
         f'tcp_address = "127.0.0.1:{port}"\ntls_cert = "{pki.server_cert}"\n'
         f'tls_key = "{pki.server_key}"\ntokens_file = "{tokens}"\n'))
     log = tmp_path / "peer.log"

@@ -48,10 +48,19 @@ def sushy_unavailable_reason() -> str | None:
     return None
 
 
+_CLAIMED: set[int] = set()  # ports handed to emulators of this process: never twice
+
+
 def _free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port the kernel says is free now and no other emulator here was given; the
+    emulator binds it about a second later, so wait_ready retries if it was taken."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in _CLAIMED:
+            _CLAIMED.add(port)
+            return port
 
 
 def make_self_signed(directory: Path) -> tuple[Path, Path, str]:
@@ -181,10 +190,14 @@ class RedfishEmulator:
         except OSError:
             return False
 
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
+    def wait_ready(self, timeout_s: float = 30.0, attempts: int = 3) -> None:
         deadline = time.monotonic() + timeout_s
         while not self._answers():
             if self._proc is None or self._proc.poll() is not None:
+                if attempts > 1 and "Address already in use" in self.log_tail():
+                    self.start()  # someone took the port meanwhile: another one
+                    self.wait_ready(timeout_s, attempts - 1)
+                    return
                 raise RuntimeError(f"sushy-emulator exited: {self.log_tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"sushy-emulator not ready: {self.log_tail()}")
