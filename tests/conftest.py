@@ -74,10 +74,22 @@ def lab_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[obje
     yield make
     report = getattr(request.node, "report_call", None)
     failed = report is not None and report.failed
+    teardown_errors: list[BaseException] = []
     for index, lab in enumerate(made):
-        if failed:
-            assert report is not None
+        try:
+            lab.stop(keep=failed)  # first: nothing keeps writing while its files are copied
+        except RuntimeError as exc:  # every other lab still goes
+            teardown_errors.append(exc)
+        if not failed:
+            continue
+        assert report is not None
+        try:
             kept = keep_failed_lab(lab, request.node.name, index)
             report.sections.append((f"lab {index} (files kept in {kept})",
                                     lab_diagnostics(lab)))
-        lab.stop(keep=False)
+        except Exception as exc:  # the diagnostics are a bonus, never a reason to leak
+            report.sections.append((f"lab {index}", f"could not keep its files: {exc!r}"))
+        finally:
+            shutil.rmtree(lab.root, ignore_errors=True)
+    if teardown_errors:
+        raise teardown_errors[0]

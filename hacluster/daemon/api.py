@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hacluster.core.explain import explain
 from hacluster.daemon import views
+from hacluster.daemon.proposer import NoLeaderError
 from hacluster.fsm import ClusterState
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
@@ -87,6 +88,9 @@ class Api:
     async def _membership(self, change: Any, address: str) -> None:
         try:
             await change(address)
+        except NoLeaderError as exc:
+            raise RpcError(ErrorCode.NO_QUORUM, f"Raft membership change for {address} not "
+                           f"made: {exc}") from None
         except (RuntimeError, ValueError) as exc:
             raise RpcError(ErrorCode.CONFLICT, f"Raft membership change for {address} "
                            f"failed: {exc}") from None

@@ -29,7 +29,7 @@ from hacluster.daemon.leader import LeaderDriver
 from hacluster.daemon.leases import LeaseCodec, LeaseService
 from hacluster.daemon.logs import decision
 from hacluster.daemon.notify import HookNotifier, notification
-from hacluster.daemon.proposer import Outcome, Proposer
+from hacluster.daemon.proposer import NoLeaderError, Outcome, Proposer
 from hacluster.daemon.replica import EventListener, Replica
 from hacluster.daemon.sdnotify import sd_notify, watchdog_interval_s
 from hacluster.fsm import ClusterState, Event
@@ -58,6 +58,9 @@ class Peer:
         self.secret = cluster_secret if cluster_secret is not None else read_secret(config)
         self.replica = Replica()
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="hacluster")
+        # One at a time, in log order: "fence succeeded" never reaches a hook before
+        # "fence requested" did, and two runs never interleave their output.
+        self._notify_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hacluster-notify")
         self._fencer = fencer
         self._hypervisor = hypervisor
         self.notifier: Notifier = notifier or HookNotifier(config.notify.hook,
@@ -146,14 +149,25 @@ class Peer:
     async def remove_raft_member(self, address: str) -> None:
         await self._membership("remove_member", address)
 
-    async def _membership(self, change: str, address: str) -> None:
+    async def _membership(self, change: str, address: str, deadline_s: float = 10.0) -> None:
+        """Retried while there is no leader (an election is under way) or another change
+        is still in progress: NOT_LEADER means the change never entered the log. MAYBE is
+        not retried: it may have happened."""
         if self.raft is None:
             raise RuntimeError("the peer is not running")
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self.pool, getattr(self.raft, change), address,
-                                            self.config.timing.propose_timeout_s)
-        if result.status is not ProposeStatus.COMMITTED:
-            raise RuntimeError(f"{change.replace('_', ' ')} {address}: {result.status.value}")
+        give_up = time.monotonic() + deadline_s
+        while True:
+            result = await loop.run_in_executor(self.pool, getattr(self.raft, change), address,
+                                                self.config.timing.propose_timeout_s)
+            if result.status is ProposeStatus.COMMITTED:
+                return
+            what = f"{change.replace('_', ' ')} {address}"
+            if result.status is not ProposeStatus.NOT_LEADER:
+                raise RuntimeError(f"{what}: {result.status.value}")
+            if time.monotonic() >= give_up or self._stop.is_set():
+                raise NoLeaderError(f"{what}: no leader took it within {deadline_s:g} s")
+            await asyncio.sleep(0.05)
 
     def config_view(self) -> dict[str, Any]:
         """The running configuration; the secret itself is never part of it."""
@@ -357,7 +371,7 @@ class Peer:
         for event in events:
             doc = notification(event, self.me)
             if doc is not None:
-                self.pool.submit(self.notifier.notify, doc)
+                self._notify_pool.submit(self.notifier.notify, doc)
 
     # ------------------------------------------------------------ run / stop
 
@@ -405,6 +419,7 @@ class Peer:
         if self._hypervisor is not None:
             self._hypervisor.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self._notify_pool.shutdown(wait=False, cancel_futures=True)
         log.info("peer stopped", extra={"host": self.me})
 
     # ------------------------------------------------------------ status

@@ -21,6 +21,10 @@ from hacluster.ports import ProposeStatus
 from hacluster.raft import RaftNode, RaftProposeResult
 
 
+class NoLeaderError(RuntimeError):
+    """A change was not made because no leader took it in time; it never entered the log."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: ProposeStatus

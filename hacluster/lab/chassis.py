@@ -72,11 +72,13 @@ def _write_power(directory: Path, on: bool) -> None:
 
 
 def log_event(
-    directory: Path, event: str, cause: str, detail: str = "", began: float | None = None
+    directory: Path, event: str, cause: str, detail: str = "", began: float | None = None,
+    at: float | None = None,
 ) -> None:
     """Append one line; O_APPEND keeps lines from different processes whole.
-    `began`: when a power change started (its hook ran from then until now)."""
-    now = time.monotonic()  # CLOCK_MONOTONIC: comparable across processes
+    `began`: when a power change started (its hook ran from then until `at`);
+    `at`: when it took effect (default: now)."""
+    now = time.monotonic() if at is None else at  # CLOCK_MONOTONIC: comparable across processes
     line = json.dumps(
         {
             "wall": time.time(),
@@ -136,8 +138,9 @@ def apply_power(directory: Path, on: bool, cause: str) -> bool:
     hook = config.get("power_on_cmd" if on else "power_off_cmd") or []
     began = time.monotonic()
     result = _run_hook(directory, list(hook), float(config.get("cmd_timeout_s", 10.0)))
+    done = time.monotonic()  # the hook has killed (or started) the host's processes by now
     _write_power(directory, on)
-    log_event(directory, "power-on" if on else "power-off", cause, result, began)
+    log_event(directory, "power-on" if on else "power-off", cause, result, began, done)
     return True
 
 

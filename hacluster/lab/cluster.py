@@ -303,6 +303,18 @@ class LabCluster:
                 return name
         return None
 
+    def wait_leader(self, timeout_s: float = 20.0) -> str:
+        """The leader's host name, once there is one (an election may be under way)."""
+        found: list[str] = []
+
+        def known() -> bool:
+            leader = self.leader()
+            found[:] = [leader] if leader else []
+            return bool(found)
+
+        self.wait(known, timeout_s, "a leader")
+        return found[0]
+
     def vms(self) -> dict[str, dict[str, Any]]:
         return {v["name"]: v for v in self.call("vm.list")["vms"]}
 

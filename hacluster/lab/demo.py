@@ -4,7 +4,9 @@ removed at the end, also on Ctrl-C."""
 
 from __future__ import annotations
 
+import io
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -68,6 +70,8 @@ def run_demo(hosts: int = 3, vms: int = 4, profile: str = "default", keep: bool 
     # Ctrl-C must clean up even when our parent ignored SIGINT for us (a job a
     # shell started with "&", some CI runners): Python then installs no handler.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if isinstance(sys.stdout, io.TextIOWrapper):  # progress shows at once through a pipe too
+        sys.stdout.reconfigure(line_buffering=True)
     root = tempfile.mkdtemp(prefix="hacluster-demo-")
     lab = LabCluster(root, hosts, profile=profile, driver="qemu" if qemu else "test",
                      isolation="netns" if qemu else "loopback")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -154,3 +155,32 @@ def test_corrupt_journal_refuses_to_start_and_rebuild_recovers(lab_factory: Fact
     lab.wait(converged(lab), 60, "the rebuilt peer caught up")
     quarantined = list((host.spec.path / "data" / "raft").glob("quarantine-*"))
     assert quarantined, "the damaged files were not kept aside"
+
+
+def test_a_membership_change_waits_out_a_missing_leader(lab_factory: Factory) -> None:
+    """`host add` on a peer that has no leader (the others are restarting) is retried
+    until a leader takes it, instead of failing at once: it never entered the log."""
+    lab = lab_factory(3)
+    for name in ("h2", "h3"):
+        lab.nodes[name].host.stop_peer()
+    lab.wait(lambda: lab.call("status", name="h1")["peer"]["leader"] is None, 20,
+             "h1 alone, without a leader")  # a leader without quorum steps down in 2 s
+    outcome: dict[str, object] = {}
+
+    def add() -> None:
+        try:
+            outcome["result"] = lab.call("host.add", {
+                "name": "h9", "raft_address": "127.0.0.99:7440", "role": "voter"}, name="h1")
+        except (RpcError, RuntimeError) as exc:
+            outcome["error"] = exc
+
+    adding = threading.Thread(target=add)
+    adding.start()
+    time.sleep(1.0)
+    assert adding.is_alive(), f"gave up while there was no leader: {outcome}"
+    for name in ("h2", "h3"):
+        lab.nodes[name].host.power_on()
+    adding.join(60)
+    assert "error" not in outcome, outcome
+    # the Raft change committed first, then the host record (that order is the API's)
+    assert lab.hosts()["h9"]["state"] == "joining"

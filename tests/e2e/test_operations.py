@@ -27,7 +27,7 @@ def test_notification_hook_receives_fence_events(lab_factory: Factory,
     hook.chmod(0o755)
     lab = lab_factory(3, notify_hook=str(hook))
     lab.add_vms(3)
-    leader = lab.leader()
+    leader = lab.wait_leader()
     victim = next(n for n in sorted(lab.nodes) if n != leader and vms_on(lab, n))
     lab.power_off(victim)
     lab.wait(lambda: lab.hosts()[victim]["state"] == "fenced", 30, "fenced")
@@ -86,7 +86,7 @@ def test_returning_host_destroys_copies_placed_elsewhere(lab_factory: Factory) -
     it comes back, its agent destroys its copies before it takes part again."""
     lab = lab_factory(3)
     lab.add_vms(4)
-    leader = lab.leader()
+    leader = lab.wait_leader()
     victim = next(n for n in sorted(lab.nodes) if n != leader and vms_on(lab, n))
     moved = vms_on(lab, victim)
     lab.call("bmc.set", {"host": victim, "action": "none"})

@@ -25,6 +25,7 @@ SERVER = (
 CLIENT = (
     "import socket,sys\ntry:\n"
     " c=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=0.3)\n"
+    " c.settimeout(10)\n"  # a dropped SYN shows in connect; the answer needs the server scheduled
     " print(c.recv(2).decode())\n"
     "except OSError: print('timeout')"
 )

@@ -83,7 +83,7 @@ def test_qemu_power_off_kills_the_vm_and_power_on_keeps_definitions(tmp_path: Pa
         instance.start()  # power on: the definition is still there, not running
         wait_for(
             lambda: _virsh(instance.uri, "domstate", "vm").stdout.strip() == "shut off",
-            5.0,
+            30.0,
             "vm to be defined and off",
         )
     finally:

@@ -22,6 +22,7 @@ SERVER = (
 CLIENT = (
     "import socket,sys\ntry:\n"
     " c=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=float(sys.argv[3]))\n"
+    " c.settimeout(10)\n"  # a dropped SYN shows in connect; the answer needs the server scheduled
     " print(c.recv(2).decode())\n"
     "except TimeoutError: print('timeout')\nexcept OSError: print('refused')"
 )
