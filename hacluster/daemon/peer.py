@@ -150,24 +150,37 @@ class Peer:
         await self._membership("remove_member", address)
 
     async def _membership(self, change: str, address: str, deadline_s: float = 10.0) -> None:
-        """Retried while there is no leader (an election is under way) or another change
-        is still in progress: NOT_LEADER means the change never entered the log. MAYBE is
-        not retried: it may have happened."""
-        if self.raft is None:
+        """Idempotent: done at once if the Raft configuration already says so. Retried
+        while there is no leader (an election is under way), another change is still in
+        progress (NOT_LEADER: it never entered the log) or a leader change left it
+        unknown (MAYBE: the next look at the configuration tells)."""
+        raft = self.raft
+        if raft is None:
             raise RuntimeError("the peer is not running")
         loop = asyncio.get_running_loop()
+        adding = change == "add_member"
         give_up = time.monotonic() + deadline_s
         while True:
-            result = await loop.run_in_executor(self.pool, getattr(self.raft, change), address,
+            if await loop.run_in_executor(self.pool, self._in_raft_config, raft, address) \
+                    is adding:
+                return
+            result = await loop.run_in_executor(self.pool, getattr(raft, change), address,
                                                 self.config.timing.propose_timeout_s)
             if result.status is ProposeStatus.COMMITTED:
                 return
-            what = f"{change.replace('_', ' ')} {address}"
-            if result.status is not ProposeStatus.NOT_LEADER:
-                raise RuntimeError(f"{what}: {result.status.value}")
             if time.monotonic() >= give_up or self._stop.is_set():
-                raise NoLeaderError(f"{what}: no leader took it within {deadline_s:g} s")
+                raise NoLeaderError(
+                    f"{change.replace('_', ' ')} {address}: not done within {deadline_s:g} s "
+                    f"(last answer: {result.status.value}; no leader, another membership "
+                    "change in progress, or the leader refused it, e.g. to remove itself)")
             await asyncio.sleep(0.05)
+
+    def _in_raft_config(self, raft: RaftNode, address: str) -> bool:
+        """Whether the latest Raft configuration in this peer's log has `address` as a
+        voter (Raft uses the latest configuration, committed or not)."""
+        status = raft.status()
+        return address == status.self_address or any(
+            p.address == address for p in status.partners)
 
     def config_view(self) -> dict[str, Any]:
         """The running configuration; the secret itself is never part of it."""
