@@ -79,6 +79,12 @@ class EventFollower:
         except (RpcError, OSError, RuntimeError):
             return
 
+    def started_after(self, vm: str, after: float) -> bool:
+        """Whether an event said `vm` reached state started at or after `after`."""
+        return any(item["kind"] == "vm-state" and item["subject"] == vm
+                   and item["data"].get("to") == "started" and at >= after
+                   for at, item in list(self.events))
+
     def first(self, kind: str, subject: str, after: float = 0.0) -> float | None:
         for at, item in list(self.events):
             if item["kind"] == kind and item["subject"] == subject and at >= after:

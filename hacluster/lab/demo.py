@@ -94,7 +94,9 @@ def run_demo(hosts: int = 3, vms: int = 4, profile: str = "default", keep: bool 
         cut = lab.power_off(victim, "demo: power cut")
         timeline.zero = cut
         lab.wait(lambda: _done(lab, moved, victim), 60, "recovery")
-        time.sleep(0.3)
+        # the watcher's event stream may trail the peer that answered _done
+        lab.wait(lambda: all(follower.started_after(n, cut) for n in moved), 10,
+                 "the watcher's events of the recovery")
         for at, item in follower.events:
             if item["kind"] in SHOWN_EVENTS:
                 subject = f"{item['subject']} " if item["subject"] else ""
