@@ -48,6 +48,14 @@ class LeaseTable:
         links = self._seen.setdefault(host, {})
         links[link] = max(now, links.get(link, now))
 
+    def discount(self, blind_s: float, now: float) -> None:
+        """The judge heard nothing for blind_s up to now through its own fault (its
+        process stood still): that silence is not the hosts', so their leases do not
+        age during it."""
+        for links in self._seen.values():
+            for link in links:
+                links[link] = min(now, links[link] + blind_s)
+
     def forget(self, host: str) -> None:
         self._seen.pop(host, None)
 

@@ -87,6 +87,13 @@ class Manager:
     def renewal(self, host: str, link: str, now: float) -> None:
         self.leases.renew(host, link, now)
 
+    def own_pause(self, blind_s: float, now: float) -> None:
+        """Our process stood still for blind_s up to now (paused, starved of CPU, its
+        machine suspended) and read no renewals meanwhile. That proves nothing about
+        the hosts: without this, a leader waking from a pause would fence every host
+        at once (corosync likewise discounts a detected process pause)."""
+        self.leases.discount(blind_s, now)
+
     # ------------------------------------------------------------ feedback
 
     def proposal_done(self, key: str, command: c.Command, committed: bool, index: int) -> None:

@@ -24,10 +24,19 @@ from hacluster.raft import RaftNode
 log = logging.getLogger("hacluster.manager")
 
 
+def stood_still(last_tick: float | None, now: float, tick_s: float) -> float:
+    """How much later than due this tick comes (0 when on time, or late by mere
+    jitter): the loop, and with it the renewals it reads, stood still that long."""
+    late = 0.0 if last_tick is None else now - last_tick - tick_s
+    return late if late > 2 * tick_s else 0.0
+
+
 class LeaderDriver:
     def __init__(self, me: str, raft: RaftNode, replica: Replica, proposer: Proposer,
-                 fencer: Fencer, cluster_secret: str, pool: Executor) -> None:
+                 fencer: Fencer, cluster_secret: str, pool: Executor,
+                 tick_s: float = 0.1) -> None:
         self.me = me
+        self.tick_s = tick_s  # how often tick() is due
         self.raft = raft
         self.replica = replica
         self.proposer = proposer
@@ -37,6 +46,7 @@ class LeaderDriver:
         self.manager = Manager(me)
         self.stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_tick: float | None = None
 
     # ------------------------------------------------------------ inputs
 
@@ -57,6 +67,7 @@ class LeaderDriver:
     def tick(self) -> None:
         term = None if self.stopping else self.raft.leader_term()
         now = time.monotonic()
+        blind_s = self._blind_since_last_tick(now)
         if term is None:
             if self.manager.leading:
                 self.manager.lose_leadership()
@@ -69,9 +80,17 @@ class LeaderDriver:
                 decision(log, "leading", f"elected in term {term}; every host gets a full "
                          "lease, nothing is decided before our no-op commits", term=term)
                 decisions += self.manager.become_leader(term, state, now)
+            elif blind_s:
+                self.manager.own_pause(blind_s, now)
+                decision(log, "own pause discounted", f"this peer stood still for "
+                         f"{blind_s:.2f}s; the hosts' leases did not age meanwhile", term=term)
             decisions += self.manager.tick(state, now, time.time())
         for d in decisions:
             self._spawn(self._dispatch(d))
+
+    def _blind_since_last_tick(self, now: float) -> float:
+        last, self._last_tick = self._last_tick, now
+        return stood_still(last, now, self.tick_s)
 
     async def _dispatch(self, d: Decision) -> None:
         if isinstance(d, Propose):

@@ -237,7 +237,7 @@ class Peer:
         self.proposer = Proposer(self.raft, self.me, self.pool, cfg.timing.propose_timeout_s)
         fencer = self._make_fencer()
         self.leader = LeaderDriver(self.me, self.raft, self.replica, self.proposer, fencer,
-                                   self.secret, self.pool)
+                                   self.secret, self.pool, cfg.timing.manager_tick_s)
         self.leases = LeaseService(self.me, LeaseCodec(self.secret), self._links(),
                                    cfg.leases.port, self.leader.renewal)
         await self.leases.start()

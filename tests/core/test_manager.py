@@ -194,6 +194,29 @@ def test_silent_host_becomes_suspect_then_is_fenced() -> None:
     assert "last renewal 3.00s ago" in fence.evidence
 
 
+def test_the_leaders_own_pause_does_not_age_the_leases() -> None:
+    """Its loop stood still 10 s (renewals unread) while Raft kept it leader."""
+    leader = ready_leader("b")
+    leader.renew("b", T0 + 1.0)
+    leader.manager.own_pause(10.0, T0 + 11.5)
+    assert leader.tick(T0 + 11.5) == []  # 0.5 s of silence that was b's own
+    assert leader.manager.leases.view("b", T0 + 11.5, Settings()).verdict is Verdict.ALIVE
+    # b's silence after the pause counts again: suspect 1.5 s, fenced 3.0 s after renewal
+    (suspect,) = proposals(leader.tick(T0 + 12.5), c.MarkHostSuspect)
+    leader.commit(suspect)
+    assert proposals(leader.tick(T0 + 13.9), c.RequestFence) == []
+    (request,) = proposals(leader.tick(T0 + 14.0), c.RequestFence)
+    assert command(request, c.RequestFence).host == "b"
+
+
+def test_a_pause_never_makes_a_renewal_younger_than_now() -> None:
+    table = LeaseTable()
+    table.renew("b", "ring0", 100.0)
+    table.discount(5.0, now=102.0)  # a renewal read during the pause's first moments
+    view = table.view("b", 102.0, Settings())
+    assert view.age_s == 0.0 and view.links == (("ring0", 0.0),)
+
+
 def test_leader_keeps_its_own_lease() -> None:
     leader = ready_leader()
     assert leader.tick(T0 + 100.0) == []

@@ -4,6 +4,8 @@ secret, corrupt journal. Peer state digests are compared after each."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from hacluster.lab.cluster import LabCluster
+from hacluster.ports import PowerState
 from hacluster.rpc.protocol import ErrorCode, RpcError
 
 Factory = Callable[..., LabCluster]
@@ -184,3 +187,27 @@ def test_a_membership_change_waits_out_a_missing_leader(lab_factory: Factory) ->
     assert "error" not in outcome, outcome
     # the Raft change committed first, then the host record (that order is the API's)
     assert lab.hosts()["h9"]["state"] == "joining"
+
+
+def test_a_pause_of_every_peer_fences_nobody(lab_factory: Factory) -> None:
+    """Every peer process stands still for three lease timeouts (a suspended machine, a
+    starved CI box), then goes on. Nobody renewed meanwhile, but nobody was dead either:
+    a leader elected afterwards grants full leases, and a leader that kept its office
+    discounts its own pause (Manager.own_pause) instead of fencing every host."""
+    lab = lab_factory(3)
+    lab.add_vms(3)
+    ttl = lab.call("settings.show")["settings"]["lease_ttl_s"]
+    pids = [node.host.peer_pid() for node in lab.nodes.values()]
+    assert all(pids)
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(ttl * 3)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    time.sleep(ttl * 3)  # time to fence, were anyone judged dead
+    assert lab.call("fence.history")["fences"] == []
+    assert all(h["state"] == "online" for h in lab.hosts().values())
+    assert all(v["state"] == "started" for v in lab.vms().values())
+    assert all(node.bmc.power is PowerState.ON for node in lab.nodes.values())
