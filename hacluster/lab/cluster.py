@@ -85,12 +85,6 @@ class EventFollower:
                    and item["data"].get("to") == "started" and at >= after
                    for at, item in list(self.events))
 
-    def first(self, kind: str, subject: str, after: float = 0.0) -> float | None:
-        for at, item in list(self.events):
-            if item["kind"] == kind and item["subject"] == subject and at >= after:
-                return at
-        return None
-
 
 def lab_unavailable(driver: str = "test", isolation: str = "loopback") -> str | None:
     """Why a lab cluster cannot run on this machine (None: it can)."""
@@ -244,14 +238,6 @@ class LabCluster:
             except RpcError as exc:
                 last = exc
         raise RuntimeError(f"no peer answers: {last}")
-
-    def answers(self, name: str) -> bool:
-        """True once the named peer's RPC socket answers a status call."""
-        try:
-            with self.client(name, timeout_s=2.0) as rpc:
-                return bool(rpc.call("status"))
-        except (RpcError, RuntimeError):
-            return False
 
     def call(self, method: str, params: dict[str, Any] | None = None,
              name: str | None = None) -> Any:
