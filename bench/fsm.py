@@ -262,7 +262,7 @@ def measure(profile: cProfile.Profile | None) -> dict[str, Any]:
     out["apply_per_s"] = round(len(entries) / seconds)
 
     log.run(c.MarkHostSuspect(name=BIG, evidence="benchmark"))
-    from hacluster.core.placement import Planner, plan  # after hacluster.fsm (import cycle)
+    from hacluster.fsm.placement import Planner, plan
 
     frozen = log.state.vms_on(BIG)
     out["planner_only_1000_s"], _ = timed(lambda: plan(Planner(log.state, [BIG]), frozen))

@@ -31,9 +31,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # hacluster, and raftlab (test scaffolding)
 
-from hacluster.raft.harness import Cluster, Peer, wait_for
+from raftlab.harness import Cluster, Peer, wait_for  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -126,7 +127,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Raft adapter benchmark (prints JSON last)")
     p.add_argument(
         "--fsm",
-        default="hacluster.raft.bytelog:factory",
+        default="raftlab.bytelog:factory",
         help="state machine factory as module:callable",
     )
     p.add_argument("--sync-n", type=int, default=2000, help="synchronous proposals")

@@ -3,8 +3,8 @@ where it would go if its host died now. Pure: reads the state only."""
 
 from __future__ import annotations
 
-from hacluster.core.placement import Planner
 from hacluster.fsm.model import ClusterState, Desired, HaPolicy, Vm
+from hacluster.fsm.placement import Planner
 from hacluster.fsm.states import HostState, VmState
 
 

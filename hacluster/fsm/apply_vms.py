@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from hacluster.core import placement  # module import: placement imports fsm.model
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
+from hacluster.fsm import placement
 from hacluster.fsm.context import Ctx, Refused, check_name
 from hacluster.fsm.lifecycle import continue_drain, place, restart_or_relocate, stop_here
 from hacluster.fsm.model import Desired, Vm, stop_failure

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from hacluster.core import placement  # module import: placement imports fsm.model
+from hacluster.fsm import placement
 from hacluster.fsm.context import Ctx
 from hacluster.fsm.model import Desired, HaPolicy, Vm
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState, VmState

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hacluster.core.placement import Planner, by_priority, plan
 from hacluster.fsm import commands as c
 from hacluster.fsm.model import Desired, Selector, Vm
+from hacluster.fsm.placement import Planner, by_priority, plan
 from hacluster.fsm.states import HostState, VmState
 
 from .builders import Cluster, kinds

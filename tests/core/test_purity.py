@@ -98,7 +98,7 @@ EXPECTED = {
     "hacluster.fsm.codec",
     "hacluster.fsm.wire",
     "hacluster.fsm.model",
-    "hacluster.core.placement",
+    "hacluster.fsm.placement",
     "hacluster.core.manager",
     "hacluster.core.agent",
     "hacluster.core.lease",
@@ -211,9 +211,9 @@ def test_scan_notices_a_forbidden_import() -> None:
 
 
 def test_scan_resolves_relative_imports() -> None:
-    tree = ast.parse("from . import model\nfrom ..core import placement\n")
+    tree = ast.parse("from . import model\nfrom ..core import lease\n")
     names = {n for n, _ in imported_names("hacluster.fsm.apply", tree)}
-    assert {"hacluster.fsm.model", "hacluster.core.placement"} <= names
+    assert {"hacluster.fsm.model", "hacluster.core.lease"} <= names
 
 
 @pytest.mark.parametrize(

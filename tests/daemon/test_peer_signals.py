@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hacluster.raft.harness import free_ports
+from raftlab.harness import free_ports
 
 PEER = [sys.executable, "-m", "hacluster.cli.main", "peer", "--config"]
 

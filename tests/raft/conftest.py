@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hacluster.raft.harness import Cluster
+from raftlab.harness import Cluster
 
 # These tests check what Raft keeps and refuses, not how fast it elects (bench/raft.py
 # measures that with the defaults). Slower elections keep a peer process that a loaded

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from hacluster.raft.harness import Cluster, committed, free_ports, propose_all, wait_for
+from raftlab.harness import Cluster, committed, free_ports, propose_all, wait_for
 
 
 def other_than(cluster: Cluster, *excluded: object) -> list:

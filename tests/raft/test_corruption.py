@@ -8,8 +8,8 @@ import os
 import pytest
 
 from hacluster.raft.files import JOURNAL_NAME, SNAPSHOT_NAME
-from hacluster.raft.harness import Peer, PeerFailed, propose_all, wait_for
-from hacluster.raft.testpeer import CORRUPT_EXIT
+from raftlab.harness import Peer, PeerFailed, propose_all, wait_for
+from raftlab.peer import CORRUPT_EXIT
 
 
 def damage(path: str, how: str) -> None:

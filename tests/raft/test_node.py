@@ -14,9 +14,9 @@ from pysyncobj.tcp_connection import TcpConnection
 
 from hacluster.ports import ProposeStatus, Secret
 from hacluster.raft import NodeHalted, RaftError, RaftNode, RaftSettings, RaftSettingsError
-from hacluster.raft.bytelog import ByteLog
-from hacluster.raft.harness import free_ports, wait_for
 from hacluster.raft.journal import DurableJournal
+from raftlab.bytelog import ByteLog
+from raftlab.harness import free_ports, wait_for
 
 
 class Machine(ByteLog):

@@ -10,7 +10,7 @@ import struct
 import zlib
 from functools import partial
 
-from hacluster.raft.harness import Peer, committed, wait_for
+from raftlab.harness import Peer, committed, wait_for
 
 
 class Evil:

@@ -1,6 +1,6 @@
 """A Raft peer in its own process, for tests and benchmarks.
 
-    python -m hacluster.raft.testpeer --self 127.0.0.1:7001 --partners A,B,C \\
+    python -m raftlab.peer --self 127.0.0.1:7001 --partners A,B,C \\
         --secret S --data DIR --ready-file FILE [--rebuild] [--fsm mod:factory] [--raw]
 
 It hosts a RaftNode over a state machine (default: the ByteLog counter) and serves a
@@ -294,7 +294,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--secret", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--ready-file", required=True)
-    p.add_argument("--fsm", default="hacluster.raft.bytelog:factory")
+    p.add_argument("--fsm", default="raftlab.bytelog:factory")
     p.add_argument("--settings", help="JSON object of RaftSettings overrides")
     p.add_argument("--rebuild", action="store_true")
     p.add_argument("--raw", action="store_true", help="bare pysyncobj counter (baseline)")

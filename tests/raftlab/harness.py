@@ -1,4 +1,4 @@
-"""Launch and drive testpeer processes on loopback (used by tests and bench/raft.py).
+"""Launch and drive raftlab.peer processes on loopback (used by tests and bench/raft.py).
 
 Every wait polls with a deadline; nothing here sleeps to make an assertion true.
 """
@@ -25,6 +25,15 @@ class PeerFailed(RuntimeError):
     def __init__(self, message: str, doc: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.doc = doc or {}
+
+
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _child_env() -> dict[str, str]:
+    """The peer runs as `python -m raftlab.peer`: tests/ must be on its path."""
+    paths = [TESTS_DIR, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
 def free_ports(count: int) -> list[int]:
@@ -103,7 +112,7 @@ class Peer:
         cmd = [
             sys.executable,
             "-m",
-            "hacluster.raft.testpeer",
+            "raftlab.peer",
             "--self",
             self.address or "-",
             "--partners",
@@ -132,7 +141,8 @@ class Peer:
         self.control_port = None
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                self.command(rebuild), stdout=log, stderr=log, stdin=subprocess.DEVNULL
+                self.command(rebuild), stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                env=_child_env(),
             )
 
     def start(self, rebuild: bool = False, timeout: float = 30.0) -> Peer:
