@@ -129,7 +129,8 @@ class Manager:
 
     # ------------------------------------------------------------ decisions
 
-    def tick(self, state: ClusterState, now: float, wall: float) -> list[Decision]:
+    def tick(self, state: ClusterState, now: float, log_now: float) -> list[Decision]:
+        """now: this leader's monotonic clock; log_now: its log clock (core/logclock.py)."""
         if not self.leading:
             return []
         self._inflight = {k: t for k, t in self._inflight.items() if t > now}
@@ -145,7 +146,7 @@ class Manager:
                 self.leases.renew(name, GRANT, now)  # left cleanly: never fenced for it
                 continue
             lease = self.leases.view(name, now, state.settings)
-            decision = self._decide_host(state, host, lease, now, wall)
+            decision = self._decide_host(state, host, lease, now, log_now)
             if decision is not None and name == self.me and \
                     isinstance(decision.command, c.RequestFence):
                 out.extend(self._step_down(decision.reason, now))
@@ -157,7 +158,7 @@ class Manager:
         return out
 
     def _decide_host(
-        self, state: ClusterState, host: Host, lease: LeaseView, now: float, wall: float
+        self, state: ClusterState, host: Host, lease: LeaseView, now: float, log_now: float
     ) -> Propose | None:
         s = state.settings
         alive = lease.verdict is Verdict.ALIVE
@@ -187,7 +188,7 @@ class Manager:
         if host.state is H.FENCE_BLOCKED and not s.cluster_maintenance:
             reopens = cap_reopens_at(state)
             quorum_ok = not quorum_problem(state, host.name)
-            if quorum_ok and (reopens is None or wall >= reopens):
+            if quorum_ok and (reopens is None or log_now >= reopens):
                 return self._fence(
                     host, "lease expired; fence cap has room again", lease.evidence(s)
                 )

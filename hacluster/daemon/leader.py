@@ -84,7 +84,11 @@ class LeaderDriver:
                 self.manager.own_pause(blind_s, now)
                 decision(log, "own pause discounted", f"this peer stood still for "
                          f"{blind_s:.2f}s; the hosts' leases did not age meanwhile", term=term)
-            decisions += self.manager.tick(state, now, time.time())
+            if self.manager.ready and not self.replica.clock.running and \
+                    self.replica.start_clock():
+                decision(log, "log clock started", "a new cluster: its first leader's wall "
+                         "clock sets the origin", term=term)
+            decisions += self.manager.tick(state, now, self.replica.log_now())
         for d in decisions:
             self._spawn(self._dispatch(d))
 

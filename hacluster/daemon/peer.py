@@ -234,7 +234,8 @@ class Peer:
         loop = asyncio.get_running_loop()
         self.raft = await loop.run_in_executor(self.pool, self._open_raft)
         cfg = self.config
-        self.proposer = Proposer(self.raft, self.me, self.pool, cfg.timing.propose_timeout_s)
+        self.proposer = Proposer(self.raft, self.me, self.pool, cfg.timing.propose_timeout_s,
+                                 self.replica.log_now)
         fencer = self._make_fencer()
         self.leader = LeaderDriver(self.me, self.raft, self.replica, self.proposer, fencer,
                                    self.secret, self.pool, cfg.timing.manager_tick_s)

@@ -1,9 +1,10 @@
 """Proposing commands through Raft from the asyncio side.
 
 Every command travels in an Envelope with a fresh request id, the proposer's
-name and its wall clock. `submit` retries until a deadline: NOT_LEADER (no
-leader yet) is simply retried; MAYBE is retried with the *same* request id,
-which apply treats as a duplicate if the first attempt did commit.
+name, its wall clock (for people) and its log clock estimate (core/logclock.py).
+`submit` retries until a deadline: NOT_LEADER (no leader yet) is simply retried;
+MAYBE is retried with the *same* request id, which apply treats as a duplicate if the
+first attempt did commit.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -38,17 +40,19 @@ class Outcome:
 
 
 class Proposer:
-    def __init__(self, raft: RaftNode, me: str, pool: Executor, timeout_s: float) -> None:
+    def __init__(self, raft: RaftNode, me: str, pool: Executor, timeout_s: float,
+                 log_clock: Callable[[], float]) -> None:
         self.raft = raft
         self.me = me
         self.pool = pool
         self.timeout_s = timeout_s
+        self.log_clock = log_clock
 
     async def propose(self, command: c.Command, *, origin: str = "",
                       request_id: str = "") -> Outcome:
         """One attempt."""
         envelope = c.Envelope(command, request_id or uuid.uuid4().hex, origin or self.me,
-                              time.time())
+                              time.time(), self.log_clock())
         data = encode_command(envelope)
         loop = asyncio.get_running_loop()
         result: RaftProposeResult = await loop.run_in_executor(

@@ -9,10 +9,12 @@ lock is released; listeners must not block (the Raft thread calls them).
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from hacluster.core.logclock import LogClock
 from hacluster.fsm import ClusterState, Event, apply, decode_snapshot, encode_snapshot
 from hacluster.fsm.codec import state_digest
 
@@ -26,12 +28,14 @@ class Replica:
         self._state = ClusterState()
         self._listeners: list[EventListener] = []
         self.recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
+        self.clock = LogClock()  # extended by every applied log time (core/logclock.py)
 
     # ------------------------------------------------------------ Raft callbacks (Raft thread)
 
     def apply(self, data: bytes, index: int) -> list[Event]:
         with self._lock:
             events = apply(self._state, data, index)
+            self.clock.observe(self._state.log_time, time.monotonic())
             self.recent.extend(events)
         for listener in list(self._listeners):
             listener(events)
@@ -45,6 +49,7 @@ class Replica:
         state = decode_snapshot(data)
         with self._lock:
             self._state = state
+            self.clock.observe(state.log_time, time.monotonic())
 
     # ------------------------------------------------------------ readers
 
@@ -53,6 +58,18 @@ class Replica:
         """Hold the state still while deciding; keep the block short."""
         with self._lock:
             yield self._state
+
+    def log_now(self) -> float:
+        """This peer's log clock estimate now (0.0 before it has any)."""
+        with self._lock:
+            return self.clock.now(time.monotonic())
+
+    def start_clock(self) -> bool:
+        """A leader found no log time in a new cluster: start it (core/logclock.py)."""
+        with self._lock:
+            if self._state.log_time > 0:
+                return False
+            return self.clock.start(time.time(), time.monotonic())
 
     @property
     def applied_index(self) -> int:

@@ -160,7 +160,9 @@ def apply(
                 (("original", str(seen)),),
             )
         ]
-    state.log_time = max(state.log_time, entry.stamped_at)
+    # Log time: the largest log-clock estimate any proposer wrote. Every estimate lags
+    # real time (core/logclock.py), so windows counted in it never end early.
+    state.log_time = max(state.log_time, entry.log_clock)
     _remember(state, entry.request_id, index)
     ctx = Ctx(state, index, entry.origin)
     try:

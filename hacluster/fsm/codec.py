@@ -1,6 +1,7 @@
 """Byte formats: log entries (commands) and snapshots (whole state).
 
-Log entry: msgpack [ENTRY_FORMAT, type, version, request_id, origin, stamped_at, {fields}].
+Log entry: msgpack [2, type, version, request_id, origin, stamped_at, log_clock, {fields}]
+(format 1, written before the log clock existed, has no log_clock: its stamped_at served).
 Snapshot:  msgpack {"format": SNAPSHOT_FORMAT, ...} with records as positional lists,
 hosts and VMs sorted by name, so equal states give equal bytes (and digests).
 """
@@ -25,7 +26,8 @@ from hacluster.fsm.wire import (
     encode_fields,
 )
 
-ENTRY_FORMAT = 1
+ENTRY_FORMAT = 2
+ENTRY_FORMATS = (1, 2)  # formats this peer reads
 SNAPSHOT_FORMAT = 1
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
@@ -34,20 +36,20 @@ class SnapshotError(ValueError):
     """A snapshot cannot be decoded; the message says which part is wrong."""
 
 
-def encode_command(envelope: Envelope) -> bytes:
+def encode_command(envelope: Envelope, entry_format: int = ENTRY_FORMAT) -> bytes:
     cmd = envelope.command
-    return msgpack.packb(
-        [
-            ENTRY_FORMAT,
-            cmd.TYPE,
-            cmd.VERSION,
-            envelope.request_id,
-            envelope.origin,
-            float(envelope.stamped_at),
-            encode_fields(cmd),
-        ],
-        use_bin_type=True,
-    )
+    head = [ENTRY_FORMAT, cmd.TYPE, cmd.VERSION, envelope.request_id, envelope.origin,
+            float(envelope.stamped_at)]
+    if entry_format == 1:  # for peers that read format 1 only
+        head[0] = 1
+        return msgpack.packb([*head, encode_fields(cmd)], use_bin_type=True)
+    return msgpack.packb([*head, float(envelope.log_clock), encode_fields(cmd)],
+                         use_bin_type=True)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) \
+        and math.isfinite(value)
 
 
 def decode_command(data: bytes) -> Envelope | Undecodable:
@@ -58,16 +60,23 @@ def decode_command(data: bytes) -> Envelope | Undecodable:
         raw = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types
         return Undecodable(f"not msgpack: {type(exc).__name__}")
-    if not isinstance(raw, list) or len(raw) != 7 or type(raw[0]) is not int \
-            or raw[0] != ENTRY_FORMAT:
+    if not isinstance(raw, list) or not raw or type(raw[0]) is not int:
         return Undecodable("not a hacluster log entry (wrong envelope)")
-    _, ctype, version, request_id, origin, stamped_at, fields = raw
+    if raw[0] not in ENTRY_FORMATS:
+        return Undecodable(f"log entry format {raw[0]} not supported (this peer reads "
+                           f"{', '.join(map(str, ENTRY_FORMATS))})")
+    if len(raw) != 6 + raw[0]:
+        return Undecodable("not a hacluster log entry (wrong envelope)")
+    if raw[0] == 1:  # the proposer's wall clock was the log time then
+        _, ctype, version, request_id, origin, stamped_at, fields = raw
+        log_clock = stamped_at
+    else:
+        _, ctype, version, request_id, origin, stamped_at, log_clock, fields = raw
     meta_ok = (
         isinstance(request_id, str)
         and isinstance(origin, str)
-        and isinstance(stamped_at, int | float)
-        and not isinstance(stamped_at, bool)
-        and math.isfinite(stamped_at)
+        and _number(stamped_at)
+        and _number(log_clock)
     )
     if not meta_ok:
         return Undecodable("malformed envelope metadata")
@@ -84,7 +93,7 @@ def decode_command(data: bytes) -> Envelope | Undecodable:
         command = decode_fields(cls, fields)
     except WireError as exc:
         return Undecodable(f"{ctype}: {exc}", request_id, float(stamped_at))
-    return Envelope(command, request_id, origin, float(stamped_at))
+    return Envelope(command, request_id, origin, float(stamped_at), float(log_clock))
 
 
 def command_summary(command: Command) -> dict[str, Any]:

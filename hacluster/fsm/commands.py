@@ -2,8 +2,9 @@
 
 Every command is a small frozen dataclass with a wire name (`TYPE`) and a
 `VERSION`. The proposer wraps it in an `Envelope` that carries a request id
-(apply is idempotent for it), the proposer's name and its wall-clock stamp
-(informational, and the source of the monotonic log time).
+(apply is idempotent for it), the proposer's name, its wall-clock stamp (shown to
+people, never used in a decision) and its estimate of the log clock (see
+core/logclock.py), the only source of the replicated log time.
 """
 
 from __future__ import annotations
@@ -353,7 +354,8 @@ class Envelope:
     command: Command
     request_id: str = ""
     origin: str = ""  # proposing peer (or admin user via a peer)
-    stamped_at: float = 0.0  # proposer's wall clock, seconds
+    stamped_at: float = 0.0  # proposer's wall clock, seconds: informational only
+    log_clock: float = 0.0  # proposer's log clock estimate (0: it has none yet)
 
 
 @dataclass(frozen=True, slots=True)

@@ -233,7 +233,7 @@ class ClusterState:
     vms: dict[str, Vm] = field(default_factory=dict)
     fences: list[FenceRecord] = field(default_factory=list)
     settings: Settings = Settings()
-    log_time: float = 0.0  # max proposer timestamp seen: monotonic across the log
+    log_time: float = 0.0  # largest log clock proposed (core/logclock.py): never skips ahead
     applied_index: int = 0
     # request id -> index, oldest first (an OrderedDict: dropping the oldest is O(1))
     recent_requests: OrderedDict[str, int] = field(default_factory=OrderedDict)

@@ -164,7 +164,7 @@ class Simulation:
         if self.leader is None or not self.connected(origin, self.leader):
             return False, 0
         self._seq += 1
-        envelope = c.Envelope(command, f"sim-{self._seq}", origin, self.now)
+        envelope = c.Envelope(command, f"sim-{self._seq}", origin, self.now, self.now)
         self.log.append(encode_command(envelope))
         index = len(self.log)
         leader = self.hosts[self.leader]

@@ -21,7 +21,7 @@ START_TIME = 1_000.0
 
 
 class Cluster:
-    """A replicated state plus a log cursor and a proposer clock."""
+    """A replicated state plus a log cursor and a proposer's log clock."""
 
     def __init__(self, **settings: Any) -> None:
         self.state = ClusterState()
@@ -41,9 +41,12 @@ class Cluster:
         origin: str = "test",
         at: float | None = None,
         step: float = 1.0,
+        wall: float | None = None,
     ) -> bytes:
+        """`at`: the proposer's log clock; `wall`: its wall clock (default: the same)."""
         self.clock = self.clock + step if at is None else at
-        return encode_command(c.Envelope(cmd, request_id, origin, self.clock))
+        stamp = self.clock if wall is None else wall
+        return encode_command(c.Envelope(cmd, request_id, origin, stamp, self.clock))
 
     def apply_bytes(self, data: bytes, *, check: bool = True) -> list[Event]:
         self.index += 1
@@ -62,9 +65,10 @@ class Cluster:
         origin: str = "test",
         at: float | None = None,
         step: float = 1.0,
+        wall: float | None = None,
         check: bool = True,
     ) -> list[Event]:
-        data = self.entry(cmd, request_id=request_id, origin=origin, at=at, step=step)
+        data = self.entry(cmd, request_id=request_id, origin=origin, at=at, step=step, wall=wall)
         return self.apply_bytes(data, check=check)
 
     def ok(self, cmd: c.Command, **kw: Any) -> list[Event]:

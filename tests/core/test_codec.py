@@ -62,6 +62,7 @@ ENVELOPES = st.builds(
     request_id=st.text(max_size=8),
     origin=st.text(max_size=8),
     stamped_at=st.floats(allow_nan=False, allow_infinity=False),
+    log_clock=st.floats(allow_nan=False, allow_infinity=False),
 )
 
 
@@ -73,7 +74,8 @@ def raw_entry(
     head: Any = ENTRY_FORMAT,
 ) -> bytes:
     fields = {"name": "h9"} if fields is None else fields
-    return msgpack.packb([head, ctype, version, *meta, fields], use_bin_type=True)
+    log_clock = [] if head == 1 else [7.0]
+    return msgpack.packb([head, ctype, version, *meta, *log_clock, fields], use_bin_type=True)
 
 
 def problem_of(data: bytes) -> str:
@@ -189,7 +191,8 @@ def test_trailing_bytes_are_refused() -> None:
 def test_wrong_envelope_shapes() -> None:
     assert "wrong envelope" in problem_of(msgpack.packb({"type": "noop"}))
     assert "wrong envelope" in problem_of(msgpack.packb([1, "noop", 1]))
-    assert "wrong envelope" in problem_of(raw_entry("noop", fields={}, head=2))
+    assert "wrong envelope" in problem_of(msgpack.packb([2, "noop", 1, "r", "h0", 1.0, {}]))
+    assert "wrong envelope" in problem_of(msgpack.packb([1, "noop", 1, "r", "h0", 1.0, 2.0, {}]))
 
 
 @pytest.mark.parametrize(
@@ -309,3 +312,22 @@ def test_sealed_passwords_are_not_in_reprs() -> None:
     ]
     for command in commands:
         assert "SEALED-XYZ" not in repr(c.Envelope(command))
+
+
+def test_format_1_entries_take_their_wall_stamp_as_log_clock() -> None:
+    """Entries written before the log clock existed replay exactly as they applied."""
+    decoded = decode_command(raw_entry(head=1))
+    assert isinstance(decoded, c.Envelope)
+    assert decoded.stamped_at == 5.0 and decoded.log_clock == 5.0
+    again = decode_command(encode_command(decoded, entry_format=1))
+    assert again == decoded
+
+
+def test_format_2_entries_carry_the_log_clock_apart_from_the_wall_stamp() -> None:
+    decoded = decode_command(raw_entry())
+    assert isinstance(decoded, c.Envelope)
+    assert (decoded.stamped_at, decoded.log_clock) == (5.0, 7.0)
+
+
+def test_an_unknown_entry_format_is_named() -> None:
+    assert "format 3 not supported" in problem_of(raw_entry(head=3))

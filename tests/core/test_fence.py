@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -144,6 +145,20 @@ def test_cap_window_slides_with_log_time() -> None:
     events = cluster.request_fence("h2", at=first + 600.0)
     assert cluster.host_state("h2") is H.FENCING
     assert only(events, "fence-requested")
+
+
+@pytest.mark.parametrize("skew_s", [3700.0, -3700.0])
+def test_a_skewed_wall_clock_moves_no_window(skew_s: float) -> None:
+    """Hole 1 of issue 8: a report stamped by a host whose clock ran an hour ahead reopened
+    the cap (log time was the largest wall stamp). Wall stamps are informational now."""
+    cluster = cluster_with("h1", "h2", "h3", fence_cap=1, fence_window_s=3600.0)
+    cluster.fence("h1")
+    first = cluster.state.log_time
+    cluster.ok(c.ReportHostLoad(name="h3", load=0.5), wall=first + skew_s)
+    assert cluster.state.log_time < first + 10
+    cluster.suspect("h2")
+    cluster.request_fence("h2")
+    assert cluster.host_state("h2") is H.FENCE_BLOCKED
 
 
 def test_cap_zero_blocks_every_automatic_fence() -> None:
