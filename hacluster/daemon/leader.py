@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from typing import Any
 
 from hacluster.core.bmc import BmcSpec, bmc_spec
 from hacluster.core.manager import Decision, Manager, Propose, RunFence
+from hacluster.core.readindex import ReadIndex, ReadMark
 from hacluster.daemon.fencing import SecretError, as_record_result, bmc_target
 from hacluster.daemon.logs import decision
 from hacluster.daemon.proposer import Proposer
@@ -47,16 +48,56 @@ class LeaderDriver:
         self.stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_tick: float | None = None
+        self.reads: ReadIndex[Callable[[ReadMark], None]] = ReadIndex()
+        self._reads_waiting = asyncio.Event()
 
     # ------------------------------------------------------------ inputs
 
-    def renewal(self, host: str, link: str) -> tuple[str, int, int] | None:
-        """A lease renewal arrived; answer with (leader, term, index) if we lead."""
-        term = self.raft.leader_term()
-        if term is None or self.stopping:
+    def renewal(self, host: str, link: str, credit_at: float | None,
+                answer: Callable[[ReadMark], None]) -> None:
+        """A renewal that is no replay arrived (daemon/leases.py). If we lead: credit the
+        host's lease at the moment it proves (core/renewal.py), and answer once our
+        read index is confirmed (core/readindex.py)."""
+        if self.stopping or self.raft.leader_term() is None:
+            return
+        if credit_at is not None:
+            self.manager.renewal(host, link, credit_at)
+        self.read(answer)
+
+    def read(self, answer: Callable[[ReadMark], None]) -> bool:
+        """Queue a read request; False when this peer cannot take one now (it does not
+        lead, or has not committed an entry of its term yet)."""
+        mark = self.raft.read_mark()
+        if mark is None:
+            return False
+        self.reads.request(answer, mark)
+        self._reads_waiting.set()
+        return True
+
+    async def read_barrier(self, timeout_s: float) -> ReadMark | None:
+        """The leader's own read barrier: the same rule as for every other host."""
+        done: asyncio.Future[ReadMark] = asyncio.get_running_loop().create_future()
+
+        def answer(mark: ReadMark) -> None:
+            if not done.done():
+                done.set_result(mark)
+
+        if not self.read(answer):
             return None
-        self.manager.renewal(host, link, time.monotonic())
-        return self.me, term, self.replica.applied_index
+        try:
+            return await asyncio.wait_for(done, timeout_s)
+        except TimeoutError:
+            return None
+
+    async def serve_reads(self, poll_s: float = 0.003) -> None:
+        """Answer read requests as their confirmations come in (runs for ever)."""
+        while True:
+            await self._reads_waiting.wait()
+            while len(self.reads):
+                for answer, mark in self.reads.release(*self.raft.read_echoes()):
+                    answer(mark)
+                await asyncio.sleep(poll_s)
+            self._reads_waiting.clear()
 
     @property
     def ready(self) -> bool:

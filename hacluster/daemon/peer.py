@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hacluster.config import Config, read_secret
+from hacluster.core.renewal import LeaseCodec
 from hacluster.daemon.agent import AgentDriver, HostReporter
 from hacluster.daemon.leader import LeaderDriver
-from hacluster.daemon.leases import LeaseCodec, LeaseService
+from hacluster.daemon.leases import LeaseService, LeaseTimes
 from hacluster.daemon.logs import decision
 from hacluster.daemon.notify import HookNotifier, notification
 from hacluster.daemon.proposer import NoLeaderError, Outcome, Proposer
@@ -240,8 +241,10 @@ class Peer:
         self.leader = LeaderDriver(self.me, self.raft, self.replica, self.proposer, fencer,
                                    self.secret, self.pool, cfg.timing.manager_tick_s)
         self.leases = LeaseService(self.me, LeaseCodec(self.secret), self._links(),
-                                   cfg.leases.port, self.leader.renewal)
+                                   cfg.leases.port, self.leader.renewal,
+                                   self.renewal_targets, self._lease_times)
         await self.leases.start()
+        self._tasks.append(asyncio.ensure_future(self.leader.serve_reads()))
         self.replica.subscribe(self._notify_events)
         self._every(cfg.timing.manager_tick_s, self.leader.tick)
         self._every(1.0, self._check_role)
@@ -313,25 +316,32 @@ class Peer:
                 out[name] = routes
         return out
 
+    def _lease_times(self) -> LeaseTimes:
+        with self.replica.read() as state:
+            return LeaseTimes(state.settings.lease_renew_s, state.settings.lease_ttl_s)
+
     async def _renew_forever(self) -> None:
         assert self.leases is not None
         while True:
-            self.leases.send_renewals(self.renewal_targets())
-            with self.replica.read() as state:
-                interval = state.settings.lease_renew_s
-            await asyncio.sleep(interval)
+            self.leases.send_round()
+            await asyncio.sleep(self._lease_times().renew_s)
 
     async def _fresh(self) -> bool:
-        """Read barrier: is our state at least as new as the leader's, right now?"""
+        """Read barrier: is our state at least as new as everything committed before
+        now? Asked of the leader (ours included), which answers only once a majority
+        confirmed it still leads (core/readindex.py)."""
         assert self.leader is not None and self.leases is not None
+        timeout = self.config.timing.read_barrier_timeout_s
         if self.leader.ready:
-            return True
-        ack = await self.leases.barrier(self.renewal_targets(),
-                                        self.config.timing.read_barrier_timeout_s)
-        if ack is None:
+            mark = await self.leader.read_barrier(timeout)
+            read_index = None if mark is None else mark.commit_index
+        else:
+            ack = await self.leases.barrier(timeout)
+            read_index = None if ack is None else ack.commit_index
+        if read_index is None:
             return False
         give_up = time.monotonic() + 0.5
-        while self.replica.applied_index < ack.commit_index:
+        while self.replica.applied_index < read_index:
             if time.monotonic() > give_up:
                 return False
             await asyncio.sleep(0.005)

@@ -14,7 +14,10 @@ What we override or replace, and why (pysyncobj 0.3.17):
   a monotonic nextIndex on acknowledgements (pysyncobj rewinds it on stale acks);
 * the snapshot serializer hooks: our checksummed format, no pickle, no fork;
 * the admin commands pysyncobj serves on the Raft port (add/remove/transfer/version)
-  are denied: membership changes go through RaftNode only.
+  are denied: membership changes go through RaftNode only;
+* read index support (core/readindex.py): a leader's append_entries carry an
+  increasing sequence number (`ha_seq`), a follower's answer echoes the term and
+  sequence number of the append_entries it is answering (`ha_echo`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pysyncobj.config import FAIL_REASON
 from pysyncobj.monotonic import monotonic as raft_clock  # CLOCK_MONOTONIC_RAW
 from pysyncobj.node import TCPNode
 
+from hacluster.core.readindex import ReadMark
 from hacluster.raft.errors import ApplyFailed, RaftError, StorageError
 from hacluster.raft.files import Disk
 from hacluster.raft.journal import DurableJournal
@@ -128,6 +132,10 @@ class Engine(SyncObj):
         self._ha_led_terms: deque[int] = deque(maxlen=64)
         self._ha_applying: AppliedEntry | None = None
         self._ha_commits = CommitTerms(journal.getRaftCommitIndex())
+        self._ha_seq = 0  # sequence number of the last append_entries this leader made
+        self._ha_echoes: dict[str, int] = {}  # voter -> highest seq echoed in our term
+        self._ha_answering: dict[Any, tuple[int, int]] = {}  # node -> (term, seq) processed
+        self._ha_committed_in = 0  # last term in which we, leading, committed an entry of it
         conf = SyncObjConf(
             serializer=self._ha_serialize,
             deserializer=self._ha_deserialize,
@@ -197,6 +205,7 @@ class Engine(SyncObj):
     # ------------------------------------------------------------ hooks
 
     def _ha_state_changed(self, old: int, new: int) -> None:
+        self._ha_echoes = {}  # echoes count in the term we lead now only
         if new == _LEADER_STATE:
             self._ha_led_terms.append(self.raftCurrentTerm)
             log.info("became leader in term %d", self.raftCurrentTerm)
@@ -205,6 +214,9 @@ class Engine(SyncObj):
         # Called from the leader's commit step and from append_entries handling; in
         # both the current term is the term of the leader that committed.
         self._ha_commits.advance(commit_index, self.raftCurrentTerm)
+        term = self.raftCurrentTerm
+        if self._isLeader() and self._ha_journal.term_at(commit_index) == term:
+            self._ha_committed_in = term
         if self._isLeader():
             # A follower may apply before its own fsync: the leader saw a majority hold
             # the entry durably. A leader counts itself, so it syncs first.
@@ -260,6 +272,51 @@ class Engine(SyncObj):
         table = self._SyncObj__raftNextIndex
         if before is not None and self._isLeader() and table.get(node, before) < before:
             table[node] = before
+
+    # ------------------------------------------------------------ read index (transport)
+
+    def ha_stamp_append(self, message: dict[str, Any]) -> dict[str, Any]:
+        """An append_entries this leader sends: give it the next sequence number."""
+        self._ha_seq += 1
+        return {**message, "ha_seq": self._ha_seq}
+
+    def ha_note_append(self, node: Any, message: dict[str, Any]) -> None:
+        """An append_entries arrived: the answer sent while processing it echoes it."""
+        seq = message.get("ha_seq")
+        if isinstance(seq, int):
+            self._ha_answering[node] = (int(message.get("term", 0)), seq)
+
+    def ha_echo_for(self, node: Any) -> tuple[int, int] | None:
+        return self._ha_answering.get(node)
+
+    def ha_note_echo(self, node: Any, echo: object) -> None:
+        """A follower answered; count its echo if it is for our current term."""
+        if not (isinstance(echo, list | tuple) and len(echo) == 2):
+            return
+        term, seq = echo
+        if term == self.raftCurrentTerm and self._isLeader() and node in self.otherNodes \
+                and isinstance(seq, int):
+            key = str(node.id)
+            if seq > self._ha_echoes.get(key, -1):
+                self._ha_echoes[key] = seq
+
+    def ha_read_mark(self) -> ReadMark | None:
+        """The read index for a request arriving now (any thread; see core/readindex.py).
+        The sequence number is read first: everything read after it is at least as new."""
+        seq = self._ha_seq
+        term = self.raftCurrentTerm
+        commit = self.raftCommitIndex
+        if not self._isLeader() or self.raftCurrentTerm != term:
+            return None
+        if self._ha_committed_in != term:  # our commit index may lag: no entry of ours yet
+            return None
+        return ReadMark(term, commit, seq)
+
+    def ha_read_echoes(self) -> tuple[int | None, int, dict[str, int]]:
+        """(term we lead or None, number of voters, echoes of the other voters)."""
+        echoes = dict(self._ha_echoes)
+        term = self.ha_leader_term()
+        return term, len(self.otherNodes) + 1, echoes
 
     # ------------------------------------------------------------ used by RaftNode
 

@@ -60,6 +60,7 @@ from typing import Any, TypeVar
 from pysyncobj.config import FAIL_REASON
 from pysyncobj.syncobj import SyncObjException
 
+from hacluster.core.readindex import ReadMark
 from hacluster.ports import ProposeStatus, Secret
 from hacluster.raft.engine import REGULAR, AppliedEntry, Engine, Machine
 from hacluster.raft.errors import NodeHalted, RaftError
@@ -201,6 +202,16 @@ class RaftNode:
     def leader_term(self) -> int | None:
         """The term in which this node is leader right now, else None."""
         return self._engine.ha_leader_term()
+
+    def read_mark(self) -> ReadMark | None:
+        """Read index for a read request arriving now: None unless this node leads and
+        has committed an entry of its term (core/readindex.py; any thread)."""
+        return self._engine.ha_read_mark()
+
+    def read_echoes(self) -> tuple[int | None, int, dict[str, int]]:
+        """(term this node leads or None, voters, highest sequence number each other
+        voter echoed in that term): what ReadIndex.release needs."""
+        return self._engine.ha_read_echoes()
 
     def current_entry(self) -> AppliedEntry:
         """The entry being applied; only valid inside the apply callback."""

@@ -11,6 +11,8 @@
   empty log: it may have acknowledged entries it no longer has).
 * A leader keeps each follower's nextIndex monotonic on successful acknowledgements
   (pipelining), see `_onMessageReceived`.
+* Read index: a leader's append_entries get a sequence number, a follower's answer
+  echoes the one it answers (engine.py, core/readindex.py).
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ class _Engine(Protocol):
 
     def ha_keep_next_index(self, node: Any, before: int | None) -> None: ...
 
+    def ha_stamp_append(self, message: dict[str, Any]) -> dict[str, Any]: ...
+
+    def ha_note_append(self, node: Any, message: dict[str, Any]) -> None: ...
+
+    def ha_echo_for(self, node: Any) -> tuple[int, int] | None: ...
+
+    def ha_note_echo(self, node: Any, echo: object) -> None: ...
+
 
 class DurableTransport(TCPTransport):
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
@@ -55,6 +65,13 @@ class DurableTransport(TCPTransport):
         conn = self._connections.get(node)
         if conn is None or conn.state != CONNECTION_STATE.CONNECTED:
             return False
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "append_entries":
+            message = self._engine.ha_stamp_append(message)
+        elif kind == "next_node_idx":
+            echo = self._engine.ha_echo_for(node)
+            if echo is not None:
+                message = {**message, "ha_echo": echo}
         self._outbox.append((node, message))
         return True
 
@@ -140,6 +157,10 @@ class DurableTransport(TCPTransport):
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "request_vote" and self._engine.abstains_from_voting():
             return
+        if kind == "append_entries":
+            self._engine.ha_note_append(node, message)
+        elif kind == "next_node_idx":
+            self._engine.ha_note_echo(node, message.get("ha_echo"))
         if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
             # pysyncobj sets nextIndex from every successful ack, so an ack for an older
             # in-flight message rewinds it and the follower receives (and truncates and

@@ -74,6 +74,7 @@ ALLOWED = {
     "enum",
     "functools",
     "hashlib",
+    "hmac",
     "itertools",
     "math",
     "msgpack",

@@ -1,52 +1,20 @@
-"""Lease renewals over real UDP on loopback: every link counts on its own,
-forged and replayed datagrams are refused, acks come back on each link."""
+"""Lease renewals over real UDP on loopback: every link counts on its own, a renewal
+proves life only once it echoes the leader's nonce, forged and replayed datagrams are
+refused, acks come back on each link. (The protocol's rules: tests/core/test_renewal.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 
-import pytest
-
-from hacluster.daemon.leases import (
-    CLOCK_WINDOW_S,
-    BadDatagram,
-    LeaseCodec,
-    LeaseService,
-    Renewal,
-    ReplayGuard,
-)
+from hacluster.core.readindex import ReadMark
+from hacluster.core.renewal import NO_NONCE, LeaseCodec, Renewal
+from hacluster.daemon.leases import Answer, LeaseService, LeaseTimes
 
 SECRET = "lease-test-secret-0123456789"
-
-
-def renewal(seq: int, link: str = "main", boot: bytes = b"boot0001", at: float = 0.0) -> Renewal:
-    return Renewal("h2", link, boot, seq, at or time.time())
-
-
-def test_the_same_renewal_counts_once_on_each_link() -> None:
-    guard = ReplayGuard()
-    now = time.time()
-    assert guard.fresh(renewal(1, "main"), now)
-    assert guard.fresh(renewal(1, "backend"), now)  # the copy sent on the other link
-    assert not guard.fresh(renewal(1, "main"), now)  # a replay
-    assert not guard.fresh(renewal(0, "backend"), now)  # older than the last seen
-    assert guard.fresh(renewal(2, "backend"), now)
-
-
-def test_a_restarted_sender_starts_a_new_sequence_and_stale_clocks_are_refused() -> None:
-    guard = ReplayGuard()
-    now = time.time()
-    assert guard.fresh(renewal(50), now)
-    assert guard.fresh(renewal(1, boot=b"boot0002"), now)  # new boot id after a restart
-    assert not guard.fresh(renewal(2, at=now - CLOCK_WINDOW_S - 1), now)
-
-
-def test_a_datagram_under_another_secret_is_refused() -> None:
-    datagram = LeaseCodec("another-secret-0123456789").pack(renewal(1))
-    with pytest.raises(BadDatagram, match="bad MAC"):
-        LeaseCodec(SECRET).unpack(datagram)
+TIMES = LeaseTimes(renew_s=0.5, ttl_s=3.0)
 
 
 def free_udp_port(addresses: list[str]) -> int:
@@ -68,14 +36,17 @@ async def exchange_over_two_links() -> None:
     follower_links = {"main": "127.0.0.2", "backend": "127.0.0.3"}
     leader_links = {"main": "127.0.0.4", "backend": "127.0.0.5"}
     port = free_udp_port([*follower_links.values(), *leader_links.values()])
-    heard: list[tuple[str, str]] = []
+    heard: list[tuple[str, str, float | None]] = []
 
-    def on_renewal(host: str, link: str) -> tuple[str, int, int]:
-        heard.append((host, link))
-        return ("h1", 7, 42)
+    def on_renewal(host: str, link: str, credit_at: float | None, answer: Answer) -> None:
+        heard.append((host, link, credit_at))
+        answer(ReadMark(term=7, commit_index=42, seq=0))  # a leader whose read is confirmed
 
-    leader = LeaseService("h1", LeaseCodec(SECRET), leader_links, port, on_renewal)
-    follower = LeaseService("h2", LeaseCodec(SECRET), follower_links, port, lambda h, k: None)
+    targets = {"h1": [("main", "127.0.0.4"), ("backend", "127.0.0.5")]}
+    leader = LeaseService("h1", LeaseCodec(SECRET), leader_links, port, on_renewal,
+                          lambda: {}, lambda: TIMES)
+    follower = LeaseService("h2", LeaseCodec(SECRET), follower_links, port,
+                            lambda *a: None, lambda: targets, lambda: TIMES)
     await leader.start()
     await follower.start()
     try:
@@ -85,22 +56,34 @@ async def exchange_over_two_links() -> None:
         follower.close()
 
 
-async def renew_twice_and_intrude(leader: LeaseService, follower: LeaseService, port: int,
-                                  heard: list[tuple[str, str]]) -> None:
-    targets = {"h1": [("main", "127.0.0.4"), ("backend", "127.0.0.5")]}
-    ack = await follower.barrier(targets, 5.0)
-    assert ack is not None and (ack.leader, ack.term, ack.commit_index) == ("h1", 7, 42)
-    deadline = time.monotonic() + 5
-    while len(heard) < 2 and time.monotonic() < deadline:
+async def wait_until(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
+
+
+async def renew_twice_and_intrude(leader: LeaseService, follower: LeaseService, port: int,
+                                  heard: list[tuple[str, str, float | None]]) -> None:
+    ack = await follower.barrier(5.0)
+    assert ack is not None and (ack.leader, ack.term, ack.commit_index) == ("h1", 7, 42)
+    # The first round echoed no nonce: it proves nothing, and its ack brings a follow-up
+    # round whose renewals echo the leader's nonce and are credited.
+    await wait_until(lambda: sum(1 for h in heard if h[2] is not None) >= 2)
+    assert sorted((h, k) for h, k, at in heard if at is None) == [("h2", "backend"),
+                                                                   ("h2", "main")]
+    assert sorted((h, k) for h, k, at in heard if at is not None) == [("h2", "backend"),
+                                                                       ("h2", "main")]
+    before = len(heard)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder:
         codec = LeaseCodec(SECRET)
-        replay = codec.pack(Renewal("h2", "main", follower.boot, follower.seq, time.time()))
+        replay = codec.pack(Renewal("h2", "main", follower.boot, follower.seq,
+                                    follower.sender.nonce, time.time()))
         intruder.sendto(replay, ("127.0.0.4", port))
-        intruder.sendto(LeaseCodec("wrong-secret-0123456789").pack(renewal(99)),
+        forged = Renewal("h2", "main", b"boot0001", 99, NO_NONCE, time.time())
+        intruder.sendto(LeaseCodec("wrong-secret-0123456789").pack(forged),
                         ("127.0.0.4", port))
-        await asyncio.sleep(0.2)
-    assert sorted(heard) == [("h2", "backend"), ("h2", "main")]
+        await wait_until(lambda: leader.rejected >= 2)
+    assert len(heard) == before  # neither reached the manager
     assert set(leader.seen["h2"]) == {"main", "backend"}
     report = follower.link_report()
     assert all(report[link]["ack_age_s"] >= 0 for link in ("main", "backend"))

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from hacluster.core.readindex import ReadIndex
 from hacluster.raft.errors import CorruptStorage
 from hacluster.raft.node import RaftNode
 from hacluster.raft.settings import RaftSettings
@@ -133,6 +134,7 @@ class NodePeer:
                 self.node.remove_member(r["address"], r.get("timeout", 5.0))
             ),
             "compact": self.compact,
+            "read_index": self.read_index,
             "bench_sync": lambda r: run_sync(self._ok, r["n"], r.get("size", 64)),
             "bench_concurrent": lambda r: run_concurrent(
                 self._ok, r["n"], r.get("threads", 16), r.get("size", 64)
@@ -157,6 +159,23 @@ class NodePeer:
             }
 
         return self.node.run_on_loop(read)
+
+    def read_index(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A read request arriving now, answered the ReadIndex way (core/readindex.py):
+        {"mark": null} when this node cannot take one, else the mark and whether a
+        majority confirmed it within the timeout."""
+        mark = self.node.read_mark()
+        if mark is None:
+            return {"mark": None, "leader_term": self.node.leader_term()}
+        reads: ReadIndex[str] = ReadIndex()
+        reads.request("r", mark)
+        give_up = time.monotonic() + request.get("timeout", 2.0)
+        released: list[Any] = []
+        while not released and time.monotonic() < give_up:
+            released = reads.release(*self.node.read_echoes())
+            time.sleep(0.002)
+        return {"mark": dataclasses.asdict(mark), "confirmed": bool(released),
+                "leader_term": self.node.leader_term()}
 
     def compact(self, request: dict[str, Any]) -> dict[str, Any]:
         before = self.node.status().log_first_index
