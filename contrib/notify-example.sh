@@ -4,6 +4,7 @@
 #   {"event": "fence-succeeded", "host": "h2", "message": "...", "index": 41,
 #    "cluster": "h1", "data": {...}}
 # Events: fence-requested, fence-succeeded, fence-failed, fence-cap-reached,
+# fence-held (no majority of voters could confirm it), fence-cancelled (the host renewed),
 # host-recovered. It must finish within [timing] notify_timeout_s.
 event=$(cat)
 logger -t hacluster-notify -- "$event"

@@ -73,5 +73,11 @@ class LeaseTable:
         shown = tuple(sorted((k, now - v) for k, v in links.items() if k != GRANT))
         return LeaseView(host, verdict, age, shown)
 
+    def renewed_within(self, host: str, now: float, window_s: float) -> bool:
+        """Did a real renewal (not a new leader's grant) credit this host within the
+        window? What "this leader hears it" means for the quorum guard."""
+        links = self._seen.get(host, {})
+        return any(now - t < window_s for k, t in links.items() if k != GRANT)
+
     def link_ages(self, host: str, now: float) -> dict[str, float]:
         return {k: now - v for k, v in sorted(self._seen.get(host, {}).items()) if k != GRANT}

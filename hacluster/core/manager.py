@@ -4,9 +4,16 @@ Safety rules implemented here (see docs/safety.md):
 - Nothing is decided until the leader's own Noop committed in its term (its
   state is then up to date and it holds a live majority).
 - A fence runs only for a token (RequestFence index) that this manager
-  proposed and saw committed in its current term; a stale leader's proposals
-  never commit, so it never fences. Tokens of earlier leaders are replaced by
-  a fresh attempt, never executed.
+  proposed and saw committed *in its own term* (`proposal_done` is told), and
+  only while Raft still says it leads in that term (`fence_still_ours`); a stale
+  leader's proposals never commit, so it never fences. Tokens of earlier leaders
+  are replaced by a fresh attempt, never executed.
+- The quorum guard: a host is fenced only while this leader hears renewals from a
+  majority of voters without that host (itself included), so the fence can be
+  confirmed; otherwise the fence is held (HoldFence) and said so. A leader that hears
+  no majority for a whole lease hands leadership over: it is more likely the one cut off.
+- A host whose renewals resume before any fence of it succeeded keeps its VMs: the
+  pending attempt and its retries are cancelled (CancelFence).
 - VMs are released only by applying ConfirmFence; the manager merely proposes it.
 """
 
@@ -17,7 +24,7 @@ from dataclasses import dataclass
 from hacluster.core.lease import GRANT, LeaseTable, LeaseView, Verdict
 from hacluster.fsm import commands as c
 from hacluster.fsm.apply_fence import cap_reopens_at, fence_action_for, quorum_problem
-from hacluster.fsm.model import ClusterState, FenceAction, FenceResult, Host
+from hacluster.fsm.model import ClusterState, FenceAction, FenceResult, Host, HostRole
 from hacluster.fsm.states import HostState
 
 H = HostState
@@ -66,6 +73,8 @@ class Manager:
         self._results: dict[int, Propose] = {}  # token -> its outcome, until committed
         self._last_step_down = -1e18
         self._failed_at: dict[str, float] = {}  # host -> last failed attempt (monotonic)
+        self._majority_heard_at = -1e18  # last tick a majority of voters renewed to us
+        self._led_since = -1e18  # when this leadership began (monotonic)
 
     # ------------------------------------------------------------ leadership
 
@@ -77,6 +86,7 @@ class Manager:
         self._fencing.clear()
         self._results.clear()
         self._failed_at.clear()
+        self._majority_heard_at = self._led_since = now  # a full lease for us too
         self.leases.grant_all(sorted(state.hosts), now)
         return [self._propose(c.Noop(term=term), "noop", f"new leader in term {term}", now)]
 
@@ -96,15 +106,23 @@ class Manager:
 
     # ------------------------------------------------------------ feedback
 
-    def proposal_done(self, key: str, command: c.Command, committed: bool, index: int) -> None:
-        """The daemon reports the fate of a proposal it made for us."""
+    def proposal_done(self, key: str, command: c.Command, committed: bool, index: int,
+                      own_term: bool = False) -> None:
+        """The daemon reports the fate of a proposal it made for us. `own_term`: Raft
+        says this peer led the entry's term and committed it itself in that term: only
+        then does a Noop make us ready, or a RequestFence give us a token to run."""
         self._inflight.pop(key, None)
-        if not committed or not self.leading:
+        if not committed or not self.leading or not own_term:
             return
         if isinstance(command, c.Noop) and command.term == self.term:
             self.ready = True
         elif isinstance(command, c.RequestFence) and command.term == self.term:
             self._my_tokens.add(index)
+
+    def fence_still_ours(self, token: int, raft_term: int | None) -> bool:
+        """Right before a fence runs: does Raft still say we lead in the term that
+        committed its token? (A later term means someone else owns the decision.)"""
+        return self.leading and raft_term == self.term and token in self._my_tokens
 
     def fence_result(
         self, host: str, token: int, result: FenceResult, evidence: str, method: str, now: float
@@ -137,7 +155,8 @@ class Manager:
         self.renewal(self.me, "local", now)
         if not self.ready:
             return []
-        out: list[Decision] = []
+        self._results = {t: r for t, r in self._results.items() if _pending(state, t)}
+        out: list[Decision] = self._hear_majority(state, now)
         for name in sorted(state.hosts):
             host = state.hosts[name]
             if host.state is H.REMOVED or not host.runs_vms:
@@ -148,12 +167,11 @@ class Manager:
             lease = self.leases.view(name, now, state.settings)
             decision = self._decide_host(state, host, lease, now, log_now)
             if decision is not None and name == self.me and \
-                    isinstance(decision.command, c.RequestFence):
+                    isinstance(decision.command, c.RequestFence | c.HoldFence):
                 out.extend(self._step_down(decision.reason, now))
             elif decision is not None and self._may_send(decision, now):
                 out.append(decision)
-        out.extend(self._fences_to_run(state))
-        self._results = {t: r for t, r in self._results.items() if _pending(state, t)}
+        out.extend(self._fences_to_run(state, now))
         out.extend(r for r in self._results.values() if self._may_send(r, now))
         return out
 
@@ -167,7 +185,7 @@ class Manager:
         if host.fence_wanted and host.state in (H.ONLINE, H.DRAINING, H.SUSPECT):
             if s.cluster_maintenance:
                 return None
-            return self._fence(host, "fence wanted", host.fence_wanted)
+            return self._fence(state, now, host, "fence wanted", host.fence_wanted)
         if host.state in (H.ONLINE, H.DRAINING) and not alive:
             return Propose(
                 c.MarkHostSuspect(name=host.name, evidence=lease.evidence(s)),
@@ -181,42 +199,96 @@ class Manager:
                 f"host:{host.name}",
                 "lease renewed before any fence ran",
             )
+        if host.state is H.FENCING and renewed and not host.fence_wanted \
+                and not self._fence_outcome_pending(host.fence_token):
+            return Propose(
+                c.CancelFence(host=host.name, evidence=f"lease renewed {lease.age_s:.2f}s ago, "
+                              f"before any fence of it succeeded"),
+                f"host:{host.name}",
+                "renewals resumed: the pending attempt and its retries are cancelled",
+            )
         if host.state is H.SUSPECT and lease.verdict is Verdict.EXPIRED:
             if s.cluster_maintenance:
                 return None  # fencing disabled; the host stays suspect, visibly
-            return self._fence(host, "lease expired", lease.evidence(s))
+            return self._fence(state, now, host, "lease expired", lease.evidence(s))
         if host.state is H.FENCE_BLOCKED and not s.cluster_maintenance:
-            reopens = cap_reopens_at(state)
+            held = state.fence_record(host.fence_token) if host.fence_token else None
+            # a held attempt continues its incident, which the cap counted already
+            reopens = None if held and held.result is FenceResult.HELD else \
+                cap_reopens_at(state)
             quorum_ok = not quorum_problem(state, host.name)
-            if quorum_ok and (reopens is None or log_now >= reopens):
-                return self._fence(
-                    host, "lease expired; fence cap has room again", lease.evidence(s)
-                )
+            guard_ok = not self.guard_problem(state, host.name, now)
+            if quorum_ok and guard_ok and (reopens is None or log_now >= reopens):
+                return self._fence(state, now, host, "lease expired; the fence can go ahead "
+                                   "again", lease.evidence(s))
         if host.state is H.FENCING and not s.cluster_maintenance:
             return self._continue_fencing(state, host, now)
         return None
+
+    def _fence_outcome_pending(self, token: int) -> bool:
+        """A fence of ours for this token runs, or its outcome has not committed yet."""
+        return token in self._fencing or token in self._results
+
+    # ------------------------------------------------------------ the quorum guard
+
+    def voters(self, state: ClusterState) -> list[str]:
+        """Voting hosts (witnesses included); a leader is one even before the state
+        lists it."""
+        return sorted({*_voters(state), self.me})
+
+    def live_voters(self, state: ClusterState, now: float) -> list[str]:
+        """Voters this leader hears: a real renewal within a lease (itself included)."""
+        ttl = state.settings.lease_ttl_s
+        return [name for name in self.voters(state)
+                if name == self.me or self.leases.renewed_within(name, now, ttl)]
+
+    def guard_problem(self, state: ClusterState, target: str, now: float) -> str:
+        """Why fencing `target` now could leave no majority to confirm it ("" if not):
+        the voters this leader hears, without the target, must be a majority."""
+        voters = self.voters(state)
+        live = [v for v in self.live_voters(state, now) if v != target]
+        if len(live) * 2 > len(voters):
+            return ""
+        return (f"only {len(live)} of {len(voters)} voters renew their leases to leader "
+                f"{self.me} without {target} ({', '.join(live) or 'none'}): a fence now "
+                "could not be confirmed; it waits for more voters, or an operator")
+
+    def _hear_majority(self, state: ClusterState, now: float) -> list[Decision]:
+        """A leader that has heard no majority of voters for a whole lease is more likely
+        the one cut off (its lease traffic lost): it hands leadership over."""
+        voters = self.voters(state)
+        if len(self.live_voters(state, now)) * 2 > len(voters):
+            self._majority_heard_at = now
+            return []
+        if now - self._majority_heard_at < state.settings.lease_ttl_s:
+            return []
+        heard = ", ".join(self.live_voters(state, now))
+        return self._step_down(f"this leader hears lease renewals from {heard} only, no "
+                               f"majority of {len(voters)} voters, for "
+                               f"{now - self._majority_heard_at:.1f}s", now)
 
     def _continue_fencing(self, state: ClusterState, host: Host, now: float) -> Propose | None:
         """A fencing host whose current attempt is not ours, or failed: new attempt."""
         record = state.fence_record(host.fence_token)
         if record is None:
-            return self._fence(host, "fence attempt record missing", "")
+            return self._fence(state, now, host, "fence attempt record missing", "")
         if record.result is FenceResult.PENDING:
             if host.fence_token in self._my_tokens:
                 return None  # ours: _fences_to_run runs it
-            return self._fence(host, f"attempt {record.token} belongs to an earlier leader "
-                               f"or an operator; new attempt in term {self.term}", record.evidence)
+            return self._fence(state, now, host, f"attempt {record.token} belongs to an "
+                               f"earlier leader or an operator; new attempt in term "
+                               f"{self.term}", record.evidence)
         failed_at = self._failed_at.get(host.name)
         backoff = state.settings.fence_retry_backoff_s * 2 ** (record.attempt - 1)
         if failed_at is not None and now - failed_at < backoff:
             return None
         return self._fence(
-            host,
+            state, now, host,
             f"retry after {record.result.value} (attempt {record.attempt + 1})",
             record.result_evidence,
         )
 
-    def _fences_to_run(self, state: ClusterState) -> list[Decision]:
+    def _fences_to_run(self, state: ClusterState, now: float) -> list[Decision]:
         out: list[Decision] = []
         if state.settings.cluster_maintenance:
             return out  # switched on after the intent committed: do not act on it
@@ -231,6 +303,13 @@ class Manager:
             if token in self._fencing:
                 continue
             if token in self._results:  # answered; its outcome has not committed yet
+                continue
+            problem = self.guard_problem(state, name, now)
+            if problem:  # voters went quiet since the intent committed: do not run it
+                hold = Propose(c.HoldFence(host=name, reason=problem), f"host:{name}",
+                               f"hold the fence of {name}")
+                if self._may_send(hold, now):
+                    out.append(hold)
                 continue
             self._fencing.add(token)
             out.append(
@@ -263,13 +342,28 @@ class Manager:
         self._last_step_down = now
         return [StepDown(f"{why}; another peer must do it")]
 
-    def _fence(self, host: Host, reason: str, evidence: str) -> Propose:
+    def _fence(self, state: ClusterState, now: float, host: Host, reason: str,
+               evidence: str) -> Propose | None:
+        """RequestFence, or HoldFence when the quorum guard says a fence could not be
+        confirmed now (a blocked host simply stays blocked)."""
+        problem = "" if host.name == self.me else self.guard_problem(state, host.name, now)
+        if problem:  # (our own host: tick() hands leadership over instead)
+            if host.state is H.FENCE_BLOCKED or \
+                    now - self._led_since < state.settings.lease_suspect_s:
+                return None  # already held, or too early to have heard every voter
+            return Propose(c.HoldFence(host=host.name, reason=problem), f"host:{host.name}",
+                           f"hold the fence of {host.name}")
         cmd = c.RequestFence(host=host.name, reason=reason, evidence=evidence, term=self.term)
         return Propose(cmd, f"host:{host.name}", f"fence {host.name}: {reason}")
 
     def _propose(self, cmd: c.Command, key: str, reason: str, now: float) -> Propose:
         self._inflight[key] = now + PROPOSAL_TIMEOUT_S
         return Propose(cmd, key, reason)
+
+
+def _voters(state: ClusterState) -> list[str]:
+    return sorted(name for name, h in state.hosts.items()
+                  if h.role is not HostRole.MEMBER and h.state is not H.REMOVED)
 
 
 def _pending(state: ClusterState, token: int) -> bool:

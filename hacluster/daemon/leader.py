@@ -17,7 +17,6 @@ from hacluster.daemon.fencing import SecretError, as_record_result, bmc_target
 from hacluster.daemon.logs import decision
 from hacluster.daemon.proposer import Proposer
 from hacluster.daemon.replica import Replica
-from hacluster.fsm import commands as c
 from hacluster.fsm.model import FenceResult
 from hacluster.ports import Fencer
 from hacluster.raft import RaftNode
@@ -162,15 +161,14 @@ class LeaderDriver:
             log.exception("proposal failed", extra={"key": d.key})
             self.manager.proposal_done(d.key, d.command, False, 0)
             return
-        needs_own_term = isinstance(d.command, c.Noop | c.RequestFence)
-        committed = outcome.committed and (outcome.own_term or not needs_own_term)
-        self.manager.proposal_done(d.key, d.command, committed, outcome.index)
+        self.manager.proposal_done(d.key, d.command, outcome.committed, outcome.index,
+                                   outcome.own_term)
         for event in outcome.events:
             if event.kind == "rejected":
                 log.warning("proposal refused", extra={"key": d.key, "reason": event.message})
 
     async def _fence(self, d: RunFence) -> None:
-        if self.stopping or self.raft.leader_term() != self.manager.term:
+        if self.stopping or not self.manager.fence_still_ours(d.token, self.raft.leader_term()):
             decision(log, "fence skipped", "leadership changed (or this peer is stopping) "
                      "before the fence ran",
                      host=d.host, token=d.token)

@@ -1,7 +1,7 @@
 """Notifications: run the configured hook with one JSON event on stdin.
 
 Fired by the leader only (every peer applies the same events), for fence
-requested / succeeded / failed / cap reached and host recovered. The hook runs
+requested / succeeded / failed / cap reached / held / cancelled and host recovered. The hook runs
 with a timeout, off the event loop; a failing hook is logged, never retried.
 """
 
@@ -21,6 +21,8 @@ NOTIFIED_KINDS = {
     ev.FENCE_CONFIRMED: "fence-succeeded",
     ev.FENCE_FAILED: "fence-failed",
     ev.FENCE_CAP_REACHED: "fence-cap-reached",
+    ev.FENCE_REFUSED: "fence-held",
+    ev.FENCE_CANCELLED: "fence-cancelled",
     ev.HOST_RECOVERED: "host-recovered",
 }
 

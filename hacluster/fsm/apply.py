@@ -117,6 +117,8 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.FenceFailed: apply_fence.fence_failed,
     c.AdminConfirmFence: apply_fence.admin_confirm,
     c.RetryFence: apply_fence.retry_fence,
+    c.HoldFence: apply_fence.hold_fence,
+    c.CancelFence: apply_fence.cancel_fence,
     c.AddVm: apply_vms.add_vm,
     c.RemoveVm: apply_vms.remove_vm,
     c.SetVmOptions: apply_vms.set_vm_options,

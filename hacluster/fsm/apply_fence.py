@@ -1,5 +1,5 @@
-"""Handlers for the fence protocol: intent (with the cap), confirm, failure,
-operator confirm and retry. The token of an attempt is its RequestFence index."""
+"""Handlers for the fence protocol: intent (with the cap), confirm, failure, hold,
+cancel, operator confirm and retry. The token of an attempt is its RequestFence index."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import dataclasses
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
 from hacluster.fsm.context import Ctx, Refused
-from hacluster.fsm.lifecycle import freeze_for_fence, release_after_fence
+from hacluster.fsm.lifecycle import (
+    continue_drain,
+    freeze_for_fence,
+    release_after_fence,
+    unfreeze,
+)
 from hacluster.fsm.model import (
     FENCE_HISTORY_KEPT,
     ClusterState,
@@ -108,13 +113,27 @@ def _check_fenceable(ctx: Ctx, host: Host) -> None:
     raise Refused(f"host {host.name} is {host.state.value}: {why}", host.name)
 
 
+def _held_attempt(ctx: Ctx, host: Host) -> FenceRecord | None:
+    """The attempt a HoldFence ended, if the host has waited fence-blocked since."""
+    if host.state is not H.FENCE_BLOCKED or not host.fence_token:
+        return None
+    record = ctx.state.fence_record(host.fence_token)
+    return record if record is not None and record.result is FenceResult.HELD else None
+
+
 def request_fence(ctx: Ctx, cmd: c.RequestFence) -> None:
     host = ctx.host(cmd.host)
     _check_fenceable(ctx, host)
-    if host.state is H.FENCING:
-        prev = _supersede_pending(ctx, host)
+    held = _held_attempt(ctx, host)
+    if host.state is H.FENCING or held is not None:
+        # the same outage: counted once against the cap, when it began
+        prev = held or _supersede_pending(ctx, host)
         incident = prev.incident if prev else ctx.index
         attempt = prev.attempt + 1 if prev else 1
+        problem = quorum_problem(ctx.state, host.name) if held else ""
+        if problem:
+            _block(ctx, host, ev.FENCE_REFUSED, problem)
+            return
     else:
         reopens = cap_reopens_at(ctx.state)
         if reopens is not None:
@@ -250,6 +269,41 @@ def fence_failed(ctx: Ctx, cmd: c.FenceFailed) -> None:
             H.FENCE_FAILED,
             f"{why}; waiting for an operator to confirm the host is off (last: {cmd.result.value})",
         )
+
+
+def hold_fence(ctx: Ctx, cmd: c.HoldFence) -> None:
+    host = ctx.host(cmd.host)
+    if host.state not in (H.SUSPECT, H.FENCING):
+        raise Refused(f"host {host.name} is {host.state.value}: no fence to hold", host.name)
+    if not cmd.reason.strip():
+        raise Refused("a held fence needs a reason", host.name)
+    if host.state is H.FENCING:
+        record = ctx.state.fence_record(host.fence_token)
+        if record is not None and record.result is FenceResult.PENDING:
+            _replace(ctx, record, result=FenceResult.HELD, result_evidence=cmd.reason,
+                     finished_at=ctx.now)
+    _block(ctx, host, ev.FENCE_REFUSED, f"held by the leader: {cmd.reason}")
+
+
+def cancel_fence(ctx: Ctx, cmd: c.CancelFence) -> None:
+    host = ctx.host(cmd.host)
+    if host.state is not H.FENCING:
+        raise Refused(f"host {host.name} is {host.state.value}: no fence to cancel",
+                      host.name)
+    if host.fence_wanted:
+        raise Refused(f"host {host.name} must be fenced although it renews: "
+                      f"{host.fence_wanted}", host.name)
+    record = ctx.state.fence_record(host.fence_token)
+    if record is not None and record.result is FenceResult.PENDING:
+        _replace(ctx, record, result=FenceResult.CANCELLED, result_evidence=cmd.evidence,
+                 finished_at=ctx.now)
+    back_to = H.DRAINING if host.maintenance_wanted else H.ONLINE
+    ctx.set_host_state(host, back_to, f"fence cancelled: {cmd.evidence}")
+    ctx.emit(ev.FENCE_CANCELLED, host.name, cmd.evidence, token=host.fence_token,
+             attempt=record.attempt if record else 0)
+    unfreeze(ctx, host.name)
+    if back_to is H.DRAINING:
+        continue_drain(ctx, host.name)
 
 
 def admin_confirm(ctx: Ctx, cmd: c.AdminConfirmFence) -> None:

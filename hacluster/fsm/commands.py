@@ -178,6 +178,27 @@ class FenceFailed(Command):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class HoldFence(Command):
+    """The leader does not fence this host now, and says why: too few voters renew their
+    leases for a fence of it to be confirmed. A pending attempt ends `held`; the host
+    waits fence-blocked, and a later RequestFence continues the same incident."""
+
+    TYPE = "fence-hold"
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CancelFence(Command):
+    """The host renews again before any fence of it succeeded: the pending attempt ends
+    `cancelled` (no retry follows) and the host keeps its VMs."""
+
+    TYPE = "fence-cancel"
+    host: str
+    evidence: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AdminConfirmFence(Command):
     """An operator states the host is powered off (by hand); releases its VMs."""
 
@@ -334,6 +355,8 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     FenceFailed,
     AdminConfirmFence,
     RetryFence,
+    HoldFence,
+    CancelFence,
     AddVm,
     RemoveVm,
     SetVmOptions,

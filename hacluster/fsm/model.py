@@ -60,6 +60,8 @@ class FenceResult(enum.StrEnum):
     ERROR = "error"
     MANUAL = "manual"  # an admin confirmed the host is off
     SUPERSEDED = "superseded"  # a newer attempt for the same host replaced it
+    HELD = "held"  # the leader held it: too few voters renew to confirm it (HoldFence)
+    CANCELLED = "cancelled"  # the host renewed again before any fence succeeded
 
     @property
     def host_is_off(self) -> bool:

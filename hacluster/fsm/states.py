@@ -16,7 +16,7 @@ class HostState(enum.StrEnum):
     FENCING = "fencing"  # fence requested and committed; VMs frozen until confirmed
     FENCED = "fenced"  # power read back off (or confirmed by an admin)
     FENCE_FAILED = "fence-failed"  # retries exhausted; waits for an admin
-    FENCE_BLOCKED = "fence-blocked"  # fence refused (cap reached); waits for the window
+    FENCE_BLOCKED = "fence-blocked"  # fence held (cap reached, or no majority would confirm it)
     DRAINING = "draining"  # VMs are being moved away before maintenance
     MAINTENANCE = "maintenance"  # empty, unschedulable, never fenced for leases
     REMOVED = "removed"  # gone from the cluster
@@ -42,7 +42,7 @@ HOST_EDGES: dict[HostState, frozenset[HostState]] = {
     H.ONLINE: frozenset({H.SUSPECT, H.FENCING, H.FENCE_BLOCKED, H.DRAINING, H.REMOVED}),
     H.SUSPECT: frozenset({H.ONLINE, H.DRAINING, H.FENCING, H.FENCE_BLOCKED, H.FENCED,
                           H.REMOVED}),
-    H.FENCING: frozenset({H.FENCED, H.FENCE_FAILED}),
+    H.FENCING: frozenset({H.FENCED, H.FENCE_FAILED, H.FENCE_BLOCKED, H.ONLINE, H.DRAINING}),
     H.FENCED: frozenset({H.ONLINE, H.MAINTENANCE, H.REMOVED}),
     H.FENCE_FAILED: frozenset({H.FENCING, H.FENCED, H.ONLINE, H.DRAINING}),
     H.FENCE_BLOCKED: frozenset({H.FENCING, H.FENCED, H.ONLINE, H.DRAINING}),

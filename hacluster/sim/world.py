@@ -272,7 +272,8 @@ class Simulation:
                 committed, index = self.propose(peer, decision.command)
                 manager = self.hosts[peer].manager
                 if manager is not None:
-                    manager.proposal_done(decision.key, decision.command, committed, index)
+                    manager.proposal_done(decision.key, decision.command, committed, index,
+                                          own_term=committed)
             elif isinstance(decision, RunFence):
                 self._run_fence(peer, decision)
             elif isinstance(decision, StepDown) and peer == self.leader:

@@ -41,11 +41,13 @@ class Leader:
         assert isinstance(noop, Propose)
         self.commit(noop)
 
-    def commit(self, decision: Propose, committed: bool = True) -> None:
-        """Apply the proposal through the log (unless it never committed) and report it."""
+    def commit(self, decision: Propose, committed: bool = True, own_term: bool = True) -> None:
+        """Apply the proposal through the log (unless it never committed) and report it;
+        `own_term`: committed by this leader in its own term (as Raft reports it)."""
         if committed:
             self.cluster.run(decision.command)
-        self.manager.proposal_done(decision.key, decision.command, committed, self.cluster.index)
+        self.manager.proposal_done(decision.key, decision.command, committed, self.cluster.index,
+                                   own_term)
 
     def tick(self, at: float, wall: float | None = None) -> list[Decision]:
         self.now = at
@@ -245,6 +247,7 @@ def test_witness_and_maintenance_hosts_are_never_judged() -> None:
     cluster.ok(c.SetHostMaintenance(name="b", on=True))
     leader = Leader(cluster)
     leader.commit_noop()
+    leader.renew("w", T0 + 999.0)  # the witness votes: the leader hears a majority
     assert leader.tick(T0 + 1_000.0) == []
 
 

@@ -70,14 +70,15 @@ def test_a_leader_steps_down_instead_of_fencing_its_own_host() -> None:
     assert cluster.host("h1").fence_wanted
     manager = Manager("h1")
     manager.become_leader(1, cluster.state, now=0.0)
-    manager.proposal_done("noop", c.Noop(term=1), committed=True, index=99)
+    manager.proposal_done("noop", c.Noop(term=1), committed=True, index=99, own_term=True)
     decisions = manager.tick(cluster.state, now=0.1, log_now=0.1)
     assert any(isinstance(d, StepDown) for d in decisions)
     assert not any(isinstance(d, Propose) and isinstance(d.command, c.RequestFence)
                    for d in decisions)
     other = Manager("h2")
     other.become_leader(2, cluster.state, now=0.0)
-    other.proposal_done("noop", c.Noop(term=2), committed=True, index=100)
+    other.proposal_done("noop", c.Noop(term=2), committed=True, index=100, own_term=True)
+    other.renewal("h3", "main", 0.05)  # h2 hears h3: with itself a majority without h1
     fences = [d for d in other.tick(cluster.state, now=0.1, log_now=0.1)
               if isinstance(d, Propose) and isinstance(d.command, c.RequestFence)]
     assert [d.command.host for d in fences] == ["h1"]  # type: ignore[attr-defined]
