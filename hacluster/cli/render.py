@@ -35,9 +35,13 @@ def lease(links: dict[str, float] | None) -> str:
 
 def hosts_table(hosts: list[dict[str, Any]]) -> str:
     rows = [(h["name"], h["state"], h["role"], f"{h['used_memory_mib']}/{h['memory_mib']}",
-             h["vms"], lease(h.get("lease_links")), "ok" if h["bmc_ok"] else "FAIL",
+             h["vms"], lease(h.get("lease_links")), _bmc(h["bmc_ok"]),
              h["reason"][:60]) for h in hosts]
     return table(rows, ["host", "state", "role", "mem MiB", "vms", "lease", "bmc", "reason"])
+
+
+def _bmc(ok: bool | None) -> str:
+    return "-" if ok is None else "ok" if ok else "FAIL"
 
 
 def vms_table(vms: list[dict[str, Any]]) -> str:

@@ -1,10 +1,13 @@
-"""Resolve one host's BMC settings: cluster defaults with its overrides (pure)."""
+"""Resolve one host's BMC settings: cluster defaults with its overrides, and what
+is known of whether that BMC could fence the host (pure)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hacluster.fsm.model import ClusterState
+from hacluster.fsm.model import ClusterState, FenceRecord, FenceResult, Host
+
+NO_ADDRESS = "no BMC address configured"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,3 +42,40 @@ def bmc_spec(state: ClusterState, name: str) -> BmcSpec | None:
         options=tuple(sorted({**dict(base.options), **dict(over.options)}.items())),
         verify_tls=base.verify_tls,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class BmcHealth:
+    ok: bool | None  # None: nothing known yet (or a witness, never fenced)
+    detail: str
+
+
+def bmc_health(state: ClusterState, host: Host) -> BmcHealth:
+    """Could this host be fenced if it died now, from the newest evidence?
+
+    The settings answer first: without an address it cannot, whatever a report said
+    (a report describes the settings its host read; a host that dies before its next
+    check never replaces one that `hactl bmc set` made stale). Then the newer of its
+    own last check and a fence confirmed through its BMC since: a host just powered
+    off through its BMC checks nothing more until it returns.
+    """
+    if not host.runs_vms:
+        return BmcHealth(None, "a witness is never fenced")
+    if not host.bmc.address:
+        return BmcHealth(False, NO_ADDRESS)
+    fence = _confirmed_fence(state, host)
+    if fence is not None and fence.finished_at >= host.bmc_checked_at:
+        return BmcHealth(True, f"powered the host off (fence token {fence.token}, "
+                               f"{fence.result.value} via {fence.method})")
+    if host.bmc_checked_at <= 0:
+        return BmcHealth(None, host.bmc_detail)
+    return BmcHealth(host.bmc_ok, host.bmc_detail)
+
+
+def _confirmed_fence(state: ClusterState, host: Host) -> FenceRecord | None:
+    """The host's current fence attempt, if its BMC confirmed the power off (an
+    operator's confirm says nothing about the BMC)."""
+    record = state.fence_record(host.fence_token) if host.fence_token else None
+    if record is None or not record.result.host_is_off or record.result is FenceResult.MANUAL:
+        return None
+    return record

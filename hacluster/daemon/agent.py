@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 
 from hacluster.core import agent as ag
-from hacluster.core.bmc import bmc_spec
+from hacluster.core.bmc import BmcHealth, BmcSpec, bmc_health, bmc_spec
 from hacluster.daemon.fencing import SecretError, bmc_target
 from hacluster.daemon.logs import decision
 from hacluster.daemon.proposer import Proposer
@@ -204,6 +205,8 @@ class HostReporter:
         self.fencer = fencer
         self.secret = cluster_secret
         self.pool = pool
+        self._checked_spec: BmcSpec | None = None  # the settings the last check read
+        self._next_check = -math.inf
 
     async def report_load(self) -> None:
         with self.replica.read() as state:
@@ -212,22 +215,36 @@ class HostReporter:
         if host is not None and host.role is not HostRole.WITNESS and abs(host.load - load) >= 0.1:
             await self.proposer.propose(c.ReportHostLoad(name=self.me, load=load))
 
-    async def check_bmc(self, timeout_s: float) -> None:
+    async def check_bmc_when_due(self, interval_s: float, timeout_s: float) -> None:
+        """Called often: check every interval_s, and at once when this host's BMC
+        settings changed (a report on the old ones would stand until the next check)."""
         with self.replica.read() as state:
             spec = bmc_spec(state, self.me)
-            host = state.hosts.get(self.me)
-        if host is None or not host.runs_vms:
+        now = time.monotonic()
+        if spec == self._checked_spec and now < self._next_check:
             return
-        if spec is None:
-            ok, detail = False, "no BMC address configured: this host cannot be fenced"
-        else:
-            try:
-                target = bmc_target(spec, self.secret)
-                loop = asyncio.get_running_loop()
-                probe = await loop.run_in_executor(self.pool, self.fencer.probe, target,
-                                                   timeout_s)
-                ok, detail = probe.ok, f"{probe.detail} (power {probe.power.value})"
-            except SecretError as exc:
-                ok, detail = False, str(exc)
-        if ok != host.bmc_ok or detail != host.bmc_detail:
+        self._checked_spec, self._next_check = spec, now + interval_s
+        await self.check_bmc(timeout_s)
+
+    async def check_bmc(self, timeout_s: float) -> None:
+        """Probe the BMC the settings name and report a change. A host without a BMC
+        address reports nothing: status reads that from the settings, and a report of
+        it would outlive the `hactl bmc set` that usually follows."""
+        with self.replica.read() as state:
+            spec, host = bmc_spec(state, self.me), state.hosts.get(self.me)
+        if spec is None or host is None or not host.runs_vms:
+            return
+        try:
+            target = bmc_target(spec, self.secret)
+            loop = asyncio.get_running_loop()
+            probe = await loop.run_in_executor(self.pool, self.fencer.probe, target, timeout_s)
+            ok, detail = probe.ok, f"{probe.detail} (power {probe.power.value})"
+        except SecretError as exc:
+            ok, detail = False, str(exc)
+        with self.replica.read() as state:
+            host = state.hosts.get(self.me)
+            if host is None or bmc_spec(state, self.me) != spec:
+                return  # changed while it ran: the next check probes the new settings
+            shown = bmc_health(state, host)  # what status says now (maybe a fence's word)
+        if shown != BmcHealth(ok, detail):
             await self.proposer.propose(c.ReportBmcHealth(name=self.me, ok=ok, detail=detail))

@@ -281,8 +281,9 @@ class Peer:
         reporter = HostReporter(self.me, self.replica, self.proposer, fencer, self.secret,
                                 self.pool)
         self._every(30.0, reporter.report_load)
-        self._every(timing.bmc_check_interval_s,
-                          lambda: reporter.check_bmc(timing.bmc_check_timeout_s), first=2.0)
+        self._every(min(1.0, timing.bmc_check_interval_s),
+                    lambda: reporter.check_bmc_when_due(timing.bmc_check_interval_s,
+                                                        timing.bmc_check_timeout_s), first=2.0)
 
     def _every(self, interval_s: float, fn: Callable[[], Any], first: float = 0.0) -> None:
         """Run fn (plain or async) every interval; a failure is logged, never fatal."""

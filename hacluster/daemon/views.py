@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hacluster.core.bmc import NO_ADDRESS, bmc_health
 from hacluster.fsm.apply_fence import cap_reopens_at, fences_in_window
 from hacluster.fsm.events import Event
 from hacluster.fsm.model import BmcOverride, BmcSettings, ClusterState, FenceRecord, Host, Vm
@@ -27,12 +28,13 @@ def bmc_defaults(b: BmcSettings) -> dict[str, Any]:
 def host_view(state: ClusterState, host: Host, lease_ages: dict[str, float] | None = None,
               detail: bool = False) -> dict[str, Any]:
     vms = state.vms_on(host.name)
+    bmc = bmc_health(state, host)
     view: dict[str, Any] = {
         "name": host.name, "state": host.state.value, "role": host.role.value,
         "reason": host.reason, "memory_mib": host.memory_mib, "vcpus": host.vcpus,
         "used_memory_mib": state.usage_of(host.name).memory_mib,
-        "vms": len(vms), "load": host.load, "bmc_ok": host.bmc_ok,
-        "bmc_detail": host.bmc_detail, "peer_stopped": host.peer_stopped,
+        "vms": len(vms), "load": host.load, "bmc_ok": bmc.ok,
+        "bmc_detail": bmc.detail, "peer_stopped": host.peer_stopped,
         "lease_links": lease_ages or {},
     }
     if detail:
@@ -91,8 +93,11 @@ def waiting_for_operator(state: ClusterState) -> list[str]:
         if host.state in FENCE_PENDING_HOSTS and host.state is not HostState.FENCING:
             out.append(f"host {name} is {host.state.value}: {host.reason} -> hactl fence "
                        f"confirm {name} --reason TEXT, or hactl fence retry {name}")
-        if host.runs_vms and not host.bmc_ok and host.state is not HostState.REMOVED:
-            out.append(f"host {name} cannot be fenced: {host.bmc_detail}")
+        bmc = bmc_health(state, host)
+        if bmc.ok is False and host.state is not HostState.REMOVED:
+            hint = f" -> hactl bmc set --host {name} --address ADDRESS" \
+                if bmc.detail == NO_ADDRESS else ""
+            out.append(f"host {name} cannot be fenced: {bmc.detail}{hint}")
         if host.peer_stopped:
             out.append(f"host {name}: its peer is stopped; its VMs are not protected")
     for name in sorted(state.vms):

@@ -32,11 +32,22 @@ def running_elsewhere(lab: LabCluster, names: list[str], dead: str) -> bool:
     return all(lab.observer.where(n) and dead not in lab.observer.where(n) for n in names)
 
 
+def cannot_be_fenced(lab: LabCluster, host: str) -> list[str]:
+    return [line for line in lab.call("status")["waiting"]
+            if line.startswith(f"host {host} cannot be fenced")]
+
+
 def test_power_loss_restarts_vms_elsewhere(lab_factory: Factory) -> None:
     lab = lab_factory(3)
     lab.add_vms(4)
     victim = lab.vms()["vm1"]["host"]
     moved = vms_on(lab, victim)
+    # The victim's BMC address is set just before it dies (as by `hactl bmc set` on a
+    # new cluster, after its first check): status must not keep the "no address".
+    address = lab.nodes[victim].bmc.address
+    lab.call("bmc.set", {"host": victim, "address": ""})
+    lab.wait(lambda: "no BMC address" in lab.hosts()[victim]["bmc_detail"], 20, "no address")
+    lab.call("bmc.set", {"host": victim, "address": address})
     cut = lab.power_off(victim)
     lab.wait(recovered(lab, moved, victim), 30, "recovery")
     lab.wait(lambda: running_elsewhere(lab, moved, victim), 10, "VMs seen running elsewhere")
@@ -48,6 +59,10 @@ def test_power_loss_restarts_vms_elsewhere(lab_factory: Factory) -> None:
     assert fences[-1]["result"] in ("off", "already-off")
     assert fences[-1]["method"].startswith("ipmi")
     assert lab.hosts()[victim]["state"] == "fenced"
+    assert cannot_be_fenced(lab, victim) == [] and lab.hosts()[victim]["bmc_ok"] is True
+    lab.power_on(victim)  # back: its own check replaces the fence's word
+    lab.wait(lambda: "(power on)" in lab.hosts()[victim]["bmc_detail"], 20, "its own check")
+    assert lab.hosts()[victim]["state"] == "online" and cannot_be_fenced(lab, victim) == []
 
 
 @pytest.mark.parametrize("victim_is_leader", [False, True], ids=["follower", "leader"])
