@@ -11,6 +11,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from hacluster.core.bmc import BmcSpec, bmc_spec
+from hacluster.core.leaderloop import LeaderLoop
 from hacluster.core.manager import Decision, Manager, Propose, RunFence
 from hacluster.core.readindex import ReadIndex, ReadMark
 from hacluster.daemon.fencing import SecretError, as_record_result, bmc_target
@@ -22,13 +23,7 @@ from hacluster.ports import Fencer
 from hacluster.raft import RaftNode
 
 log = logging.getLogger("hacluster.manager")
-
-
-def stood_still(last_tick: float | None, now: float, tick_s: float) -> float:
-    """How much later than due this tick comes (0 when on time, or late by mere
-    jitter): the loop, and with it the renewals it reads, stood still that long."""
-    late = 0.0 if last_tick is None else now - last_tick - tick_s
-    return late if late > 2 * tick_s else 0.0
+FENCE_CONFIRM_TIMEOUT_S = 1.0  # a leader that cannot confirm its majority this fast skips
 
 
 class LeaderDriver:
@@ -43,10 +38,10 @@ class LeaderDriver:
         self.fencer = fencer
         self.secret = cluster_secret
         self.pool = pool
-        self.manager = Manager(me)
+        self.loop = LeaderLoop(me, tick_s)
+        self.manager: Manager = self.loop.manager
         self.stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._last_tick: float | None = None
         self.reads: ReadIndex[Callable[[ReadMark], None]] = ReadIndex()
         self._reads_waiting = asyncio.Event()
 
@@ -106,35 +101,15 @@ class LeaderDriver:
 
     def tick(self) -> None:
         term = None if self.stopping else self.raft.leader_term()
-        now = time.monotonic()
-        blind_s = self._blind_since_last_tick(now)
-        if term is None:
-            if self.manager.leading:
-                self.manager.lose_leadership()
-                decision(log, "not leader any more", "Raft reports another leader or none",
-                         term=self.manager.term)
-            return
-        decisions: list[Decision] = []
         with self.replica.read() as state:
-            if not self.manager.leading or self.manager.term != term:
-                decision(log, "leading", f"elected in term {term}; every host gets a full "
-                         "lease, nothing is decided before our no-op commits", term=term)
-                decisions += self.manager.become_leader(term, state, now)
-            elif blind_s:
-                self.manager.own_pause(blind_s, now)
-                decision(log, "own pause discounted", f"this peer stood still for "
-                         f"{blind_s:.2f}s; the hosts' leases did not age meanwhile", term=term)
-            if self.manager.ready and not self.replica.clock.running and \
-                    self.replica.start_clock():
-                decision(log, "log clock started", "a new cluster: its first leader's wall "
-                         "clock sets the origin", term=term)
-            decisions += self.manager.tick(state, now, self.replica.log_now())
-        for d in decisions:
+            result = self.loop.tick(term, state, time.monotonic(), self.replica.log_now(),
+                                    self.replica.clock.running)
+            if result.start_log_clock:
+                self.replica.start_clock()
+        for note in result.notes:
+            decision(log, note.what, note.why, term=term or self.manager.term)
+        for d in result.decisions:
             self._spawn(self._dispatch(d))
-
-    def _blind_since_last_tick(self, now: float) -> float:
-        last, self._last_tick = self._last_tick, now
-        return stood_still(last, now, self.tick_s)
 
     async def _dispatch(self, d: Decision) -> None:
         if isinstance(d, Propose):
@@ -168,10 +143,14 @@ class LeaderDriver:
                 log.warning("proposal refused", extra={"key": d.key, "reason": event.message})
 
     async def _fence(self, d: RunFence) -> None:
-        if self.stopping or not self.manager.fence_still_ours(d.token, self.raft.leader_term()):
-            decision(log, "fence skipped", "leadership changed (or this peer is stopping) "
-                     "before the fence ran",
-                     host=d.host, token=d.token)
+        # Confirm, right before acting, that a majority still follows us in the term
+        # that committed the token (a deposed leader believes it leads for a while).
+        mark = None if self.stopping else await self.read_barrier(FENCE_CONFIRM_TIMEOUT_S)
+        term = None if mark is None else mark.term
+        if self.stopping or not self.manager.fence_still_ours(d.token, term) or \
+                self.raft.leader_term() != term:
+            decision(log, "fence skipped", "leadership could not be confirmed (or this peer "
+                     "is stopping) before the fence ran", host=d.host, token=d.token)
             self.manager.fence_result(d.host, d.token, FenceResult.ERROR, "leader changed",
                                       "none", time.monotonic())
             return

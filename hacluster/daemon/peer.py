@@ -341,8 +341,10 @@ class Peer:
             read_index = None if ack is None else ack.commit_index
         if read_index is None:
             return False
+        # Raft's applied index, not the state's: the read index may be a Raft no-op,
+        # which never reaches the state machine.
         give_up = time.monotonic() + 0.5
-        while self.replica.applied_index < read_index:
+        while self.raft is not None and self.raft.applied_index() < read_index:
             if time.monotonic() > give_up:
                 return False
             await asyncio.sleep(0.005)

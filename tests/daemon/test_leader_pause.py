@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from hacluster.daemon.leader import stood_still
+from hacluster.core.leaderloop import stood_still
 
 
 @pytest.mark.parametrize(("last", "now", "expected"), [
