@@ -223,3 +223,76 @@ class RenewalSender:
         if due:
             self._followed = ack.seq
         return due
+
+
+# ---------------------------------------------------------------- one peer's endpoint
+
+# host -> [(link, address)] to reach it
+Targets = dict[str, list[tuple[str, str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    link: str  # the local link to send on
+    address: str  # where to (the daemon: an IP address; the simulator: a host name)
+    datagram: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What one datagram meant. At most one of renewal / ack is set."""
+
+    renewal: Renewal | None = None
+    credit_at: float | None = None  # for a renewal: what it proves (RenewalJudge.admit)
+    ack: Ack | None = None  # an ack to this peer
+    follow_up: bool = False  # send a round now (RenewalSender.on_ack)
+
+
+class LeaseEndpoint:
+    """Everything one peer does with lease datagrams, without sockets or clocks: the
+    daemon (daemon/leases.py) and the simulator (sim/peer.py) move the bytes."""
+
+    def __init__(self, me: str, codec: LeaseCodec, boot: bytes) -> None:
+        self.me = me
+        self.codec = codec
+        self.sender = RenewalSender(me, boot)
+        self.judge = RenewalJudge()
+        self.rejected = 0  # unreadable, forged or replayed datagrams
+        self.seen: dict[str, dict[str, float]] = {}  # host -> link -> when (monotonic)
+
+    def round(self, targets: Targets, now: float, wall: float,
+              renew_s: float) -> tuple[int, list[Outgoing]]:
+        """A renewal round to every other voter on every route; (its seq, datagrams)."""
+        seq = self.sender.next_round(now, renew_s / 2)
+        out = []
+        for host, routes in sorted(targets.items()):
+            if host == self.me:
+                continue
+            for link, address in routes:
+                out.append(Outgoing(link, address,
+                                    self.codec.pack(self.sender.renewal(link, wall))))
+        return seq, out
+
+    def receive(self, data: bytes, now: float, ttl_s: float) -> Received:
+        try:
+            message = self.codec.unpack(data)
+        except BadDatagram:
+            self.rejected += 1
+            return Received()
+        if isinstance(message, Ack):
+            if message.host != self.me:
+                return Received()
+            return Received(ack=message, follow_up=self.sender.on_ack(message, now))
+        admitted = self.judge.admit(message, now, ttl_s)
+        if admitted is None:
+            self.rejected += 1
+            return Received()
+        self.seen.setdefault(message.host, {})[message.link] = now
+        return Received(renewal=message, credit_at=admitted.credit_at)
+
+    def answer(self, renewal: Renewal, term: int, commit_index: int, now: float,
+               ttl_s: float) -> bytes:
+        """The leader's ack to a renewal, once its read index is confirmed."""
+        nonce = self.judge.issue(term, now, ttl_s)
+        return self.codec.pack(Ack(self.me, term, commit_index, renewal.host, renewal.link,
+                                   renewal.seq, nonce))

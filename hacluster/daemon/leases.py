@@ -18,17 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hacluster.core.readindex import ReadMark
-from hacluster.core.renewal import (
-    Ack,
-    BadDatagram,
-    LeaseCodec,
-    Renewal,
-    RenewalJudge,
-    RenewalSender,
-)
+from hacluster.core.renewal import Ack, LeaseCodec, LeaseEndpoint, Targets
 
-# host -> [(link, address)] to reach it
-Targets = dict[str, list[tuple[str, str]]]
 # An admitted renewal: (host, link, credit_at or None, answer); the leader calls answer
 # with its confirmed read mark (any other peer never does).
 Answer = Callable[[ReadMark], None]
@@ -77,12 +68,9 @@ class LeaseService:
         self.on_renewal = on_renewal
         self.targets = targets
         self.times = times
-        self.sender = RenewalSender(me, os.urandom(8))
-        self.judge = RenewalJudge()
+        self.endpoint = LeaseEndpoint(me, codec, os.urandom(8))
         self.health: dict[str, LinkHealth] = {name: LinkHealth() for name in links}
-        self.rejected = 0  # unreadable, forged or replayed datagrams
         self.errors = 0
-        self.seen: dict[str, dict[str, float]] = {}  # host -> link -> monotonic time
         self.last_ack: Ack | None = None
         self.last_ack_at = 0.0
         self._endpoints: dict[str, _Endpoint] = {}
@@ -90,11 +78,21 @@ class LeaseService:
 
     @property
     def boot(self) -> bytes:
-        return self.sender.boot
+        return self.endpoint.sender.boot
 
     @property
     def seq(self) -> int:
-        return self.sender.seq
+        return self.endpoint.sender.seq
+
+    @property
+    def rejected(self) -> int:
+        """Unreadable, forged or replayed datagrams."""
+        return self.endpoint.rejected
+
+    @property
+    def seen(self) -> dict[str, dict[str, float]]:
+        """host -> link -> monotonic time of its last renewal that was no replay."""
+        return self.endpoint.seen
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -114,36 +112,24 @@ class LeaseService:
     # ------------------------------------------------------------ receiving
 
     def received(self, endpoint: _Endpoint, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            message = self.codec.unpack(data)
-        except BadDatagram:
-            self.rejected += 1
-            return
-        if isinstance(message, Renewal):
-            self._renewal(endpoint, message, addr)
-        elif message.host == self.me:
-            self._ack(message)
-
-    def _renewal(self, endpoint: _Endpoint, r: Renewal, addr: tuple[str, int]) -> None:
         now = time.monotonic()
         ttl = self.times().ttl_s
-        admitted = self.judge.admit(r, now, ttl)
-        if admitted is None:
-            self.rejected += 1
-            return
-        self.seen.setdefault(r.host, {})[r.link] = now
+        got = self.endpoint.receive(data, now, ttl)
+        if got.ack is not None:
+            self._ack(got.ack, now)
+            if got.follow_up:  # the round it answers echoed a stale nonce
+                self.send_round()
+        elif got.renewal is not None:
+            renewal = got.renewal
 
-        def answer(mark: ReadMark) -> None:
-            if endpoint.transport is None:
-                return
-            nonce = self.judge.issue(mark.term, time.monotonic(), ttl)
-            ack = Ack(self.me, mark.term, mark.commit_index, r.host, r.link, r.seq, nonce)
-            endpoint.transport.sendto(self.codec.pack(ack), addr)
+            def answer(mark: ReadMark) -> None:
+                if endpoint.transport is not None:
+                    endpoint.transport.sendto(self.endpoint.answer(
+                        renewal, mark.term, mark.commit_index, time.monotonic(), ttl), addr)
 
-        self.on_renewal(r.host, r.link, admitted.credit_at, answer)
+            self.on_renewal(renewal.host, renewal.link, got.credit_at, answer)
 
-    def _ack(self, ack: Ack) -> None:
-        now = time.monotonic()
+    def _ack(self, ack: Ack, now: float) -> None:
         health = self.health.get(ack.link)
         if health is not None:
             health.last_ack = now
@@ -155,29 +141,23 @@ class LeaseService:
             elif not waiter.done():
                 still.append((sent_seq, waiter))
         self._ack_waiters = still
-        if self.sender.on_ack(ack, now):  # the round it answers echoed a stale nonce
-            self.send_round()
 
     # ------------------------------------------------------------ sending
 
     def send_round(self) -> int:
         """One renewal per link to every voter. Returns the sequence number used."""
         now = time.monotonic()
-        seq = self.sender.next_round(now, self.times().renew_s / 2)
-        wall = time.time()
-        for host, routes in sorted(self.targets().items()):
-            if host == self.me:
+        seq, datagrams = self.endpoint.round(self.targets(), now, time.time(),
+                                             self.times().renew_s)
+        for out in datagrams:
+            endpoint = self._endpoints.get(out.link)
+            if endpoint is None or endpoint.transport is None:
                 continue
-            for link, address in routes:
-                endpoint = self._endpoints.get(link)
-                if endpoint is None or endpoint.transport is None:
-                    continue
-                datagram = self.codec.pack(self.sender.renewal(link, wall))
-                try:
-                    endpoint.transport.sendto(datagram, (address, self.port))
-                    self.health[link].last_sent = now
-                except OSError:
-                    self.health[link].send_errors += 1
+            try:
+                endpoint.transport.sendto(out.datagram, (out.address, self.port))
+                self.health[out.link].last_sent = now
+            except OSError:
+                self.health[out.link].send_errors += 1
         return seq
 
     async def barrier(self, timeout_s: float) -> Ack | None:

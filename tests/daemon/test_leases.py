@@ -77,7 +77,7 @@ async def renew_twice_and_intrude(leader: LeaseService, follower: LeaseService, 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder:
         codec = LeaseCodec(SECRET)
         replay = codec.pack(Renewal("h2", "main", follower.boot, follower.seq,
-                                    follower.sender.nonce, time.time()))
+                                    follower.endpoint.sender.nonce, time.time()))
         intruder.sendto(replay, ("127.0.0.4", port))
         forged = Renewal("h2", "main", b"boot0001", 99, NO_NONCE, time.time())
         intruder.sendto(LeaseCodec("wrong-secret-0123456789").pack(forged),
