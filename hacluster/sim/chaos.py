@@ -1,9 +1,13 @@
-"""Random fault schedules for the simulator (seeded, so any failure replays).
+"""Random fault schedules over the simulated cluster, replayable by seed.
 
-A schedule: a random cluster, faults at random times for `fault_s` seconds,
-then everything heals (network, power, BMCs, maintenance) and the cluster gets
-time to settle. Safety invariants are checked after every step by the
-Observer; at the end every HA VM must run exactly once.
+A schedule builds a cluster (3 to 7 voters, sometimes non-voting members), adds VMs,
+then injects random faults for a while: power loss, peer crashes, restarts from a
+rebuilt journal and pauses (the leader's too), isolation, partitions, one-way cuts,
+packet loss, a firewall on the lease port, stepped and skewed wall clocks, BMCs that
+fail, hang, lie or are slow, VM operations that fail, and operators who stop, start,
+migrate, remove and re-add VMs and change their options. Then everything heals, an
+operator settles what waits for a person, and the VMs must run again. The Observer
+(sim/invariants.py) judges every step.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hacluster.fsm import commands as c
+from hacluster.fsm import state_digest
 from hacluster.fsm.model import Desired, HaPolicy, HostRole
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState, VmState
 from hacluster.sim.fakes import BmcMode
-from hacluster.sim.world import Simulation
+from hacluster.sim.world import World
 
 HEAL_ROUNDS = 3
+Action = tuple[str, Callable[[], object]]
 
 
 @dataclass
@@ -27,144 +33,192 @@ class ChaosResult:
     violations: list[str]
     actions: list[str] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)  # HA VMs not running after healing
+    false_fences: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.violations and not self.stuck
 
 
-def build_cluster(rng: random.Random) -> Simulation:
-    sim = Simulation(step_s=0.1)
-    hosts = rng.randint(3, 5)
-    for i in range(1, hosts + 1):
-        sim.add_host(f"h{i}", 8192, 8, HostRole.VOTER, ("mgmt", "backend"))
-    if rng.random() < 0.3:
-        sim.add_host(f"h{hosts + 1}", 8192, 8, HostRole.MEMBER, ("mgmt", "backend"))
-    while sim.leader is None:
-        sim.step()
-    sim.admin(c.SetSettings(fence_cap=rng.randint(1, 3), fence_retry_limit=rng.randint(2, 3),
-                            fence_retry_backoff_s=rng.choice([0.5, 1.0]), fence_timeout_s=4.0))
-    for name, host in sorted(sim.hosts.items()):
-        sim.admin(c.AddHost(name=name, memory_mib=host.memory_mib, vcpus=host.vcpus,
-                            role=host.role))
-    sim.run_until(sim.now + 1.0)
-    names = sorted(sim.hosts)
-    for i in range(rng.randint(3, 2 * hosts)):
-        limits = tuple(rng.sample(names, 2)) if rng.random() < 0.2 else ()
-        sim.admin(c.AddVm(
-            name=f"vm{i}", xml="<domain/>", memory_mib=rng.choice([512, 1024, 2048]),
-            vcpus=1, priority=rng.randint(0, 3), allowed_hosts=limits,
-            anti_affinity="grp" if i < 2 else "", max_restarts=10, max_relocates=10,
-            ha=HaPolicy.RESTART, desired=Desired.STARTED))
-    return sim
+def build_cluster(rng: random.Random, seed: int) -> World:
+    world = World(seed=seed, step_s=0.05, check_digests=False)
+    voters = rng.choice([3, 3, 3, 4, 5, 5, 7])
+    members = rng.choice([0, 0, 0, 1, 2]) if voters < 7 else rng.choice([0, 3])
+    links = ("mgmt", "backend")
+    for i in range(1, voters + 1):
+        world.add_host(f"h{i}", 8192, 8, HostRole.VOTER, links)
+    for i in range(voters + 1, voters + members + 1):
+        world.add_host(f"h{i}", 8192, 8, HostRole.MEMBER, links)
+    world.start()
+    while world.leader is None:
+        world.step()
+    world.admin_wait(c.SetSettings(fence_cap=rng.randint(1, 3),
+                                   fence_retry_limit=rng.randint(2, 3),
+                                   fence_retry_backoff_s=rng.choice([0.5, 1.0]),
+                                   fence_timeout_s=4.0))
+    for name, host in sorted(world.hosts.items()):
+        world.admin_wait(c.AddHost(name=name, memory_mib=host.memory_mib, vcpus=host.vcpus,
+                                   role=host.role,
+                                   addresses=tuple(f"{ln}={name}" for ln in links)))
+    world.run_until(world.now + 1.0)
+    for i in range(rng.randint(3, 2 * voters)):
+        world.admin_wait(_random_vm(rng, f"vm{i}", sorted(world.hosts), i))
+    return world
 
 
-def _random_action(sim: Simulation, rng: random.Random) -> tuple[str, Callable[[], object]]:
-    hosts = sorted(sim.hosts)
-    host = rng.choice(hosts)
-    vms = sorted(sim.hosts[sim.leader].state.vms) if sim.leader else []
-    choices: list[tuple[str, Callable[[], object]]] = [
-        (f"power-off {host}", lambda: sim.power_off(host, "chaos")),
-        (f"power-on {host}", lambda: sim.power_on(host, "chaos")),
-        (f"isolate {host}", lambda: sim.net.isolate(host)),
-        (f"heal {host}", lambda: sim.net.heal(host)),
-        (f"cut-link {host} mgmt", lambda: sim.net.cut[host].add("mgmt")),
-        (f"bmc {host} unreachable", lambda: setattr(sim.hosts[host], "bmc",
-                                                     BmcMode.UNREACHABLE)),
-        (f"bmc {host} slow", lambda: setattr(sim.hosts[host], "bmc", BmcMode.SLOW)),
-        (f"bmc {host} works", lambda: setattr(sim.hosts[host], "bmc", BmcMode.WORKS)),
-        ("kill-leader", lambda: _kill_leader(sim)),
-        ("cluster maintenance on", lambda: sim.admin(c.SetClusterMaintenance(on=True))),
-        ("cluster maintenance off", lambda: sim.admin(c.SetClusterMaintenance(on=False))),
-        (f"maintenance {host} on", lambda: sim.admin(c.SetHostMaintenance(name=host, on=True))),
-        (f"maintenance {host} off",
-         lambda: sim.admin(c.SetHostMaintenance(name=host, on=False))),
-        (f"confirm-if-off {host}", lambda: _confirm_if_off(sim, host)),
-        (f"retry {host}", lambda: sim.admin(c.RetryFence(host=host, who="chaos"))),
+def _random_vm(rng: random.Random, name: str, hosts: list[str], i: int) -> c.AddVm:
+    limits = tuple(sorted(rng.sample(hosts, 2))) if rng.random() < 0.2 else ()
+    return c.AddVm(name=name, xml="<domain/>", memory_mib=rng.choice([512, 1024, 2048]),
+                   vcpus=1, priority=rng.randint(0, 3), allowed_hosts=limits,
+                   anti_affinity="grp" if i < 2 else "", max_restarts=10, max_relocates=10,
+                   ha=HaPolicy.RESTART, desired=Desired.STARTED)
+
+
+def _host_faults(world: World, rng: random.Random, host: str) -> list[Action]:
+    other = rng.choice([h for h in sorted(world.hosts) if h != host])
+    net = world.net
+    loss = rng.uniform(0.1, 0.5)
+    skew = rng.choice([-3600.0, -40.0, 45.0, 3700.0])
+    mode = rng.choice(list(BmcMode))
+    return [
+        (f"power-off {host}", lambda: world.power_off(host, "chaos")),
+        (f"power-on {host}", lambda: world.power_on(host, "chaos")),
+        (f"kill-peer {host}", lambda: world.crash_peer(host)),
+        (f"restart-peer {host}", lambda: world.restart_peer(host)),
+        (f"restart-peer {host} rebuild", lambda: world.restart_peer(host, rebuild=True)),
+        (f"pause {host}", lambda: world.pause_peer(host)),
+        (f"resume {host}", lambda: world.resume_peer(host)),
+        (f"isolate {host}", lambda: net.isolate(host)),
+        (f"heal {host}", lambda: net.heal(host)),
+        (f"cut-link {host} mgmt", lambda: net.cut_link(host, "mgmt")),
+        (f"cut {host} -> {other}", lambda: net.cut(host, other)),
+        (f"cut {other} -> {host}", lambda: net.cut(other, host)),
+        (f"loss {host} {other} {loss:.0%}",
+         lambda: net.set_path(host, other, loss=loss, both=True)),
+        (f"lease-block {host}", lambda: world.lease_blocked.add(host)),
+        (f"lease-unblock {host}", lambda: world.lease_blocked.discard(host)),
+        (f"clock {host} {skew:+g}",
+         lambda: setattr(world.hosts[host].peer.clock, "wall_skew", skew)),
+        (f"bmc {host} {mode.value}", lambda: setattr(world.hosts[host].bmc, "mode", mode)),
+        (f"bmc-fails {host} 2", lambda: setattr(world.hosts[host].bmc, "fail_next", 2)),
     ]
-    if len(hosts) >= 3:
-        split = rng.randint(1, len(hosts) - 1)
-        shuffled = rng.sample(hosts, len(hosts))
-        minority, majority = shuffled[:split], shuffled[split:]
-        choices.append((f"partition {','.join(sorted(minority))}",
-                        lambda: _partition(sim, minority, majority)))
-    if vms:
-        vm = rng.choice(vms)
-        choices += [
-            (f"crash {vm}", lambda: _crash(sim, vm)),
-            (f"stop-fails {vm}", lambda: sim.faults.stop_fails.add(vm)),
-            (f"migrate-fails {vm}", lambda: sim.faults.migrate_fails.add(vm)),
-            (f"vm stop {vm}", lambda: sim.admin(c.SetVmDesired(name=vm, desired=Desired.STOPPED))),
-            (f"vm start {vm}",
-             lambda: sim.admin(c.SetVmDesired(name=vm, desired=Desired.STARTED))),
-            (f"vm migrate {vm}", lambda: sim.admin(c.MigrateVm(name=vm))),
-        ]
+
+
+def _leader_faults(world: World) -> list[Action]:
+    def on_leader(fn: Callable[[str], object]) -> Callable[[], object]:
+        return lambda: fn(world.leader) if world.leader else None
+
+    return [
+        ("kill-leader", on_leader(lambda h: world.power_off(h, "chaos"))),
+        ("kill-leader-peer", on_leader(world.crash_peer)),
+        ("pause-leader", on_leader(world.pause_peer)),
+        ("isolate-leader", on_leader(world.net.isolate)),
+        ("lease-block-leader", on_leader(world.lease_blocked.add)),
+    ]
+
+
+def _operator(world: World, rng: random.Random, host: str, vm: str | None) -> list[Action]:
+    out: list[Action] = [
+        ("cluster maintenance on", lambda: world.admin(c.SetClusterMaintenance(on=True))),
+        ("cluster maintenance off", lambda: world.admin(c.SetClusterMaintenance(on=False))),
+        (f"maintenance {host} on", lambda: world.admin(c.SetHostMaintenance(name=host,
+                                                                            on=True))),
+        (f"maintenance {host} off", lambda: world.admin(c.SetHostMaintenance(name=host,
+                                                                             on=False))),
+        (f"confirm-if-off {host}", lambda: _confirm_if_off(world, host)),
+        (f"retry {host}", lambda: world.admin(c.RetryFence(host=host, who="chaos"))),
+    ]
+    if vm is None:
+        return out
+    hosts = sorted(world.hosts)
+    return out + [
+        (f"crash {vm}", lambda: _crash(world, vm)),
+        (f"stop-fails {vm}", lambda: world.vm_faults.stop.__setitem__(vm, -1)),
+        (f"start-fails {vm} 2", lambda: world.vm_faults.start.__setitem__(vm, 2)),
+        (f"start-fails {vm} on {host}", lambda: world.vm_faults.start_on.add((vm, host))),
+        (f"migrate-fails {vm}", lambda: world.vm_faults.migrate.__setitem__(vm, -1)),
+        (f"vm stop {vm}", lambda: world.admin(c.SetVmDesired(name=vm, desired=Desired.STOPPED))),
+        (f"vm start {vm}", lambda: world.admin(c.SetVmDesired(name=vm,
+                                                                desired=Desired.STARTED))),
+        (f"vm migrate {vm}", lambda: world.admin(c.MigrateVm(name=vm))),
+        (f"vm remove {vm}", lambda: world.admin(c.RemoveVm(name=vm))),
+        (f"vm re-add {vm}", lambda: world.admin(_random_vm(rng, vm, hosts, 9))),
+        (f"vm limit {vm}", lambda: world.admin(c.SetVmOptions(
+            name=vm, allowed_hosts=tuple(sorted(rng.sample(hosts, 2)))))),
+        (f"vm unlimit {vm}", lambda: world.admin(c.SetVmOptions(name=vm, allowed_hosts=()))),
+    ]
+
+
+def random_action(world: World, rng: random.Random) -> Action:
+    hosts = sorted(world.hosts)
+    host = rng.choice(hosts)
+    truth = world.truth()
+    vms = sorted(truth.vms) if truth else []
+    choices = _host_faults(world, rng, host) + _leader_faults(world)
+    choices += _operator(world, rng, host, rng.choice(vms) if vms else None)
+    split = rng.randint(1, len(hosts) // 2)
+    minority = sorted(rng.sample(hosts, split))
+    choices.append((f"partition {','.join(minority)}",
+                    lambda: world.net.partition(minority)))
     return rng.choice(choices)
 
 
-def _kill_leader(sim: Simulation) -> None:
-    if sim.leader is not None:
-        sim.power_off(sim.leader, "chaos")
-
-
-def _partition(sim: Simulation, minority: list[str], majority: list[str]) -> None:
-    for name in minority:
-        sim.net.group[name] = 1
-    for name in majority:
-        sim.net.group[name] = 0
-
-
-def _crash(sim: Simulation, vm: str) -> None:
-    for host in sim.hosts.values():
+def _crash(world: World, vm: str) -> None:
+    for host in world.hosts.values():
         host.hyper.domains.pop(vm, None)
 
 
-def _confirm_if_off(sim: Simulation, name: str) -> None:
+def _confirm_if_off(world: World, name: str) -> None:
     """An honest operator: confirms only hosts that really are off."""
-    if sim.leader is None or sim.hosts[name].powered:
+    truth = world.truth()
+    if truth is None or world.hosts[name].powered:
         return
-    state = sim.hosts[sim.leader].state.hosts.get(name)
-    if state is not None and (state.state in FENCE_PENDING_HOSTS
-                              or state.state is HostState.SUSPECT):
-        sim.admin(c.AdminConfirmFence(host=name, who="chaos", reason="verified off"))
+    host = truth.hosts.get(name)
+    if host is not None and (host.state in FENCE_PENDING_HOSTS
+                             or host.state is HostState.SUSPECT):
+        world.admin(c.AdminConfirmFence(host=name, who="chaos", reason="verified off"))
 
 
-def heal_everything(sim: Simulation) -> None:
-    sim.net.heal_all()
-    sim.faults.stop_fails.clear()
-    sim.faults.migrate_fails.clear()
-    sim.faults.start_fails.clear()
-    for name, host in sorted(sim.hosts.items()):
-        host.bmc = BmcMode.WORKS
-        sim.power_on(name, "heal")
+def heal_everything(world: World) -> None:
+    world.net.heal_all(quality=True)
+    world.lease_blocked.clear()
+    world.vm_faults.clear()
+    for name, host in sorted(world.hosts.items()):
+        host.bmc.mode, host.bmc.fail_next = BmcMode.WORKS, 0
+        host.peer.clock.wall_skew = 0.0
+        world.resume_peer(name)
+        world.power_on(name, "heal")
+        if host.peer.raft.status.value == "down":
+            world.restart_peer(name)
 
 
-def _settle(sim: Simulation) -> None:
-    """What an operator does once the faults are gone: maintenance off, and a new
-    attempt for every host whose fence waits for them (cap reached or failed)."""
-    sim.admin(c.SetClusterMaintenance(on=False))
-    state = sim.hosts[sim.leader].state if sim.leader else None
+def _settle(world: World) -> None:
+    """What an operator does once the faults are gone: maintenance off, a new attempt
+    for every host whose fence waits for a person, re-start VMs left in error."""
+    world.admin_wait(c.SetClusterMaintenance(on=False))
+    state = world.truth()
     for name in sorted(state.hosts if state else []):
-        sim.admin(c.SetHostMaintenance(name=name, on=False))
+        world.admin_wait(c.SetHostMaintenance(name=name, on=False))
+        state = world.truth()
         if state and state.hosts[name].state in (HostState.FENCE_BLOCKED,
                                                  HostState.FENCE_FAILED):
-            if sim.hosts[name].powered:
-                sim.admin(c.RetryFence(host=name, who="chaos operator"))
+            if world.hosts[name].powered:
+                world.admin_wait(c.RetryFence(host=name, who="chaos operator"))
             else:
-                sim.admin(c.AdminConfirmFence(host=name, who="chaos operator",
-                                              reason="verified off"))
+                world.admin_wait(c.AdminConfirmFence(host=name, who="chaos operator",
+                                                     reason="verified off"))
 
 
-def stuck_vms(sim: Simulation) -> list[str]:
+def stuck_vms(world: World) -> list[str]:
     """HA VMs that should run but do not run exactly once where the state says."""
-    if sim.leader is None:
+    state = world.truth()
+    if world.leader is None or state is None:
         return ["no leader after healing"]
-    state = sim.hosts[sim.leader].state
     out = []
     for name, vm in sorted(state.vms.items()):
         if vm.desired is not Desired.STARTED or vm.ha is not HaPolicy.RESTART:
             continue
-        running = [h for h, host in sorted(sim.hosts.items())
+        running = [h for h, host in sorted(world.hosts.items())
                    if host.powered and name in host.hyper.live()]
         if vm.state is not VmState.STARTED or running != [vm.host]:
             out.append(f"{name}: {vm.state.value} on {vm.host or '-'} ({vm.reason}); "
@@ -172,25 +226,35 @@ def stuck_vms(sim: Simulation) -> list[str]:
     return out
 
 
+def converged(world: World) -> list[str]:
+    """After healing every peer holds the same state at the same index."""
+    seen = {name: (h.peer.proc.state.applied_index, state_digest(h.peer.proc.state))
+            for name, h in sorted(world.hosts.items()) if h.peer.running}
+    if len(set(seen.values())) <= 1:
+        return []
+    return [f"peers differ after healing: {seen}"]
+
+
 def run_schedule(seed: int, fault_s: float = 30.0, actions: int = 12) -> ChaosResult:
     rng = random.Random(seed)
-    sim = build_cluster(rng)
-    start = sim.now
+    world = build_cluster(rng, seed)
+    start = world.now
     times = sorted(rng.uniform(start, start + fault_s) for _ in range(actions))
     log = []
     for when in times:
-        sim.run_until(when)
-        text, act = _random_action(sim, rng)
-        log.append(f"t={sim.now:.1f} {text}")
+        world.run_until(when)
+        text, act = random_action(world, rng)
+        log.append(f"t={world.now:.1f} {text}")
         act()
-    sim.run_until(start + fault_s)
-    # Heal, let the operator act, wait; again, since a fence the operator asked for
-    # powers a host off, and it must come back for the capacity to exist.
+    world.run_until(start + fault_s)
     for _ in range(HEAL_ROUNDS):
-        heal_everything(sim)
-        sim.run_until(sim.now + 2.0)
-        _settle(sim)
-        sim.run_until(sim.now + 15.0)
-        if not stuck_vms(sim):
+        heal_everything(world)
+        world.run_until(world.now + 2.0)
+        _settle(world)
+        world.run_until(world.now + 15.0)
+        if not stuck_vms(world):
             break
-    return ChaosResult(seed, list(sim.observer.violations), log, stuck_vms(sim))
+    world.run_until(world.now + 2.0)
+    problems = stuck_vms(world) + converged(world)
+    return ChaosResult(seed, list(world.observer.violations), log, problems,
+                       list(world.observer.false_fences))

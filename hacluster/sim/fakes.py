@@ -1,5 +1,5 @@
-"""Fakes for the simulator only: hypervisors that record where each VM really
-runs, BMCs with failure modes, and a network of hosts, links and partitions."""
+"""Fakes for the simulator only: hypervisors that record where each VM really runs,
+and BMCs with failure modes."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from hacluster.fsm.model import FenceAction, FenceResult
 
 class BmcMode(enum.StrEnum):
     WORKS = "works"
-    UNREACHABLE = "unreachable"
-    SLOW = "slow"  # power goes off late; read-back times out
+    UNREACHABLE = "unreachable"  # no answer; the deadline passes
+    SLOW = "slow"  # power goes off late, after the read-back gave up (timeout)
+    SLOW_OK = "slow-ok"  # power goes off late but within the deadline: success, slowly
     ALREADY_OFF = "already-off"  # reads off without a command
     BAD_CREDENTIALS = "bad-credentials"
+    FROZEN = "frozen"  # accepts the session, never answers the command
+    LIES = "lies"  # powers the host off, then answers an error (a safe lie)
 
 
 @dataclass
@@ -26,6 +29,13 @@ class FakeHypervisor:
 
     def live(self) -> list[str]:
         return sorted(n for n, s in self.domains.items() if s is DomainState.RUNNING)
+
+
+@dataclass
+class SimBmc:
+    mode: BmcMode = BmcMode.WORKS
+    fail_next: int = 0  # the next n commands fail as unreachable, then the mode applies
+    log: list[tuple[float, str]] = field(default_factory=list)  # its own power log
 
 
 @dataclass(frozen=True)
@@ -39,11 +49,25 @@ class BmcPlan:
     evidence: str = ""
 
 
-def bmc_plan(mode: BmcMode, action: FenceAction, host_powered: bool, deadline_s: float) -> BmcPlan:
+def bmc_plan(bmc: SimBmc, action: FenceAction, host_powered: bool,
+             deadline_s: float) -> BmcPlan:
+    """What a command does; consumes one of `fail_next`."""
+    if bmc.fail_next > 0:
+        bmc.fail_next -= 1
+        return BmcPlan(FenceResult.UNREACHABLE, min(5.0, deadline_s), None,
+                       evidence="no answer from the BMC (fails for now)")
+    return _plan(bmc.mode, action, host_powered, deadline_s)
+
+
+def _plan(mode: BmcMode, action: FenceAction, host_powered: bool,
+          deadline_s: float) -> BmcPlan:
     if mode is BmcMode.UNREACHABLE:
         return BmcPlan(
             FenceResult.UNREACHABLE, min(5.0, deadline_s), None, evidence="no answer from the BMC"
         )
+    if mode is BmcMode.FROZEN:
+        return BmcPlan(FenceResult.TIMEOUT, deadline_s, None,
+                       evidence=f"no answer within {deadline_s:g}s")
     if mode is BmcMode.BAD_CREDENTIALS:
         return BmcPlan(
             FenceResult.AUTH_REJECTED, 0.1, None, evidence="BMC rejected the credentials"
@@ -59,6 +83,11 @@ def bmc_plan(mode: BmcMode, action: FenceAction, host_powered: bool, deadline_s:
             deadline_s + 2.0,
             evidence=f"power still on after {deadline_s:g}s",
         )
+    if mode is BmcMode.SLOW_OK:
+        late = min(3.0, deadline_s * 0.6)
+        return BmcPlan(FenceResult.OFF, late + 0.1, late, evidence=f"read back off after {late:g}s")
+    if mode is BmcMode.LIES:
+        return BmcPlan(FenceResult.ERROR, 0.3, 0.2, evidence="BMC answered an error")
     if action is FenceAction.REBOOT:
         return BmcPlan(
             FenceResult.REBOOTED,
@@ -68,43 +97,3 @@ def bmc_plan(mode: BmcMode, action: FenceAction, host_powered: bool, deadline_s:
             evidence="power off, read back off, power on",
         )
     return BmcPlan(FenceResult.OFF, 0.3, 0.2, evidence="power off sent, read back off")
-
-
-@dataclass
-class Network:
-    """Hosts talk if both are powered, in the same partition group, and share a
-    link that neither has cut."""
-
-    links: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    group: dict[str, int] = field(default_factory=dict)
-    cut: dict[str, set[str]] = field(default_factory=dict)
-
-    def add(self, host: str, links: tuple[str, ...]) -> None:
-        self.links[host] = links
-        self.group[host] = 0
-        self.cut[host] = set()
-
-    def shared_links(self, a: str, b: str) -> list[str]:
-        if a == b:
-            return list(self.links[a])
-        if self.group[a] != self.group[b]:
-            return []
-        return [
-            ln
-            for ln in self.links[a]
-            if ln in self.links[b] and ln not in self.cut[a] and ln not in self.cut[b]
-        ]
-
-    def connected(self, a: str, b: str) -> bool:
-        return a == b or bool(self.shared_links(a, b))
-
-    def isolate(self, host: str) -> None:
-        self.cut[host] = set(self.links[host])
-
-    def heal(self, host: str) -> None:
-        self.cut[host] = set()
-        self.group[host] = 0
-
-    def heal_all(self) -> None:
-        for host in self.links:
-            self.heal(host)

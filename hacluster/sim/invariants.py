@@ -1,11 +1,13 @@
-"""Safety invariants, checked by the simulator after every step from what
-really happened (fake hypervisors, power), not from the cluster's own view."""
+"""Safety invariants, judged by the simulator in simulated real time from what really
+happened (fake hypervisors, power, the network, the order entries committed in), never
+from one peer's view of the cluster."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from hacluster.fsm.model import ClusterState, FenceResult
+from hacluster.fsm.model import ClusterState, Desired
 
 
 @dataclass
@@ -14,14 +16,65 @@ class Observer:
     # vm -> (host, time) where a live copy was lost to a power cut nobody confirmed yet
     unconfirmed_loss: dict[str, tuple[str, float]] = field(default_factory=dict)
     digests: dict[int, str] = field(default_factory=dict)  # log index -> state digest
-    checked_fences: int = 0
+    committed: dict[int, bytes] = field(default_factory=dict)  # log index -> entry
+    incidents: list[float] = field(default_factory=list)  # real times of automatic fences
+    highest_committed_term: int = 0  # of any entry any peer applied
+    last_unhealthy: dict[str, float] = field(default_factory=dict)
+    false_fences: list[str] = field(default_factory=list)
+    fence_power_offs: int = 0
 
     def fail(self, now: float, message: str) -> None:
         self.violations.append(f"t={now:.2f}: {message}")
 
-    # ------------------------------------------------------------ events from the world
+    # ------------------------------------------------------------ the log
 
-    def power_lost(self, host: str, live_vms: list[str], now: float) -> None:
+    def entry_applied(self, index: int, data: bytes, term: int, now: float) -> bool:
+        """A peer applied a committed entry; True the first time this index is seen.
+        Nothing committed is ever lost or changed: every peer applies the same bytes."""
+        self.highest_committed_term = max(self.highest_committed_term, term)
+        known = self.committed.get(index)
+        if known is None:
+            self.committed[index] = data
+            return True
+        if known != data:
+            self.fail(now, f"log index {index} was applied with two different entries")
+        return False
+
+    def check_digest(self, peer: str, index: int, digest: str, now: float) -> None:
+        known = self.digests.setdefault(index, digest)
+        if known != digest:
+            self.fail(now, f"peer {peer} state digest {digest} at index {index} differs "
+                      f"from {known}")
+
+    # ------------------------------------------------------------ fencing
+
+    def fence_incident(self, now: float, cap: int, window_s: float) -> None:
+        """An automatic fence incident committed (first seen now, real time): never more
+        than `cap` in any real window of `window_s`."""
+        self.incidents.append(now)
+        inside = [t for t in self.incidents if now - window_s < t <= now]
+        if len(inside) > cap:
+            self.fail(now, f"{len(inside)} automatic fence incidents within {window_s:g}s of "
+                      f"real time exceed the cap {cap}")
+
+    def fence_power_off(self, host: str, by: str, term: int, now: float,
+                        healthy_since: float | None, lease_s: float) -> None:
+        """A fence is about to power a running host off. Only the leader of the moment
+        acts (no later term committed anything yet), and never against a host that was
+        healthy (peer running, reachable from a majority) for a whole lease before."""
+        self.fence_power_offs += 1
+        if term < self.highest_committed_term:
+            self.fail(now, f"{by} fenced {host} in term {term} after a leader of term "
+                      f"{self.highest_committed_term} committed")
+        if healthy_since is not None and now - healthy_since > lease_s + 1.0:
+            text = (f"false fence: {host} powered off by {by} although healthy and "
+                    f"reachable from a majority for {now - healthy_since:.1f}s")
+            self.false_fences.append(f"t={now:.2f}: {text}")
+            self.fail(now, text)
+
+    # ------------------------------------------------------------ VMs
+
+    def power_lost(self, host: str, live_vms: Iterable[str], now: float) -> None:
         for vm in live_vms:
             self.unconfirmed_loss[vm] = (host, now)
 
@@ -36,50 +89,33 @@ class Observer:
         if lost is not None and lost[0] == host:
             del self.unconfirmed_loss[vm]
 
-    def vm_started(self, vm: str, host: str, now: float) -> None:
+    def vm_started(self, vm: str, host: str, now: float, truth: ClusterState | None,
+                   neighbours: Iterable[str] = ()) -> None:
+        """A copy of vm starts on host, beside the live `neighbours`. `truth`: the most
+        advanced committed state: the start must respect its desired state, host limits
+        and anti-affinity."""
         lost = self.unconfirmed_loss.get(vm)
         if lost is not None and lost[0] != host:
-            self.fail(
-                now,
-                f"{vm} started on {host} before the fence of {lost[0]} was "
-                f"confirmed (copy lost there at t={lost[1]:.2f})",
-            )
+            self.fail(now, f"{vm} started on {host} before the fence of {lost[0]} was "
+                      f"confirmed (copy lost there at t={lost[1]:.2f})")
         self.unconfirmed_loss.pop(vm, None)
-
-    # ------------------------------------------------------------ per-step checks
+        record = truth.vms.get(vm) if truth is not None else None
+        if record is None:
+            return
+        if record.desired is not Desired.STARTED:
+            self.fail(now, f"{vm} started on {host} although desired {record.desired.value}")
+        if record.allowed_hosts and host not in record.allowed_hosts:
+            self.fail(now, f"{vm} started on {host}, outside its hosts "
+                      f"{', '.join(record.allowed_hosts)}")
+        group = record.anti_affinity
+        for other in sorted(neighbours) if group else ():
+            peer = truth.vms.get(other) if truth is not None else None
+            if other != vm and peer is not None and peer.anti_affinity == group:
+                self.fail(now, f"{vm} started on {host} beside {other}, both of "
+                          f"anti-affinity group {group}")
 
     def check_single_copy(self, running: dict[str, list[str]], now: float) -> None:
+        """running: vm -> powered hosts with a live copy."""
         for vm, hosts in sorted(running.items()):
             if len(hosts) > 1:
                 self.fail(now, f"{vm} runs on {len(hosts)} powered hosts: {', '.join(hosts)}")
-
-    def check_digest(self, peer: str, index: int, digest: str, now: float) -> None:
-        known = self.digests.setdefault(index, digest)
-        if known != digest:
-            self.fail(
-                now, f"peer {peer} state digest {digest} at index {index} differs from {known}"
-            )
-
-    def check_fence_cap(self, state: ClusterState, now: float) -> None:
-        """At each automatic incident, incidents within the window <= the cap."""
-        window = state.settings.fence_window_s
-        incidents = [
-            r
-            for r in state.fences
-            if r.attempt == 1
-            and r.result is not FenceResult.MANUAL
-            and not r.evidence.startswith("retry by")
-        ]
-        for record in incidents[self.checked_fences :]:
-            inside = [
-                r
-                for r in incidents
-                if record.requested_at - window < r.requested_at <= record.requested_at
-            ]
-            if len(inside) > state.settings.fence_cap:
-                self.fail(
-                    now,
-                    f"{len(inside)} fences within {window:g}s exceed the cap "
-                    f"{state.settings.fence_cap}",
-                )
-        self.checked_fences = len(incidents)

@@ -3,19 +3,26 @@
 
 events.txt, one per line, `#` starts a comment:
     TIME power-off|power-on|isolate|heal HOST
-    TIME heal-all | kill-leader
+    TIME heal-all | kill-leader | pause-leader | lease-block-leader
+    TIME kill-peer|pause|resume|lease-block|lease-unblock HOST
+    TIME restart-peer HOST [rebuild | prefix N]     (N: journal entries kept)
     TIME cut-link|restore-link HOST LINK
+    TIME cut|restore A B [one-way]                  (all links between A and B)
+    TIME loss A B PERCENT                            (both ways; 0 heals it)
     TIME partition H1,H2 H3,H4,H5
-    TIME bmc HOST works|unreachable|slow|already-off|bad-credentials
+    TIME clock HOST SECONDS                          (its wall clock steps to this skew)
+    TIME bmc HOST works|unreachable|slow|slow-ok|already-off|bad-credentials|frozen|lies
+    TIME bmc-fails HOST N                            (its next N commands fail, then it works)
     TIME crash VM
-    TIME fault|clear-fault start-fails|stop-fails|migrate-fails VM
+    TIME fault|clear-fault start-fails|stop-fails|migrate-fails VM [N | on HOST]
     TIME hactl host maintenance HOST on|off
     TIME hactl fence confirm HOST REASON... | hactl fence retry HOST
-    TIME hactl vm start|stop|disable VM | hactl vm migrate VM [HOST]
+    TIME hactl vm start|stop|disable|remove VM | hactl vm migrate VM [HOST]
     TIME hactl cluster maintenance on|off
     TIME hactl settings KEY=VALUE...
     TIME expect vm VM STATE [HOST] | expect host HOST STATE | expect running VM HOST|nowhere
     TIME expect fences N        (confirmed fences so far)
+    TIME expect power-offs HOST N   (fence power-offs of HOST in its BMC log)
 """
 
 from __future__ import annotations
@@ -29,11 +36,11 @@ from typing import Any
 
 from hacluster.cli.commands import parse_pairs
 from hacluster.fsm import commands as c
-from hacluster.fsm.model import Desired, FenceResult, HostRole
+from hacluster.fsm.model import ClusterState, Desired, FenceResult, HostRole
 from hacluster.fsm.states import HostState
 from hacluster.fsm.wire import WireError, decode_fields
 from hacluster.sim.fakes import BmcMode
-from hacluster.sim.world import Simulation
+from hacluster.sim.world import World
 
 
 class ScenarioError(ValueError):
@@ -48,13 +55,13 @@ class Outcome:
     mismatch: str = ""  # unified diff against expected.log ("" when equal or absent)
 
 
-def load_cluster(sim: Simulation, path: Path) -> tuple[dict[str, Any], float]:
+def load_cluster(world: World, path: Path) -> tuple[dict[str, Any], float]:
     try:
         doc = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ScenarioError(f"{path}: {exc}") from None
     for spec in doc.get("host", []):
-        sim.add_host(
+        world.add_host(
             spec["name"],
             spec.get("memory_mib", 16384),
             spec.get("vcpus", 16),
@@ -62,26 +69,27 @@ def load_cluster(sim: Simulation, path: Path) -> tuple[dict[str, Any], float]:
             tuple(spec.get("links", ["mgmt"])),
             BmcMode(spec.get("bmc", "works")),
         )
+    world.start()
     return doc, float(doc.get("duration", 30.0))
 
 
-def bootstrap(sim: Simulation, doc: dict[str, Any], path: Path) -> None:
+def bootstrap(world: World, doc: dict[str, Any], path: Path) -> None:
     """Elect a first leader, then commit settings, hosts and VMs as an operator would."""
-    while sim.leader is None:
-        sim.step()
+    while world.leader is None:
+        world.step()
     if doc.get("settings"):
-        sim.admin(_decode(c.SetSettings, doc["settings"], path))
+        world.admin_wait(_decode(c.SetSettings, doc["settings"], path))
     for spec in doc.get("host", []):
-        sim.admin(
+        world.admin_wait(
             c.AddHost(
                 name=spec["name"],
                 memory_mib=spec.get("memory_mib", 16384),
                 vcpus=spec.get("vcpus", 16),
                 role=HostRole(spec.get("role", "voter")),
-                addresses=tuple(f"{ln}=sim" for ln in spec.get("links", ["mgmt"])),
+                addresses=tuple(f"{ln}={spec['name']}" for ln in spec.get("links", ["mgmt"])),
             )
         )
-    _wait_until_online(sim, [spec["name"] for spec in doc.get("host", [])])
+    _wait_until_online(world, [spec["name"] for spec in doc.get("host", [])])
     for spec in doc.get("vm", []):
         fields = {
             "xml": f"<domain><name>{spec['name']}</name></domain>",
@@ -89,16 +97,17 @@ def bootstrap(sim: Simulation, doc: dict[str, Any], path: Path) -> None:
             "vcpus": 1,
             **spec,
         }
-        sim.admin(_decode(c.AddVm, fields, path))
+        world.admin_wait(_decode(c.AddVm, fields, path))
 
 
-def _wait_until_online(sim: Simulation, names: list[str], limit_s: float = 5.0) -> None:
-    deadline = sim.now + limit_s
-    while sim.now < deadline and sim.leader is not None:
-        hosts = sim.hosts[sim.leader].state.hosts
-        if all(hosts[n].state is HostState.ONLINE for n in names):
+def _wait_until_online(world: World, names: list[str], limit_s: float = 5.0) -> None:
+    deadline = world.now + limit_s
+    while world.now < deadline:
+        state = world.truth()
+        if state is not None and all(
+                n in state.hosts and state.hosts[n].state is HostState.ONLINE for n in names):
             return
-        sim.step()
+        world.step()
 
 
 def _decode(cls: type, fields: dict[str, Any], path: Path) -> Any:
@@ -109,22 +118,22 @@ def _decode(cls: type, fields: dict[str, Any], path: Path) -> Any:
 
 
 def run_scenario(directory: Path) -> Outcome:
-    sim = Simulation()
+    world = World()
     cluster_file = directory / "cluster.toml"
-    doc, duration = load_cluster(sim, cluster_file)
-    bootstrap(sim, doc, cluster_file)
+    doc, duration = load_cluster(world, cluster_file)
+    bootstrap(world, doc, cluster_file)
     failures: list[str] = []
     for when, words, where in _events(directory / "events.txt"):
-        sim.run_until(when)
+        world.run_until(when)
         try:
-            failure = perform(sim, words)
+            failure = perform(world, words)
         except (KeyError, ValueError, IndexError) as exc:
             raise ScenarioError(f"{where}: {exc}") from None
         if failure:
             failures.append(f"{where}: {failure}")
-    sim.run_until(duration)
-    failures.extend(f"invariant: {v}" for v in sim.observer.violations)
-    text = render(sim, failures)
+    world.run_until(duration)
+    failures.extend(f"invariant: {v}" for v in world.observer.violations)
+    text = render(world, failures)
     expected_file = directory / "expected.log"
     mismatch = ""
     if expected_file.exists():
@@ -160,61 +169,137 @@ def _events(path: Path) -> list[tuple[float, list[str], str]]:
     return out
 
 
-def perform(sim: Simulation, words: list[str]) -> str:
+def perform(world: World, words: list[str]) -> str:
     """Carry out one scenario action; return a failure text for a failed expectation."""
     verb, args = words[0], words[1:]
-    if verb in ("power-off", "power-on"):
-        (sim.power_off if verb == "power-off" else sim.power_on)(args[0], "scenario")
-    elif verb == "isolate":
-        sim.net.isolate(args[0])
-        sim.note(f"net {args[0]}: isolated (all links cut; host keeps running)")
-    elif verb == "heal":
-        sim.net.heal(args[0])
-        sim.note(f"net {args[0]}: healed")
-    elif verb == "heal-all":
-        sim.net.heal_all()
-        sim.note("net: all partitions healed")
-    elif verb in ("cut-link", "restore-link"):
-        cut = sim.net.cut[args[0]]
-        cut.add(args[1]) if verb == "cut-link" else cut.discard(args[1])
-        sim.note(f"net {args[0]}: link {args[1]} {'cut' if verb == 'cut-link' else 'restored'}")
-    elif verb == "partition":
-        for group, names in enumerate(args):
-            for name in names.split(","):
-                sim.net.group[name] = group
-        sim.note(f"net: partition {' | '.join(args)}")
-    elif verb == "bmc":
-        sim.hosts[args[0]].bmc = BmcMode(args[1])
-        sim.note(f"bmc {args[0]}: mode {args[1]}")
-    elif verb == "kill-leader":
-        if sim.leader:
-            sim.power_off(sim.leader, "scenario: kill the leader")
-    elif verb == "crash":
-        _crash(sim, args[0])
-    elif verb in ("fault", "clear-fault"):
-        kinds = {
-            "start-fails": sim.faults.start_fails,
-            "stop-fails": sim.faults.stop_fails,
-            "migrate-fails": sim.faults.migrate_fails,
-        }
-        bucket = kinds[args[0]]
-        bucket.add(args[1]) if verb == "fault" else bucket.discard(args[1])
-        sim.note(f"fault {args[1]}: {args[0]} {'on' if verb == 'fault' else 'off'}")
-    elif verb == "hactl":
+    if verb == "expect":
+        return expect(world, args)
+    if verb == "hactl":
         command = hactl_command(args)
-        sim.note(f"hactl {' '.join(args)}")
-        sim.admin(command)
-    elif verb == "expect":
-        return expect(sim, args)
-    else:
+        world.note(f"hactl {' '.join(args)}")
+        world.admin(command)
+        return ""
+    action = ACTIONS.get(verb)
+    if action is None:
         raise ValueError(f"unknown action {verb!r}")
+    action(world, args)
     return ""
 
 
-def _crash(sim: Simulation, vm: str) -> None:
-    for host in sim.hosts.values():
-        if host.hyper.domains.pop(vm, None) is not None:
-            sim.note(f"crash {vm} on {host.name}")
+def _net(world: World, args: list[str], verb: str) -> None:
+    net = world.net
+    if verb == "isolate":
+        net.isolate(args[0])
+        world.note(f"net {args[0]}: isolated (all links cut; host keeps running)")
+    elif verb == "heal":
+        net.heal(args[0])
+        world.note(f"net {args[0]}: healed")
+    elif verb == "heal-all":
+        net.heal_all(quality=True)
+        world.lease_blocked.clear()
+        world.note("net: all partitions and faults healed")
+    elif verb in ("cut-link", "restore-link"):
+        if verb == "cut-link":
+            net.cut_link(args[0], args[1])
+        else:
+            net.restore_link(args[0], args[1])
+        world.note(f"net {args[0]}: link {args[1]} {'cut' if verb == 'cut-link' else 'restored'}")
+    elif verb in ("cut", "restore"):
+        both = "one-way" not in args[2:]
+        (net.cut if verb == "cut" else net.restore)(args[0], args[1], both=both)
+        arrow = "<->" if both else "->"
+        world.note(f"net {args[0]} {arrow} {args[1]}: {verb}")
+    elif verb == "loss":
+        net.set_path(args[0], args[1], loss=float(args[2]) / 100, both=True)
+        world.note(f"net {args[0]} <-> {args[1]}: {args[2]}% loss")
+    elif verb == "partition":
+        net.partition(*(g.split(",") for g in args))
+        world.note(f"net: partition {' | '.join(args)}")
+
+
+def _process(world: World, args: list[str], verb: str) -> None:
+    if verb == "kill-peer":
+        world.crash_peer(args[0])
+    elif verb == "restart-peer":
+        rebuild = args[1:2] == ["rebuild"]
+        prefix = int(args[2]) if args[1:2] == ["prefix"] else None
+        world.restart_peer(args[0], rebuild=rebuild, log_prefix=prefix)
+        world.note(f"peer {args[0]}: restarted" + (f" ({' '.join(args[1:])})" if args[1:]
+                                                     else ""))
+    elif verb == "pause":
+        world.pause_peer(args[0])
+    elif verb == "resume":
+        world.resume_peer(args[0])
+    elif verb in ("lease-block", "lease-unblock"):
+        (world.lease_blocked.add if verb == "lease-block" else world.lease_blocked.discard)(
+            args[0])
+        world.note(f"net {args[0]}: lease port {'blocked' if verb == 'lease-block' else 'open'}"
+                   " (Raft traffic flows)")
+    elif verb == "clock":
+        world.hosts[args[0]].peer.clock.wall_skew = float(args[1])
+        world.note(f"clock {args[0]}: wall clock steps to {float(args[1]):+g}s")
+
+
+def _leader(world: World, args: list[str], verb: str) -> None:
+    leader = world.leader
+    if leader is None:
+        world.note(f"{verb}: no leader")
+        return
+    if verb == "kill-leader":
+        world.power_off(leader, "scenario: kill the leader")
+    elif verb == "pause-leader":
+        world.pause_peer(leader)
+    elif verb == "lease-block-leader":
+        _process(world, [leader], "lease-block")
+
+
+def _power(world: World, args: list[str], verb: str) -> None:
+    (world.power_off if verb == "power-off" else world.power_on)(args[0], "scenario")
+
+
+def _bmc(world: World, args: list[str], verb: str) -> None:
+    bmc = world.hosts[args[0]].bmc
+    if verb == "bmc-fails":
+        bmc.fail_next = int(args[1])
+        world.note(f"bmc {args[0]}: the next {args[1]} commands fail")
+    else:
+        bmc.mode = BmcMode(args[1])
+        world.note(f"bmc {args[0]}: mode {args[1]}")
+
+
+def _vm_fault(world: World, args: list[str], verb: str) -> None:
+    op = {"start-fails": "start", "stop-fails": "stop", "migrate-fails": "migrate"}[args[0]]
+    vm, rest = args[1], args[2:]
+    faults = world.vm_faults
+    if rest[:1] == ["on"]:
+        pair = (vm, rest[1])
+        faults.start_on.add(pair) if verb == "fault" else faults.start_on.discard(pair)
+    else:
+        table: dict[str, int] = getattr(faults, op)
+        table[vm] = (int(rest[0]) if rest else -1) if verb == "fault" else 0
+    world.note(f"fault {vm}: {' '.join(args[:1] + rest)} {'on' if verb == 'fault' else 'off'}")
+
+
+def _crash(world: World, args: list[str], verb: str) -> None:
+    for host in world.hosts.values():
+        if host.hyper.domains.pop(args[0], None) is not None:
+            world.note(f"crash {args[0]} on {host.name}")
+
+
+ACTIONS: dict[str, Any] = {
+    **{v: (lambda w, a, v=v: _net(w, a, v)) for v in (
+        "isolate", "heal", "heal-all", "cut-link", "restore-link", "cut", "restore", "loss",
+        "partition")},
+    **{v: (lambda w, a, v=v: _process(w, a, v)) for v in (
+        "kill-peer", "restart-peer", "pause", "resume", "lease-block", "lease-unblock",
+        "clock")},
+    **{v: (lambda w, a, v=v: _leader(w, a, v)) for v in (
+        "kill-leader", "pause-leader", "lease-block-leader")},
+    **{v: (lambda w, a, v=v: _power(w, a, v)) for v in ("power-off", "power-on")},
+    **{v: (lambda w, a, v=v: _bmc(w, a, v)) for v in ("bmc", "bmc-fails")},
+    **{v: (lambda w, a, v=v: _vm_fault(w, a, v)) for v in ("fault", "clear-fault")},
+    "crash": lambda w, a: _crash(w, a, "crash"),
+}
 
 
 def hactl_command(args: list[str]) -> c.Command:
@@ -232,6 +317,8 @@ def hactl_command(args: list[str]) -> c.Command:
                 "disable": Desired.DISABLED,
             }[verb]
             return c.SetVmDesired(name=vm, desired=desired)
+        case ["vm", "remove", vm]:
+            return c.RemoveVm(name=vm)
         case ["vm", "migrate", vm, *target]:
             return c.MigrateVm(name=vm, target=target[0] if target else "")
         case ["cluster", "maintenance", ("on" | "off") as mode]:
@@ -241,10 +328,10 @@ def hactl_command(args: list[str]) -> c.Command:
     raise ValueError(f"unknown hactl command {' '.join(args)!r}")
 
 
-def expect(sim: Simulation, args: list[str]) -> str:
-    state = sim.hosts[sim.leader].state if sim.leader else None
+def expect(world: World, args: list[str]) -> str:
+    state = world.truth()
     if state is None:
-        return "expectation checked with no leader"
+        return "expectation checked with no peer running"
     match args:
         case ["vm", vm, want, *host]:
             rec = state.vms[vm]
@@ -254,42 +341,44 @@ def expect(sim: Simulation, args: list[str]) -> str:
             got = state.hosts[host].state.value
             ok = got == want
         case ["running", vm, where]:
-            hosts = [h.name for h in sim.hosts.values() if h.powered and vm in h.hyper.live()]
+            hosts = [h.name for h in world.hosts.values() if h.powered and vm in h.hyper.live()]
             got = ",".join(hosts) or "nowhere"
             ok = got == where
         case ["fences", count]:
-            confirmed = [
-                r
-                for r in state.fences
-                if r.result.host_is_off and r.result is not FenceResult.MANUAL
-            ]
-            got = str(len(confirmed))
+            got = str(len(_confirmed(state)))
+            ok = got == count
+        case ["power-offs", host, count]:
+            got = str(sum(1 for _, what in world.hosts[host].bmc.log if what == "off"))
             ok = got == count
         case _:
             raise ValueError(f"unknown expectation {' '.join(args)!r}")
-    sim.note(f"expect {' '.join(args)}: {'ok' if ok else 'FAILED, got ' + got}")
+    world.note(f"expect {' '.join(args)}: {'ok' if ok else 'FAILED, got ' + got}")
     return "" if ok else f"expected {' '.join(args)}, got {got}"
 
 
-def render(sim: Simulation, failures: list[str]) -> str:
-    lines = [f"{t:7.2f}  {text}" for t, text in sim.timeline]
+def _confirmed(state: ClusterState) -> list[Any]:
+    return [r for r in state.fences if r.result.host_is_off and r.result is not FenceResult.MANUAL]
+
+
+def render(world: World, failures: list[str]) -> str:
+    lines = [f"{t:7.2f}  {text}" for t, text in world.timeline]
     lines.append("")
-    lines.append(
-        f"final (t={sim.now:.2f}, leader {sim.leader}, term {sim.term}, "
-        f"log {len(sim.log)} entries):"
-    )
-    state = sim.hosts[sim.leader].state if sim.leader else None
+    leader = world.leader
+    term = world.hosts[leader].peer.raft.term if leader else 0
+    state = world.truth()
+    lines.append(f"final (t={world.now:.2f}, leader {leader}, term {term}, "
+                 f"log {state.applied_index if state else 0} entries):")
     if state is not None:
         for name in sorted(state.hosts):
             host = state.hosts[name]
             lines.append(f"  host {name:<8} {host.state.value:<13} {host.reason}")
         for name in sorted(state.vms):
             vm = state.vms[name]
-            running = [h.name for h in sim.hosts.values() if h.powered and name in h.hyper.live()]
+            running = [h.name for h in world.hosts.values() if h.powered and name in h.hyper.live()]
             lines.append(
                 f"  vm   {name:<8} {vm.state.value:<10} on {vm.host or '-':<6} "
                 f"running on {','.join(running) or 'nowhere'}"
             )
-    lines.append(f"invariants: {'VIOLATED' if sim.observer.violations else 'ok'}")
+    lines.append(f"invariants: {'VIOLATED' if world.observer.violations else 'ok'}")
     lines.extend(f"  FAILED {f}" for f in failures)
     return "\n".join(lines) + "\n"

@@ -1,212 +1,129 @@
-"""The simulated cluster: a manual clock, one in-memory Raft log with a simple
-model of elections and partitions (only a leader with a majority commits; a
-cut-off old leader keeps believing it leads for a while), fake hypervisors
-and BMCs, and the real manager and agent code on every peer."""
+"""The simulated cluster: hosts (chassis power, BMC, hypervisor), a network (SimNet), a
+Raft model with real misbehaviour (sim/raftmodel.py) and on every host a peer process
+that runs the daemon's own decision code (sim/peer.py). Faults change any of these at
+any time; an Observer (sim/invariants.py) judges what really happened, in simulated real
+time. Same seed, same run."""
 
 from __future__ import annotations
 
 import heapq
+import itertools
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hacluster.core import agent as ag
-from hacluster.core.manager import Decision, Manager, Propose, RunFence, StepDown
-from hacluster.fsm import apply, encode_command, state_digest
+from hacluster.core.manager import RunFence
+from hacluster.fsm import ClusterState, state_digest
 from hacluster.fsm import commands as c
+from hacluster.fsm import events as ev
+from hacluster.fsm.codec import decode_command
 from hacluster.fsm.events import Event
-from hacluster.fsm.model import ClusterState, HostRole
-from hacluster.sim.fakes import BmcMode, FakeHypervisor, Network, bmc_plan
+from hacluster.fsm.model import FenceAction, HostRole
+from hacluster.sim.fakes import BmcMode, FakeHypervisor, SimBmc, bmc_plan
 from hacluster.sim.invariants import Observer
+from hacluster.sim.net import SimNet
+from hacluster.sim.peer import LEASE_CHANNEL, SimPeer
+from hacluster.sim.raftmodel import RaftCluster, RaftModelConfig
 
-ELECTION_DELAY_S = 0.3  # leader loss to a new leader (pysyncobj tuned: ~0.2-0.4 s)
-STALE_LEADER_S = 3.0  # a cut-off leader believes it leads this long (leaderFallbackTimeout)
+DELAYS = {"start": 0.4, "stop": 0.2, "migrate": 0.6}
+
+
+@dataclass
+class VmFaults:
+    """Hypervisor operations that fail: vm -> times left (-1: always), or only on a host."""
+
+    start: dict[str, int] = field(default_factory=dict)
+    stop: dict[str, int] = field(default_factory=dict)
+    migrate: dict[str, int] = field(default_factory=dict)
+    start_on: set[tuple[str, str]] = field(default_factory=set)  # (vm, host)
+
+    def fails(self, op: str, vm: str, host: str) -> bool:
+        if op == "start" and (vm, host) in self.start_on:
+            return True
+        table: dict[str, int] = getattr(self, op)
+        left = table.get(vm, 0)
+        if left == 0:
+            return False
+        if left > 0:
+            table[vm] = left - 1
+        return True
+
+    def clear(self) -> None:
+        self.start.clear()
+        self.stop.clear()
+        self.migrate.clear()
+        self.start_on.clear()
 
 
 @dataclass
 class SimHost:
+    """One machine: its power, BMC, hypervisor and the peer process on it."""
+
     name: str
     role: HostRole
     memory_mib: int
     vcpus: int
-    bmc: BmcMode = BmcMode.WORKS
-    powered: bool = True
-    boot: int = 0  # bumped at every power-on; stale timers compare it
+    links: tuple[str, ...]
+    peer: SimPeer
+    bmc: SimBmc = field(default_factory=SimBmc)
     hyper: FakeHypervisor = field(default_factory=FakeHypervisor)
-    state: ClusterState = field(default_factory=ClusterState)  # the peer's replica (journal)
-    manager: Manager | None = None
-    busy: set[str] = field(default_factory=set)
-    throttle: ag.Throttle = field(default_factory=ag.Throttle)
-    next_renewal: float = 0.0
+    powered: bool = True
+    held_lease: list[tuple[str, str, bytes]] = field(default_factory=list)  # while paused
 
     @property
     def votes(self) -> bool:
-        return self.role in (HostRole.VOTER, HostRole.WITNESS)
+        return self.role is not HostRole.MEMBER
 
 
-@dataclass
-class Faults:
-    start_fails: set[str] = field(default_factory=set)
-    stop_fails: set[str] = field(default_factory=set)
-    migrate_fails: set[str] = field(default_factory=set)
-
-
-class Simulation:
-    def __init__(
-        self,
-        step_s: float = 0.05,
-        start_s: float = 0.4,
-        stop_s: float = 0.2,
-        migrate_s: float = 0.6,
-        check_digests: bool = True,
-    ) -> None:
+class World:
+    def __init__(self, seed: int = 0, step_s: float = 0.05, check_digests: bool = True,
+                 raft_config: RaftModelConfig | None = None) -> None:
         self.now = 0.0
+        self.seed = seed
         self.step_s = step_s
-        self.delays = {"start": start_s, "stop": stop_s, "migrate": migrate_s}
         self.check_digests = check_digests
+        self.rng = random.Random(seed)
+        self.net = SimNet(random.Random(seed * 7919 + 1))
+        self.net.set_fifo("raft")
+        self.raft_config = raft_config or RaftModelConfig()
+        self.raft: RaftCluster = None  # type: ignore[assignment]  # made by start()
         self.hosts: dict[str, SimHost] = {}
-        self.net = Network()
-        self.log: list[bytes] = []
-        self.term = 0
-        self.leader: str | None = None
-        self.leaderless_since: float | None = 0.0
-        self.stale: dict[str, float] = {}  # peers that still believe they lead, until
-        self.faults = Faults()
         self.observer = Observer()
+        self.vm_faults = VmFaults()
+        self.lease_blocked: set[str] = set()  # hosts whose lease port a firewall drops
         self.timeline: list[tuple[float, str]] = []
+        self.debug: list[tuple[float, str]] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = 0
+        self._seq = itertools.count(1)
+        self._requests = itertools.count(1)
 
     # ------------------------------------------------------------ setup
 
-    def add_host(
-        self,
-        name: str,
-        memory_mib: int,
-        vcpus: int,
-        role: HostRole,
-        links: tuple[str, ...] = ("mgmt",),
-        bmc: BmcMode = BmcMode.WORKS,
-    ) -> None:
-        self.hosts[name] = SimHost(name, role, memory_mib, vcpus, bmc)
-        self.net.add(name, links)
+    def add_host(self, name: str, memory_mib: int, vcpus: int, role: HostRole,
+                 links: tuple[str, ...] = ("mgmt",), bmc: BmcMode = BmcMode.WORKS) -> None:
+        self.hosts[name] = SimHost(name, role, memory_mib, vcpus, links,
+                                   SimPeer(self, name, role), SimBmc(bmc))
+        self.net.add_host(name, links)
+        # Every peer's clocks: an arbitrary monotonic origin, a wall clock about right.
+        self.hosts[name].peer.clock.mono_origin = self.rng.uniform(100.0, 1e6)
 
-    def note(self, text: str) -> None:
-        self.timeline.append((self.now, text))
+    def start(self) -> None:
+        voters = [h.name for h in self.hosts.values() if h.votes]
+        members = [h.name for h in self.hosts.values() if not h.votes]
+        self.raft = RaftCluster(self.net, random.Random(self.seed * 104729 + 7), voters,
+                                members, self.raft_config, start=self.now)
+        for host in self.hosts.values():
+            host.peer.start(self.now)
+
+    def note(self, text: str, quiet: bool = False) -> None:
+        (self.debug if quiet else self.timeline).append((self.now, text))
 
     def at(self, delay_s: float, fn: Callable[[], None]) -> None:
-        self._seq += 1
-        heapq.heappush(self._timers, (self.now + delay_s, self._seq, fn))
+        heapq.heappush(self._timers, (self.now + delay_s, next(self._seq), fn))
 
-    # ------------------------------------------------------------ connectivity / raft model
-
-    def connected(self, a: str, b: str) -> bool:
-        ha, hb = self.hosts[a], self.hosts[b]
-        return ha.powered and hb.powered and self.net.connected(a, b)
-
-    def _has_majority(self, name: str) -> bool:
-        voters = [h for h in self.hosts.values() if h.votes]
-        reach = sum(1 for v in voters if self.connected(name, v.name))
-        return self.hosts[name].powered and self.hosts[name].votes and reach * 2 > len(voters)
-
-    def _update_leadership(self) -> None:
-        if self.leader is not None and not self._has_majority(self.leader):
-            if self.hosts[self.leader].powered:
-                self.stale[self.leader] = self.now + STALE_LEADER_S
-                self.note(f"raft: leader {self.leader} lost its majority (still believes it leads)")
-            else:
-                self.note(f"raft: leader {self.leader} is down")
-            self.leader, self.leaderless_since = None, self.now
-        if (
-            self.leader is None
-            and self.leaderless_since is not None
-            and self.now - self.leaderless_since >= ELECTION_DELAY_S - 1e-9
-        ):
-            self._elect()
-        for name, until in sorted(self.stale.items()):
-            host = self.hosts[name]
-            if (
-                self.now >= until
-                or not host.powered
-                or (self.leader is not None and self.connected(name, self.leader))
-            ):
-                del self.stale[name]
-                if host.manager is not None:
-                    host.manager.lose_leadership()
-                self.note(f"raft: {name} steps down")
-
-    def _hand_over(self, peer: str) -> None:
-        """Raft leadership transfer (TimeoutNow) to the most up-to-date other voter."""
-        manager = self.hosts[peer].manager
-        if manager is not None:
-            manager.lose_leadership()
-        self.leader, self.leaderless_since = None, self.now
-        self._elect(exclude=peer)
-
-    def _elect(self, exclude: str = "") -> None:
-        candidates = [n for n in sorted(self.hosts) if self._has_majority(n) and n != exclude]
-        if not candidates:
-            return
-        # Raft elects a peer with the most complete log; ties go to the lowest name.
-        best = min(candidates, key=lambda n: (-self.hosts[n].state.applied_index, n))
-        self.term += 1
-        self.leader, self.leaderless_since = best, None
-        self.stale.pop(best, None)
-        host = self.hosts[best]
-        self._catch_up(host)
-        host.manager = host.manager or Manager(best)
-        self.note(f"raft: {best} elected leader (term {self.term})")
-        self._execute(best, host.manager.become_leader(self.term, host.state, self.now))
-
-    # ------------------------------------------------------------ the log
-
-    def propose(self, origin: str, command: c.Command) -> tuple[bool, int]:
-        """Commit if origin reaches the leader (which has a majority by construction)."""
-        if self.leader is None or not self.connected(origin, self.leader):
-            return False, 0
-        self._seq += 1
-        envelope = c.Envelope(command, f"sim-{self._seq}", origin, self.now, self.now)
-        self.log.append(encode_command(envelope))
-        index = len(self.log)
-        leader = self.hosts[self.leader]
-        self._catch_up(leader, record=True)
-        for name in sorted(self.hosts):
-            if name != self.leader and self.connected(name, self.leader):
-                self._catch_up(self.hosts[name])
-        self._after_commit(origin, command, index)
-        return True, index
-
-    def _catch_up(self, host: SimHost, record: bool = False) -> None:
-        applied_any = False
-        while host.state.applied_index < len(self.log):
-            index = host.state.applied_index + 1
-            events = apply(host.state, self.log[index - 1], index)
-            applied_any = True
-            if record:
-                self._record_events(events)
-        if applied_any and self.check_digests:
-            self.observer.check_digest(
-                host.name, host.state.applied_index, state_digest(host.state), self.now
-            )
-
-    def _record_events(self, events: list[Event]) -> None:
-        for event in events:
-            self.note(
-                f"log[{event.index}] {event.kind} {event.subject}: {event.message}"
-                if event.subject
-                else f"log[{event.index}] {event.kind}: {event.message}"
-            )
-            if event.kind == "fence-confirmed":
-                self.observer.fence_confirmed(event.subject)
-
-    def _after_commit(self, origin: str, command: c.Command, index: int) -> None:
-        if isinstance(command, c.VmReport) and command.observed in (
-            "crashed",
-            "stopped",
-            "start-failed",
-        ):
-            self.observer.host_vouched(origin, command.name)
-        if isinstance(command, c.RequestFence) and self.leader:
-            self.observer.check_fence_cap(self.hosts[self.leader].state, self.now)
+    def next_request_id(self) -> int:
+        return next(self._requests)
 
     # ------------------------------------------------------------ stepping
 
@@ -215,103 +132,112 @@ class Simulation:
         while self._timers and self._timers[0][0] <= self.now + 1e-9:
             _, _, fn = heapq.heappop(self._timers)
             fn()
-        self._update_leadership()
-        if self.leader is not None:  # followers fetch what they missed (Raft's AppendEntries)
-            for name in sorted(self.hosts):
-                if self.connected(name, self.leader):
-                    self._catch_up(self.hosts[name])
-        self._renewals()
-        for name in self._leaders():
-            host = self.hosts[name]
-            if host.manager is not None:
-                self._execute(name, host.manager.tick(host.state, self.now, self.now))
+        self.raft.step(self.now)
+        for d in self.net.due(self.now, [LEASE_CHANNEL]):
+            self._deliver_lease(d.src, d.dst, d.link, d.payload)  # type: ignore[arg-type]
         for name in sorted(self.hosts):
-            if self.hosts[name].powered:
-                self._agent(self.hosts[name])
-        self._check_copies()
+            self.hosts[name].peer.step(self.now)
+        self._observe()
 
     def run_until(self, t: float) -> None:
         while self.now < t - 1e-9:
             self.step()
 
-    def _leaders(self) -> list[str]:
-        names = sorted(self.stale)
-        if self.leader is not None:
-            names.append(self.leader)
-        return names
+    @property
+    def leader(self) -> str | None:
+        """The peer that believes it leads in the highest term (None: nobody)."""
+        leading = [(term, name) for name, h in self.hosts.items()
+                   if h.peer.running and (term := h.peer.raft.leader_term()) is not None]
+        return max(leading)[1] if leading else None
 
-    def _renewals(self) -> None:
-        for name in sorted(self.hosts):
-            host = self.hosts[name]
-            renew_s = host.state.settings.lease_renew_s
-            if not host.powered or self.now < host.next_renewal:
-                continue
-            host.next_renewal = self.now + renew_s
-            for leader in self._leaders():
-                manager = self.hosts[leader].manager
-                if manager is None or leader == name:
-                    continue
-                for link in self.net.shared_links(name, leader):
-                    if self.hosts[leader].powered:
-                        manager.renewal(name, link, self.now)
+    def truth(self) -> ClusterState | None:
+        """The most advanced state any running peer applied."""
+        peers = [h.peer for h in self.hosts.values() if h.peer.running]
+        if not peers:
+            return None
+        return max(peers, key=lambda p: (p.proc.state.applied_index, p.name)).proc.state
 
-    def _check_copies(self) -> None:
-        running: dict[str, list[str]] = {}
-        for name in sorted(self.hosts):
-            host = self.hosts[name]
-            if host.powered:
-                for vm in host.hyper.live():
-                    running.setdefault(vm, []).append(name)
-        self.observer.check_single_copy(running, self.now)
+    # ------------------------------------------------------------ the log, as applied
 
-    # ------------------------------------------------------------ manager decisions
+    def applied(self, peer: SimPeer, record: object, events: list[Event]) -> None:
+        index, data, term = record.index, record.data, record.term  # type: ignore[attr-defined]
+        first = self.observer.entry_applied(index, data, term, self.now)
+        if self.check_digests:
+            self.observer.check_digest(peer.name, index, state_digest(peer.proc.state),
+                                       self.now)
+        if first:
+            self._first_commit(peer, data, events)
 
-    def _execute(self, peer: str, decisions: list[Decision]) -> None:
-        for decision in decisions:
-            if isinstance(decision, Propose):
-                committed, index = self.propose(peer, decision.command)
-                manager = self.hosts[peer].manager
-                if manager is not None:
-                    manager.proposal_done(decision.key, decision.command, committed, index,
-                                          own_term=committed)
-            elif isinstance(decision, RunFence):
-                self._run_fence(peer, decision)
-            elif isinstance(decision, StepDown) and peer == self.leader:
-                self.note(f"raft: {peer} steps down: {decision.reason}")
-                self._hand_over(peer)
+    def _first_commit(self, peer: SimPeer, data: bytes, events: list[Event]) -> None:
+        for event in events:
+            self.note(f"log[{event.index}] {event.kind} {event.subject}: {event.message}"
+                      if event.subject else f"log[{event.index}] {event.kind}: {event.message}")
+            if event.kind == ev.FENCE_CONFIRMED:
+                self.observer.fence_confirmed(event.subject)
+            if event.kind == ev.FENCE_REQUESTED and event.get("attempt") == "1" and \
+                    "asked for a retry" not in event.message:  # an operator's: not capped
+                s = peer.proc.state.settings
+                self.observer.fence_incident(self.now, s.fence_cap, s.fence_window_s)
+        envelope = decode_command(data)
+        command = getattr(envelope, "command", None)
+        if isinstance(command, c.VmReport) and command.observed in ("crashed", "stopped",
+                                                                     "start-failed"):
+            self.observer.host_vouched(command.host, command.name)
 
-    def _run_fence(self, peer: str, order: RunFence) -> None:
+    # ------------------------------------------------------------ leases
+
+    def send_lease(self, now: float, src: str, dst: str, link: str, data: bytes) -> None:
+        if src in self.lease_blocked or dst in self.lease_blocked:
+            return
+        self.net.send(now, src, dst, LEASE_CHANNEL, data, link)
+
+    def _deliver_lease(self, src: str, dst: str, link: str, data: bytes) -> None:
+        host = self.hosts[dst]
+        if not host.powered or dst in self.lease_blocked:
+            return
+        status = host.peer.raft.status.value
+        if status == "paused":
+            host.held_lease.append((src, link, data))  # the socket buffer keeps it
+        elif host.peer.running:
+            host.peer.on_lease(src, link, data, self.now)
+
+    # ------------------------------------------------------------ fencing
+
+    def run_fence(self, peer: SimPeer, order: RunFence, term: int) -> None:
         target = self.hosts[order.host]
-        deadline = self.hosts[peer].state.settings.fence_timeout_s
+        deadline = peer.proc.state.settings.fence_timeout_s
         plan = bmc_plan(target.bmc, order.action, target.powered, deadline)
-        self.note(
-            f"bmc {order.host}: {order.action.value} requested by {peer} (token "
-            f"{order.token}, BMC {target.bmc.value})"
-        )
-        if plan.power_off_after_s is not None:
-            self.at(plan.power_off_after_s, lambda: self.power_off(order.host, "BMC"))
+        self.note(f"bmc {order.host}: {order.action.value} requested by {peer.name} (token "
+                  f"{order.token}, BMC {target.bmc.mode.value})")
+        if plan.power_off_after_s is not None and order.action in (FenceAction.OFF,
+                                                                   FenceAction.REBOOT):
+            ttl = peer.proc.state.settings.lease_ttl_s
+            deliberate = _deliberate(peer.proc.state, order.token)
+            self.at(plan.power_off_after_s, lambda: self._fence_power_off(
+                order.host, peer.name, term, ttl, deliberate))
         if plan.power_on_after_s is not None:
             self.at(plan.power_on_after_s, lambda: self.power_on(order.host, "BMC"))
-        fencer = self.hosts[peer]
-        boot = fencer.boot
+        generation = peer.proc.generation
 
         def answer() -> None:
             self.note(f"bmc {order.host}: {plan.result.value} ({plan.evidence})")
-            if not fencer.powered or fencer.boot != boot or fencer.manager is None:
-                return
-            decisions = fencer.manager.fence_result(
-                order.host,
-                order.token,
-                plan.result,
-                plan.evidence,
-                f"sim-bmc {order.host}",
-                self.now,
-            )
-            self._execute(peer, decisions)
+            peer.fence_answer(order, plan.result, plan.evidence, generation)
 
         self.at(plan.answer_after_s, answer)
 
-    # ------------------------------------------------------------ power
+    def _fence_power_off(self, host: str, by: str, term: int, lease_s: float,
+                         deliberate: bool) -> None:
+        target = self.hosts[host]
+        if not target.powered:
+            return
+        last_unhealthy = self.observer.last_unhealthy.get(host, 0.0)
+        healthy_since = None if deliberate or last_unhealthy >= self.now - 1e-9 \
+            else last_unhealthy
+        self.observer.fence_power_off(host, by, term, self.now, healthy_since, lease_s)
+        target.bmc.log.append((self.now, "off"))
+        self.power_off(host, "BMC")
+
+    # ------------------------------------------------------------ power and processes
 
     def power_off(self, name: str, why: str) -> None:
         host = self.hosts[name]
@@ -320,120 +246,173 @@ class Simulation:
         self.observer.power_lost(name, host.hyper.live(), self.now)
         host.powered = False
         host.hyper.domains.clear()
-        host.busy.clear()
-        host.manager = None
-        self.stale.pop(name, None)
+        host.held_lease.clear()
+        host.peer.raft.crash()
+        host.peer.stop()
         self.note(f"power {name}: off ({why})")
-        if name == self.leader:  # at once: a reboot within one step must not keep it leader
-            self.note(f"raft: leader {name} is down")
-            self.leader, self.leaderless_since = None, self.now
 
     def power_on(self, name: str, why: str) -> None:
         host = self.hosts[name]
         if host.powered:
             return
-        host.powered, host.boot = True, host.boot + 1
-        host.next_renewal = self.now
-        host.throttle = ag.Throttle()
-        self.note(
-            f"power {name}: on ({why}); peer restarts from its journal at index "
-            f"{host.state.applied_index}"
-        )
+        host.powered = True
+        host.bmc.log.append((self.now, "on"))
+        self.note(f"power {name}: on ({why}); peer restarts from its journal")
+        self.restart_peer(name)
 
-    # ------------------------------------------------------------ agents
+    def crash_peer(self, name: str) -> None:
+        """SIGKILL of the peer process; the host and its VMs keep running."""
+        host = self.hosts[name]
+        if host.powered and host.peer.raft.status.value != "down":
+            host.peer.raft.crash()
+            host.peer.stop()
+            host.held_lease.clear()
+            self.note(f"peer {name}: killed")
 
-    def _agent(self, host: SimHost) -> None:
-        fresh = (
-            self.leader is not None
-            and self.connected(host.name, self.leader)
-            and host.state.applied_index == len(self.log)
-        )
-        actions = ag.reconcile(
-            host.name,
-            host.state,
-            host.hyper.domains,
-            frozenset(host.busy),
-            fresh,
-            (host.memory_mib, host.vcpus),
-        )
-        for action in actions:
-            self._agent_action(host, action)
+    def restart_peer(self, name: str, rebuild: bool = False,
+                     log_prefix: int | None = None) -> None:
+        host = self.hosts[name]
+        if not host.powered:
+            return
+        if host.peer.raft.status.value != "down":
+            host.peer.raft.crash()
+        host.peer.raft.restart(rebuild=rebuild, log_prefix=log_prefix)
+        host.peer.start(self.now)
 
-    def _agent_action(self, host: SimHost, action: ag.AgentAction) -> None:
-        if isinstance(action, ag.Report):
-            key = encode_command(c.Envelope(action.command))
-            if host.throttle.allow(key, self.now):
-                self.propose(host.name, action.command)
-        elif isinstance(action, ag.DestroyVm):
+    def pause_peer(self, name: str) -> None:
+        host = self.hosts[name]
+        if host.powered and host.peer.raft.status.value == "up":
+            host.peer.raft.pause()
+            self.note(f"peer {name}: paused (SIGSTOP)")
+
+    def resume_peer(self, name: str) -> None:
+        host = self.hosts[name]
+        if host.peer.raft.status.value != "paused":
+            return
+        host.peer.raft.resume()
+        self.note(f"peer {name}: resumed (SIGCONT)")
+        held, host.held_lease = host.held_lease, []
+        for src, link, data in held:
+            host.peer.on_lease(src, link, data, self.now)
+
+    # ------------------------------------------------------------ the hypervisor
+
+    def hypervisor_action(self, peer: SimPeer, action: ag.AgentAction) -> None:
+        host = self.hosts[peer.name]
+        if isinstance(action, ag.DestroyVm):
             host.hyper.domains.pop(action.name, None)
-            self.note(f"agent {host.name}: destroyed {action.name} ({action.reason})")
-        elif isinstance(action, ag.StartVm):
-            self._later(host, action.name, "start", lambda: self._started(host, action))
-        elif isinstance(action, ag.StopVm):
-            self._later(host, action.name, "stop", lambda: self._stopped(host, action))
-        elif isinstance(action, ag.MigrateVm):
-            self._later(host, action.name, "migrate", lambda: self._migrated(host, action))
-
-    def _later(self, host: SimHost, vm: str, op: str, fn: Callable[[], None]) -> None:
-        host.busy.add(vm)
-        boot = host.boot
+            self.note(f"agent {peer.name}: destroyed {action.name} ({action.reason})")
+            return
+        op = {ag.StartVm: "start", ag.StopVm: "stop", ag.MigrateVm: "migrate"}[type(action)]
+        peer.proc.busy.add(action.name)
+        generation = peer.proc.generation
 
         def done() -> None:
-            if host.powered and host.boot == boot:
-                host.busy.discard(vm)
-                fn()
+            if not host.powered:
+                return
+            report = self._finish(host, op, action)
+            if peer.proc.generation == generation:
+                peer.proc.busy.discard(action.name)
+                if report is not None:
+                    peer.report(report)
 
-        self.at(self.delays[op], done)
+        self.at(DELAYS[op], done)
 
-    def _report(
-        self, host: SimHost, vm: str, placement: int, observed: str, detail: str = ""
-    ) -> None:
-        self.propose(
-            host.name,
-            c.VmReport(
-                name=vm, host=host.name, placement=placement, observed=observed, detail=detail
-            ),
-        )
+    def _finish(self, host: SimHost, op: str, action: ag.AgentAction) -> c.Command | None:
+        name, placement = action.name, getattr(action, "placement", 0)
 
-    def _started(self, host: SimHost, action: ag.StartVm) -> None:
-        if action.name in self.faults.start_fails:
-            self._report(host, action.name, action.placement, "start-failed", "sim fault")
-            return
-        self.observer.vm_started(action.name, host.name, self.now)
-        host.hyper.domains[action.name] = ag.DomainState.RUNNING
-        self.note(f"agent {host.name}: started {action.name}")
-        self._report(host, action.name, action.placement, "started")
+        def report(observed: str, detail: str = "") -> c.Command:
+            return c.VmReport(name=name, host=host.name, placement=placement,
+                              observed=observed, detail=detail)
 
-    def _stopped(self, host: SimHost, action: ag.StopVm) -> None:
-        if action.name in self.faults.stop_fails:
-            self._report(host, action.name, action.placement, "stop-failed", "sim fault")
-            return
-        host.hyper.domains.pop(action.name, None)
-        self.note(f"agent {host.name}: stopped {action.name}")
-        self._report(host, action.name, action.placement, "stopped")
+        if self.vm_faults.fails(op, name, host.name):
+            return report(f"{op}-failed", "sim fault")
+        if op == "start":
+            neighbours = host.hyper.live()
+            self.observer.vm_started(name, host.name, self.now, self.truth(), neighbours)
+            host.hyper.domains[name] = ag.DomainState.RUNNING
+            self.note(f"agent {host.name}: started {name}")
+            return report("started")
+        if op == "stop":
+            host.hyper.domains.pop(name, None)
+            self.note(f"agent {host.name}: stopped {name}")
+            return report("stopped")
+        target_name = getattr(action, "target", "")
+        target = self.hosts.get(target_name)
+        if target is None or not target.powered or name not in host.hyper.domains or \
+                not self.net.reachable(host.name, target_name):
+            return report("migrate-failed", "sim: target unreachable")
+        target.hyper.domains[name] = host.hyper.domains.pop(name)
+        self.note(f"agent {host.name}: migrated {name} to {target_name}")
+        return report("migrated")
 
-    def _migrated(self, host: SimHost, action: ag.MigrateVm) -> None:
-        target = self.hosts.get(action.target)
-        ok = (
-            target is not None
-            and self.connected(host.name, action.target)
-            and action.name not in self.faults.migrate_fails
-            and action.name in host.hyper.domains
-        )
-        if not ok or target is None:
-            self._report(host, action.name, action.placement, "migrate-failed", "sim fault")
-            return
-        target.hyper.domains[action.name] = host.hyper.domains.pop(action.name)
-        self.note(f"agent {host.name}: migrated {action.name} to {action.target}")
-        self._report(host, action.name, action.placement, "migrated")
+    # ------------------------------------------------------------ operators
 
-    # ------------------------------------------------------------ admin
-
-    def admin(self, command: c.Command) -> bool:
-        """An operator command, sent through the current leader."""
+    def admin(self, command: c.Command,
+              on_done: Callable[[bool], None] | None = None) -> bool:
+        """An operator command through the peer that leads now (False: no leader)."""
         origin = self.leader
         if origin is None:
-            self.note(f"admin: {command.TYPE} not committed (no leader)")
+            self.note(f"admin: {command.TYPE} not sent (no leader)")
             return False
-        committed, _ = self.propose(origin, command)
-        return committed
+
+        def done(ok: bool, result: object) -> None:
+            if not ok:
+                self.note(f"admin: {command.TYPE} not committed")
+            if on_done is not None:
+                on_done(ok)
+
+        self.hosts[origin].peer.propose(command, done, origin="operator")
+        return True
+
+    def admin_wait(self, command: c.Command, limit_s: float = 5.0) -> bool:
+        """An operator command, waiting (in simulated time) until it committed."""
+        outcome: list[bool] = []
+        deadline = self.now + limit_s
+        while not outcome and self.now < deadline:
+            if self.admin(command, outcome.append):
+                while not outcome and self.now < deadline:
+                    self.step()
+            else:
+                self.step()
+            if outcome and not outcome[0]:
+                outcome.clear()
+        return bool(outcome)
+
+    # ------------------------------------------------------------ what really runs
+
+    def _observe(self) -> None:
+        running: dict[str, list[str]] = {}
+        for name in sorted(self.hosts):
+            host = self.hosts[name]
+            if host.powered:
+                for vm in host.hyper.live():
+                    running.setdefault(vm, []).append(name)
+            if not self._healthy(name):
+                self.observer.last_unhealthy[name] = self.now
+        self.observer.check_single_copy(running, self.now)
+
+    def _healthy(self, name: str) -> bool:
+        """Powered, its peer running, and clean paths to and from a majority of voters."""
+        host = self.hosts[name]
+        if not (host.powered and host.peer.running) or name in self.lease_blocked:
+            return False
+        voters = [h for h in self.hosts.values() if h.votes]
+        clean = sum(1 for v in voters if v.name == name or self._clean(name, v))
+        return clean * 2 > len(voters)
+
+    def _clean(self, a: str, other: SimHost) -> bool:
+        b = other.name
+        if not (other.powered and other.peer.running) or b in self.lease_blocked:
+            return False
+        return all(self.net.reachable(x, y) and not self.net.path(x, y).loss
+                   for x, y in ((a, b), (b, a)))
+
+
+def _deliberate(state: ClusterState, token: int) -> bool:
+    """Was this fence's incident asked for whatever the lease said: a VM that failed to
+    stop there, or an operator's retry? (Those may hit a healthy host by design.)"""
+    record = state.fence_record(token)
+    first = state.fence_record(record.incident) if record is not None else None
+    reason = (first or record).reason if record is not None else ""
+    return "fence wanted" in reason or "asked for a retry" in reason

@@ -1,0 +1,376 @@
+"""One simulated host's peer process: the daemon's glue around the pure core.
+
+It runs exactly the code the daemon runs for every decision that safety rests on: the
+state machine (`fsm.apply`), the leader loop and Manager (core/leaderloop.py), read
+barriers (core/readindex.py), the lease protocol (core/renewal.py), the log clock
+(core/logclock.py) and the agent (core/agent.py). What differs is only how bytes and
+time move: Raft is the simulator's model (sim/raftmodel.py), datagrams cross SimNet,
+clocks are the simulated time plus this peer's offsets. Each method below says which
+daemon module it mirrors.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hacluster.core import agent as ag
+from hacluster.core.leaderloop import LeaderLoop
+from hacluster.core.logclock import LogClock
+from hacluster.core.manager import Decision, Propose, RunFence, StepDown
+from hacluster.core.readindex import ReadIndex, ReadMark
+from hacluster.core.renewal import Ack, LeaseCodec, LeaseEndpoint, Renewal, Targets
+from hacluster.fsm import ClusterState, apply, encode_command
+from hacluster.fsm import commands as c
+from hacluster.fsm.events import Event
+from hacluster.fsm.model import FenceResult, HostRole
+from hacluster.fsm.states import HostState
+from hacluster.ports import ProposeStatus
+
+if TYPE_CHECKING:
+    from hacluster.sim.world import World
+
+MANAGER_TICK_S = 0.1  # config.py timing defaults
+AGENT_TICK_S = 0.2
+BARRIER_TIMEOUT_S = 1.0
+FENCE_CONFIRM_TIMEOUT_S = 1.0
+LEASE_CHANNEL = "lease"
+SIM_SECRET = "simulated-cluster-secret-0123456789"
+_boots = itertools.count(1)
+
+
+@dataclass
+class PeerClock:
+    """This peer's clocks: monotonic = simulated time + an arbitrary origin; wall = the
+    simulated time + a skew that faults change (stepped, an hour off)."""
+
+    mono_origin: float = 0.0
+    wall_skew: float = 0.0
+
+    def mono(self, now: float) -> float:
+        return now + self.mono_origin
+
+    def wall(self, now: float) -> float:
+        return 1.7e9 + now + self.wall_skew
+
+
+@dataclass
+class Barrier:
+    """An agent's read barrier in flight (daemon/peer.py `_fresh`)."""
+
+    domains: dict[str, ag.DomainState]  # libvirt as read before asking
+    seq: int  # the renewal round that asks (0: the leader asks itself)
+    give_up: float
+    read_index: int | None = None
+
+
+@dataclass
+class PendingRead:
+    on_answer: Callable[[ReadMark], None]
+    give_up: float
+    on_timeout: Callable[[], None] = lambda: None
+
+
+@dataclass
+class Process:
+    """Everything a peer process holds in memory: gone when it crashes or its host
+    loses power; rebuilt from the Raft log when it starts again."""
+
+    state: ClusterState = field(default_factory=ClusterState)
+    clock: LogClock = field(default_factory=LogClock)
+    loop: LeaderLoop | None = None
+    lease: LeaseEndpoint | None = None
+    reads: ReadIndex[int] = field(default_factory=ReadIndex)
+    pending_reads: dict[int, PendingRead] = field(default_factory=dict)
+    busy: set[str] = field(default_factory=set)
+    throttle: ag.Throttle = field(default_factory=ag.Throttle)
+    barrier: Barrier | None = None
+    next_manager: float = 0.0
+    next_agent: float = 0.0
+    next_renewal: float = 0.0
+    generation: int = 0
+
+
+class SimPeer:
+    def __init__(self, world: World, name: str, role: HostRole) -> None:
+        self.world = world
+        self.name = name
+        self.role = role
+        self.clock = PeerClock()
+        self.proc = Process()
+        self._read_ids = itertools.count(1)
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def raft(self) -> Any:
+        return self.world.raft[self.name]
+
+    @property
+    def running(self) -> bool:
+        return self.proc.loop is not None and self.raft.status.value == "up"
+
+    def start(self, now: float) -> None:
+        """A new process (daemon/peer.py `_start`): state rebuilt from the journal."""
+        self.proc = Process(generation=next(_boots))
+        self.proc.loop = LeaderLoop(self.name, MANAGER_TICK_S)
+        self.proc.lease = LeaseEndpoint(self.name, LeaseCodec(SIM_SECRET),
+                                        self.proc.generation.to_bytes(8, "big"))
+        self.proc.next_manager = self.proc.next_agent = self.proc.next_renewal = now
+
+    def stop(self) -> None:
+        """The process is gone (crash, power loss): nothing of it survives but the log."""
+        self.proc = Process()
+
+    # ------------------------------------------------------------ one step
+
+    def step(self, now: float) -> None:
+        if not self.running:
+            return
+        mono = self.clock.mono(now)
+        self.raft.apply_committed(self._apply)
+        self._serve_reads(mono)
+        if now >= self.proc.next_manager - 1e-9:
+            self.proc.next_manager = now + MANAGER_TICK_S
+            self._lead(now)
+        if now >= self.proc.next_renewal - 1e-9:
+            self.proc.next_renewal = now + self.proc.state.settings.lease_renew_s
+            self._renew(now)
+        if self.role is not HostRole.WITNESS and now >= self.proc.next_agent - 1e-9:
+            self.proc.next_agent = now + AGENT_TICK_S
+            self._agent(now)
+
+    # ------------------------------------------------------------ the replica (daemon/replica.py)
+
+    def _apply(self, record: Any) -> list[Event] | None:
+        if record.data is None:  # a Raft no-op never reaches the state machine
+            return None
+        state = self.proc.state
+        events = apply(state, record.data, record.index)
+        self.proc.clock.observe(state.log_time, self.clock.mono(self.world.now))
+        self.world.applied(self, record, events)
+        return events
+
+    def log_now(self, now: float) -> float:
+        return self.proc.clock.now(self.clock.mono(now))
+
+    # ------------------------------------------------------------ proposals (daemon/proposer.py)
+
+    def propose(self, command: c.Command, on_done: Callable[[bool, Any], None] | None = None,
+                origin: str = "") -> None:
+        now = self.world.now
+        envelope = c.Envelope(command, f"{self.name}-{self.world.next_request_id()}",
+                              origin or self.name, self.clock.wall(now), self.log_now(now))
+        generation = self.proc.generation
+
+        def done(result: Any) -> None:
+            if on_done is not None and self.proc.generation == generation:
+                on_done(result.status is ProposeStatus.COMMITTED, result)
+
+        self.raft.propose(encode_command(envelope), done)
+
+    # ------------------------------------------------------------ leading (daemon/leader.py)
+
+    def _lead(self, now: float) -> None:
+        loop = self.proc.loop
+        assert loop is not None
+        mono = self.clock.mono(now)
+        result = loop.tick(self.raft.leader_term(), self.proc.state, mono, self.log_now(now),
+                           self.proc.clock.running)
+        if result.start_log_clock and self.proc.state.log_time <= 0:
+            self.proc.clock.start(self.clock.wall(now), mono)
+        for note in result.notes:
+            self.world.note(f"{self.name}: {note.what}: {note.why}", quiet=True)
+        for d in result.decisions:
+            self._dispatch(d)
+
+    def _dispatch(self, d: Decision) -> None:
+        manager = self.manager
+        if manager is None:
+            return
+        if isinstance(d, Propose):
+            self.propose(d.command, lambda ok, r, d=d: manager.proposal_done(  # type: ignore[misc]
+                d.key, d.command, ok, r.index, r.own_term))
+        elif isinstance(d, RunFence):
+            self._confirm_then_fence(d)
+        elif isinstance(d, StepDown):
+            self.world.note(f"raft: {self.name} steps down: {d.reason}")
+            self.raft.transfer_leadership()
+
+    @property
+    def manager(self) -> Any:
+        return self.proc.loop.manager if self.proc.loop is not None else None
+
+    def _confirm_then_fence(self, order: RunFence) -> None:
+        """Confirm the majority right before acting (daemon/leader.py `_fence`)."""
+        manager = self.manager
+
+        def confirmed(mark: ReadMark) -> None:
+            if manager.fence_still_ours(order.token, mark.term) and \
+                    self.raft.leader_term() == mark.term:
+                self.world.run_fence(self, order, mark.term)
+            else:
+                skipped()
+
+        def skipped() -> None:
+            follow = manager.fence_result(order.host, order.token, FenceResult.ERROR,
+                                          "leadership not confirmed", "none",
+                                          self.clock.mono(self.world.now))
+            for d in follow:
+                self._dispatch(d)
+
+        if not self.read(confirmed, FENCE_CONFIRM_TIMEOUT_S, skipped):
+            skipped()
+
+    def fence_answer(self, order: RunFence, result: FenceResult, evidence: str,
+                     generation: int) -> None:
+        manager = self.manager
+        if manager is None or self.proc.generation != generation or not self.running:
+            return
+        for d in manager.fence_result(order.host, order.token, result, evidence,
+                                      f"sim-bmc {order.host}", self.clock.mono(self.world.now)):
+            self._dispatch(d)
+
+    # ------------------------------------------------------------ read index (daemon/leader.py)
+
+    def read(self, on_answer: Callable[[ReadMark], None], timeout_s: float,
+             on_timeout: Callable[[], None] = lambda: None) -> bool:
+        mark = self.raft.read_mark()
+        if mark is None:
+            return False
+        key = next(self._read_ids)
+        self.proc.reads.request(key, ReadMark(mark.term, mark.commit_index, mark.seq))
+        self.proc.pending_reads[key] = PendingRead(on_answer, self.world.now + timeout_s,
+                                                   on_timeout)
+        return True
+
+    def _serve_reads(self, mono: float) -> None:
+        proc = self.proc
+        if not proc.pending_reads:
+            return
+        echoes = dict(self.raft.echoes())
+        for key, mark in proc.reads.release(self.raft.leader_term(),
+                                            len(self.world.raft.voters), echoes):
+            pending = proc.pending_reads.pop(key, None)
+            if pending is not None:
+                pending.on_answer(mark)
+        now = self.world.now
+        for key, pending in sorted(proc.pending_reads.items()):
+            if now > pending.give_up:
+                del proc.pending_reads[key]
+                pending.on_timeout()
+
+    # ------------------------------------------------------------ leases (daemon/leases.py)
+
+    def renewal_targets(self) -> Targets:
+        """Every voter, on the links both hosts have (daemon/peer.py `renewal_targets`)."""
+        mine = set(self.world.net.links_of(self.name))
+        out: Targets = {}
+        for name, host in self.proc.state.hosts.items():
+            if host.role is HostRole.MEMBER or host.state is HostState.REMOVED:
+                continue
+            links = [e.partition("=")[0] for e in host.addresses] or \
+                list(self.world.net.links_of(name))
+            out[name] = [(ln, name) for ln in sorted(links) if ln in mine]
+        return out
+
+    def _renew(self, now: float) -> int:
+        lease = self.proc.lease
+        assert lease is not None
+        seq, datagrams = lease.round(self.renewal_targets(), self.clock.mono(now),
+                                     self.clock.wall(now), self.proc.state.settings.lease_renew_s)
+        for out in datagrams:
+            self.world.send_lease(now, self.name, out.address, out.link, out.datagram)
+        return seq
+
+    def on_lease(self, src: str, link: str, data: bytes, now: float) -> None:
+        lease = self.proc.lease
+        if lease is None or not self.running:
+            return
+        mono = self.clock.mono(now)
+        ttl = self.proc.state.settings.lease_ttl_s
+        got = lease.receive(data, mono, ttl)
+        if got.ack is not None:
+            self._ack(got.ack)
+            if got.follow_up:
+                self._renew(now)
+        elif got.renewal is not None:
+            self._renewal(got.renewal, got.credit_at, src, link, ttl)
+
+    def _renewal(self, r: Renewal, credit_at: float | None, src: str, link: str,
+                 ttl: float) -> None:
+        manager = self.manager
+        if manager is None or self.raft.leader_term() is None:
+            return
+        if credit_at is not None:
+            manager.renewal(r.host, r.link, credit_at)
+        lease = self.proc.lease
+        assert lease is not None
+
+        def answer(mark: ReadMark) -> None:
+            now = self.world.now
+            data = lease.answer(r, mark.term, mark.commit_index, self.clock.mono(now), ttl)
+            self.world.send_lease(now, self.name, src, link, data)
+
+        self.read(answer, BARRIER_TIMEOUT_S)
+
+    def _ack(self, ack: Ack) -> None:
+        barrier = self.proc.barrier
+        if barrier is not None and barrier.seq and ack.seq >= barrier.seq and \
+                barrier.read_index is None:
+            barrier.read_index = ack.commit_index
+
+    # ------------------------------------------------------------ the agent (daemon/agent.py)
+
+    def _agent(self, now: float) -> None:
+        proc = self.proc
+        barrier = proc.barrier
+        if barrier is not None:
+            if barrier.read_index is not None and \
+                    self.raft.applied_index >= barrier.read_index:
+                proc.barrier = None
+                self._act(barrier.domains, fresh=True)
+            elif now > barrier.give_up:
+                proc.barrier = None
+                self._act(barrier.domains, fresh=False)
+            return
+        domains = dict(self.world.hosts[self.name].hyper.domains)
+        if self._decide(domains, True) == self._decide(domains, False):
+            self._act(domains, fresh=False)
+            return
+        self._ask_barrier(domains, now)
+
+    def _ask_barrier(self, domains: dict[str, ag.DomainState], now: float) -> None:
+        give_up = now + BARRIER_TIMEOUT_S
+        manager = self.manager
+        if manager is not None and manager.ready and \
+                self.raft.leader_term() == manager.term:
+            barrier = Barrier(domains, 0, give_up)
+
+            def answered(mark: ReadMark) -> None:
+                barrier.read_index = mark.commit_index
+
+            if self.read(answered, BARRIER_TIMEOUT_S):
+                self.proc.barrier = barrier
+            return
+        self.proc.barrier = Barrier(domains, self._renew(now), give_up)
+
+    def _decide(self, domains: dict[str, ag.DomainState], fresh: bool) -> list[ag.AgentAction]:
+        host = self.world.hosts[self.name]
+        return ag.reconcile(self.name, self.proc.state, domains, frozenset(self.proc.busy),
+                            fresh, (host.memory_mib, host.vcpus))
+
+    def _act(self, domains: dict[str, ag.DomainState], fresh: bool) -> None:
+        for action in self._decide(domains, fresh):
+            if isinstance(action, ag.Report):
+                self.report(action.command)
+            else:
+                self.world.hypervisor_action(self, action)
+
+    def report(self, command: c.Command) -> None:
+        key = (command.TYPE, getattr(command, "name", ""), getattr(command, "observed", ""),
+               getattr(command, "placement", 0))
+        if self.proc.throttle.allow(key, self.world.now):
+            self.propose(command)
