@@ -33,9 +33,10 @@ LAN_DELAY_S = (0.0005, 0.002)
 _NEVER = float("inf")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delivery:
-    """One message arriving at `dst` at time `at` (seq: global send order, tie-breaker)."""
+    """One message arriving at `dst` at time `at` (seq: global send order, tie-breaker).
+    Not frozen for speed; never changed once made."""
 
     at: float
     seq: int
@@ -264,39 +265,35 @@ class SimNet:
     ) -> bool:
         """Put a message on the wire; False if no link passes (or it was lost at once).
         Reachability is judged again when it is due."""
-        self.stats["sent"] += 1
+        stats = self.stats
+        stats["sent"] += 1
         route = self._route(src, dst, link)
         if route is None:
-            self.stats["unroutable"] += 1
+            stats["unroutable"] += 1
             return False
         faults = self._paths.get((src, dst), self._default)
         rng = self._rng
         if faults.loss and rng.random() < faults.loss:
-            self.stats["lost"] += 1
+            stats["lost"] += 1
             return False
-        self._enqueue(now, src, dst, channel, payload, route, faults)
+        copies = 1
         if faults.duplicate and rng.random() < faults.duplicate:
-            self.stats["duplicated"] += 1
-            self._enqueue(now, src, dst, channel, payload, route, faults)
-        return True
-
-    def _enqueue(
-        self,
-        now: float,
-        src: str,
-        dst: str,
-        channel: str,
-        payload: object,
-        link: str,
-        faults: PathFaults,
-    ) -> None:
+            stats["duplicated"] += 1
+            copies = 2
         lo, hi = faults.delay
-        at = now + (lo if hi <= lo else self._rng.uniform(lo, hi))
-        if channel in self._fifo:
-            key = (src, dst, channel)
-            at = max(at, self._fifo_last.get(key, at))
-            self._fifo_last[key] = at
-        self._push(Delivery(at, self._next_seq(), src, dst, channel, link, payload))
+        queue = self._queues.get(channel)
+        if queue is None:
+            queue = self._queues[channel] = []
+        for _ in range(copies):
+            at = now + lo + (hi - lo) * rng.random() if hi > lo else now + lo
+            if channel in self._fifo:
+                key = (src, dst, channel)
+                at = max(at, self._fifo_last.get(key, at))
+                self._fifo_last[key] = at
+            self._seq += 1
+            heapq.heappush(queue, (at, self._seq, Delivery(at, self._seq, src, dst, channel,
+                                                           route, payload)))
+        return True
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -370,7 +367,7 @@ class SimNet:
         channel that is still held through another hold stays held.)"""
         self._holds.discard((host, channel))
         keep: list[Delivery] = []
-        for d in self._held[host]:
+        for d in sorted(self._held[host], key=lambda d: (d.at, d.seq)):
             if (channel is not None and d.channel != channel) or self._is_held(host, d.channel):
                 keep.append(d)
                 continue

@@ -170,6 +170,9 @@ class RaftCluster:
         )
 
     def connected_to_anyone(self, name: str) -> bool:
+        """pysyncobj's __connectedToAnyone: a lone voter counts as connected."""
+        if len(self.voters) == 1:
+            return True
         return any(other != name and self.connected(name, other) for other in self.names)
 
     # ------------------------------------------------------------ running
@@ -207,7 +210,9 @@ class RaftCluster:
         heapq.heappush(self._timers, (at, self._timer_seq, peer, token))
 
     def send(self, src: str, dst: str, msg: object) -> None:
-        self.net.send(self.now, src, dst, self.config.channel, msg)
+        # A crashed process refuses connections: nothing sent now reaches its next life.
+        if self.peers[dst].status is not Status.DOWN:
+            self.net.send(self.now, src, dst, self.config.channel, msg)
 
     def hold_inbound(self, peer: RaftPeer) -> None:
         self.net.hold(peer.name, self.config.channel)

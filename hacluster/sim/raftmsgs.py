@@ -92,9 +92,11 @@ MAYBE = SimProposeResult(ProposeStatus.MAYBE)
 
 
 # ---------------------------------------------------------------- messages
+# Not frozen (a frozen dataclass is four times slower to build, and messages are the hot
+# path); never mutated once sent: duplicates and the log share them.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AppendEntries:
     term: int
     prev_index: int
@@ -104,7 +106,7 @@ class AppendEntries:
     seq: int  # per-leader, increasing with every AppendEntries it sends
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AppendReply:
     term: int
     success: bool
@@ -113,25 +115,25 @@ class AppendReply:
     echo: int  # highest seq processed from this leader in this term
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestVote:
     term: int
     last_index: int
     last_term: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class VoteReply:
     term: int
     granted: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TimeoutNow:
     term: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Forward:
     """A follower's proposal sent to the leader it knows (pysyncobj apply_command)."""
 
@@ -139,7 +141,7 @@ class Forward:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ForwardReply:
     tag: Tag
     index: int  # 0: refused, never appended (the receiver does not lead)

@@ -93,8 +93,8 @@ class RaftPeer(Leading):
         self._commit_terms: deque[tuple[int, int]] = deque([(self.commit_index, 0)])
         self._led_terms: set[int] = set()
         self._votes: set[str] = set()
-        self._echo_key: tuple[int, str] | None = None  # (term, leader) of echo_seq
-        self._echo_seq = 0
+        self._echo_seq = 0  # highest seq processed from `leader` in `term`
+        self._timeout = 0.0  # the election timeout drawn last
         self._catchup_target: int | None = None
         self._pending: dict[Tag, _Pending] = {}
         self._by_index: dict[int, list[Tag]] = {}
@@ -154,13 +154,18 @@ class RaftPeer(Leading):
     def _note(self, what: str, value: int) -> None:
         self._c.note(self, what, value)
 
-    def _reset_election_timer(self, now: float) -> None:
+    def _reset_election_timer(self, now: float, redraw: bool = True) -> None:
+        """Restart the election timer; a heartbeat from the same leader keeps the
+        randomly drawn timeout, a new leader, vote or election draws another."""
         if not self.voter or self.abstaining or self.role is Role.LEADER:
             self._election_at = _NEVER
             return
-        cfg = self._c.config
-        self._election_at = now + self._c.rng.uniform(cfg.election_min_s, cfg.election_max_s)
-        self._arm(self._election_at)
+        if redraw:
+            cfg = self._c.config
+            self._timeout = self._c.rng.uniform(cfg.election_min_s, cfg.election_max_s)
+        self._election_at = now + self._timeout
+        if self._election_at < self._wake_at:
+            self._arm(self._election_at)
 
     # ------------------------------------------------------------ terms, roles
 
@@ -201,6 +206,14 @@ class RaftPeer(Leading):
             self._election_at = now + self._c.config.heartbeat_s  # look again soon
             return
         self._start_election(now)
+
+    def stand_for_election(self) -> bool:
+        """Start an election now, as if the election timer fired (for scripted scenarios;
+        ignores the connection rule). False if this peer may not stand."""
+        if not self.voter or self.abstaining or self.status is not Status.UP:
+            return False
+        self._start_election(self._c.now)
+        return True
 
     def _start_election(self, now: float) -> None:
         self.term += 1
@@ -257,10 +270,24 @@ class RaftPeer(Leading):
     # ------------------------------------------------------------ following
 
     def _on_append(self, src: str, m: AppendEntries, now: float) -> None:
+        if m.term == self.term and src == self.leader and self.role is Role.FOLLOWER:
+            self._reset_election_timer(now, redraw=False)  # the usual heartbeat
+        elif not self._follow(src, m, now):
+            return
+        if m.seq > self._echo_seq:
+            self._echo_seq = m.seq
+        self._c.send(self.name, src, self._append_entries(m, now))
+        if self.abstaining:
+            if self._catchup_target is None:
+                self._catchup_target = m.commit
+            self._check_caught_up(now)
+
+    def _follow(self, src: str, m: AppendEntries, now: float) -> bool:
+        """An AppendEntries from a leader we did not follow yet: adopt it unless stale."""
         if m.term < self.term:
             if self._c.config.reply_to_stale_leader:
                 self._c.send(self.name, src, AppendReply(self.term, False, 0, 0, 0))
-            return
+            return False
         if m.term > self.term:
             self._new_term(m.term)
         elif self.role is Role.LEADER:
@@ -268,15 +295,8 @@ class RaftPeer(Leading):
         self._become_follower()
         self._set_leader(src)
         self._reset_election_timer(now)
-        key = (m.term, src)
-        if key != self._echo_key:
-            self._echo_key, self._echo_seq = key, 0
-        if m.seq > self._echo_seq:
-            self._echo_seq = m.seq
-        if self.abstaining and self._catchup_target is None:
-            self._catchup_target = m.commit
-        self._c.send(self.name, src, self._append_entries(m, now))
-        self._check_caught_up(now)
+        self._echo_seq = 0  # echoes count per (term, leader)
+        return True
 
     def _append_entries(self, m: AppendEntries, now: float) -> AppendReply:
         """The consistency check, conflict truncation and commit rules (Figure 2)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from hacluster.ports import ProposeStatus
 from hacluster.sim.net import PathFaults, SimNet
@@ -108,7 +109,7 @@ class Harness:
         self.cluster.step(self.now)
         self._applying = True
         for peer in self.cluster:
-            peer.apply_committed(lambda r, name=peer.name: self._apply(name, r))
+            peer.apply_committed(partial(self._apply, peer.name))
         self._applying = False
         self.checker.check(self.cluster)
         self._check_reads()
@@ -212,7 +213,8 @@ class Harness:
             cut = rng.randrange(1, len(names))
             net.partition(shuffled[:cut], shuffled[cut:])
         elif kind == "one_way":
-            net.cut(*rng.sample([a, b], 2), rng.choice([None, "mgmt", "backend"]))
+            src, dst = rng.sample([a, b], 2)
+            net.cut(src, dst, rng.choice([None, "mgmt", "backend"]))
         elif kind == "cut_link":
             net.cut_link(a, rng.choice(["mgmt", "backend"]))
         elif kind == "degrade":
