@@ -1,0 +1,572 @@
+"""RaftPeer: one peer of the simulator's Raft model (see raftmodel.py for the picture).
+
+The dissertation's rules, plus what pysyncobj does that matters for safety: a leader's
+no-op at the start of its term, optimistic next indexes, a leader that stays leader
+without answers until `leader_fallback_s`, forwarding of proposals to the known leader,
+TimeoutNow, read-only members, and (for rebuilt peers) abstaining until caught up.
+
+Leader-side replication lives in raftlead.py (`Leading`); this module holds the peer's
+state, the follower and candidate rules, proposals and the apply stream.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hacluster.ports import ProposeStatus
+from hacluster.sim.raftlead import Leading
+from hacluster.sim.raftmsgs import (
+    MAYBE,
+    NOT_LEADER,
+    AppendEntries,
+    AppendReply,
+    AppliedRecord,
+    Entry,
+    Forward,
+    ForwardReply,
+    OnDone,
+    RequestVote,
+    Role,
+    SimProposeResult,
+    Status,
+    Tag,
+    TimeoutNow,
+    VoteReply,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from hacluster.sim.raftmodel import RaftCluster
+
+_NEVER = float("inf")
+
+
+@dataclass
+class _Pending:
+    """A proposal made on this peer, waiting for its outcome."""
+
+    tag: Tag
+    on_done: OnDone
+    deadline: float
+    index: int = 0  # 0 until known (forwarded and not yet acknowledged)
+    term: int = 0
+
+
+class RaftPeer(Leading):
+    """One peer; its public methods are listed in raftmodel.py's docstring."""
+
+    def __init__(self, cluster: RaftCluster, name: str, voter: bool) -> None:
+        self._c = cluster
+        self.name = name
+        self.voter = voter
+        # durable (a journal and a meta file in production)
+        self.term = 0
+        self.voted_for: str | None = None
+        self.log: list[Entry] = []
+        self.persisted_commit = 0
+        # model bookkeeping that survives restarts: unique tags, and the first answer
+        # given to each forwarded proposal (so a duplicated Forward is never appended
+        # twice, and a refusal stays true: see _on_forward)
+        self._tags = 0
+        self._seq = 0
+        self._fwd_answers: dict[Tag, tuple[int, int]] = {}
+        self.status = Status.UP
+        self.abstaining = False
+        self.anomalies: list[str] = []  # what a real peer would log as critical
+        self.dirty_from = 1  # lowest log index changed since a checker last looked
+        self._token = 0  # identifies the one valid scheduled wake-up
+        self._wake_at = _NEVER
+        self._paused_calls: list[tuple[bytes, OnDone, float | None]] = []
+        self._handlers = self._make_handlers()
+        self._reset_volatile()
+
+    def _reset_volatile(self) -> None:
+        self.role = Role.FOLLOWER
+        self.leader: str | None = None
+        self.commit_index = min(self.persisted_commit, len(self.log))
+        self.last_applied = 0
+        # (up to index, term in force when the commit index reached it); 0 = unknown
+        self._commit_terms: deque[tuple[int, int]] = deque([(self.commit_index, 0)])
+        self._led_terms: set[int] = set()
+        self._votes: set[str] = set()
+        self._echo_seq = 0  # highest seq processed from `leader` in `term`
+        self._timeout = 0.0  # the election timeout drawn last
+        self._catchup_target: int | None = None
+        self._pending: dict[Tag, _Pending] = {}
+        self._by_index: dict[int, list[Tag]] = {}
+        self._deadlines: list[tuple[float, int, Tag]] = []
+        self._election_at = _NEVER
+        self._heartbeat_at = _NEVER
+        self._reset_leading()
+
+    # ------------------------------------------------------------ views
+
+    def leader_term(self) -> int | None:
+        """The term in which this peer believes it leads right now, else None."""
+        if self.role is Role.LEADER and self.status is not Status.DOWN:
+            return self.term
+        return None
+
+    def is_leader(self) -> bool:
+        return self.leader_term() is not None
+
+    @property
+    def applied_index(self) -> int:
+        return self.last_applied
+
+    def last_index(self) -> int:
+        return len(self.log)
+
+    def term_at(self, index: int) -> int:
+        return self.log[index - 1].term if 0 < index <= len(self.log) else 0
+
+    # ------------------------------------------------------------ timers
+
+    def _arm(self, at: float) -> None:
+        """Make sure a wake-up is scheduled no later than `at`."""
+        if at < self._wake_at and self.status is Status.UP:
+            self._wake_at = at
+            self._token += 1
+            self._c.schedule(at, self, self._token)
+
+    def _rearm(self) -> None:
+        first = min(self._election_at, self._heartbeat_at)
+        if self._deadlines:
+            first = min(first, self._deadlines[0][0])
+        self._arm(first)
+
+    def wake(self, token: int, now: float) -> None:
+        """A scheduled wake-up fired (ignored unless it is the current one)."""
+        if token != self._token or self.status is not Status.UP:
+            return
+        self._wake_at = _NEVER
+        if self._heartbeat_at <= now:
+            self._on_heartbeat(now)
+        if self._election_at <= now:
+            self._on_election_timeout(now)
+        self._expire_proposals(now)
+        self._rearm()
+
+    def _note(self, what: str, value: int) -> None:
+        self._c.note(self, what, value)
+
+    def _reset_election_timer(self, now: float, redraw: bool = True) -> None:
+        """Restart the election timer; a heartbeat from the same leader keeps the
+        randomly drawn timeout, a new leader, vote or election draws another."""
+        if not self.voter or self.abstaining or self.role is Role.LEADER:
+            self._election_at = _NEVER
+            return
+        if redraw:
+            cfg = self._c.config
+            self._timeout = self._c.rng.uniform(cfg.election_min_s, cfg.election_max_s)
+        self._election_at = now + self._timeout
+        if self._election_at < self._wake_at:
+            self._arm(self._election_at)
+
+    # ------------------------------------------------------------ terms, roles
+
+    def _new_term(self, term: int) -> None:
+        """A higher term was seen: adopt it, forget the vote, follow."""
+        self.term = term
+        self.voted_for = None
+        self._become_follower()
+        self._set_leader(None)
+
+    def _become_follower(self) -> None:
+        if self.role is Role.FOLLOWER:
+            return
+        was_leader = self.role is Role.LEADER
+        self.role = Role.FOLLOWER
+        self._heartbeat_at = _NEVER
+        self._reset_election_timer(self._c.now)
+        if was_leader:
+            self._note("stepped-down", self.term)
+
+    def _set_leader(self, name: str | None) -> None:
+        if name == self.leader:
+            return
+        self.leader = name
+        # pysyncobj's __onLeaderChanged: proposals forwarded and not yet acknowledged
+        # may or may not be in the old leader's log.
+        for p in sorted(self._pending.values(), key=lambda p: p.tag):
+            if p.index == 0:
+                self._resolve(p, MAYBE)
+
+    # ------------------------------------------------------------ elections
+
+    def _on_election_timeout(self, now: float) -> None:
+        if not self.voter or self.abstaining or self.role is Role.LEADER:
+            self._election_at = _NEVER
+            return
+        if self._c.config.require_connection and not self._c.connected_to_anyone(self.name):
+            self._election_at = now + self._c.config.heartbeat_s  # look again soon
+            return
+        self._start_election(now)
+
+    def stand_for_election(self) -> bool:
+        """Start an election now, as if the election timer fired (for scripted scenarios;
+        ignores the connection rule). False if this peer may not stand."""
+        if not self.voter or self.abstaining or self.status is not Status.UP:
+            return False
+        self._start_election(self._c.now)
+        return True
+
+    def _start_election(self, now: float) -> None:
+        self.term += 1
+        self.voted_for = self.name
+        self.role = Role.CANDIDATE
+        self._set_leader(None)
+        self._votes = {self.name}
+        self._reset_election_timer(now)
+        msg = RequestVote(self.term, len(self.log), self.term_at(len(self.log)))
+        for voter in self._c.voters:
+            if voter != self.name:
+                self._c.send(self.name, voter, msg)
+        self._count_votes(now)
+
+    def _count_votes(self, now: float) -> None:
+        if self.role is Role.CANDIDATE and len(self._votes) >= self._c.majority:
+            self._become_leader(now)
+
+    def _on_request_vote(self, src: str, m: RequestVote, now: float) -> None:
+        if not self.voter:
+            return  # read-only members never vote
+        if m.term > self.term:
+            self._new_term(m.term)
+        if self.abstaining:
+            return  # a rebuilt peer does not vote until it caught up
+        granted = m.term == self.term and self._may_grant(src, m)
+        if granted:
+            self.voted_for = src
+            self._reset_election_timer(now)
+        self._c.send(self.name, src, VoteReply(self.term, granted))
+
+    def _may_grant(self, candidate: str, m: RequestVote) -> bool:
+        """Not voted for another in this term, and the candidate's log is at least as
+        up to date as ours (dissertation 3.6.1)."""
+        if self.voted_for not in (None, candidate):
+            return False
+        last = len(self.log)
+        my_term = self.term_at(last)
+        return m.last_term > my_term or (m.last_term == my_term and m.last_index >= last)
+
+    def _on_vote_reply(self, src: str, m: VoteReply, now: float) -> None:
+        if m.term > self.term:
+            self._new_term(m.term)
+            return
+        if m.granted and m.term == self.term and self.role is Role.CANDIDATE:
+            self._votes.add(src)
+            self._count_votes(now)
+
+    def _on_timeout_now(self, src: str, m: TimeoutNow, now: float) -> None:
+        # pysyncobj: only from the leader we follow, only a voter that may stand.
+        if m.term >= self.term and src == self.leader and self.voter and not self.abstaining:
+            self._start_election(now)
+
+    # ------------------------------------------------------------ following
+
+    def _on_append(self, src: str, m: AppendEntries, now: float) -> None:
+        if m.term == self.term and src == self.leader and self.role is Role.FOLLOWER:
+            self._reset_election_timer(now, redraw=False)  # the usual heartbeat
+        elif not self._follow(src, m, now):
+            return
+        if m.seq > self._echo_seq:
+            self._echo_seq = m.seq
+        self._c.send(self.name, src, self._append_entries(m, now))
+        if self.abstaining:
+            if self._catchup_target is None:
+                self._catchup_target = m.commit
+            self._check_caught_up(now)
+
+    def _follow(self, src: str, m: AppendEntries, now: float) -> bool:
+        """An AppendEntries from a leader we did not follow yet: adopt it unless stale."""
+        if m.term < self.term:
+            if self._c.config.reply_to_stale_leader:
+                self._c.send(self.name, src, AppendReply(self.term, False, 0, 0, 0))
+            return False
+        if m.term > self.term:
+            self._new_term(m.term)
+        elif self.role is Role.LEADER:
+            self.anomalies.append(f"t={now:.3f}: another leader {src} in my term {self.term}")
+        self._become_follower()
+        self._set_leader(src)
+        self._reset_election_timer(now)
+        self._echo_seq = 0  # echoes count per (term, leader)
+        return True
+
+    def _append_entries(self, m: AppendEntries, now: float) -> AppendReply:
+        """The consistency check, conflict truncation and commit rules (Figure 2)."""
+        prev = m.prev_index
+        if prev > len(self.log):
+            return AppendReply(self.term, False, 0, len(self.log) + 1, self._echo_seq)
+        if prev > 0 and self.log[prev - 1].term != m.prev_term:
+            return AppendReply(self.term, False, 0, self._first_of_term(prev), self._echo_seq)
+        log = self.log
+        for k, entry in enumerate(m.entries):
+            index = prev + 1 + k
+            if index <= len(log):
+                if log[index - 1].term == entry.term:
+                    continue  # already have it (a duplicate or an older message)
+                self._truncate(index, now)
+            log.extend(m.entries[k:])
+            self.dirty_from = min(self.dirty_from, index)
+            break
+        match = prev + len(m.entries)
+        if m.commit > self.commit_index:
+            commit = min(m.commit, match)
+            if commit > self.commit_index:
+                self._set_commit(commit)
+        return AppendReply(self.term, True, match, 0, self._echo_seq)
+
+    def _first_of_term(self, index: int) -> int:
+        """First index of the term found at `index` (a faster back-off than one by one)."""
+        term = self.log[index - 1].term
+        while index > 1 and self.log[index - 2].term == term and index > self.commit_index + 1:
+            index -= 1
+        return index
+
+    def _truncate(self, index: int, now: float) -> None:
+        if index <= self.commit_index:
+            self.anomalies.append(
+                f"t={now:.3f}: truncating committed entries from {index} "
+                f"(commit index {self.commit_index}, applied {self.last_applied})"
+            )
+            self._lower_commit(index - 1)
+        del self.log[index - 1 :]
+        self.dirty_from = min(self.dirty_from, index)
+
+    def _lower_commit(self, commit: int) -> None:
+        # pysyncobj clips its commit index to a log cut below it; what was already
+        # applied stays applied (the peer's state may have diverged).
+        while self._commit_terms and self._commit_terms[-1][0] > commit:
+            self._commit_terms.pop()
+        self._commit_terms.append((commit, 0))
+        self.commit_index = commit
+        self.persisted_commit = min(self.persisted_commit, commit)
+
+    def _set_commit(self, commit: int) -> None:
+        old = self.commit_index
+        self.commit_index = commit
+        self.persisted_commit = commit
+        self._commit_terms.append((commit, self.term))
+        self._c.committed(self, old, commit)
+
+    def _check_caught_up(self, now: float) -> None:
+        target = self._catchup_target
+        if self.abstaining and target is not None and self.commit_index >= target:
+            self.abstaining = False
+            self._note("caught-up", self.commit_index)
+            self._reset_election_timer(now)
+
+    # ------------------------------------------------------------ proposals
+
+    def propose(self, data: bytes, on_done: OnDone, timeout_s: float | None = None) -> None:
+        """Propose `data`; `on_done` is called exactly once with the outcome, maybe at
+        once (NOT_LEADER), else during a later step or apply_committed() call."""
+        if self.status is Status.DOWN:
+            on_done(NOT_LEADER)  # a dead process proposes nothing
+            return
+        if self.status is Status.PAUSED:
+            self._paused_calls.append((bytes(data), on_done, timeout_s))
+            return
+        now = self._c.now
+        self._tags += 1
+        tag = (self.name, self._tags)
+        timeout = self._c.config.propose_timeout_s if timeout_s is None else timeout_s
+        p = _Pending(tag, on_done, now + timeout)
+        if self.role is Role.LEADER:
+            p.index, p.term = self._append_own(bytes(data), tag), self.term
+            self._by_index.setdefault(p.index, []).append(tag)
+        elif self.leader is not None:
+            self._c.send(self.name, self.leader, Forward(tag, bytes(data)))
+        else:
+            on_done(NOT_LEADER)
+            return
+        self._pending[tag] = p
+        heapq.heappush(self._deadlines, (p.deadline, tag[1], tag))
+        self._arm(p.deadline)
+
+    def _on_forward(self, src: str, m: Forward, now: float) -> None:
+        # The first answer to a tag is final: a duplicate Forward gets the same answer,
+        # so a refusal (index 0) means the proposal never entered this peer's log.
+        answer = self._fwd_answers.get(m.tag)
+        if answer is None:
+            if self.role is Role.LEADER:
+                answer = (self._append_own(m.data, m.tag), self.term)
+            else:
+                answer = (0, 0)
+            self._fwd_answers[m.tag] = answer
+        self._c.send(self.name, src, ForwardReply(m.tag, *answer))
+
+    def _on_forward_reply(self, src: str, m: ForwardReply, now: float) -> None:
+        p = self._pending.get(m.tag)
+        if p is None or p.index:
+            return
+        if m.index == 0:
+            self._resolve(p, NOT_LEADER)
+        elif m.index <= self.last_applied:
+            self._resolve(p, MAYBE)  # pysyncobj UNKNOWN_OUTCOME: applied before we knew
+        else:
+            p.index, p.term = m.index, m.term
+            self._by_index.setdefault(m.index, []).append(m.tag)
+
+    def _resolve(self, p: _Pending, result: SimProposeResult) -> None:
+        del self._pending[p.tag]
+        p.on_done(result)
+
+    def _expire_proposals(self, now: float) -> None:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, tag = heapq.heappop(self._deadlines)
+            p = self._pending.get(tag)
+            if p is not None:
+                self._resolve(p, MAYBE)
+
+    # ------------------------------------------------------------ the apply stream
+
+    def committed_unapplied(self) -> list[AppliedRecord]:
+        """What apply_committed() would hand out now (no side effect)."""
+        return [r for i in range(self.last_applied + 1, self.commit_index + 1)
+                if (r := self._record(i, peek=True)) is not None]
+
+    def apply_committed(
+        self, apply: Callable[[AppliedRecord], object] | None = None
+    ) -> list[AppliedRecord]:
+        """Hand every committed, not yet applied entry to `apply`, in order, then complete
+        the proposals of this peer waiting for it (COMMITTED with apply's result, or
+        NOT_LEADER when another entry took the slot). Leaders' no-ops advance the
+        applied index without a record. Nothing happens on a paused or crashed peer."""
+        out: list[AppliedRecord] = []
+        while self.status is Status.UP and self.last_applied < self.commit_index:
+            index = self.last_applied + 1
+            record = self._record(index, peek=False)
+            result = None
+            if record is not None:
+                result = apply(record) if apply is not None else None
+                out.append(record)
+                self._c.applied(self, record)
+            self.last_applied = index
+            self._complete(index, record, result)
+        return out
+
+    def _record(self, index: int, peek: bool) -> AppliedRecord | None:
+        entry = self.log[index - 1]
+        commit_term = self._commit_term(index, peek)
+        if entry.data is None:
+            return None
+        own = commit_term == entry.term and entry.term in self._led_terms
+        return AppliedRecord(index, entry.term, entry.data, commit_term, own)
+
+    def _commit_term(self, index: int, peek: bool) -> int:
+        ranges = self._commit_terms
+        if peek:
+            return next((t for upto, t in ranges if upto >= index), 0)
+        while ranges and ranges[0][0] < index:
+            ranges.popleft()
+        return ranges[0][1] if ranges else 0
+
+    def _complete(self, index: int, record: AppliedRecord | None, result: object) -> None:
+        tags = self._by_index.pop(index, None)
+        if not tags:
+            return
+        entry = self.log[index - 1]
+        for tag in tags:
+            p = self._pending.get(tag)
+            if p is None:
+                continue
+            if p.term != entry.term:
+                self._resolve(p, NOT_LEADER)  # pysyncobj DISCARDED: our slot went to another
+                continue
+            commit_term = record.commit_term if record is not None else 0
+            own = record.own_term if record is not None else False
+            self._resolve(p, SimProposeResult(
+                ProposeStatus.COMMITTED, index, entry.term, result, commit_term, own))
+
+    # ------------------------------------------------------------ process faults
+
+    def crash(self) -> None:
+        """SIGKILL: volatile state and waiting proposals are gone (their callers died
+        too: no outcome is delivered), durable state is kept."""
+        self.status = Status.DOWN
+        self._token += 1
+        self._wake_at = _NEVER
+        self._paused_calls.clear()
+        self._c.discard_inbound(self)
+        self._note("crashed", self.term)
+
+    def restart(self, rebuild: bool = False, log_prefix: int | None = None,
+                term: int | None = None) -> None:
+        """Start again from the durable state (crashing first if running).
+
+        rebuild: the journal is lost: empty log, term 0, no vote; the peer neither votes
+        nor stands for election until its commit index reaches the first commit index a
+        leader told it (engine.py _ha_abstain). log_prefix=k: restarted from an old copy
+        of its journal: only the first k entries, the term of entry k (or `term`) and no
+        vote, which may break Raft's assumptions on purpose."""
+        if self.status is not Status.DOWN:
+            self.crash()
+        if rebuild:
+            self.log, self.term, self.voted_for, self.persisted_commit = [], 0, None, 0
+        elif log_prefix is not None:
+            del self.log[max(log_prefix, 0):]
+            self.term = term if term is not None else self.term_at(len(self.log))
+            self.voted_for = None
+            self.persisted_commit = min(self.persisted_commit, len(self.log))
+        self.abstaining = rebuild
+        self.dirty_from = 1
+        self.status = Status.UP
+        self._wake_at = _NEVER
+        self._reset_volatile()
+        self._reset_election_timer(self._c.now)
+        self._note("restarted", self.term)
+
+    def pause(self) -> None:
+        """SIGSTOP: no timer fires; deliveries are held until resume()."""
+        if self.status is not Status.UP:
+            return
+        self.status = Status.PAUSED
+        self._token += 1
+        self._wake_at = _NEVER
+        self._c.hold_inbound(self)
+
+    def resume(self) -> None:
+        """SIGCONT: overdue timers fire first (at the next step), then held messages are
+        handled; a leader still believes it leads until its fallback or a higher term."""
+        if self.status is not Status.PAUSED:
+            return
+        self.status = Status.UP
+        self._rearm_after_pause()
+        self._c.release_inbound(self)
+        calls, self._paused_calls = self._paused_calls, []
+        for data, on_done, timeout_s in calls:
+            self.propose(data, on_done, timeout_s)
+
+    def _rearm_after_pause(self) -> None:
+        now = self._c.now
+        first = min(self._election_at, self._heartbeat_at)
+        if self._deadlines:
+            first = min(first, self._deadlines[0][0])
+        self._arm(max(first, now))
+
+    # ------------------------------------------------------------ dispatch
+
+    def receive(self, src: str, msg: object, now: float) -> None:
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            raise TypeError(f"unknown Raft message {msg!r}")
+        handler(src, msg, now)
+
+    def _make_handlers(self) -> dict[type, Callable[[str, Any, float], None]]:
+        # Bound methods, so that a subclass (a deliberately broken variant) overrides.
+        return {
+            AppendEntries: self._on_append,
+            AppendReply: self._on_append_reply,
+            RequestVote: self._on_request_vote,
+            VoteReply: self._on_vote_reply,
+            TimeoutNow: self._on_timeout_now,
+            Forward: self._on_forward,
+            ForwardReply: self._on_forward_reply,
+        }
