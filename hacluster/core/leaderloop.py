@@ -5,6 +5,7 @@ the Manager what to do. Pure: Raft's answer and the clocks come in as arguments.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from hacluster.core.manager import Decision, Manager
@@ -40,9 +41,11 @@ class LeaderLoop:
         self._last_tick: float | None = None
 
     def tick(self, raft_term: int | None, state: ClusterState, now: float, log_now: float,
-             log_clock_running: bool) -> TickResult:
+             log_clock_running: bool, raft_heard: Mapping[str, float] | None = None
+             ) -> TickResult:
         """raft_term: the term Raft says this peer leads in (None: it does not lead);
-        now: this peer's monotonic clock; log_now: its log clock (core/logclock.py)."""
+        now: this peer's monotonic clock; log_now: its log clock (core/logclock.py);
+        raft_heard: host -> when (monotonic) its peer last answered our replication."""
         out = TickResult()
         last, self._last_tick = self._last_tick, now
         blind_s = stood_still(last, now, self.tick_s)
@@ -61,6 +64,8 @@ class LeaderLoop:
             manager.own_pause(blind_s, now)
             out.notes.append(Note("own pause discounted", f"this peer stood still for "
                                   f"{blind_s:.2f}s; the hosts' leases did not age meanwhile"))
+        for host, at in sorted((raft_heard or {}).items()):
+            manager.raft_contact(host, at)
         if manager.ready and not log_clock_running and state.log_time <= 0:
             out.start_log_clock = True
             out.notes.append(Note("log clock started", "a new cluster: its first leader's "

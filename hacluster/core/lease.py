@@ -34,6 +34,7 @@ class LeaseView:
 
 
 GRANT = "granted"  # pseudo-link: the full lease a new leader grants
+RAFT = "raft"  # pseudo-link: the host's peer answered the leader's Raft replication
 
 
 class LeaseTable:
@@ -73,11 +74,13 @@ class LeaseTable:
         shown = tuple(sorted((k, now - v) for k, v in links.items() if k != GRANT))
         return LeaseView(host, verdict, age, shown)
 
-    def renewed_within(self, host: str, now: float, window_s: float) -> bool:
-        """Did a real renewal (not a new leader's grant) credit this host within the
-        window? What "this leader hears it" means for the quorum guard."""
+    def renewed_within(self, host: str, now: float, window_s: float,
+                       lease_only: bool = False) -> bool:
+        """Did this host show life within the window: a renewal, or (unless lease_only)
+        its peer answering Raft? A new leader's grant is no sign of life."""
         links = self._seen.get(host, {})
-        return any(now - t < window_s for k, t in links.items() if k != GRANT)
+        skip = (GRANT, RAFT) if lease_only else (GRANT,)
+        return any(now - t < window_s for k, t in links.items() if k not in skip)
 
     def link_ages(self, host: str, now: float) -> dict[str, float]:
         return {k: now - v for k, v in sorted(self._seen.get(host, {}).items()) if k != GRANT}

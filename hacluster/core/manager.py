@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hacluster.core.lease import GRANT, LeaseTable, LeaseView, Verdict
+from hacluster.core.lease import GRANT, RAFT, LeaseTable, LeaseView, Verdict
 from hacluster.fsm import commands as c
 from hacluster.fsm.apply_fence import cap_reopens_at, fence_action_for, quorum_problem
 from hacluster.fsm.model import ClusterState, FenceAction, FenceResult, Host, HostRole
@@ -96,6 +96,12 @@ class Manager:
 
     def renewal(self, host: str, link: str, now: float) -> None:
         self.leases.renew(host, link, now)
+
+    def raft_contact(self, host: str, at: float) -> None:
+        """The host's peer answered our Raft replication at `at`: it is alive, so its
+        lease is not judged on the lease channel alone (a firewalled lease port, a flood
+        on it, a lost link the Raft traffic does not use)."""
+        self.leases.renew(host, RAFT, at)
 
     def own_pause(self, blind_s: float, now: float) -> None:
         """Our process stood still for blind_s up to now (paused, starved of CPU, its
@@ -236,11 +242,12 @@ class Manager:
         lists it."""
         return sorted({*_voters(state), self.me})
 
-    def live_voters(self, state: ClusterState, now: float) -> list[str]:
-        """Voters this leader hears: a real renewal within a lease (itself included)."""
+    def live_voters(self, state: ClusterState, now: float, lease_only: bool = False) -> list[str]:
+        """Voters this leader hears within a lease (itself included): by a renewal or
+        through Raft, or (lease_only) by a renewal only."""
         ttl = state.settings.lease_ttl_s
         return [name for name in self.voters(state)
-                if name == self.me or self.leases.renewed_within(name, now, ttl)]
+                if name == self.me or self.leases.renewed_within(name, now, ttl, lease_only)]
 
     def guard_problem(self, state: ClusterState, target: str, now: float) -> str:
         """Why fencing `target` now could leave no majority to confirm it ("" if not):
@@ -254,15 +261,16 @@ class Manager:
                 "could not be confirmed; it waits for more voters, or an operator")
 
     def _hear_majority(self, state: ClusterState, now: float) -> list[Decision]:
-        """A leader that has heard no majority of voters for a whole lease is more likely
-        the one cut off (its lease traffic lost): it hands leadership over."""
+        """A leader that has had renewals from no majority of voters for a whole lease is
+        more likely the one cut off (its lease traffic lost, though Raft still flows): it
+        hands leadership to a peer that may hear them; the hosts' agents need its acks."""
         voters = self.voters(state)
-        if len(self.live_voters(state, now)) * 2 > len(voters):
+        if len(self.live_voters(state, now, lease_only=True)) * 2 > len(voters):
             self._majority_heard_at = now
             return []
         if now - self._majority_heard_at < state.settings.lease_ttl_s:
             return []
-        heard = ", ".join(self.live_voters(state, now))
+        heard = ", ".join(self.live_voters(state, now, lease_only=True))
         return self._step_down(f"this leader hears lease renewals from {heard} only, no "
                                f"majority of {len(voters)} voters, for "
                                f"{now - self._majority_heard_at:.1f}s", now)

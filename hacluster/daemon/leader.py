@@ -101,9 +101,14 @@ class LeaderDriver:
 
     def tick(self) -> None:
         term = None if self.stopping else self.raft.leader_term()
+        heard = self.raft.heard_from() if term is not None else {}
+        now = time.monotonic()
         with self.replica.read() as state:
-            result = self.loop.tick(term, state, time.monotonic(), self.replica.log_now(),
-                                    self.replica.clock.running)
+            by_address = {h.raft_address: name for name, h in state.hosts.items()}
+            raft_heard = {by_address[a]: now - age for a, age in heard.items()
+                          if a in by_address}
+            result = self.loop.tick(term, state, now, self.replica.log_now(),
+                                    self.replica.clock.running, raft_heard)
             if result.start_log_clock:
                 self.replica.start_clock()
         for note in result.notes:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hacluster.config import Config, read_secret
+from hacluster.core.registration import registration
 from hacluster.core.renewal import LeaseCodec
 from hacluster.daemon.agent import AgentDriver, HostReporter
 from hacluster.daemon.leader import LeaderDriver
@@ -356,20 +357,8 @@ class Peer:
         """What the cluster state must learn about this host, and why."""
         addresses = tuple(f"{k}={v}" for k, v in sorted(self._links().items()))
         with self.replica.read() as state:
-            host = state.hosts.get(self.me)
-        if host is None or host.state is HostState.REMOVED:
-            return c.AddHost(name=self.me, addresses=addresses, role=self.role,
-                             raft_address=self.config.peer.raft_address), \
-                "this host is missing from the cluster state"
-        if host.addresses != addresses:
-            return c.SetHostAddresses(name=self.me, addresses=addresses), \
-                "[leases] links in the config differ from the cluster state"
-        if host.peer_stopped:
-            return c.SetPeerStopped(name=self.me, stopped=False), "it was stopped cleanly"
-        if self.role is HostRole.WITNESS and host.state is HostState.JOINING:
-            # no agent, nothing to clean up: ready at once
-            return c.HostReady(name=self.me), "a witness runs no VMs"
-        return None
+            return registration(self.me, state, self.role, addresses,
+                                self.config.peer.raft_address)
 
     async def _register(self) -> None:
         """Add this host to the cluster state if missing, bring its lease links

@@ -136,6 +136,7 @@ class Engine(SyncObj):
         self._ha_echoes: dict[str, int] = {}  # voter -> highest seq echoed in our term
         self._ha_answering: dict[Any, tuple[int, int]] = {}  # node -> (term, seq) processed
         self._ha_committed_in = 0  # last term in which we, leading, committed an entry of it
+        self._ha_heard: dict[str, float] = {}  # partner -> raft_clock() of its last answer
         conf = SyncObjConf(
             serializer=self._ha_serialize,
             deserializer=self._ha_deserialize,
@@ -206,6 +207,7 @@ class Engine(SyncObj):
 
     def _ha_state_changed(self, old: int, new: int) -> None:
         self._ha_echoes = {}  # echoes count in the term we lead now only
+        self._ha_heard = {}  # pysyncobj pretends every partner answered at election
         if new == _LEADER_STATE:
             self._ha_led_terms.append(self.raftCurrentTerm)
             log.info("became leader in term %d", self.raftCurrentTerm)
@@ -291,6 +293,8 @@ class Engine(SyncObj):
 
     def ha_note_echo(self, node: Any, echo: object) -> None:
         """A follower answered; count its echo if it is for our current term."""
+        if self._isLeader():
+            self._ha_heard[str(node.id)] = raft_clock()
         if not (isinstance(echo, list | tuple) and len(echo) == 2):
             return
         term, seq = echo
@@ -311,6 +315,14 @@ class Engine(SyncObj):
         if self._ha_committed_in != term:  # our commit index may lag: no entry of ours yet
             return None
         return ReadMark(term, commit, seq)
+
+    def ha_heard_ages(self) -> dict[str, float]:
+        """Leader: seconds since each partner (voter or member) last answered our
+        replication in this leadership (any thread)."""
+        if not self._isLeader():
+            return {}
+        now = raft_clock()
+        return {node: now - at for node, at in dict(self._ha_heard).items()}
 
     def ha_read_echoes(self) -> tuple[int | None, int, dict[str, int]]:
         """(term we lead or None, number of voters, echoes of the other voters)."""

@@ -213,6 +213,11 @@ class RaftNode:
         voter echoed in that term): what ReadIndex.release needs."""
         return self._engine.ha_read_echoes()
 
+    def heard_from(self) -> dict[str, float]:
+        """Leader: seconds since each partner's peer last answered our replication in
+        this leadership, by Raft address ({} when not leading)."""
+        return self._engine.ha_heard_ages()
+
     def current_entry(self) -> AppliedEntry:
         """The entry being applied; only valid inside the apply callback."""
         entry = self._engine.ha_applying()

@@ -46,6 +46,13 @@ class Observer:
             self.fail(now, f"peer {peer} state digest {digest} at index {index} differs "
                       f"from {known}")
 
+    def fresh_read(self, peer: str, applied: int, committed_before: int, now: float) -> None:
+        """An agent acts on state its read barrier called fresh: it must hold everything
+        committed before it asked (a deposed leader must not have answered)."""
+        if applied < committed_before:
+            self.fail(now, f"stale read: {peer} acted on state at index {applied}, but index "
+                      f"{committed_before} had committed before it asked")
+
     # ------------------------------------------------------------ fencing
 
     def fence_incident(self, now: float, cap: int, window_s: float) -> None:

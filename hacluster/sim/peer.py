@@ -21,6 +21,7 @@ from hacluster.core.leaderloop import LeaderLoop
 from hacluster.core.logclock import LogClock
 from hacluster.core.manager import Decision, Propose, RunFence, StepDown
 from hacluster.core.readindex import ReadIndex, ReadMark
+from hacluster.core.registration import registration
 from hacluster.core.renewal import Ack, LeaseCodec, LeaseEndpoint, Renewal, Targets
 from hacluster.fsm import ClusterState, apply, encode_command
 from hacluster.fsm import commands as c
@@ -28,13 +29,17 @@ from hacluster.fsm.events import Event
 from hacluster.fsm.model import FenceResult, HostRole
 from hacluster.fsm.states import HostState
 from hacluster.ports import ProposeStatus
+from hacluster.sim.raftmodel import Status
 
 if TYPE_CHECKING:
     from hacluster.sim.world import World
 
+UP = Status.UP
+
 MANAGER_TICK_S = 0.1  # config.py timing defaults
 AGENT_TICK_S = 0.2
 BARRIER_TIMEOUT_S = 1.0
+REGISTER_EVERY_S = 0.2
 FENCE_CONFIRM_TIMEOUT_S = 1.0
 LEASE_CHANNEL = "lease"
 SIM_SECRET = "simulated-cluster-secret-0123456789"
@@ -63,6 +68,7 @@ class Barrier:
     domains: dict[str, ag.DomainState]  # libvirt as read before asking
     seq: int  # the renewal round that asks (0: the leader asks itself)
     give_up: float
+    committed_before: int  # what had committed when it asked (the observer's truth)
     read_index: int | None = None
 
 
@@ -90,6 +96,8 @@ class Process:
     next_manager: float = 0.0
     next_agent: float = 0.0
     next_renewal: float = 0.0
+    next_register: float = 0.0
+    registering: bool = False
     generation: int = 0
 
 
@@ -106,11 +114,11 @@ class SimPeer:
 
     @property
     def raft(self) -> Any:
-        return self.world.raft[self.name]
+        return self.world.raft.peers[self.name]
 
     @property
     def running(self) -> bool:
-        return self.proc.loop is not None and self.raft.status.value == "up"
+        return self.proc.loop is not None and self.world.raft.peers[self.name].status is UP
 
     def start(self, now: float) -> None:
         """A new process (daemon/peer.py `_start`): state rebuilt from the journal."""
@@ -138,9 +146,35 @@ class SimPeer:
         if now >= self.proc.next_renewal - 1e-9:
             self.proc.next_renewal = now + self.proc.state.settings.lease_renew_s
             self._renew(now)
+        if now >= self.proc.next_register - 1e-9:
+            self.proc.next_register = now + REGISTER_EVERY_S
+            self._register()
         if self.role is not HostRole.WITNESS and now >= self.proc.next_agent - 1e-9:
             self.proc.next_agent = now + AGENT_TICK_S
             self._agent(now)
+
+    # ------------------------------------------------------------ registration (daemon/peer.py)
+
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(f"{ln}={self.name}" for ln in sorted(self.world.net.links_of(self.name)))
+
+    def _register(self) -> None:
+        """Once caught up, tell the cluster state what it must know about this host."""
+        raft = self.raft
+        if self.proc.registering or raft.leader is None or \
+                raft.applied_index < raft.commit_index:
+            return
+        todo = registration(self.name, self.proc.state, self.role, self.addresses())
+        if todo is None:
+            return
+        self.proc.registering = True
+        generation = self.proc.generation
+
+        def done(ok: bool, result: Any) -> None:
+            if self.proc.generation == generation:
+                self.proc.registering = False
+
+        self.propose(todo[0], done)
 
     # ------------------------------------------------------------ the replica (daemon/replica.py)
 
@@ -331,6 +365,8 @@ class SimPeer:
             if barrier.read_index is not None and \
                     self.raft.applied_index >= barrier.read_index:
                 proc.barrier = None
+                self.world.observer.fresh_read(self.name, self.raft.applied_index,
+                                               barrier.committed_before, now)
                 self._act(barrier.domains, fresh=True)
             elif now > barrier.give_up:
                 proc.barrier = None
@@ -344,10 +380,11 @@ class SimPeer:
 
     def _ask_barrier(self, domains: dict[str, ag.DomainState], now: float) -> None:
         give_up = now + BARRIER_TIMEOUT_S
+        before = self.world.committed_index()
         manager = self.manager
         if manager is not None and manager.ready and \
                 self.raft.leader_term() == manager.term:
-            barrier = Barrier(domains, 0, give_up)
+            barrier = Barrier(domains, 0, give_up, before)
 
             def answered(mark: ReadMark) -> None:
                 barrier.read_index = mark.commit_index
@@ -355,7 +392,7 @@ class SimPeer:
             if self.read(answered, BARRIER_TIMEOUT_S):
                 self.proc.barrier = barrier
             return
-        self.proc.barrier = Barrier(domains, self._renew(now), give_up)
+        self.proc.barrier = Barrier(domains, self._renew(now), give_up, before)
 
     def _decide(self, domains: dict[str, ag.DomainState], fresh: bool) -> list[ag.AgentAction]:
         host = self.world.hosts[self.name]

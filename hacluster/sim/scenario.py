@@ -74,21 +74,11 @@ def load_cluster(world: World, path: Path) -> tuple[dict[str, Any], float]:
 
 
 def bootstrap(world: World, doc: dict[str, Any], path: Path) -> None:
-    """Elect a first leader, then commit settings, hosts and VMs as an operator would."""
-    while world.leader is None:
-        world.step()
+    """Elect a first leader (the one cluster.toml names, if it does), let every peer
+    register its host, then commit settings and VMs as an operator would."""
+    world.elect(doc.get("leader"))
     if doc.get("settings"):
         world.admin_wait(_decode(c.SetSettings, doc["settings"], path))
-    for spec in doc.get("host", []):
-        world.admin_wait(
-            c.AddHost(
-                name=spec["name"],
-                memory_mib=spec.get("memory_mib", 16384),
-                vcpus=spec.get("vcpus", 16),
-                role=HostRole(spec.get("role", "voter")),
-                addresses=tuple(f"{ln}={spec['name']}" for ln in spec.get("links", ["mgmt"])),
-            )
-        )
     _wait_until_online(world, [spec["name"] for spec in doc.get("host", [])])
     for spec in doc.get("vm", []):
         fields = {

@@ -143,12 +143,39 @@ class World:
         while self.now < t - 1e-9:
             self.step()
 
+    def elect(self, preferred: str | None = None, limit_s: float = 10.0) -> None:
+        """Wait for a first leader; with `preferred`, hand leadership to that voter
+        (a scenario names its leader): the leader transfers it while it reaches no other
+        voter, then the network is whole again."""
+        deadline = self.now + limit_s
+        while self.leader is None and self.now < deadline:
+            self.step()
+        while preferred and self.leader != preferred and self.now < deadline:
+            leader = self.leader
+            if leader is None:
+                self.step()
+                continue
+            others = [v for v in self.raft.voters if v not in (leader, preferred)]
+            for v in others:
+                self.net.cut(leader, v, both=True)
+            self.run_until(self.now + 0.2)  # the preferred voter holds the whole log
+            self.hosts[leader].peer.raft.transfer_leadership()
+            self.run_until(self.now + 0.5)
+            for v in others:
+                self.net.restore(leader, v, both=True)
+        self.debug.append((self.now, f"first leader: {self.leader}"))
+
     @property
     def leader(self) -> str | None:
         """The peer that believes it leads in the highest term (None: nobody)."""
         leading = [(term, name) for name, h in self.hosts.items()
                    if h.peer.running and (term := h.peer.raft.leader_term()) is not None]
         return max(leading)[1] if leading else None
+
+    def committed_index(self) -> int:
+        """The highest log index committed anywhere by now (a follower learns it from a
+        leader, a stale leader's is lower)."""
+        return max((p.commit_index for p in self.raft.peers.values()), default=0)
 
     def truth(self) -> ClusterState | None:
         """The most advanced state any running peer applied."""

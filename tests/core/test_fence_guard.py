@@ -157,3 +157,34 @@ def test_a_leader_that_hears_nobody_fences_nobody_and_steps_down() -> None:
     assert not leader.state.fences
     steps = [d for d in decisions if isinstance(d, StepDown)]
     assert steps and "no majority of 5 voters" in steps[0].reason
+
+
+def test_a_host_heard_through_raft_is_not_judged_dead_on_the_lease_channel() -> None:
+    """Its lease port is firewalled (or flooded) but its peer answers Raft: it stays
+    online, nobody is fenced (issue 9, item 2)."""
+    leader = leading(voters("me", "h2", "h3"))
+    at = T0
+    while at < T0 + 6.0:
+        at = round(at + 0.5, 6)
+        leader.renew("h3", at)
+        leader.manager.raft_contact("h2", at - 0.05)
+        decisions = leader.tick(at)
+        assert proposals(decisions, c.MarkHostSuspect) == []
+        assert proposals(decisions, c.RequestFence) == [] and fences(decisions) == []
+    assert leader.state.hosts["h2"].state is H.ONLINE
+
+
+def test_raft_answers_alone_do_not_keep_a_leader_that_hears_no_renewals() -> None:
+    """Hole 6 with Raft intact: the hosts stay alive through Raft, nobody is fenced, but
+    the leader, which no renewal reaches, still hands leadership over: the hosts' agents
+    need its acks for their read barriers."""
+    leader = leading(voters("me", "h2", "h3"))
+    decisions: list[Decision] = []
+    at = T0
+    while at < T0 + 6.0:
+        at = round(at + 0.5, 6)
+        for host in ("h2", "h3"):
+            leader.manager.raft_contact(host, at - 0.05)
+        decisions += leader.tick(at)
+    assert proposals(decisions, c.MarkHostSuspect) == [] and fences(decisions) == []
+    assert any(isinstance(d, StepDown) for d in decisions)

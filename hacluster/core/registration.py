@@ -1,0 +1,29 @@
+"""What the replicated state must learn about this host when its peer starts (and
+until it has): it exists, its lease links, that its peer runs again. The daemon
+(daemon/peer.py) and the simulator (sim/peer.py) propose what this returns."""
+
+from __future__ import annotations
+
+from hacluster.fsm import commands as c
+from hacluster.fsm.model import ClusterState, HostRole
+from hacluster.fsm.states import HostState
+
+
+def registration(me: str, state: ClusterState, role: HostRole, addresses: tuple[str, ...],
+                 raft_address: str = "") -> tuple[c.Command, str] | None:
+    """The next command this host's peer must propose about itself, and why (None:
+    the state knows all it needs). `addresses`: "link=address" per lease link."""
+    host = state.hosts.get(me)
+    if host is None or host.state is HostState.REMOVED:
+        return c.AddHost(name=me, addresses=addresses, role=role,
+                         raft_address=raft_address), \
+            "this host is missing from the cluster state"
+    if host.addresses != addresses:
+        return c.SetHostAddresses(name=me, addresses=addresses), \
+            "[leases] links in the config differ from the cluster state"
+    if host.peer_stopped:
+        return c.SetPeerStopped(name=me, stopped=False), "it was stopped cleanly"
+    if role is HostRole.WITNESS and host.state is HostState.JOINING:
+        # no agent, nothing to clean up: ready at once
+        return c.HostReady(name=me), "a witness runs no VMs"
+    return None
