@@ -13,6 +13,9 @@
   (pipelining), see `_onMessageReceived`.
 * Read index: a leader's append_entries get a sequence number, a follower's answer
   echoes the one it answers (engine.py, core/readindex.py).
+* Outgoing connections leave from this node's own address (pysyncobj binds only the
+  listening socket): on a host with several addresses a firewall rule or a cut of
+  that address covers all of this node's Raft traffic, both ways.
 """
 
 from __future__ import annotations
@@ -58,6 +61,15 @@ class DurableTransport(TCPTransport):
         self._accepted_at: dict[Any, float] = {}
         self._engine: _Engine = syncObj
         super().__init__(syncObj, selfNode, otherNodes)
+
+    # ------------------------------------------------------------ outgoing connections
+
+    def addNode(self, node: Any) -> None:
+        super().addNode(node)
+        conn = self._connections.get(node)
+        source = getattr(self._selfNode, "ip", None)
+        if conn is not None and source:
+            _bind_before_connect(conn, source)
 
     # ------------------------------------------------------------ group commit
 
@@ -170,3 +182,21 @@ class DurableTransport(TCPTransport):
             self._engine.ha_keep_next_index(node, before)
             return
         super()._onMessageReceived(node, message)
+
+
+def _bind_before_connect(conn: Any, source: str) -> None:
+    """Make `conn` bind its socket to `source` each time it connects. pysyncobj creates
+    the socket inside connect() and sets keepalive just before connecting: bind there."""
+    set_keepalive = conn.setSockoptKeepalive
+
+    def keepalive_then_bind() -> None:
+        set_keepalive()
+        sock = conn._TcpConnection__socket
+        if sock is None:
+            return
+        try:
+            sock.bind((source, 0))
+        except OSError as exc:  # not an address of this host: connect from any
+            log.warning("cannot send Raft traffic from %s: %s", source, exc)
+
+    conn.setSockoptKeepalive = keepalive_then_bind
