@@ -49,26 +49,21 @@ class Leading:
     _election_at: float
     _heartbeat_at: float
 
-    def term_at(self, index: int) -> int:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by RaftPeer or the other mixin; no runtime stubs
 
-    def _set_commit(self, commit: int) -> None:
-        raise NotImplementedError
+        def term_at(self, index: int) -> int: ...
 
-    def _new_term(self, term: int) -> None:
-        raise NotImplementedError
+        def _set_commit(self, commit: int) -> None: ...
 
-    def _become_follower(self) -> None:
-        raise NotImplementedError
+        def _new_term(self, term: int) -> None: ...
 
-    def _set_leader(self, name: str | None) -> None:
-        raise NotImplementedError
+        def _become_follower(self) -> None: ...
 
-    def _arm(self, at: float) -> None:
-        raise NotImplementedError
+        def _set_leader(self, name: str | None) -> None: ...
 
-    def _note(self, what: str, value: int) -> None:
-        raise NotImplementedError
+        def _arm(self, at: float) -> None: ...
+
+        def _note(self, what: str, value: int) -> None: ...
 
     # ------------------------------------------------------------ state
 
