@@ -154,11 +154,11 @@ class Leading:
                 self._next[src] = m.match + 1
             if self._next[src] <= len(self.log):
                 self._send_append(src)  # more than one batch behind
-        else:
-            back_to = max(m.hint, self._match[src] + 1)
-            if back_to < self._next[src]:
-                self._next[src] = back_to
-                self._send_append(src)
+        elif 0 < m.hint < self._next[src]:
+            # Honour the hint even below the match index, as pysyncobj does: a rebuilt
+            # follower lost what it acknowledged (a stale reply only costs a resend).
+            self._next[src] = m.hint
+            self._send_append(src)
 
     def _advance_commit(self, notify: bool) -> None:
         """Commit the highest index held by a majority of voters, if of this term

@@ -44,8 +44,8 @@ RaftPeer, the public part:
   `read_confirmed(mark)`, `heartbeat()`; see raftlead.py for why echoes are sound.
 * `transfer_leadership() -> bool` (TimeoutNow to the most up-to-date voter),
   `match_index()`.
-* process faults: `crash()`, `restart(rebuild=False, log_prefix=None, term=None)`,
-  `pause()`, `resume()`.
+* process faults: `crash()`, `restart(rebuild=False, log_prefix=None, term=None,
+  lose_meta=False)`, `pause()`, `resume()`; `stand_for_election()` for scripts.
 
 Not modelled: snapshots and log compaction, membership changes, disk latency and fsync
 loss (a crash keeps everything appended), connection timeouts (a TCP connection is

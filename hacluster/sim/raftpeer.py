@@ -362,18 +362,22 @@ class RaftPeer(Proposing, Leading):
         self._note("crashed", self.term)
 
     def restart(self, rebuild: bool = False, log_prefix: int | None = None,
-                term: int | None = None) -> None:
+                term: int | None = None, lose_meta: bool = False) -> None:
         """Start again from the durable state (crashing first if running).
 
-        rebuild: the journal is lost: empty log, term 0, no vote; the peer neither votes
-        nor stands for election until its commit index reaches the first commit index a
-        leader told it (engine.py _ha_abstain). log_prefix=k: restarted from an old copy
-        of its journal: only the first k entries, the term of entry k (or `term`) and no
-        vote, which may break Raft's assumptions on purpose."""
+        rebuild: the journal is lost (raft/recovery.py _rebuild): empty log, commit 0;
+        term and vote are kept (a readable meta file is kept) unless `lose_meta`; the
+        peer neither votes nor stands for election until its commit index reaches the
+        first commit index a leader told it (engine.py _ha_abstain).
+        log_prefix=k: restarted from an old copy of its journal and meta file: the first
+        k entries, the term of entry k (or `term`), no vote. This may break Raft's
+        assumptions, on purpose."""
         if self.status is not Status.DOWN:
             self.crash()
         if rebuild:
-            self.log, self.term, self.voted_for, self.persisted_commit = [], 0, None, 0
+            self.log, self.persisted_commit = [], 0
+            if lose_meta:
+                self.term, self.voted_for = 0, None
         elif log_prefix is not None:
             del self.log[max(log_prefix, 0):]
             self.term = term if term is not None else self.term_at(len(self.log))

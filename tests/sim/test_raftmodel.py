@@ -32,7 +32,10 @@ STEPS = [0.01, 0.02, 0.05, 0.03]
 
 def schedule(seed: int, chaos_s: float = 10.0, **kwargs: object) -> tuple[Harness, list[str]]:
     voters, members = SHAPES[seed % len(SHAPES)]
-    h = Harness(seed, voters, members, **kwargs)  # type: ignore[arg-type]
+    # Both answers to a stale leader, and elections with and without a connection.
+    config = RaftModelConfig(reply_to_stale_leader=seed % 3 == 0,
+                             require_connection=seed % 5 != 0)
+    h = Harness(seed, voters, members, config, **kwargs)  # type: ignore[arg-type]
     if seed % 2:
         h.net.set_fifo("raft")  # TCP-like order; the other half reorders freely
     actions = h.chaos(chaos_s, STEPS[seed % len(STEPS)])
