@@ -122,6 +122,7 @@ class RaftCluster:
         self._check_names()
         self.majority = len(self.voters) // 2 + 1
         self.now = start
+        net.reserve(self.config.channel)
         self.listeners: list[RaftListener] = []
         self._timers: list[tuple[float, int, RaftPeer, int]] = []
         self._timer_seq = 0
@@ -176,6 +177,11 @@ class RaftCluster:
         return any(other != name and self.connected(name, other) for other in self.names)
 
     # ------------------------------------------------------------ running
+
+    def next_time(self) -> float:
+        """When the next timer fires or Raft message arrives (inf: nothing pending)."""
+        first = self._timers[0][0] if self._timers else _NEVER
+        return min(first, self.net.next_time(self.config.channel))
 
     def step(self, now: float) -> None:
         """Handle every timer and message due by `now`, in time order."""

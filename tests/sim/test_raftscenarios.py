@@ -397,6 +397,19 @@ def test_restart_from_an_old_journal_can_break_raft_and_the_checker_sees_it() ->
     until(h, lambda: any("leader completeness" in v for v in h.violations), 3.0)
 
 
+def test_raft_shares_the_network_with_other_traffic() -> None:
+    h = Harness(24, voters=3)
+    elect(h)
+    got = []
+    for n in range(100):
+        h.net.send(h.now, "v1", "v2", "lease", n)
+        h.step(0.01)
+        got += h.net.due(h.now)  # the "raft" channel is the cluster's alone
+        assert h.now < h.cluster.next_time() <= h.now + RaftModelConfig().heartbeat_s
+    assert sorted(d.payload for d in got) == list(range(100))  # type: ignore[type-var]
+    assert {d.channel for d in got} == {"lease"} and not h.violations
+
+
 def test_cluster_refuses_bad_setups_and_time_running_backwards() -> None:
     h = Harness(21, voters=3)
     h.run(0.5)
