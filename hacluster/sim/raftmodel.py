@@ -47,6 +47,12 @@ RaftPeer, the public part:
 * process faults: `crash()`, `restart(rebuild=False, log_prefix=None, term=None,
   lose_meta=False)`, `pause()`, `resume()`; `stand_for_election()` for scripts.
 
+RaftCluster: `step(now)`, `next_time()`, `cluster[name]`, iteration (voters, then
+members), `leaders()`, `leader()`, `connected(a, b)`, `listeners` (RaftListener: notes
+of role changes and faults, commits, applies; raftcheck.RaftChecker is one). It
+reserves its channel on the SimNet ("raft"): `net.due(now)` leaves it alone. A crashed
+peer refuses connections: messages to it are dropped, also after its restart.
+
 Not modelled: snapshots and log compaction, membership changes, disk latency and fsync
 loss (a crash keeps everything appended), connection timeouts (a TCP connection is
 "up" exactly when both directions pass).
