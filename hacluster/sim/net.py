@@ -79,6 +79,7 @@ class SimNet:
         # traffic
         self._queues: dict[str, list[tuple[float, int, Delivery]]] = {}
         self._fifo: set[str] = set()
+        self._reserved: set[str] = set()
         self._fifo_last: dict[tuple[str, str, str], float] = {}
         self._holds: set[tuple[str, str | None]] = set()  # (host, channel or None = all)
         self._held: dict[str, list[Delivery]] = {}
@@ -322,9 +323,18 @@ class SimNet:
                 return d
         return None
 
+    def reserve(self, channel: str) -> None:
+        """A channel with its own consumer (RaftCluster takes "raft"): due() without
+        channels leaves it alone; name it explicitly to read it."""
+        self._reserved.add(channel)
+
     def due(self, now: float, channels: Iterable[str] | None = None) -> list[Delivery]:
-        """Every message due by `now` (on `channels`, default all), in (time, seq) order."""
-        names = sorted(self._queues) if channels is None else sorted(set(channels))
+        """Every message due by `now` on `channels` (default: every channel not
+        reserved), in (time, seq) order."""
+        if channels is None:
+            names = sorted(c for c in self._queues if c not in self._reserved)
+        else:
+            names = sorted(set(channels))
         out: list[Delivery] = []
         for channel in names:
             while (d := self.pop(now, channel)) is not None:

@@ -49,26 +49,21 @@ class Leading:
     _election_at: float
     _heartbeat_at: float
 
-    def term_at(self, index: int) -> int:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by RaftPeer or the other mixin; no runtime stubs
 
-    def _set_commit(self, commit: int) -> None:
-        raise NotImplementedError
+        def term_at(self, index: int) -> int: ...
 
-    def _new_term(self, term: int) -> None:
-        raise NotImplementedError
+        def _set_commit(self, commit: int) -> None: ...
 
-    def _become_follower(self) -> None:
-        raise NotImplementedError
+        def _new_term(self, term: int) -> None: ...
 
-    def _set_leader(self, name: str | None) -> None:
-        raise NotImplementedError
+        def _become_follower(self) -> None: ...
 
-    def _arm(self, at: float) -> None:
-        raise NotImplementedError
+        def _set_leader(self, name: str | None) -> None: ...
 
-    def _note(self, what: str, value: int) -> None:
-        raise NotImplementedError
+        def _arm(self, at: float) -> None: ...
+
+        def _note(self, what: str, value: int) -> None: ...
 
     # ------------------------------------------------------------ state
 
@@ -159,11 +154,11 @@ class Leading:
                 self._next[src] = m.match + 1
             if self._next[src] <= len(self.log):
                 self._send_append(src)  # more than one batch behind
-        else:
-            back_to = max(m.hint, self._match[src] + 1)
-            if back_to < self._next[src]:
-                self._next[src] = back_to
-                self._send_append(src)
+        elif 0 < m.hint < self._next[src]:
+            # Honour the hint even below the match index, as pysyncobj does: a rebuilt
+            # follower lost what it acknowledged (a stale reply only costs a resend).
+            self._next[src] = m.hint
+            self._send_append(src)
 
     def _advance_commit(self, notify: bool) -> None:
         """Commit the highest index held by a majority of voters, if of this term

@@ -44,8 +44,14 @@ RaftPeer, the public part:
   `read_confirmed(mark)`, `heartbeat()`; see raftlead.py for why echoes are sound.
 * `transfer_leadership() -> bool` (TimeoutNow to the most up-to-date voter),
   `match_index()`.
-* process faults: `crash()`, `restart(rebuild=False, log_prefix=None, term=None)`,
-  `pause()`, `resume()`.
+* process faults: `crash()`, `restart(rebuild=False, log_prefix=None, term=None,
+  lose_meta=False)`, `pause()`, `resume()`; `stand_for_election()` for scripts.
+
+RaftCluster: `step(now)`, `next_time()`, `cluster[name]`, iteration (voters, then
+members), `leaders()`, `leader()`, `connected(a, b)`, `listeners` (RaftListener: notes
+of role changes and faults, commits, applies; raftcheck.RaftChecker is one). It
+reserves its channel on the SimNet ("raft"): `net.due(now)` leaves it alone. A crashed
+peer refuses connections: messages to it are dropped, also after its restart.
 
 Not modelled: snapshots and log compaction, membership changes, disk latency and fsync
 loss (a crash keeps everything appended), connection timeouts (a TCP connection is
@@ -122,6 +128,7 @@ class RaftCluster:
         self._check_names()
         self.majority = len(self.voters) // 2 + 1
         self.now = start
+        net.reserve(self.config.channel)
         self.listeners: list[RaftListener] = []
         self._timers: list[tuple[float, int, RaftPeer, int]] = []
         self._timer_seq = 0
@@ -176,6 +183,11 @@ class RaftCluster:
         return any(other != name and self.connected(name, other) for other in self.names)
 
     # ------------------------------------------------------------ running
+
+    def next_time(self) -> float:
+        """When the next timer fires or Raft message arrives (inf: nothing pending)."""
+        first = self._timers[0][0] if self._timers else _NEVER
+        return min(first, self.net.next_time(self.config.channel))
 
     def step(self, now: float) -> None:
         """Handle every timer and message due by `now`, in time order."""

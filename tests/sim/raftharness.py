@@ -269,7 +269,7 @@ class Harness:
         while self.now < end - 1e-9:
             if self.now >= next_fault:
                 actions.append(f"{self.now:.2f} {self.random_fault()}")
-                next_fault = self.now + self.rng.uniform(0.2, 1.2)
+                next_fault = self.now + self.rng.uniform(0.1, 0.8)
             if self.rng.random() < 0.3:
                 self.propose(self.rng.choice(self.cluster.names))
             if self.rng.random() < 0.1:

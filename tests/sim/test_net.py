@@ -145,6 +145,15 @@ def test_due_selects_channels_and_merges_them_in_time_order() -> None:
     assert net.next_time("raft") == float("inf")
 
 
+def test_a_reserved_channel_is_read_only_by_name() -> None:
+    net = make_net()
+    net.reserve("raft")
+    net.send(0.0, "h1", "h2", "raft", "r")
+    net.send(0.0, "h1", "h2", "lease", "l")
+    assert payloads(net.due(1.0)) == ["l"]
+    assert payloads(net.due(1.0, ["raft"])) == ["r"]
+
+
 def test_held_messages_arrive_on_release_in_their_order() -> None:
     net = make_net()
     net.hold("h2", "raft")

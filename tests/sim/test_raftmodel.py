@@ -7,8 +7,12 @@ HACLUSTER_RAFT_SCHEDULES=<n> runs more schedules, HACLUSTER_RAFT_SEED=<seed> ano
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 from hacluster.ports import ProposeStatus
 from hacluster.sim.raftcheck import RaftChecker
@@ -32,7 +36,10 @@ STEPS = [0.01, 0.02, 0.05, 0.03]
 
 def schedule(seed: int, chaos_s: float = 10.0, **kwargs: object) -> tuple[Harness, list[str]]:
     voters, members = SHAPES[seed % len(SHAPES)]
-    h = Harness(seed, voters, members, **kwargs)  # type: ignore[arg-type]
+    # Both answers to a stale leader, and elections with and without a connection.
+    config = RaftModelConfig(reply_to_stale_leader=seed % 3 == 0,
+                             require_connection=seed % 5 != 0)
+    h = Harness(seed, voters, members, config, **kwargs)  # type: ignore[arg-type]
     if seed % 2:
         h.net.set_fifo("raft")  # TCP-like order; the other half reorders freely
     actions = h.chaos(chaos_s, STEPS[seed % len(STEPS)])
@@ -214,3 +221,13 @@ def test_default_config_follows_production() -> None:
     assert (cfg.election_min_s, cfg.election_max_s, cfg.leader_fallback_s) == (0.15, 0.35, 2.0)
     assert 0.03 <= cfg.heartbeat_s <= 0.05
     assert ProposeStatus.MAYBE is MAYBE.status
+
+
+def test_the_speed_benchmark_runs_and_prints_its_keys() -> None:
+    bench = Path(__file__).resolve().parents[2] / "bench" / "sim_raft.py"
+    done = subprocess.run([sys.executable, str(bench), "--smoke"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for key in ("sim_s_per_s", "checked_sim_s_per_s", "msgs_per_sim_s"):
+        assert result[f"5v3m_20ms_{key}"] > 0

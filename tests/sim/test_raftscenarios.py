@@ -341,9 +341,11 @@ def test_rebuilt_peer_neither_votes_nor_stands_until_caught_up() -> None:
         h.propose(leader.name)
     h.run(h.now + 0.3)
     rebuilt, _ = others(h, leader)
+    term = rebuilt.term
     rebuilt.restart(rebuild=True)
     leader.crash()
-    assert rebuilt.abstaining and rebuilt.log == [] and rebuilt.term == 0
+    assert rebuilt.abstaining and rebuilt.log == [] and rebuilt.commit_index == 0
+    assert rebuilt.term == term  # the meta file (term, vote) is kept
     h.run(h.now + 3.0)
     assert h.cluster.leader() is None  # the other cannot win without the rebuilt vote
     assert rebuilt.voted_for is None and rebuilt.role is Role.FOLLOWER
@@ -357,6 +359,32 @@ def test_rebuilt_peer_neither_votes_nor_stands_until_caught_up() -> None:
     assert not h.violations
 
 
+def test_a_rebuild_that_lost_its_term_acknowledges_a_stale_leader() -> None:
+    """A hole kept as a test: when the meta file is lost too (corrupt), the rebuilt peer
+    takes a stale leader's old term for current, catches up with *its* commit index and
+    acknowledges its entries. Abstaining from votes does not help: the stale leader and
+    the rebuilt peer are a majority and commit over an entry committed in a later term."""
+    h = Harness(23, voters=3)
+    a = elect(h)
+    b, c = others(h, a)
+    h.net.isolate(b.name)
+    for _ in range(3):
+        h.propose(a.name)
+    until(h, lambda: c.commit_index == len(a.log), 0.5)  # committed by a and c
+    h.net.heal_all()
+    h.net.partition([a.name], [b.name, c.name])  # a is a stale leader from now on
+    until(h, lambda: c.read_mark() is not None, 1.0)  # c leads, committed with b
+    c.restart(rebuild=True, lose_meta=True)
+    h.net.heal_all()
+    h.net.cut(a.name, b.name, both=True)
+    h.net.cut(b.name, c.name, both=True)  # c hears nobody but the stale leader
+    assert a.leader_term() is not None
+    h.propose(a.name)
+    h.run(h.now + 1.0)
+    assert not c.abstaining and c.term == a.term and a.leader_term() is not None
+    assert any("state machine safety" in v for v in h.violations)
+
+
 def test_restart_from_an_old_journal_can_break_raft_and_the_checker_sees_it() -> None:
     h = Harness(20, voters=3)
     leader = elect(h)
@@ -367,6 +395,19 @@ def test_restart_from_an_old_journal_can_break_raft_and_the_checker_sees_it() ->
     for p in others(h, leader):
         p.restart(log_prefix=1)
     until(h, lambda: any("leader completeness" in v for v in h.violations), 3.0)
+
+
+def test_raft_shares_the_network_with_other_traffic() -> None:
+    h = Harness(24, voters=3)
+    elect(h)
+    got = []
+    for n in range(100):
+        h.net.send(h.now, "v1", "v2", "lease", n)
+        h.step(0.01)
+        got += h.net.due(h.now)  # the "raft" channel is the cluster's alone
+        assert h.now < h.cluster.next_time() <= h.now + RaftModelConfig().heartbeat_s
+    assert sorted(d.payload for d in got) == list(range(100))  # type: ignore[type-var]
+    assert {d.channel for d in got} == {"lease"} and not h.violations
 
 
 def test_cluster_refuses_bad_setups_and_time_running_backwards() -> None:
