@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 import time
 import uuid
@@ -34,6 +35,7 @@ from hacluster.rpc.protocol import optional, validate_params
 from hacluster.rpc.server import CallContext, RpcServer
 
 SOCKET = "newer.sock"
+FROBNICATED_VM_STABLE_S = 1234.0  # what applying it changes: visible, touched by nothing else
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -43,6 +45,8 @@ class Frobnicate(c.Command):
 
 
 def frobnicate(ctx: Ctx, cmd: Frobnicate) -> None:
+    settings = ctx.state.settings
+    ctx.state.settings = dataclasses.replace(settings, vm_stable_s=FROBNICATED_VM_STABLE_S)
     ctx.emit("frobnicated", cmd.name, "frobnicated")
 
 

@@ -20,7 +20,7 @@ from hacluster.lab.cluster import LabCluster, LabNode
 from hacluster.rpc.client import RpcClient
 from hacluster.rpc.protocol import ErrorCode, RpcError
 
-from .newer_peer import SOCKET
+from .newer_peer import FROBNICATED_VM_STABLE_S, SOCKET
 from .support import converged
 
 Factory = Callable[..., LabCluster]
@@ -55,6 +55,11 @@ def hactl(node: LabNode, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "hacluster.cli.hactl", "--connect",
                            node.host.spec.rpc_socket, *args],
                           capture_output=True, text=True, timeout=30)
+
+
+def vm_stable_s(lab: LabCluster, name: str) -> float:
+    """A setting that only applying frobnicate changes (in this test)."""
+    return float(lab.call("settings.show", name=name)["settings"]["vm_stable_s"])
 
 
 def halted_status(lab: LabCluster, name: str, seen: dict[str, Any]) -> Callable[[], bool]:
@@ -117,6 +122,7 @@ def test_a_newer_command_is_refused_then_forced_in_halts_the_older_peer(
     for name in ("h1", "h2"):
         status = lab.call("status", name=name)["peer"]
         assert not status["halted"] and status["applied_index"] >= index
+        assert vm_stable_s(lab, name) == FROBNICATED_VM_STABLE_S
     assert lab.call("cluster.maintenance", {"on": True}, name="h2")["index"] > index
 
     # restarted on the same release it halts again at the same entry: never skipped
@@ -124,3 +130,4 @@ def test_a_newer_command_is_refused_then_forced_in_halts_the_older_peer(
     # upgraded, it applies the entry like the others did: equal state everywhere
     h3.host.start_peer(NEWER)
     lab.wait(converged(lab, at_least=index), 60, "upgraded h3 caught up, equal digests")
+    assert vm_stable_s(lab, "h3") == FROBNICATED_VM_STABLE_S
