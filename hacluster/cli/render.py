@@ -66,7 +66,9 @@ def status(doc: dict[str, Any]) -> str:
     quorum = "yes" if peer["has_quorum"] else "NO"
     out = [f"leader {peer['leader'] or 'none'}  term {peer['term']}  quorum {quorum}  "
            f"(this peer: {peer['name']}, {peer['role']}, index {peer['applied_index']})"]
-    if not peer.get("caught_up", True):
+    if peer.get("halted"):
+        out += halted(peer["name"], peer["halted"])
+    elif not peer.get("caught_up", True):
         out.append(f"NOT CAUGHT UP: {peer['name']} has not heard from a leader since it "
                    "started; what follows may lack committed entries")
     if doc.get("cluster_maintenance"):
@@ -81,6 +83,13 @@ def status(doc: dict[str, Any]) -> str:
     if doc["waiting"]:
         out += ["", "Waiting for an operator:"] + [f"  - {w}" for w in doc["waiting"]]
     return "\n".join(out)
+
+
+def halted(name: str, report: dict[str, Any]) -> list[str]:
+    """A peer whose Raft node halted (daemon/halt.py): why, and what it reads."""
+    lines = [f"HALTED: {name} applies nothing more and exits with code {report['exit_code']}; "
+             "what follows is its state before the halt", f"  {report['reason']}"]
+    return lines + ([f"  {report['remedy']}"] if report.get("remedy") else [])
 
 
 def block(title: str, doc: dict[str, Any]) -> str:

@@ -41,11 +41,12 @@ class LeaderLoop:
         self._last_tick: float | None = None
 
     def tick(self, raft_term: int | None, state: ClusterState, now: float, log_now: float,
-             log_clock_running: bool, raft_heard: Mapping[str, float] | None = None
-             ) -> TickResult:
+             log_clock_running: bool, raft_heard: Mapping[str, float] | None = None,
+             hears: Mapping[str, int] | None = None) -> TickResult:
         """raft_term: the term Raft says this peer leads in (None: it does not lead);
         now: this peer's monotonic clock; log_now: its log clock (core/logclock.py);
-        raft_heard: host -> when (monotonic) its peer last answered our replication."""
+        raft_heard: host -> when (monotonic) its peer last answered our replication;
+        hears: host -> how many voters' renewals it receives (from those answers)."""
         out = TickResult()
         last, self._last_tick = self._last_tick, now
         blind_s = stood_still(last, now, self.tick_s)
@@ -66,6 +67,8 @@ class LeaderLoop:
                                   f"{blind_s:.2f}s; the hosts' leases did not age meanwhile"))
         for host, at in sorted((raft_heard or {}).items()):
             manager.raft_contact(host, at)
+            if hears and host in hears:
+                manager.hears(host, hears[host], at)
         if manager.ready and not log_clock_running and state.log_time <= 0:
             out.start_log_clock = True
             out.notes.append(Note("log clock started", "a new cluster: its first leader's "

@@ -49,10 +49,12 @@ class RunFence:
 
 @dataclass(frozen=True, slots=True)
 class StepDown:
-    """Our own host must be fenced: a leader never fences itself (it could not
-    confirm the fence afterwards), so it hands leadership to another peer."""
+    """Hand leadership to another peer (Raft TimeoutNow): our own host must be fenced
+    (a leader never fences itself: it could not confirm the fence afterwards), or we
+    hear no majority of renewals while `target` does."""
 
     reason: str
+    target: str = ""  # a host name; "" lets Raft pick the most caught-up follower
 
 
 Decision = Propose | RunFence | StepDown
@@ -75,6 +77,7 @@ class Manager:
         self._failed_at: dict[str, float] = {}  # host -> last failed attempt (monotonic)
         self._majority_heard_at = -1e18  # last tick a majority of voters renewed to us
         self._led_since = -1e18  # when this leadership began (monotonic)
+        self._hears: dict[str, tuple[int, float]] = {}  # host -> (voters it hears, when)
 
     # ------------------------------------------------------------ leadership
 
@@ -87,6 +90,7 @@ class Manager:
         self._results.clear()
         self._failed_at.clear()
         self._majority_heard_at = self._led_since = now  # a full lease for us too
+        self._hears.clear()
         self.leases.grant_all(sorted(state.hosts), now)
         return [self._propose(c.Noop(term=term), "noop", f"new leader in term {term}", now)]
 
@@ -96,6 +100,10 @@ class Manager:
 
     def renewal(self, host: str, link: str, now: float) -> None:
         self.leases.renew(host, link, now)
+
+    def hears(self, host: str, voters: int, now: float) -> None:
+        """A renewal (credited or not) said how many voters `host`'s peer hears."""
+        self._hears[host] = (voters, now)
 
     def raft_contact(self, host: str, at: float) -> None:
         """The host's peer answered our Raft replication at `at`: it is alive, so its
@@ -268,12 +276,20 @@ class Manager:
         if len(self.live_voters(state, now, lease_only=True)) * 2 > len(voters):
             self._majority_heard_at = now
             return []
-        if now - self._majority_heard_at < state.settings.lease_ttl_s:
+        ttl = state.settings.lease_ttl_s
+        if now - self._majority_heard_at < ttl:
+            return []
+        better = sorted((-n, host) for host, (n, at) in self._hears.items()
+                        if host in voters and host != self.me and now - at < ttl
+                        and n * 2 > len(voters))
+        if not better:  # nobody hears more: changing leaders would only churn
             return []
         heard = ", ".join(self.live_voters(state, now, lease_only=True))
+        target = better[0][1]
         return self._step_down(f"this leader hears lease renewals from {heard} only, no "
                                f"majority of {len(voters)} voters, for "
-                               f"{now - self._majority_heard_at:.1f}s", now)
+                               f"{now - self._majority_heard_at:.1f}s; {target} hears "
+                               f"{-better[0][0]}", now, target)
 
     def _continue_fencing(self, state: ClusterState, host: Host, now: float) -> Propose | None:
         """A fencing host whose current attempt is not ours, or failed: new attempt."""
@@ -344,11 +360,11 @@ class Manager:
         self._last_sent[sent_key] = now
         return True
 
-    def _step_down(self, why: str, now: float) -> list[Decision]:
+    def _step_down(self, why: str, now: float, target: str = "") -> list[Decision]:
         if now - self._last_step_down < STEP_DOWN_EVERY_S:
             return []
         self._last_step_down = now
-        return [StepDown(f"{why}; another peer must do it")]
+        return [StepDown(f"{why}; another peer must do it", target)]
 
     def _fence(self, state: ClusterState, now: float, host: Host, reason: str,
                evidence: str) -> Propose | None:

@@ -4,6 +4,7 @@ until it has): it exists, its lease links, that its peer runs again. The daemon
 
 from __future__ import annotations
 
+from hacluster.core import versions
 from hacluster.fsm import commands as c
 from hacluster.fsm.model import ClusterState, HostRole
 from hacluster.fsm.states import HostState
@@ -21,6 +22,9 @@ def registration(me: str, state: ClusterState, role: HostRole, addresses: tuple[
     if host.addresses != addresses:
         return c.SetHostAddresses(name=me, addresses=addresses), \
             "[leases] links in the config differ from the cluster state"
+    announce = versions.announcement(state, me)
+    if announce is not None:
+        return announce, "the cluster state does not say what this peer understands"
     if host.peer_stopped:
         return c.SetPeerStopped(name=me, stopped=False), "it was stopped cleanly"
     if role is HostRole.WITNESS and host.state is HostState.JOINING:

@@ -269,9 +269,15 @@ class LeaseEndpoint:
             if host == self.me:
                 continue
             for link, address in routes:
-                out.append(Outgoing(link, address,
-                                    self.codec.pack(self.sender.renewal(link, wall))))
+                renewal = self.sender.renewal(link, wall)
+                out.append(Outgoing(link, address, self.codec.pack(renewal)))
         return seq, out
+
+    def hears(self, voters: Targets | dict[str, object], now: float, ttl_s: float) -> int:
+        """Voters whose renewals reached this peer within `ttl_s`, itself included: what
+        it tells the leader in its Raft answers (Manager.hears)."""
+        return 1 + sum(1 for host in voters if host != self.me and
+                       any(now - t < ttl_s for t in self.seen.get(host, {}).values()))
 
     def receive(self, data: bytes, now: float, ttl_s: float) -> Received:
         try:

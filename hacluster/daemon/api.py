@@ -3,7 +3,9 @@
 Reads answer from this peer's replica and say how fresh it is; writes go
 through Raft (pysyncobj forwards them to the leader) and answer once applied,
 with the events they caused. A refused command is an `rejected` error whose
-message is apply's reason.
+message is apply's reason; one that some host would not understand (the version
+gate, core/versions.py) is a `conflict` error naming those hosts. A halted peer
+(daemon/halt.py) answers `status` only.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from hacluster.core.explain import explain
 from hacluster.daemon import views
-from hacluster.daemon.proposer import NoLeaderError
+from hacluster.daemon.proposer import NoLeaderError, VersionGateError
 from hacluster.fsm import ClusterState
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
@@ -61,6 +63,7 @@ class Api:
         peer started. Before that it can lack committed entries (Raft does not
         keep the commit index across a restart), and an empty VM list would
         read as "no VMs". `status` alone answers regardless, to diagnose."""
+        self._not_halted()
         if not self.peer.caught_up():
             raise RpcError(ErrorCode.UNAVAILABLE, f"peer {self.peer.me} has not caught up with "
                            "the cluster since it started (no leader has answered it yet), so "
@@ -69,9 +72,22 @@ class Api:
         with self.peer.read() as state:
             yield state
 
+    def _not_halted(self) -> None:
+        halted = self.peer.halted
+        if halted:
+            raise RpcError(ErrorCode.UNAVAILABLE, f"peer {self.peer.me} halted and applies "
+                           f"nothing more: {halted['reason']} (hactl status says more)",
+                           {"peer": self.peer.me, "exit_code": halted["exit_code"]})
+
     async def _write(self, ctx: CallContext, command: c.Command) -> dict[str, Any]:
+        self._not_halted()
         origin = f"{ctx.user}@{self.peer.me}"
-        outcome = await self.peer.submit(command, origin=origin)
+        try:
+            outcome = await self.peer.submit(command, origin=origin)
+        except VersionGateError as exc:
+            raise RpcError(ErrorCode.CONFLICT, f"not proposed: {exc}", {
+                "command": exc.command_type, "version": exc.version,
+                "hosts": list(exc.lacking)}) from None
         if outcome.status is ProposeStatus.MAYBE:
             raise RpcError(ErrorCode.MAYBE_APPLIED, "the command may or may not have been "
                            "applied (leader change or timeout); check with a read")
@@ -79,7 +95,7 @@ class Api:
             raise RpcError(ErrorCode.NO_QUORUM, "no leader: this peer cannot reach a "
                            "majority of the voters")
         for event in outcome.events:
-            if event.kind in (ev.REJECTED, ev.UNDECODABLE):
+            if event.kind == ev.REJECTED:
                 raise RpcError(ErrorCode.REJECTED, event.message,
                                {"index": event.index, "subject": event.subject})
         return {"index": outcome.index, "events": [views.event_view(e)

@@ -14,6 +14,7 @@ from hacluster.core.bmc import BmcSpec, bmc_spec
 from hacluster.core.leaderloop import LeaderLoop
 from hacluster.core.manager import Decision, Manager, Propose, RunFence
 from hacluster.core.readindex import ReadIndex, ReadMark
+from hacluster.core.renewal import Renewal
 from hacluster.daemon.fencing import SecretError, as_record_result, bmc_target
 from hacluster.daemon.logs import decision
 from hacluster.daemon.proposer import Proposer
@@ -47,15 +48,15 @@ class LeaderDriver:
 
     # ------------------------------------------------------------ inputs
 
-    def renewal(self, host: str, link: str, credit_at: float | None,
+    def renewal(self, renewal: Renewal, credit_at: float | None,
                 answer: Callable[[ReadMark], None]) -> None:
         """A renewal that is no replay arrived (daemon/leases.py). If we lead: credit the
-        host's lease at the moment it proves (core/renewal.py), and answer once our
-        read index is confirmed (core/readindex.py)."""
+        host's lease at the moment it proves (core/renewal.py), and answer once our read
+        index is confirmed (core/readindex.py)."""
         if self.stopping or self.raft.leader_term() is None:
             return
         if credit_at is not None:
-            self.manager.renewal(host, link, credit_at)
+            self.manager.renewal(renewal.host, renewal.link, credit_at)
         self.read(answer)
 
     def read(self, answer: Callable[[ReadMark], None]) -> bool:
@@ -102,13 +103,15 @@ class LeaderDriver:
     def tick(self) -> None:
         term = None if self.stopping else self.raft.leader_term()
         heard = self.raft.heard_from() if term is not None else {}
+        reports = self.raft.hears_reports() if term is not None else {}
         now = time.monotonic()
         with self.replica.read() as state:
             by_address = {h.raft_address: name for name, h in state.hosts.items()}
             raft_heard = {by_address[a]: now - age for a, age in heard.items()
                           if a in by_address}
+            hears = {by_address[a]: n for a, n in reports.items() if a in by_address}
             result = self.loop.tick(term, state, now, self.replica.log_now(),
-                                    self.replica.clock.running, raft_heard)
+                                    self.replica.clock.running, raft_heard, hears)
             if result.start_log_clock:
                 self.replica.start_clock()
         for note in result.notes:
@@ -122,9 +125,13 @@ class LeaderDriver:
         elif isinstance(d, RunFence):
             await self._fence(d)
         else:
-            decision(log, "step down", d.reason)
+            decision(log, "step down", d.reason, target=d.target or "any")
+            with self.replica.read() as state:
+                host = state.hosts.get(d.target)
+                address = host.raft_address if host is not None else ""
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self.pool, self.raft.transfer_leadership)
+            await loop.run_in_executor(self.pool, self.raft.transfer_leadership,
+                                       address or None)
 
     # ------------------------------------------------------------ outputs
 

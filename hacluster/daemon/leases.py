@@ -18,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hacluster.core.readindex import ReadMark
-from hacluster.core.renewal import Ack, LeaseCodec, LeaseEndpoint, Targets
+from hacluster.core.renewal import Ack, LeaseCodec, LeaseEndpoint, Renewal, Targets
 
-# An admitted renewal: (host, link, credit_at or None, answer); the leader calls answer
+# An admitted renewal: (the renewal, credit_at or None, answer); the leader calls answer
 # with its confirmed read mark (any other peer never does).
 Answer = Callable[[ReadMark], None]
-RenewalHandler = Callable[[str, str, float | None, Answer], None]
+RenewalHandler = Callable[[Renewal, float | None, Answer], None]
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class LeaseService:
                     endpoint.transport.sendto(self.endpoint.answer(
                         renewal, mark.term, mark.commit_index, time.monotonic(), ttl), addr)
 
-            self.on_renewal(renewal.host, renewal.link, got.credit_at, answer)
+            self.on_renewal(renewal, got.credit_at, answer)
 
     def _ack(self, ack: Ack, now: float) -> None:
         health = self.health.get(ack.link)
@@ -169,6 +169,10 @@ class LeaseService:
             return await asyncio.wait_for(waiter, timeout_s)
         except TimeoutError:
             return None
+
+    def hears(self) -> int:
+        """Voters whose renewals this peer received within a lease, itself included."""
+        return self.endpoint.hears(self.targets(), time.monotonic(), self.times().ttl_s)
 
     def link_report(self) -> dict[str, dict[str, float | int]]:
         now = time.monotonic()

@@ -27,6 +27,7 @@ from hacluster.config import Config, read_secret
 from hacluster.core.registration import registration
 from hacluster.core.renewal import LeaseCodec
 from hacluster.daemon.agent import AgentDriver, HostReporter
+from hacluster.daemon.halt import halt_report
 from hacluster.daemon.leader import LeaderDriver
 from hacluster.daemon.leases import LeaseService, LeaseTimes
 from hacluster.daemon.logs import decision
@@ -57,6 +58,7 @@ class Peer:
         self.me = config.peer.name
         self.role = self._starting_role(config)
         self.exit_code = 0  # RESTART_FOR_ROLE when the cluster changed our Raft role
+        self.halted: dict[str, Any] | None = None  # why Raft halted (daemon/halt.py)
         self.secret = cluster_secret if cluster_secret is not None else read_secret(config)
         self.replica = Replica()
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="hacluster")
@@ -204,7 +206,17 @@ class Peer:
         self_address = None if self.role is HostRole.MEMBER else cfg.peer.raft_address
         return RaftNode(self_address, partners, self.secret, Path(cfg.peer.data_dir) / "raft",
                         self.replica.apply, self.replica.snapshot, self.replica.restore,
-                        cfg.raft, rebuild=self._rebuild)
+                        cfg.raft, rebuild=self._rebuild, on_halt=self._on_halt)
+
+    def _on_halt(self, fatal: BaseException) -> None:
+        """Raft thread: the node stopped applying (an entry or snapshot this peer cannot
+        read, a failing disk). Stop deciding and serving, say why, exit with its code."""
+        self.halted = halt_report(fatal, self.me)
+        self.exit_code = self.halted["exit_code"]
+        log.critical("halted: this peer applies nothing more", extra={
+            "host": self.me, "reason": self.halted["reason"], "exit_code": self.exit_code})
+        sd_notify(f"STATUS=halted: {self.halted['reason']}")
+        self.request_stop()
 
     def _links(self) -> dict[str, str]:
         links = dict(self.config.leases.links)
@@ -237,7 +249,7 @@ class Peer:
         self.raft = await loop.run_in_executor(self.pool, self._open_raft)
         cfg = self.config
         self.proposer = Proposer(self.raft, self.me, self.pool, cfg.timing.propose_timeout_s,
-                                 self.replica.log_now)
+                                 self.replica.log_now, self.replica.read)
         fencer = self._make_fencer()
         self.leader = LeaderDriver(self.me, self.raft, self.replica, self.proposer, fencer,
                                    self.secret, self.pool, cfg.timing.manager_tick_s)
@@ -326,6 +338,8 @@ class Peer:
         assert self.leases is not None
         while True:
             self.leases.send_round()
+            if self.raft is not None:  # told to the leader in our Raft answers
+                self.raft.set_hears(self.leases.hears())
             await asyncio.sleep(self._lease_times().renew_s)
 
     async def _fresh(self) -> bool:
@@ -411,7 +425,7 @@ class Peer:
         sd_notify("STOPPING=1")
         if self.leader is not None:
             self.leader.stopping = True
-        if self.proposer is not None and self.role is not HostRole.WITNESS:
+        if self.proposer is not None and self.role is not HostRole.WITNESS and not self.halted:
             outcome = await self.proposer.submit(c.SetPeerStopped(name=self.me, stopped=True),
                                                  deadline_s=self.config.timing.stop_grace_s)
             decision(log, "peer stopping", "marked stopped in the cluster state"
@@ -424,6 +438,8 @@ class Peer:
             if driver is not None:
                 await driver.drain()
         log.debug("shutdown: drivers drained")
+        if self.halted:
+            await self._linger()
         for service in self.extra_services:
             await service.close()
         if self.leases is not None:
@@ -438,23 +454,38 @@ class Peer:
         self._notify_pool.shutdown(wait=False, cancel_futures=True)
         log.info("peer stopped", extra={"host": self.me})
 
+    async def _linger(self) -> None:
+        """A halted peer renews no lease and decides nothing, but answers `hactl status`
+        (why it stopped) for [timing] halt_linger_s before it exits."""
+        if self.leases is not None:
+            self.leases.close()
+        if self.rpc_server is None:
+            return
+        give_up = time.monotonic() + self.config.timing.halt_linger_s
+        while (left := give_up - time.monotonic()) > 0:
+            if watchdog_interval_s():  # still alive: a watchdog kill would restart it
+                sd_notify("WATCHDOG=1")
+            await asyncio.sleep(min(left, 1.0))
+
     # ------------------------------------------------------------ status
 
     def status(self, digest: bool = True) -> dict[str, Any]:
         """digest=False skips hashing the whole state (costly with 10,000 VMs)."""
         raft = self.raft.status() if self.raft is not None else None
         manager = self.leader.manager if self.leader is not None else None
+        running = raft is not None and not self.halted
         return {
             "name": self.me,
             "role": self.role.value,
             "leader": raft.leader if raft else None,
             "term": raft.term if raft else 0,
-            "is_leader": bool(raft and raft.role == "leader"),
-            "has_quorum": bool(raft and raft.has_quorum),
+            "is_leader": bool(running and raft and raft.role == "leader"),
+            "has_quorum": bool(running and raft and raft.has_quorum),
             "commit_index": raft.commit_index if raft else 0,
             "applied_index": self.replica.applied_index,
             "caught_up": bool(raft and raft.ready),
             "manager_ready": bool(manager and manager.ready),
             "links": self.leases.link_report() if self.leases else {},
             "digest": self.replica.digest() if digest else "",
+            "halted": self.halted,
         }

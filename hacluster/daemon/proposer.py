@@ -5,6 +5,10 @@ name, its wall clock (for people) and its log clock estimate (core/logclock.py).
 `submit` retries until a deadline: NOT_LEADER (no leader yet) is simply retried;
 MAYBE is retried with the *same* request id, which apply treats as a duplicate if the
 first attempt did commit.
+
+Before anything enters Raft, the version gate (core/versions.py) checks against this
+peer's replica that every host understands the command, and picks the log entry
+format they all read; a refused command raises `VersionGateError` and is never proposed.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
+from hacluster.core import versions
+from hacluster.fsm import ClusterState, encode_command
 from hacluster.fsm import commands as c
-from hacluster.fsm import encode_command
 from hacluster.fsm.events import Event
 from hacluster.ports import ProposeStatus
 from hacluster.raft import RaftNode, RaftProposeResult
@@ -25,6 +31,16 @@ from hacluster.raft import RaftNode, RaftProposeResult
 
 class NoLeaderError(RuntimeError):
     """A change was not made because no leader took it in time; it never entered the log."""
+
+
+class VersionGateError(RuntimeError):
+    """Some host does not understand this command (version): it was not proposed."""
+
+    def __init__(self, command: c.Command, admission: versions.Admission) -> None:
+        super().__init__(admission.refusal)
+        self.command_type = command.TYPE
+        self.version = command.VERSION
+        self.lacking = admission.lacking
 
 
 @dataclass(frozen=True)
@@ -41,19 +57,30 @@ class Outcome:
 
 class Proposer:
     def __init__(self, raft: RaftNode, me: str, pool: Executor, timeout_s: float,
-                 log_clock: Callable[[], float]) -> None:
+                 log_clock: Callable[[], float],
+                 read_state: Callable[[], AbstractContextManager[ClusterState]]) -> None:
         self.raft = raft
         self.me = me
         self.pool = pool
         self.timeout_s = timeout_s
         self.log_clock = log_clock
+        self.read_state = read_state
+
+    def admit(self, command: c.Command) -> int:
+        """The entry format to write `command` in; raises VersionGateError."""
+        with self.read_state() as state:
+            admission = versions.admit(state, command.TYPE, command.VERSION)
+        if not admission.admitted:
+            raise VersionGateError(command, admission)
+        return admission.entry_format
 
     async def propose(self, command: c.Command, *, origin: str = "",
                       request_id: str = "") -> Outcome:
         """One attempt."""
+        entry_format = self.admit(command)
         envelope = c.Envelope(command, request_id or uuid.uuid4().hex, origin or self.me,
                               time.time(), self.log_clock())
-        data = encode_command(envelope)
+        data = encode_command(envelope, entry_format)
         loop = asyncio.get_running_loop()
         result: RaftProposeResult = await loop.run_in_executor(
             self.pool, self.raft.propose, data, self.timeout_s)

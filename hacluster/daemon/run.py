@@ -7,10 +7,12 @@ import dataclasses
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 import uvloop
 
 from hacluster.config import Config, ConfigError, load_config
+from hacluster.daemon.halt import exit_code_for
 from hacluster.daemon.logs import setup_logging
 from hacluster.daemon.notify import HookNotifier
 from hacluster.daemon.peer import Peer
@@ -22,7 +24,7 @@ log = logging.getLogger("hacluster.peer")
 # What SIGHUP may change in a running peer; everything else needs a restart.
 RELOADABLE = {"log", "notify"}
 
-EXIT_CONFIG, EXIT_STORAGE, EXIT_RUNTIME = 2, 3, 1
+EXIT_CONFIG, EXIT_STORAGE = 2, 3  # others: daemon/halt.py (76), daemon/peer.py (75)
 
 
 def reload(peer: Peer, path: str) -> None:
@@ -67,7 +69,10 @@ async def _serve(peer: Peer, path: str) -> None:
     await peer.serve()
 
 
-def run_peer(path: str, rebuild: bool = False) -> int:
+def run_peer(path: str, rebuild: bool = False,
+             prepare: Callable[[Peer], None] | None = None) -> int:
+    """Run until stopped; returns the exit code. `prepare` sees the peer before it
+    starts (to add services, as tests do)."""
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -76,6 +81,8 @@ def run_peer(path: str, rebuild: bool = False) -> int:
     setup_logging(config.log.level, config.log.format)
     try:
         peer = Peer(config, rebuild=rebuild)
+        if prepare is not None:
+            prepare(peer)
         uvloop.run(_serve(peer, path))
         if peer.exit_code:
             return peer.exit_code
@@ -86,7 +93,7 @@ def run_peer(path: str, rebuild: bool = False) -> int:
         print(f"hacluster peer: {exc}\n  the peer refuses to start with damaged state; to "
               "rebuild from the other peers, run it once with --rebuild", file=sys.stderr)
         return EXIT_STORAGE
-    except RaftError as exc:
+    except RaftError as exc:  # e.g. halted while starting: 76 if it cannot read the log
         print(f"hacluster peer: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
+        return exit_code_for(exc)
     return 0

@@ -2,8 +2,10 @@
 
 Same log, same state on every peer. `apply` mutates `state` in place (copying
 10,000 VMs per command would make the log crawl) and returns the events. A
-refused or unreadable command is an event, never an exception, and leaves
-the state untouched apart from `applied_index`, `log_time` and the request id.
+refused command is an event, never an exception, and leaves the state untouched
+apart from `applied_index`, `log_time` and the request id. An entry this peer
+cannot read is the one exception (`UnreadableEntry`, raised before anything
+changed): skipping it would leave this peer's state different from the others'.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from hacluster.fsm import apply_fence, apply_hosts, apply_vms
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
-from hacluster.fsm.codec import decode_command
+from hacluster.fsm.codec import UnreadableEntry, decode_command
 from hacluster.fsm.context import Ctx, IllegalEdge, Refused
 from hacluster.fsm.events import Event
 from hacluster.fsm.lifecycle import place_pending, refresh_drains
@@ -108,6 +110,7 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.SetPeerStopped: apply_hosts.set_peer_stopped,
     c.SetHostAddresses: apply_hosts.set_addresses,
     c.SetHostRole: apply_hosts.set_host_role,
+    c.AnnounceVersions: apply_hosts.announce_versions,
     c.SetHostMaintenance: apply_hosts.set_maintenance,
     c.SetHostBmc: apply_hosts.set_host_bmc,
     c.MarkHostSuspect: apply_hosts.mark_suspect,
@@ -144,13 +147,15 @@ def _remember(state: ClusterState, request_id: str, index: int) -> None:
 def apply(
     state: ClusterState, entry: bytes | c.Envelope | c.Undecodable, index: int
 ) -> list[Event]:
-    """Apply one committed log entry (bytes as replicated, or already decoded)."""
+    """Apply one committed log entry (bytes as replicated, or already decoded).
+
+    Raises UnreadableEntry, leaving the state as it was (applied index included),
+    when this peer cannot decode the entry: the peer must stop, never skip it."""
     if isinstance(entry, bytes | bytearray | memoryview):
         entry = decode_command(bytes(entry))
-    state.applied_index = index
     if isinstance(entry, c.Undecodable):
-        _remember(state, entry.request_id, index)
-        return [Event(index, ev.UNDECODABLE, "", f"entry {index} skipped: {entry.problem}")]
+        raise UnreadableEntry(index, entry)
+    state.applied_index = index
     seen = state.recent_requests.get(entry.request_id) if entry.request_id else None
     if seen is not None:
         return [

@@ -9,7 +9,7 @@ from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
 from hacluster.fsm.context import Ctx, Refused, check_name
 from hacluster.fsm.lifecycle import continue_drain, unfreeze
-from hacluster.fsm.model import BmcOverride, FenceAction, Host, HostRole
+from hacluster.fsm.model import BmcOverride, FenceAction, Host, HostRole, HostVersions
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState
 
 H = HostState
@@ -81,6 +81,7 @@ def remove_host(ctx: Ctx, cmd: c.RemoveHost) -> None:
     if host.state in FENCE_PENDING_HOSTS:
         raise Refused(f"host {cmd.name} is {host.state.value}; confirm the fence first", cmd.name)
     ctx.set_host_state(host, H.REMOVED, f"removed by {ctx.origin or 'an operator'}")
+    ctx.state.versions.pop(cmd.name, None)  # added again, it starts from the baseline
     ctx.emit(ev.HOST_REMOVED, cmd.name, "removed from the cluster")
 
 
@@ -147,6 +148,51 @@ def set_peer_stopped(ctx: Ctx, cmd: c.SetPeerStopped) -> None:
     ctx.emit(ev.HOST_UPDATED, cmd.name, "peer stopped cleanly: lease not judged, its VMs are "
              "not protected until it returns" if cmd.stopped else "peer running again",
              peer_stopped=cmd.stopped)
+
+
+COMMAND_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+MAX_ANNOUNCED = 1024
+
+
+def announce_versions(ctx: Ctx, cmd: c.AnnounceVersions) -> None:
+    """Record what a host's peer understands; proposers read it (core/versions.py)."""
+    ctx.host(cmd.name)
+    problem = _announcement_problem(cmd)
+    if problem:
+        raise Refused(problem, cmd.name)
+    record = HostVersions(cmd.name, tuple(sorted(set(cmd.commands))),
+                          tuple(sorted(set(cmd.entry_formats))))
+    before = ctx.state.versions.get(cmd.name)
+    if record == before:
+        return
+    ctx.state.versions[cmd.name] = record
+    ctx.emit(ev.VERSIONS_ANNOUNCED, cmd.name, _versions_change(before, record),
+             entry_formats=",".join(map(str, record.entry_formats)))
+
+
+def _announcement_problem(cmd: c.AnnounceVersions) -> str:
+    if not cmd.commands or not cmd.entry_formats:
+        return "an announcement names at least one command and one log entry format"
+    if len(cmd.commands) > MAX_ANNOUNCED or len(cmd.entry_formats) > MAX_ANNOUNCED:
+        return f"an announcement names at most {MAX_ANNOUNCED} commands and entry formats"
+    bad = [f"{t!r} v{v}" for t, v in cmd.commands if not COMMAND_TYPE_RE.match(t) or v < 1]
+    bad += [f"entry format {f}" for f in cmd.entry_formats if f < 1]
+    return f"not a command version or entry format: {', '.join(bad)}" if bad else ""
+
+
+def _versions_change(before: HostVersions | None, after: HostVersions) -> str:
+    formats = f"reads log entry formats {', '.join(map(str, after.entry_formats))}"
+    if before is None:
+        return f"understands {len(after.commands)} command versions, {formats}"
+    gained = sorted(set(after.commands) - set(before.commands))
+    lost = sorted(set(before.commands) - set(after.commands))
+    parts = [f"now understands {_pairs(gained)}"] if gained else []
+    parts += [f"no longer understands {_pairs(lost)}"] if lost else []
+    return "; ".join([*parts, formats])
+
+
+def _pairs(pairs: list[tuple[str, int]]) -> str:
+    return ", ".join(f"{t} v{v}" for t, v in pairs)
 
 
 def report_load(ctx: Ctx, cmd: c.ReportHostLoad) -> None:

@@ -4,6 +4,11 @@ Log entry: msgpack [2, type, version, request_id, origin, stamped_at, log_clock,
 (format 1, written before the log clock existed, has no log_clock: its stamped_at served).
 Snapshot:  msgpack {"format": SNAPSHOT_FORMAT, ...} with records as positional lists,
 hosts and VMs sorted by name, so equal states give equal bytes (and digests).
+(Format 1 had no "versions" map: it loads with none, as if no host had announced.)
+
+What this peer cannot read, it never skips: `apply` raises `UnreadableEntry`, and a
+snapshot of a newer format raises `SnapshotTooNew`; both are `UnreadableLog`, on which
+the peer halts (docs/safety.md, "Version skew").
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import msgpack
 
 from hacluster.fsm.commands import COMMANDS_BY_TYPE, Command, Envelope, Undecodable
-from hacluster.fsm.model import ClusterState, FenceRecord, Host, Settings, Vm
+from hacluster.fsm.model import ClusterState, FenceRecord, Host, HostVersions, Settings, Vm
 from hacluster.fsm.wire import (
     WireError,
     decode_dataclass,
@@ -28,12 +33,46 @@ from hacluster.fsm.wire import (
 
 ENTRY_FORMAT = 2
 ENTRY_FORMATS = (1, 2)  # formats this peer reads
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMATS = (1, 2)  # formats this peer loads (1 is migrated on load)
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
 
 class SnapshotError(ValueError):
     """A snapshot cannot be decoded; the message says which part is wrong."""
+
+
+class UnreadableLog(Exception):
+    """This peer cannot read what the cluster wrote (a log entry, a snapshot): it must
+    stop applying rather than skip it and diverge from the other peers."""
+
+
+class UnreadableEntry(UnreadableLog):
+    """A committed log entry this peer cannot decode (a newer peer's command, an entry
+    format it does not read, or damage). Raised by `apply` before anything changed."""
+
+    def __init__(self, index: int, entry: Undecodable) -> None:
+        self.index = index
+        self.entry = entry
+        read = f"{entry.command_type} v{entry.version}, " if entry.command_type else ""
+        read += f"entry format {entry.entry_format}" if entry.entry_format else "no envelope"
+        super().__init__(f"cannot apply log index {index} ({read}): {entry.problem}; "
+                         f"{understood_here()}")
+
+
+class SnapshotTooNew(SnapshotError, UnreadableLog):
+    """A snapshot written in a format newer than this peer loads."""
+
+
+def understood_here() -> str:
+    """One line: what this peer reads (for the messages of a peer that must stop)."""
+    return (f"this peer reads log entry formats {_listed(ENTRY_FORMATS)}, snapshot "
+            f"formats {_listed(SNAPSHOT_FORMATS)} and {len(COMMANDS_BY_TYPE)} command "
+            "types (hactl --json status lists them)")
+
+
+def _listed(numbers: tuple[int, ...]) -> str:
+    return ", ".join(map(str, numbers))
 
 
 def encode_command(envelope: Envelope, entry_format: int = ENTRY_FORMAT) -> bytes:
@@ -64,9 +103,13 @@ def decode_command(data: bytes) -> Envelope | Undecodable:
         return Undecodable("not a hacluster log entry (wrong envelope)")
     if raw[0] not in ENTRY_FORMATS:
         return Undecodable(f"log entry format {raw[0]} not supported (this peer reads "
-                           f"{', '.join(map(str, ENTRY_FORMATS))})")
+                           f"{_listed(ENTRY_FORMATS)})", entry_format=raw[0])
     if len(raw) != 6 + raw[0]:
         return Undecodable("not a hacluster log entry (wrong envelope)")
+    return _decode_envelope(raw)
+
+
+def _decode_envelope(raw: list[Any]) -> Envelope | Undecodable:
     if raw[0] == 1:  # the proposer's wall clock was the log time then
         _, ctype, version, request_id, origin, stamped_at, fields = raw
         log_clock = stamped_at
@@ -79,20 +122,20 @@ def decode_command(data: bytes) -> Envelope | Undecodable:
         and _number(log_clock)
     )
     if not meta_ok:
-        return Undecodable("malformed envelope metadata")
+        return Undecodable("malformed envelope metadata", entry_format=raw[0])
+    what = (raw[0], str(ctype), version if type(version) is int else 0)
     cls = COMMANDS_BY_TYPE.get(ctype) if isinstance(ctype, str) else None
     if cls is None:
-        return Undecodable(f"unknown command type {ctype!r}", request_id, float(stamped_at))
+        return Undecodable(f"unknown command type {ctype!r}", request_id, float(stamped_at),
+                           *what)
     if type(version) is not int or version != cls.VERSION:
         return Undecodable(
             f"{ctype} version {version!r} not supported (this peer knows {cls.VERSION})",
-            request_id,
-            float(stamped_at),
-        )
+            request_id, float(stamped_at), *what)
     try:
         command = decode_fields(cls, fields)
     except WireError as exc:
-        return Undecodable(f"{ctype}: {exc}", request_id, float(stamped_at))
+        return Undecodable(f"{ctype}: {exc}", request_id, float(stamped_at), *what)
     return Envelope(command, request_id, origin, float(stamped_at), float(log_clock))
 
 
@@ -121,6 +164,7 @@ def encode_snapshot(state: ClusterState) -> bytes:
         "vms": [encode_dataclass(state.vms[n]) for n in sorted(state.vms)],
         "fences": [encode_dataclass(r) for r in state.fences],
         "recent": [[rid, idx] for rid, idx in state.recent_requests.items()],
+        "versions": [encode_dataclass(state.versions[n]) for n in sorted(state.versions)],
     }
     return msgpack.packb(doc, use_bin_type=True)
 
@@ -131,9 +175,12 @@ def decode_snapshot(data: bytes) -> ClusterState:
     except Exception as exc:
         raise SnapshotError(f"snapshot is not msgpack ({type(exc).__name__})") from None
     found = doc.get("format") if isinstance(doc, dict) else None
-    if found != SNAPSHOT_FORMAT:
+    if type(found) is int and found > SNAPSHOT_FORMAT:
+        raise SnapshotTooNew(f"snapshot format {found} is newer than this peer reads "
+                             f"(formats {_listed(SNAPSHOT_FORMATS)}): upgrade this peer")
+    if found not in SNAPSHOT_FORMATS:
         raise SnapshotError(
-            f"unknown snapshot format {found!r} (this peer reads {SNAPSHOT_FORMAT})"
+            f"unknown snapshot format {found!r} (this peer reads {_listed(SNAPSHOT_FORMATS)})"
         )
     try:
         hosts = [decode_dataclass(Host, h) for h in doc["hosts"]]
@@ -146,10 +193,16 @@ def decode_snapshot(data: bytes) -> ClusterState:
             log_time=float(doc["log_time"]),
             applied_index=int(doc["applied_index"]),
             recent_requests=OrderedDict((str(rid), int(idx)) for rid, idx in doc["recent"]),
+            versions=_versions(doc.get("versions", []) if found == 1 else doc["versions"]),
         )
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise SnapshotError(f"snapshot content is invalid: {exc}") from None
     return state
+
+
+def _versions(records: list[Any]) -> dict[str, HostVersions]:
+    decoded = [decode_dataclass(HostVersions, r) for r in records]
+    return {v.name: v for v in decoded}
 
 
 def state_digest(state: ClusterState) -> str:

@@ -141,6 +141,20 @@ class MarkHostAlive(Command):
     evidence: str
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AnnounceVersions(Command):
+    """What a host's peer understands: the command (type, version) pairs it decodes and
+    the log entry formats it reads. Its peer proposes it at start whenever the record in
+    the state differs; proposers only propose what every host understands
+    (core/versions.py). It is exempt from that gate and written in entry format 1, so
+    this wire form must never change: extend it with a new command type instead."""
+
+    TYPE = "announce-versions"
+    name: str
+    commands: tuple[tuple[str, int], ...]
+    entry_formats: tuple[int, ...]
+
+
 # ---------------------------------------------------------------- fencing
 
 
@@ -345,6 +359,7 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     SetPeerStopped,
     SetHostAddresses,
     SetHostRole,
+    AnnounceVersions,
     ReportHostLoad,
     SetHostMaintenance,
     SetHostBmc,
@@ -388,3 +403,6 @@ class Undecodable:
     problem: str
     request_id: str = ""
     stamped_at: float = 0.0
+    entry_format: int = 0  # the envelope's format, when it could be read
+    command_type: str = ""  # and the command's wire name and version
+    version: int = 0

@@ -26,7 +26,6 @@ class Event:
 
 REJECTED = "rejected"  # the command was refused; nothing changed
 DUPLICATE = "duplicate"  # request id seen before; nothing changed
-UNDECODABLE = "undecodable"  # this peer cannot read the entry; nothing changed
 HOST_ADDED = "host-added"
 HOST_REMOVED = "host-removed"
 HOST_STATE = "host-state"
@@ -44,4 +43,5 @@ FENCE_REFUSED = "fence-refused"  # held: no majority could confirm it (quorum gu
 FENCE_CANCELLED = "fence-cancelled"  # the host renewed again before any fence succeeded
 SETTINGS_CHANGED = "settings-changed"
 CLUSTER_MAINTENANCE = "cluster-maintenance"
+VERSIONS_ANNOUNCED = "versions-announced"  # what a host's peer understands changed
 NOOP = "noop"

@@ -196,6 +196,17 @@ class FenceRecord:
     finished_at: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class HostVersions:
+    """What a host's peer announced it understands (`AnnounceVersions`): the command
+    (type, version) pairs it decodes and the log entry formats it reads. A host with no
+    record never announced (release 0.1.0): it understands the baseline (core/versions.py)."""
+
+    name: str
+    commands: tuple[tuple[str, int], ...] = ()
+    entry_formats: tuple[int, ...] = ()
+
+
 RECENT_REQUESTS_KEPT = 10_000
 FENCE_HISTORY_KEPT = 5_000
 
@@ -239,6 +250,8 @@ class ClusterState:
     applied_index: int = 0
     # request id -> index, oldest first (an OrderedDict: dropping the oldest is O(1))
     recent_requests: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    # host -> what its peer announced it understands (absent: never announced)
+    versions: dict[str, HostVersions] = field(default_factory=dict)
     # derived, never serialized: who holds resources where, and who waits for a host
     vms_by_host: dict[str, set[str]] = field(default_factory=dict, repr=False, compare=False)
     usage: dict[str, Usage] = field(default_factory=dict, repr=False, compare=False)

@@ -126,11 +126,13 @@ class LabHost:
         if self.libvirtd.init_pid() is None:
             self.libvirtd.start()
         if self.peer_pid() is None:
-            self._start_peer()
+            self.start_peer()
 
-    def _start_peer(self) -> None:
-        argv = [sys.executable, "-m", "hacluster.cli.main", "peer", "--config",
-                str(self.spec.path / "peer.toml")]
+    def start_peer(self, program: list[str] | None = None) -> subprocess.Popen[bytes]:
+        """Start the peer (`hacluster peer`, or `program`, given --config) in the
+        background; the handle tells how it exited (tests)."""
+        program = program or [sys.executable, "-m", "hacluster.cli.main", "peer"]
+        argv = [*program, "--config", str(self.spec.path / "peer.toml")]
         if self.spec.netns:  # nsenter execs the peer: the pid below is the peer's
             argv = ["nsenter", f"--net=/run/netns/{self.spec.netns}", *argv]
         log = open(self.spec.path / "peer.log", "ab")  # noqa: SIM115 - handed to the child
@@ -140,6 +142,7 @@ class LabHost:
             start_new_session=True, cwd=self.spec.path)
         log.close()
         self.pid_file.write_text(str(proc.pid))
+        return proc
 
     def power_off(self) -> None:
         """Everything dies at once, as in a power cut: no clean shutdown.

@@ -137,6 +137,8 @@ class Engine(SyncObj):
         self._ha_answering: dict[Any, tuple[int, int]] = {}  # node -> (term, seq) processed
         self._ha_committed_in = 0  # last term in which we, leading, committed an entry of it
         self._ha_heard: dict[str, float] = {}  # partner -> raft_clock() of its last answer
+        self._ha_reports: dict[str, int] = {}  # partner -> voters its host hears (its report)
+        self.ha_hears = 0  # set by the daemon: voters whose renewals this host receives
         conf = SyncObjConf(
             serializer=self._ha_serialize,
             deserializer=self._ha_deserialize,
@@ -208,6 +210,7 @@ class Engine(SyncObj):
     def _ha_state_changed(self, old: int, new: int) -> None:
         self._ha_echoes = {}  # echoes count in the term we lead now only
         self._ha_heard = {}  # pysyncobj pretends every partner answered at election
+        self._ha_reports = {}
         if new == _LEADER_STATE:
             self._ha_led_terms.append(self.raftCurrentTerm)
             log.info("became leader in term %d", self.raftCurrentTerm)
@@ -291,10 +294,17 @@ class Engine(SyncObj):
     def ha_echo_for(self, node: Any) -> tuple[int, int] | None:
         return self._ha_answering.get(node)
 
-    def ha_note_echo(self, node: Any, echo: object) -> None:
-        """A follower answered; count its echo if it is for our current term."""
+    def ha_note_answer(self, node: Any, message: dict[str, Any]) -> None:
+        """A follower answered our replication: when, what it echoes, what it hears."""
         if self._isLeader():
             self._ha_heard[str(node.id)] = raft_clock()
+            hears = message.get("ha_hears")
+            if isinstance(hears, int):
+                self._ha_reports[str(node.id)] = hears
+        self.ha_note_echo(node, message.get("ha_echo"))
+
+    def ha_note_echo(self, node: Any, echo: object) -> None:
+        """Count a follower's echo if it is for our current term."""
         if not (isinstance(echo, list | tuple) and len(echo) == 2):
             return
         term, seq = echo
@@ -323,6 +333,10 @@ class Engine(SyncObj):
             return {}
         now = raft_clock()
         return {node: now - at for node, at in dict(self._ha_heard).items()}
+
+    def ha_hears_reports(self) -> dict[str, int]:
+        """Leader: what each partner last reported it hears (voters renewing to it)."""
+        return dict(self._ha_reports) if self._isLeader() else {}
 
     def ha_read_echoes(self) -> tuple[int | None, int, dict[str, int]]:
         """(term we lead or None, number of voters, echoes of the other voters)."""

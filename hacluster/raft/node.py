@@ -218,6 +218,15 @@ class RaftNode:
         this leadership, by Raft address ({} when not leading)."""
         return self._engine.ha_heard_ages()
 
+    def hears_reports(self) -> dict[str, int]:
+        """Leader: how many voters' renewals each partner's host receives, as it last
+        reported in its Raft answers, by Raft address."""
+        return self._engine.ha_hears_reports()
+
+    def set_hears(self, voters: int) -> None:
+        """What this host reports in its Raft answers: voters whose renewals it receives."""
+        self._engine.ha_hears = voters
+
     def current_entry(self) -> AppliedEntry:
         """The entry being applied; only valid inside the apply callback."""
         entry = self._engine.ha_applying()
@@ -260,15 +269,16 @@ class RaftNode:
             with self._waiters_lock:
                 self._waiters.discard(waiter)
 
-    def transfer_leadership(self) -> bool:
-        """Ask the most caught-up connected follower to take over (Raft TimeoutNow).
-        Best effort: True when the request was sent; poll leader() for the result."""
+    def transfer_leadership(self, target: str | None = None) -> bool:
+        """Ask `target` (a Raft address), or the most caught-up connected follower, to
+        take over (Raft TimeoutNow); pysyncobj refuses a target that lags. Best effort:
+        True when the request was sent; poll leader() for the result."""
         self._refuse_in_loop("a leadership transfer")
         if self._stopping.is_set():
             return False
         errors: list[object] = []  # pysyncobj answers synchronously, on its loop
         self._call_in_loop(lambda: self._engine.transferLeadership(
-            None, lambda _result, error: errors.append(error)))
+            target, lambda _result, error: errors.append(error)))
         return bool(errors) and errors[0] == FAIL_REASON.SUCCESS
 
     def compact(self) -> None:

@@ -52,7 +52,9 @@ class _Engine(Protocol):
 
     def ha_echo_for(self, node: Any) -> tuple[int, int] | None: ...
 
-    def ha_note_echo(self, node: Any, echo: object) -> None: ...
+    def ha_note_answer(self, node: Any, message: dict[str, Any]) -> None: ...
+
+    ha_hears: int
 
 
 class DurableTransport(TCPTransport):
@@ -82,8 +84,9 @@ class DurableTransport(TCPTransport):
             message = self._engine.ha_stamp_append(message)
         elif kind == "next_node_idx":
             echo = self._engine.ha_echo_for(node)
+            message = {**message, "ha_hears": self._engine.ha_hears}
             if echo is not None:
-                message = {**message, "ha_echo": echo}
+                message["ha_echo"] = echo
         self._outbox.append((node, message))
         return True
 
@@ -172,7 +175,7 @@ class DurableTransport(TCPTransport):
         if kind == "append_entries":
             self._engine.ha_note_append(node, message)
         elif kind == "next_node_idx":
-            self._engine.ha_note_echo(node, message.get("ha_echo"))
+            self._engine.ha_note_answer(node, message)
         if kind == "next_node_idx" and message.get("success") and not message.get("reset"):
             # pysyncobj sets nextIndex from every successful ack, so an ack for an older
             # in-flight message rewinds it and the follower receives (and truncates and

@@ -136,7 +136,7 @@ def _operator(world: World, rng: random.Random, host: str, vm: str | None) -> li
     if vm is None:
         return out
     hosts = sorted(world.hosts)
-    return out + [
+    out += [
         (f"crash {vm}", lambda: _crash(world, vm)),
         (f"stop-fails {vm}", lambda: world.vm_faults.stop.__setitem__(vm, -1)),
         (f"start-fails {vm} 2", lambda: world.vm_faults.start.__setitem__(vm, 2)),
@@ -152,6 +152,7 @@ def _operator(world: World, rng: random.Random, host: str, vm: str | None) -> li
             name=vm, allowed_hosts=tuple(sorted(rng.sample(hosts, 2)))))),
         (f"vm unlimit {vm}", lambda: world.admin(c.SetVmOptions(name=vm, allowed_hosts=()))),
     ]
+    return out
 
 
 def random_action(world: World, rng: random.Random) -> Action:

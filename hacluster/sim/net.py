@@ -183,6 +183,11 @@ class SimNet:
         self._down_links[host].add(link)
         self._changed()
 
+    def restore_link(self, host: str, link: str) -> None:
+        """Undo `cut_link`."""
+        self._down_links[host].discard(link)
+        self._changed()
+
     def isolate(self, host: str) -> None:
         """Every link of the host goes down."""
         self._down_links[host] = set(self._links[host])

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hacluster.core import agent as ag
+from hacluster.core import versions
 from hacluster.core.leaderloop import LeaderLoop
 from hacluster.core.logclock import LogClock
 from hacluster.core.manager import Decision, Propose, RunFence, StepDown
@@ -195,6 +196,13 @@ class SimPeer:
     def propose(self, command: c.Command, on_done: Callable[[bool, Any], None] | None = None,
                 origin: str = "") -> None:
         now = self.world.now
+        admission = versions.admit(self.proc.state, command.TYPE, command.VERSION)
+        if not admission.admitted:  # the version gate (daemon/proposer.py `admit`)
+            self.world.note(f"{self.name}: {command.TYPE} refused by the version gate: "
+                            f"{admission.refusal}", quiet=True)
+            if on_done is not None:
+                on_done(False, None)
+            return
         envelope = c.Envelope(command, f"{self.name}-{self.world.next_request_id()}",
                               origin or self.name, self.clock.wall(now), self.log_now(now))
         generation = self.proc.generation
@@ -203,7 +211,7 @@ class SimPeer:
             if on_done is not None and self.proc.generation == generation:
                 on_done(result.status is ProposeStatus.COMMITTED, result)
 
-        self.raft.propose(encode_command(envelope), done)
+        self.raft.propose(encode_command(envelope, admission.entry_format), done)
 
     # ------------------------------------------------------------ leading (daemon/leader.py)
 
@@ -211,8 +219,10 @@ class SimPeer:
         loop = self.proc.loop
         assert loop is not None
         mono = self.clock.mono(now)
+        heard = {host: self.clock.mono(at) for host, at in self.raft.heard_from().items()}
+        hears = {host: n for host, (n, _) in self.raft.hears_reports().items()}
         result = loop.tick(self.raft.leader_term(), self.proc.state, mono, self.log_now(now),
-                           self.proc.clock.running)
+                           self.proc.clock.running, heard, hears)
         if result.start_log_clock and self.proc.state.log_time <= 0:
             self.proc.clock.start(self.clock.wall(now), mono)
         for note in result.notes:
@@ -231,7 +241,7 @@ class SimPeer:
             self._confirm_then_fence(d)
         elif isinstance(d, StepDown):
             self.world.note(f"raft: {self.name} steps down: {d.reason}")
-            self.raft.transfer_leadership()
+            self.raft.transfer_leadership(d.target or None)
 
     @property
     def manager(self) -> Any:
@@ -313,8 +323,11 @@ class SimPeer:
     def _renew(self, now: float) -> int:
         lease = self.proc.lease
         assert lease is not None
-        seq, datagrams = lease.round(self.renewal_targets(), self.clock.mono(now),
-                                     self.clock.wall(now), self.proc.state.settings.lease_renew_s)
+        settings = self.proc.state.settings
+        targets = self.renewal_targets()
+        seq, datagrams = lease.round(targets, self.clock.mono(now), self.clock.wall(now),
+                                     settings.lease_renew_s)
+        self.raft.hears = lease.hears(targets, self.clock.mono(now), settings.lease_ttl_s)
         for out in datagrams:
             self.world.send_lease(now, self.name, out.address, out.link, out.datagram)
         return seq
@@ -404,7 +417,7 @@ class SimPeer:
             if isinstance(action, ag.Report):
                 self.report(action.command)
             else:
-                self.world.hypervisor_action(self, action)
+                self.world.hypervisor_action(self, action)  # start, stop, destroy, migrate
 
     def report(self, command: c.Command) -> None:
         key = (command.TYPE, getattr(command, "name", ""), getattr(command, "observed", ""),

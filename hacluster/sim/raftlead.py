@@ -72,6 +72,8 @@ class Leading:
         self._next: dict[str, int] = {}
         self._match: dict[str, int] = {}
         self._last_response: dict[str, float] = {}  # voters only
+        self._heard: dict[str, float] = {}  # any follower: its last real answer
+        self._reports: dict[str, tuple[int, float]] = {}  # follower -> (hears, when)
         self._echoes: dict[str, int] = {}
         self._term_start = 0  # index of this term's no-op
 
@@ -85,6 +87,8 @@ class Leading:
         self._next = dict.fromkeys(self._followers, len(self.log) + 1)
         self._match = dict.fromkeys(self._followers, 0)
         self._last_response = {v: now for v in c.voters if v != self.name}
+        self._heard = {}
+        self._reports = {}
         self._echoes = {}
         self._note("leader", self.term)
         self._tags += 1
@@ -143,6 +147,8 @@ class Leading:
             return
         if src in self._last_response:
             self._last_response[src] = now
+        self._heard[src] = now
+        self._reports[src] = (m.hears, now)
         if m.echo > self._echoes.get(src, 0):
             self._echoes[src] = m.echo
         if m.success:
@@ -214,13 +220,16 @@ class Leading:
         self._broadcast()
         return True
 
-    def transfer_leadership(self) -> bool:
-        """TimeoutNow to the most up-to-date connected voter, if it holds the whole log
-        (pysyncobj's rule). True when sent; the old leader leads until it sees the term."""
+    def transfer_leadership(self, target: str | None = None) -> bool:
+        """TimeoutNow to `target`, or the most up-to-date connected voter, if it holds the
+        whole log (pysyncobj's rule). True when sent; the old leader leads until it sees
+        the term."""
         if self.role is not Role.LEADER or self.status is not Status.UP:
             return False
         best: tuple[int, str] | None = None
         for voter in self._c.voters:
+            if target is not None and voter != target:
+                continue
             if voter != self.name and self._c.connected(self.name, voter):
                 candidate = (self._match.get(voter, 0), voter)
                 best = candidate if best is None else max(best, candidate)
@@ -228,6 +237,16 @@ class Leading:
             return False
         self._c.send(self.name, best[1], TimeoutNow(self.term))
         return True
+
+    def heard_from(self) -> dict[str, float]:
+        """Leader: when (simulated time) each follower last really answered in this
+        leadership (the daemon's RaftNode.heard_from gives ages instead)."""
+        return dict(self._heard) if self.role is Role.LEADER else {}
+
+    def hears_reports(self) -> dict[str, tuple[int, float]]:
+        """Leader: each follower's last report of how many voters' renewals its host
+        receives, and when it came (RaftNode.hears_reports in the daemon)."""
+        return dict(self._reports) if self.role is Role.LEADER else {}
 
     def match_index(self) -> dict[str, int]:
         """Leader only: highest index known replicated on each other peer."""

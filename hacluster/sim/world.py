@@ -27,6 +27,7 @@ from hacluster.sim.peer import LEASE_CHANNEL, SimPeer
 from hacluster.sim.raftmodel import RaftCluster, RaftModelConfig
 
 DELAYS = {"start": 0.4, "stop": 0.2, "migrate": 0.6}
+HypervisorAction = ag.StartVm | ag.StopVm | ag.DestroyVm | ag.MigrateVm
 
 
 @dataclass
@@ -324,7 +325,7 @@ class World:
 
     # ------------------------------------------------------------ the hypervisor
 
-    def hypervisor_action(self, peer: SimPeer, action: ag.AgentAction) -> None:
+    def hypervisor_action(self, peer: SimPeer, action: HypervisorAction) -> None:
         host = self.hosts[peer.name]
         if isinstance(action, ag.DestroyVm):
             host.hyper.domains.pop(action.name, None)
@@ -345,7 +346,7 @@ class World:
 
         self.at(DELAYS[op], done)
 
-    def _finish(self, host: SimHost, op: str, action: ag.AgentAction) -> c.Command | None:
+    def _finish(self, host: SimHost, op: str, action: HypervisorAction) -> c.Command | None:
         name, placement = action.name, getattr(action, "placement", 0)
 
         def report(observed: str, detail: str = "") -> c.Command:

@@ -132,6 +132,8 @@ def host_misc(ch: Chooser, state: ClusterState) -> c.Command:
         c.SetPeerStopped(name=name, stopped=ch.pick((True, False))),
         c.SetHostAddresses(name=name, addresses=ch.pick(
             (("main=192.168.0.1",), ("main=192.168.0.1", "backend=10.0.0.1"), ("bad",)))),
+        c.AnnounceVersions(name=name, commands=ch.pick(((("noop", 1),), (
+            ("frobnicate", 2), ("noop", 1)))), entry_formats=ch.pick(((1,), (1, 2)))),
         c.MarkHostAlive(
             name=_host_in(
                 ch, state, HostState.SUSPECT, HostState.FENCE_BLOCKED, HostState.FENCE_FAILED

@@ -1,5 +1,6 @@
 """Log entry codec: exact round trips, and every malformed entry becomes
-`Undecodable` (never an exception), which apply turns into a harmless event."""
+`Undecodable` (never an exception), on which apply raises `UnreadableEntry` with
+the state untouched: the peer halts rather than skip it."""
 
 from __future__ import annotations
 
@@ -17,10 +18,16 @@ from hypothesis import strategies as st
 
 from hacluster.fsm import commands as c
 from hacluster.fsm import decode_command, encode_command
-from hacluster.fsm.codec import ENTRY_FORMAT, MAX_ENTRY_BYTES, command_summary
+from hacluster.fsm.codec import (
+    ENTRY_FORMAT,
+    MAX_ENTRY_BYTES,
+    UnreadableEntry,
+    command_summary,
+    state_digest,
+)
 from hacluster.fsm.model import BmcOverride, BmcSettings, HostRole
 
-from .builders import Cluster, content_digest, kinds
+from .builders import Cluster
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 FAST = settings(max_examples=40, deadline=None)
@@ -212,7 +219,17 @@ def test_oversized_entry_is_refused_before_parsing() -> None:
 
 def test_unknown_type_keeps_request_id_and_stamp() -> None:
     decoded = decode_command(raw_entry("frobnicate", meta=("rid-9", "h0", 42.0)))
-    assert decoded == c.Undecodable("unknown command type 'frobnicate'", "rid-9", 42.0)
+    assert decoded == c.Undecodable("unknown command type 'frobnicate'", "rid-9", 42.0,
+                                    ENTRY_FORMAT, "frobnicate", 1)
+
+
+def test_what_could_not_be_read_is_kept_apart_from_the_problem() -> None:
+    newer = decode_command(raw_entry("host-load", version=2, head=1))
+    assert isinstance(newer, c.Undecodable)
+    assert (newer.entry_format, newer.command_type, newer.version) == (1, "host-load", 2)
+    future = decode_command(raw_entry(head=3))
+    assert isinstance(future, c.Undecodable)
+    assert (future.entry_format, future.command_type) == (3, "")
 
 
 @settings(max_examples=300, deadline=None)
@@ -266,28 +283,38 @@ def _small_cluster() -> Cluster:
     ],
     ids=["garbage", "unknown-type", "unknown-version", "bad-field"],
 )
-def test_apply_skips_undecodable_entry_without_changing_state(data: bytes) -> None:
+def test_apply_raises_on_an_undecodable_entry_and_changes_nothing(data: bytes) -> None:
+    """Never skipped: the state, its applied index and its digest stay those of the
+    last applied entry, so the peer halts exactly where it stopped understanding."""
     cluster = _small_cluster()
-    before = content_digest(cluster.state)
-    events = cluster.apply_bytes(data)
-    assert kinds(events) == ["undecodable"]
-    assert f"entry {cluster.index} skipped" in events[0].message
-    assert cluster.state.applied_index == cluster.index
-    assert content_digest(cluster.state) == before
+    applied, before = cluster.state.applied_index, state_digest(cluster.state)
+    requests, log_time = dict(cluster.state.recent_requests), cluster.state.log_time
+    with pytest.raises(UnreadableEntry) as raised:
+        cluster.apply_bytes(data)
+    assert raised.value.index == applied + 1
+    assert f"cannot apply log index {applied + 1}" in str(raised.value)
+    assert cluster.state.applied_index == applied
+    assert state_digest(cluster.state) == before
+    assert dict(cluster.state.recent_requests) == requests
+    assert cluster.state.log_time == log_time
 
 
-def test_apply_remembers_request_id_of_undecodable_entry() -> None:
+def test_the_halt_names_the_command_version_and_what_this_peer_reads() -> None:
     cluster = _small_cluster()
-    cluster.apply_bytes(raw_entry("frobnicate", meta=("rid-7", "h0", 1.0)))
-    retry = cluster.run(c.AddHost(name="h7"), request_id="rid-7")
-    assert kinds(retry) == ["duplicate"]
+    with pytest.raises(UnreadableEntry) as raised:
+        cluster.apply_bytes(raw_entry("host-load", version=2, head=1))
+    message = str(raised.value)
+    assert "(host-load v2, entry format 1)" in message
+    assert "this peer knows 1" in message and "log entry formats 1, 2" in message
+    assert raised.value.entry.command_type == "host-load" and raised.value.entry.version == 2
 
 
-def test_non_finite_stamp_does_not_poison_log_time() -> None:
+def test_non_finite_stamp_halts_without_poisoning_log_time() -> None:
     """A proposer stamp of +inf must not freeze log time (and with it the fence
-    cap window) forever: every later stamp would be ignored."""
+    cap window) forever: the entry is unreadable, and nothing of it is applied."""
     cluster = _small_cluster()
-    cluster.apply_bytes(raw_entry("noop", fields={}, meta=("", "h0", math.inf)))
+    with pytest.raises(UnreadableEntry, match="malformed envelope metadata"):
+        cluster.apply_bytes(raw_entry("noop", fields={}, meta=("", "h0", math.inf)))
     assert math.isfinite(cluster.state.log_time)
 
 

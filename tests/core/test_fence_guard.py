@@ -142,12 +142,14 @@ def test_a_pending_attempt_of_an_earlier_leader_is_cancelled_when_the_host_renew
 
 def test_a_leader_that_hears_nobody_fences_nobody_and_steps_down() -> None:
     """Hole 6: the leader keeps its Raft majority but its lease traffic is lost: every
-    other lease expires in its eyes. It holds every fence and hands leadership over."""
+    other lease expires in its eyes. It holds every fence and hands leadership to a
+    peer that says (in its Raft answers) it hears a majority."""
     leader = leading(voters("me", "h2", "h3", "h4", "h5"))
     decisions: list[object] = []
     at = T0
     while at < T0 + 6.0:
         at = round(at + 0.5, 6)
+        leader.manager.hears("h3", 4, at)
         step = leader.tick(at)
         decisions += step
         for proposal in proposals(step, c.Command):
@@ -157,6 +159,7 @@ def test_a_leader_that_hears_nobody_fences_nobody_and_steps_down() -> None:
     assert not leader.state.fences
     steps = [d for d in decisions if isinstance(d, StepDown)]
     assert steps and "no majority of 5 voters" in steps[0].reason
+    assert steps[0].target == "h3"
 
 
 def test_a_host_heard_through_raft_is_not_judged_dead_on_the_lease_channel() -> None:
@@ -185,6 +188,21 @@ def test_raft_answers_alone_do_not_keep_a_leader_that_hears_no_renewals() -> Non
         at = round(at + 0.5, 6)
         for host in ("h2", "h3"):
             leader.manager.raft_contact(host, at - 0.05)
+            leader.manager.hears(host, 2, at - 0.05)  # h2 and h3 hear each other
         decisions += leader.tick(at)
     assert proposals(decisions, c.MarkHostSuspect) == [] and fences(decisions) == []
     assert any(isinstance(d, StepDown) for d in decisions)
+
+
+def test_no_step_down_when_no_other_peer_hears_more() -> None:
+    """One voter dead, another whose lease port is blocked: nobody hears a majority of
+    renewals. Handing leadership round would only churn: the leader stays."""
+    leader = leading(voters("me", "h2", "h3"))
+    decisions: list[Decision] = []
+    at = T0
+    while at < T0 + 8.0:
+        at = round(at + 0.5, 6)
+        leader.manager.raft_contact("h2", at - 0.05)
+        leader.manager.hears("h2", 1, at - 0.05)
+        decisions += leader.tick(at)
+    assert not any(isinstance(d, StepDown) for d in decisions)

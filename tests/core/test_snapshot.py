@@ -1,4 +1,5 @@
-"""Snapshots: exact, canonical, and a damaged one is a SnapshotError (nothing else)."""
+"""Snapshots: exact, canonical, and a damaged one is a SnapshotError (nothing else);
+format 1 (no version announcements) is migrated on load, a newer format is refused."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from hypothesis import strategies as st
 
 from hacluster.fsm import ClusterState, decode_snapshot, encode_snapshot, state_digest
 from hacluster.fsm import commands as c
-from hacluster.fsm.codec import SnapshotError
-from hacluster.fsm.model import BmcOverride, FenceRecord, FenceResult, Host, Vm
+from hacluster.fsm.codec import SNAPSHOT_FORMAT, SnapshotError, SnapshotTooNew, UnreadableLog
+from hacluster.fsm.model import BmcOverride, FenceRecord, FenceResult, Host, HostVersions, Vm
 
 from .builders import Cluster, indexes
 
@@ -38,6 +39,8 @@ def busy_cluster() -> Cluster:
     cluster.fail_fence("h2")
     cluster.ok(c.SetHostMaintenance(name="h4", on=True))
     cluster.ok(c.ReportHostLoad(name="h3", load=1.25))
+    cluster.ok(c.AnnounceVersions(name="h3", commands=(("add-host", 1), ("frobnicate", 2)),
+                                  entry_formats=(1, 2)))
     return cluster
 
 
@@ -112,15 +115,46 @@ def test_garbage_is_a_snapshot_error() -> None:
             decode_snapshot(data)
 
 
-def test_unknown_format_is_named() -> None:
+def test_round_trip_keeps_the_version_announcements() -> None:
+    restored = decode_snapshot(encode_snapshot(busy_cluster().state))
+    assert restored.versions == {"h3": HostVersions("h3", (("add-host", 1), ("frobnicate", 2)),
+                                                    (1, 2))}
+
+
+def test_format_1_is_migrated_with_no_announcements() -> None:
+    """A snapshot written by release 0.1.0 (format 1, before announcements existed)
+    loads as the same state with an empty announcement map."""
+    state = busy_cluster().state
     doc = _doc()
-    doc["format"] = 99
-    with pytest.raises(SnapshotError, match="unknown snapshot format 99"):
+    doc["format"] = 1
+    del doc["versions"]
+    restored = decode_snapshot(_pack(doc))
+    assert restored.versions == {}
+    assert restored == dataclasses.replace(state, versions={})
+    assert decode_snapshot(encode_snapshot(restored)) == restored  # written as the new format
+    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 2
+
+
+def test_a_newer_format_is_refused_naming_both_formats() -> None:
+    doc = _doc()
+    doc["format"] = 3
+    with pytest.raises(SnapshotTooNew, match=r"snapshot format 3 is newer than this peer "
+                       r"reads \(formats 1, 2\)") as raised:
+        decode_snapshot(_pack(doc))
+    assert isinstance(raised.value, UnreadableLog)  # the peer halts on it (exit code 76)
+
+
+@pytest.mark.parametrize("found", [0, "2", None])
+def test_unknown_format_is_named(found: Any) -> None:
+    doc = _doc()
+    doc["format"] = found
+    with pytest.raises(SnapshotError, match=f"unknown snapshot format {found!r}"):
         decode_snapshot(_pack(doc))
 
 
 @pytest.mark.parametrize(
-    "key", ["hosts", "vms", "fences", "settings", "recent", "log_time", "applied_index"]
+    "key", ["hosts", "vms", "fences", "settings", "recent", "log_time", "applied_index",
+            "versions"]
 )
 def test_missing_part_is_a_snapshot_error(key: str) -> None:
     doc = _doc()
@@ -143,6 +177,7 @@ def test_missing_part_is_a_snapshot_error(key: str) -> None:
         ("applied_index", None),
         ("applied_index", float("inf")),
         ("log_time", [1]),
+        ("versions", [["h1", [["add-host", "one"]], [1]]]),
     ],
 )
 def test_wrong_part_is_a_snapshot_error(key: str, value: Any) -> None:

@@ -38,8 +38,8 @@ async def exchange_over_two_links() -> None:
     port = free_udp_port([*follower_links.values(), *leader_links.values()])
     heard: list[tuple[str, str, float | None]] = []
 
-    def on_renewal(host: str, link: str, credit_at: float | None, answer: Answer) -> None:
-        heard.append((host, link, credit_at))
+    def on_renewal(renewal: Renewal, credit_at: float | None, answer: Answer) -> None:
+        heard.append((renewal.host, renewal.link, credit_at))
         answer(ReadMark(term=7, commit_index=42, seq=0))  # a leader whose read is confirmed
 
     targets = {"h1": [("main", "127.0.0.4"), ("backend", "127.0.0.5")]}
