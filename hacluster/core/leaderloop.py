@@ -42,11 +42,11 @@ class LeaderLoop:
 
     def tick(self, raft_term: int | None, state: ClusterState, now: float, log_now: float,
              log_clock_running: bool, raft_heard: Mapping[str, float] | None = None,
-             hears: Mapping[str, int] | None = None) -> TickResult:
+             hears: Mapping[str, Mapping[str, float]] | None = None) -> TickResult:
         """raft_term: the term Raft says this peer leads in (None: it does not lead);
         now: this peer's monotonic clock; log_now: its log clock (core/logclock.py);
         raft_heard: host -> when (monotonic) its peer last answered our replication;
-        hears: host -> how many voters' renewals it receives (from those answers)."""
+        hears: host -> whose renewals it receives, host -> age (from those answers)."""
         out = TickResult()
         last, self._last_tick = self._last_tick, now
         blind_s = stood_still(last, now, self.tick_s)

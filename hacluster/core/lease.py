@@ -35,6 +35,7 @@ class LeaseView:
 
 GRANT = "granted"  # pseudo-link: the full lease a new leader grants
 RAFT = "raft"  # pseudo-link: the host's peer answered the leader's Raft replication
+VIA = "via "  # pseudo-links "via h3": another voter receives the host's renewals
 
 
 class LeaseTable:
@@ -76,11 +77,12 @@ class LeaseTable:
 
     def renewed_within(self, host: str, now: float, window_s: float,
                        lease_only: bool = False) -> bool:
-        """Did this host show life within the window: a renewal, or (unless lease_only)
-        its peer answering Raft? A new leader's grant is no sign of life."""
+        """Did this leader hear the host directly within the window: a renewal, or
+        (unless lease_only) its peer answering Raft? A new leader's grant and what other
+        voters relay are no such sign."""
         links = self._seen.get(host, {})
-        skip = (GRANT, RAFT) if lease_only else (GRANT,)
-        return any(now - t < window_s for k, t in links.items() if k not in skip)
+        return any(now - t < window_s for k, t in links.items()
+                   if k != GRANT and not k.startswith(VIA) and not (lease_only and k == RAFT))
 
     def link_ages(self, host: str, now: float) -> dict[str, float]:
         return {k: now - v for k, v in sorted(self._seen.get(host, {}).items()) if k != GRANT}

@@ -19,9 +19,10 @@ Safety rules implemented here (see docs/safety.md):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hacluster.core.lease import GRANT, RAFT, LeaseTable, LeaseView, Verdict
+from hacluster.core.lease import GRANT, RAFT, VIA, LeaseTable, LeaseView, Verdict
 from hacluster.fsm import commands as c
 from hacluster.fsm.apply_fence import cap_reopens_at, fence_action_for, quorum_problem
 from hacluster.fsm.model import ClusterState, FenceAction, FenceResult, Host, HostRole
@@ -77,7 +78,7 @@ class Manager:
         self._failed_at: dict[str, float] = {}  # host -> last failed attempt (monotonic)
         self._majority_heard_at = -1e18  # last tick a majority of voters renewed to us
         self._led_since = -1e18  # when this leadership began (monotonic)
-        self._hears: dict[str, tuple[int, float]] = {}  # host -> (voters it hears, when)
+        self._hears: dict[str, tuple[frozenset[str], float]] = {}  # host -> (whom, when)
 
     # ------------------------------------------------------------ leadership
 
@@ -101,9 +102,16 @@ class Manager:
     def renewal(self, host: str, link: str, now: float) -> None:
         self.leases.renew(host, link, now)
 
-    def hears(self, host: str, voters: int, now: float) -> None:
-        """A renewal (credited or not) said how many voters `host`'s peer hears."""
-        self._hears[host] = (voters, now)
+    def hears(self, reporter: str, ages: Mapping[str, float], at: float) -> None:
+        """Voter `reporter` said, answering our Raft replication at `at`, whose renewals
+        it receives and how long ago it got each (`ages`). A host another voter hears is
+        alive though we do not hear it (a one-way cut, a link we lack): its lease counts
+        those too, as of when that voter heard it. And a leader that hears no majority
+        learns which peer does (see _hear_majority)."""
+        self._hears[reporter] = (frozenset(ages), at)
+        for host, age in ages.items():
+            if host not in (self.me, reporter):
+                self.leases.renew(host, f"{VIA}{reporter}", at - age)
 
     def raft_contact(self, host: str, at: float) -> None:
         """The host's peer answered our Raft replication at `at`: it is alive, so its
@@ -279,9 +287,9 @@ class Manager:
         ttl = state.settings.lease_ttl_s
         if now - self._majority_heard_at < ttl:
             return []
-        better = sorted((-n, host) for host, (n, at) in self._hears.items()
+        better = sorted((-n, host) for host, (heard, at) in self._hears.items()
                         if host in voters and host != self.me and now - at < ttl
-                        and n * 2 > len(voters))
+                        and (n := len(heard & {*voters} | {host})) * 2 > len(voters))
         if not better:  # nobody hears more: changing leaders would only churn
             return []
         heard = ", ".join(self.live_voters(state, now, lease_only=True))

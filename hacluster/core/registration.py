@@ -11,9 +11,11 @@ from hacluster.fsm.states import HostState
 
 
 def registration(me: str, state: ClusterState, role: HostRole, addresses: tuple[str, ...],
-                 raft_address: str = "") -> tuple[c.Command, str] | None:
+                 raft_address: str = "", understands: versions.HostVersions | None = None
+                 ) -> tuple[c.Command, str] | None:
     """The next command this host's peer must propose about itself, and why (None:
-    the state knows all it needs). `addresses`: "link=address" per lease link."""
+    the state knows all it needs). `addresses`: "link=address" per lease link;
+    `understands`: the command versions it reads (default: this build's)."""
     host = state.hosts.get(me)
     if host is None or host.state is HostState.REMOVED:
         return c.AddHost(name=me, addresses=addresses, role=role,
@@ -22,7 +24,7 @@ def registration(me: str, state: ClusterState, role: HostRole, addresses: tuple[
     if host.addresses != addresses:
         return c.SetHostAddresses(name=me, addresses=addresses), \
             "[leases] links in the config differ from the cluster state"
-    announce = versions.announcement(state, me)
+    announce = versions.announcement(state, me, understands)
     if announce is not None:
         return announce, "the cluster state does not say what this peer understands"
     if host.peer_stopped:

@@ -273,11 +273,15 @@ class LeaseEndpoint:
                 out.append(Outgoing(link, address, self.codec.pack(renewal)))
         return seq, out
 
-    def hears(self, voters: Targets | dict[str, object], now: float, ttl_s: float) -> int:
-        """Voters whose renewals reached this peer within `ttl_s`, itself included: what
-        it tells the leader in its Raft answers (Manager.hears)."""
-        return 1 + sum(1 for host in voters if host != self.me and
-                       any(now - t < ttl_s for t in self.seen.get(host, {}).values()))
+    def heard(self, now: float, ttl_s: float) -> dict[str, float]:
+        """Hosts whose renewals reached this peer within `ttl_s`, and how long ago the
+        latest did: what it tells the leader in its Raft answers (Manager.hears)."""
+        out = {}
+        for host, links in self.seen.items():
+            age = now - max(links.values())
+            if host != self.me and age < ttl_s:
+                out[host] = round(age, 3)
+        return out
 
     def receive(self, data: bytes, now: float, ttl_s: float) -> Received:
         try:

@@ -60,9 +60,11 @@ def understood_by(state: ClusterState, name: str) -> HostVersions:
                                                     BASELINE_ENTRY_FORMATS)
 
 
-def announcement(state: ClusterState, name: str) -> c.AnnounceVersions | None:
-    """The announcement this peer must propose, or None if the state already says it."""
-    mine = this_peer(name)
+def announcement(state: ClusterState, name: str,
+                 mine: HostVersions | None = None) -> c.AnnounceVersions | None:
+    """The announcement this peer must propose, or None if the state already says it.
+    `mine`: what it understands (default: this build, `this_peer`)."""
+    mine = mine or this_peer(name)
     if state.versions.get(name) == mine:
         return None
     return c.AnnounceVersions(name=name, commands=mine.commands,

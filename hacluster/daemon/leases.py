@@ -170,9 +170,9 @@ class LeaseService:
         except TimeoutError:
             return None
 
-    def hears(self) -> int:
-        """Voters whose renewals this peer received within a lease, itself included."""
-        return self.endpoint.hears(self.targets(), time.monotonic(), self.times().ttl_s)
+    def heard(self) -> dict[str, float]:
+        """Hosts whose renewals this peer received within a lease: host -> age (s)."""
+        return self.endpoint.heard(time.monotonic(), self.times().ttl_s)
 
     def link_report(self) -> dict[str, dict[str, float | int]]:
         now = time.monotonic()

@@ -339,7 +339,7 @@ class Peer:
         while True:
             self.leases.send_round()
             if self.raft is not None:  # told to the leader in our Raft answers
-                self.raft.set_hears(self.leases.hears())
+                self.raft.set_hears(self.leases.heard())
             await asyncio.sleep(self._lease_times().renew_s)
 
     async def _fresh(self) -> bool:

@@ -69,6 +69,11 @@ def restart_or_relocate(ctx: Ctx, vm: Vm, why: str) -> None:
     if vm.state is V.STARTED and ctx.now - vm.since >= ctx.state.settings.vm_stable_s:
         vm = ctx.set_vm(vm, vm.state, vm.reason, restarts=0, relocates=0)
     host = ctx.state.hosts.get(vm.host)
+    if vm.allowed_hosts and vm.host not in vm.allowed_hosts:
+        # its host limits changed while it ran there: it moves, and that is no failure
+        place(ctx, [vm], exclude=[vm.host],
+              cause=f"{why}; {vm.host} is not among its hosts any more")
+        return
     host_ok = host is not None and host.state is HostState.ONLINE
     if vm.restarts < vm.max_restarts and host_ok:
         ctx.set_vm(

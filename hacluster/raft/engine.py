@@ -49,6 +49,7 @@ REGULAR = b"\x00"  # pysyncobj _COMMAND_TYPE.REGULAR: the type byte of our comma
 _NO_OP = b"\x01"
 _LEADER_STATE = 2  # pysyncobj _RAFT_STATE.LEADER
 _PARKED_TIMEOUT_S = 1e9
+MAX_HEARS_REPORT = 1000  # hosts in one follower's report (a sanity bound)
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,8 @@ class Engine(SyncObj):
         self._ha_answering: dict[Any, tuple[int, int]] = {}  # node -> (term, seq) processed
         self._ha_committed_in = 0  # last term in which we, leading, committed an entry of it
         self._ha_heard: dict[str, float] = {}  # partner -> raft_clock() of its last answer
-        self._ha_reports: dict[str, int] = {}  # partner -> voters its host hears (its report)
-        self.ha_hears = 0  # set by the daemon: voters whose renewals this host receives
+        self._ha_reports: dict[str, dict[str, float]] = {}  # partner -> whom its host hears
+        self.ha_hears: dict[str, float] = {}  # set by the daemon: whom this host hears
         conf = SyncObjConf(
             serializer=self._ha_serialize,
             deserializer=self._ha_deserialize,
@@ -299,7 +300,8 @@ class Engine(SyncObj):
         if self._isLeader():
             self._ha_heard[str(node.id)] = raft_clock()
             hears = message.get("ha_hears")
-            if isinstance(hears, int):
+            if isinstance(hears, dict) and len(hears) <= MAX_HEARS_REPORT and all(
+                    isinstance(k, str) and isinstance(v, int | float) for k, v in hears.items()):
                 self._ha_reports[str(node.id)] = hears
         self.ha_note_echo(node, message.get("ha_echo"))
 
@@ -334,7 +336,7 @@ class Engine(SyncObj):
         now = raft_clock()
         return {node: now - at for node, at in dict(self._ha_heard).items()}
 
-    def ha_hears_reports(self) -> dict[str, int]:
+    def ha_hears_reports(self) -> dict[str, dict[str, float]]:
         """Leader: what each partner last reported it hears (voters renewing to it)."""
         return dict(self._ha_reports) if self._isLeader() else {}
 

@@ -218,14 +218,14 @@ class RaftNode:
         this leadership, by Raft address ({} when not leading)."""
         return self._engine.ha_heard_ages()
 
-    def hears_reports(self) -> dict[str, int]:
-        """Leader: how many voters' renewals each partner's host receives, as it last
+    def hears_reports(self) -> dict[str, dict[str, float]]:
+        """Leader: whose renewals each partner's host receives (host -> age), as it last
         reported in its Raft answers, by Raft address."""
         return self._engine.ha_hears_reports()
 
-    def set_hears(self, voters: int) -> None:
-        """What this host reports in its Raft answers: voters whose renewals it receives."""
-        self._engine.ha_hears = voters
+    def set_hears(self, heard: dict[str, float]) -> None:
+        """What this host reports in its Raft answers: host -> age of its last renewal."""
+        self._engine.ha_hears = dict(heard)
 
     def current_entry(self) -> AppliedEntry:
         """The entry being applied; only valid inside the apply callback."""

@@ -54,7 +54,7 @@ class _Engine(Protocol):
 
     def ha_note_answer(self, node: Any, message: dict[str, Any]) -> None: ...
 
-    ha_hears: int
+    ha_hears: dict[str, float]
 
 
 class DurableTransport(TCPTransport):

@@ -283,3 +283,54 @@ def run_schedule(seed: int, fault_s: float = 30.0, actions: int = 12) -> ChaosRe
     problems = stuck_vms(world) + converged(world)
     return ChaosResult(seed, list(world.observer.violations), log, problems,
                        list(world.observer.false_fences))
+
+
+@dataclass
+class ChaosSummary:
+    base: int
+    ran: int = 0
+    failures: list[ChaosResult] = field(default_factory=list)
+    false_fences: int = 0
+    seconds: float = 0.0
+
+
+def _run_chunk(seeds: list[int]) -> list[ChaosResult]:
+    return [run_schedule(seed) for seed in seeds]
+
+
+def run_many(base: int, count: int, workers: int = 1, stop_after: int = 3,
+             chunk: int = 10) -> ChaosSummary:
+    """Schedules base .. base+count-1, over `workers` processes; stops early once
+    `stop_after` schedules failed. Every schedule is replayable by its seed alone."""
+    import concurrent.futures
+    import multiprocessing
+    import time
+
+    started = time.monotonic()
+    summary = ChaosSummary(base)
+    chunks = [list(range(s, min(s + chunk, base + count))) for s in range(base, base + count,
+                                                                          chunk)]
+
+    def take(results: list[ChaosResult]) -> None:
+        summary.ran += len(results)
+        summary.false_fences += sum(len(r.false_fences) for r in results)
+        summary.failures += [r for r in results if not r.ok]
+
+    if workers <= 1:
+        for seeds in chunks:
+            take(_run_chunk(seeds))
+            if len(summary.failures) >= stop_after:
+                break
+    else:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [pool.submit(_run_chunk, seeds) for seeds in chunks]
+            for future in futures:
+                take(future.result())
+                if len(summary.failures) >= stop_after:
+                    for other in futures:
+                        other.cancel()
+                    break
+    summary.failures.sort(key=lambda r: r.seed)
+    summary.seconds = time.monotonic() - started
+    return summary

@@ -59,7 +59,7 @@ class Observer:
         """An automatic fence incident committed (first seen now, real time): never more
         than `cap` in any real window of `window_s`."""
         self.incidents.append(now)
-        inside = [t for t in self.incidents if now - window_s < t <= now]
+        inside = [t for t in self.incidents if now - window_s + 1e-6 < t <= now]
         if len(inside) > cap:
             self.fail(now, f"{len(inside)} automatic fence incidents within {window_s:g}s of "
                       f"real time exceed the cap {cap}")

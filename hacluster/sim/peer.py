@@ -24,8 +24,9 @@ from hacluster.core.manager import Decision, Propose, RunFence, StepDown
 from hacluster.core.readindex import ReadIndex, ReadMark
 from hacluster.core.registration import registration
 from hacluster.core.renewal import Ack, LeaseCodec, LeaseEndpoint, Renewal, Targets
-from hacluster.fsm import ClusterState, apply, encode_command
+from hacluster.fsm import ClusterState, apply, decode_command, encode_command
 from hacluster.fsm import commands as c
+from hacluster.fsm.codec import UnreadableEntry
 from hacluster.fsm.events import Event
 from hacluster.fsm.model import FenceResult, HostRole
 from hacluster.fsm.states import HostState
@@ -107,6 +108,8 @@ class SimPeer:
         self.world = world
         self.name = name
         self.role = role
+        self.lacks: frozenset[str] = frozenset()  # command types an older release lacks
+        self.halted = ""  # why this peer stopped applying (an entry it cannot read)
         self.clock = PeerClock()
         self.proc = Process()
         self._read_ids = itertools.count(1)
@@ -139,7 +142,14 @@ class SimPeer:
         if not self.running:
             return
         mono = self.clock.mono(now)
-        self.raft.apply_committed(self._apply)
+        try:
+            self.raft.apply_committed(self._apply)
+        except UnreadableEntry as exc:  # daemon/halt.py: stop, say why, never skip
+            self.halted = str(exc)
+            self.world.note(f"peer {self.name}: halted (exit 76): {exc}")
+            self.raft.crash()
+            self.stop()
+            return
         self._serve_reads(mono)
         if now >= self.proc.next_manager - 1e-9:
             self.proc.next_manager = now + MANAGER_TICK_S
@@ -165,7 +175,8 @@ class SimPeer:
         if self.proc.registering or raft.leader is None or \
                 raft.applied_index < raft.commit_index:
             return
-        todo = registration(self.name, self.proc.state, self.role, self.addresses())
+        todo = registration(self.name, self.proc.state, self.role, self.addresses(),
+                            understands=self.understands())
         if todo is None:
             return
         self.proc.registering = True
@@ -179,10 +190,23 @@ class SimPeer:
 
     # ------------------------------------------------------------ the replica (daemon/replica.py)
 
+    def understands(self) -> versions.HostVersions:
+        build = versions.this_peer(self.name)
+        return versions.HostVersions(
+            self.name, tuple(cv for cv in build.commands if cv[0] not in self.lacks),
+            build.entry_formats)
+
     def _apply(self, record: Any) -> list[Event] | None:
         if record.data is None:  # a Raft no-op never reaches the state machine
             return None
         state = self.proc.state
+        if self.lacks:  # an older release: a command it does not know is undecodable
+            decoded = decode_command(record.data)
+            kind = getattr(getattr(decoded, "command", None), "TYPE", "")
+            if kind in self.lacks:
+                raise UnreadableEntry(record.index, c.Undecodable(
+                    f"unknown command type {kind!r}", entry_format=2, command_type=kind,
+                    version=1))
         events = apply(state, record.data, record.index)
         self.proc.clock.observe(state.log_time, self.clock.mono(self.world.now))
         self.world.applied(self, record, events)
@@ -194,9 +218,12 @@ class SimPeer:
     # ------------------------------------------------------------ proposals (daemon/proposer.py)
 
     def propose(self, command: c.Command, on_done: Callable[[bool, Any], None] | None = None,
-                origin: str = "") -> None:
+                origin: str = "", force: bool = False) -> None:
+        """`force`: past the version gate (what a test, or a broken proposer, does)."""
         now = self.world.now
         admission = versions.admit(self.proc.state, command.TYPE, command.VERSION)
+        if force and not admission.admitted:
+            admission = versions.Admission(entry_format=1)
         if not admission.admitted:  # the version gate (daemon/proposer.py `admit`)
             self.world.note(f"{self.name}: {command.TYPE} refused by the version gate: "
                             f"{admission.refusal}", quiet=True)
@@ -220,7 +247,7 @@ class SimPeer:
         assert loop is not None
         mono = self.clock.mono(now)
         heard = {host: self.clock.mono(at) for host, at in self.raft.heard_from().items()}
-        hears = {host: n for host, (n, _) in self.raft.hears_reports().items()}
+        hears = {host: ages for host, (ages, _) in self.raft.hears_reports().items()}
         result = loop.tick(self.raft.leader_term(), self.proc.state, mono, self.log_now(now),
                            self.proc.clock.running, heard, hears)
         if result.start_log_clock and self.proc.state.log_time <= 0:
@@ -236,7 +263,7 @@ class SimPeer:
             return
         if isinstance(d, Propose):
             self.propose(d.command, lambda ok, r, d=d: manager.proposal_done(  # type: ignore[misc]
-                d.key, d.command, ok, r.index, r.own_term))
+                d.key, d.command, ok, r.index if r else 0, bool(r and r.own_term)))
         elif isinstance(d, RunFence):
             self._confirm_then_fence(d)
         elif isinstance(d, StepDown):
@@ -294,7 +321,8 @@ class SimPeer:
         proc = self.proc
         if not proc.pending_reads:
             return
-        echoes = dict(self.raft.echoes())
+        # core/readindex.py counts the leader itself: only the other voters' echoes
+        echoes = {v: seq for v, seq in self.raft.echoes().items() if v != self.name}
         for key, mark in proc.reads.release(self.raft.leader_term(),
                                             len(self.world.raft.voters), echoes):
             pending = proc.pending_reads.pop(key, None)
@@ -327,7 +355,7 @@ class SimPeer:
         targets = self.renewal_targets()
         seq, datagrams = lease.round(targets, self.clock.mono(now), self.clock.wall(now),
                                      settings.lease_renew_s)
-        self.raft.hears = lease.hears(targets, self.clock.mono(now), settings.lease_ttl_s)
+        self.raft.hears = lease.heard(self.clock.mono(now), settings.lease_ttl_s)
         for out in datagrams:
             self.world.send_lease(now, self.name, out.address, out.link, out.datagram)
         return seq

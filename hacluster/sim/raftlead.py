@@ -73,7 +73,7 @@ class Leading:
         self._match: dict[str, int] = {}
         self._last_response: dict[str, float] = {}  # voters only
         self._heard: dict[str, float] = {}  # any follower: its last real answer
-        self._reports: dict[str, tuple[int, float]] = {}  # follower -> (hears, when)
+        self._reports: dict[str, tuple[dict[str, float], float]] = {}  # follower -> (hears, when)
         self._echoes: dict[str, int] = {}
         self._term_start = 0  # index of this term's no-op
 
@@ -148,7 +148,7 @@ class Leading:
         if src in self._last_response:
             self._last_response[src] = now
         self._heard[src] = now
-        self._reports[src] = (m.hears, now)
+        self._reports[src] = (m.hears or {}, now)
         if m.echo > self._echoes.get(src, 0):
             self._echoes[src] = m.echo
         if m.success:
@@ -243,7 +243,7 @@ class Leading:
         leadership (the daemon's RaftNode.heard_from gives ages instead)."""
         return dict(self._heard) if self.role is Role.LEADER else {}
 
-    def hears_reports(self) -> dict[str, tuple[int, float]]:
+    def hears_reports(self) -> dict[str, tuple[dict[str, float], float]]:
         """Leader: each follower's last report of how many voters' renewals its host
         receives, and when it came (RaftNode.hears_reports in the daemon)."""
         return dict(self._reports) if self.role is Role.LEADER else {}

@@ -113,7 +113,7 @@ class AppendReply:
     match: int  # success: the follower's log matches the leader's up to here
     hint: int  # failure: the index the leader should send from next
     echo: int  # highest seq processed from this leader in this term
-    hears: int = 0  # voters whose lease renewals this follower's host receives (the glue sets it)
+    hears: dict[str, float] | None = None  # whose renewals its host receives, host -> age
 
 
 @dataclass(slots=True)

@@ -64,7 +64,7 @@ class RaftPeer(Proposing, Leading):
         self.abstaining = False
         self.anomalies: list[str] = []  # what a real peer would log as critical
         self.dirty_from = 1  # lowest log index changed since a checker last looked
-        self.hears = 0  # set by the host's peer process: voters whose renewals it receives
+        self.hears: dict[str, float] = {}  # set by the host's peer: whose renewals it gets
         self._token = 0  # identifies the one valid scheduled wake-up
         self._wake_at = _NEVER
         self._paused_calls: list[tuple[bytes, OnDone, float | None]] = []

@@ -23,6 +23,11 @@ events.txt, one per line, `#` starts a comment:
     TIME expect vm VM STATE [HOST] | expect host HOST STATE | expect running VM HOST|nowhere
     TIME expect fences N        (confirmed fences so far)
     TIME expect power-offs HOST N   (fence power-offs of HOST in its BMC log)
+    TIME expect halted HOST         (its peer stopped at an entry it cannot read)
+    TIME upgrade HOST               (its peer restarts as this release)
+    TIME force fence-hold HOST REASON   (proposed past the version gate)
+
+cluster.toml: [[host]] lacks = ["fence-cancel", ...] runs an older release there.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ def load_cluster(world: World, path: Path) -> tuple[dict[str, Any], float]:
             tuple(spec.get("links", ["mgmt"])),
             BmcMode(spec.get("bmc", "works")),
         )
+        world.hosts[spec["name"]].peer.lacks = frozenset(spec.get("lacks", ()))
     world.start()
     return doc, float(doc.get("duration", 30.0))
 
@@ -164,10 +170,10 @@ def perform(world: World, words: list[str]) -> str:
     verb, args = words[0], words[1:]
     if verb == "expect":
         return expect(world, args)
-    if verb == "hactl":
-        command = hactl_command(args)
-        world.note(f"hactl {' '.join(args)}")
-        world.admin(command)
+    if verb in ("hactl", "force"):
+        command = hactl_command(args) if verb == "hactl" else forced_command(args)
+        world.note(f"{verb} {' '.join(args)}")
+        world.admin(command, force=verb == "force")
         return ""
     action = ACTIONS.get(verb)
     if action is None:
@@ -225,6 +231,10 @@ def _process(world: World, args: list[str], verb: str) -> None:
             args[0])
         world.note(f"net {args[0]}: lease port {'blocked' if verb == 'lease-block' else 'open'}"
                    " (Raft traffic flows)")
+    elif verb == "upgrade":
+        world.hosts[args[0]].peer.lacks = frozenset()
+        world.restart_peer(args[0])
+        world.note(f"peer {args[0]}: upgraded to this release and restarted")
     elif verb == "clock":
         world.hosts[args[0]].peer.clock.wall_skew = float(args[1])
         world.note(f"clock {args[0]}: wall clock steps to {float(args[1]):+g}s")
@@ -282,7 +292,7 @@ ACTIONS: dict[str, Any] = {
         "partition")},
     **{v: (lambda w, a, v=v: _process(w, a, v)) for v in (
         "kill-peer", "restart-peer", "pause", "resume", "lease-block", "lease-unblock",
-        "clock")},
+        "clock", "upgrade")},
     **{v: (lambda w, a, v=v: _leader(w, a, v)) for v in (
         "kill-leader", "pause-leader", "lease-block-leader")},
     **{v: (lambda w, a, v=v: _power(w, a, v)) for v in ("power-off", "power-on")},
@@ -318,6 +328,15 @@ def hactl_command(args: list[str]) -> c.Command:
     raise ValueError(f"unknown hactl command {' '.join(args)!r}")
 
 
+def forced_command(args: list[str]) -> c.Command:
+    """A command proposed past the version gate (a scenario shows what a peer that
+    cannot read it does)."""
+    match args:
+        case ["fence-hold", host, *reason]:
+            return c.HoldFence(host=host, reason=" ".join(reason) or "forced")
+    raise ValueError(f"unknown forced command {' '.join(args)!r}")
+
+
 def expect(world: World, args: list[str]) -> str:
     state = world.truth()
     if state is None:
@@ -337,6 +356,9 @@ def expect(world: World, args: list[str]) -> str:
         case ["fences", count]:
             got = str(len(_confirmed(state)))
             ok = got == count
+        case ["halted", host]:
+            got = world.hosts[host].peer.halted or "running"
+            ok = bool(world.hosts[host].peer.halted)
         case ["power-offs", host, count]:
             got = str(sum(1 for _, what in world.hosts[host].bmc.log if what == "off"))
             ok = got == count

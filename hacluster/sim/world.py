@@ -376,9 +376,10 @@ class World:
 
     # ------------------------------------------------------------ operators
 
-    def admin(self, command: c.Command,
-              on_done: Callable[[bool], None] | None = None) -> bool:
-        """An operator command through the peer that leads now (False: no leader)."""
+    def admin(self, command: c.Command, on_done: Callable[[bool], None] | None = None,
+              force: bool = False) -> bool:
+        """An operator command through the peer that leads now (False: no leader);
+        `force` passes the version gate."""
         origin = self.leader
         if origin is None:
             self.note(f"admin: {command.TYPE} not sent (no leader)")
@@ -390,7 +391,7 @@ class World:
             if on_done is not None:
                 on_done(ok)
 
-        self.hosts[origin].peer.propose(command, done, origin="operator")
+        self.hosts[origin].peer.propose(command, done, origin="operator", force=force)
         return True
 
     def admin_wait(self, command: c.Command, limit_s: float = 5.0) -> bool:

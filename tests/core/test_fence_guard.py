@@ -149,7 +149,7 @@ def test_a_leader_that_hears_nobody_fences_nobody_and_steps_down() -> None:
     at = T0
     while at < T0 + 6.0:
         at = round(at + 0.5, 6)
-        leader.manager.hears("h3", 4, at)
+        leader.manager.hears("h3", {"h2": 0.1, "h4": 0.2, "h5": 0.1}, at)
         step = leader.tick(at)
         decisions += step
         for proposal in proposals(step, c.Command):
@@ -188,7 +188,8 @@ def test_raft_answers_alone_do_not_keep_a_leader_that_hears_no_renewals() -> Non
         at = round(at + 0.5, 6)
         for host in ("h2", "h3"):
             leader.manager.raft_contact(host, at - 0.05)
-            leader.manager.hears(host, 2, at - 0.05)  # h2 and h3 hear each other
+            other = "h3" if host == "h2" else "h2"
+            leader.manager.hears(host, {other: 0.2}, at - 0.05)  # h2 and h3 hear each other
         decisions += leader.tick(at)
     assert proposals(decisions, c.MarkHostSuspect) == [] and fences(decisions) == []
     assert any(isinstance(d, StepDown) for d in decisions)
@@ -203,6 +204,21 @@ def test_no_step_down_when_no_other_peer_hears_more() -> None:
     while at < T0 + 8.0:
         at = round(at + 0.5, 6)
         leader.manager.raft_contact("h2", at - 0.05)
-        leader.manager.hears("h2", 1, at - 0.05)
+        leader.manager.hears("h2", {}, at - 0.05)
         decisions += leader.tick(at)
     assert not any(isinstance(d, StepDown) for d in decisions)
+
+
+def test_a_host_another_voter_hears_is_not_judged_dead() -> None:
+    """A one-way cut: nothing from h2 reaches the leader, but h3 receives h2's renewals
+    and says so in its Raft answers: h2 is alive (reachable from a majority)."""
+    leader = leading(voters("me", "h2", "h3"))
+    at = T0
+    while at < T0 + 6.0:
+        at = round(at + 0.5, 6)
+        leader.renew("h3", at)
+        leader.manager.hears("h3", {"h2": 0.3}, at)
+        decisions = leader.tick(at)
+        assert proposals(decisions, c.MarkHostSuspect) == [] and fences(decisions) == []
+    view = leader.manager.leases.view("h2", at, leader.state.settings)
+    assert "via h3 0.30s" in view.evidence(leader.state.settings)

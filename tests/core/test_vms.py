@@ -172,6 +172,19 @@ def test_crash_restarts_in_place_then_relocates_then_errors() -> None:
     assert "restart cap 2 and relocate cap 1 used up" in cluster.vm("v1").reason
 
 
+def test_a_crash_outside_changed_host_limits_moves_the_vm_without_counting() -> None:
+    """Its limits changed while it ran on h1: it is not restarted there (found by the
+    simulator's chaos runs: a start outside the VM's hosts)."""
+    cluster = two_hosts()
+    cluster.add_vm("v1")
+    assert cluster.vm("v1").host == "h1"
+    cluster.ok(c.SetVmOptions(name="v1", allowed_hosts=("h2",)))
+    cluster.report("v1", "crashed")
+    vm = cluster.vm("v1")
+    assert (vm.state, vm.host, vm.restarts, vm.relocates) == (V.STARTING, "h2", 0, 0)
+    assert "h1 is not among its hosts any more" in vm.reason
+
+
 def test_restart_gets_a_new_placement() -> None:
     cluster = two_hosts()
     cluster.add_vm("v1")
