@@ -241,6 +241,8 @@ class Manager:
             quorum_ok = not quorum_problem(state, host.name)
             guard_ok = not self.guard_problem(state, host.name, now)
             if quorum_ok and guard_ok and (reopens is None or log_now >= reopens):
+                if host.fence_wanted:
+                    return self._fence(state, now, host, "fence wanted", host.fence_wanted)
                 return self._fence(state, now, host, "lease expired; the fence can go ahead "
                                    "again", lease.evidence(s))
         if host.state is H.FENCING and not s.cluster_maintenance:

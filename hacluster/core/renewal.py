@@ -306,3 +306,25 @@ class LeaseEndpoint:
         nonce = self.judge.issue(term, now, ttl_s)
         return self.codec.pack(Ack(self.me, term, commit_index, renewal.host, renewal.link,
                                    renewal.seq, nonce))
+
+
+def renewal_targets(state_hosts: dict[str, tuple[str, tuple[str, ...]]], me: str,
+                    my_links: set[str], fallback: dict[str, str]) -> Targets:
+    """Where this peer sends its renewals: every voter the state knows ("link=address"
+    entries, on the links this host has too). `state_hosts`: voter -> (its name, its
+    addresses). Until the state lists any other voter (a fresh or rebuilt peer that has
+    not caught up) it renews to `fallback` (voter -> address, the configured Raft
+    peers) on its first link: its lease must not lapse because its log is behind."""
+    out: Targets = {}
+    for name, (_, addresses) in sorted(state_hosts.items()):
+        routes = []
+        for entry in addresses:
+            link, _, address = entry.partition("=")
+            if link in my_links:
+                routes.append((link, address))
+        out[name] = routes
+    if any(routes for name, routes in out.items() if name != me) or not my_links:
+        return out
+    first = sorted(my_links)[0]
+    return {name: [(first, address)] for name, address in sorted(fallback.items())
+            if name != me}

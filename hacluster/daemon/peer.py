@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from hacluster.config import Config, read_secret
 from hacluster.core.registration import registration
-from hacluster.core.renewal import LeaseCodec
+from hacluster.core.renewal import LeaseCodec, renewal_targets
 from hacluster.daemon.agent import AgentDriver, HostReporter
 from hacluster.daemon.halt import halt_report
 from hacluster.daemon.leader import LeaderDriver
@@ -316,19 +316,14 @@ class Peer:
     # ------------------------------------------------------------ leases and freshness
 
     def renewal_targets(self) -> dict[str, list[tuple[str, str]]]:
-        mine = self._links()
-        out: dict[str, list[tuple[str, str]]] = {}
+        """Every voter on the links both hosts have (core/renewal.py `renewal_targets`);
+        the configured Raft peers while the state knows none."""
         with self.replica.read() as state:
-            for name, host in state.hosts.items():
-                if host.role is HostRole.MEMBER or host.state is HostState.REMOVED:
-                    continue
-                routes = []
-                for entry in host.addresses:
-                    link, _, address = entry.partition("=")
-                    if link in mine:
-                        routes.append((link, address))
-                out[name] = routes
-        return out
+            voters = {name: (name, host.addresses) for name, host in state.hosts.items()
+                      if host.role is not HostRole.MEMBER and host.state is not HostState.REMOVED}
+        fallback = {name: address.rpartition(":")[0] for name, _, address in
+                    (p.partition("=") for p in self.config.cluster.peers)}
+        return renewal_targets(voters, self.me, set(self._links()), fallback)
 
     def _lease_times(self) -> LeaseTimes:
         with self.replica.read() as state:

@@ -273,7 +273,8 @@ def fence_failed(ctx: Ctx, cmd: c.FenceFailed) -> None:
 
 def hold_fence(ctx: Ctx, cmd: c.HoldFence) -> None:
     host = ctx.host(cmd.host)
-    if host.state not in (H.SUSPECT, H.FENCING):
+    wanted = host.fence_wanted and host.state in (H.ONLINE, H.DRAINING)
+    if host.state not in (H.SUSPECT, H.FENCING) and not wanted:
         raise Refused(f"host {host.name} is {host.state.value}: no fence to hold", host.name)
     if not cmd.reason.strip():
         raise Refused("a held fence needs a reason", host.name)

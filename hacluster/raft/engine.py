@@ -263,6 +263,9 @@ class Engine(SyncObj):
     def term_barrier(self) -> None:
         self._ha_journal.sync_term()
 
+    def ha_current_term(self) -> int:
+        return int(self.raftCurrentTerm)
+
     def abstains_from_voting(self) -> bool:
         return self._ha_abstain
 

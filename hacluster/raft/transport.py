@@ -8,7 +8,10 @@
   `handshake_timeout_s`, or has buffered more than `max_handshake_bytes`, is dropped:
   garbage or a bogus length prefix cannot pile up memory or linger.
 * While a rebuilt peer catches up it drops vote requests (it must not vote with an
-  empty log: it may have acknowledged entries it no longer has).
+  empty log: it may have acknowledged entries it no longer has). If it kept a term
+  above the leader's (its meta file survived), pysyncobj would ignore that leader's
+  append_entries for ever: it tells the leader its term instead (a vote request it
+  cannot win), so the others elect a leader above it, whom it follows.
 * A leader keeps each follower's nextIndex monotonic on successful acknowledgements
   (pipelining), see `_onMessageReceived`.
 * Read index: a leader's append_entries get a sequence number, a follower's answer
@@ -54,6 +57,8 @@ class _Engine(Protocol):
 
     def ha_note_answer(self, node: Any, message: dict[str, Any]) -> None: ...
 
+    def ha_current_term(self) -> int: ...
+
     ha_hears: dict[str, float]
 
 
@@ -61,8 +66,20 @@ class DurableTransport(TCPTransport):
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
         self._outbox: list[tuple[Any, Any]] = []
         self._accepted_at: dict[Any, float] = {}
+        self._term_told: dict[Any, float] = {}  # node -> when we last told it our term
         self._engine: _Engine = syncObj
         super().__init__(syncObj, selfNode, otherNodes)
+
+    def _tell_term_if_stale(self, node: Any, message: dict[str, Any]) -> None:
+        ours = self._engine.ha_current_term()
+        term = message.get("term")
+        now = monotonic()
+        if isinstance(term, int) and term < ours and now - self._term_told.get(node, 0) > 1.0:
+            self._term_told[node] = now
+            log.warning("rebuilt peer: leader %s is in term %d, below ours (%d): telling it",
+                        getattr(node, "id", node), term, ours)
+            self.send(node, {"type": "request_vote", "term": ours, "last_log_index": 0,
+                             "last_log_term": 0})
 
     # ------------------------------------------------------------ outgoing connections
 
@@ -174,6 +191,8 @@ class DurableTransport(TCPTransport):
             return
         if kind == "append_entries":
             self._engine.ha_note_append(node, message)
+            if self._engine.abstains_from_voting():
+                self._tell_term_if_stale(node, message)
         elif kind == "next_node_idx":
             self._engine.ha_note_answer(node, message)
         if kind == "next_node_idx" and message.get("success") and not message.get("reset"):

@@ -280,6 +280,8 @@ def run_schedule(seed: int, fault_s: float = 30.0, actions: int = 12) -> ChaosRe
         if _recovers(world, within_s=RECOVERY_BOUND_S):
             break
     world.run_until(world.now + 2.0)
+    if stuck_vms(world):  # a slow BMC's late power-off, say: it must recover from that too
+        _recovers(world, within_s=RECOVERY_BOUND_S)
     problems = stuck_vms(world) + converged(world)
     return ChaosResult(seed, list(world.observer.violations), log, problems,
                        list(world.observer.false_fences))

@@ -22,6 +22,7 @@ class Observer:
     last_unhealthy: dict[str, float] = field(default_factory=dict)
     false_fences: list[str] = field(default_factory=list)
     fence_power_offs: int = 0
+    limits_changed: dict[str, int] = field(default_factory=dict)  # vm -> log index
 
     def fail(self, now: float, message: str) -> None:
         self.violations.append(f"t={now:.2f}: {message}")
@@ -64,18 +65,22 @@ class Observer:
             self.fail(now, f"{len(inside)} automatic fence incidents within {window_s:g}s of "
                       f"real time exceed the cap {cap}")
 
+    def fence_commanded(self, by: str, term: int, now: float) -> None:
+        """A leader sends a fence command: only the leader of the moment may (no later
+        term committed anything yet)."""
+        if term < self.highest_committed_term:
+            self.fail(now, f"{by} fenced in term {term} after a leader of term "
+                      f"{self.highest_committed_term} committed")
+
     def fence_power_off(self, host: str, by: str, term: int, now: float,
                         healthy_since: float | None, lease_s: float) -> None:
-        """A fence is about to power a running host off. Only the leader of the moment
-        acts (no later term committed anything yet), and never against a host that was
-        healthy (peer running, reachable from a majority) for a whole lease before."""
+        """A fence powers a running host off. It was not commanded against a host that
+        had been healthy (peer running, reachable from a majority) for a whole lease
+        (`healthy_since`, when commanded; None: it was not)."""
         self.fence_power_offs += 1
-        if term < self.highest_committed_term:
-            self.fail(now, f"{by} fenced {host} in term {term} after a leader of term "
-                      f"{self.highest_committed_term} committed")
         if healthy_since is not None and now - healthy_since > lease_s + 1.0:
             text = (f"false fence: {host} powered off by {by} although healthy and "
-                    f"reachable from a majority for {now - healthy_since:.1f}s")
+                    f"reachable from a majority since t={healthy_since:.1f}")
             self.false_fences.append(f"t={now:.2f}: {text}")
             self.fail(now, text)
 
@@ -111,7 +116,10 @@ class Observer:
             return
         if record.desired is not Desired.STARTED:
             self.fail(now, f"{vm} started on {host} although desired {record.desired.value}")
-        if record.allowed_hosts and host not in record.allowed_hosts:
+        # Limits constrain placements: a VM placed before they changed may still run
+        # (or resume) there until it is placed anew.
+        placed_after = record.placement > self.limits_changed.get(vm, 0)
+        if record.allowed_hosts and host not in record.allowed_hosts and placed_after:
             self.fail(now, f"{vm} started on {host}, outside its hosts "
                       f"{', '.join(record.allowed_hosts)}")
         group = record.anti_affinity

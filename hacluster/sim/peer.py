@@ -23,7 +23,14 @@ from hacluster.core.logclock import LogClock
 from hacluster.core.manager import Decision, Propose, RunFence, StepDown
 from hacluster.core.readindex import ReadIndex, ReadMark
 from hacluster.core.registration import registration
-from hacluster.core.renewal import Ack, LeaseCodec, LeaseEndpoint, Renewal, Targets
+from hacluster.core.renewal import (
+    Ack,
+    LeaseCodec,
+    LeaseEndpoint,
+    Renewal,
+    Targets,
+    renewal_targets,
+)
 from hacluster.fsm import ClusterState, apply, decode_command, encode_command
 from hacluster.fsm import commands as c
 from hacluster.fsm.codec import UnreadableEntry
@@ -338,15 +345,15 @@ class SimPeer:
 
     def renewal_targets(self) -> Targets:
         """Every voter, on the links both hosts have (daemon/peer.py `renewal_targets`)."""
-        mine = set(self.world.net.links_of(self.name))
-        out: Targets = {}
-        for name, host in self.proc.state.hosts.items():
-            if host.role is HostRole.MEMBER or host.state is HostState.REMOVED:
-                continue
-            links = [e.partition("=")[0] for e in host.addresses] or \
-                list(self.world.net.links_of(name))
-            out[name] = [(ln, name) for ln in sorted(links) if ln in mine]
-        return out
+        voters = {name: (name, host.addresses or self._addresses_of(name))
+                  for name, host in self.proc.state.hosts.items()
+                  if host.role is not HostRole.MEMBER and host.state is not HostState.REMOVED}
+        fallback = {name: name for name in self.world.raft.voters}
+        return renewal_targets(voters, self.name, set(self.world.net.links_of(self.name)),
+                               fallback)
+
+    def _addresses_of(self, name: str) -> tuple[str, ...]:
+        return tuple(f"{ln}={name}" for ln in self.world.net.links_of(name))
 
     def _renew(self, now: float) -> int:
         lease = self.proc.lease

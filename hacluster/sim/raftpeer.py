@@ -273,7 +273,10 @@ class RaftPeer(Proposing, Leading):
     def _follow(self, src: str, m: AppendEntries, now: float) -> bool:
         """An AppendEntries from a leader we did not follow yet: adopt it unless stale."""
         if m.term < self.term:
-            if self._c.config.reply_to_stale_leader:
+            # A rebuilt peer may have kept a term above the leader's (its meta file) and
+            # would never catch up: it says its term (raft/transport.py does the same),
+            # so that the cluster elects anew above it.
+            if self._c.config.reply_to_stale_leader or self.abstaining:
                 self._c.send(self.name, src, AppendReply(self.term, False, 0, 0, 0))
             return False
         if m.term > self.term:

@@ -211,6 +211,9 @@ class World:
         if isinstance(command, c.VmReport) and command.observed in ("crashed", "stopped",
                                                                      "start-failed"):
             self.observer.host_vouched(command.host, command.name)
+        if isinstance(command, c.SetVmOptions) and command.allowed_hosts is not None and \
+                events:
+            self.observer.limits_changed[command.name] = events[0].index
 
     # ------------------------------------------------------------ leases
 
@@ -239,10 +242,13 @@ class World:
                   f"{order.token}, BMC {target.bmc.mode.value})")
         if plan.power_off_after_s is not None and order.action in (FenceAction.OFF,
                                                                    FenceAction.REBOOT):
+            # judged as commanded: a slow BMC may act after the host came back
             ttl = peer.proc.state.settings.lease_ttl_s
             deliberate = _deliberate(peer.proc.state, order.token)
+            healthy_since = self._healthy_since(order.host, deliberate)
+            self.observer.fence_commanded(peer.name, term, self.now)
             self.at(plan.power_off_after_s, lambda: self._fence_power_off(
-                order.host, peer.name, term, ttl, deliberate))
+                order.host, peer.name, term, ttl, healthy_since))
         if plan.power_on_after_s is not None:
             self.at(plan.power_on_after_s, lambda: self.power_on(order.host, "BMC"))
         generation = peer.proc.generation
@@ -253,14 +259,18 @@ class World:
 
         self.at(plan.answer_after_s, answer)
 
+    def _healthy_since(self, host: str, deliberate: bool) -> float | None:
+        """Since when the host has been healthy (None: not now, or a deliberate fence)."""
+        last_unhealthy = self.observer.last_unhealthy.get(host, 0.0)
+        if deliberate or last_unhealthy >= self.now - self.step_s - 1e-9:
+            return None  # (the last look was a step ago)
+        return last_unhealthy
+
     def _fence_power_off(self, host: str, by: str, term: int, lease_s: float,
-                         deliberate: bool) -> None:
+                         healthy_since: float | None) -> None:
         target = self.hosts[host]
         if not target.powered:
             return
-        last_unhealthy = self.observer.last_unhealthy.get(host, 0.0)
-        healthy_since = None if deliberate or last_unhealthy >= self.now - 1e-9 \
-            else last_unhealthy
         self.observer.fence_power_off(host, by, term, self.now, healthy_since, lease_s)
         target.bmc.log.append((self.now, "off"))
         self.power_off(host, "BMC")

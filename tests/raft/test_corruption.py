@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from hacluster.raft.files import JOURNAL_NAME, SNAPSHOT_NAME
+from hacluster.raft.files import JOURNAL_NAME, META_NAME, SNAPSHOT_NAME, encode_meta, load_meta
 from raftlab.harness import Peer, PeerFailed, propose_all, wait_for
 from raftlab.peer import CORRUPT_EXIT
 
@@ -65,3 +65,29 @@ def test_bad_storage_refuses_then_rebuild_recovers(make_cluster, target, how):
     new_leader, _ = c.wait_leader()
     propose_all(new_leader, 3, "c")
     c.wait_converged(min_count=expected + 3)
+
+
+def test_a_rebuilt_peer_with_a_higher_term_than_the_leader_catches_up(make_cluster):
+    """It kept its meta file (term and vote), and that term is above the leader's (it
+    stood for election while cut off, say). pysyncobj ignores append_entries of a lower
+    term, so without telling the others its term it would never catch up."""
+    c = make_cluster(3).start()
+    leader, term = c.wait_leader()
+    propose_all(leader, 10, "a")
+    c.wait_converged(min_count=10)
+    victim = next(p for p in c.peers if p is not leader)
+    victim.stop()
+    meta_path = os.path.join(victim.data_dir, META_NAME)
+    meta = load_meta(meta_path)
+    assert meta is not None
+    meta.term, meta.voted_for = term + 20, None
+    with open(meta_path, "wb") as f:
+        f.write(encode_meta(meta))
+    damage(os.path.join(victim.data_dir, JOURNAL_NAME), "corrupt")
+    victim.start(rebuild=True)
+    c.wait_converged(min_count=10)
+    wait_for(lambda: not victim.status()["abstaining"], 20, "the rebuilt peer to vote again")
+    new_leader, new_term = c.wait_leader()
+    assert new_term > term + 20  # the cluster elected above the rebuilt peer's term
+    propose_all(new_leader, 3, "b")
+    c.wait_converged(min_count=13)

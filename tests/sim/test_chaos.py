@@ -86,13 +86,13 @@ def test_observer_catches_a_false_fence() -> None:
     not. A BMC command aimed at a healthy host by hand is reported."""
     world = three_hosts()
     world.run_until(world.now + 5.0)
-    world._fence_power_off("h3", "test", term=99, lease_s=3.0, deliberate=False)
+    world._fence_power_off("h3", "test", term=99, lease_s=3.0, healthy_since=0.0)
     assert world.observer.false_fences and "false fence: h3" in world.observer.false_fences[0]
 
 
 def test_observer_catches_a_stale_leader_acting() -> None:
     world = three_hosts()
-    world._fence_power_off("h3", "h1", term=0, lease_s=3.0, deliberate=True)
+    world.observer.fence_commanded("h1", term=0, now=world.now)
     assert any("after a leader of term" in v for v in world.observer.violations)
 
 
