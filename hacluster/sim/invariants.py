@@ -101,16 +101,20 @@ class Observer:
         if lost is not None and lost[0] == host:
             del self.unconfirmed_loss[vm]
 
-    def vm_started(self, vm: str, host: str, now: float, truth: ClusterState | None,
-                   neighbours: Iterable[str] = ()) -> None:
-        """A copy of vm starts on host, beside the live `neighbours`. `truth`: the most
-        advanced committed state: the start must respect its desired state, host limits
-        and anti-affinity."""
+    def vm_started(self, vm: str, host: str, now: float) -> None:
+        """A copy of vm came up on host: never while a lost copy awaits its fence."""
         lost = self.unconfirmed_loss.get(vm)
         if lost is not None and lost[0] != host:
             self.fail(now, f"{vm} started on {host} before the fence of {lost[0]} was "
                       f"confirmed (copy lost there at t={lost[1]:.2f})")
         self.unconfirmed_loss.pop(vm, None)
+
+    def start_decided(self, vm: str, host: str, now: float, truth: ClusterState | None,
+                      neighbours: Iterable[str] = ()) -> None:
+        """An agent decides to start vm on host, beside the live `neighbours`. `truth`:
+        the most advanced committed state: the start must respect its desired state,
+        host limits and anti-affinity (judged when decided: the operator may change
+        them while the start runs)."""
         record = truth.vms.get(vm) if truth is not None else None
         if record is None:
             return

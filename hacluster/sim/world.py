@@ -342,6 +342,9 @@ class World:
             self.note(f"agent {peer.name}: destroyed {action.name} ({action.reason})")
             return
         op = {ag.StartVm: "start", ag.StopVm: "stop", ag.MigrateVm: "migrate"}[type(action)]
+        if op == "start":
+            self.observer.start_decided(action.name, peer.name, self.now, self.truth(),
+                                        host.hyper.live())
         peer.proc.busy.add(action.name)
         generation = peer.proc.generation
 
@@ -366,8 +369,7 @@ class World:
         if self.vm_faults.fails(op, name, host.name):
             return report(f"{op}-failed", "sim fault")
         if op == "start":
-            neighbours = host.hyper.live()
-            self.observer.vm_started(name, host.name, self.now, self.truth(), neighbours)
+            self.observer.vm_started(name, host.name, self.now)
             host.hyper.domains[name] = ag.DomainState.RUNNING
             self.note(f"agent {host.name}: started {name}")
             return report("started")
