@@ -12,6 +12,7 @@ EPILOG = """examples:
   hacluster sim hacluster/sim/scenarios/01-host-power-loss
   hacluster sim --all                       run every shipped scenario
   hacluster sim --all --rewrite             refresh their expected.log files
+  hacluster sim chaos --schedules 2000 --seed 7   random fault schedules, replayable by seed
   hacluster demo
 """
 
@@ -21,9 +22,34 @@ def shipped_scenarios() -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / "cluster.toml").exists())
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    """Random fault schedules (hacluster/sim/chaos.py); exit 1 when one fails."""
+    import json
+
+    from hacluster.sim.chaos import run_many
+
+    summary = run_many(args.seed, args.schedules, workers=args.workers, stop_after=args.stop)
+    for result in summary.failures:
+        print(f"seed {result.seed}: FAILED", file=sys.stderr)
+        for line in [*result.violations, *result.stuck]:
+            print(f"  {line}", file=sys.stderr)
+        print("  faults: " + "; ".join(result.actions), file=sys.stderr)
+    doc = {"seed": args.seed, "schedules": summary.ran, "failed": len(summary.failures),
+           "failed_seeds": [r.seed for r in summary.failures],
+           "false_fences": summary.false_fences, "seconds": round(summary.seconds, 1)}
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        print(f"{summary.ran} schedules from seed {args.seed}: {len(summary.failures)} failed, "
+              f"{summary.false_fences} false fences, {summary.seconds:.1f}s")
+    return 1 if summary.failures else 0
+
+
 def cmd_sim(args: argparse.Namespace) -> int:
     from hacluster.sim.scenario import ScenarioError, run_scenario
 
+    if args.dirs[:1] == ["chaos"]:
+        return cmd_chaos(args)
     dirs = shipped_scenarios() if args.all else [Path(d) for d in args.dirs]
     if not dirs:
         print("hacluster sim: name a scenario directory or use --all", file=sys.stderr)
@@ -107,15 +133,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run scenario directories (cluster.toml + events.txt) "
         "in the deterministic simulator and print the timeline. Exits 1 when "
         "an expectation or invariant fails or the timeline differs from "
-        "expected.log.",
+        "expected.log. `hacluster sim chaos` runs random fault schedules instead "
+        "(seeds SEED .. SEED+SCHEDULES-1; a failed seed replays with --schedules 1).",
         epilog="examples:\n  hacluster sim hacluster/sim/scenarios/02-host-isolated-but-alive\n"
-        "  hacluster sim --all --quiet\n  hacluster sim --all --rewrite",
+        "  hacluster sim --all --quiet\n  hacluster sim --all --rewrite\n"
+        "  hacluster sim chaos --schedules 5000 --seed 1000 --workers 2\n"
+        "  hacluster sim chaos --schedules 1 --seed 1083",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sim.add_argument("dirs", nargs="*", help="scenario directories")
     sim.add_argument("--all", action="store_true", help="run every shipped scenario")
     sim.add_argument("--rewrite", action="store_true", help="write expected.log from this run")
     sim.add_argument("--quiet", action="store_true", help="print one line per scenario")
+    sim.add_argument("--schedules", type=int, default=500,
+                     help="chaos: schedules to run (default %(default)s)")
+    sim.add_argument("--seed", type=int, default=1000,
+                     help="chaos: the first seed (default %(default)s)")
+    sim.add_argument("--workers", type=int, default=1,
+                     help="chaos: processes (default %(default)s)")
+    sim.add_argument("--stop", type=int, default=3,
+                     help="chaos: stop after this many failed schedules (default %(default)s)")
+    sim.add_argument("--json", action="store_true",
+                     help="chaos: one JSON object on the last line")
     sim.set_defaults(func=cmd_sim)
     demo = sub.add_parser(
         "demo", help="a host dies, its VMs come back elsewhere (timeline)",

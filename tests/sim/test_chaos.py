@@ -12,6 +12,7 @@ pytest.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -102,3 +103,25 @@ def test_liveness_check_reports_a_vm_that_does_not_run() -> None:
     for host in world.hosts.values():
         host.hyper.domains.pop("vm1", None)
     assert any(s.startswith("vm1:") for s in stuck_vms(world))
+
+
+def test_cli_runs_schedules_and_reports_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from hacluster.cli.main import main
+
+    assert main(["sim", "chaos", "--schedules", "3", "--seed", "42", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["schedules"] == 3 and doc["failed"] == 0 and doc["seed"] == 42
+
+
+def test_cli_names_a_failed_seed_and_exits_1(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from hacluster.cli.main import main
+    from hacluster.sim import chaos
+
+    def failing(seed: int) -> chaos.ChaosResult:
+        return chaos.ChaosResult(seed, ["t=1.00: vm0 runs on 2 powered hosts"], ["t=0.5 x"])
+
+    monkeypatch.setattr(chaos, "run_schedule", failing)
+    assert main(["sim", "chaos", "--schedules", "2", "--seed", "9"]) == 1
+    err = capsys.readouterr().err
+    assert "seed 9: FAILED" in err and "runs on 2 powered hosts" in err
