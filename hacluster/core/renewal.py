@@ -274,13 +274,14 @@ class LeaseEndpoint:
         return seq, out
 
     def heard(self, now: float, ttl_s: float) -> dict[str, float]:
-        """Hosts whose renewals reached this peer within `ttl_s`, and how long ago the
-        latest did: what it tells the leader in its Raft answers (Manager.hears)."""
+        """Hosts whose renewals reached this peer within `ttl_s`, and when the latest did
+        (its monotonic clock): what it tells the leader in its Raft answers, as ages
+        computed when each answer leaves (Manager.hears)."""
         out = {}
         for host, links in self.seen.items():
-            age = now - max(links.values())
-            if host != self.me and age < ttl_s:
-                out[host] = round(age, 3)
+            last = max(links.values())
+            if host != self.me and now - last < ttl_s:
+                out[host] = last
         return out
 
     def receive(self, data: bytes, now: float, ttl_s: float) -> Received:

@@ -171,7 +171,8 @@ class LeaseService:
             return None
 
     def heard(self) -> dict[str, float]:
-        """Hosts whose renewals this peer received within a lease: host -> age (s)."""
+        """Hosts whose renewals this peer received within a lease: host -> when
+        (time.monotonic())."""
         return self.endpoint.heard(time.monotonic(), self.times().ttl_s)
 
     def link_report(self) -> dict[str, dict[str, float | int]]:

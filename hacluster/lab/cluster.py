@@ -85,6 +85,14 @@ class EventFollower:
                    and item["data"].get("to") == "started" and at >= after
                    for at, item in list(self.events))
 
+    def first(self, kind: str, subject: str, after: float = 0.0) -> float | None:
+        """When the first event of `kind` about `subject` arrived at or after `after`
+        (bench/failover.py splits a failover into phases with it)."""
+        for at, item in list(self.events):
+            if item["kind"] == kind and item["subject"] == subject and at >= after:
+                return at
+        return None
+
 
 def lab_unavailable(driver: str = "test", isolation: str = "loopback") -> str | None:
     """Why a lab cluster cannot run on this machine (None: it can)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -139,7 +140,8 @@ class Engine(SyncObj):
         self._ha_committed_in = 0  # last term in which we, leading, committed an entry of it
         self._ha_heard: dict[str, float] = {}  # partner -> raft_clock() of its last answer
         self._ha_reports: dict[str, dict[str, float]] = {}  # partner -> whom its host hears
-        self.ha_hears: dict[str, float] = {}  # set by the daemon: whom this host hears
+        self.ha_hears: dict[str, float] = {}  # set by the daemon: whom it heard, when
+
         conf = SyncObjConf(
             serializer=self._ha_serialize,
             deserializer=self._ha_deserialize,
@@ -338,6 +340,11 @@ class Engine(SyncObj):
             return {}
         now = raft_clock()
         return {node: now - at for node, at in dict(self._ha_heard).items()}
+
+    def ha_hears_now(self) -> dict[str, float]:
+        """What an answer leaving now reports: host -> seconds since its last renewal."""
+        now = time.monotonic()  # the daemon's clock (its lease service), not raft_clock
+        return {host: round(max(0.0, now - at), 3) for host, at in self.ha_hears.items()}
 
     def ha_hears_reports(self) -> dict[str, dict[str, float]]:
         """Leader: what each partner last reported it hears (voters renewing to it)."""

@@ -224,7 +224,8 @@ class RaftNode:
         return self._engine.ha_hears_reports()
 
     def set_hears(self, heard: dict[str, float]) -> None:
-        """What this host reports in its Raft answers: host -> age of its last renewal."""
+        """What this host reports in its Raft answers: host -> when (time.monotonic())
+        it last received that host's renewal; each answer carries the ages then."""
         self._engine.ha_hears = dict(heard)
 
     def current_entry(self) -> AppliedEntry:

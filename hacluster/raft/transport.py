@@ -59,7 +59,7 @@ class _Engine(Protocol):
 
     def ha_current_term(self) -> int: ...
 
-    ha_hears: dict[str, float]
+    def ha_hears_now(self) -> dict[str, float]: ...
 
 
 class DurableTransport(TCPTransport):
@@ -101,7 +101,7 @@ class DurableTransport(TCPTransport):
             message = self._engine.ha_stamp_append(message)
         elif kind == "next_node_idx":
             echo = self._engine.ha_echo_for(node)
-            message = {**message, "ha_hears": self._engine.ha_hears}
+            message = {**message, "ha_hears": self._engine.ha_hears_now()}
             if echo is not None:
                 message["ha_echo"] = echo
         self._outbox.append((node, message))

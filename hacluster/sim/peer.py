@@ -362,7 +362,11 @@ class SimPeer:
         targets = self.renewal_targets()
         seq, datagrams = lease.round(targets, self.clock.mono(now), self.clock.wall(now),
                                      settings.lease_renew_s)
-        self.raft.hears = lease.heard(self.clock.mono(now), settings.lease_ttl_s)
+        # seen times in simulated time: the reply computes ages when it leaves (like
+        # raft/engine.py `ha_hears_now`)
+        origin = self.clock.mono_origin
+        self.raft.hears = {h: t - origin for h, t in
+                           lease.heard(self.clock.mono(now), settings.lease_ttl_s).items()}
         for out in datagrams:
             self.world.send_lease(now, self.name, out.address, out.link, out.datagram)
         return seq

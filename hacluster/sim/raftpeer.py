@@ -64,7 +64,7 @@ class RaftPeer(Proposing, Leading):
         self.abstaining = False
         self.anomalies: list[str] = []  # what a real peer would log as critical
         self.dirty_from = 1  # lowest log index changed since a checker last looked
-        self.hears: dict[str, float] = {}  # set by the host's peer: whose renewals it gets
+        self.hears: dict[str, float] = {}  # set by the host's peer: whom it heard, when
         self._token = 0  # identifies the one valid scheduled wake-up
         self._wake_at = _NEVER
         self._paused_calls: list[tuple[bytes, OnDone, float | None]] = []
@@ -293,10 +293,11 @@ class RaftPeer(Proposing, Leading):
         """The consistency check, conflict truncation and commit rules (Figure 2)."""
         prev = m.prev_index
         if prev > len(self.log):
-            return AppendReply(self.term, False, 0, len(self.log) + 1, self._echo_seq, self.hears)
+            return AppendReply(self.term, False, 0, len(self.log) + 1, self._echo_seq,
+                               self._hears_now(now))
         if prev > 0 and self.log[prev - 1].term != m.prev_term:
             return AppendReply(self.term, False, 0, self._first_of_term(prev), self._echo_seq,
-                               self.hears)
+                               self._hears_now(now))
         log = self.log
         for k, entry in enumerate(m.entries):
             index = prev + 1 + k
@@ -312,7 +313,11 @@ class RaftPeer(Proposing, Leading):
             commit = min(m.commit, match)
             if commit > self.commit_index:
                 self._set_commit(commit)
-        return AppendReply(self.term, True, match, 0, self._echo_seq, self.hears)
+        return AppendReply(self.term, True, match, 0, self._echo_seq, self._hears_now(now))
+
+    def _hears_now(self, now: float) -> dict[str, float]:
+        """Ages of the renewals its host received, as this reply leaves."""
+        return {host: max(0.0, now - at) for host, at in self.hears.items()}
 
     def _first_of_term(self, index: int) -> int:
         """First index of the term found at `index` (a faster back-off than one by one)."""
