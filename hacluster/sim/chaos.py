@@ -48,7 +48,7 @@ def build_cluster(rng: random.Random, seed: int) -> World:
     world = World(seed=seed, step_s=0.1, check_digests=False,
                   raft_config=RaftModelConfig(heartbeat_s=0.05))
     voters = rng.choice([3, 3, 3, 4, 5, 5, 7])
-    members = rng.choice([0, 0, 0, 1, 2]) if voters < 7 else rng.choice([0, 3])
+    members = rng.choice([0, 0, 0, 1, 2]) if voters < 7 else rng.choice([0, 3, 20])
     links = ("mgmt", "backend")
     for i in range(1, voters + 1):
         world.add_host(f"h{i}", 8192, 8, HostRole.VOTER, links)
