@@ -40,7 +40,12 @@ Nonce = tuple[int, int]  # (leader term, counter)
 
 
 class BadDatagram(ValueError):
-    """A datagram was refused; the message says why (never the secret)."""
+    """A datagram was refused; the message says why (never the secret), `reason` is a
+    short word for counting: size, mac, version, malformed."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +88,15 @@ class LeaseCodec:
 
     def unpack(self, datagram: bytes) -> Renewal | Ack:
         if len(datagram) > MAX_DATAGRAM or len(datagram) <= MAC_BYTES:
-            raise BadDatagram(f"datagram of {len(datagram)} bytes")
+            raise BadDatagram(f"datagram of {len(datagram)} bytes", "size")
         body, mac = datagram[:-MAC_BYTES], datagram[-MAC_BYTES:]
         if not hmac.compare_digest(mac, self._mac(body)):
-            raise BadDatagram("bad MAC (wrong cluster secret or damaged datagram)")
+            raise BadDatagram("bad MAC (wrong cluster secret or damaged datagram)", "mac")
         try:
             raw = msgpack.unpackb(body, raw=False)
             if raw[0] != VERSION:
                 raise BadDatagram(f"lease protocol version {raw[0]!r} (this peer speaks "
-                                  f"{VERSION})")
+                                  f"{VERSION})", "version")
             if raw[1] == "renew":
                 _, _, host, link, boot, seq, nonce, sent_at = raw
                 return Renewal(str(host), str(link), bytes(boot), int(seq), _nonce(nonce),
@@ -101,8 +106,9 @@ class LeaseCodec:
                 return Ack(str(leader), int(term), int(commit), str(host), str(link), int(seq),
                            _nonce(nonce))
         except (ValueError, TypeError, IndexError, msgpack.UnpackException) as exc:
-            raise BadDatagram(f"malformed datagram ({type(exc).__name__})") from None
-        raise BadDatagram("unknown datagram kind")
+            raise BadDatagram(f"malformed datagram ({type(exc).__name__})",
+                              "malformed") from None
+        raise BadDatagram("unknown datagram kind", "malformed")
 
 
 def _nonce(value: object) -> Nonce:
@@ -225,6 +231,55 @@ class RenewalSender:
         return due
 
 
+# ---------------------------------------------------------------- flood protection
+
+
+class SourceBudget:
+    """Token buckets: how many datagrams each source may make this peer check per
+    second, taken before the HMAC (the costly part), so that a flood from one address,
+    or from addresses that are no host of the cluster (all of which share one bucket),
+    costs little and leaves the hosts' own renewals their share. Pure: time is an
+    argument."""
+
+    def __init__(self, rate_per_s: float, burst: float, strangers_per_s: float) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.strangers_per_s = strangers_per_s
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+
+    def allow(self, source: str, known: bool, now: float) -> bool:
+        key = source if known else "strangers"
+        rate = self.rate_per_s if known else self.strangers_per_s
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            return False
+        self._buckets[key] = (tokens - 1.0, now)
+        return True
+
+
+RECENT_REFUSALS = 16
+
+
+@dataclass
+class Refusals:
+    """What was refused, by reason, and the latest sources (shown in status)."""
+
+    by_reason: dict[str, int] = field(default_factory=dict)
+    recent: deque[tuple[str, str, float]] = field(
+        default_factory=lambda: deque(maxlen=RECENT_REFUSALS))  # (source, reason, when)
+
+    def add(self, source: str, reason: str, now: float) -> None:
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
+        if not self.recent or self.recent[-1][:2] != (source, reason):
+            self.recent.append((source, reason, now))
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_reason.values())
+
+
 # ---------------------------------------------------------------- one peer's endpoint
 
 # host -> [(link, address)] to reach it
@@ -257,8 +312,14 @@ class LeaseEndpoint:
         self.codec = codec
         self.sender = RenewalSender(me, boot)
         self.judge = RenewalJudge()
-        self.rejected = 0  # unreadable, forged or replayed datagrams
+        self.budget = SourceBudget(rate_per_s=200.0, burst=400.0, strangers_per_s=200.0)
+        self.refusals = Refusals()
         self.seen: dict[str, dict[str, float]] = {}  # host -> link -> when (monotonic)
+
+    @property
+    def rejected(self) -> int:
+        """Unreadable, forged, replayed or over-budget datagrams."""
+        return self.refusals.total
 
     def round(self, targets: Targets, now: float, wall: float,
               renew_s: float) -> tuple[int, list[Outgoing]]:
@@ -284,11 +345,16 @@ class LeaseEndpoint:
                 out[host] = last
         return out
 
-    def receive(self, data: bytes, now: float, ttl_s: float) -> Received:
+    def receive(self, data: bytes, now: float, ttl_s: float, source: str = "",
+                known: bool = True) -> Received:
+        """One datagram from `source` (`known`: an address of a host of the cluster)."""
+        if not self.budget.allow(source, known, now):
+            self.refusals.add(source, "rate", now)
+            return Received()
         try:
             message = self.codec.unpack(data)
-        except BadDatagram:
-            self.rejected += 1
+        except BadDatagram as exc:
+            self.refusals.add(source, exc.reason, now)
             return Received()
         if isinstance(message, Ack):
             if message.host != self.me:
@@ -296,7 +362,7 @@ class LeaseEndpoint:
             return Received(ack=message, follow_up=self.sender.on_ack(message, now))
         admitted = self.judge.admit(message, now, ttl_s)
         if admitted is None:
-            self.rejected += 1
+            self.refusals.add(source, "replay", now)
             return Received()
         self.seen.setdefault(message.host, {})[message.link] = now
         return Received(renewal=message, credit_at=admitted.credit_at)

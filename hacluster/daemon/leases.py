@@ -12,13 +12,15 @@ the agent's read barrier.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from hacluster.core.readindex import ReadMark
-from hacluster.core.renewal import Ack, LeaseCodec, LeaseEndpoint, Renewal, Targets
+from hacluster.core.renewal import Ack, LeaseCodec, LeaseEndpoint, Refusals, Renewal, Targets
 
 # An admitted renewal: (the renewal, credit_at or None, answer); the leader calls answer
 # with its confirmed read mark (any other peer never does).
@@ -60,7 +62,8 @@ class LeaseService:
 
     def __init__(self, me: str, codec: LeaseCodec, links: dict[str, str], port: int,
                  on_renewal: RenewalHandler, targets: Callable[[], Targets],
-                 times: Callable[[], LeaseTimes]) -> None:
+                 times: Callable[[], LeaseTimes],
+                 known_sources: Callable[[], set[str]] = set) -> None:
         self.me = me
         self.codec = codec
         self.links = links  # link name -> local address
@@ -68,6 +71,8 @@ class LeaseService:
         self.on_renewal = on_renewal
         self.targets = targets
         self.times = times
+        self.known_sources = known_sources  # addresses of the cluster's hosts
+        self._known: tuple[float, set[str]] = (-1.0, set())
         self.endpoint = LeaseEndpoint(me, codec, os.urandom(8))
         self.health: dict[str, LinkHealth] = {name: LinkHealth() for name in links}
         self.errors = 0
@@ -90,6 +95,10 @@ class LeaseService:
         return self.endpoint.rejected
 
     @property
+    def refusals(self) -> Refusals:
+        return self.endpoint.refusals
+
+    @property
     def seen(self) -> dict[str, dict[str, float]]:
         """host -> link -> monotonic time of its last renewal that was no replay."""
         return self.endpoint.seen
@@ -98,8 +107,9 @@ class LeaseService:
         loop = asyncio.get_running_loop()
         for link, address in sorted(self.links.items()):
             endpoint = _Endpoint(self, link)
-            await loop.create_datagram_endpoint(lambda e=endpoint: e,  # type: ignore[misc]
-                                                local_addr=(address, self.port))
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda e=endpoint: e, local_addr=(address, self.port))  # type: ignore[misc]
+            _enlarge_receive_buffer(transport)
             self._endpoints[link] = endpoint
 
     def close(self) -> None:
@@ -111,10 +121,17 @@ class LeaseService:
 
     # ------------------------------------------------------------ receiving
 
+    def _is_known(self, address: str, now: float) -> bool:
+        at, known = self._known
+        if now - at > 1.0:  # looked up once a second: a flood must stay cheap
+            known = self.known_sources()
+            self._known = (now, known)
+        return address in known
+
     def received(self, endpoint: _Endpoint, data: bytes, addr: tuple[str, int]) -> None:
         now = time.monotonic()
         ttl = self.times().ttl_s
-        got = self.endpoint.receive(data, now, ttl)
+        got = self.endpoint.receive(data, now, ttl, addr[0], self._is_known(addr[0], now))
         if got.ack is not None:
             self._ack(got.ack, now)
             if got.follow_up:  # the round it answers echoed a stale nonce
@@ -182,3 +199,20 @@ class LeaseService:
                    "send_errors": h.send_errors}
             for link, h in sorted(self.health.items())
         }
+
+
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def _enlarge_receive_buffer(transport: asyncio.BaseTransport) -> None:
+    """Room for a burst: a flood on the port must not crowd the renewals out of a small
+    default buffer. As root the system limit (rmem_max) does not apply."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    if force is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, force, RECEIVE_BUFFER_BYTES)

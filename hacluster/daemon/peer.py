@@ -255,7 +255,8 @@ class Peer:
                                    self.secret, self.pool, cfg.timing.manager_tick_s)
         self.leases = LeaseService(self.me, LeaseCodec(self.secret), self._links(),
                                    cfg.leases.port, self.leader.renewal,
-                                   self.renewal_targets, self._lease_times)
+                                   self.renewal_targets, self._lease_times,
+                                   self._host_addresses)
         await self.leases.start()
         self._tasks.append(asyncio.ensure_future(self.leader.serve_reads()))
         self.replica.subscribe(self._notify_events)
@@ -324,6 +325,24 @@ class Peer:
         fallback = {name: address.rpartition(":")[0] for name, _, address in
                     (p.partition("=") for p in self.config.cluster.peers)}
         return renewal_targets(voters, self.me, set(self._links()), fallback)
+
+    def _lease_refusals(self) -> dict[str, Any]:
+        """Lease datagrams refused, by reason, and the latest sources (age in s)."""
+        if self.leases is None:
+            return {"by_reason": {}, "recent": []}
+        refusals, now = self.leases.refusals, time.monotonic()
+        return {"by_reason": dict(sorted(refusals.by_reason.items())),
+                "recent": [[source, reason, round(now - at, 1)]
+                           for source, reason, at in refusals.recent]}
+
+    def _host_addresses(self) -> set[str]:
+        """Every address a host of the cluster renews from (lease links, Raft address)."""
+        with self.replica.read() as state:
+            out = {entry.partition("=")[2] for host in state.hosts.values()
+                   for entry in host.addresses}
+            out |= {h.raft_address.rpartition(":")[0] for h in state.hosts.values()}
+        out |= {p.partition("=")[2].rpartition(":")[0] for p in self.config.cluster.peers}
+        return out
 
     def _lease_times(self) -> LeaseTimes:
         with self.replica.read() as state:
@@ -481,6 +500,7 @@ class Peer:
             "caught_up": bool(raft and raft.ready),
             "manager_ready": bool(manager and manager.ready),
             "links": self.leases.link_report() if self.leases else {},
+            "lease_refusals": self._lease_refusals(),
             "digest": self.replica.digest() if digest else "",
             "halted": self.halted,
         }

@@ -92,3 +92,81 @@ async def renew_twice_and_intrude(leader: LeaseService, follower: LeaseService, 
 
 def test_renewals_and_acks_cross_every_link_over_udp() -> None:
     asyncio.run(exchange_over_two_links())
+
+
+async def replay_two_boots() -> tuple[list[tuple[float, float | None]], float, int]:
+    """A host renews through a tap that records every datagram, restarts (a new boot),
+    renews again, then dies. An attacker replays what the tap recorded, both boots
+    alternately, every 0.25 s. Returns the leader's credits, when the host died, and
+    how many replays the leader refused."""
+    port = free_udp_port(["127.0.0.2", "127.0.0.4", "127.0.0.6"])
+    credits: list[tuple[float, float | None]] = []
+
+    def on_renewal(renewal: Renewal, credit_at: float | None, answer: Answer) -> None:
+        credits.append((time.monotonic(), credit_at))
+        answer(ReadMark(term=7, commit_index=42, seq=0))
+
+    leader = LeaseService("h1", LeaseCodec(SECRET), {"main": "127.0.0.4"}, port, on_renewal,
+                          lambda: {}, lambda: TIMES)
+    await leader.start()
+    recorded: list[bytes] = []
+    tap = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: _Tap(recorded, ("127.0.0.4", port)), local_addr=("127.0.0.6", port))
+    via_tap = {"h1": [("main", "127.0.0.6")]}
+    try:
+        for _boot in range(2):  # the peer restarts: a new boot id
+            host = LeaseService("h2", LeaseCodec(SECRET), {"main": "127.0.0.2"}, port,
+                                lambda *a: None, lambda: via_tap, lambda: TIMES)
+            await host.start()
+            for _ in range(4):
+                host.send_round()
+                await asyncio.sleep(0.1)
+            host.close()
+            await asyncio.sleep(0.05)  # the socket closes on the next loop round
+        died = time.monotonic()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as attacker:
+            attacker.bind(("127.0.0.2", 0))
+            half = len(recorded) // 2
+            for i in range(12):
+                boot = recorded[:half] if i % 2 == 0 else recorded[half:]
+                for datagram in boot:
+                    attacker.sendto(datagram, ("127.0.0.4", port))
+                await asyncio.sleep(0.25)
+        return credits, died, leader.rejected
+    finally:
+        tap[0].close()
+        leader.close()
+
+
+class _Tap(asyncio.DatagramProtocol):
+    """Records what passes and forwards it to the leader (the host sees its acks)."""
+
+    def __init__(self, recorded: list[bytes], leader: tuple[str, int]) -> None:
+        self.recorded, self.leader = recorded, leader
+        self.transport: asyncio.DatagramTransport | None = None
+        self.host: tuple[str, int] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.transport is not None
+        if addr == self.leader:  # an ack: back to the host
+            if self.host is not None:
+                self.transport.sendto(data, self.host)
+            return
+        self.host = addr
+        self.recorded.append(data)
+        self.transport.sendto(data, self.leader)
+
+
+def test_replayed_renewals_of_two_boots_never_extend_a_lease() -> None:
+    """Issue 9, item 1: renewals captured from two boots of one host, replayed alternately
+    after it died, kept it online for 24 s against a 3 s lease. Now a replay is refused
+    outright or proves nothing (no credit later than the host's last genuine renewal)."""
+    credits, died, refused = asyncio.run(replay_two_boots())
+    genuine = [at for when, at in credits if when <= died and at is not None]
+    assert genuine, "the host's own renewals were credited"
+    after = [at for when, at in credits if when > died and at is not None]
+    assert all(at <= max(genuine) for at in after)
+    assert refused > 0
