@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from hacluster.core.renewal import NO_NONCE, LeaseCodec, Renewal
 from hacluster.lab.cluster import LabCluster
