@@ -118,3 +118,15 @@ def test_codec_round_trip_and_wrong_secret() -> None:
     assert codec.unpack(codec.pack(a)) == a
     with pytest.raises(BadDatagram, match="bad MAC"):
         codec.unpack(LeaseCodec("another-secret-0123456789").pack(r))
+
+
+def test_a_renewal_replayed_to_a_follower_or_a_new_leader_proves_nothing() -> None:
+    """A follower issued no nonce: nothing it receives is credited (and it answers
+    nothing, daemon/leader.py). A new leader issues nonces of its own term only, so a
+    renewal echoing its predecessor's nonce is no proof of life there either."""
+    old_leader, follower, new_leader = RenewalJudge(), RenewalJudge(), RenewalJudge()
+    nonce = old_leader.issue(term=4, now=100.0, window_s=TTL)
+    assert credit(old_leader, renewal(1, nonce=nonce), 100.1) == 100.0
+    assert credit(follower, renewal(1, nonce=nonce), 100.2) is None
+    new_leader.issue(term=5, now=101.0, window_s=TTL)
+    assert credit(new_leader, renewal(1, nonce=nonce), 101.1) is None
