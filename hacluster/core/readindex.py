@@ -49,6 +49,13 @@ def majority_confirms(mark: ReadMark, voters: int, echoes: Mapping[str, int]) ->
     return confirmed * 2 > voters
 
 
+def state_is_fresh(applied_index: int, read_index: int | None) -> bool:
+    """An agent's state counts as fresh once Raft applied up to the read index its
+    barrier returned (None: the barrier got no answer). Raft's applied index, not the
+    state's: the read index may be a Raft no-op, which never reaches the state machine."""
+    return read_index is not None and applied_index >= read_index
+
+
 class ReadIndex(Generic[K]):
     """Pending read requests of one leader, released once confirmed (see module doc)."""
 

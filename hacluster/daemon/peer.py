@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hacluster.config import Config, read_secret
+from hacluster.core.readindex import state_is_fresh
 from hacluster.core.registration import registration
 from hacluster.core.renewal import LeaseCodec, renewal_targets
 from hacluster.daemon.agent import AgentDriver, HostReporter
@@ -368,16 +369,14 @@ class Peer:
         else:
             ack = await self.leases.barrier(timeout)
             read_index = None if ack is None else ack.commit_index
-        if read_index is None:
-            return False
-        # Raft's applied index, not the state's: the read index may be a Raft no-op,
-        # which never reaches the state machine.
         give_up = time.monotonic() + 0.5
-        while self.raft is not None and self.raft.applied_index() < read_index:
+        while read_index is not None and self.raft is not None:
+            if state_is_fresh(self.raft.applied_index(), read_index):
+                return True
             if time.monotonic() > give_up:
-                return False
+                break
             await asyncio.sleep(0.005)
-        return True
+        return False
 
     # ------------------------------------------------------------ registration
 

@@ -21,7 +21,7 @@ from hacluster.core import versions
 from hacluster.core.leaderloop import LeaderLoop
 from hacluster.core.logclock import LogClock
 from hacluster.core.manager import Decision, Propose, RunFence, StepDown
-from hacluster.core.readindex import ReadIndex, ReadMark
+from hacluster.core.readindex import ReadIndex, ReadMark, state_is_fresh
 from hacluster.core.registration import registration
 from hacluster.core.renewal import (
     Ack,
@@ -414,8 +414,7 @@ class SimPeer:
         proc = self.proc
         barrier = proc.barrier
         if barrier is not None:
-            if barrier.read_index is not None and \
-                    self.raft.applied_index >= barrier.read_index:
+            if state_is_fresh(self.raft.applied_index, barrier.read_index):
                 proc.barrier = None
                 self.world.observer.fresh_read(self.name, self.raft.applied_index,
                                                barrier.committed_before, now)
