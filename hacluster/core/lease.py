@@ -84,5 +84,10 @@ class LeaseTable:
         return any(now - t < window_s for k, t in links.items()
                    if k != GRANT and not k.startswith(VIA) and not (lease_only and k == RAFT))
 
+    def last_life(self, host: str) -> float | None:
+        """The latest sign of life of any kind (None: none since this leader's grant)."""
+        times = [t for k, t in self._seen.get(host, {}).items() if k != GRANT]
+        return max(times) if times else None
+
     def link_ages(self, host: str, now: float) -> dict[str, float]:
         return {k: now - v for k, v in sorted(self._seen.get(host, {}).items()) if k != GRANT}

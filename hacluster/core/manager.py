@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hacluster.core.lease import GRANT, RAFT, VIA, LeaseTable, LeaseView, Verdict
+from hacluster.core.silence import Challenge, ProbePower, SilenceWatch
 from hacluster.fsm import commands as c
 from hacluster.fsm.apply_fence import cap_reopens_at, fence_action_for, quorum_problem
 from hacluster.fsm.model import ClusterState, FenceAction, FenceResult, Host, HostRole
@@ -58,7 +59,7 @@ class StepDown:
     target: str = ""  # a host name; "" lets Raft pick the most caught-up follower
 
 
-Decision = Propose | RunFence | StepDown
+Decision = Propose | RunFence | StepDown | ProbePower | Challenge
 STEP_DOWN_EVERY_S = 2.0
 
 
@@ -79,6 +80,7 @@ class Manager:
         self._majority_heard_at = -1e18  # last tick a majority of voters renewed to us
         self._led_since = -1e18  # when this leadership began (monotonic)
         self._hears: dict[str, tuple[frozenset[str], float]] = {}  # host -> (whom, when)
+        self.watch = SilenceWatch()  # power reads and challenges (core/silence.py)
 
     # ------------------------------------------------------------ leadership
 
@@ -92,6 +94,7 @@ class Manager:
         self._failed_at.clear()
         self._majority_heard_at = self._led_since = now  # a full lease for us too
         self._hears.clear()
+        self.watch.reset()
         self.leases.grant_all(sorted(state.hosts), now)
         return [self._propose(c.Noop(term=term), "noop", f"new leader in term {term}", now)]
 
@@ -141,6 +144,10 @@ class Manager:
         elif isinstance(command, c.RequestFence) and command.term == self.term:
             self._my_tokens.add(index)
 
+    def probe_result(self, host: str, off: bool, detail: str, now: float) -> None:
+        """A power read (ProbePower) came back: off, or on / no answer."""
+        self.watch.probe_result(host, off, detail, now)
+
     def fence_still_ours(self, token: int, raft_term: int | None) -> bool:
         """Right before a fence runs: does Raft still say we lead in the term that
         committed its token? (A later term means someone else owns the decision.)"""
@@ -187,8 +194,13 @@ class Manager:
                 self.leases.renew(name, GRANT, now)  # left cleanly: never fenced for it
                 continue
             lease = self.leases.view(name, now, state.settings)
+            probe = self._probe_due(state, host, now)
+            if probe is not None:
+                out.append(probe)
             decision = self._decide_host(state, host, lease, now, log_now)
-            if decision is not None and name == self.me and \
+            if isinstance(decision, Challenge):
+                out.append(decision)
+            elif decision is not None and name == self.me and \
                     isinstance(decision.command, c.RequestFence | c.HoldFence):
                 out.extend(self._step_down(decision.reason, now))
             elif decision is not None and self._may_send(decision, now):
@@ -197,17 +209,36 @@ class Manager:
         out.extend(r for r in self._results.values() if self._may_send(r, now))
         return out
 
+    def _probe_due(self, state: ClusterState, host: Host, now: float) -> ProbePower | None:
+        """A read of a silent host's power, if one is due (core/silence.py)."""
+        if host.name == self.me or host.state not in (H.ONLINE, H.DRAINING, H.SUSPECT) \
+                or state.settings.cluster_maintenance:
+            return None
+        return self.watch.probe_due(host.name, self.leases.last_life(host.name), now,
+                                    self._led_since, state.settings.probe_after_s)
+
     def _decide_host(
         self, state: ClusterState, host: Host, lease: LeaseView, now: float, log_now: float
-    ) -> Propose | None:
+    ) -> Propose | Challenge | None:
         s = state.settings
         alive = lease.verdict is Verdict.ALIVE
-        # Only a real renewal proves life; a new leader's grant merely defers judgement.
-        renewed = alive and bool(lease.links)
+        # Only a real sign of life, and a recent one, proves life: a new leader's grant
+        # merely defers judgement, and relayed news can be older than the grant.
+        last = self.leases.last_life(host.name)
+        renewed = last is not None and now - last < s.lease_suspect_s
         if host.fence_wanted and host.state in (H.ONLINE, H.DRAINING, H.SUSPECT):
             if s.cluster_maintenance:
                 return None
             return self._fence(state, now, host, "fence wanted", host.fence_wanted)
+        off = self.watch.read_off(host.name, self.leases.last_life(host.name))
+        if off:  # read off after its last sign of life: a young lease proves nothing now
+            renewed = False
+        if off and not s.cluster_maintenance:
+            if host.state in (H.ONLINE, H.DRAINING):
+                return Propose(c.MarkHostSuspect(name=host.name, evidence=off),
+                               f"host:{host.name}", off)
+            if host.state is H.SUSPECT:
+                return self._fence(state, now, host, "power read off", off)
         if host.state in (H.ONLINE, H.DRAINING) and not alive:
             return Propose(
                 c.MarkHostSuspect(name=host.name, evidence=lease.evidence(s)),
@@ -232,6 +263,10 @@ class Manager:
         if host.state is H.SUSPECT and lease.verdict is Verdict.EXPIRED:
             if s.cluster_maintenance:
                 return None  # fencing disabled; the host stays suspect, visibly
+            may, challenge = self.watch.challenge(host.name, self.leases.last_life(host.name),
+                                                  now, lease.evidence(s))
+            if not may:  # its last chance first: a challenge over every link
+                return challenge
             return self._fence(state, now, host, "lease expired", lease.evidence(s))
         if host.state is H.FENCE_BLOCKED and not s.cluster_maintenance:
             held = state.fence_record(host.fence_token) if host.fence_token else None

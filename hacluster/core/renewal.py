@@ -67,6 +67,7 @@ class Ack:
     link: str
     seq: int
     nonce: Nonce  # to echo in the host's next renewals
+    challenge: bool = False  # unsolicited (seq 0): renew now, this is your last chance
 
 
 class LeaseCodec:
@@ -82,7 +83,7 @@ class LeaseCodec:
                       list(message.nonce), message.sent_at]
         else:
             fields = ["ack", message.leader, message.term, message.commit_index, message.host,
-                      message.link, message.seq, list(message.nonce)]
+                      message.link, message.seq, list(message.nonce), message.challenge]
         body = msgpack.packb([VERSION, *fields], use_bin_type=True)
         return body + self._mac(body)
 
@@ -102,9 +103,9 @@ class LeaseCodec:
                 return Renewal(str(host), str(link), bytes(boot), int(seq), _nonce(nonce),
                                float(sent_at))
             if raw[1] == "ack":
-                _, _, leader, term, commit, host, link, seq, nonce = raw
+                _, _, leader, term, commit, host, link, seq, nonce, challenge = raw
                 return Ack(str(leader), int(term), int(commit), str(host), str(link), int(seq),
-                           _nonce(nonce))
+                           _nonce(nonce), bool(challenge))
         except (ValueError, TypeError, IndexError, msgpack.UnpackException) as exc:
             raise BadDatagram(f"malformed datagram ({type(exc).__name__})",
                               "malformed") from None
@@ -223,6 +224,8 @@ class RenewalSender:
             return False
         if ack.nonce > self.nonce:  # (term, counter): the newest leader's latest nonce
             self.nonce, self.nonce_at = ack.nonce, now
+        if ack.challenge:  # the leader is about to fence us: renew at once
+            return True
         due = ack.seq in self._stale_rounds and ack.seq == self.seq and \
             self._followed < ack.seq
         self._stale_rounds = {s for s in self._stale_rounds if s > ack.seq}
@@ -366,6 +369,16 @@ class LeaseEndpoint:
             return Received()
         self.seen.setdefault(message.host, {})[message.link] = now
         return Received(renewal=message, credit_at=admitted.credit_at)
+
+    def challenge(self, host: str, routes: list[tuple[str, str]], term: int, now: float,
+                  ttl_s: float) -> list[Outgoing]:
+        """The leader's last call to a silent host, on every route: renew now."""
+        out = []
+        for link, address in routes:
+            nonce = self.judge.issue(term, now, ttl_s)
+            ack = Ack(self.me, term, 0, host, link, 0, nonce, challenge=True)
+            out.append(Outgoing(link, address, self.codec.pack(ack)))
+        return out
 
     def answer(self, renewal: Renewal, term: int, commit_index: int, now: float,
                ttl_s: float) -> bytes:

@@ -50,7 +50,8 @@ class Admission:
 def this_peer(name: str) -> HostVersions:
     """What this build understands: the registered command classes, the entry formats
     its codec reads (embedders and tests may register more commands)."""
-    commands = tuple(sorted((t, cls.VERSION) for t, cls in c.COMMANDS_BY_TYPE.items()))
+    commands = tuple(sorted((t, v) for t, cls in c.COMMANDS_BY_TYPE.items()
+                            for v in cls.versions_read()))
     return HostVersions(name, commands, tuple(sorted(ENTRY_FORMATS)))
 
 

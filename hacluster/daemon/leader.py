@@ -15,16 +15,20 @@ from hacluster.core.leaderloop import LeaderLoop
 from hacluster.core.manager import Decision, Manager, Propose, RunFence
 from hacluster.core.readindex import ReadIndex, ReadMark
 from hacluster.core.renewal import Renewal
+from hacluster.core.silence import Challenge, ProbePower
 from hacluster.daemon.fencing import SecretError, as_record_result, bmc_target
+from hacluster.daemon.leases import LeaseService
 from hacluster.daemon.logs import decision
 from hacluster.daemon.proposer import Proposer
 from hacluster.daemon.replica import Replica
 from hacluster.fsm.model import FenceResult
-from hacluster.ports import Fencer
+from hacluster.ports import Fencer, PowerState
 from hacluster.raft import RaftNode
 
 log = logging.getLogger("hacluster.manager")
 FENCE_CONFIRM_TIMEOUT_S = 1.0  # a leader that cannot confirm its majority this fast skips
+PROBE_TIMEOUT_S = 1.0  # a power read that takes longer changes nothing
+CHALLENGE_SPACING_S = (0.0, 0.05, 0.1)  # a lost datagram or two must not decide
 
 
 class LeaderDriver:
@@ -44,6 +48,7 @@ class LeaderDriver:
         self.stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.reads: ReadIndex[Callable[[ReadMark], None]] = ReadIndex()
+        self.leases: LeaseService | None = None  # set once the lease service exists
         self._reads_waiting = asyncio.Event()
 
     # ------------------------------------------------------------ inputs
@@ -124,6 +129,10 @@ class LeaderDriver:
             await self._propose(d)
         elif isinstance(d, RunFence):
             await self._fence(d)
+        elif isinstance(d, ProbePower):
+            await self._probe(d)
+        elif isinstance(d, Challenge):
+            self._challenge(d)
         else:
             decision(log, "step down", d.reason, target=d.target or "any")
             with self.replica.read() as state:
@@ -175,6 +184,41 @@ class LeaderDriver:
         for follow in self.manager.fence_result(d.host, d.token, result, evidence, method,
                                                 time.monotonic()):
             self._spawn(self._dispatch(follow))
+
+    async def _probe(self, d: ProbePower) -> None:
+        """Read a silent host's power through its BMC; command nothing (core/silence.py)."""
+        with self.replica.read() as state:
+            spec = bmc_spec(state, d.host)
+        off, detail = False, "no BMC address configured"
+        if spec is not None:
+            try:
+                target = bmc_target(spec, self.secret)
+                loop = asyncio.get_running_loop()
+                probe = await loop.run_in_executor(self.pool, self.fencer.probe, target,
+                                                   PROBE_TIMEOUT_S)
+                off = probe.ok and probe.power is PowerState.OFF
+                detail = f"{probe.detail} (power {probe.power.value})"
+            except SecretError as exc:
+                detail = str(exc)
+        decision(log, "power read", f"{d.reason}: {detail}", host=d.host,
+                 power="off" if off else "not off")
+        self.manager.probe_result(d.host, off, detail, time.monotonic())
+
+    def _challenge(self, d: Challenge) -> None:
+        """A silent host's last chance: ask it on every link to renew now, three times."""
+        leases, term = self.leases, self.manager.term
+        if leases is None:
+            return
+        with self.replica.read() as state:
+            host = state.hosts.get(d.host)
+            routes = [(link, address) for link, _, address in
+                      (e.partition("=") for e in (host.addresses if host else ()))
+                      if link in leases.links]
+        decision(log, "challenge", f"before a fence on the lease alone: {d.reason}",
+                 host=d.host, links=",".join(link for link, _ in routes) or "none")
+        loop = asyncio.get_running_loop()
+        for delay in CHALLENGE_SPACING_S:
+            loop.call_later(delay, leases.challenge, d.host, routes, term)
 
     async def _run_backend(self, d: RunFence, spec: BmcSpec | None,
                            deadline: float) -> tuple[FenceResult, str, str]:

@@ -177,6 +177,15 @@ class LeaseService:
                 self.health[out.link].send_errors += 1
         return seq
 
+    def challenge(self, host: str, routes: list[tuple[str, str]], term: int) -> None:
+        """Ask a silent host, on every route, to renew now (its last chance)."""
+        now = time.monotonic()
+        for out in self.endpoint.challenge(host, routes, term, now, self.times().ttl_s):
+            endpoint = self._endpoints.get(out.link)
+            if endpoint is not None and endpoint.transport is not None:
+                with contextlib.suppress(OSError):
+                    endpoint.transport.sendto(out.datagram, (out.address, self.port))
+
     async def barrier(self, timeout_s: float) -> Ack | None:
         """Renew now and wait for the leader's ack to this very round."""
         waiter: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()

@@ -259,6 +259,7 @@ class Peer:
                                    self.renewal_targets, self._lease_times,
                                    self._host_addresses)
         await self.leases.start()
+        self.leader.leases = self.leases
         self._tasks.append(asyncio.ensure_future(self.leader.serve_reads()))
         self.replica.subscribe(self._notify_events)
         self._every(cfg.timing.manager_tick_s, self.leader.tick)

@@ -61,6 +61,8 @@ def settings_problem(s: Settings) -> str:
             return f"{name} must be a positive number (got {value})"
     if s.fence_cap < 0 or s.fence_retry_limit < 1 or not s.fence_retry_backoff_s >= 0:
         return "fence_cap must be >= 0, fence_retry_limit >= 1, fence_retry_backoff_s >= 0"
+    if not (math.isfinite(s.probe_after_s) and s.probe_after_s >= 0):
+        return f"probe_after_s must be 0 (off) or a positive number (got {s.probe_after_s})"
     if not s.lease_renew_s < s.lease_suspect_s < s.lease_ttl_s:
         return (
             "lease timings must satisfy lease_renew_s < lease_suspect_s < lease_ttl_s "

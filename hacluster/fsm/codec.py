@@ -4,7 +4,8 @@ Log entry: msgpack [2, type, version, request_id, origin, stamped_at, log_clock,
 (format 1, written before the log clock existed, has no log_clock: its stamped_at served).
 Snapshot:  msgpack {"format": SNAPSHOT_FORMAT, ...} with records as positional lists,
 hosts and VMs sorted by name, so equal states give equal bytes (and digests).
-(Format 1 had no "versions" map: it loads with none, as if no host had announced.)
+(Format 1 had no "versions" map: it loads with none, as if no host had announced.
+Formats 1 and 2 had no settings.probe_after_s: it loads with its default.)
 
 What this peer cannot read, it never skips: `apply` raises `UnreadableEntry`, and a
 snapshot of a newer format raises `SnapshotTooNew`; both are `UnreadableLog`, on which
@@ -33,8 +34,8 @@ from hacluster.fsm.wire import (
 
 ENTRY_FORMAT = 2
 ENTRY_FORMATS = (1, 2)  # formats this peer reads
-SNAPSHOT_FORMAT = 2
-SNAPSHOT_FORMATS = (1, 2)  # formats this peer loads (1 is migrated on load)
+SNAPSHOT_FORMAT = 3
+SNAPSHOT_FORMATS = (1, 2, 3)  # formats this peer loads (1 and 2 are migrated on load)
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
 
@@ -128,10 +129,10 @@ def _decode_envelope(raw: list[Any]) -> Envelope | Undecodable:
     if cls is None:
         return Undecodable(f"unknown command type {ctype!r}", request_id, float(stamped_at),
                            *what)
-    if type(version) is not int or version != cls.VERSION:
+    if type(version) is not int or version not in cls.versions_read():
         return Undecodable(
-            f"{ctype} version {version!r} not supported (this peer knows {cls.VERSION})",
-            request_id, float(stamped_at), *what)
+            f"{ctype} version {version!r} not supported (this peer reads "
+            f"{_listed(cls.versions_read())})", request_id, float(stamped_at), *what)
     try:
         command = decode_fields(cls, fields)
     except WireError as exc:
@@ -189,7 +190,7 @@ def decode_snapshot(data: bytes) -> ClusterState:
             hosts={h.name: h for h in hosts},
             vms={v.name: v for v in vms},
             fences=[decode_dataclass(FenceRecord, r) for r in doc["fences"]],
-            settings=decode_dataclass(Settings, doc["settings"]),
+            settings=_settings(doc["settings"], found),
             log_time=float(doc["log_time"]),
             applied_index=int(doc["applied_index"]),
             recent_requests=OrderedDict((str(rid), int(idx)) for rid, idx in doc["recent"]),
@@ -198,6 +199,20 @@ def decode_snapshot(data: bytes) -> ClusterState:
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise SnapshotError(f"snapshot content is invalid: {exc}") from None
     return state
+
+
+SETTINGS_ADDED = {3: ("probe_after_s",)}  # snapshot format -> Settings fields it added
+
+
+def _settings(raw: list[Any], found: int) -> Settings:
+    """Settings of an older snapshot lack the fields added since: they take defaults."""
+    if not isinstance(raw, list):
+        return decode_dataclass(Settings, raw)
+    added = [name for fmt, names in sorted(SETTINGS_ADDED.items()) if fmt > found
+             for name in names]
+    defaults = Settings()
+    padded = [*raw, *(getattr(defaults, name) for name in added)]
+    return decode_dataclass(Settings, padded)
 
 
 def _versions(records: list[Any]) -> dict[str, HostVersions]:

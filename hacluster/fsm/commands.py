@@ -27,7 +27,14 @@ from hacluster.fsm.model import (
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Command:
     TYPE: ClassVar[str] = ""
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 1  # what this peer writes
+    # Older versions this peer still decodes (their fields are a subset, absent ones take
+    # their defaults, and apply treats them alike); () means VERSION only.
+    READS: ClassVar[tuple[int, ...]] = ()
+
+    @classmethod
+    def versions_read(cls) -> tuple[int, ...]:
+        return cls.READS or (cls.VERSION,)
 
 
 # ---------------------------------------------------------------- hosts
@@ -312,9 +319,12 @@ class VmReport(Command):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SetSettings(Command):
-    """Change replicated settings; fields left None keep their value."""
+    """Change replicated settings; fields left None keep their value.
+    Version 2 added probe_after_s."""
 
     TYPE = "settings"
+    VERSION = 2
+    READS = (1, 2)
     fence_cap: int | None = None
     fence_window_s: float | None = None
     fence_action: FenceAction | None = None
@@ -328,6 +338,7 @@ class SetSettings(Command):
     lease_suspect_s: float | None = None
     lease_ttl_s: float | None = None
     vm_stable_s: float | None = None
+    probe_after_s: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -120,6 +120,9 @@ class Settings:
     vm_stable_s: float = 600.0  # a VM running this long has its restart count reset
     cluster_maintenance: bool = False
     bmc: BmcSettings = BmcSettings()
+    # Read a silent host's power through its BMC after this much silence (0: never);
+    # power read off fences it at once instead of waiting out the lease.
+    probe_after_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,3 +97,29 @@ def _plan(mode: BmcMode, action: FenceAction, host_powered: bool,
             evidence="power off, read back off, power on",
         )
     return BmcPlan(FenceResult.OFF, 0.3, 0.2, evidence="power off sent, read back off")
+
+
+PROBE_TIMEOUT_S = 1.0  # daemon/leader.py: a read that takes longer changes nothing
+
+
+@dataclass(frozen=True)
+class ProbePlan:
+    """What reading a host's power through its BMC in some mode gives, and when."""
+
+    answer_after_s: float
+    off: bool
+    detail: str
+
+
+def probe_plan(bmc: SimBmc, host_powered: bool) -> ProbePlan:
+    """A power read commands nothing; a BMC that does not answer in time reads nothing."""
+    if bmc.fail_next > 0:
+        bmc.fail_next -= 1
+        return ProbePlan(PROBE_TIMEOUT_S, False, "no answer from the BMC (fails for now)")
+    if bmc.mode in (BmcMode.UNREACHABLE, BmcMode.FROZEN):
+        return ProbePlan(PROBE_TIMEOUT_S, False, f"no answer within {PROBE_TIMEOUT_S:g}s")
+    if bmc.mode is BmcMode.BAD_CREDENTIALS:
+        return ProbePlan(0.05, False, "BMC rejected the credentials")
+    off = not host_powered or bmc.mode is BmcMode.ALREADY_OFF
+    delay = 0.6 if bmc.mode in (BmcMode.SLOW, BmcMode.SLOW_OK) else 0.05
+    return ProbePlan(delay, off, f"power read: {'off' if off else 'on'}")

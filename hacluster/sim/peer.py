@@ -31,6 +31,7 @@ from hacluster.core.renewal import (
     Targets,
     renewal_targets,
 )
+from hacluster.core.silence import Challenge, ProbePower
 from hacluster.fsm import ClusterState, apply, decode_command, encode_command
 from hacluster.fsm import commands as c
 from hacluster.fsm.codec import UnreadableEntry
@@ -276,6 +277,10 @@ class SimPeer:
         elif isinstance(d, StepDown):
             self.world.note(f"raft: {self.name} steps down: {d.reason}")
             self.raft.transfer_leadership(d.target or None)
+        elif isinstance(d, ProbePower):
+            self.world.run_probe(self, d)
+        elif isinstance(d, Challenge):
+            self._challenge(d)
 
     @property
     def manager(self) -> Any:
@@ -301,6 +306,24 @@ class SimPeer:
 
         if not self.read(confirmed, FENCE_CONFIRM_TIMEOUT_S, skipped):
             skipped()
+
+    def probe_answer(self, host: str, off: bool, detail: str, generation: int) -> None:
+        manager = self.manager
+        if manager is not None and self.proc.generation == generation and self.running:
+            manager.probe_result(host, off, detail, self.clock.mono(self.world.now))
+
+    def _challenge(self, d: Challenge) -> None:
+        """A silent host's last chance (daemon/leader.py `_challenge`): on every link."""
+        lease, term = self.proc.lease, self.raft.leader_term()
+        if lease is None or term is None:
+            return
+        now = self.world.now
+        mine = set(self.world.net.links_of(self.name))
+        routes = [(ln, d.host) for ln in self.world.net.links_of(d.host) if ln in mine]
+        self.world.note(f"{self.name}: challenge {d.host}: {d.reason}", quiet=True)
+        for out in lease.challenge(d.host, routes, term, self.clock.mono(now),
+                                   self.proc.state.settings.lease_ttl_s):
+            self.world.send_lease(now, self.name, out.address, out.link, out.datagram)
 
     def fence_answer(self, order: RunFence, result: FenceResult, evidence: str,
                      generation: int) -> None:

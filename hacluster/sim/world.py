@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 
 from hacluster.core import agent as ag
 from hacluster.core.manager import RunFence
+from hacluster.core.silence import ProbePower
 from hacluster.fsm import ClusterState, state_digest
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
 from hacluster.fsm.codec import decode_command
 from hacluster.fsm.events import Event
 from hacluster.fsm.model import FenceAction, HostRole
-from hacluster.sim.fakes import BmcMode, FakeHypervisor, SimBmc, bmc_plan
+from hacluster.sim.fakes import BmcMode, FakeHypervisor, SimBmc, bmc_plan, probe_plan
 from hacluster.sim.invariants import Observer
 from hacluster.sim.net import SimNet
 from hacluster.sim.peer import LEASE_CHANNEL, SimPeer
@@ -256,6 +257,19 @@ class World:
         def answer() -> None:
             self.note(f"bmc {order.host}: {plan.result.value} ({plan.evidence})")
             peer.fence_answer(order, plan.result, plan.evidence, generation)
+
+        self.at(plan.answer_after_s, answer)
+
+    def run_probe(self, peer: SimPeer, order: ProbePower) -> None:
+        """A power read through the host's BMC (core/silence.py); commands nothing."""
+        target = self.hosts[order.host]
+        plan = probe_plan(target.bmc, target.powered)
+        generation = peer.proc.generation
+
+        def answer() -> None:
+            self.note(f"bmc {order.host}: power read by {peer.name}: {plan.detail} "
+                      f"({order.reason})", quiet=not plan.off)
+            peer.probe_answer(order.host, plan.off, plan.detail, generation)
 
         self.at(plan.answer_after_s, answer)
 

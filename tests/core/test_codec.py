@@ -138,7 +138,7 @@ def test_unknown_type_is_named() -> None:
 
 def test_unknown_version_names_both_versions() -> None:
     problem = problem_of(raw_entry("add-host", version=7))
-    assert "add-host version 7 not supported" in problem and "knows 1" in problem
+    assert "add-host version 7 not supported" in problem and "reads 1" in problem
 
 
 def test_wrong_field_type_names_the_field() -> None:
@@ -305,7 +305,7 @@ def test_the_halt_names_the_command_version_and_what_this_peer_reads() -> None:
         cluster.apply_bytes(raw_entry("host-load", version=2, head=1))
     message = str(raised.value)
     assert "(host-load v2, entry format 1)" in message
-    assert "this peer knows 1" in message and "log entry formats 1, 2" in message
+    assert "this peer reads 1" in message and "log entry formats 1, 2" in message
     assert raised.value.entry.command_type == "host-load" and raised.value.entry.version == 2
 
 
@@ -358,3 +358,12 @@ def test_format_2_entries_carry_the_log_clock_apart_from_the_wall_stamp() -> Non
 
 def test_an_unknown_entry_format_is_named() -> None:
     assert "format 3 not supported" in problem_of(raw_entry(head=3))
+
+
+def test_an_older_version_this_peer_still_reads_decodes() -> None:
+    """settings v1 (before probe_after_s) still decodes: the field takes its default."""
+    decoded = decode_command(raw_entry("settings", version=1, fields={"fence_cap": 2}))
+    assert isinstance(decoded, c.Envelope)
+    assert decoded.command == c.SetSettings(fence_cap=2)
+    assert "version 3 not supported (this peer reads 1, 2)" in problem_of(
+        raw_entry("settings", version=3, fields={"fence_cap": 2}))

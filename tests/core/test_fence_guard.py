@@ -78,11 +78,11 @@ def test_a_committed_fence_is_held_when_voters_went_quiet_before_it_ran() -> Non
     """The guard is checked again right before a fence runs; the held attempt continues
     as the same incident later (counted once against the cap)."""
     leader = leading(voters("me", "h2", "h3", fence_cap=1))
-    expire(leader, "h2", renewing=("h3",), until=T0 + 3.0)  # the intent committed
+    expire(leader, "h2", renewing=("h3",), until=T0 + 3.5)  # challenged, then committed
     assert leader.state.hosts["h2"].state is H.FENCING
     token = leader.state.hosts["h2"].fence_token
     # h3 falls silent before the leader's next tick would run the fence
-    at = T0 + 3.1 + leader.state.settings.lease_ttl_s
+    at = T0 + 3.6 + leader.state.settings.lease_ttl_s
     decisions = leader.tick(at)
     assert fences(decisions) == []
     (hold,) = proposals(decisions, c.HoldFence)

@@ -10,6 +10,7 @@ import pytest
 
 from hacluster.core.lease import LeaseTable, Verdict
 from hacluster.core.manager import Decision, Manager, Propose, RunFence
+from hacluster.core.silence import CHALLENGE_WAIT_S, Challenge
 from hacluster.fsm import ClusterState
 from hacluster.fsm import commands as c
 from hacluster.fsm.model import FenceAction, FenceResult, HostRole, Settings
@@ -71,7 +72,8 @@ def fences(decisions: list[Decision]) -> list[RunFence]:
 
 
 def cluster_of(*hosts: str, **settings: Any) -> Cluster:
-    cluster = Cluster(**settings)
+    """Power reads off unless asked for (tests/core/test_silence.py tests them)."""
+    cluster = Cluster(**{"probe_after_s": 0.0, **settings})
     cluster.add_hosts("me", *hosts)
     return cluster
 
@@ -82,10 +84,17 @@ def ready_leader(*hosts: str, **settings: Any) -> Leader:
     return leader
 
 
+def challenged(decisions: list[Decision]) -> list[str]:
+    return [d.host for d in decisions if isinstance(d, Challenge)]
+
+
 def fence_host_b(leader: Leader, at: float = T0 + 3.0) -> RunFence:
-    """Let b's lease expire and drive the manager until it runs a fence for b."""
+    """Let b's lease expire and drive the manager until it runs a fence for b: its lease
+    expires at `at`, it is challenged, and fenced when the challenge went unanswered."""
     (suspect,) = proposals(leader.tick(T0 + 1.5), c.MarkHostSuspect)
     leader.commit(suspect)
+    assert challenged(leader.tick(at)) == ["b"]
+    at += CHALLENGE_WAIT_S
     (request,) = proposals(leader.tick(at), c.RequestFence)
     leader.commit(request)
     (run,) = fences(leader.tick(at + 0.1))
@@ -190,10 +199,26 @@ def test_silent_host_becomes_suspect_then_is_fenced() -> None:
     assert "last renewal 1.50s ago" in command(suspect, c.MarkHostSuspect).evidence
     leader.commit(suspect)
     assert proposals(leader.tick(T0 + 3.9), c.RequestFence) == []
-    (request,) = proposals(leader.tick(T0 + 4.0), c.RequestFence)
+    decisions = leader.tick(T0 + 4.0)  # expired: its last chance first
+    assert proposals(decisions, c.RequestFence) == [] and challenged(decisions) == ["b"]
+    assert proposals(leader.tick(T0 + 4.2), c.RequestFence) == []
+    (request,) = proposals(leader.tick(T0 + 4.3), c.RequestFence)
     fence = command(request, c.RequestFence)
     assert (fence.host, fence.reason, fence.term) == ("b", "lease expired", TERM)
-    assert "last renewal 3.00s ago" in fence.evidence
+    assert "last renewal 3.30s ago" in fence.evidence
+
+
+def test_a_challenged_host_that_answers_is_not_fenced() -> None:
+    """Issue 11: before a fence on the lease alone the leader asks the host over every
+    link to renew now; a live host behind a lossy network answers and stays."""
+    leader = ready_leader("b")
+    (suspect,) = proposals(leader.tick(T0 + 1.5), c.MarkHostSuspect)
+    leader.commit(suspect)
+    assert challenged(leader.tick(T0 + 3.0)) == ["b"]
+    leader.renew("b", T0 + 3.1)  # its answer to the challenge
+    decisions = leader.tick(T0 + 3.3)
+    assert proposals(decisions, c.RequestFence) == []
+    assert proposals(decisions, c.MarkHostAlive)
 
 
 def test_the_leaders_own_pause_does_not_age_the_leases() -> None:
@@ -207,7 +232,8 @@ def test_the_leaders_own_pause_does_not_age_the_leases() -> None:
     (suspect,) = proposals(leader.tick(T0 + 12.5), c.MarkHostSuspect)
     leader.commit(suspect)
     assert proposals(leader.tick(T0 + 13.9), c.RequestFence) == []
-    (request,) = proposals(leader.tick(T0 + 14.0), c.RequestFence)
+    assert challenged(leader.tick(T0 + 14.0)) == ["b"]
+    (request,) = proposals(leader.tick(T0 + 14.3), c.RequestFence)
     assert command(request, c.RequestFence).host == "b"
 
 
@@ -266,7 +292,8 @@ def test_uncommitted_fence_request_never_runs() -> None:
     leader = ready_leader("b")
     (suspect,) = proposals(leader.tick(T0 + 1.5), c.MarkHostSuspect)
     leader.commit(suspect)
-    (request,) = proposals(leader.tick(T0 + 3.0), c.RequestFence)
+    assert challenged(leader.tick(T0 + 3.0)) == ["b"]
+    (request,) = proposals(leader.tick(T0 + 3.3), c.RequestFence)
     # it reached the log, but the daemon could not confirm the commit to us
     leader.cluster.run(request.command)
     leader.manager.proposal_done(request.key, request.command, False, leader.cluster.index)

@@ -128,18 +128,28 @@ def test_format_1_is_migrated_with_no_announcements() -> None:
     doc = _doc()
     doc["format"] = 1
     del doc["versions"]
+    doc["settings"] = doc["settings"][:-1]  # no probe_after_s before format 3
     restored = decode_snapshot(_pack(doc))
     assert restored.versions == {}
     assert restored == dataclasses.replace(state, versions={})
     assert decode_snapshot(encode_snapshot(restored)) == restored  # written as the new format
-    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 2
+    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 3
+
+
+def test_format_2_is_migrated_with_the_default_probe_setting() -> None:
+    state = busy_cluster().state
+    doc = _doc()
+    doc["format"] = 2
+    doc["settings"] = doc["settings"][:-1]
+    restored = decode_snapshot(_pack(doc))
+    assert restored == state and restored.settings.probe_after_s == 1.0
 
 
 def test_a_newer_format_is_refused_naming_both_formats() -> None:
     doc = _doc()
-    doc["format"] = 3
-    with pytest.raises(SnapshotTooNew, match=r"snapshot format 3 is newer than this peer "
-                       r"reads \(formats 1, 2\)") as raised:
+    doc["format"] = 4
+    with pytest.raises(SnapshotTooNew, match=r"snapshot format 4 is newer than this peer "
+                       r"reads \(formats 1, 2, 3\)") as raised:
         decode_snapshot(_pack(doc))
     assert isinstance(raised.value, UnreadableLog)  # the peer halts on it (exit code 76)
 

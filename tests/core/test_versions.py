@@ -121,7 +121,9 @@ def test_the_announcement_is_exempt_and_written_in_format_1() -> None:
 
 def test_this_peer_announces_what_its_codec_decodes() -> None:
     mine = this_peer("h1")
-    assert set(mine.commands) == {(t, cls.VERSION) for t, cls in c.COMMANDS_BY_TYPE.items()}
+    assert set(mine.commands) == {(t, v) for t, cls in c.COMMANDS_BY_TYPE.items()
+                                  for v in cls.versions_read()}
+    assert ("settings", 1) in mine.commands and ("settings", 2) in mine.commands
     assert (c.AnnounceVersions.TYPE, 1) in mine.commands and mine.entry_formats == (1, 2)
 
 
@@ -132,7 +134,7 @@ def test_a_peer_announces_until_the_state_says_what_it_understands() -> None:
     assert first is not None and first.entry_formats == (1, 2)
     events = cluster.ok(first)
     assert kinds(events) == ["versions-announced"]
-    understood = len(c.ALL_COMMANDS)
+    understood = sum(len(cls.versions_read()) for cls in c.ALL_COMMANDS)
     assert f"understands {understood} command versions, reads log entry formats 1, 2" \
         in events[0].message
     assert announcement(cluster.state, "h1") is None
