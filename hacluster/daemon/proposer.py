@@ -39,7 +39,7 @@ class VersionGateError(RuntimeError):
     def __init__(self, command: c.Command, admission: versions.Admission) -> None:
         super().__init__(admission.refusal)
         self.command_type = command.TYPE
-        self.version = command.VERSION
+        self.version = command.wire_version()
         self.lacking = admission.lacking
 
 
@@ -69,7 +69,7 @@ class Proposer:
     def admit(self, command: c.Command) -> int:
         """The entry format to write `command` in; raises VersionGateError."""
         with self.read_state() as state:
-            admission = versions.admit(state, command.TYPE, command.VERSION)
+            admission = versions.admit(state, command.TYPE, command.wire_version())
         if not admission.admitted:
             raise VersionGateError(command, admission)
         return admission.entry_format

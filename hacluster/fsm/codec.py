@@ -78,7 +78,7 @@ def _listed(numbers: tuple[int, ...]) -> str:
 
 def encode_command(envelope: Envelope, entry_format: int = ENTRY_FORMAT) -> bytes:
     cmd = envelope.command
-    head = [ENTRY_FORMAT, cmd.TYPE, cmd.VERSION, envelope.request_id, envelope.origin,
+    head = [ENTRY_FORMAT, cmd.TYPE, cmd.wire_version(), envelope.request_id, envelope.origin,
             float(envelope.stamped_at)]
     if entry_format == 1:  # for peers that read format 1 only
         head[0] = 1

@@ -36,6 +36,11 @@ class Command:
     def versions_read(cls) -> tuple[int, ...]:
         return cls.READS or (cls.VERSION,)
 
+    def wire_version(self) -> int:
+        """The oldest version that carries this command as it is: what is written, so
+        that peers of the previous release read it unless it uses something new."""
+        return self.VERSION
+
 
 # ---------------------------------------------------------------- hosts
 
@@ -339,6 +344,9 @@ class SetSettings(Command):
     lease_ttl_s: float | None = None
     vm_stable_s: float | None = None
     probe_after_s: float | None = None
+
+    def wire_version(self) -> int:
+        return 1 if self.probe_after_s is None else 2
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -229,7 +229,7 @@ class SimPeer:
                 origin: str = "", force: bool = False) -> None:
         """`force`: past the version gate (what a test, or a broken proposer, does)."""
         now = self.world.now
-        admission = versions.admit(self.proc.state, command.TYPE, command.VERSION)
+        admission = versions.admit(self.proc.state, command.TYPE, command.wire_version())
         if force and not admission.admitted:
             admission = versions.Admission(entry_format=1)
         if not admission.admitted:  # the version gate (daemon/proposer.py `admit`)

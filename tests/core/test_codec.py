@@ -367,3 +367,14 @@ def test_an_older_version_this_peer_still_reads_decodes() -> None:
     assert decoded.command == c.SetSettings(fence_cap=2)
     assert "version 3 not supported (this peer reads 1, 2)" in problem_of(
         raw_entry("settings", version=3, fields={"fence_cap": 2}))
+
+
+def test_a_command_is_written_in_the_oldest_version_that_carries_it() -> None:
+    """Peers of the previous release read a settings change that sets nothing new."""
+    old = decode_command(encode_command(c.Envelope(c.SetSettings(fence_cap=2))))
+    new = decode_command(encode_command(c.Envelope(c.SetSettings(probe_after_s=0.5))))
+    assert isinstance(old, c.Envelope) and isinstance(new, c.Envelope)
+    assert msgpack.unpackb(encode_command(old))[2] == 1
+    assert msgpack.unpackb(encode_command(new))[2] == 2
+    assert old.command == c.SetSettings(fence_cap=2)
+    assert new.command == c.SetSettings(probe_after_s=0.5)
