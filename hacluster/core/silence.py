@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 MAX_PROBES = 4  # power reads in flight at once
+PROBE_TIMEOUT_S = 2.0  # a power read that takes longer changes nothing
 SAME_LIFE_S = 0.2  # relayed news of one renewal differs by transit times: the same life
 NEW_LEADER_GRACE_S = 0.3  # a new leader hears most hosts (Raft answers) within this
 CHALLENGE_WAIT_S = 0.3  # how long a challenged host has to answer

@@ -15,7 +15,7 @@ from hacluster.core.leaderloop import LeaderLoop
 from hacluster.core.manager import Decision, Manager, Propose, RunFence
 from hacluster.core.readindex import ReadIndex, ReadMark
 from hacluster.core.renewal import Renewal
-from hacluster.core.silence import Challenge, ProbePower
+from hacluster.core.silence import PROBE_TIMEOUT_S, Challenge, ProbePower
 from hacluster.daemon.fencing import SecretError, as_record_result, bmc_target
 from hacluster.daemon.leases import LeaseService
 from hacluster.daemon.logs import decision
@@ -27,7 +27,6 @@ from hacluster.raft import RaftNode
 
 log = logging.getLogger("hacluster.manager")
 FENCE_CONFIRM_TIMEOUT_S = 1.0  # a leader that cannot confirm its majority this fast skips
-PROBE_TIMEOUT_S = 1.0  # a power read that takes longer changes nothing
 CHALLENGE_SPACING_S = (0.0, 0.05, 0.1)  # a lost datagram or two must not decide
 
 

@@ -33,7 +33,7 @@ from hacluster.lab.isolation import isolation_unavailable, make_isolation
 from hacluster.lab.observer import Observer
 from hacluster.ports import Hypervisor, PowerState
 from hacluster.rpc.client import RpcClient
-from hacluster.rpc.protocol import RpcError
+from hacluster.rpc.protocol import ErrorCode, RpcError
 
 RAFT_PORT, LEASE_PORT = 7440, 7441
 BMC_USER = "admin"
@@ -42,7 +42,7 @@ BMC_USER = "admin"
 PROFILES: dict[str, dict[str, float]] = {
     "default": {},
     "fast": {"lease_renew_s": 0.15, "lease_suspect_s": 0.45, "lease_ttl_s": 0.9,
-             "fence_retry_backoff_s": 0.5},
+             "fence_retry_backoff_s": 0.5, "probe_after_s": 0.3},
 }
 LAB_TIMING = (("agent_tick_s", 0.1), ("manager_tick_s", 0.05), ("bmc_check_interval_s", 5.0))
 
@@ -229,7 +229,21 @@ class LabCluster:
                                      "password": node.bmc.password.reveal()})
             settings = PROFILES[self.profile]
             if settings:
+                self._set_settings(rpc, settings)
+
+    @staticmethod
+    def _set_settings(rpc: RpcClient, settings: dict[str, float]) -> None:
+        """A setting new in this release waits until every peer said it reads it (each
+        announces what it understands as it starts: a second or so)."""
+        give_up = time.monotonic() + 20.0
+        while True:
+            try:
                 rpc.call("settings.set", {"values": settings})
+                return
+            except RpcError as exc:
+                if exc.code is not ErrorCode.CONFLICT or time.monotonic() > give_up:
+                    raise
+                time.sleep(0.2)
 
     # ------------------------------------------------------------ use
 

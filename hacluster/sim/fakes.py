@@ -7,6 +7,7 @@ import enum
 from dataclasses import dataclass, field
 
 from hacluster.core.agent import DomainState
+from hacluster.core.silence import PROBE_TIMEOUT_S
 from hacluster.fsm.model import FenceAction, FenceResult
 
 
@@ -99,7 +100,6 @@ def _plan(mode: BmcMode, action: FenceAction, host_powered: bool,
     return BmcPlan(FenceResult.OFF, 0.3, 0.2, evidence="power off sent, read back off")
 
 
-PROBE_TIMEOUT_S = 1.0  # daemon/leader.py: a read that takes longer changes nothing
 
 
 @dataclass(frozen=True)
