@@ -53,11 +53,20 @@ def settled(lab: LabCluster) -> bool:
                for n, v in vms.items())
 
 
-def one_trial(lab: LabCluster, ttl: float) -> Trial:
+def choose_victim(lab: LabCluster, placement: dict[str, str], which: str) -> str:
+    """most-vms: the host with the most VMs; leader: the Raft leader's host; follower: the
+    host with the most VMs among the others."""
+    leader = lab.wait_leader()
+    if which == "leader":
+        return leader
+    hosts = sorted(h for h in set(placement.values()) if which != "follower" or h != leader)
+    return max(hosts, key=lambda h: sum(1 for x in placement.values() if x == h))
+
+
+def one_trial(lab: LabCluster, ttl: float, which: str = "most-vms") -> Trial:
     lab.wait(lambda: settled(lab), 60, "a settled cluster before the trial")
     placement = {n: v["host"] for n, v in lab.vms().items()}
-    victim = max(sorted(set(placement.values())),
-                 key=lambda h: sum(1 for x in placement.values() if x == h))
+    victim = choose_victim(lab, placement, which)
     moved = sorted(n for n, h in placement.items() if h == victim)
     follower = EventFollower(lab, next(n for n in lab.nodes if n != victim))
     follower.start()
@@ -130,12 +139,13 @@ def run_profile(profile: str, trials: int, hosts: int, vms: int,
         ttl = float(lab.call("settings.show")["settings"]["lease_ttl_s"])
         results = []
         for i in range(trials):
-            trial = one_trial(lab, ttl)
+            trial = one_trial(lab, ttl, lab_kind.victim)
             print(f"{profile} trial {i + 1}/{trials}: " + json.dumps(
                 {k: round(v, 3) for k, v in asdict(trial).items()}), file=sys.stderr)
             results.append(trial)
         return {**summarize(results), "isolation": lab_kind.isolation,
-                "driver": lab_kind.driver, "vm_memory_mib": lab.vm_memory_mib}
+                "driver": lab_kind.driver, "vm_memory_mib": lab.vm_memory_mib,
+                "victim": lab_kind.victim}
     finally:
         lab.stop()
 
@@ -150,6 +160,8 @@ def main() -> int:
                         help="hosts on loopback addresses, or each in a network namespace")
     parser.add_argument("--driver", choices=("test", "qemu"), default="test",
                         help="libvirt driver of every host's libvirtd")
+    parser.add_argument("--victim", choices=("most-vms", "leader", "follower"),
+                        default="most-vms", help="whose power is cut in each trial")
     args = parser.parse_args()
     reason = lab_unavailable(args.driver, args.isolation)
     if reason:
