@@ -4,7 +4,7 @@ command it opens an interactive shell with completion and history.
 Exit codes (stable, for scripts):
   0  done
   1  refused by the cluster (rejected, not found, conflict)
-  2  usage error or bad parameters
+  2  usage error or bad parameters (a name, value or domain XML the cluster never accepts)
   3  cannot reach a peer, no quorum, or the peer has not caught up since it started
   4  outcome unknown (maybe applied: timeout or leader change) - check with a read
 """

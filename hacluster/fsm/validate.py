@@ -38,15 +38,10 @@ Conclusion: `apply` refuses nothing it accepted before.
 
 ## Limits
 
-MAX_DOMAIN_XML_BYTES (256 KiB) bounds a domain XML proposed through the API. Real
-definitions take a few KiB (a large VM with dozens of disks and NICs, some tens); every
-XML is replicated to every peer, kept in every journal and in every snapshot of the
-state, and an entry of megabytes delays the heartbeats that travel behind it on the
-same connection (a 2.8 MB XML cost several elections). 256 KiB stays far below the
-RPC frame limit (4 MiB), the Raft node's max_command_bytes (512 KiB, which pysyncobj's
-batching needs), and the 1 MiB that apply has always enforced (APPLY_MAX_XML_BYTES,
-kept for the entries already in logs). MAX_TEXT_BYTES bounds every other text field
-and MAX_COMMAND_BYTES a whole command as written to the log.
+A domain XML may have MAX_DOMAIN_XML_BYTES (256 KiB) when proposed, and why is said in
+fsm/domain_xml.py; apply keeps refusing above APPLY_MAX_XML_BYTES (1 MiB) only.
+MAX_TEXT_BYTES bounds every other text field, MAX_COMMAND_BYTES a whole command as
+written to the log (both far below the Raft node's max_command_bytes, 512 KiB).
 """
 
 from __future__ import annotations
@@ -57,18 +52,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields, is_dataclass, replace
 from itertools import pairwise
 from typing import Any
-from xml.parsers import expat
 
 import msgpack
 
 from hacluster.fsm import commands as c
 from hacluster.fsm.context import name_problem
+from hacluster.fsm.domain_xml import (
+    MAX_DOMAIN_XML_BYTES,
+    applied_xml_size_problem,
+    domain_xml_problem,
+)
 from hacluster.fsm.model import BmcOverride, ClusterState, FenceAction, FenceResult, Settings
 from hacluster.fsm.states import HostState
 from hacluster.fsm.wire import WireError, encode_fields, spec_of
 
-MAX_DOMAIN_XML_BYTES = 256 * 1024
-APPLY_MAX_XML_BYTES = 1024 * 1024  # what apply refuses (since the first release)
 MAX_TEXT_BYTES = 16 * 1024  # any other text field: reasons, evidence, addresses
 MAX_COMMAND_BYTES = MAX_DOMAIN_XML_BYTES + 64 * 1024  # a whole command, msgpack
 
@@ -184,96 +181,17 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
 
 
 def _log_size(command: c.Command) -> Problem | None:
-    try:
-        sizes = {k: len(msgpack.packb(v, use_bin_type=True))
-                 for k, v in encode_fields(command).items()}
-    except (TypeError, ValueError, OverflowError) as exc:  # an int beyond 64 bits, say
-        return Problem("", f"the command cannot be written to the log: {exc}")
+    sizes = {}
+    for name, value in encode_fields(command).items():
+        try:
+            sizes[name] = len(msgpack.packb(value, use_bin_type=True))
+        except (TypeError, ValueError, OverflowError) as exc:  # an int beyond 64 bits
+            return Problem(name, f"{name}: cannot be written to the log ({exc})")
     if sum(sizes.values()) <= MAX_COMMAND_BYTES:
         return None
     largest = max(sizes, key=lambda k: sizes[k])
     return Problem(largest, f"the command takes more than {MAX_COMMAND_BYTES} bytes in the "
                    f"log ({largest}: {sizes[largest]} bytes)")
-
-
-# ---------------------------------------------------------------- domain XML
-
-class _Stop(Exception):
-    """Ends parsing from inside an expat handler, with the reason."""
-
-
-class _DomainReader:
-    """Reads the root element and the text of its first <name> child."""
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.name: list[str] | None = None
-        self.reading = False
-
-    def start(self, tag: str, attrs: object) -> None:
-        self.depth += 1
-        if self.depth == 1 and tag != "domain":
-            raise _Stop(f"root element is <{tag}>, expected <domain>")
-        if self.depth == 2 and tag == "name" and self.name is None:
-            self.name, self.reading = [], True
-        else:
-            self.reading = False  # an element inside <name> ends its text
-
-    def end(self, tag: str) -> None:
-        self.depth -= 1
-        self.reading = False
-
-    def text(self, data: str) -> None:
-        if self.reading and self.name is not None:
-            self.name.append(data)
-
-    def refuse(self, *args: object) -> None:
-        raise _Stop("domain XML must not contain a DOCTYPE or entities")
-
-
-def domain_xml_name(xml: str) -> str:
-    """The <name> of a domain definition; raises ValueError saying what is wrong.
-    Parsed by expat with no DOCTYPE allowed, so no entity is ever expanded or fetched."""
-    reader = _DomainReader()
-    parser = expat.ParserCreate(namespace_separator="}")  # tags as ElementTree spells them
-    parser.StartDoctypeDeclHandler = reader.refuse
-    parser.EntityDeclHandler = reader.refuse
-    parser.StartElementHandler = reader.start
-    parser.EndElementHandler = reader.end
-    parser.CharacterDataHandler = reader.text
-    try:
-        parser.Parse(xml, True)
-    except _Stop as exc:
-        raise ValueError(str(exc)) from None
-    except expat.ExpatError as exc:
-        raise ValueError(f"domain XML does not parse: {exc}") from None
-    except UnicodeError:
-        raise ValueError("domain XML is not valid Unicode text") from None
-    name = "".join(reader.name or ()).strip()
-    if not name:
-        raise ValueError("domain XML has no <name>")
-    return name
-
-
-def domain_xml_problem(xml: str, name: str | None = None) -> str:
-    """Size first (cheap), then well-formed, a <domain>, and named `name` if given."""
-    size = len(xml.encode("utf-8", "surrogatepass"))
-    if size > MAX_DOMAIN_XML_BYTES:
-        return (f"domain XML of {size} bytes is larger than the limit of "
-                f"{MAX_DOMAIN_XML_BYTES} bytes ({MAX_DOMAIN_XML_BYTES // 1024} KiB)")
-    try:
-        found = domain_xml_name(xml)
-    except ValueError as exc:
-        return str(exc)
-    if name is not None and found != name:
-        return f"domain XML names {found!r}, not the VM's name {name!r}"
-    return ""
-
-
-def _applied_xml_size(xml: str) -> str:
-    if len(xml.encode()) > APPLY_MAX_XML_BYTES:
-        return f"domain XML larger than {APPLY_MAX_XML_BYTES} bytes"
-    return ""
 
 
 # ---------------------------------------------------------------- hosts
@@ -403,7 +321,7 @@ def _add_vm(cmd: c.AddVm, admission: bool) -> Iterator[Found]:
     yield "name", name_problem("VM", cmd.name)
     if admission:
         yield "xml", domain_xml_problem(cmd.xml, cmd.name)
-    yield "xml", _applied_xml_size(cmd.xml)
+    yield "xml", applied_xml_size_problem(cmd.xml)
     yield "memory_mib", limits_problem(cmd.memory_mib, cmd.vcpus, cmd.max_restarts,
                                        cmd.max_relocates)
 
@@ -415,7 +333,7 @@ def _set_vm_options(cmd: c.SetVmOptions, admission: bool) -> Iterator[Found]:
     if cmd.xml is not None:
         if admission:
             yield "xml", domain_xml_problem(cmd.xml, cmd.name)
-        yield "xml", _applied_xml_size(cmd.xml)
+        yield "xml", applied_xml_size_problem(cmd.xml)
     if admission:  # apply checks the updated record (apply_vms.set_vm_options)
         yield "max_restarts", limits_problem(1, 1, cmd.max_restarts or 0,
                                              cmd.max_relocates or 0)
