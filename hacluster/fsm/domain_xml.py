@@ -37,7 +37,8 @@ class _DomainReader:
     def start(self, tag: str, attrs: object) -> None:
         self.depth += 1
         if self.depth == 1 and tag != "domain":
-            raise _Stop(f"root element is <{tag}>, expected <domain>")
+            shown = "{" + tag if "}" in tag else tag  # "{namespace}tag", as ElementTree
+            raise _Stop(f"root element is <{shown}>, expected <domain>")
         if self.depth == 2 and tag == "name" and self.name is None:
             self.name, self.reading = [], True
         else:
