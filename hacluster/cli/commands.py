@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hacluster.cli import render
+from hacluster.fsm.domain_xml import MAX_DOMAIN_XML_BYTES
 
 Arg = tuple[tuple[str, ...], dict[str, Any]]
 Params = Callable[[argparse.Namespace], dict[str, Any]]
@@ -69,14 +70,24 @@ def _vm_options(a: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
+def read_domain_xml(path: str) -> str:
+    """A domain XML file, refused before it is read (let alone sent) when it is larger
+    than a peer accepts; the peer checks the rest (fsm/domain_xml.py)."""
+    size = Path(path).stat().st_size
+    if size > MAX_DOMAIN_XML_BYTES:
+        raise ValueError(f"{path}: {size} bytes; a domain XML may have at most "
+                         f"{MAX_DOMAIN_XML_BYTES} bytes ({MAX_DOMAIN_XML_BYTES // 1024} KiB)")
+    return Path(path).read_text()
+
+
 def _vm_add(a: argparse.Namespace) -> dict[str, Any]:
-    return {"xml": Path(a.file).read_text(), **_vm_options(a), **_given(a, "desired")}
+    return {"xml": read_domain_xml(a.file), **_vm_options(a), **_given(a, "desired")}
 
 
 def _vm_set(a: argparse.Namespace) -> dict[str, Any]:
     params = {"name": a.name, **_vm_options(a)}
     if a.xml_file:
-        params["xml"] = Path(a.xml_file).read_text()
+        params["xml"] = read_domain_xml(a.xml_file)
     return params
 
 
@@ -144,7 +155,8 @@ COMMANDS: tuple[Spec, ...] = (
     Spec(("vm", "show"), "vm.show", "one VM in detail", ("hactl vm show db1",), _name,
          (NAME,), render=lambda r: render.block(f"vm {r['vm']['name']}", r["vm"]),
          completes=("vm",)),
-    Spec(("vm", "add"), "vm.add", "define a VM from a libvirt domain XML file",
+    Spec(("vm", "add"), "vm.add", "define a VM from a libvirt domain XML file "
+         f"(at most {MAX_DOMAIN_XML_BYTES // 1024} KiB)",
          ("hactl vm add db1.xml --priority 10 --anti-affinity db",), _vm_add,
          ((("file",), {"help": "domain XML (name, memory and vCPUs are read from it)"}),
           *VM_OPTIONS, (("--desired",), {"choices": ["started", "stopped", "disabled"]}))),

@@ -4,7 +4,7 @@ command it opens an interactive shell with completion and history.
 Exit codes (stable, for scripts):
   0  done
   1  refused by the cluster (rejected, not found, conflict)
-  2  usage error or bad parameters
+  2  usage error or bad parameters (a name, value or domain XML the cluster never accepts)
   3  cannot reach a peer, no quorum, or the peer has not caught up since it started
   4  outcome unknown (maybe applied: timeout or leader change) - check with a read
 """
@@ -41,9 +41,10 @@ def connect(args: argparse.Namespace) -> RpcClient:
 
 
 def run_command(args: argparse.Namespace, client: RpcClient,
-                out: Callable[[str], None] = print) -> int:
+                out: Callable[[str], None] = print,
+                params: dict[str, Any] | None = None) -> int:
     spec: Spec = args.spec
-    params = spec.params(args)
+    params = spec.params(args) if params is None else params
     if spec.streamed:
         for item in client.stream(spec.method, params, timeout_s=math.inf):
             out(json.dumps(item) if args.json else render.event_line(item))
@@ -83,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_shell(args, parser)
 
     def once() -> int:
+        params = args.spec.params(args)  # files read (or refused) before any connection
         with connect(args) as client:
-            return run_command(args, client)
+            return run_command(args, client, params=params)
 
     return guarded(once)
 

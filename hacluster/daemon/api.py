@@ -2,10 +2,18 @@
 
 Reads answer from this peer's replica and say how fresh it is; writes go
 through Raft (pysyncobj forwards them to the leader) and answer once applied,
-with the events they caused. A refused command is an `rejected` error whose
-message is apply's reason; one that some host would not understand (the version
-gate, core/versions.py) is a `conflict` error naming those hosts. A halted peer
-(daemon/halt.py) answers `status` only.
+with the events they caused.
+
+Nothing is proposed before it passed the rules of fsm/validate.py: a value no state
+can make right (a bad name, a number out of range, a domain XML too large or not
+well-formed) is a `bad-params` error naming the field; a host or VM this peer's
+replica does not know is `not-found`, one to add that it already knows `conflict`; a
+setting that does not fit with the others `bad-params`. So refused input never enters
+the log. What apply refuses all the same (the replica may lag, the state may change
+before the entry commits) is a `rejected` error whose message is apply's reason; a
+command some host would not understand (the version gate, core/versions.py) is a
+`conflict` error naming those hosts. A halted peer (daemon/halt.py) answers `status`
+only.
 """
 
 from __future__ import annotations
@@ -21,9 +29,11 @@ from hacluster.daemon.proposer import NoLeaderError, VersionGateError
 from hacluster.fsm import ClusterState
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
+from hacluster.fsm.domain_xml import domain_xml_problem
 from hacluster.fsm.events import Event
 from hacluster.fsm.model import BmcOverride, BmcSettings, Desired, HostRole
 from hacluster.fsm.states import HostState
+from hacluster.fsm.validate import EXISTS, INVALID, UNKNOWN, find_problem, state_problem
 from hacluster.fsm.wire import WireError, decode_fields
 from hacluster.ports import ProposeStatus
 from hacluster.rpc.protocol import ErrorCode, RpcError, optional, validate_params
@@ -34,6 +44,8 @@ if TYPE_CHECKING:
     from hacluster.daemon.peer import Peer
 
 SETTING_KEYS = [name for name in c.SetSettings.__dataclass_fields__]
+PROBLEM_CODES = {INVALID: ErrorCode.BAD_PARAMS, UNKNOWN: ErrorCode.NOT_FOUND,
+                 EXISTS: ErrorCode.CONFLICT}
 
 
 class Api:
@@ -79,8 +91,20 @@ class Api:
                            f"nothing more: {halted['reason']} (hactl status says more)",
                            {"peer": self.peer.me, "exit_code": halted["exit_code"]})
 
+    def _admit(self, command: c.Command) -> None:
+        """Refuse, before anything is proposed, what the rules of fsm/validate.py refuse:
+        the stateless ones always, those on the state once this replica caught up."""
+        problem = find_problem(command)
+        if problem is None and self.peer.caught_up():
+            with self.peer.read() as state:
+                problem = state_problem(state, command)
+        if problem is not None:
+            raise RpcError(PROBLEM_CODES[problem.kind], problem.message,
+                           {"field": problem.field, "command": command.TYPE})
+
     async def _write(self, ctx: CallContext, command: c.Command) -> dict[str, Any]:
         self._not_halted()
+        self._admit(command)
         origin = f"{ctx.user}@{self.peer.me}"
         try:
             outcome = await self.peer.submit(command, origin=origin)
@@ -162,11 +186,13 @@ class Api:
             "addresses": optional(list, default=[]), "role": optional(str, default="voter"),
             "bmc_address": optional(str, default="")})
         role = _enum(HostRole, p["role"], "role")
+        command = c.AddHost(
+            name=p["name"], addresses=tuple(str(a) for a in p["addresses"]), role=role,
+            raft_address=p["raft_address"], bmc=BmcOverride(address=p["bmc_address"]))
+        self._admit(command)  # before Raft's membership changes for it
         if role is not HostRole.MEMBER and p["raft_address"]:
             await self._membership(self.peer.add_raft_member, p["raft_address"])
-        return await self._write(ctx, c.AddHost(
-            name=p["name"], addresses=tuple(str(a) for a in p["addresses"]), role=role,
-            raft_address=p["raft_address"], bmc=BmcOverride(address=p["bmc_address"])))
+        return await self._write(ctx, command)
 
     async def m_host_remove(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         p = validate_params(params, {"name": str})
@@ -244,6 +270,9 @@ class Api:
             "desired": optional(str), "allowed_hosts": optional(list),
             "anti_affinity": optional(str), "max_restarts": optional(int),
             "max_relocates": optional(int), "memory_mib": optional(int), "vcpus": optional(int)})
+        problem = domain_xml_problem(p["xml"])  # the size first, then one careful parse
+        if problem:
+            raise RpcError(ErrorCode.BAD_PARAMS, problem, {"field": "xml"})
         try:
             name, memory_mib, vcpus = domain_resources(p["xml"])
         except DomainXmlError as exc:

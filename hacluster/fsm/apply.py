@@ -3,15 +3,15 @@
 Same log, same state on every peer. `apply` mutates `state` in place (copying
 10,000 VMs per command would make the log crawl) and returns the events. A
 refused command is an event, never an exception, and leaves the state untouched
-apart from `applied_index`, `log_time` and the request id. An entry this peer
-cannot read is the one exception (`UnreadableEntry`, raised before anything
-changed): skipping it would leave this peer's state different from the others'.
+apart from `applied_index`, `log_time` and the request id; the stateless rules come
+first, from fsm/validate.py (which also says why apply checks only some of them). An
+entry this peer cannot read is the one exception (`UnreadableEntry`, raised before
+anything changed): skipping it would leave this peer's state different from the others'.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -22,19 +22,14 @@ from hacluster.fsm.codec import UnreadableEntry, decode_command
 from hacluster.fsm.context import Ctx, IllegalEdge, Refused
 from hacluster.fsm.events import Event
 from hacluster.fsm.lifecycle import place_pending, refresh_drains
-from hacluster.fsm.model import RECENT_REQUESTS_KEPT, ClusterState, Settings
+from hacluster.fsm.model import RECENT_REQUESTS_KEPT, ClusterState
+from hacluster.fsm.validate import find_problem, settings_given, settings_problem, subject_of
 
 
 def set_settings(ctx: Ctx, cmd: c.SetSettings) -> None:
-    changes = {
-        f.name: getattr(cmd, f.name)
-        for f in dataclasses.fields(cmd)
-        if getattr(cmd, f.name) is not None
-    }
-    if not changes:
-        raise Refused("no setting given")
+    changes = settings_given(cmd)
     updated = dataclasses.replace(ctx.state.settings, **changes)
-    problem = settings_problem(updated)
+    problem = settings_problem(updated)  # the values given fit with the others
     if problem:
         raise Refused(problem)
     ctx.state.settings = updated
@@ -43,40 +38,7 @@ def set_settings(ctx: Ctx, cmd: c.SetSettings) -> None:
     ctx.emit(ev.SETTINGS_CHANGED, "", shown)
 
 
-def settings_problem(s: Settings) -> str:
-    """The first thing wrong with a settings record ("" when valid)."""
-    positive = (
-        "fence_window_s",
-        "fence_timeout_s",
-        "memory_overcommit",
-        "vcpu_overcommit",
-        "lease_renew_s",
-        "lease_suspect_s",
-        "lease_ttl_s",
-        "vm_stable_s",
-    )
-    for name in positive:
-        value = getattr(s, name)
-        if not (math.isfinite(value) and value > 0):
-            return f"{name} must be a positive number (got {value})"
-    if s.fence_cap < 0 or s.fence_retry_limit < 1 or not s.fence_retry_backoff_s >= 0:
-        return "fence_cap must be >= 0, fence_retry_limit >= 1, fence_retry_backoff_s >= 0"
-    if not (math.isfinite(s.probe_after_s) and s.probe_after_s >= 0):
-        return f"probe_after_s must be 0 (off) or a positive number (got {s.probe_after_s})"
-    if not s.lease_renew_s < s.lease_suspect_s < s.lease_ttl_s:
-        return (
-            "lease timings must satisfy lease_renew_s < lease_suspect_s < lease_ttl_s "
-            f"(got {s.lease_renew_s} < {s.lease_suspect_s} < {s.lease_ttl_s})"
-        )
-    return ""
-
-
 def set_bmc_defaults(ctx: Ctx, cmd: c.SetBmcDefaults) -> None:
-    if not apply_hosts.DRIVER_RE.match(cmd.bmc.driver):
-        raise Refused(f"BMC driver {cmd.bmc.driver!r}: expected a name such as ipmi, "
-                      "redfish or agent")
-    if not 0 < cmd.bmc.port < 65536:
-        raise Refused(f"BMC port {cmd.bmc.port} out of range")
     ctx.state.settings = dataclasses.replace(ctx.state.settings, bmc=cmd.bmc)
     ctx.emit(
         ev.SETTINGS_CHANGED,
@@ -175,6 +137,10 @@ def apply(
     _remember(state, entry.request_id, index)
     ctx = Ctx(state, index, entry.origin)
     try:
+        # the stateless rules apply has always had, before any state is looked at
+        problem = find_problem(entry.command, at_apply=True)
+        if problem is not None:
+            raise Refused(problem.message, subject_of(entry.command))
         HANDLERS[type(entry.command)](ctx, entry.command)
         if ctx.capacity_changed:
             place_pending(ctx)

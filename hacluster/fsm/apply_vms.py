@@ -1,4 +1,5 @@
-"""Handlers for VM commands: define, options, desired state, migration, agent reports."""
+"""Handlers for VM commands: define, options, desired state, migration, agent reports.
+The stateless checks of their fields come first, from fsm/validate.py."""
 
 from __future__ import annotations
 
@@ -7,31 +8,18 @@ import dataclasses
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
 from hacluster.fsm import placement
-from hacluster.fsm.context import Ctx, Refused, check_name
+from hacluster.fsm.context import Ctx, Refused
 from hacluster.fsm.lifecycle import continue_drain, place, restart_or_relocate, stop_here
 from hacluster.fsm.model import Desired, Vm, stop_failure
 from hacluster.fsm.states import HostState, VmState
+from hacluster.fsm.validate import limits_problem
 
 V = VmState
-MAX_XML_BYTES = 1024 * 1024
-
-
-def _check_limits(
-    memory_mib: int, vcpus: int, max_restarts: int, max_relocates: int, name: str
-) -> None:
-    if memory_mib <= 0 or vcpus <= 0:
-        raise Refused("memory_mib and vcpus must be > 0", name)
-    if max_restarts < 0 or max_relocates < 0:
-        raise Refused("max_restarts and max_relocates must be >= 0", name)
 
 
 def add_vm(ctx: Ctx, cmd: c.AddVm) -> None:
-    check_name("VM", cmd.name)
     if cmd.name in ctx.state.vms:
         raise Refused(f"VM {cmd.name} already exists", cmd.name)
-    if len(cmd.xml.encode()) > MAX_XML_BYTES:
-        raise Refused(f"domain XML larger than {MAX_XML_BYTES} bytes", cmd.name)
-    _check_limits(cmd.memory_mib, cmd.vcpus, cmd.max_restarts, cmd.max_relocates, cmd.name)
     vm = Vm(
         name=cmd.name,
         xml=cmd.xml,
@@ -74,16 +62,13 @@ def set_vm_options(ctx: Ctx, cmd: c.SetVmOptions) -> None:
         for f in dataclasses.fields(cmd)
         if f.name != "name" and getattr(cmd, f.name) is not None
     }
-    if not changes:
-        raise Refused("nothing to change", cmd.name)
     if "allowed_hosts" in changes:
         changes["allowed_hosts"] = tuple(sorted(set(changes["allowed_hosts"])))
-    if "xml" in changes and len(changes["xml"].encode()) > MAX_XML_BYTES:
-        raise Refused(f"domain XML larger than {MAX_XML_BYTES} bytes", cmd.name)
     updated = dataclasses.replace(vm, **changes)
-    _check_limits(
-        updated.memory_mib, updated.vcpus, updated.max_restarts, updated.max_relocates, cmd.name
-    )
+    problem = limits_problem(updated.memory_mib, updated.vcpus, updated.max_restarts,
+                             updated.max_relocates)
+    if problem:
+        raise Refused(problem, cmd.name)
     ctx.state.put_vm(updated)
     shown = ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items()) if k != "xml")
     ctx.emit(
@@ -142,8 +127,6 @@ def migrate_vm(ctx: Ctx, cmd: c.MigrateVm) -> None:
 
 def vm_report(ctx: Ctx, cmd: c.VmReport) -> None:
     vm = ctx.vm(cmd.name)
-    if cmd.observed not in c.VM_REPORTS:
-        raise Refused(f"unknown report {cmd.observed!r}", cmd.name)
     if cmd.placement != vm.placement or cmd.host not in (vm.host, vm.target_host) or not vm.host:
         raise Refused(
             f"stale report {cmd.observed} from {cmd.host} for placement "

@@ -27,13 +27,13 @@ class IllegalEdge(Exception):
     """A state change not in the tables: a bug, caught and reported by apply."""
 
 
-def check_name(kind: str, name: str) -> None:
-    if not NAME_RE.match(name):
-        raise Refused(
-            f"invalid {kind} name {name!r}: use 1-63 letters, digits, '.', '_' or "
-            "'-', starting with a letter or digit",
-            name,
-        )
+def name_problem(kind: str, name: str, *, strict: bool = False) -> str:
+    """Why `name` cannot name a host, VM or group ("" if it can). Not `strict` (what
+    apply has always checked), NAME_RE's `$` lets one trailing newline through."""
+    if (NAME_RE.fullmatch(name) if strict else NAME_RE.match(name)):
+        return ""
+    return (f"invalid {kind} name {name!r}: use 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit")
 
 
 @dataclass

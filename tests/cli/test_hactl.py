@@ -48,6 +48,19 @@ def test_no_peer_is_a_clear_error_and_exit_3(tmp_path: Path) -> None:
     assert "missing.sock" in done.stderr
 
 
+def test_a_domain_xml_file_over_the_limit_is_refused_before_anything_else(
+        tmp_path: Path) -> None:
+    """Not read, not sent: refused even when no peer answers (exit 2, not 3)."""
+    huge = tmp_path / "huge.xml"
+    with huge.open("wb") as f:
+        f.truncate(3 * 1024 * 1024)
+    done = subprocess.run([sys.executable, "-m", "hacluster.cli.hactl", "--connect",
+                           str(tmp_path / "missing.sock"), "vm", "add", str(huge)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert f"{huge}: 3145728 bytes; a domain XML may have at most 262144 bytes" in done.stderr
+
+
 def test_commands_against_a_running_cluster(lab_factory: Factory, tmp_path: Path) -> None:
     lab = lab_factory(3)
     xml = tmp_path / "db1.xml"
@@ -66,8 +79,9 @@ def test_commands_against_a_running_cluster(lab_factory: Factory, tmp_path: Path
     assert hactl(lab, "vm", "show", "nope").returncode == 1  # not found
     refused = hactl(lab, "vm", "remove", "db1")  # running: refused by the cluster
     assert refused.returncode == 1 and "stop it first" in refused.stderr
-    bad = hactl(lab, "settings", "set", "lease_ttl_s=0.1")
-    assert bad.returncode == 1 and "lease timings" in bad.stderr
+    bad = hactl(lab, "settings", "set", "lease_ttl_s=0.1")  # refused before it is proposed
+    assert bad.returncode == 2 and "lease timings" in bad.stderr
+    assert "(field: lease_ttl_s)" in bad.stderr
     assert hactl(lab, "host", "maintenance").returncode == 2  # usage error
     config = hactl(lab, "--json", "config", "show")
     assert config.returncode == 0 and "secret_file" in config.stdout

@@ -73,6 +73,8 @@ def test_observer_catches_a_start_before_the_fence() -> None:
     truth = world.truth()
     assert truth is not None
     victim = truth.vms["vm2"].host
+    # No power reads: otherwise the leader reads the power off and fences within 2 s.
+    assert world.admin_wait(c.SetSettings(probe_after_s=0.0))
     world.power_off(victim, "test")
     world.run_until(world.now + 2.0)  # suspect, not yet fenced
     assert world.admin_wait(c.AdminConfirmFence(host=victim, who="op", reason="confirmed"))
