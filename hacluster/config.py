@@ -91,6 +91,18 @@ class TimingConfig:
 
 
 @dataclass(frozen=True)
+class WatchdogConfig:
+    """Self-fencing (daemon/watchdog.py): fed only while a leader acknowledges this host."""
+
+    kind: str = "none"  # none | device | command
+    device: str = "/dev/watchdog"  # kind device: hardware watchdog or softdog
+    command: tuple[str, ...] = ()  # kind command: argv run at every feed
+    disarm_command: tuple[str, ...] = ()  # kind command: argv run on a clean stop
+    timeout_s: float = 10.0  # the watchdog resets the machine this long after a feed
+    self_fence_s: float = 10.0  # unacknowledged this long: destroy VMs, stop feeding
+
+
+@dataclass(frozen=True)
 class NotifyConfig:
     hook: str = ""  # executable; gets one JSON event on stdin per notification
 
@@ -111,6 +123,7 @@ class Config:
     timing: TimingConfig = TimingConfig()
     notify: NotifyConfig = NotifyConfig()
     log: LogConfig = LogConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
     raft: RaftSettings = field(default_factory=RaftSettings)
     source: str = "<defaults>"
 
@@ -122,7 +135,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "peer": PeerConfig, "cluster": ClusterConfig, "leases": LeaseConfig,
     "hypervisor": HypervisorConfig, "rpc": RpcConfig, "timing": TimingConfig,
-    "notify": NotifyConfig, "log": LogConfig,
+    "notify": NotifyConfig, "log": LogConfig, "watchdog": WatchdogConfig,
 }
 
 
@@ -227,7 +240,13 @@ def config_problem(c: Config) -> str:
     checks.append("" if c.rpc.max_frame_bytes >= 1024 else
                   f"[rpc] max_frame_bytes: must be >= 1024, got {c.rpc.max_frame_bytes}")
     checks.append("" if c.rpc.max_connections > 0 else "[rpc] max_connections: must be > 0")
-    for section in (c.hypervisor, c.timing, c.rpc):
+    checks.append("" if c.watchdog.kind in ("none", "device", "command") else
+                  f"[watchdog] kind: expected none|device|command, got {c.watchdog.kind!r}")
+    checks.append("" if c.watchdog.kind != "command" or c.watchdog.command else
+                  "[watchdog] command: kind command needs the command to run at every feed")
+    checks.append("" if c.watchdog.kind != "device" or c.watchdog.device else
+                  "[watchdog] device: kind device needs the device path")
+    for section in (c.hypervisor, c.timing, c.rpc, c.watchdog):
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
             if f.name.endswith("_s") and not (math.isfinite(value) and value > 0):

@@ -36,8 +36,16 @@ def lease(links: dict[str, float] | None) -> str:
 def hosts_table(hosts: list[dict[str, Any]]) -> str:
     rows = [(h["name"], h["state"], h["role"], f"{h['used_memory_mib']}/{h['memory_mib']}",
              h["vms"], lease(h.get("lease_links")), _bmc(h["bmc_ok"]),
-             h["reason"][:60]) for h in hosts]
-    return table(rows, ["host", "state", "role", "mem MiB", "vms", "lease", "bmc", "reason"])
+             watchdog(h.get("watchdog")), h["reason"][:60]) for h in hosts]
+    return table(rows, ["host", "state", "role", "mem MiB", "vms", "lease", "bmc", "watchdog",
+                        "reason"])
+
+
+def watchdog(w: dict[str, Any] | None) -> str:
+    """"device 10s" when armed, "command (off)" when configured but not armed."""
+    if not w or w.get("kind", "none") == "none":
+        return "-"
+    return f"{w['kind']} {w['timeout_s']:g}s" if w.get("armed") else f"{w['kind']} (off)"
 
 
 def _bmc(ok: bool | None) -> str:

@@ -14,7 +14,15 @@ Safety rules implemented here (see docs/safety.md):
   no majority for a whole lease hands leadership over: it is more likely the one cut off.
 - A host whose renewals resume before any fence of it succeeded keeps its VMs: the
   pending attempt and its retries are cancelled (CancelFence).
-- VMs are released only by applying ConfirmFence; the manager merely proposes it.
+- VMs are released only by applying ConfirmFence (or WatchdogConfirm, or an
+  operator's confirm); the manager merely proposes it.
+- A host whose fence failed (its BMC dark with it) and whose watchdog is armed counts
+  as fenced (WatchdogConfirm) only once it must have reset itself: its peer feeds the
+  watchdog only while a leader acknowledges renewals it sent, for `self_fence_s` after
+  sending each, and the watchdog resets it `timeout_s` after the last feed. Every such
+  renewal reached a leader before that leader acknowledged it, and a leader's
+  acknowledgements are confirmed by a majority before this leadership began, or were
+  sent by this manager (`acked`). So the host is reset by `watchdog_fenced_at`.
 """
 
 from __future__ import annotations
@@ -26,11 +34,19 @@ from hacluster.core.lease import GRANT, RAFT, VIA, LeaseTable, LeaseView, Verdic
 from hacluster.core.silence import Challenge, ProbePower, SilenceWatch
 from hacluster.fsm import commands as c
 from hacluster.fsm.apply_fence import cap_reopens_at, fence_action_for, quorum_problem
-from hacluster.fsm.model import ClusterState, FenceAction, FenceResult, Host, HostRole
+from hacluster.fsm.model import (
+    ClusterState,
+    FenceAction,
+    FenceFallback,
+    FenceResult,
+    Host,
+    HostRole,
+)
 from hacluster.fsm.states import HostState
 
 H = HostState
 PROPOSAL_TIMEOUT_S = 10.0  # forget an unanswered proposal after this long
+CLOCK_RATE_MARGIN = 0.01  # a host's clock may run this much slower than the leader's
 REPEAT_AFTER_S = 1.0  # the same command for the same host at most this often
 
 
@@ -80,6 +96,7 @@ class Manager:
         self._majority_heard_at = -1e18  # last tick a majority of voters renewed to us
         self._led_since = -1e18  # when this leadership began (monotonic)
         self._hears: dict[str, tuple[frozenset[str], float]] = {}  # host -> (whom, when)
+        self._acked: dict[str, float] = {}  # host -> when this leader last acked it
         self.watch = SilenceWatch()  # power reads and challenges (core/silence.py)
 
     # ------------------------------------------------------------ leadership
@@ -94,6 +111,7 @@ class Manager:
         self._failed_at.clear()
         self._majority_heard_at = self._led_since = now  # a full lease for us too
         self._hears.clear()
+        self._acked.clear()
         self.watch.reset()
         self.leases.grant_all(sorted(state.hosts), now)
         return [self._propose(c.Noop(term=term), "noop", f"new leader in term {term}", now)]
@@ -104,6 +122,22 @@ class Manager:
 
     def renewal(self, host: str, link: str, now: float) -> None:
         self.leases.renew(host, link, now)
+
+    def acked(self, host: str, at: float) -> None:
+        """This leader sent `host` an acknowledgement of a renewal at `at`: its watchdog
+        may be fed for `self_fence_s` after that renewal was sent (core/selffence.py)."""
+        self._acked[host] = max(at, self._acked.get(host, at))
+
+    def watchdog_fenced_at(self, state: ClusterState, host: Host) -> float | None:
+        """When (this leader's clock) a host with an armed watchdog has surely reset
+        itself, if it stopped being acknowledged: None without an armed watchdog. No
+        acknowledgement of an earlier leader can be later than this leadership's start."""
+        w = host.watchdog
+        if not w.armed:
+            return None
+        last = max(self._acked.get(host.name, self._led_since), self._led_since)
+        return last + w.resets_within_s * (1 + CLOCK_RATE_MARGIN) + \
+            state.settings.watchdog_margin_s
 
     def hears(self, reporter: str, ages: Mapping[str, float], at: float) -> None:
         """Voter `reporter` said, answering our Raft replication at `at`, whose renewals
@@ -280,9 +314,34 @@ class Manager:
                     return self._fence(state, now, host, "fence wanted", host.fence_wanted)
                 return self._fence(state, now, host, "lease expired; the fence can go ahead "
                                    "again", lease.evidence(s))
-        if host.state is H.FENCING and not s.cluster_maintenance:
+        if host.state in (H.FENCING, H.FENCE_FAILED) and not s.cluster_maintenance:
+            reset = self._watchdog_confirm(state, host, now)
+            if reset is not None or host.state is H.FENCE_FAILED:
+                return reset
             return self._continue_fencing(state, host, now)
         return None
+
+    def _watchdog_confirm(self, state: ClusterState, host: Host, now: float) -> Propose | None:
+        """Count a host whose fence failed as reset by its own watchdog, once it must be."""
+        if state.settings.fence_fallback is not FenceFallback.WATCHDOG or host.name == self.me:
+            return None
+        record = state.fence_record(host.fence_token)
+        failed = record is not None and not record.result.host_is_off and record.result \
+            not in (FenceResult.PENDING, FenceResult.NOTIFIED)
+        due = self.watchdog_fenced_at(state, host)
+        if record is None or not failed or due is None or now < due or \
+                self._fence_outcome_pending(host.fence_token):
+            return None
+        if self.guard_problem(state, host.name, now):
+            return None  # as for any fence: a majority must be there to confirm it
+        w = host.watchdog
+        last = max(self._acked.get(host.name, self._led_since), self._led_since)
+        evidence = (f"fence {record.result.value}; last acknowledged {now - last:.1f} s ago "
+                    f"(self-fence {w.self_fence_s:g} s + {w.kind.value} watchdog "
+                    f"{w.timeout_s:g} s + margin {state.settings.watchdog_margin_s:g} s)")
+        return Propose(c.WatchdogConfirm(host=host.name, token=host.fence_token,
+                                         evidence=evidence), f"fence-result:{host.name}",
+                       f"{host.name} reset by its watchdog: {evidence}")
 
     def _fence_outcome_pending(self, token: int) -> bool:
         """A fence of ours for this token runs, or its outcome has not committed yet."""

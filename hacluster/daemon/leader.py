@@ -61,7 +61,13 @@ class LeaderDriver:
             return
         if credit_at is not None:
             self.manager.renewal(renewal.host, renewal.link, credit_at)
-        self.read(answer)
+
+        def answer_and_note(mark: ReadMark) -> None:
+            answer(mark)  # the host may feed its watchdog on it (core/selffence.py)
+            if self.manager.leading and mark.term == self.manager.term:
+                self.manager.acked(renewal.host, time.monotonic())
+
+        self.read(answer_and_note)
 
     def read(self, answer: Callable[[ReadMark], None]) -> bool:
         """Queue a read request; False when this peer cannot take one now (it does not

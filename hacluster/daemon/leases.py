@@ -78,6 +78,9 @@ class LeaseService:
         self.errors = 0
         self.last_ack: Ack | None = None
         self.last_ack_at = 0.0
+        # self-fencing (daemon/selffencing.py): told every round sent and every ack
+        self.round_sent: Callable[[int, float], None] | None = None
+        self.ack_received: Callable[[Ack], None] | None = None
         self._endpoints: dict[str, _Endpoint] = {}
         self._ack_waiters: list[tuple[int, asyncio.Future[Ack]]] = []
 
@@ -151,6 +154,8 @@ class LeaseService:
         if health is not None:
             health.last_ack = now
         self.last_ack, self.last_ack_at = ack, now
+        if self.ack_received is not None:
+            self.ack_received(ack)
         still = []
         for sent_seq, waiter in self._ack_waiters:
             if ack.seq >= sent_seq and not waiter.done():
@@ -166,6 +171,8 @@ class LeaseService:
         now = time.monotonic()
         seq, datagrams = self.endpoint.round(self.targets(), now, time.time(),
                                              self.times().renew_s)
+        if self.round_sent is not None:
+            self.round_sent(seq, now)
         for out in datagrams:
             endpoint = self._endpoints.get(out.link)
             if endpoint is None or endpoint.transport is None:

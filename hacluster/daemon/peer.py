@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hacluster.config import Config, read_secret
-from hacluster.core.readindex import state_is_fresh
+from hacluster.config import Config, WatchdogConfig, read_secret
+from hacluster.core.readindex import ReadMark, state_is_fresh
 from hacluster.core.registration import registration
 from hacluster.core.renewal import LeaseCodec, renewal_targets
 from hacluster.daemon.agent import AgentDriver, HostReporter
@@ -36,6 +36,7 @@ from hacluster.daemon.notify import HookNotifier, notification
 from hacluster.daemon.proposer import NoLeaderError, Outcome, Proposer
 from hacluster.daemon.replica import EventListener, Replica
 from hacluster.daemon.sdnotify import sd_notify, watchdog_interval_s
+from hacluster.daemon.selffencing import SelfFencing
 from hacluster.fsm import ClusterState, Event
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
@@ -80,6 +81,7 @@ class Peer:
         self.agent: AgentDriver | None = None
         self.leases: LeaseService | None = None
         self.proposer: Proposer | None = None
+        self.self_fencing: SelfFencing | None = None
         self.extra_services: list[Any] = []  # e.g. the RPC server (start()/close())
         self.rpc_server: RpcServer | None = None
         self._caught_up = False
@@ -260,6 +262,7 @@ class Peer:
                                    self._host_addresses)
         await self.leases.start()
         self.leader.leases = self.leases
+        self._start_self_fencing()
         self._tasks.append(asyncio.ensure_future(self.leader.serve_reads()))
         self.replica.subscribe(self._notify_events)
         self._every(cfg.timing.manager_tick_s, self.leader.tick)
@@ -274,6 +277,36 @@ class Peer:
         interval = watchdog_interval_s()
         if interval:
             self._every(interval, lambda: sd_notify("WATCHDOG=1"))
+
+    def _start_self_fencing(self) -> None:
+        """A witness runs no VMs and is never fenced: it has nothing to self-fence."""
+        assert self.leases is not None and self.proposer is not None
+        config = self.config.watchdog if self.role is not HostRole.WITNESS else \
+            WatchdogConfig()
+        fencing = self.self_fencing = SelfFencing(self.me, config, self.replica,
+                                                  self._destroy_vms)
+        if not fencing.enabled:
+            return
+        self.leases.round_sent = fencing.round_sent
+        self.leases.ack_received = fencing.ack_received
+        fencing.start()
+        self._tasks.append(asyncio.ensure_future(
+            fencing.keep_record(self.proposer, self.caught_up)))
+
+    def _destroy_vms(self) -> None:
+        """Self-fence (a thread of its own): destroy every cluster VM running here."""
+        hypervisor = self._hypervisor
+        if hypervisor is None:
+            return
+        with self.replica.read() as state:
+            ours = set(state.vms)
+        for domain in hypervisor.list_domains():
+            if domain.name in ours:
+                try:
+                    hypervisor.destroy(domain.name)
+                    log.critical("self-fence: destroyed %s", domain.name)
+                except Exception as exc:
+                    log.error("self-fence: destroying %s failed: %s", domain.name, exc)
 
     def _add_rpc(self) -> None:
         from hacluster.daemon.api import Api
@@ -351,18 +384,33 @@ class Peer:
             return LeaseTimes(state.settings.lease_renew_s, state.settings.lease_ttl_s)
 
     async def _renew_forever(self) -> None:
-        assert self.leases is not None
+        assert self.leases is not None and self.leader is not None
+        fencing = self.self_fencing
         while True:
+            if fencing is not None and fencing.fired:  # going down: renew nothing more
+                await asyncio.sleep(1.0)
+                continue
             self.leases.send_round()
             if self.raft is not None:  # told to the leader in our Raft answers
                 self.raft.set_hears(self.leases.heard())
+            if fencing is not None and fencing.enabled and self.leader.ready:
+                self.leader.read(self._allow_leader(fencing, time.monotonic()))
             await asyncio.sleep(self._lease_times().renew_s)
+
+    @staticmethod
+    def _allow_leader(fencing: SelfFencing, asked: float) -> Callable[[ReadMark], None]:
+        """As leader, our own reads confirmed by a majority allow us to feed."""
+        def confirmed(_mark: ReadMark) -> None:
+            fencing.read_confirmed(asked)
+        return confirmed
 
     async def _fresh(self) -> bool:
         """Read barrier: is our state at least as new as everything committed before
         now? Asked of the leader (ours included), which answers only once a majority
         confirmed it still leads (core/readindex.py)."""
         assert self.leader is not None and self.leases is not None
+        if self.self_fencing is not None and self.self_fencing.fired:
+            return False  # fenced itself: it starts nothing until the machine resets
         timeout = self.config.timing.read_barrier_timeout_s
         if self.leader.ready:
             mark = await self.leader.read_barrier(timeout)
@@ -444,6 +492,8 @@ class Peer:
                                                  deadline_s=self.config.timing.stop_grace_s)
             decision(log, "peer stopping", "marked stopped in the cluster state"
                      if outcome.committed else "could not mark stopped (no quorum?)")
+        if self.self_fencing is not None and not self.halted:
+            await self.self_fencing.stop(self.proposer, self.config.timing.stop_grace_s)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -501,6 +551,7 @@ class Peer:
             "manager_ready": bool(manager and manager.ready),
             "links": self.leases.link_report() if self.leases else {},
             "lease_refusals": self._lease_refusals(),
+            "watchdog": self.self_fencing.status() if self.self_fencing else {"kind": "none"},
             "digest": self.replica.digest() if digest else "",
             "halted": self.halted,
         }

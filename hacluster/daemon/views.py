@@ -7,7 +7,16 @@ from typing import Any
 from hacluster.core.bmc import NO_ADDRESS, bmc_health
 from hacluster.fsm.apply_fence import cap_reopens_at, fences_in_window
 from hacluster.fsm.events import Event
-from hacluster.fsm.model import BmcOverride, BmcSettings, ClusterState, FenceRecord, Host, Vm
+from hacluster.fsm.model import (
+    BmcOverride,
+    BmcSettings,
+    ClusterState,
+    FenceFallback,
+    FenceRecord,
+    Host,
+    Vm,
+    Watchdog,
+)
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState, VmState
 
 SEALED = "<sealed>"
@@ -35,7 +44,7 @@ def host_view(state: ClusterState, host: Host, lease_ages: dict[str, float] | No
         "used_memory_mib": state.usage_of(host.name).memory_mib,
         "vms": len(vms), "load": host.load, "bmc_ok": bmc.ok,
         "bmc_detail": bmc.detail, "peer_stopped": host.peer_stopped,
-        "lease_links": lease_ages or {},
+        "lease_links": lease_ages or {}, "watchdog": watchdog_view(host.watchdog),
     }
     if detail:
         view.update(addresses=list(host.addresses), raft_address=host.raft_address,
@@ -43,6 +52,11 @@ def host_view(state: ClusterState, host: Host, lease_ages: dict[str, float] | No
                     fence_wanted=host.fence_wanted, since=host.since,
                     bmc=_bmc_override(host.bmc), vm_names=[vm.name for vm in vms])
     return view
+
+
+def watchdog_view(w: Watchdog) -> dict[str, Any]:
+    return {"kind": w.kind.value, "armed": w.armed, "timeout_s": w.timeout_s,
+            "self_fence_s": w.self_fence_s}
 
 
 def vm_view(vm: Vm, detail: bool = False) -> dict[str, Any]:
@@ -93,6 +107,12 @@ def waiting_for_operator(state: ClusterState) -> list[str]:
         if host.state in FENCE_PENDING_HOSTS and host.state is not HostState.FENCING:
             out.append(f"host {name} is {host.state.value}: {host.reason} -> hactl fence "
                        f"confirm {name} --reason TEXT, or hactl fence retry {name}")
+            if host.state is HostState.FENCE_FAILED and host.watchdog.armed and \
+                    state.settings.fence_fallback is FenceFallback.WATCHDOG:
+                w = host.watchdog
+                out.append(f"host {name}: its {w.kind.value} watchdog resets it; the leader "
+                           f"counts it fenced {w.resets_within_s:g} s + margin after its "
+                           "last acknowledged renewal")
         bmc = bmc_health(state, host)
         if bmc.ok is False and host.state is not HostState.REMOVED:
             hint = f" -> hactl bmc set --host {name} --address ADDRESS" \

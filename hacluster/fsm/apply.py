@@ -86,6 +86,8 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.RetryFence: apply_fence.retry_fence,
     c.HoldFence: apply_fence.hold_fence,
     c.CancelFence: apply_fence.cancel_fence,
+    c.WatchdogConfirm: apply_fence.watchdog_confirm,
+    c.ReportWatchdog: apply_hosts.report_watchdog,
     c.AddVm: apply_vms.add_vm,
     c.RemoveVm: apply_vms.remove_vm,
     c.SetVmOptions: apply_vms.set_vm_options,

@@ -18,6 +18,7 @@ from hacluster.fsm.model import (
     FENCE_HISTORY_KEPT,
     ClusterState,
     FenceAction,
+    FenceFallback,
     FenceRecord,
     FenceResult,
     Host,
@@ -343,6 +344,51 @@ def admin_confirm(ctx: Ctx, cmd: c.AdminConfirmFence) -> None:
         token=ctx.index,
         method="manual",
     )
+    release_after_fence(ctx, host.name)
+
+
+def watchdog_confirm(ctx: Ctx, cmd: c.WatchdogConfirm) -> None:
+    """A host whose fence failed counts as reset by its own watchdog (the leader judged
+    the time; this checks what the log can: the fallback is chosen, the watchdog was
+    armed, the attempt is the host's current one and it failed)."""
+    host = ctx.host(cmd.host)
+    if ctx.state.settings.fence_fallback is not FenceFallback.WATCHDOG:
+        raise Refused("fence_fallback is operator: a failed fence waits for an operator",
+                      host.name)
+    if not host.watchdog.armed:
+        raise Refused(f"host {host.name} has no armed watchdog", host.name)
+    if host.state not in (H.FENCING, H.FENCE_FAILED) or host.fence_token != cmd.token:
+        raise Refused(f"stale watchdog confirm for token {cmd.token}: host {host.name} is "
+                      f"{host.state.value} with token {host.fence_token}", host.name)
+    record = ctx.state.fence_record(cmd.token)
+    if record is None or record.result.host_is_off or record.result in (
+            FenceResult.PENDING, FenceResult.NOTIFIED):
+        shown = record.result.value if record else "missing"
+        raise Refused(f"fence attempt {cmd.token} of {host.name} has not failed ({shown})",
+                      host.name)
+    _append(
+        ctx,
+        FenceRecord(
+            token=ctx.index,
+            host=host.name,
+            incident=record.incident,
+            attempt=record.attempt + 1,
+            action=FenceAction.OFF,
+            reason=f"its fence failed ({record.result.value}); its watchdog reset it",
+            evidence=record.result_evidence,
+            requested_by=ctx.origin,
+            requested_at=ctx.now,
+            result=FenceResult.SELF_FENCED,
+            result_evidence=cmd.evidence,
+            method="watchdog",
+            confirmed_by=ctx.origin,
+            finished_at=ctx.now,
+        ),
+    )
+    ctx.set_host_state(host, H.FENCED, f"fence confirmed: reset by its watchdog "
+                       f"({cmd.evidence})", fence_token=ctx.index, agent_ready=False)
+    ctx.emit(ev.FENCE_CONFIRMED, host.name, f"self-fenced: {cmd.evidence}", token=ctx.index,
+             method="watchdog")
     release_after_fence(ctx, host.name)
 
 

@@ -124,6 +124,18 @@ def set_peer_stopped(ctx: Ctx, cmd: c.SetPeerStopped) -> None:
              peer_stopped=cmd.stopped)
 
 
+def report_watchdog(ctx: Ctx, cmd: c.ReportWatchdog) -> None:
+    host = ctx.host(cmd.name)
+    if host.watchdog == cmd.watchdog:
+        return
+    ctx.put_host(host, watchdog=cmd.watchdog)
+    w = cmd.watchdog
+    shown = (f"watchdog {w.kind.value} {'armed' if w.armed else 'disarmed'}: self-fence "
+             f"{w.self_fence_s:g} s after its last acknowledged renewal, reset "
+             f"{w.timeout_s:g} s later" if w.kind.value != "none" else "no watchdog")
+    ctx.emit(ev.HOST_UPDATED, cmd.name, shown, watchdog=w.kind.value, armed=w.armed)
+
+
 def announce_versions(ctx: Ctx, cmd: c.AnnounceVersions) -> None:
     """Record what a host's peer understands; proposers read it (core/versions.py)."""
     ctx.host(cmd.name)

@@ -5,7 +5,8 @@ Log entry: msgpack [2, type, version, request_id, origin, stamped_at, log_clock,
 Snapshot:  msgpack {"format": SNAPSHOT_FORMAT, ...} with records as positional lists,
 hosts and VMs sorted by name, so equal states give equal bytes (and digests).
 (Format 1 had no "versions" map: it loads with none, as if no host had announced.
-Formats 1 and 2 had no settings.probe_after_s: it loads with its default.)
+Formats 1 and 2 had no settings.probe_after_s, formats 1 to 3 no settings.fence_fallback,
+settings.watchdog_margin_s and host.watchdog: they load with their defaults.)
 
 What this peer cannot read, it never skips: `apply` raises `UnreadableEntry`, and a
 snapshot of a newer format raises `SnapshotTooNew`; both are `UnreadableLog`, on which
@@ -34,8 +35,8 @@ from hacluster.fsm.wire import (
 
 ENTRY_FORMAT = 2
 ENTRY_FORMATS = (1, 2)  # formats this peer reads
-SNAPSHOT_FORMAT = 3
-SNAPSHOT_FORMATS = (1, 2, 3)  # formats this peer loads (1 and 2 are migrated on load)
+SNAPSHOT_FORMAT = 4
+SNAPSHOT_FORMATS = (1, 2, 3, 4)  # formats this peer loads (older ones are migrated on load)
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
 
@@ -184,7 +185,7 @@ def decode_snapshot(data: bytes) -> ClusterState:
             f"unknown snapshot format {found!r} (this peer reads {_listed(SNAPSHOT_FORMATS)})"
         )
     try:
-        hosts = [decode_dataclass(Host, h) for h in doc["hosts"]]
+        hosts = [decode_dataclass(Host, _padded(Host, h, found)) for h in doc["hosts"]]
         vms = [decode_dataclass(Vm, v) for v in doc["vms"]]
         state = ClusterState(
             hosts={h.name: h for h in hosts},
@@ -201,18 +202,35 @@ def decode_snapshot(data: bytes) -> ClusterState:
     return state
 
 
-SETTINGS_ADDED = {3: ("probe_after_s",)}  # snapshot format -> Settings fields it added
+# snapshot format -> the record fields it added (always at the end of their record)
+FIELDS_ADDED: dict[int, dict[type, tuple[str, ...]]] = {
+    3: {Settings: ("probe_after_s",)},
+    4: {Settings: ("fence_fallback", "watchdog_margin_s"), Host: ("watchdog",)},
+}
+
+
+def _padded(cls: type, raw: Any, found: int) -> Any:
+    """A record of an older snapshot lacks the fields added since: they take their
+    defaults (encoded, as the record's other fields are)."""
+    if not isinstance(raw, list):
+        return raw
+    added = [name for fmt, records in sorted(FIELDS_ADDED.items()) if fmt > found
+             for name in records.get(cls, ())]
+    if not added:
+        return raw
+    defaults = encode_dataclass(_default_record(cls))
+    names = [f.name for f in dataclasses.fields(cls)]
+    return [*raw, *(defaults[names.index(name)] for name in added)]
+
+
+def _default_record(cls: type) -> Any:
+    if cls is Host:
+        return Host(name="-")
+    return cls()
 
 
 def _settings(raw: list[Any], found: int) -> Settings:
-    """Settings of an older snapshot lack the fields added since: they take defaults."""
-    if not isinstance(raw, list):
-        return decode_dataclass(Settings, raw)
-    added = [name for fmt, names in sorted(SETTINGS_ADDED.items()) if fmt > found
-             for name in names]
-    defaults = Settings()
-    padded = [*raw, *(getattr(defaults, name) for name in added)]
-    return decode_dataclass(Settings, padded)
+    return decode_dataclass(Settings, _padded(Settings, raw, found))
 
 
 def _versions(records: list[Any]) -> dict[str, HostVersions]:

@@ -17,10 +17,12 @@ from hacluster.fsm.model import (
     BmcSettings,
     Desired,
     FenceAction,
+    FenceFallback,
     FenceResult,
     HaPolicy,
     HostRole,
     Selector,
+    Watchdog,
 )
 
 
@@ -204,6 +206,16 @@ class FenceFailed(Command):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class ReportWatchdog(Command):
+    """A host's peer says how it fences itself: armed before it says armed, says
+    disarmed before it disarms, so the record never promises more than the machine does."""
+
+    TYPE = "host-watchdog"
+    name: str
+    watchdog: Watchdog
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class HoldFence(Command):
     """The leader does not fence this host now, and says why: too few voters renew their
     leases for a fence of it to be confirmed. A pending attempt ends `held`; the host
@@ -221,6 +233,19 @@ class CancelFence(Command):
 
     TYPE = "fence-cancel"
     host: str
+    evidence: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class WatchdogConfirm(Command):
+    """The host's fence failed (its BMC dark or refusing), but its armed watchdog must
+    have reset it by now: counted fenced (result `self-fenced`, method `watchdog`) and
+    its VMs released. Proposed only by the leader (core/manager.py), with the timing
+    as evidence; `token` is the host's current attempt."""
+
+    TYPE = "fence-watchdog"
+    host: str
+    token: int
     evidence: str
 
 
@@ -325,11 +350,11 @@ class VmReport(Command):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SetSettings(Command):
     """Change replicated settings; fields left None keep their value.
-    Version 2 added probe_after_s."""
+    Version 2 added probe_after_s, version 3 fence_fallback and watchdog_margin_s."""
 
     TYPE = "settings"
-    VERSION = 2
-    READS = (1, 2)
+    VERSION = 3
+    READS = (1, 2, 3)
     fence_cap: int | None = None
     fence_window_s: float | None = None
     fence_action: FenceAction | None = None
@@ -344,8 +369,12 @@ class SetSettings(Command):
     lease_ttl_s: float | None = None
     vm_stable_s: float | None = None
     probe_after_s: float | None = None
+    fence_fallback: FenceFallback | None = None
+    watchdog_margin_s: float | None = None
 
     def wire_version(self) -> int:
+        if self.fence_fallback is not None or self.watchdog_margin_s is not None:
+            return 3
         return 1 if self.probe_after_s is None else 2
 
 
@@ -391,6 +420,8 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     RetryFence,
     HoldFence,
     CancelFence,
+    ReportWatchdog,
+    WatchdogConfirm,
     AddVm,
     RemoveVm,
     SetVmOptions,

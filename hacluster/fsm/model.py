@@ -22,6 +22,20 @@ class FenceAction(enum.StrEnum):
     IDENTIFY = "identify"
 
 
+class FenceFallback(enum.StrEnum):
+    """What a fence that failed (its BMC dark, unreachable, refusing) falls back to."""
+
+    WATCHDOG = "watchdog"  # a host with an armed watchdog counts as fenced once it must
+    #                        have reset itself (core/manager.py `watchdog_fenced_at`)
+    OPERATOR = "operator"  # wait for `hactl fence confirm`
+
+
+class WatchdogKind(enum.StrEnum):
+    NONE = "none"
+    DEVICE = "device"  # the Linux watchdog device (/dev/watchdog: hardware or softdog)
+    COMMAND = "command"  # a configured command run at every feed (an external watchdog)
+
+
 class Selector(enum.StrEnum):
     FREE_MEMORY = "free-memory"
     PROVISIONED_MEMORY = "provisioned-memory"
@@ -62,6 +76,7 @@ class FenceResult(enum.StrEnum):
     SUPERSEDED = "superseded"  # a newer attempt for the same host replaced it
     HELD = "held"  # the leader held it: too few voters renew to confirm it (HoldFence)
     CANCELLED = "cancelled"  # the host renewed again before any fence succeeded
+    SELF_FENCED = "self-fenced"  # its BMC failed; its armed watchdog has reset it by now
 
     @property
     def host_is_off(self) -> bool:
@@ -70,6 +85,7 @@ class FenceResult(enum.StrEnum):
             FenceResult.ALREADY_OFF,
             FenceResult.REBOOTED,
             FenceResult.MANUAL,
+            FenceResult.SELF_FENCED,
         )
 
 
@@ -104,6 +120,24 @@ class BmcOverride:
 
 
 @dataclass(frozen=True, slots=True)
+class Watchdog:
+    """A host's self-fencing, as its peer reported it (`ReportWatchdog`): the peer feeds
+    the watchdog only while a leader acknowledges its lease; `self_fence_s` after the
+    last acknowledged renewal it destroys its VMs and stops feeding, and `timeout_s`
+    later the watchdog resets the machine. `armed`: the watchdog runs now."""
+
+    kind: WatchdogKind = WatchdogKind.NONE
+    timeout_s: float = 0.0
+    self_fence_s: float = 0.0
+    armed: bool = False
+
+    @property
+    def resets_within_s(self) -> float:
+        """After its last acknowledged renewal, the host is reset within this long."""
+        return self.self_fence_s + self.timeout_s
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     fence_cap: int = 3
     fence_window_s: float = 3600.0
@@ -123,6 +157,10 @@ class Settings:
     # Read a silent host's power through its BMC after this much silence (0: never);
     # power read off fences it at once instead of waiting out the lease.
     probe_after_s: float = 1.0
+    fence_fallback: FenceFallback = FenceFallback.WATCHDOG
+    # Added to a host's self-fence delay and watchdog timeout before a host whose fence
+    # failed counts as reset by its watchdog (clock rate differences, feeding period).
+    watchdog_margin_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +185,7 @@ class Host:
     bmc_checked_at: float = 0.0  # log time of that check
     agent_ready: bool = False  # its agent reported ready since it joined or was fenced
     peer_stopped: bool = False  # its peer left cleanly: lease not judged, VMs unprotected
+    watchdog: Watchdog = Watchdog()  # its self-fencing (`ReportWatchdog`)
 
     @property
     def runs_vms(self) -> bool:

@@ -62,7 +62,15 @@ from hacluster.fsm.domain_xml import (
     applied_xml_size_problem,
     domain_xml_problem,
 )
-from hacluster.fsm.model import BmcOverride, ClusterState, FenceAction, FenceResult, Settings
+from hacluster.fsm.model import (
+    BmcOverride,
+    ClusterState,
+    FenceAction,
+    FenceResult,
+    Settings,
+    Watchdog,
+    WatchdogKind,
+)
 from hacluster.fsm.states import HostState
 from hacluster.fsm.wire import WireError, encode_fields, spec_of
 
@@ -81,7 +89,8 @@ POSITIVE_SETTINGS = ("fence_window_s", "fence_timeout_s", "memory_overcommit",
                      "vcpu_overcommit", "lease_renew_s", "lease_suspect_s", "lease_ttl_s",
                      "vm_stable_s")
 COUNTED_SETTINGS = ("fence_cap", "fence_retry_limit", "fence_retry_backoff_s")
-CHECKED_SETTINGS = (*POSITIVE_SETTINGS, *COUNTED_SETTINGS, "probe_after_s")
+CHECKED_SETTINGS = (*POSITIVE_SETTINGS, *COUNTED_SETTINGS, "probe_after_s",
+                    "watchdog_margin_s")
 LEASE_SETTINGS = ("lease_renew_s", "lease_suspect_s", "lease_ttl_s")
 VM_COMMANDS = (c.AddVm, c.RemoveVm, c.SetVmOptions, c.SetVmDesired, c.MigrateVm, c.VmReport)
 
@@ -303,6 +312,26 @@ def _hold_fence(cmd: c.HoldFence, admission: bool) -> Iterator[Found]:
     yield "reason", "" if cmd.reason.strip() else "a held fence needs a reason"
 
 
+def _watchdog_confirm(cmd: c.WatchdogConfirm, admission: bool) -> Iterator[Found]:
+    yield _token(cmd.token)  # a command younger than this module: apply checks it all
+    yield "evidence", "" if cmd.evidence.strip() else "a watchdog confirm needs its timing"
+
+
+def watchdog_problem(w: Watchdog) -> Found:
+    if w.kind is WatchdogKind.NONE:
+        return "watchdog.armed", "a host without a watchdog cannot have it armed" \
+            if w.armed else ""
+    for name in ("timeout_s", "self_fence_s"):
+        value = getattr(w, name)
+        if not (math.isfinite(value) and value > 0):
+            return f"watchdog.{name}", f"{name} must be a positive number (got {value})"
+    return "", ""
+
+
+def _report_watchdog(cmd: c.ReportWatchdog, admission: bool) -> Iterator[Found]:
+    yield watchdog_problem(cmd.watchdog)
+
+
 def _admin_confirm(cmd: c.AdminConfirmFence, admission: bool) -> Iterator[Found]:
     given = cmd.who.strip() and cmd.reason.strip()
     yield "reason", "" if given else "an operator confirm needs who and a reason"
@@ -358,6 +387,8 @@ def setting_problem(name: str, value: Any) -> str:
         return "fence_cap must be >= 0, fence_retry_limit >= 1, fence_retry_backoff_s >= 0"
     if name == "probe_after_s" and not (math.isfinite(value) and value >= 0):
         return f"probe_after_s must be 0 (off) or a positive number (got {value})"
+    if name == "watchdog_margin_s" and not (math.isfinite(value) and value >= 0):
+        return f"watchdog_margin_s must be a number >= 0 (got {value})"
     return ""
 
 
@@ -414,6 +445,8 @@ _RULES: dict[type[c.Command], Any] = {
     c.FenceFailed: _fence_failed,
     c.HoldFence: _hold_fence,
     c.AdminConfirmFence: _admin_confirm,
+    c.WatchdogConfirm: _watchdog_confirm,
+    c.ReportWatchdog: _report_watchdog,
     c.AddVm: _add_vm,
     c.SetVmOptions: _set_vm_options,
     c.VmReport: _vm_report,

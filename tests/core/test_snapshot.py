@@ -14,7 +14,16 @@ from hypothesis import strategies as st
 from hacluster.fsm import ClusterState, decode_snapshot, encode_snapshot, state_digest
 from hacluster.fsm import commands as c
 from hacluster.fsm.codec import SNAPSHOT_FORMAT, SnapshotError, SnapshotTooNew, UnreadableLog
-from hacluster.fsm.model import BmcOverride, FenceRecord, FenceResult, Host, HostVersions, Vm
+from hacluster.fsm.model import (
+    BmcOverride,
+    FenceFallback,
+    FenceRecord,
+    FenceResult,
+    Host,
+    HostVersions,
+    Vm,
+    Watchdog,
+)
 
 from .builders import Cluster, indexes
 
@@ -128,28 +137,51 @@ def test_format_1_is_migrated_with_no_announcements() -> None:
     doc = _doc()
     doc["format"] = 1
     del doc["versions"]
-    doc["settings"] = doc["settings"][:-1]  # no probe_after_s before format 3
+    _before_format_3(doc)
     restored = decode_snapshot(_pack(doc))
     assert restored.versions == {}
     assert restored == dataclasses.replace(state, versions={})
     assert decode_snapshot(encode_snapshot(restored)) == restored  # written as the new format
-    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 3
+    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 4
+
+
+def _before_format_4(doc: dict[str, Any]) -> None:
+    """No settings.fence_fallback, settings.watchdog_margin_s, host.watchdog."""
+    doc["settings"] = doc["settings"][:-2]
+    doc["hosts"] = [h[:-1] for h in doc["hosts"]]
+
+
+def _before_format_3(doc: dict[str, Any]) -> None:
+    """... and no settings.probe_after_s."""
+    _before_format_4(doc)
+    doc["settings"] = doc["settings"][:-1]
 
 
 def test_format_2_is_migrated_with_the_default_probe_setting() -> None:
     state = busy_cluster().state
     doc = _doc()
     doc["format"] = 2
-    doc["settings"] = doc["settings"][:-1]
+    _before_format_3(doc)
     restored = decode_snapshot(_pack(doc))
     assert restored == state and restored.settings.probe_after_s == 1.0
 
 
+def test_format_3_is_migrated_with_no_watchdogs_and_the_default_fallback() -> None:
+    state = busy_cluster().state
+    doc = _doc()
+    doc["format"] = 3
+    _before_format_4(doc)
+    restored = decode_snapshot(_pack(doc))
+    assert restored == state
+    assert restored.settings.fence_fallback is FenceFallback.WATCHDOG
+    assert all(h.watchdog == Watchdog() for h in restored.hosts.values())
+
+
 def test_a_newer_format_is_refused_naming_both_formats() -> None:
     doc = _doc()
-    doc["format"] = 4
-    with pytest.raises(SnapshotTooNew, match=r"snapshot format 4 is newer than this peer "
-                       r"reads \(formats 1, 2, 3\)") as raised:
+    doc["format"] = 5
+    with pytest.raises(SnapshotTooNew, match=r"snapshot format 5 is newer than this peer "
+                       r"reads \(formats 1, 2, 3, 4\)") as raised:
         decode_snapshot(_pack(doc))
     assert isinstance(raised.value, UnreadableLog)  # the peer halts on it (exit code 76)
 
