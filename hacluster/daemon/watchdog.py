@@ -144,6 +144,7 @@ class WatchdogFeeder:
         self.armed = False
         self.fired = False
         self.failures = 0
+        self._said: tuple[str, float] = ("", float("-inf"))  # last error logged, when
         self.lock = threading.Lock()  # the policy is told acks from the event loop
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
@@ -171,13 +172,20 @@ class WatchdogFeeder:
                     self.device.feed()
             except WatchdogError as exc:
                 self.failures += 1
-                log.error("watchdog: %s", exc)
+                self._log_failure(str(exc))
         elif verdict is Verdict.SELF_FENCE and not self.fired:
             self.fired = True
             log.critical("self-fence: no leader acknowledged this host for %.1f s; "
                          "destroying its VMs and no longer feeding the watchdog",
                          self.policy.self_fence_s)
             self.on_self_fence()
+
+    def _log_failure(self, message: str) -> None:
+        """Once per distinct error, and again every minute while it lasts."""
+        now = self.clock()
+        if message != self._said[0] or now - self._said[1] >= 60.0:
+            self._said = (message, now)
+            log.error("watchdog: %s (%d failure(s) so far)", message, self.failures)
 
     def _run(self) -> None:
         while not self._stop.wait(self.feed_every_s):

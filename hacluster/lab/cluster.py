@@ -31,6 +31,7 @@ from hacluster.lab.bmc import BmcSim
 from hacluster.lab.host import HostSpec, LabHost
 from hacluster.lab.isolation import isolation_unavailable, make_isolation
 from hacluster.lab.observer import Observer
+from hacluster.lab.watchdog import WatchdogEmulator
 from hacluster.ports import Hypervisor, PowerState
 from hacluster.rpc.client import RpcClient
 from hacluster.rpc.protocol import ErrorCode, RpcError
@@ -121,7 +122,9 @@ class LabCluster:
     def __init__(self, root: str | Path, hosts: int = 3, *, profile: str = "default",
                  driver: str = "test", isolation: str = "loopback", log_level: str = "info",
                  vm_memory_mib: int | None = None, links: int = 1,
-                 notify_hook: str = "") -> None:
+                 notify_hook: str = "", watchdog: tuple[float, float] | None = None) -> None:
+        """watchdog: (timeout_s, self_fence_s) gives every host a watchdog that cuts its
+        power when not fed (hacluster/lab/watchdog.py)."""
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
         if driver not in ("test", "qemu"):
@@ -138,6 +141,8 @@ class LabCluster:
             raise ValueError("links: 1, or 2 with loopback isolation")
         self.links = links
         self.notify_hook = notify_hook
+        self.watchdog = watchdog
+        self.watchdog_emulator: WatchdogEmulator | None = None
         self.nodes: dict[str, LabNode] = {}
         self.cut_hosts: set[str] = set()
         self.observer: Observer | None = None
@@ -155,6 +160,11 @@ class LabCluster:
         peers = tuple(f"{n}={places[n][0]}:{RAFT_PORT}" for n in names)
         for name in names:
             self.nodes[name] = self._node(name, places[name], peers, str(secret_file))
+        if self.watchdog is not None:
+            self.watchdog_emulator = WatchdogEmulator(
+                lambda: {n: node.host.spec.path for n, node in self.nodes.items()},
+                self.watchdog[0], lambda n: self.power_off(n, "watchdog"))
+            self.watchdog_emulator.start()
         for node in self.nodes.values():
             node.host.power_on()
         self.wait(lambda: self._all_online(), timeout_s, "every host online")
@@ -196,7 +206,9 @@ class LabCluster:
                         secret_file=secret, role=role, driver=self.driver,
                         log_level=self.log_level, timing=LAB_TIMING, netns=netns,
                         backend_address=backend_of(address) if self.links == 2 else "",
-                        notify_hook=self.notify_hook)
+                        notify_hook=self.notify_hook,
+                        watchdog_timeout_s=self.watchdog[0] if self.watchdog else 0.0,
+                        self_fence_s=self.watchdog[1] if self.watchdog else 0.0)
         host = LabHost(spec)
         host.write()
         hook = [sys.executable, "-m", "hacluster.lab.host", str(directory)]
@@ -366,6 +378,8 @@ class LabCluster:
         cuts (also after a start that failed half-way); remove the files
         unless keep. Every step runs even when an earlier one failed."""
         steps: list[Callable[[], object]] = []
+        if self.watchdog_emulator is not None:
+            steps.append(self.watchdog_emulator.stop)
         if self.observer is not None:
             steps.append(self.observer.stop)
         for node in self.nodes.values():

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hacluster.lab.libvirtd import LabLibvirtd, LibvirtdSpec
+from hacluster.lab.watchdog import feed_file
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class HostSpec:
     netns: str = ""  # network namespace (under /run/netns) the host lives in
     backend_address: str = ""  # a second network to renew leases over ("" = one link)
     notify_hook: str = ""  # [notify] hook
+    watchdog_timeout_s: float = 0.0  # > 0: a watchdog (hacluster/lab/watchdog.py)
+    self_fence_s: float = 0.0
 
     @property
     def path(self) -> Path:
@@ -83,6 +86,7 @@ class LabHost:
 
     def write(self) -> None:
         self.spec.path.mkdir(parents=True, exist_ok=True)
+        feed_file(self.spec.path).parent.mkdir(exist_ok=True)
         (self.spec.path / "host.json").write_text(json.dumps(asdict(self.spec), indent=1))
         (self.spec.path / "peer.toml").write_text(self.peer_config())
 
@@ -105,7 +109,17 @@ class LabHost:
             f"[timing]\n{timing}\n"
             f'[notify]\nhook = "{s.notify_hook}"\n\n'
             f'[log]\nlevel = "{s.log_level}"\n'
+            f"{self._watchdog_config()}"
         )
+
+    def _watchdog_config(self) -> str:
+        s = self.spec
+        if s.watchdog_timeout_s <= 0:
+            return ""
+        fed = str(feed_file(s.path))
+        return (f'\n[watchdog]\nkind = "command"\ncommand = {json.dumps(["touch", fed])}\n'
+                f'disarm_command = {json.dumps(["rm", "-f", fed])}\n'
+                f"timeout_s = {s.watchdog_timeout_s}\nself_fence_s = {s.self_fence_s}\n")
 
     # ------------------------------------------------------------ power
 
@@ -159,6 +173,7 @@ class LabHost:
         if self.spec.netns:  # whatever else still runs in the host's namespace
             _kill_all(_pids_in_netns(self.spec.netns))
         self.pid_file.unlink(missing_ok=True)
+        feed_file(self.spec.path).unlink(missing_ok=True)  # a power cut clears a watchdog
 
     def stop_peer(self, timeout_s: float = 15.0) -> None:
         """A clean SIGTERM of the peer only (the host keeps running)."""
