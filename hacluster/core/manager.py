@@ -33,7 +33,12 @@ from dataclasses import dataclass
 from hacluster.core.lease import GRANT, RAFT, VIA, LeaseTable, LeaseView, Verdict
 from hacluster.core.silence import Challenge, ProbePower, SilenceWatch
 from hacluster.fsm import commands as c
-from hacluster.fsm.apply_fence import cap_reopens_at, fence_action_for, quorum_problem
+from hacluster.fsm.apply_fence import (
+    cap_reopens_at,
+    fence_action_for,
+    last_failure,
+    quorum_problem,
+)
 from hacluster.fsm.model import (
     ClusterState,
     FenceAction,
@@ -326,17 +331,15 @@ class Manager:
         if state.settings.fence_fallback is not FenceFallback.WATCHDOG or host.name == self.me:
             return None
         record = state.fence_record(host.fence_token)
-        failed = record is not None and not record.result.host_is_off and record.result \
-            not in (FenceResult.PENDING, FenceResult.NOTIFIED)
         due = self.watchdog_fenced_at(state, host)
-        if record is None or not failed or due is None or now < due or \
-                self._fence_outcome_pending(host.fence_token):
-            return None
+        failure = last_failure(state, record) if record is not None else None
+        if failure is None or due is None or now < due:
+            return None  # (a retry still running does not matter: the watchdog is enough)
         if self.guard_problem(state, host.name, now):
             return None  # as for any fence: a majority must be there to confirm it
         w = host.watchdog
         last = max(self._acked.get(host.name, self._led_since), self._led_since)
-        evidence = (f"fence {record.result.value}; last acknowledged {now - last:.1f} s ago "
+        evidence = (f"fence {failure.result.value}; last acknowledged {now - last:.1f} s ago "
                     f"(self-fence {w.self_fence_s:g} s + {w.kind.value} watchdog "
                     f"{w.timeout_s:g} s + margin {state.settings.watchdog_margin_s:g} s)")
         return Propose(c.WatchdogConfirm(host=host.name, token=host.fence_token,

@@ -347,6 +347,20 @@ def admin_confirm(ctx: Ctx, cmd: c.AdminConfirmFence) -> None:
     release_after_fence(ctx, host.name)
 
 
+def failed_attempt(record: FenceRecord) -> bool:
+    """An attempt that ended without the host read off, nor on purpose (none/identify)."""
+    return not record.result.host_is_off and record.result not in (
+        FenceResult.PENDING, FenceResult.NOTIFIED, FenceResult.SUPERSEDED)
+
+
+def last_failure(state: ClusterState, record: FenceRecord) -> FenceRecord | None:
+    """The latest failed attempt of `record`'s incident (it, or one before it)."""
+    if failed_attempt(record):
+        return record
+    return next((r for r in reversed(state.fences)
+                 if r.incident == record.incident and failed_attempt(r)), None)
+
+
 def watchdog_confirm(ctx: Ctx, cmd: c.WatchdogConfirm) -> None:
     """A host whose fence failed counts as reset by its own watchdog (the leader judged
     the time; this checks what the log can: the fallback is chosen, the watchdog was
@@ -361,11 +375,13 @@ def watchdog_confirm(ctx: Ctx, cmd: c.WatchdogConfirm) -> None:
         raise Refused(f"stale watchdog confirm for token {cmd.token}: host {host.name} is "
                       f"{host.state.value} with token {host.fence_token}", host.name)
     record = ctx.state.fence_record(cmd.token)
-    if record is None or record.result.host_is_off or record.result in (
-            FenceResult.PENDING, FenceResult.NOTIFIED):
+    failure = last_failure(ctx.state, record) if record is not None else None
+    if record is None or failure is None:
         shown = record.result.value if record else "missing"
-        raise Refused(f"fence attempt {cmd.token} of {host.name} has not failed ({shown})",
-                      host.name)
+        raise Refused(f"no fence attempt of {host.name}'s incident failed yet (attempt "
+                      f"{cmd.token}: {shown})", host.name)
+    if record.result is FenceResult.PENDING:  # a retry runs: the watchdog came first
+        record = _replace(ctx, record, result=FenceResult.SUPERSEDED, finished_at=ctx.now)
     _append(
         ctx,
         FenceRecord(
@@ -374,8 +390,8 @@ def watchdog_confirm(ctx: Ctx, cmd: c.WatchdogConfirm) -> None:
             incident=record.incident,
             attempt=record.attempt + 1,
             action=FenceAction.OFF,
-            reason=f"its fence failed ({record.result.value}); its watchdog reset it",
-            evidence=record.result_evidence,
+            reason=f"its fence failed ({failure.result.value}); its watchdog reset it",
+            evidence=failure.result_evidence,
             requested_by=ctx.origin,
             requested_at=ctx.now,
             result=FenceResult.SELF_FENCED,

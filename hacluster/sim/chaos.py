@@ -50,10 +50,12 @@ def build_cluster(rng: random.Random, seed: int) -> World:
     voters = rng.choice([3, 3, 3, 4, 5, 5, 7])
     members = rng.choice([0, 0, 0, 1, 2]) if voters < 7 else rng.choice([0, 3, 20])
     links = ("mgmt", "backend")
+    # half the clusters self-fence: (watchdog timeout, self-fence delay) on every host
+    watchdog = rng.choice([None, (2.0, 4.0), (5.0, 8.0)]) if rng.random() < 0.5 else None
     for i in range(1, voters + 1):
-        world.add_host(f"h{i}", 8192, 8, HostRole.VOTER, links)
+        world.add_host(f"h{i}", 8192, 8, HostRole.VOTER, links, watchdog=watchdog)
     for i in range(voters + 1, voters + members + 1):
-        world.add_host(f"h{i}", 8192, 8, HostRole.MEMBER, links)
+        world.add_host(f"h{i}", 8192, 8, HostRole.MEMBER, links, watchdog=watchdog)
     world.start()
     while world.leader is None:
         world.step()
@@ -87,6 +89,7 @@ def _host_faults(world: World, rng: random.Random, host: str) -> list[Action]:
     mode = rng.choice(list(BmcMode))
     return [
         (f"power-off {host}", lambda: world.power_off(host, "chaos")),
+        (f"chassis-death {host}", lambda: _chassis_death(world, host)),
         (f"power-on {host}", lambda: world.power_on(host, "chaos")),
         (f"kill-peer {host}", lambda: world.crash_peer(host)),
         (f"restart-peer {host}", lambda: world.restart_peer(host)),
@@ -107,6 +110,11 @@ def _host_faults(world: World, rng: random.Random, host: str) -> list[Action]:
         (f"bmc {host} {mode.value}", lambda: setattr(world.hosts[host].bmc, "mode", mode)),
         (f"bmc-fails {host} 2", lambda: setattr(world.hosts[host].bmc, "fail_next", 2)),
     ]
+
+
+def _chassis_death(world: World, host: str) -> None:
+    world.hosts[host].bmc.mode = BmcMode.UNREACHABLE
+    world.power_off(host, "chassis death")
 
 
 def _leader_faults(world: World) -> list[Action]:

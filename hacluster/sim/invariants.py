@@ -23,6 +23,7 @@ class Observer:
     false_fences: list[str] = field(default_factory=list)
     fence_power_offs: int = 0
     limits_changed: dict[str, int] = field(default_factory=dict)  # vm -> log index
+    watchdog_resets: list[str] = field(default_factory=list)
 
     def fail(self, now: float, message: str) -> None:
         self.violations.append(f"t={now:.2f}: {message}")
@@ -83,6 +84,19 @@ class Observer:
                     f"reachable from a majority since t={healthy_since:.1f}")
             self.false_fences.append(f"t={now:.2f}: {text}")
             self.fail(now, text)
+
+    def watchdog_reset(self, host: str, now: float, healthy: bool) -> None:
+        """A watchdog reset its host: expected of a host cut off from its leader; of a
+        healthy one it costs availability, never safety (listed, not a violation)."""
+        self.watchdog_resets.append(f"t={now:.2f}: {host}" + (" (healthy)" if healthy else ""))
+
+    def watchdog_confirmed(self, host: str, powered: bool, live_vms: list[str],
+                           now: float) -> None:
+        """A host whose fence failed was counted fenced by its watchdog: by then it must
+        have reset, or at least destroyed its VMs (its self-fence)."""
+        if powered and live_vms:
+            self.fail(now, f"{host} counted reset by its watchdog while it still runs "
+                      f"{', '.join(live_vms)}")
 
     # ------------------------------------------------------------ VMs
 

@@ -31,12 +31,13 @@ from hacluster.core.renewal import (
     Targets,
     renewal_targets,
 )
+from hacluster.core.selffence import SelfFence, Verdict
 from hacluster.core.silence import Challenge, ProbePower
 from hacluster.fsm import ClusterState, apply, decode_command, encode_command
 from hacluster.fsm import commands as c
 from hacluster.fsm.codec import UnreadableEntry
 from hacluster.fsm.events import Event
-from hacluster.fsm.model import FenceResult, HostRole
+from hacluster.fsm.model import FenceResult, HostRole, Watchdog, WatchdogKind
 from hacluster.fsm.states import HostState
 from hacluster.ports import ProposeStatus
 from hacluster.sim.raftmodel import Status
@@ -109,6 +110,8 @@ class Process:
     next_register: float = 0.0
     registering: bool = False
     generation: int = 0
+    self_fence: SelfFence | None = None  # with a watchdog (daemon/selffencing.py)
+    fired: bool = False  # fenced itself: renews and starts nothing any more
 
 
 class SimPeer:
@@ -139,6 +142,9 @@ class SimPeer:
         self.proc.lease = LeaseEndpoint(self.name, LeaseCodec(SIM_SECRET),
                                         self.proc.generation.to_bytes(8, "big"))
         self.proc.next_manager = self.proc.next_agent = self.proc.next_renewal = now
+        watchdog = self.world.hosts[self.name].watchdog
+        if watchdog is not None and self.role is not HostRole.WITNESS:
+            self.proc.self_fence = SelfFence(watchdog[1])
 
     def stop(self) -> None:
         """The process is gone (crash, power loss): nothing of it survives but the log."""
@@ -162,15 +168,45 @@ class SimPeer:
         if now >= self.proc.next_manager - 1e-9:
             self.proc.next_manager = now + MANAGER_TICK_S
             self._lead(now)
-        if now >= self.proc.next_renewal - 1e-9:
+        if now >= self.proc.next_renewal - 1e-9 and not self.proc.fired:
             self.proc.next_renewal = now + self.proc.state.settings.lease_renew_s
             self._renew(now)
+            self._allow_leader(mono)
         if now >= self.proc.next_register - 1e-9:
             self.proc.next_register = now + REGISTER_EVERY_S
             self._register()
-        if self.role is not HostRole.WITNESS and now >= self.proc.next_agent - 1e-9:
+        self._watchdog(now, mono)
+        if self.role is not HostRole.WITNESS and now >= self.proc.next_agent - 1e-9 \
+                and not self.proc.fired:
             self.proc.next_agent = now + AGENT_TICK_S
             self._agent(now)
+
+    # ---------------------------------------------------- self-fencing (daemon/selffencing.py)
+
+    def _watchdog(self, now: float, mono: float) -> None:
+        policy = self.proc.self_fence
+        if policy is None:
+            return
+        verdict = policy.verdict(mono)
+        if verdict is Verdict.FEED:
+            self.world.feed_watchdog(self.name)
+        elif verdict is Verdict.SELF_FENCE and not self.proc.fired:
+            self.proc.fired = True
+            self.world.self_fence(self.name)
+
+    def _allow_leader(self, mono: float) -> None:
+        """As leader, its own reads confirmed by a majority allow it to feed."""
+        policy, manager = self.proc.self_fence, self.manager
+        if policy is not None and manager is not None and manager.ready and \
+                self.raft.leader_term() == manager.term:
+            self.read(lambda _mark: policy.confirmed_read(mono), BARRIER_TIMEOUT_S)
+
+    def wanted_watchdog(self) -> Watchdog:
+        host = self.world.hosts[self.name]
+        if host.watchdog is None or self.proc.self_fence is None:
+            return Watchdog()
+        return Watchdog(WatchdogKind.COMMAND, host.watchdog[0], host.watchdog[1],
+                        host.watchdog_armed)
 
     # ------------------------------------------------------------ registration (daemon/peer.py)
 
@@ -185,6 +221,10 @@ class SimPeer:
             return
         todo = registration(self.name, self.proc.state, self.role, self.addresses(),
                             understands=self.understands())
+        host = self.proc.state.hosts.get(self.name)
+        wanted = self.wanted_watchdog()
+        if todo is None and host is not None and host.watchdog != wanted:
+            todo = (c.ReportWatchdog(name=self.name, watchdog=wanted), "watchdog record")
         if todo is None:
             return
         self.proc.registering = True
@@ -385,6 +425,8 @@ class SimPeer:
         targets = self.renewal_targets()
         seq, datagrams = lease.round(targets, self.clock.mono(now), self.clock.wall(now),
                                      settings.lease_renew_s)
+        if self.proc.self_fence is not None:
+            self.proc.self_fence.sent(seq, self.clock.mono(now))
         # seen times in simulated time: the reply computes ages when it leaves (like
         # raft/engine.py `ha_hears_now`)
         origin = self.clock.mono_origin
@@ -422,10 +464,14 @@ class SimPeer:
             now = self.world.now
             data = lease.answer(r, mark.term, mark.commit_index, self.clock.mono(now), ttl)
             self.world.send_lease(now, self.name, src, link, data)
+            if manager.leading and mark.term == manager.term:
+                manager.acked(r.host, self.clock.mono(now))
 
         self.read(answer, BARRIER_TIMEOUT_S)
 
     def _ack(self, ack: Ack) -> None:
+        if self.proc.self_fence is not None:
+            self.proc.self_fence.acknowledged(ack.seq, ack.challenge)
         barrier = self.proc.barrier
         if barrier is not None and barrier.seq and ack.seq >= barrier.seq and \
                 barrier.read_index is None:

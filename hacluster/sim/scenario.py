@@ -13,6 +13,7 @@ events.txt, one per line, `#` starts a comment:
     TIME clock HOST SECONDS                          (its wall clock steps to this skew)
     TIME bmc HOST works|unreachable|slow|slow-ok|already-off|bad-credentials|frozen|lies
     TIME bmc-fails HOST N                            (its next N commands fail, then it works)
+    TIME chassis-death HOST                          (its BMC goes dark and its power off at once)
     TIME crash VM
     TIME fault|clear-fault start-fails|stop-fails|migrate-fails VM [N | on HOST]
     TIME hactl host maintenance HOST on|off
@@ -27,7 +28,8 @@ events.txt, one per line, `#` starts a comment:
     TIME upgrade HOST               (its peer restarts as this release)
     TIME force fence-hold HOST REASON   (proposed past the version gate)
 
-cluster.toml: [[host]] lacks = ["fence-cancel", ...] runs an older release there.
+cluster.toml: [[host]] lacks = ["fence-cancel", ...] runs an older release there;
+[[host]] watchdog = [TIMEOUT_S, SELF_FENCE_S] gives it a watchdog its peer feeds.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ def load_cluster(world: World, path: Path) -> tuple[dict[str, Any], float]:
             HostRole(spec.get("role", "voter")),
             tuple(spec.get("links", ["mgmt"])),
             BmcMode(spec.get("bmc", "works")),
+            tuple(spec["watchdog"]) if "watchdog" in spec else None,
         )
         world.hosts[spec["name"]].peer.lacks = frozenset(spec.get("lacks", ()))
     world.start()
@@ -254,6 +257,11 @@ def _leader(world: World, args: list[str], verb: str) -> None:
 
 
 def _power(world: World, args: list[str], verb: str) -> None:
+    if verb == "chassis-death":
+        world.hosts[args[0]].bmc.mode = BmcMode.UNREACHABLE
+        world.note(f"bmc {args[0]}: dark with its host")
+        world.power_off(args[0], "chassis death")
+        return
     (world.power_off if verb == "power-off" else world.power_on)(args[0], "scenario")
 
 
@@ -295,7 +303,8 @@ ACTIONS: dict[str, Any] = {
         "clock", "upgrade")},
     **{v: (lambda w, a, v=v: _leader(w, a, v)) for v in (
         "kill-leader", "pause-leader", "lease-block-leader")},
-    **{v: (lambda w, a, v=v: _power(w, a, v)) for v in ("power-off", "power-on")},
+    **{v: (lambda w, a, v=v: _power(w, a, v)) for v in ("power-off", "power-on",
+                                                         "chassis-death")},
     **{v: (lambda w, a, v=v: _bmc(w, a, v)) for v in ("bmc", "bmc-fails")},
     **{v: (lambda w, a, v=v: _vm_fault(w, a, v)) for v in ("fault", "clear-fault")},
     "crash": lambda w, a: _crash(w, a, "crash"),

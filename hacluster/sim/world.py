@@ -72,10 +72,18 @@ class SimHost:
     hyper: FakeHypervisor = field(default_factory=FakeHypervisor)
     powered: bool = True
     held_lease: list[tuple[str, str, bytes]] = field(default_factory=list)  # while paused
+    # A hardware watchdog (timeout_s, self_fence_s of its peer's configuration), outside
+    # the peer process: armed and last fed survive a crash of the peer, not a power cut.
+    watchdog: tuple[float, float] | None = None
+    watchdog_armed: bool = False
+    watchdog_fed_at: float = 0.0
 
     @property
     def votes(self) -> bool:
         return self.role is not HostRole.MEMBER
+
+
+REBOOT_S = 30.0  # a machine a watchdog reset boots again after this long
 
 
 class World:
@@ -103,9 +111,11 @@ class World:
     # ------------------------------------------------------------ setup
 
     def add_host(self, name: str, memory_mib: int, vcpus: int, role: HostRole,
-                 links: tuple[str, ...] = ("mgmt",), bmc: BmcMode = BmcMode.WORKS) -> None:
+                 links: tuple[str, ...] = ("mgmt",), bmc: BmcMode = BmcMode.WORKS,
+                 watchdog: tuple[float, float] | None = None) -> None:
+        """watchdog: (timeout_s, self_fence_s), or None for a host without one."""
         self.hosts[name] = SimHost(name, role, memory_mib, vcpus, links,
-                                   SimPeer(self, name, role), SimBmc(bmc))
+                                   SimPeer(self, name, role), SimBmc(bmc), watchdog=watchdog)
         self.net.add_host(name, links)
         # Every peer's clocks: an arbitrary monotonic origin, a wall clock about right.
         self.hosts[name].peer.clock.mono_origin = self.rng.uniform(100.0, 1e6)
@@ -139,6 +149,7 @@ class World:
             self._deliver_lease(d.src, d.dst, d.link, d.payload)  # type: ignore[arg-type]
         for name in sorted(self.hosts):
             self.hosts[name].peer.step(self.now)
+        self._watchdogs()
         self._observe()
 
     def run_until(self, t: float) -> None:
@@ -202,6 +213,10 @@ class World:
             self.note(f"log[{event.index}] {event.kind} {event.subject}: {event.message}"
                       if event.subject else f"log[{event.index}] {event.kind}: {event.message}")
             if event.kind == ev.FENCE_CONFIRMED:
+                if event.get("method") == "watchdog":
+                    host = self.hosts[event.subject]
+                    self.observer.watchdog_confirmed(event.subject, host.powered,
+                                                     host.hyper.live(), self.now)
                 self.observer.fence_confirmed(event.subject)
             if event.kind == ev.FENCE_REQUESTED and event.get("attempt") == "1" and \
                     "asked for a retry" not in event.message:  # an operator's: not capped
@@ -289,6 +304,35 @@ class World:
         target.bmc.log.append((self.now, "off"))
         self.power_off(host, "BMC")
 
+    # ------------------------------------------------------------ watchdogs
+
+    def feed_watchdog(self, name: str) -> None:
+        host = self.hosts[name]
+        if host.powered and host.watchdog is not None:
+            if not host.watchdog_armed:
+                self.note(f"watchdog {name}: armed", quiet=True)
+            host.watchdog_armed, host.watchdog_fed_at = True, self.now
+
+    def self_fence(self, name: str) -> None:
+        """The peer's allowance ran out: it destroys its VMs (and feeds no more)."""
+        host = self.hosts[name]
+        self.note(f"peer {name}: self-fence: destroys {', '.join(host.hyper.live()) or 'no VM'}"
+                  ", stops feeding its watchdog")
+        host.hyper.domains.clear()
+
+    def _reboot(self, name: str) -> Callable[[], None]:
+        return lambda: self.power_on(name, "rebooted after its watchdog reset")
+
+    def _watchdogs(self) -> None:
+        for name in sorted(self.hosts):
+            host = self.hosts[name]
+            if host.watchdog is None or not (host.powered and host.watchdog_armed):
+                continue
+            if self.now - host.watchdog_fed_at >= host.watchdog[0] - 1e-9:
+                self.observer.watchdog_reset(name, self.now, self._healthy(name))
+                self.power_off(name, "watchdog")
+                self.at(REBOOT_S, self._reboot(name))
+
     # ------------------------------------------------------------ power and processes
 
     def power_off(self, name: str, why: str) -> None:
@@ -297,6 +341,7 @@ class World:
             return
         self.observer.power_lost(name, host.hyper.live(), self.now)
         host.powered = False
+        host.watchdog_armed = False  # a power cut clears the watchdog
         host.hyper.domains.clear()
         host.held_lease.clear()
         host.peer.raft.crash()
@@ -450,7 +495,8 @@ class World:
     def _healthy(self, name: str) -> bool:
         """Powered, its peer running, and clean paths to and from a majority of voters."""
         host = self.hosts[name]
-        if not (host.powered and host.peer.running) or name in self.lease_blocked:
+        if not (host.powered and host.peer.running) or name in self.lease_blocked \
+                or host.peer.proc.fired:  # fenced itself: its VMs are gone, it renews not
             return False
         voters = [h for h in self.hosts.values() if h.votes]
         clean = sum(1 for v in voters if v.name == name or self._clean(name, v))
