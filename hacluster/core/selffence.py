@@ -5,9 +5,14 @@ a renewal this host sent at `t` (its own monotonic clock) lets it feed until
 `t + self_fence_s`: counted from the *sending*, never from the arrival, so a delayed or
 replayed acknowledgement cannot stretch it past what the leader can bound (every such
 renewal reached a leader before it was acknowledged: core/manager.py
-`watchdog_fenced_at`). Challenges (unsolicited acks) allow nothing. The leader's own host
-is allowed the same way by its own read barriers once a majority confirmed them, from
-the moment each read was requested.
+`watchdog_fenced_at`). Challenges (unsolicited acks) allow nothing.
+
+The same holds over Raft, so that a host the leader hears through its replication is
+not left to fence itself when only the lease channel fails: a follower numbers its
+answers to the leader's replication and remembers when each left; the leader, once a
+read mark taken after it received answer n is confirmed by a majority, grants n in its
+next replication, and the follower is allowed from when n left (raft/engine.py). The
+leader's own host is allowed from the moment each of its confirmed reads was requested.
 
 When the allowance runs out the peer destroys its VMs and stops feeding; the watchdog
 then resets the machine within its timeout. Until the first acknowledgement the
@@ -51,10 +56,10 @@ class SelfFence:
             return
         self._allow(sent_at + self.self_fence_s)
 
-    def confirmed_read(self, requested_at: float) -> None:
-        """This peer leads, and a majority confirmed a read it requested at
-        `requested_at`."""
-        self._allow(requested_at + self.self_fence_s)
+    def allow_from(self, anchor: float) -> None:
+        """Allowed from `anchor`: when a Raft answer of ours that a leader granted left,
+        or (leading) when a read we requested, since confirmed by a majority, was asked."""
+        self._allow(anchor + self.self_fence_s)
 
     def _allow(self, until: float) -> None:
         if self.fired_at is None:  # once fired, the machine is going down: stay down

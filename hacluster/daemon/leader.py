@@ -79,6 +79,30 @@ class LeaderDriver:
         self._reads_waiting.set()
         return True
 
+    def grant_raft_allowances(self, own: Callable[[float], None] | None) -> None:
+        """Grant every partner's latest Raft answer once a majority confirms a mark taken
+        now (core/selffence.py): their self-fencing may count from those answers, and so
+        may ours (`own`) from now. Each grant is an acknowledgement the manager counts
+        (`Manager.acked`) when it bounds a watchdog's reset; granting the same answer
+        again is not (it allows nothing later)."""
+        asked, answers = time.monotonic(), self.raft.answers()
+
+        def confirmed(mark: ReadMark) -> None:
+            if own is not None:
+                own(asked)
+            if not self.manager.leading or mark.term != self.manager.term:
+                return
+            now = time.monotonic()
+            with self.replica.read() as state:
+                by_address = {h.raft_address: name for name, h in state.hosts.items()}
+            known = {a: ans for a, ans in answers.items() if a in by_address}
+            # counted as acknowledged `now`, after the grant: later than the departure
+            # of every answer granted (the leader bounds a watchdog's reset from it)
+            for address in self.raft.grant(known, mark.term):
+                self.manager.acked(by_address[address], now)
+
+        self.read(confirmed)
+
     async def read_barrier(self, timeout_s: float) -> ReadMark | None:
         """The leader's own read barrier: the same rule as for every other host."""
         done: asyncio.Future[ReadMark] = asyncio.get_running_loop().create_future()

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hacluster.config import Config, WatchdogConfig, read_secret
-from hacluster.core.readindex import ReadMark, state_is_fresh
+from hacluster.core.readindex import state_is_fresh
 from hacluster.core.registration import registration
 from hacluster.core.renewal import LeaseCodec, renewal_targets
 from hacluster.daemon.agent import AgentDriver, HostReporter
@@ -284,7 +284,7 @@ class Peer:
         config = self.config.watchdog if self.role is not HostRole.WITNESS else \
             WatchdogConfig()
         fencing = self.self_fencing = SelfFencing(self.me, config, self.replica,
-                                                  self._destroy_vms)
+                                                  self._self_fenced)
         if not fencing.enabled:
             return
         self.leases.round_sent = fencing.round_sent
@@ -293,8 +293,15 @@ class Peer:
         self._tasks.append(asyncio.ensure_future(
             fencing.keep_record(self.proposer, self.caught_up)))
 
-    def _destroy_vms(self) -> None:
-        """Self-fence (a thread of its own): destroy every cluster VM running here."""
+    def _self_fenced(self) -> None:
+        """Self-fence (a thread of its own): stop answering Raft, so that no leader takes
+        this host for alive while its watchdog is about to reset it (its RPC socket stays,
+        for `hactl status`), and destroy every cluster VM running here."""
+        if self.raft is not None:
+            try:
+                self.raft.close()
+            except Exception:
+                log.exception("self-fence: closing Raft failed")
         hypervisor = self._hypervisor
         if hypervisor is None:
             return
@@ -393,16 +400,19 @@ class Peer:
             self.leases.send_round()
             if self.raft is not None:  # told to the leader in our Raft answers
                 self.raft.set_hears(self.leases.heard())
-            if fencing is not None and fencing.enabled and self.leader.ready:
-                self.leader.read(self._allow_leader(fencing, time.monotonic()))
+            self._allow_self_fencing(fencing)
             await asyncio.sleep(self._lease_times().renew_s)
 
-    @staticmethod
-    def _allow_leader(fencing: SelfFencing, asked: float) -> Callable[[ReadMark], None]:
-        """As leader, our own reads confirmed by a majority allow us to feed."""
-        def confirmed(_mark: ReadMark) -> None:
-            fencing.read_confirmed(asked)
-        return confirmed
+    def _allow_self_fencing(self, fencing: SelfFencing | None) -> None:
+        """Leading: grant the partners' Raft answers once a majority confirms us, which
+        allows our own host too. Following: take the latest grant a leader sent us."""
+        assert self.leader is not None and self.raft is not None
+        own = fencing.allowed_from if fencing is not None and fencing.enabled else None
+        if self.leader.ready:
+            self.leader.grant_raft_allowances(own)
+        anchor = self.raft.allowed_since()
+        if own is not None and anchor is not None:
+            own(anchor)
 
     async def _fresh(self) -> bool:
         """Read barrier: is our state at least as new as everything committed before

@@ -30,11 +30,11 @@ RECORD_EVERY_S = 1.0
 
 class SelfFencing:
     def __init__(self, me: str, config: WatchdogConfig, replica: Replica,
-                 destroy_vms: Callable[[], None]) -> None:
+                 on_fired: Callable[[], None]) -> None:
         self.me = me
         self.config = config
         self.replica = replica
-        self.destroy_vms = destroy_vms
+        self.on_fired = on_fired
         self.policy = SelfFence(config.self_fence_s)
         device = make_watchdog(config.kind, config.device, config.command,
                                config.disarm_command, config.timeout_s)
@@ -66,11 +66,11 @@ class SelfFencing:
             with self.feeder.lock:
                 self.policy.acknowledged(ack.seq, ack.challenge)
 
-    def read_confirmed(self, requested_at: float) -> None:
-        """As leader: a read this peer requested at `requested_at` was confirmed."""
+    def allowed_from(self, anchor: float) -> None:
+        """A Raft grant, or (leading) a confirmed read of ours (core/selffence.py)."""
         if self.feeder is not None:
             with self.feeder.lock:
-                self.policy.confirmed_read(requested_at)
+                self.policy.allow_from(anchor)
 
     def status(self) -> dict[str, object]:
         if self.feeder is None:
@@ -92,19 +92,24 @@ class SelfFencing:
         """Bring the replicated record up to date with the watchdog (runs for ever)."""
         while True:
             await asyncio.sleep(RECORD_EVERY_S)
-            if not caught_up():
-                continue
-            wanted = self.wanted_record()
-            with self.replica.read() as state:
-                host = state.hosts.get(self.me)
-                current = host.watchdog if host is not None else None
-            if current is None or current == wanted:
-                continue
-            outcome = await proposer.submit(c.ReportWatchdog(name=self.me, watchdog=wanted),
-                                            deadline_s=5.0)
-            if not outcome.committed:
-                log.warning("watchdog record not committed yet", extra={
-                    "armed": wanted.armed})
+            try:
+                await self._update_record(proposer, caught_up)
+            except Exception:  # keep trying: the record must follow the watchdog
+                log.exception("updating the watchdog record failed")
+
+    async def _update_record(self, proposer: Proposer, caught_up: Callable[[], bool]) -> None:
+        if not caught_up():
+            return
+        wanted = self.wanted_record()
+        with self.replica.read() as state:
+            host = state.hosts.get(self.me)
+            current = host.watchdog if host is not None else None
+        if current is None or current == wanted:
+            return
+        outcome = await proposer.submit(c.ReportWatchdog(name=self.me, watchdog=wanted),
+                                        deadline_s=5.0)
+        if not outcome.committed:
+            log.warning("watchdog record not committed yet", extra={"armed": wanted.armed})
 
     async def stop(self, proposer: Proposer | None, grace_s: float) -> None:
         """A clean stop: say disarmed, then disarm (or stay armed if it could not be said)."""
@@ -126,13 +131,14 @@ class SelfFencing:
     # ------------------------------------------------------------ firing
 
     def _self_fence(self) -> None:
-        """Feeder thread: the allowance ran out. Destroy the VMs (the watchdog resets
-        the machine anyway; this only makes it sooner), without blocking the feeder."""
+        """Feeder thread: the allowance ran out. Stop the peer's Raft and destroy the VMs
+        (the watchdog resets the machine anyway; this only makes it sooner), without
+        blocking the feeder."""
         threading.Thread(target=self._destroy, name="self-fence", daemon=True).start()
 
     def _destroy(self) -> None:
         try:
-            self.destroy_vms()
+            self.on_fired()
         except Exception:
             log.exception("self-fence: destroying the VMs failed; the watchdog resets "
                           "the machine")

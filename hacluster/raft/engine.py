@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,16 @@ _NO_OP = b"\x01"
 _LEADER_STATE = 2  # pysyncobj _RAFT_STATE.LEADER
 _PARKED_TIMEOUT_S = 1e9
 MAX_HEARS_REPORT = 1000  # hosts in one follower's report (a sanity bound)
+ANSWERS_REMEMBERED = 4096  # departure times of our latest answers (grants lag a little)
+Answer = tuple[int, int]  # (boot of the answering process, its answer number)
+
+
+def _answer(value: object) -> Answer | None:
+    """An answer id from the wire, if well formed."""
+    if isinstance(value, list | tuple) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        return int(value[0]), int(value[1])
+    return None
 
 
 @dataclass(frozen=True)
@@ -141,6 +152,17 @@ class Engine(SyncObj):
         self._ha_heard: dict[str, float] = {}  # partner -> raft_clock() of its last answer
         self._ha_reports: dict[str, dict[str, float]] = {}  # partner -> whom its host hears
         self.ha_hears: dict[str, float] = {}  # set by the daemon: whom it heard, when
+        # Self-fencing allowances over Raft (core/selffence.py): a follower numbers its
+        # answers and remembers when each left; the leader grants the answers it had
+        # received before a read mark that a majority then confirmed.
+        # Answers are (boot, n): a restarted peer numbers afresh, and a grant of its
+        # previous process's answer never matches one of the new process.
+        self._ha_boot = secrets.randbits(62)
+        self._ha_ans = 0
+        self._ha_ans_sent: OrderedDict[int, float] = OrderedDict()  # n -> monotonic
+        self._ha_allowed = 0  # highest of our answers a leader granted
+        self._ha_answers: dict[str, Answer] = {}  # leader: partner -> latest received
+        self._ha_allows: dict[str, Answer] = {}  # leader: partner -> granted (this term)
 
         conf = SyncObjConf(
             serializer=self._ha_serialize,
@@ -214,6 +236,8 @@ class Engine(SyncObj):
         self._ha_echoes = {}  # echoes count in the term we lead now only
         self._ha_heard = {}  # pysyncobj pretends every partner answered at election
         self._ha_reports = {}
+        self._ha_answers = {}
+        self._ha_allows = {}
         if new == _LEADER_STATE:
             self._ha_led_terms.append(self.raftCurrentTerm)
             log.info("became leader in term %d", self.raftCurrentTerm)
@@ -292,10 +316,52 @@ class Engine(SyncObj):
         return {**message, "ha_seq": self._ha_seq}
 
     def ha_note_append(self, node: Any, message: dict[str, Any]) -> None:
-        """An append_entries arrived: the answer sent while processing it echoes it."""
+        """An append_entries arrived: the answer sent while processing it echoes it; a
+        grant in it allows our self-fencing from when that answer of ours left."""
         seq = message.get("ha_seq")
         if isinstance(seq, int):
             self._ha_answering[node] = (int(message.get("term", 0)), seq)
+        allow = _answer(message.get("ha_allow"))
+        if allow is not None and allow[0] == self._ha_boot and \
+                self._ha_allowed < allow[1] <= self._ha_ans:
+            self._ha_allowed = allow[1]
+
+    # ------------------------------------------------------------ self-fencing allowances
+
+    def ha_answer_stamp(self) -> list[int]:
+        """An answer to a leader leaves now: its (boot, number) (transport)."""
+        self._ha_ans += 1
+        self._ha_ans_sent[self._ha_ans] = time.monotonic()  # the daemon's clock
+        while len(self._ha_ans_sent) > ANSWERS_REMEMBERED:
+            self._ha_ans_sent.popitem(last=False)
+        return [self._ha_boot, self._ha_ans]
+
+    def ha_allowed_anchor(self) -> float | None:
+        """When the latest of our answers a leader granted left (time.monotonic())."""
+        return self._ha_ans_sent.get(self._ha_allowed)
+
+    def ha_answers_snapshot(self) -> dict[str, Answer]:
+        """Leader: the answers received so far, to grant once a later mark confirms."""
+        return dict(self._ha_answers) if self._isLeader() else {}
+
+    def ha_grant(self, answers: dict[str, Answer], term: int) -> list[str]:
+        """Leader: a mark taken after `answers` arrived was confirmed by a majority in
+        `term`: each partner may count its allowance from its answer's departure.
+        Returns the partners whose grant moved (granting the same answer again moves
+        nothing: its departure stays where it was)."""
+        if not self._isLeader() or term != self.raftCurrentTerm:
+            return []
+        moved = []
+        for node, ans in answers.items():
+            granted = self._ha_allows.get(node)
+            if granted is None or granted[0] != ans[0] or ans[1] > granted[1]:
+                self._ha_allows[node] = ans
+                moved.append(node)
+        return moved
+
+    def ha_allow_for(self, node: Any) -> list[int] | None:
+        granted = self._ha_allows.get(str(getattr(node, "id", node)))
+        return list(granted) if granted is not None else None
 
     def ha_echo_for(self, node: Any) -> tuple[int, int] | None:
         return self._ha_answering.get(node)
@@ -304,6 +370,10 @@ class Engine(SyncObj):
         """A follower answered our replication: when, what it echoes, what it hears."""
         if self._isLeader():
             self._ha_heard[str(node.id)] = raft_clock()
+            ans = _answer(message.get("ha_ans"))
+            known = self._ha_answers.get(str(node.id))
+            if ans is not None and (known is None or known[0] != ans[0] or ans[1] > known[1]):
+                self._ha_answers[str(node.id)] = ans  # a new boot replaces the old one
             hears = message.get("ha_hears")
             if isinstance(hears, dict) and len(hears) <= MAX_HEARS_REPORT and all(
                     isinstance(k, str) and isinstance(v, int | float) for k, v in hears.items()):

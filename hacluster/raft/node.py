@@ -223,6 +223,22 @@ class RaftNode:
         reported in its Raft answers, by Raft address."""
         return self._engine.ha_hears_reports()
 
+    def answers(self) -> dict[str, tuple[int, int]]:
+        """Leader: the latest answer id each partner sent, by Raft address; grant them
+        (`grant`) once a read mark taken after this call is confirmed."""
+        return self._engine.ha_answers_snapshot()
+
+    def grant(self, answers: dict[str, tuple[int, int]], term: int) -> list[str]:
+        """Leader: tell each partner, in its next append_entries, that it may count its
+        self-fencing allowance from when that answer left (core/selffence.py). Returns
+        the partners whose grant moved."""
+        return self._engine.ha_grant(answers, term)
+
+    def allowed_since(self) -> float | None:
+        """Follower: when (time.monotonic()) the latest answer of ours that a leader
+        granted left; None if none was."""
+        return self._engine.ha_allowed_anchor()
+
     def set_hears(self, heard: dict[str, float]) -> None:
         """What this host reports in its Raft answers: host -> when (time.monotonic())
         it last received that host's renewal; each answer carries the ages then."""

@@ -61,6 +61,10 @@ class _Engine(Protocol):
 
     def ha_hears_now(self) -> dict[str, float]: ...
 
+    def ha_answer_stamp(self) -> list[int]: ...
+
+    def ha_allow_for(self, node: Any) -> list[int] | None: ...
+
 
 class DurableTransport(TCPTransport):
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
@@ -99,9 +103,13 @@ class DurableTransport(TCPTransport):
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "append_entries":
             message = self._engine.ha_stamp_append(message)
+            allow = self._engine.ha_allow_for(node)
+            if allow is not None:
+                message["ha_allow"] = allow
         elif kind == "next_node_idx":
             echo = self._engine.ha_echo_for(node)
-            message = {**message, "ha_hears": self._engine.ha_hears_now()}
+            message = {**message, "ha_hears": self._engine.ha_hears_now(),
+                       "ha_ans": self._engine.ha_answer_stamp()}
             if echo is not None:
                 message["ha_echo"] = echo
         self._outbox.append((node, message))

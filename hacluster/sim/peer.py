@@ -171,7 +171,7 @@ class SimPeer:
         if now >= self.proc.next_renewal - 1e-9 and not self.proc.fired:
             self.proc.next_renewal = now + self.proc.state.settings.lease_renew_s
             self._renew(now)
-            self._allow_leader(mono)
+            self._allow_self_fencing(mono)
         if now >= self.proc.next_register - 1e-9:
             self.proc.next_register = now + REGISTER_EVERY_S
             self._register()
@@ -193,13 +193,29 @@ class SimPeer:
         elif verdict is Verdict.SELF_FENCE and not self.proc.fired:
             self.proc.fired = True
             self.world.self_fence(self.name)
+            self.raft.crash()  # daemon/peer.py `_self_fenced`: it stops answering Raft
 
-    def _allow_leader(self, mono: float) -> None:
-        """As leader, its own reads confirmed by a majority allow it to feed."""
+    def _allow_self_fencing(self, mono: float) -> None:
+        """daemon/peer.py `_allow_self_fencing`: leading, grant the partners' Raft answers
+        once a majority confirms (which allows our own host too); following, take the
+        latest grant a leader sent."""
         policy, manager = self.proc.self_fence, self.manager
-        if policy is not None and manager is not None and manager.ready and \
-                self.raft.leader_term() == manager.term:
-            self.read(lambda _mark: policy.confirmed_read(mono), BARRIER_TIMEOUT_S)
+        if manager is not None and manager.ready and self.raft.leader_term() == manager.term:
+            answers = self.raft.answers()
+
+            def confirmed(mark: ReadMark) -> None:
+                if policy is not None:
+                    policy.allow_from(mono)
+                if not manager.leading or mark.term != manager.term:
+                    return
+                known = {n: a for n, a in answers.items() if n in self.proc.state.hosts}
+                for name in self.raft.grant(known, mark.term):  # only grants that moved
+                    manager.acked(name, self.clock.mono(self.world.now))
+
+            self.read(confirmed, BARRIER_TIMEOUT_S)
+        anchor = self.raft.allowed_since()
+        if policy is not None and anchor is not None:
+            policy.allow_from(self.clock.mono(anchor))
 
     def wanted_watchdog(self) -> Watchdog:
         host = self.world.hosts[self.name]

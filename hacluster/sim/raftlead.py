@@ -75,6 +75,8 @@ class Leading:
         self._heard: dict[str, float] = {}  # any follower: its last real answer
         self._reports: dict[str, tuple[dict[str, float], float]] = {}  # follower -> (hears, when)
         self._echoes: dict[str, int] = {}
+        self._answers: dict[str, tuple[int, int]] = {}  # follower -> its latest answer id
+        self._allows: dict[str, tuple[int, int]] = {}  # follower -> answer id granted
         self._term_start = 0  # index of this term's no-op
 
     def _become_leader(self, now: float) -> None:
@@ -90,6 +92,8 @@ class Leading:
         self._heard = {}
         self._reports = {}
         self._echoes = {}
+        self._answers = {}
+        self._allows = {}
         self._note("leader", self.term)
         self._tags += 1
         self._term_start = self._append_own(None, (self.name, self._tags))
@@ -117,7 +121,7 @@ class Leading:
         entries = log[prev : prev + self._c.config.max_batch] if prev < len(log) else _EMPTY
         self._seq += 1
         msg = AppendEntries(self.term, prev, self.term_at(prev), entries, self.commit_index,
-                            self._seq)
+                            self._seq, self._allows.get(dst))
         self._next[dst] = prev + len(entries) + 1  # optimistic, like pysyncobj
         self._c.send(self.name, dst, msg)
 
@@ -151,6 +155,10 @@ class Leading:
         self._reports[src] = (m.hears or {}, now)
         if m.echo > self._echoes.get(src, 0):
             self._echoes[src] = m.echo
+        known = self._answers.get(src)
+        if m.ans is not None and (known is None or known[0] != m.ans[0] or
+                                  m.ans[1] > known[1]):
+            self._answers[src] = m.ans
         if m.success:
             if m.match > self._match[src]:
                 self._match[src] = m.match
@@ -197,6 +205,23 @@ class Leading:
         if self.commit_index < self._term_start:
             return None
         return ReadMark(self.term, self.commit_index, self._seq)
+
+    def answers(self) -> dict[str, tuple[int, int]]:
+        """The latest answer id of each follower (raft/engine.py `ha_answers_snapshot`)."""
+        return dict(self._answers) if self.role is Role.LEADER else {}
+
+    def grant(self, answers: dict[str, tuple[int, int]], term: int) -> list[str]:
+        """A mark taken after `answers` arrived was confirmed (raft/engine.py `ha_grant`):
+        returns the followers whose grant moved."""
+        if self.role is not Role.LEADER or term != self.term:
+            return []
+        moved = []
+        for name, ans in answers.items():
+            granted = self._allows.get(name)
+            if granted is None or granted[0] != ans[0] or ans[1] > granted[1]:
+                self._allows[name] = ans
+                moved.append(name)
+        return moved
 
     def echoes(self) -> dict[str, int]:
         """Highest seq each voter echoed in the current term (this leader: its own last

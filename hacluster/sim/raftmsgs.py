@@ -104,6 +104,7 @@ class AppendEntries:
     entries: list[Entry]  # a slice of the leader's log; never mutated after sending
     commit: int
     seq: int  # per-leader, increasing with every AppendEntries it sends
+    allow: tuple[int, int] | None = None  # the receiver's answer this leader granted
 
 
 @dataclass(slots=True)
@@ -114,6 +115,7 @@ class AppendReply:
     hint: int  # failure: the index the leader should send from next
     echo: int  # highest seq processed from this leader in this term
     hears: dict[str, float] | None = None  # whose renewals its host receives, host -> age
+    ans: tuple[int, int] | None = None  # (boot, number) of this answer (raft/engine.py)
 
 
 @dataclass(slots=True)

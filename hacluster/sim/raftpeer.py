@@ -12,6 +12,7 @@ and candidate rules, and process faults.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from hacluster.sim.raftmodel import RaftCluster
 
 _NEVER = float("inf")
+_ANSWER_BOOTS = itertools.count(1)  # every process start numbers its answers afresh
 
 
 class RaftPeer(Proposing, Leading):
@@ -81,6 +83,11 @@ class RaftPeer(Proposing, Leading):
         self._led_terms: set[int] = set()
         self._votes: set[str] = set()
         self._echo_seq = 0  # highest seq processed from `leader` in `term`
+        # self-fencing grants over Raft (raft/engine.py): answers numbered per process
+        self._ans_boot = next(_ANSWER_BOOTS)
+        self._ans = 0
+        self._ans_sent: dict[int, float] = {}  # number -> simulated time it left
+        self._allowed = 0
         self._timeout = 0.0  # the election timeout drawn last
         self._catchup_target: int | None = None
         self._reset_proposals()
@@ -98,6 +105,10 @@ class RaftPeer(Proposing, Leading):
 
     def is_leader(self) -> bool:
         return self.leader_term() is not None
+
+    def allowed_since(self) -> float | None:
+        """When (simulated time) the latest answer of ours a leader granted left."""
+        return self._ans_sent.get(self._allowed)
 
     @property
     def applied_index(self) -> int:
@@ -264,7 +275,15 @@ class RaftPeer(Proposing, Leading):
             return
         if m.seq > self._echo_seq:
             self._echo_seq = m.seq
-        self._c.send(self.name, src, self._append_entries(m, now))
+        if m.allow is not None and m.allow[0] == self._ans_boot and \
+                self._allowed < m.allow[1] <= self._ans:
+            self._allowed = m.allow[1]
+        reply = self._append_entries(m, now)
+        self._ans += 1
+        self._ans_sent[self._ans] = now
+        self._ans_sent.pop(self._ans - 4096, None)
+        reply.ans = (self._ans_boot, self._ans)
+        self._c.send(self.name, src, reply)
         if self.abstaining:
             if self._catchup_target is None:
                 self._catchup_target = m.commit

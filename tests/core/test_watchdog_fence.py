@@ -149,7 +149,7 @@ def test_challenges_and_unknown_rounds_allow_nothing() -> None:
 
 def test_a_leader_is_allowed_by_its_own_confirmed_reads() -> None:
     policy = SelfFence(self_fence_s=8.0)
-    policy.confirmed_read(requested_at=20.0)
+    policy.allow_from(20.0)
     assert policy.verdict(27.9) is Verdict.FEED
     assert policy.left_s(27.0) == pytest.approx(1.0)
     assert policy.verdict(28.0) is Verdict.SELF_FENCE

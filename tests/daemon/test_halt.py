@@ -125,7 +125,7 @@ def test_an_unreadable_entry_halts_with_its_own_exit_code_and_a_report() -> None
     assert report["reason"].startswith("cannot apply log index 1 (frobnicate v1")
     assert report["understands"]["commands"]["add-host"] == 1
     assert report["understands"]["entry_formats"] == [1, 2]
-    assert report["understands"]["snapshot_formats"] == [1, 2, 3]
+    assert report["understands"]["snapshot_formats"] == list(range(1, codec.SNAPSHOT_FORMAT + 1))
     assert "upgrade this peer" in report["remedy"]
 
 
@@ -150,7 +150,8 @@ def test_a_snapshot_of_a_newer_format_halts_the_node_instead_of_loading(
         wait_for(node.is_leader, 10, "self-election")
         envelope = c.Envelope(c.AddHost(name="h1"), "rid-1", "h1", 1.0, 1.0)
         assert node.propose(codec.encode_command(envelope), 2.0).status is ProposeStatus.COMMITTED
-        monkeypatch.setattr(codec, "SNAPSHOT_FORMAT", 4)  # written by a newer release
+        newer = codec.SNAPSHOT_FORMAT + 1
+        monkeypatch.setattr(codec, "SNAPSHOT_FORMAT", newer)  # written by a newer release
         node.compact()
         wait_for(lambda: node.status().log_first_index > 1, 10, "a snapshot")
     finally:
@@ -161,7 +162,9 @@ def test_a_snapshot_of_a_newer_format_halts_the_node_instead_of_loading(
     assert exit_code_for(halted.value) == EXIT_VERSION_SKEW
     cause: Any = unreadable_cause(halted.value)
     assert isinstance(cause, codec.SnapshotTooNew)
-    assert "snapshot format 4 is newer than this peer reads (formats 1, 2, 3)" in str(cause)
+    readable = ", ".join(str(f) for f in range(1, newer))
+    expected = f"snapshot format {newer} is newer than this peer reads (formats {readable})"
+    assert expected in str(cause)
 
 
 def test_systemd_does_not_restart_a_peer_that_cannot_read_the_log() -> None:

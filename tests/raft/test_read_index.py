@@ -47,3 +47,30 @@ def test_a_leader_cut_off_from_its_majority_answers_no_read(make_cluster):
             suspend(peer, signal.SIGCONT)
     wait_for(lambda: any(p.call("read_index", timeout=2.0).get("confirmed") for p in c.peers),
              30, "a confirmed read once the followers run again")
+
+
+# ---------------------------------------------------------------- self-fencing grants
+
+
+def test_followers_are_allowed_only_from_answers_a_confirmed_leader_granted(make_cluster):
+    """A follower may count its self-fencing allowance from when an answer of its left,
+    once the leader granted that answer after a majority confirmed a later mark. A
+    restarted follower numbers its answers afresh: a grant of its previous process's
+    answer never allows the new one."""
+    c = make_cluster(3).start()
+    leader, _ = c.wait_leader()
+    followers = other_than(c, leader)
+    assert all(p.call("allowed")["age"] is None for p in followers)  # nothing granted yet
+    wait_for(lambda: len(leader.call("grant", timeout=5.0)["granted"]) == 2, 20,
+             "both followers' answers granted")
+    wait_for(lambda: all(p.call("allowed")["age"] is not None for p in followers), 10,
+             "the grants reached the followers")
+    ages = [p.call("allowed")["age"] for p in followers]
+    assert all(0 <= age < 10 for age in ages), ages
+    restarted = followers[0]
+    restarted.kill()
+    restarted.start()
+    c.wait_leader()
+    assert restarted.call("allowed")["age"] is None  # the old grant matches no new answer
+    wait_for(lambda: leader.call("grant", timeout=5.0)["granted"] and
+             restarted.call("allowed")["age"] is not None, 30, "a grant of its new answers")

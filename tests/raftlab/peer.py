@@ -135,6 +135,9 @@ class NodePeer:
             ),
             "compact": self.compact,
             "read_index": self.read_index,
+            "grant": self.grant,
+            "allowed": lambda r: {"age": None if (at := self.node.allowed_since()) is None
+                                  else time.monotonic() - at},
             "bench_sync": lambda r: run_sync(self._ok, r["n"], r.get("size", 64)),
             "bench_concurrent": lambda r: run_concurrent(
                 self._ok, r["n"], r.get("threads", 16), r.get("size", 64)
@@ -176,6 +179,16 @@ class NodePeer:
             time.sleep(0.002)
         return {"mark": dataclasses.asdict(mark), "confirmed": bool(released),
                 "leader_term": self.node.leader_term()}
+
+    def grant(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Leader: grant every partner's latest answer once a mark taken after it is
+        confirmed (core/selffence.py); returns the answers granted, by address."""
+        answers = self.node.answers()
+        confirmed = self.read_index(request)
+        if not confirmed.get("confirmed"):
+            return {"granted": {}}
+        self.node.grant(answers, confirmed["mark"]["term"])
+        return {"granted": {k: list(v) for k, v in answers.items()}}
 
     def compact(self, request: dict[str, Any]) -> dict[str, Any]:
         before = self.node.status().log_first_index
