@@ -1,4 +1,6 @@
-"""A wrong secret, garbage bytes or a forged pickle must not join or disturb a cluster."""
+"""A wrong secret, garbage bytes, a forged pickle or a flood of half-open connections
+must not join or disturb a cluster; each refusal is counted in status and logged with
+its source, a bounded number of lines however many there are."""
 
 from __future__ import annotations
 
@@ -7,10 +9,13 @@ import os
 import pickle
 import socket
 import struct
+import subprocess
 import zlib
 from functools import partial
 
-from raftlab.harness import Peer, committed, wait_for
+import pytest
+
+from raftlab.harness import Peer, committed, free_ports, propose_all, wait_for
 
 
 class Evil:
@@ -40,15 +45,38 @@ def closed_by_peer(sock: socket.socket) -> bool:
         return False
 
 
+def refusal_lines(peer: Peer) -> list[str]:
+    with open(peer.log_file, errors="replace") as f:
+        return [line for line in f if "refused" in line and "Raft connection" in line]
+
+
+def refused(peer: Peer, kind: str) -> int:
+    count: int = peer.status()["refused"].get("kinds", {}).get(kind, 0)
+    return count
+
+
 def test_wrong_secret_cannot_join_or_disturb(make_cluster):
     c = make_cluster(3)
     good, intruder = c.peers[:2], c.peers[2]
     intruder.secret = "not-the-cluster-secret"
-    for p in c.peers:
-        p.spawn()
-    for p in c.peers:
-        p.wait_ready()
+    for p in good:
+        p.start()
     leader, term = c.wait_leader(good)
+    intruder.start()
+    # pysyncobj connects from the higher address to the lower one: a running peer below
+    # the intruder fails to decrypt its handshake, one above sees it drop ours. Both say
+    # so at once, naming the intruder's address.
+    for p in good:
+        kind, words = (("bad_handshake", "handshake failed") if p.address < intruder.address
+                       else ("handshake_dropped", "during the handshake"))
+        wait_for(lambda p=p, kind=kind: refused(p, kind) >= 1, 5,
+                 f"{p.name} to count the failed handshake")
+        line = next(x for x in refusal_lines(p) if words in x)
+        assert "127.0.0.1:" in line and "secret" in line
+        if kind == "handshake_dropped":
+            assert intruder.address in line
+        recent = p.status()["refused"]["recent"]
+        assert {"kind": kind, "source": "127.0.0.1"}.items() <= recent[0].items()
     # The intruder retries its connections every connection_retry_s meanwhile.
     observe_stable(leader, term, 60, "s")
     status = intruder.status()
@@ -58,6 +86,7 @@ def test_wrong_secret_cannot_join_or_disturb(make_cluster):
     for p in good:
         view = {q["address"]: q["connected"] for q in p.status()["partners"]}
         assert view[intruder.address] is False
+        assert len(refusal_lines(p)) <= 4  # it retried every 0.2 s: rate-limited lines
     c.wait_converged(good, min_count=60)
 
 
@@ -95,3 +124,106 @@ def test_garbage_and_forged_pickles_do_not_disturb(make_cluster, tmp_path):
         s.close()
     assert not os.path.exists(marker)
     c.wait_converged(min_count=45)
+    kinds = leader.status()["refused"]["kinds"]
+    assert kinds.get("oversized", 0) >= 1 and kinds.get("handshake_timeout", 0) >= 1
+    assert kinds.get("bad_handshake", 0) >= 1  # the forged pickle did not decrypt
+    lines = refusal_lines(leader)
+    assert any("bytes before the handshake" in x for x in lines)
+    assert any("no handshake within 0.5s" in x for x in lines)
+    assert all("127.0.0.1" in x for x in lines)
+
+
+def open_half(address: str, count: int) -> list[socket.socket]:
+    """`count` connections that never send a byte (the kernel completes them)."""
+    host, port = address.rsplit(":", 1)
+    socks = []
+    for _ in range(count):
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect((host, int(port)))
+        socks.append(s)
+    return socks
+
+
+def test_a_flood_of_half_open_connections_is_logged_briefly_and_commits_go_on(make_cluster):
+    c = make_cluster(3, settings={"handshake_timeout_s": 0.5}).start()
+    leader, term = c.wait_leader()
+    follower = next(p for p in c.peers if p is not leader)
+    flood: list[socket.socket] = []
+    try:
+        for round_ in range(6):  # 3,000 connections, 500 at a time, 250 to each
+            for peer in (leader, follower):
+                assert peer.address is not None
+                flood += open_half(peer.address, 250)
+            propose_all(leader, 5, f"during-{round_}")
+        wait_for(lambda: refused(leader, "handshake_timeout") >= 100, 10,
+                 "the leader to drop stalled handshakes")
+        observe_stable(leader, term, 10, "flooded")
+    finally:
+        for s in flood:
+            s.close()
+    observe_stable(leader, term, 10, "after")
+    c.wait_converged(min_count=50)
+    for peer in (leader, follower):
+        summary = peer.status()["refused"]
+        assert summary["total"] >= 100
+        assert {r["source"] for r in summary["recent"]} == {"127.0.0.1"}
+        lines = refusal_lines(peer)
+        assert 1 <= len(lines) <= 12, lines  # a few kinds, one line each per 10 s
+        assert all("127.0.0.1" in x for x in lines)
+
+
+def test_a_peer_with_the_secret_that_is_not_a_member_is_named(make_cluster):
+    c = make_cluster(3).start()
+    leader, term = c.wait_leader()
+    stranger = c.add_peer("stranger", f"127.0.0.1:{free_ports(1)[0]}", c.addresses)
+    stranger.start()
+    observe_stable(leader, term, 5, "s")
+    lowest = min(c.peers, key=lambda p: p.address or "")
+    if (stranger.address or "") < (lowest.address or ""):
+        pytest.skip("the stranger's address is the lowest: nobody accepts its connections")
+    wait_for(lambda: sum(refused(p, "not_member") for p in c.peers) >= 1, 5,
+             "a member to refuse the stranger")
+    lines = [x for p in c.peers for x in refusal_lines(p) if "not a member" in x]
+    assert lines and repr(stranger.address) in lines[0]
+
+
+def test_the_listener_comes_back_after_running_out_of_file_descriptors(make_cluster):
+    """pysyncobj closes its listening socket for good when accept() fails (EMFILE):
+    a flood against a peer with few file descriptors took it off the network."""
+    c = make_cluster(3, settings={"handshake_timeout_s": 0.5}).start()
+    leader, term = c.wait_leader()
+    victim = next(p for p in c.peers if p is not leader)
+    assert victim.proc is not None and victim.address is not None
+    in_use = len(os.listdir(f"/proc/{victim.proc.pid}/fd"))
+    limit = in_use + 20  # far below max_pending_handshakes
+    subprocess.run(["prlimit", f"--pid={victim.proc.pid}", f"--nofile={limit}:{limit}"],
+                   check=True)
+    flood = open_half(victim.address, 200)
+    try:
+        wait_for(lambda: refused(victim, "handshake_timeout") >= 20, 10,
+                 "the victim to drop stalled handshakes")
+        observe_stable(leader, term, 5, "flooded")
+    finally:
+        for s in flood:
+            s.close()
+    host, port = victim.address.rsplit(":", 1)
+
+    def accepts() -> bool:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+
+    wait_for(accepts, 10, "the victim's Raft port to accept connections again")
+    with open(victim.log_file) as f:
+        assert "listens again" in f.read()
+    # the others can reach it again: restart them all, so that it must be reached
+    for p in c.peers:
+        if p is not victim:
+            p.kill()
+    for p in c.peers:
+        if p is not victim:
+            p.start()
+    new_leader, _ = c.wait_leader(newer_than=term)
+    propose_all(new_leader, 5, "after")
+    c.wait_converged(min_count=10)
