@@ -483,4 +483,11 @@ class Peer:
             "links": self.leases.link_report() if self.leases else {},
             "digest": self.replica.digest() if digest else "",
             "halted": self.halted,
+            "refused": self.refusals(raft.refused if raft else {}),
         }
+
+    def refusals(self, raft: dict[str, Any]) -> dict[str, Any]:
+        """Connections and messages turned away, per channel (core/ratelimit.py
+        RefusalLog.summary each): the Raft port and the admin RPC listeners."""
+        rpc = self.rpc_server.refusal_summary() if self.rpc_server is not None else {}
+        return {"raft": raft, "rpc": rpc}
