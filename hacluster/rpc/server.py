@@ -88,6 +88,9 @@ Method = Callable[[CallContext, dict[str, Any]], Any]
 @dataclass(frozen=True)
 class ServerLimits:
     max_connections: int = 64  # per listener (Unix socket, TCP)
+    # TCP connections from one address not yet authenticated, at once: one source
+    # flooding the listener cannot take every slot from the others.
+    max_anonymous_per_source: int = 8
     frame_timeout_s: float = 10.0  # a started frame must complete within this
     idle_timeout_s: float = 600.0  # a connection with no request for this long is closed
     write_timeout_s: float = 10.0  # a client that does not read its replies is dropped
@@ -138,6 +141,7 @@ class RpcServer:
         self._listeners: list[socket.socket] = []
         self._acceptors: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[None]] = set()
+        self._anonymous: dict[asyncio.Task[None], str] = {}  # TCP, not authenticated: host
         self._open_count = {"unix": 0, "tcp": 0}
         self._unix_inode: tuple[int, int] | None = None
         self._tcp_address: tuple[str, int] | None = None
@@ -246,19 +250,33 @@ class RpcServer:
                 continue
             # Counted per listener: remote clients filling their slots must not lock
             # the local admin out of the Unix socket.
-            if self._open_count[transport] >= self._limits.max_connections:
+            full = self._full(transport, address)
+            if full:
                 self._refusals.refuse("too_many_connections", transport,
-                                      caller(sock, address, transport),
-                                      f"{self._open_count[transport]} connections already open")
+                                      caller(sock, address, transport), full)
                 sock.close()
                 continue
             self._open_count[transport] += 1
             task = asyncio.create_task(self._serve(sock, address, transport))
             self._connections.add(task)
+            if transport == "tcp":
+                self._anonymous[task] = address[0]
             task.add_done_callback(functools.partial(self._forget, transport))
+
+    def _full(self, transport: str, address: Any) -> str:
+        """Why a new connection cannot be taken now ("" when it can)."""
+        if self._open_count[transport] >= self._limits.max_connections:
+            return f"{self._open_count[transport]} connections already open"
+        if transport == "tcp":
+            host = address[0]
+            held = sum(1 for h in self._anonymous.values() if h == host)
+            if held >= self._limits.max_anonymous_per_source:
+                return f"{held} connections from {host} not authenticated yet"
+        return ""
 
     def _forget(self, transport: str, task: asyncio.Task[None]) -> None:
         self._connections.discard(task)
+        self._anonymous.pop(task, None)
         self._open_count[transport] -= 1
 
     async def _serve(self, sock: socket.socket, address: Any, transport: str) -> None:
@@ -402,7 +420,11 @@ class RpcServer:
                 ErrorCode.UNKNOWN_METHOD, f"unknown method {request.method!r}",
                 {"method": request.method}))
             return True
-        conn.trusted = True
+        if not conn.trusted:
+            conn.trusted = True
+            task = asyncio.current_task()
+            if task is not None:
+                self._anonymous.pop(task, None)
         ctx = CallContext(user, conn.transport, conn.peer, request.id, request.method, how)
         conn.current = request.id
         await self._call(conn, method, ctx, request)

@@ -474,25 +474,43 @@ def test_a_client_stalling_mid_handshake_holds_up_nobody_and_is_dropped(
     wait_for(lambda: refusals(server)["kinds"].get("tls_timeout") == 5)
 
 
+def whoami_from(server: ServerThread, pki: Pki, source: str) -> str:
+    """A TLS call with alice's certificate from another local address (all of 127/8 is
+    this host): the user it was served as."""
+    host, port = server.endpoint.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=pki.ca_cert)
+    context.load_cert_chain(pki.client_cert, pki.client_key)
+    with socket.create_connection((host, int(port)), timeout=5,
+                                  source_address=(source, 0)) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as sock:
+        sock.sendall(request(1, "whoami"))
+        reply = read_reply(sock)
+    assert reply is not None and reply.error is None, reply
+    user: str = reply.result["user"]
+    return user
+
+
 def test_many_connections_at_once(start_server: Callable[..., ServerThread],
                                   tls_config: RpcConfig, pki: Pki,
                                   caplog: pytest.LogCaptureFixture) -> None:
-    """A flood of connections that never speak fills the TCP slots for at most the
-    handshake time; the rest are turned away at once. Meanwhile the Unix socket
-    answers, the log says a few lines naming the source, status counts them all, and
-    once the flood is gone TLS clients are served again."""
+    """A flood of connections from one address that never speak holds a few TCP slots
+    for at most the handshake time; the rest are turned away at once. Meanwhile a
+    client from another address and the Unix socket are served, the log says a few
+    lines naming the source, status counts them all, and once the flood is gone its
+    address is served again."""
     server = start_server(tls_config, limits=ServerLimits(max_connections=16,
                                                           handshake_timeout_s=1.0))
     host, port = server.endpoint.rsplit(":", 1)
-    flood = []
     with caplog.at_level(logging.WARNING, logger="hacluster.rpc"):
+        flood = []
         try:
             for _ in range(500):
                 flood.append(socket.create_connection((host, int(port)), timeout=5))
-            with RpcClient.connect(server.socket_path) as local:
-                assert local.call("whoami")["auth"] == "peercred"
             wait_for(lambda: refusals(server)["kinds"].get("too_many_connections", 0)
                      >= 400)
+            assert whoami_from(server, pki, "127.0.0.2") == "alice"
+            with RpcClient.connect(server.socket_path) as local:
+                assert local.call("whoami")["auth"] == "peercred"
         finally:
             for sock in flood:
                 sock.close()
@@ -511,3 +529,13 @@ def test_many_connections_at_once(start_server: Callable[..., ServerThread],
     lines = refusal_lines(caplog)
     assert 1 <= len(lines) <= 6, lines  # one per kind and source, however many
     assert all("127.0.0.1:" in line for line in lines)
+
+
+def test_the_per_source_cap_counts_only_connections_not_yet_authenticated(
+        start_server: Callable[..., ServerThread], tls_config: RpcConfig, pki: Pki) -> None:
+    server = start_server(tls_config, limits=ServerLimits(max_anonymous_per_source=2))
+    with contextlib.ExitStack() as stack:
+        for _ in range(6):  # one host, six admins at once: each authenticated at once
+            rpc = stack.enter_context(tls_client(server, pki, cert=True))
+            assert rpc.call("whoami")["user"] == "alice"
+    assert refusals(server)["total"] == 0
