@@ -71,6 +71,7 @@ class RpcConfig:
     tokens_file: str = ""  # or: bearer tokens, one "user:token" per line
     max_frame_bytes: int = 4 * 1024 * 1024
     max_connections: int = 64  # per listener
+    max_anonymous_per_source: int = 8  # TCP connections of one address not yet authenticated
     frame_timeout_s: float = 10.0  # a frame must arrive whole within this
     idle_timeout_s: float = 600.0  # an idle connection is closed after this
     write_timeout_s: float = 10.0  # a client that does not read its replies is dropped
@@ -227,6 +228,8 @@ def config_problem(c: Config) -> str:
     checks.append("" if c.rpc.max_frame_bytes >= 1024 else
                   f"[rpc] max_frame_bytes: must be >= 1024, got {c.rpc.max_frame_bytes}")
     checks.append("" if c.rpc.max_connections > 0 else "[rpc] max_connections: must be > 0")
+    checks.append("" if c.rpc.max_anonymous_per_source > 0 else
+                  "[rpc] max_anonymous_per_source: must be > 0")
     for section in (c.hypervisor, c.timing, c.rpc):
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)

@@ -5,7 +5,8 @@ number held back), so a flood of thousands writes a handful of lines.
 Kinds: tls_failed (handshake refused: a certificate from another CA, plain TCP, a reset),
 tls_timeout (the handshake stalled), no_credentials (neither a certificate nor a token),
 bad_token (wrong or revoked, or tokens not enabled), unix_uid (a Unix caller that is
-neither root nor the daemon's uid), too_many_connections (the listener was full),
+neither root nor the daemon's uid), too_many_connections (the listener was full, or the
+address already had max_anonymous_per_source connections not yet authenticated),
 idle_unauthenticated (a TCP client that sent no request in time), bad_frame (a frame
 that cannot be read: undecodable, too large, or not completed in time).
 """
