@@ -71,6 +71,7 @@ class RpcConfig:
     tokens_file: str = ""  # or: bearer tokens, one "user:token" per line
     max_frame_bytes: int = 4 * 1024 * 1024
     max_connections: int = 64  # per listener
+    max_anonymous_per_source: int = 8  # TCP connections of one address not yet authenticated
     frame_timeout_s: float = 10.0  # a frame must arrive whole within this
     idle_timeout_s: float = 600.0  # an idle connection is closed after this
     write_timeout_s: float = 10.0  # a client that does not read its replies is dropped
@@ -246,6 +247,8 @@ def config_problem(c: Config) -> str:
                   "[watchdog] command: kind command needs the command to run at every feed")
     checks.append("" if c.watchdog.kind != "device" or c.watchdog.device else
                   "[watchdog] device: kind device needs the device path")
+    checks.append("" if c.rpc.max_anonymous_per_source > 0 else
+                  "[rpc] max_anonymous_per_source: must be > 0")
     for section in (c.hypervisor, c.timing, c.rpc, c.watchdog):
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)

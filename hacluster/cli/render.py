@@ -81,6 +81,9 @@ def status(doc: dict[str, Any]) -> str:
                    "started; what follows may lack committed entries")
     if doc.get("cluster_maintenance"):
         out.append("CLUSTER MAINTENANCE ON: fencing is disabled")
+    line = refused(peer.get("refused") or {})
+    if line:
+        out.append(line)
     out += ["", hosts_table(doc["hosts"]), ""]
     by_state = doc["vms_by_state"]
     counts = ", ".join(f"{state} {len(names)}" for state, names in sorted(by_state.items()))
@@ -91,6 +94,31 @@ def status(doc: dict[str, Any]) -> str:
     if doc["waiting"]:
         out += ["", "Waiting for an operator:"] + [f"  - {w}" for w in doc["waiting"]]
     return "\n".join(out)
+
+
+def refused(channels: dict[str, dict[str, Any]]) -> str:
+    """One line for the connections this peer turned away, per channel, by kind, and
+    the latest source; empty when there were none."""
+    parts = []
+    for channel, summary in sorted(channels.items()):
+        if not summary or not summary.get("total"):
+            continue
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(
+            summary.get("kinds", {}).items(), key=lambda item: -item[1]))
+        text = f"{channel} {summary['total']} ({kinds})"
+        recent = summary.get("recent") or []
+        if recent:
+            text += f" last from {recent[0]['source']} {_ago(recent[0]['age_s'])}"
+        parts.append(text)
+    return "refused: " + "; ".join(parts) if parts else ""
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.0f}h ago"
 
 
 def halted(name: str, report: dict[str, Any]) -> list[str]:

@@ -564,4 +564,11 @@ class Peer:
             "watchdog": self.self_fencing.status() if self.self_fencing else {"kind": "none"},
             "digest": self.replica.digest() if digest else "",
             "halted": self.halted,
+            "refused": self.refusals(raft.refused if raft else {}),
         }
+
+    def refusals(self, raft: dict[str, Any]) -> dict[str, Any]:
+        """Connections and messages turned away, per channel (core/ratelimit.py
+        RefusalLog.summary each): the Raft port and the admin RPC listeners."""
+        rpc = self.rpc_server.refusal_summary() if self.rpc_server is not None else {}
+        return {"raft": raft, "rpc": rpc}

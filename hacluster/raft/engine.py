@@ -43,7 +43,7 @@ from hacluster.raft.files import Disk
 from hacluster.raft.journal import DurableJournal
 from hacluster.raft.settings import RaftSettings
 from hacluster.raft.snapshot import SnapshotData, read_snapshot, write_snapshot
-from hacluster.raft.transport import DurableTransport
+from hacluster.raft.transport import DurableTransport, InboundLimits
 
 log = logging.getLogger(__name__)
 
@@ -295,9 +295,15 @@ class Engine(SyncObj):
     def abstains_from_voting(self) -> bool:
         return self._ha_abstain
 
-    def handshake_limits(self) -> tuple[float, int]:
+    def handshake_limits(self) -> InboundLimits:
         s = self._ha_settings
-        return s.handshake_timeout_s, s.max_handshake_bytes
+        return InboundLimits(s.handshake_timeout_s, s.max_handshake_bytes,
+                             s.max_pending_handshakes, s.refusal_log_interval_s)
+
+    def ha_refusals(self) -> dict[str, Any]:
+        """Refused Raft connections (transport.py), for status."""
+        transport: DurableTransport = self._SyncObj__transport
+        return transport.refusal_summary()
 
     def ha_next_index(self, node: Any) -> int | None:
         value = self._SyncObj__raftNextIndex.get(node)

@@ -4,7 +4,8 @@ mapping of pysyncobj's callback outcomes onto COMMITTED / NOT_LEADER / MAYBE."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from pysyncobj.config import FAIL_REASON
 
@@ -59,6 +60,8 @@ class RaftStatus:
     fsync_count: int
     fsync_seconds: float
     halted: str | None
+    # Refused connections on the Raft port (core/ratelimit.py RefusalLog.summary).
+    refused: dict[str, Any] = field(default_factory=dict)
 
 
 class Waiter:
@@ -131,4 +134,5 @@ def collect_status(
         fsync_count=disk.count,
         fsync_seconds=disk.seconds,
         halted=None if fatal is None else str(fatal),
+        refused=e.ha_refusals(),
     )

@@ -42,6 +42,11 @@ class RaftSettings:
     # this many buffered bytes, else it is dropped (garbage / slowloris protection).
     handshake_timeout_s: float = 2.0
     max_handshake_bytes: int = 64 * 1024
+    # At most this many incoming connections wait for their handshake at once (the
+    # oldest is dropped): a flood of half-open connections cannot use up the fds.
+    max_pending_handshakes: int = 128
+    # Refused connections are logged at most once per source and kind per interval.
+    refusal_log_interval_s: float = 10.0
     # Log compaction: snapshot after this many entries or this long since the last one.
     snapshot_min_entries: int = 5000
     snapshot_min_interval_s: float = 300.0
@@ -95,11 +100,13 @@ class RaftSettings:
             "connection_timeout_s",
             "tick_interval_s",
             "handshake_timeout_s",
+            "refusal_log_interval_s",
             "snapshot_min_interval_s",
             "bind_retry_s",
             "close_timeout_s",
             "start_timeout_s",
             "max_handshake_bytes",
+            "max_pending_handshakes",
             "append_batch_bytes",
             "max_command_bytes",
             "commands_queue_size",

@@ -9,7 +9,8 @@ Nothing a client sends can hurt the server or another connection: undecodable,
 oversized, truncated or slow frames end in an error reply (when the request id
 is known) or in closing that one connection; method exceptions become
 `internal` replies and the connection carries on. The server never exits on
-bad input; only close() stops it.
+bad input; only close() stops it. Refused callers and unreadable frames are
+counted for status and logged with their source, rate-limited (rpc/refusals.py).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from hacluster.rpc.protocol import (
     frame_length,
     result_reply,
 )
+from hacluster.rpc.refusals import RpcRefusals, caller, tcp_peer
 
 if TYPE_CHECKING:
     from hacluster.config import RpcConfig
@@ -86,6 +88,9 @@ Method = Callable[[CallContext, dict[str, Any]], Any]
 @dataclass(frozen=True)
 class ServerLimits:
     max_connections: int = 64  # per listener (Unix socket, TCP)
+    # TCP connections from one address not yet authenticated, at once: one source
+    # flooding the listener cannot take every slot from the others.
+    max_anonymous_per_source: int = 8
     frame_timeout_s: float = 10.0  # a started frame must complete within this
     idle_timeout_s: float = 600.0  # a connection with no request for this long is closed
     write_timeout_s: float = 10.0  # a client that does not read its replies is dropped
@@ -127,15 +132,16 @@ class RpcServer:
             raise TypeError(f"RPC methods must be callables: {', '.join(bad)}")
         self._methods = dict(methods)
         self._config = config
-        self._on_auth_failure = on_auth_failure
         self._limits = limits or ServerLimits.from_config(config)
         self._log = logger or logging.getLogger(LOGGER_NAME)
+        self._refusals = RpcRefusals(self._log, on_auth_failure=on_auth_failure)
         self._own_uid = os.geteuid()
         self._tokens: TokenTable | None = None
         self._ssl: ssl.SSLContext | None = None
         self._listeners: list[socket.socket] = []
         self._acceptors: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[None]] = set()
+        self._anonymous: dict[asyncio.Task[None], str] = {}  # TCP, not authenticated: host
         self._open_count = {"unix": 0, "tcp": 0}
         self._unix_inode: tuple[int, int] | None = None
         self._tcp_address: tuple[str, int] | None = None
@@ -162,6 +168,11 @@ class RpcServer:
     @property
     def connection_count(self) -> int:
         return sum(self._open_count.values())
+
+    def refusal_summary(self) -> dict[str, Any]:
+        """Refused callers so far (core/ratelimit.py RefusalLog.summary); call it on
+        the server's event loop."""
+        return self._refusals.summary()
 
     def reload_credentials(self) -> str:
         """Re-read the tokens file and the TLS files (rotated without a restart).
@@ -196,6 +207,8 @@ class RpcServer:
                 sock = bind_tcp(config.tcp_address)
                 self._tcp_address = sock.getsockname()[:2]
                 self._listen(sock, "tcp")
+            # cancelled by close() with the acceptors
+            self._acceptors.add(asyncio.create_task(self._refusals.report_overdue()))
         except BaseException:
             await self.close()
             raise
@@ -237,18 +250,33 @@ class RpcServer:
                 continue
             # Counted per listener: remote clients filling their slots must not lock
             # the local admin out of the Unix socket.
-            if self._open_count[transport] >= self._limits.max_connections:
-                self._log.warning("rpc: refusing a %s connection: %d already open",
-                                  transport, self._open_count[transport])
+            full = self._full(transport, address)
+            if full:
+                self._refusals.refuse("too_many_connections", transport,
+                                      caller(sock, address, transport), full)
                 sock.close()
                 continue
             self._open_count[transport] += 1
             task = asyncio.create_task(self._serve(sock, address, transport))
             self._connections.add(task)
+            if transport == "tcp":
+                self._anonymous[task] = address[0]
             task.add_done_callback(functools.partial(self._forget, transport))
+
+    def _full(self, transport: str, address: Any) -> str:
+        """Why a new connection cannot be taken now ("" when it can)."""
+        if self._open_count[transport] >= self._limits.max_connections:
+            return f"{self._open_count[transport]} connections already open"
+        if transport == "tcp":
+            host = address[0]
+            held = sum(1 for h in self._anonymous.values() if h == host)
+            if held >= self._limits.max_anonymous_per_source:
+                return f"{held} connections from {host} not authenticated yet"
+        return ""
 
     def _forget(self, transport: str, task: asyncio.Task[None]) -> None:
         self._connections.discard(task)
+        self._anonymous.pop(task, None)
         self._open_count[transport] -= 1
 
     async def _serve(self, sock: socket.socket, address: Any, transport: str) -> None:
@@ -282,13 +310,14 @@ class RpcServer:
     async def _open(self, sock: socket.socket, address: Any, transport: str) -> _Conn | None:
         if transport == "unix":
             return await self._open_unix(sock)
-        host, port = address[:2]
-        peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        peer = tcp_peer(address)
         try:
             reader, writer, hung_up = await open_streams(sock, self._ssl,
                                                      self._limits.handshake_timeout_s)
         except Exception as exc:  # ssl errors, resets, handshake timeout: all refusals
-            self._auth_failed("tcp", peer, f"TLS handshake failed: {exc}")
+            stalled = isinstance(exc, TimeoutError) or "taking longer" in str(exc)
+            self._refusals.refuse("tls_timeout" if stalled else "tls_failed", "tcp", peer,
+                                  f"TLS handshake failed: {str(exc) or type(exc).__name__}")
             return None
         ssl_object = writer.get_extra_info("ssl_object")
         cert_user = certificate_user(ssl_object.getpeercert() if ssl_object else None)
@@ -313,19 +342,11 @@ class RpcServer:
             conn.trusted = True
             return True
         reason = f"uid {conn.uid} is neither root nor the daemon's uid {self._own_uid}"
-        self._auth_failed("unix", conn.peer, reason)
+        self._refusals.refuse("unix_uid", "unix", conn.peer, reason)
         with contextlib.suppress(_PeerGone):
             await self._send_error(conn, CONNECTION_ID,
                                    RpcError(ErrorCode.FORBIDDEN, f"refused: {reason}"))
         return False
-
-    def _auth_failed(self, transport: str, peer: str, reason: str) -> None:
-        self._log.warning("rpc: refused %s caller %s: %s", transport, peer, reason)
-        if self._on_auth_failure is not None:
-            try:
-                self._on_auth_failure(AuthFailure(transport, peer, reason))
-            except Exception:
-                self._log.exception("rpc: on_auth_failure hook failed")
 
     async def _session(self, conn: _Conn) -> None:
         while True:
@@ -353,8 +374,13 @@ class RpcServer:
         try:
             async with asyncio.timeout(idle_s):
                 first = await conn.reader.readexactly(1)
-        except (asyncio.IncompleteReadError, TimeoutError, OSError):
-            return None  # clean end, idle, or reset between frames
+        except TimeoutError:
+            if not conn.trusted:
+                self._refusals.refuse("idle_unauthenticated", conn.transport, conn.peer,
+                                      f"no request within {idle_s:g}s of connecting")
+            return None
+        except (asyncio.IncompleteReadError, OSError):
+            return None  # clean end, or reset between frames
         # Once a frame has started it must complete soon: a trickle of bytes
         # (slow-loris) would otherwise hold the connection slot forever.
         try:
@@ -363,10 +389,12 @@ class RpcServer:
                 length = frame_length(header, self._config.max_frame_bytes)
                 return await conn.reader.readexactly(length)
         except RpcError as exc:  # too large: do not even read it
+            self._bad_frame(conn, exc.message)
             await self._send_error(conn, CONNECTION_ID, exc)
         except TimeoutError:
             error = RpcError(ErrorCode.TIMEOUT, "frame not completed within "
                              f"{self._limits.frame_timeout_s:g}s; closing")
+            self._bad_frame(conn, error.message)
             await self._send_error(conn, CONNECTION_ID, error)
         except (asyncio.IncompleteReadError, OSError):
             self._log.debug("rpc: %s closed mid-frame", conn.peer)
@@ -377,6 +405,7 @@ class RpcServer:
         try:
             request = decode_request(body)
         except EnvelopeError as exc:
+            self._bad_frame(conn, exc.message)
             await self._send_error(conn, exc.request_id or CONNECTION_ID, exc)
             return exc.request_id is not None  # without an id the client cannot resync
         try:
@@ -391,7 +420,11 @@ class RpcServer:
                 ErrorCode.UNKNOWN_METHOD, f"unknown method {request.method!r}",
                 {"method": request.method}))
             return True
-        conn.trusted = True
+        if not conn.trusted:
+            conn.trusted = True
+            task = asyncio.current_task()
+            if task is not None:
+                self._anonymous.pop(task, None)
         ctx = CallContext(user, conn.transport, conn.peer, request.id, request.method, how)
         conn.current = request.id
         await self._call(conn, method, ctx, request)
@@ -406,13 +439,19 @@ class RpcServer:
             user = self._tokens.user_for(request.token) if self._tokens else None
             if user is not None:
                 return user, "token"
-            reason = "invalid token" if self._tokens else "tokens are not enabled"
+            kind, reason = "bad_token", "invalid token" if self._tokens else \
+                "tokens are not enabled"
         elif conn.user is not None:
             return conn.user, "certificate"
         else:
-            reason = "no client certificate and no token"
-        self._auth_failed("tcp", conn.peer, f"{reason} (method {request.method[:64]!r})")
+            kind, reason = "no_credentials", "no client certificate and no token"
+        self._refusals.refuse(kind, "tcp", conn.peer,
+                              f"{reason} (method {request.method[:64]!r})")
         raise RpcError(ErrorCode.UNAUTHENTICATED, reason)
+
+    def _bad_frame(self, conn: _Conn, what: str) -> None:
+        self._refusals.refuse("bad_frame", conn.transport, conn.peer,
+                              f"unreadable frame: {what[:200]}")
 
     # -- calls ---------------------------------------------------------------------------
 
@@ -514,3 +553,4 @@ class RpcServer:
                 await conn.writer.drain()
         except (OSError, TimeoutError) as exc:
             raise _PeerGone from exc
+

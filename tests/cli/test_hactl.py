@@ -24,7 +24,12 @@ Factory = Callable[..., LabCluster]
 
 def hactl(lab: LabCluster, *args: str,
           stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    socket = lab.nodes["h1"].host.spec.rpc_socket
+    return hactl_on(lab, "h1", *args, stdin=stdin)
+
+
+def hactl_on(lab: LabCluster, host: str, *args: str,
+             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    socket = lab.nodes[host].host.spec.rpc_socket
     return subprocess.run([sys.executable, "-m", "hacluster.cli.hactl", "--connect", socket,
                            *args], capture_output=True, text=True, input=stdin, timeout=60)
 
@@ -131,8 +136,18 @@ def test_garbage_on_a_peers_socket_does_not_disturb_it(lab_factory: Factory) -> 
                 conn.recv(4096)
             except OSError:
                 pass
-    assert lab.call("status", name="h2")["peer"]["name"] == "h2"
+    peer = lab.call("status", name="h2")["peer"]
+    assert peer["name"] == "h2"
     assert hactl(lab, "status").returncode == 0
+    # counted for status (as unreadable frames from root's uid), logged a few times only
+    rpc = peer["refused"]["rpc"]
+    assert rpc["kinds"]["bad_frame"] >= 100 and rpc["recent"][0]["source"] == "unix:uid=0"
+    log = (lab.nodes["h2"].host.spec.path / "peer.log").read_text()
+    assert 1 <= log.count("rpc: refused unix caller") <= 5
+    shown = hactl_on(lab, "h2", "status").stdout
+    assert "refused: rpc " in shown and "bad_frame" in shown
+    as_json = json.loads(hactl_on(lab, "h2", "--json", "status").stdout)
+    assert as_json["peer"]["refused"]["rpc"]["total"] >= 100
 
 
 @pytest.mark.parametrize("words", [[], ["host"], ["vm"], ["fence"], ["cluster"], ["config"],

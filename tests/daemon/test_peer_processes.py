@@ -104,6 +104,23 @@ def test_wrong_secret_cannot_join(lab_factory: Factory, tmp_path: Path) -> None:
     node = lab.add_host("h4", secret_file=str(wrong))
     # lab.wait treats "no peer answers" as not yet
     lab.wait(lambda: bool(lab.call("status", name="h4")), 30, "h4's peer answers")
+    intruder = node.host.spec.raft_address.rsplit(":", 1)[0]
+
+    def refused_by(name: str) -> list[dict[str, object]]:
+        raft = lab.call("status", name=name)["peer"]["refused"]["raft"]
+        return [r for r in raft.get("recent", []) if r["source"] == intruder]
+
+    # every running peer says so within a couple of seconds, naming the intruder
+    for name in ("h1", "h2", "h3"):
+        lab.wait(lambda name=name: bool(refused_by(name)), 3, f"{name} to count h4's refusal")
+        assert refused_by(name)[0]["kind"] in ("bad_handshake", "handshake_dropped")
+        log = (lab.nodes[name].host.spec.path / "peer.log").read_text()
+        lines = [x for x in log.splitlines() if "refused Raft connection" in x]
+        assert any(intruder in x and "secret" in x for x in lines), lines[-5:]
+    shown = subprocess.run([sys.executable, "-m", "hacluster.cli.hactl", "--connect",
+                            lab.nodes["h1"].host.spec.rpc_socket, "status"],
+                           capture_output=True, text=True, timeout=30)
+    assert "refused: raft" in shown.stdout and intruder in shown.stdout
     time.sleep(3)  # it has tried to reach the others for a while
     assert lab.hosts()["h4"]["state"] == "joining"  # added by the operator, never ready
     assert lab.call("status")["peer"]["term"] == before

@@ -11,13 +11,24 @@ from hacluster.raft.files import JOURNAL_NAME, META_NAME, SNAPSHOT_NAME, encode_
 from raftlab.harness import Peer, PeerFailed, propose_all, wait_for
 from raftlab.peer import CORRUPT_EXIT
 
+DAMAGE = ["corrupt", "truncated", "zeroed", "tail_zeroed", "emptied", "cut_mid_record"]
+
 
 def damage(path: str, how: str) -> None:
+    """corrupt: one byte flipped in the middle; truncated: cut to 60 %; zeroed: every
+    byte zero, same size; tail_zeroed: the last 40 % zero; emptied: 0 bytes;
+    cut_mid_record: the last 3 bytes gone (the last record, or the snapshot's checksum)."""
     size = os.path.getsize(path)
-    if how == "truncated":
-        os.truncate(path, size * 6 // 10)
+    if how in ("truncated", "emptied", "cut_mid_record"):
+        os.truncate(path, {"truncated": size * 6 // 10, "emptied": 0,
+                           "cut_mid_record": size - 3}[how])
         return
     with open(path, "r+b") as f:
+        if how in ("zeroed", "tail_zeroed"):
+            start = 0 if how == "zeroed" else size * 6 // 10
+            f.seek(start)
+            f.write(bytes(size - start))
+            return
         f.seek(size // 2)
         byte = f.read(1)
         f.seek(size // 2)
@@ -29,7 +40,7 @@ def compact(peer: Peer) -> None:
     wait_for(lambda: peer.status()["log_first_index"] > 1, 10, f"{peer.name} to compact")
 
 
-@pytest.mark.parametrize("how", ["corrupt", "truncated"])
+@pytest.mark.parametrize("how", DAMAGE)
 @pytest.mark.parametrize("target", [JOURNAL_NAME, SNAPSHOT_NAME])
 def test_bad_storage_refuses_then_rebuild_recovers(make_cluster, target, how):
     c = make_cluster(3).start()

@@ -292,7 +292,11 @@ class ControlServer:
 
     def _accept_loop(self) -> None:
         while True:
-            conn, _ = self.sock.accept()
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # e.g. out of file descriptors (a test floods the Raft port)
+                time.sleep(0.05)
+                continue
             threading.Thread(target=self._serve_conn, args=(conn,), daemon=True).start()
 
     def _serve_conn(self, conn: socket.socket) -> None:

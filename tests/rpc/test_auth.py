@@ -13,6 +13,7 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,6 +144,8 @@ def test_other_uids_are_refused_even_through_a_loosened_socket_mode(
     assert reply.id == 0 and reply.error is not None
     assert reply.error.code == ErrorCode.FORBIDDEN
     assert "uid 65534" in caplog.text and "unix:pid=" in caplog.text
+    assert refusals(server)["recent"][0] == {"kind": "unix_uid", "source": "unix:uid=65534",
+                                             "count": 1, "age_s": pytest.approx(0, abs=5)}
 
 
 def test_a_token_on_the_unix_socket_is_ignored(server: ServerThread) -> None:
@@ -371,3 +374,168 @@ def test_full_tcp_slots_do_not_lock_out_the_unix_socket(
             tls_client(server, pki, cert=True).call("whoami")
         with RpcClient.connect(server.socket_path) as local:
             assert local.call("whoami")["auth"] == "peercred"
+
+
+# -- intruders: counted, logged with their source, rate-limited ----------------------------
+
+def refusals(server: ServerThread) -> dict[str, Any]:
+    async def read() -> dict[str, Any]:
+        assert server.server is not None
+        return server.server.refusal_summary()
+    summary: dict[str, Any] = server.run(read())
+    return summary
+
+
+def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "rpc: refused" in r.getMessage()]
+
+
+def client_hello(host: str) -> bytes:
+    """The first flight of a real TLS client (a ClientHello), never sent whole here."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    context = ssl.create_default_context()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=host)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_every_refusal_is_counted_by_kind_and_source(
+        tls_server: ServerThread, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="hacluster.rpc"):
+        for token, cert in ((None, False), ("wrong-token-0123456789abcdef", True)):
+            with tls_client(tls_server, pki, cert=cert, token=token) as rpc, \
+                    pytest.raises(RpcError):
+                rpc.call("whoami")
+        with pytest.raises(RpcError), \
+                RpcClient.connect(tls_server.endpoint, cafile=pki.ca_cert,
+                                  certfile=pki.rogue_cert, keyfile=pki.rogue_key,
+                                  timeout_s=5) as rpc:
+            rpc.call("whoami")  # a certificate from another CA
+        host, port = tls_server.endpoint.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(request(1, "whoami"))  # plain TCP
+            with contextlib.suppress(OSError):
+                sock.recv(100)
+        wait_for(lambda: refusals(tls_server)["total"] >= 4)
+        with unix_socket(tls_server.socket_path) as sock:  # a frame that cannot be read
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_reply(sock) is not None
+    summary = refusals(tls_server)
+    assert summary["kinds"] == {"bad_frame": 1, "bad_token": 1, "no_credentials": 1,
+                                "tls_failed": 2}
+    assert summary["recent"][0]["source"] == f"unix:uid={os.geteuid()}"
+    assert {r["source"] for r in summary["recent"][1:]} == {"127.0.0.1"}
+    assert sum(r["count"] for r in summary["recent"][1:]) == 4
+    lines = refusal_lines(caplog)  # the second TLS failure from that host is held back
+    assert len(lines) == 4 and all("127.0.0.1:" in line for line in lines[:3])
+    assert "unix:pid=" in lines[3] and "unreadable frame" in lines[3]
+
+
+def test_a_revoked_token_is_refused_at_once_even_on_an_open_connection(
+        tls_server: ServerThread, pki: Pki, tokens_file: str) -> None:
+    with tls_client(tls_server, pki, token=TOKEN) as rpc:
+        assert rpc.call("whoami")["user"] == "ops"
+        Path(tokens_file).write_text("backup:another-token-abcdefghijkl\n")  # ops revoked
+
+        async def reload() -> str:
+            assert tls_server.server is not None
+            return tls_server.server.reload_credentials()
+        assert tls_server.run(reload()) == "1 token(s), TLS certificate"
+        with pytest.raises(RpcError) as info:
+            rpc.call("whoami")
+        assert info.value.code == ErrorCode.UNAUTHENTICATED
+    with tls_client(tls_server, pki, token=TOKEN) as rpc, pytest.raises(RpcError) as again:
+        rpc.call("whoami")
+    assert again.value.code == ErrorCode.UNAUTHENTICATED
+    assert refusals(tls_server)["kinds"] == {"bad_token": 2}
+
+
+def test_a_client_stalling_mid_handshake_holds_up_nobody_and_is_dropped(
+        start_server: Callable[..., ServerThread], tls_config: RpcConfig, pki: Pki) -> None:
+    server = start_server(tls_config, limits=ServerLimits(handshake_timeout_s=1.0))
+    host, port = server.endpoint.rsplit(":", 1)
+    hello = client_hello(host)
+    stalled = [socket.create_connection((host, int(port)), timeout=5) for _ in range(5)]
+    try:
+        for sock in stalled:
+            sock.sendall(hello[: len(hello) // 2])  # half a ClientHello, then nothing
+        began = time.monotonic()
+        with tls_client(server, pki, cert=True) as rpc:
+            assert rpc.call("whoami")["user"] == "alice"
+        assert time.monotonic() - began < 1.0  # served while the others still stall
+        for sock in stalled:  # dropped once their handshake time is up
+            sock.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(100) == b""
+    finally:
+        for sock in stalled:
+            sock.close()
+    wait_for(lambda: refusals(server)["kinds"].get("tls_timeout") == 5)
+
+
+def whoami_from(server: ServerThread, pki: Pki, source: str) -> str:
+    """A TLS call with alice's certificate from another local address (all of 127/8 is
+    this host): the user it was served as."""
+    host, port = server.endpoint.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=pki.ca_cert)
+    context.load_cert_chain(pki.client_cert, pki.client_key)
+    with socket.create_connection((host, int(port)), timeout=5,
+                                  source_address=(source, 0)) as raw, \
+            context.wrap_socket(raw, server_hostname=host) as sock:
+        sock.sendall(request(1, "whoami"))
+        reply = read_reply(sock)
+    assert reply is not None and reply.error is None, reply
+    user: str = reply.result["user"]
+    return user
+
+
+def test_many_connections_at_once(start_server: Callable[..., ServerThread],
+                                  tls_config: RpcConfig, pki: Pki,
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A flood of connections from one address that never speak holds a few TCP slots
+    for at most the handshake time; the rest are turned away at once. Meanwhile a
+    client from another address and the Unix socket are served, the log says a few
+    lines naming the source, status counts them all, and once the flood is gone its
+    address is served again."""
+    server = start_server(tls_config, limits=ServerLimits(max_connections=16,
+                                                          handshake_timeout_s=1.0))
+    host, port = server.endpoint.rsplit(":", 1)
+    with caplog.at_level(logging.WARNING, logger="hacluster.rpc"):
+        flood = []
+        try:
+            for _ in range(500):
+                flood.append(socket.create_connection((host, int(port)), timeout=5))
+            wait_for(lambda: refusals(server)["kinds"].get("too_many_connections", 0)
+                     >= 400)
+            assert whoami_from(server, pki, "127.0.0.2") == "alice"
+            with RpcClient.connect(server.socket_path) as local:
+                assert local.call("whoami")["auth"] == "peercred"
+        finally:
+            for sock in flood:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while True:  # slots free as the server notices the closes
+            try:
+                with tls_client(server, pki, cert=True) as rpc:
+                    assert rpc.call("add", {"a": 1, "b": 2}) == 3
+                break
+            except (RpcError, ConnectError):
+                assert time.monotonic() < deadline, "TLS clients are not served again"
+                time.sleep(0.05)
+    summary = refusals(server)
+    assert summary["total"] >= 400
+    assert {r["source"] for r in summary["recent"]} == {"127.0.0.1"}
+    lines = refusal_lines(caplog)
+    assert 1 <= len(lines) <= 6, lines  # one per kind and source, however many
+    assert all("127.0.0.1:" in line for line in lines)
+
+
+def test_the_per_source_cap_counts_only_connections_not_yet_authenticated(
+        start_server: Callable[..., ServerThread], tls_config: RpcConfig, pki: Pki) -> None:
+    server = start_server(tls_config, limits=ServerLimits(max_anonymous_per_source=2))
+    with contextlib.ExitStack() as stack:
+        for _ in range(6):  # one host, six admins at once: each authenticated at once
+            rpc = stack.enter_context(tls_client(server, pki, cert=True))
+            assert rpc.call("whoami")["user"] == "alice"
+    assert refusals(server)["total"] == 0
