@@ -196,7 +196,8 @@ class LabCluster:
                         secret_file=secret, role=role, driver=self.driver,
                         log_level=self.log_level, timing=LAB_TIMING, netns=netns,
                         backend_address=backend_of(address) if self.links == 2 else "",
-                        notify_hook=self.notify_hook)
+                        notify_hook=self.notify_hook,
+                        cgroup_procs=self.isolation.procs_file(name))
         host = LabHost(spec)
         host.write()
         hook = [sys.executable, "-m", "hacluster.lab.host", str(directory)]

@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hacluster.lab.cgroups import join_argv
 from hacluster.lab.libvirtd import LabLibvirtd, LibvirtdSpec
 
 
@@ -50,6 +51,7 @@ class HostSpec:
     netns: str = ""  # network namespace (under /run/netns) the host lives in
     backend_address: str = ""  # a second network to renew leases over ("" = one link)
     notify_hook: str = ""  # [notify] hook
+    cgroup_procs: str = ""  # the cgroup.procs file the peer joins (loopback isolation)
 
     @property
     def path(self) -> Path:
@@ -133,6 +135,8 @@ class LabHost:
         background; the handle tells how it exited (tests)."""
         program = program or [sys.executable, "-m", "hacluster.cli.main", "peer"]
         argv = [*program, "--config", str(self.spec.path / "peer.toml")]
+        if self.spec.cgroup_procs:  # a network cut tells the host's sockets by their cgroup
+            argv = join_argv(self.spec.cgroup_procs, argv)
         if self.spec.netns:  # nsenter execs the peer: the pid below is the peer's
             argv = ["nsenter", f"--net=/run/netns/{self.spec.netns}", *argv]
         log = open(self.spec.path / "peer.log", "ab")  # noqa: SIM115 - handed to the child
