@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from hacluster.lab.nemesis.base import FaultRecord
-from hacluster.lab.soakcheck import (Alive, Evidence, PeerEnd, Power, Seen, judge,
-                                     recovery_stats)
+from hacluster.lab.soakcheck import Alive, Evidence, PeerEnd, Power, Seen, judge, recovery_stats
 
 HOSTS = ["h1", "h2", "h3"]
 
