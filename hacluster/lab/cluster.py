@@ -28,7 +28,7 @@ from typing import Any
 
 from hacluster.hypervisor.domxml import domain_type_for, minimal_domain_xml
 from hacluster.lab.bmc import BmcSim
-from hacluster.lab.host import HostSpec, LabHost
+from hacluster.lab.host import HostSpec, LabHost, package_pythonpath
 from hacluster.lab.isolation import isolation_unavailable, make_isolation
 from hacluster.lab.observer import Observer
 from hacluster.ports import Hypervisor, PowerState
@@ -200,7 +200,8 @@ class LabCluster:
                         cgroup_procs=self.isolation.procs_file(name))
         host = LabHost(spec)
         host.write()
-        hook = [sys.executable, "-m", "hacluster.lab.host", str(directory)]
+        hook = ["env", f"PYTHONPATH={package_pythonpath()}",
+                sys.executable, "-m", "hacluster.lab.host", str(directory)]
         # The BMC listens outside any host namespace, where every host reaches it.
         bmc = BmcSim.start(directory / "bmc", address=self.isolation.bmc_address,
                            user=BMC_USER, power_on=True,

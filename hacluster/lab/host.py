@@ -66,6 +66,16 @@ class HostSpec:
         return str(self.path / "hactl.sock")
 
 
+def package_pythonpath() -> str:
+    """PYTHONPATH for the lab's Python children (peers, the BMC's power hooks):
+    this very hacluster package first, not another checkout that the
+    virtualenv happens to have installed (a worktree's lab would otherwise run
+    the main checkout's peers and hooks)."""
+    root = str(Path(__file__).resolve().parents[2])
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    return os.pathsep.join([root, *rest])
+
+
 class LabHost:
     def __init__(self, spec: HostSpec) -> None:
         self.spec = spec
@@ -143,7 +153,8 @@ class LabHost:
         proc = subprocess.Popen(
             argv,
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=self.spec.path)
+            start_new_session=True, cwd=self.spec.path,
+            env=dict(os.environ, PYTHONPATH=package_pythonpath()))
         log.close()
         self.pid_file.write_text(str(proc.pid))
         return proc

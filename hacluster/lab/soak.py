@@ -320,7 +320,7 @@ class Soak:
                   ended: float) -> Evidence:
         observer = self.lab.observer
         assert observer is not None
-        power = [Power(e.mono, e.began, name, e.event == "power-on", e.cause)
+        power = [Power(e.mono, e.began, name, e.event == "power-on", e.cause, e.detail)
                  for name, node in self.lab.nodes.items() for e in node.bmc.events()
                  if e.event in ("power-on", "power-off")]
         sightings = [Seen(s.at, s.host, s.vm, s.running, s.after, s.by)

@@ -19,6 +19,8 @@ Rules (each violation carries its evidence: times, hosts, VMs, log lines):
   bound, when the powered hosts have room for all of them.
 - final: every peer holds the same state digest at the same applied index;
   no VM, setting or fence record is lost.
+- lab: a power change whose hook failed (the simulated host did not really
+  lose or regain power) fails the run: its evidence would prove nothing.
 
 All times are time.monotonic() of the machine that ran the lab.
 """
@@ -63,10 +65,11 @@ class Power:
     host: str
     on: bool
     cause: str
+    detail: str = "command exit 0"  # what the power hook (the simulated host) answered
 
     def line(self) -> str:
         return (f"bmc {self.host} {self.at:.3f}: power-{'on' if self.on else 'off'} "
-                f"cause={self.cause} began={self.began:.3f}")
+                f"cause={self.cause} began={self.began:.3f} ({self.detail})")
 
 
 @dataclass(frozen=True)
@@ -425,12 +428,22 @@ def final_state(ev: Evidence) -> list[Violation]:
     return found
 
 
+# ---------------------------------------------------------------- the lab itself
+
+def lab_errors(ev: Evidence) -> list[Violation]:
+    """A power change whose hook failed did not power anything off or on: the
+    run proves nothing about it (a lab fault, reported so it is not missed)."""
+    return [Violation("lab", p.at, (p.host,), (), f"{p.host}'s power hook failed: the "
+                      "simulated host's processes did not follow its power", (p.line(),))
+            for p in ev.power if p.detail not in ("command exit 0", "no command")]
+
+
 # ---------------------------------------------------------------- all together
 
 def judge(ev: Evidence) -> Verdict:
     late, recoveries = recovery(ev)
     violations = (two_copies(ev) + start_before_release(ev) + fence_cap(ev)
-                  + false_fences(ev) + late + final_state(ev))
+                  + false_fences(ev) + late + final_state(ev) + lab_errors(ev))
     return Verdict(sorted(violations, key=lambda v: v.at), recoveries)
 
 

@@ -155,3 +155,8 @@ def test_the_end_state_must_agree_and_keep_everything() -> None:
     ledger = [dataclasses.replace(p, fences=((7, "h2", "off"),)) for p in final()]
     assert rules(evidence([], fenced, paused, final=ledger)) == []
     assert rules(evidence([], [], [], final=[])) == ["final"]
+
+
+def test_a_failed_power_hook_fails_the_run() -> None:
+    broken = Power(10.0, 9.9, "h1", False, "lab", "command exit 1")
+    assert "lab" in rules(evidence([], [broken], []))
