@@ -170,7 +170,7 @@ class Soak:
             witness.start()
             self.started_at = time.monotonic()
             self._faults(current)
-            ended = self._settle("the end")
+            ended = self._settle("the end", self.faults[-1] if self.faults else None)
             final = self._final()
             witness.stop()
             evidence = self._evidence(witness, final, ended)
@@ -224,8 +224,7 @@ class Soak:
             except Exception as exc:
                 fault.record.notes.append(f"heal failed: {exc}")
             current.remove(fault)
-            self._repair(fault.record)
-            took = self._settle(f"fault #{index}")
+            took = self._settle(f"fault #{index}", fault.record)
             self.say(f"{self._t()}  #{index} healed; settled {took - fault.record.healed_at:.1f}s"
                      " after" + (f" ({'; '.join(fault.record.notes)})"
                                  if fault.record.notes else ""))
@@ -262,16 +261,20 @@ class Soak:
             return
         self.expected["vm_stable_s"] = float(value)
 
-    def _repair(self, record: FaultRecord) -> None:
-        """What a datacenter does after a fault: power on what is off, and (as
-        systemd would) start a peer that died on a powered host."""
+    def _repair(self, record: FaultRecord | None) -> None:
+        """What a datacenter does after a fault: power on what is off (also a
+        host fenced late), and (as systemd would) start a peer that died on a
+        powered host."""
         for name, node in sorted(self.lab.nodes.items()):
             if node.bmc.power is PowerState.OFF:
-                record.notes.append(f"repair: {name} powered on")
+                self._note(record, f"repair: {name} powered on")
                 self.lab.power_on(name)
             elif node.host.peer_pid() is None:
-                record.notes.append(f"repair: {name}'s peer started again")
+                self._note(record, f"repair: {name}'s peer started again")
                 node.host.start_peer()
+
+    def _note(self, record: FaultRecord | None, text: str) -> None:
+        (record.notes if record is not None else self.notes).append(text)
 
     def _settled(self) -> bool:
         assert self.lab.observer is not None
@@ -282,9 +285,14 @@ class Soak:
         hosts = _call(self.lab, "host.list")["hosts"]
         return all(h["state"] == "online" for h in hosts)
 
-    def _settle(self, what: str) -> float:
+    def _settle(self, what: str, record: FaultRecord | None) -> float:
+        """Repair, and wait until every VM runs once and every host is online."""
+        def settled() -> bool:
+            self._repair(record)
+            return self._settled()
+
         try:
-            self.lab.wait(self._settled, self.config.recovery_bound_s, f"{what} to settle")
+            self.lab.wait(settled, self.config.recovery_bound_s, f"{what} to settle")
         except TimeoutError as exc:
             self.notes.append(str(exc))
             self.say(f"{self._t()}  {exc}")
