@@ -42,6 +42,7 @@ from hacluster.rpc.protocol import ErrorCode, RpcError
 DEFAULT_LEASE_TTL_S = 3.0
 FENCE_CAP, FENCE_WINDOW_S = 30, 600.0  # raised for the run: a soak fences often on purpose
 HOST_MEMORY_MIB, VM_MEMORY_MIB = 8192, 256
+REPAIR_AFTER_S = 20.0  # a host off this long is powered on, fenced or not
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class SoakResult:
                         "healed_s": round(f.healed_at - self.started_at, 3),
                         "notes": f.notes} for f in self.faults],
             "violations": [v.to_json() for v in self.verdict.violations],
+            "findings": [v.to_json() for v in self.verdict.findings],
             "false_fences": len(self.verdict.false_fences),
             "recovery_median_s": stats["all"]["median_s"],
             "recovery_p95_s": stats["all"]["p95_s"],
@@ -156,6 +158,7 @@ class Soak:
         self.vms: list[str] = []
         self.faults: list[FaultRecord] = []
         self.expected: dict[str, Any] = {}
+        self.ledger_seen: dict[tuple[int, str], float] = {}  # fence records read mid-run
         self.notes: list[str] = []
         self.started_at = 0.0
 
@@ -225,6 +228,7 @@ class Soak:
                 fault.record.notes.append(f"heal failed: {exc}")
             current.remove(fault)
             took = self._settle(f"fault #{index}", fault.record)
+            self._read_ledger()
             self.say(f"{self._t()}  #{index} healed; settled {took - fault.record.healed_at:.1f}s"
                      " after" + (f" ({'; '.join(fault.record.notes)})"
                                  if fault.record.notes else ""))
@@ -262,16 +266,43 @@ class Soak:
         self.expected["vm_stable_s"] = float(value)
 
     def _repair(self, record: FaultRecord | None) -> None:
-        """What a datacenter does after a fault: power on what is off (also a
-        host fenced late), and (as systemd would) start a peer that died on a
-        powered host."""
+        """What a datacenter does after a fault: power on a host that is off
+        (also one fenced late) once the cluster is done fencing it, and (as
+        systemd would) start a peer that died on a powered host. Powering a host
+        on while a fence of it is still under way only makes the fencer power it
+        off again (a new leader reads it on and must)."""
+        states: dict[str, str] | None = None
         for name, node in sorted(self.lab.nodes.items()):
             if node.bmc.power is PowerState.OFF:
+                if states is None:
+                    states = self._host_states()
+                if not self._fence_done(name, states):
+                    continue
                 self._note(record, f"repair: {name} powered on")
                 self.lab.power_on(name)
             elif node.host.peer_pid() is None:
                 self._note(record, f"repair: {name}'s peer started again")
                 node.host.start_peer()
+
+    def _read_ledger(self) -> None:
+        """Fence records a peer holds now: each must still be there at the end."""
+        with contextlib.suppress(RpcError, RuntimeError, OSError):
+            fences = _call(self.lab, "fence.history", {"limit": 100_000})["fences"]
+            for f in fences:
+                self.ledger_seen.setdefault((f["token"], f["host"]), time.monotonic())
+
+    def _host_states(self) -> dict[str, str]:
+        try:
+            return {h["name"]: h["state"] for h in _call(self.lab, "host.list")["hosts"]}
+        except (RpcError, RuntimeError, OSError):
+            return {}
+
+    def _fence_done(self, name: str, states: dict[str, str]) -> bool:
+        """Fenced or waiting for an operator, or off for long (no quorum to say)."""
+        if states.get(name) in ("fenced", "fence-failed", "fence-blocked"):
+            return True
+        offs = [e.mono for e in self.lab.nodes[name].bmc.events() if e.event == "power-off"]
+        return not offs or time.monotonic() - offs[-1] >= REPAIR_AFTER_S
 
     def _note(self, record: FaultRecord | None, text: str) -> None:
         (record.notes if record is not None else self.notes).append(text)
@@ -340,7 +371,8 @@ class Soak:
             fence_grace_s=self.config.lease_ttl_s + 5.0,
             recovery_bound_s=self.config.recovery_bound_s,
             vms_per_host=HOST_MEMORY_MIB // VM_MEMORY_MIB, ended_at=ended, final=final,
-            expected_settings=self.expected)
+            expected_settings=self.expected,
+            ledger_seen=[(at, t, h) for (t, h), at in sorted(self.ledger_seen.items())])
 
 
 def _evidence_json(ev: Evidence) -> dict[str, Any]:
@@ -364,6 +396,10 @@ def render(result: SoakResult) -> str:
     lines.append(f"violations ({len(s['violations'])}), false fences: {s['false_fences']}")
     for v in s["violations"]:
         lines.append(f"  [{v['rule']}] +{v['at'] - result.started_at:.3f}s {v['summary']}")
+        lines += [f"        {e}" for e in v["evidence"]]
+    lines.append(f"findings ({len(s['findings'])}, not violations):")
+    for v in s["findings"]:
+        lines.append(f"  [{v['rule']}] {v['summary']}")
         lines += [f"        {e}" for e in v["evidence"]]
     lines.append("recovery (first VM gone -> every VM running once, seen by the observer):")
     for kind, st in sorted(s["recovery_by_kind"].items()):

@@ -18,7 +18,10 @@ Rules (each violation carries its evidence: times, hosts, VMs, log lines):
 - recovery: after each heal, every HA VM runs again (exactly once) within the
   bound, when the powered hosts have room for all of them.
 - final: every peer holds the same state digest at the same applied index;
-  no VM, setting or fence record is lost.
+  no VM, setting or fence record is lost (fence records are read from a peer
+  after each fault settled: every one must still be there at the end).
+- finding (not a violation): an IPMI power-off that no completed fence record
+  accounts for.
 - lab: a power change whose hook failed (the simulated host did not really
   lose or regain power) fails the run: its evidence would prove nothing.
 
@@ -110,6 +113,7 @@ class Evidence:
     ended_at: float
     final: list[PeerEnd] = field(default_factory=list)
     expected_settings: dict[str, Any] = field(default_factory=dict)
+    ledger_seen: list[tuple[float, int, str]] = field(default_factory=list)  # (when, token, host)
 
 
 Run = tuple[float, float, Seen, "Seen | None"]  # certainly running from, to; start, stop seen
@@ -142,6 +146,7 @@ class Recovery:
 class Verdict:
     violations: list[Violation]
     recoveries: list[Recovery]
+    findings: list[Violation] = field(default_factory=list)  # worth a look, not unsafe
 
     @property
     def false_fences(self) -> list[Violation]:
@@ -399,10 +404,6 @@ def final_state(ev: Evidence) -> list[Violation]:
             "the peers disagree on the state at the end",
             tuple(f"{p.host}: applied {p.applied_index} digest {p.digest[:16]}"
                   for p in ev.final)))
-    ipmi_offs: dict[str, int] = {}
-    for p in ev.power:
-        if not p.on and p.cause.startswith("ipmi"):
-            ipmi_offs[p.host] = ipmi_offs.get(p.host, 0) + 1
     for peer in ev.final:
         missing = sorted(set(ev.vms) - set(peer.vms))
         if missing:
@@ -416,15 +417,35 @@ def final_state(ev: Evidence) -> list[Violation]:
                                    f"{peer.host} lost settings",
                                    tuple(f"{k}: set {a!r}, holds {b!r}"
                                          for k, (a, b) in sorted(changed.items()))))
-        for host, count in sorted(ipmi_offs.items()):
-            records = [f for f in peer.fences if f[1] == host
-                       and f[2] in ("off", "already-off")]
-            if len(records) < count:
-                found.append(Violation(
-                    "lost", ev.ended_at, (peer.host, host), (),
-                    f"{peer.host}'s fence ledger has {len(records)} completed fence(s) of "
-                    f"{host}, its BMC logged {count} IPMI power-off(s)",
-                    tuple(str(r) for r in records)))
+        held = {(token, host) for token, host, _ in peer.fences}
+        gone = sorted({(t, h, at) for at, t, h in ev.ledger_seen if (t, h) not in held})
+        if gone:
+            found.append(Violation(
+                "lost", ev.ended_at, (peer.host,), (),
+                f"{peer.host}'s fence ledger lost {len(gone)} record(s) seen during the run",
+                tuple(f"token {t} (fence of {h}) seen at {at:.3f}" for t, h, at in gone[:20])))
+    return found
+
+
+def unrecorded_fences(ev: Evidence) -> list[Violation]:
+    """IPMI power-offs the BMC logged that no completed fence record accounts for
+    (the attempt that ran was recorded as superseded or cancelled). Not a safety
+    violation (the host is off, its VMs are not released by it): a finding."""
+    found: list[Violation] = []
+    if not ev.final:
+        return found
+    peer = ev.final[0]
+    for host in sorted({p.host for p in ev.power}):
+        offs = [p for p in ev.power if p.host == host and not p.on
+                and p.cause.startswith("ipmi")]
+        done = [f for f in peer.fences if f[1] == host and f[2] in ("off", "already-off")]
+        if len(done) < len(offs):
+            found.append(Violation(
+                "unrecorded-fence", offs[-1].at, (host,), (),
+                f"{host}: its BMC logged {len(offs)} IPMI power-off(s), the fence ledger "
+                f"{len(done)} completed fence(s)",
+                tuple([p.line() for p in offs] + [f"ledger: {f}" for f in peer.fences
+                                                  if f[1] == host])))
     return found
 
 
@@ -444,7 +465,7 @@ def judge(ev: Evidence) -> Verdict:
     late, recoveries = recovery(ev)
     violations = (two_copies(ev) + start_before_release(ev) + fence_cap(ev)
                   + false_fences(ev) + late + final_state(ev) + lab_errors(ev))
-    return Verdict(sorted(violations, key=lambda v: v.at), recoveries)
+    return Verdict(sorted(violations, key=lambda v: v.at), recoveries, unrecorded_fences(ev))
 
 
 def percentile(values: Iterable[float], share: float) -> float | None:

@@ -149,12 +149,21 @@ def test_the_end_state_must_agree_and_keep_everything() -> None:
     assert rules(evidence([], [], [], final=lost_vm)) == ["lost"]
     assert rules(evidence([], [], [], final=final(vm_stable_s=600),
                           expected_settings={"vm_stable_s": 601})) == ["lost"] * 3
+    seen_then = [(50.0, 7, "h2")]
+    assert rules(evidence([], [], [], ledger_seen=seen_then)) == ["lost"] * 3
+    ledger = [dataclasses.replace(p, fences=((7, "h2", "off"),)) for p in final()]
+    assert rules(evidence([], [], [], final=ledger, ledger_seen=seen_then)) == []
+    assert rules(evidence([], [], [], final=[])) == ["final"]
+
+
+def test_a_power_off_without_a_completed_fence_record_is_a_finding() -> None:
     fenced = [off(30.0, "h2", "ipmi")]
     paused = [fault(1, "pause-peer", ["h2"], 20, 28, down=["h2"])]
-    assert rules(evidence([], fenced, paused)) == ["lost"] * 3  # nobody recorded that fence
+    verdict = judge(evidence([], fenced, paused))
+    assert verdict.violations == []
+    assert [f.rule for f in verdict.findings] == ["unrecorded-fence"]
     ledger = [dataclasses.replace(p, fences=((7, "h2", "off"),)) for p in final()]
-    assert rules(evidence([], fenced, paused, final=ledger)) == []
-    assert rules(evidence([], [], [], final=[])) == ["final"]
+    assert judge(evidence([], fenced, paused, final=ledger)).findings == []
 
 
 def test_a_failed_power_hook_fails_the_run() -> None:
