@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hacluster.hypervisor.domxml import domain_type_for, minimal_domain_xml
+from hacluster.lab import chassis
 from hacluster.lab.bmc import BmcSim
 from hacluster.lab.host import HostSpec, LabHost, package_pythonpath
 from hacluster.lab.isolation import isolation_unavailable, make_isolation
@@ -288,6 +289,23 @@ class LabCluster:
 
     def power_on(self, name: str) -> None:
         self.nodes[name].bmc.set_power(True, "lab power on")
+
+    @contextlib.contextmanager
+    def power_held(self, name: str) -> Iterator[bool]:
+        """Hold the host's chassis lock (no power change can run meanwhile: a
+        power-off hook in progress finishes first); yields whether it is on.
+        Start a host's process only inside, or a power-off under way could miss it."""
+        node = self.nodes[name]
+        with chassis.locked(node.bmc.directory):
+            yield node.bmc.power is PowerState.ON
+
+    def start_peer_if_powered(self, name: str) -> bool:
+        """Start the host's peer again if its host is on and the peer is not running."""
+        with self.power_held(name) as on:
+            if not on or self.nodes[name].host.peer_pid() is not None:
+                return False
+            self.nodes[name].host.start_peer()
+            return True
 
     def cut(self, name: str) -> float:
         """Take a running host off the network (see hacluster.lab.isolation for

@@ -280,9 +280,8 @@ class Soak:
                     continue
                 self._note(record, f"repair: {name} powered on")
                 self.lab.power_on(name)
-            elif node.host.peer_pid() is None:
+            elif node.host.peer_pid() is None and self.lab.start_peer_if_powered(name):
                 self._note(record, f"repair: {name}'s peer started again")
-                node.host.start_peer()
 
     def _read_ledger(self) -> None:
         """Fence records a peer holds now: each must still be there at the end."""

@@ -366,15 +366,18 @@ def _powered_hosts(ev: Evidence, at: float) -> int:
 def recovery(ev: Evidence) -> tuple[list[Violation], list[Recovery]]:
     timeline = _all_once_timeline(ev)
     found, recoveries = [], []
+    starts = sorted(f.applied_at for f in ev.faults)
     for f in ev.faults:
         if not f.healed_at:
             continue
         limit = f.healed_at + ev.recovery_bound_s
         settled = _first(timeline, f.healed_at, True)
         settle = settled - f.healed_at if settled is not None and settled <= limit else None
+        # an outage belongs to this fault if it began before the next fault did
+        following = next((t for t in starts if t > f.applied_at), float("inf"))
         lost = _first(timeline, f.applied_at, False)
         outage = None
-        if lost is not None and lost <= limit:
+        if lost is not None and lost <= min(limit, following):
             back = _first(timeline, lost, True)
             outage = back - lost if back is not None else None
         recoveries.append(Recovery(f.index, f.kind, outage, settle))

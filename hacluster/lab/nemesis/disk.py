@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hacluster.lab.nemesis.base import Fault
-from hacluster.ports import PowerState
 
 if TYPE_CHECKING:
     from hacluster.lab.cluster import LabCluster
@@ -31,12 +30,6 @@ def _kill_peer(lab: LabCluster, host: str) -> None:
         deadline = time.monotonic() + 10
         while node.peer_pid() is not None and time.monotonic() < deadline:
             time.sleep(0.02)
-
-
-def _start_peer_if_powered(lab: LabCluster, host: str) -> None:
-    node = lab.nodes[host]
-    if node.bmc.power is PowerState.ON and node.host.peer_pid() is None:
-        node.host.start_peer()
 
 
 def _size(path: Path) -> int:
@@ -76,7 +69,7 @@ class SmallDisk(Fault):
         shutil.copytree(self.real, self.data, dirs_exist_ok=True)
         if self.readonly:
             _mount("-o", "remount,ro", str(self.data))
-        _start_peer_if_powered(self.lab, self.host)
+        self.lab.start_peer_if_powered(self.host)
 
     def _heal(self) -> None:
         if not self._mounted:
@@ -88,7 +81,7 @@ class SmallDisk(Fault):
         self._mounted = False
         self.data.rmdir()
         self.real.rename(self.data)
-        _start_peer_if_powered(self.lab, self.host)
+        self.lab.start_peer_if_powered(self.host)
 
 
 class OldJournal(Fault):
@@ -109,10 +102,10 @@ class OldJournal(Fault):
         _kill_peer(self.lab, self.host)
         shutil.rmtree(self.copy, ignore_errors=True)
         shutil.copytree(self.data, self.copy)
-        _start_peer_if_powered(self.lab, self.host)
+        self.lab.start_peer_if_powered(self.host)
 
     def _heal(self) -> None:
         _kill_peer(self.lab, self.host)
         shutil.rmtree(self.data)
         self.copy.rename(self.data)
-        _start_peer_if_powered(self.lab, self.host)
+        self.lab.start_peer_if_powered(self.host)

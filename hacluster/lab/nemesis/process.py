@@ -42,9 +42,7 @@ class KillPeer(Fault):
             self.record.notes.append("no peer running")
 
     def _heal(self) -> None:
-        host = self.lab.nodes[self.host].host
-        if self.lab.nodes[self.host].bmc.power.value == "on" and host.peer_pid() is None:
-            host.start_peer()
+        self.lab.start_peer_if_powered(self.host)
 
 
 class PausePeer(Fault):
@@ -113,8 +111,9 @@ class RestartLibvirtd(Fault):
 
     def _heal(self) -> None:
         libvirtd = self.lab.nodes[self.host].host.libvirtd
-        if libvirtd.init_pid() is not None and libvirtd_pid(self.lab, self.host) is None:
-            libvirtd.start_daemon()
+        with self.lab.power_held(self.host) as on:
+            if on and libvirtd.init_pid() is not None and libvirtd_pid(self.lab, self.host) is None:
+                libvirtd.start_daemon()
 
 
 class StarveCpu(Fault):
