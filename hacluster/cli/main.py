@@ -1,4 +1,4 @@
-"""`hacluster`: the peer daemon, the simulator and the demo."""
+"""`hacluster`: the peer daemon, the simulator, the demo and the soak."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ EPILOG = """examples:
   hacluster sim --all --rewrite             refresh their expected.log files
   hacluster sim chaos --schedules 2000 --seed 7   random fault schedules, replayable by seed
   hacluster demo
+  hacluster soak --hosts 5 --vms 40 --duration 10m --seed 7   random faults on a lab cluster
 """
 
 
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sim", action="store_true", help="the simulated cluster instead")
     demo.add_argument("--keep", action="store_true", help="keep the lab's files and logs")
     demo.set_defaults(func=cmd_demo)
+    from hacluster.cli import soak
+
+    soak.add_parser(sub)
     return parser
 
 

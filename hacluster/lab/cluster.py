@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from hacluster.hypervisor.domxml import domain_type_for, minimal_domain_xml
+from hacluster.lab import chassis
 from hacluster.lab.bmc import BmcSim
-from hacluster.lab.host import HostSpec, LabHost
+from hacluster.lab.host import HostSpec, LabHost, package_pythonpath
 from hacluster.lab.isolation import isolation_unavailable, make_isolation
 from hacluster.lab.observer import Observer
 from hacluster.lab.watchdog import WatchdogEmulator
@@ -208,10 +209,12 @@ class LabCluster:
                         backend_address=backend_of(address) if self.links == 2 else "",
                         notify_hook=self.notify_hook,
                         watchdog_timeout_s=self.watchdog[0] if self.watchdog else 0.0,
-                        self_fence_s=self.watchdog[1] if self.watchdog else 0.0)
+                        self_fence_s=self.watchdog[1] if self.watchdog else 0.0,
+                        cgroup_procs=self.isolation.procs_file(name))
         host = LabHost(spec)
         host.write()
-        hook = [sys.executable, "-m", "hacluster.lab.host", str(directory)]
+        hook = ["env", f"PYTHONPATH={package_pythonpath()}",
+                sys.executable, "-m", "hacluster.lab.host", str(directory)]
         # The BMC listens outside any host namespace, where every host reaches it.
         bmc = BmcSim.start(directory / "bmc", address=self.isolation.bmc_address,
                            user=BMC_USER, power_on=True,
@@ -298,6 +301,23 @@ class LabCluster:
 
     def power_on(self, name: str) -> None:
         self.nodes[name].bmc.set_power(True, "lab power on")
+
+    @contextlib.contextmanager
+    def power_held(self, name: str) -> Iterator[bool]:
+        """Hold the host's chassis lock (no power change can run meanwhile: a
+        power-off hook in progress finishes first); yields whether it is on.
+        Start a host's process only inside, or a power-off under way could miss it."""
+        node = self.nodes[name]
+        with chassis.locked(node.bmc.directory):
+            yield node.bmc.power is PowerState.ON
+
+    def start_peer_if_powered(self, name: str) -> bool:
+        """Start the host's peer again if its host is on and the peer is not running."""
+        with self.power_held(name) as on:
+            if not on or self.nodes[name].host.peer_pid() is not None:
+                return False
+            self.nodes[name].host.start_peer()
+            return True
 
     def cut(self, name: str) -> float:
         """Take a running host off the network (see hacluster.lab.isolation for

@@ -1,7 +1,10 @@
-"""Network faults for lab clusters on loopback: an nftables table, owned by
-this process, that drops every packet from or to one host address. The BMCs
-(on 127.0.0.1) and the RPC Unix sockets stay reachable, as a management
-network would."""
+"""A cut of one *address* on loopback: an nftables table, owned by this
+process, that drops every packet from or to it (e.g. one lease link of a
+host, its backend address). It tells packets by address only, so it is not a
+host cut: a host's process that talks from 127.0.0.1 passes. To cut a host,
+use `LabCluster.cut` (hacluster.lab.linkfaults, which also tells packets by
+their socket's cgroup). The BMCs (on 127.0.0.1) and the RPC Unix sockets stay
+reachable, as a management network would."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hacluster.lab.cgroups import join_argv
 from hacluster.lab.libvirtd import LabLibvirtd, LibvirtdSpec
 from hacluster.lab.watchdog import feed_file
 
@@ -53,6 +54,7 @@ class HostSpec:
     notify_hook: str = ""  # [notify] hook
     watchdog_timeout_s: float = 0.0  # > 0: a watchdog (hacluster/lab/watchdog.py)
     self_fence_s: float = 0.0
+    cgroup_procs: str = ""  # the cgroup.procs file the peer joins (loopback isolation)
 
     @property
     def path(self) -> Path:
@@ -65,6 +67,16 @@ class HostSpec:
     @property
     def rpc_socket(self) -> str:
         return str(self.path / "hactl.sock")
+
+
+def package_pythonpath() -> str:
+    """PYTHONPATH for the lab's Python children (peers, the BMC's power hooks):
+    this very hacluster package first, not another checkout that the
+    virtualenv happens to have installed (a worktree's lab would otherwise run
+    the main checkout's peers and hooks)."""
+    root = str(Path(__file__).resolve().parents[2])
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    return os.pathsep.join([root, *rest])
 
 
 class LabHost:
@@ -147,13 +159,16 @@ class LabHost:
         background; the handle tells how it exited (tests)."""
         program = program or [sys.executable, "-m", "hacluster.cli.main", "peer"]
         argv = [*program, "--config", str(self.spec.path / "peer.toml")]
+        if self.spec.cgroup_procs:  # a network cut tells the host's sockets by their cgroup
+            argv = join_argv(self.spec.cgroup_procs, argv)
         if self.spec.netns:  # nsenter execs the peer: the pid below is the peer's
             argv = ["nsenter", f"--net=/run/netns/{self.spec.netns}", *argv]
         log = open(self.spec.path / "peer.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             argv,
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=self.spec.path)
+            start_new_session=True, cwd=self.spec.path,
+            env=dict(os.environ, PYTHONPATH=package_pythonpath()))
         log.close()
         self.pid_file.write_text(str(proc.pid))
         return proc

@@ -1,0 +1,171 @@
+"""The soak's checker on synthetic timelines: it passes a clean failover and
+CAN fail, on every rule (two copies, a start before the power-off or before an
+operator's confirm, a cap breach, a false fence, a slow recovery, a final
+disagreement or a loss)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from hacluster.lab.nemesis.base import FaultRecord
+from hacluster.lab.soakcheck import Alive, Evidence, PeerEnd, Power, Seen, judge, recovery_stats
+
+HOSTS = ["h1", "h2", "h3"]
+
+
+def seen(at: float, host: str, vm: str, running: bool = True) -> Seen:
+    return Seen(at, host, vm, running, at - 0.05, at + 0.01)
+
+
+def off(at: float, host: str, cause: str = "lab") -> Power:
+    return Power(at, at - 0.02, host, False, cause)
+
+
+def on(at: float, host: str) -> Power:
+    return Power(at, at - 0.5, host, True, "lab")
+
+
+def fault(index: int, kind: str, hosts: list[str], applied: float, healed: float,
+          **more: Any) -> FaultRecord:
+    return FaultRecord(index, kind, f"{kind} of {', '.join(hosts)}", hosts, applied, healed,
+                       **more)
+
+
+def final(**settings: Any) -> list[PeerEnd]:
+    return [PeerEnd(h, 42, "abc", ("vm1", "vm2"), dict(settings), ()) for h in HOSTS]
+
+
+def evidence(sightings: list[Seen], power: list[Power], faults: list[FaultRecord],
+             **more: Any) -> Evidence:
+    base = Evidence(
+        hosts=HOSTS, voters=HOSTS, vms=["vm1", "vm2"],
+        sightings=[seen(1, "h1", "vm1"), seen(1, "h2", "vm2"), *sightings], power=power,
+        faults=faults, liveness=[Alive(0, h, True) for h in HOSTS], fence_cap=2,
+        fence_window_s=60, fence_grace_s=4, recovery_bound_s=30, vms_per_host=10,
+        ended_at=100, final=final())
+    return dataclasses.replace(base, **more)
+
+
+def rules(ev: Evidence) -> list[str]:
+    return [v.rule for v in judge(ev).violations]
+
+
+def test_a_clean_failover_passes_and_its_outage_is_measured() -> None:
+    ev = evidence([seen(10.05, "h1", "vm1", False), seen(12.0, "h3", "vm1")],
+                  [off(10.0, "h1"), on(20.0, "h1")], [fault(1, "power-loss", ["h1"], 10, 20,
+                                                            down=["h1"])])
+    verdict = judge(ev)
+    assert verdict.violations == []
+    (rec,) = verdict.recoveries
+    assert rec.outage_s == pytest.approx(2.0)  # power-off at 10.0 -> running on h3 at 12.0
+    assert rec.settle_s == 0
+    assert recovery_stats(verdict.recoveries)["all"]["count"] == 1
+
+
+def test_two_copies_at_once_is_a_violation() -> None:
+    ev = evidence([seen(10.0, "h3", "vm1"), seen(12.0, "h1", "vm1", False)], [], [])
+    (violation,) = [v for v in judge(ev).violations if v.rule == "two-copies"]
+    assert violation.vms == ("vm1",) and set(violation.hosts) == {"h1", "h3"}
+    assert any("h3" in line for line in violation.evidence)
+
+
+def test_a_start_before_the_power_off_completed_is_a_violation() -> None:
+    # vm1 seen gone from h1 at 10.05 (the power-off began 9.98 and ended 10.6), then it
+    # started on h3 by 10.31: before the host was certainly off
+    slow_off = Power(10.6, 9.98, "h1", False, "ipmi")
+    ev = evidence([seen(10.05, "h1", "vm1", False), seen(10.3, "h3", "vm1")], [slow_off],
+                  [fault(1, "isolate", ["h1"], 5, 20,
+                         drops=[("h1", "h2", 100), ("h1", "h3", 100)])])
+    assert "start-before-release" in rules(ev)
+
+
+def test_a_dead_chassis_needs_an_operator_before_a_start_elsewhere() -> None:
+    base = [seen(10.05, "h1", "vm1", False), seen(15.0, "h3", "vm1")]
+    chassis = fault(1, "chassis-death", ["h1"], 10, 30, down=["h1"])
+    assert "start-before-release" in rules(evidence(base, [off(10.0, "h1")], [chassis]))
+    confirmed = dataclasses.replace(chassis, confirms=[(14.0, "h1")])
+    assert rules(evidence(base, [off(10.0, "h1")], [confirmed])) == []
+
+
+def test_more_fences_than_the_cap_in_a_window_is_a_violation() -> None:
+    fences = [off(10 + i, h, "ipmi") for i, h in enumerate(HOSTS)]
+    pauses = [fault(i + 1, "pause-peer", [h], 5 + i, 20, down=[h]) for i, h in enumerate(HOSTS)]
+    ev = evidence([], fences, pauses, final=[])
+    assert "fence-cap" in rules(ev)
+    spread = [off(10 + 100 * i, h, "ipmi") for i, h in enumerate(HOSTS)]
+    spread_faults = [fault(i + 1, "pause-peer", [h], 5 + 100 * i, 20 + 100 * i, down=[h])
+                     for i, h in enumerate(HOSTS)]
+    assert "fence-cap" not in rules(evidence([], spread, spread_faults, ended_at=400))
+
+
+def test_fencing_a_healthy_reachable_host_is_a_false_fence() -> None:
+    ev = evidence([], [off(30.0, "h2", "ipmi")], [])
+    verdict = judge(ev)
+    assert [v.hosts for v in verdict.false_fences] == [("h2",)]
+
+
+def test_a_one_way_cut_leaves_the_host_reachable_so_its_fence_is_false() -> None:
+    one_way = fault(1, "one-way", ["h1", "h2"], 20, 40, drops=[("h2", "h1", 100)])
+    ev = evidence([], [off(30.0, "h2", "ipmi")], [one_way])
+    assert [v.rule for v in judge(ev).false_fences] == ["false-fence"]
+
+
+def test_loss_leaves_the_host_reachable_so_its_fence_is_false() -> None:
+    loss = fault(1, "loss", HOSTS, 20, 40, drops=[(a, b, 30) for a in HOSTS for b in HOSTS
+                                                  if a != b])
+    assert len(judge(evidence([], [off(30.0, "h2", "ipmi")], [loss])).false_fences) == 1
+
+
+def test_fences_of_isolated_paused_or_dead_peers_are_justified() -> None:
+    isolated = fault(1, "isolate", ["h2"], 20, 40, drops=[("h2", "h1", 100), ("h2", "h3", 100),
+                                                          ("h1", "h2", 100), ("h3", "h2", 100)])
+    assert judge(evidence([], [off(30.0, "h2", "ipmi")], [isolated])).false_fences == []
+    paused = fault(1, "pause-peer", ["h2"], 20, 28, down=["h2"])
+    # healed at 28, fenced at 30: within the grace, a fence decided during the pause
+    assert judge(evidence([], [off(30.0, "h2", "ipmi")], [paused])).false_fences == []
+    assert len(judge(evidence([], [off(40.0, "h2", "ipmi")], [paused])).false_fences) == 1
+    died = [Alive(0, h, True) for h in HOSTS] + [Alive(25, "h2", False)]
+    assert judge(evidence([], [off(30.0, "h2", "ipmi")], [], liveness=died)).false_fences == []
+
+
+def test_vms_not_back_within_the_bound_after_a_heal_is_a_violation() -> None:
+    ev = evidence([seen(10.05, "h1", "vm1", False)], [off(10.0, "h1")],
+                  [fault(1, "power-loss", ["h1"], 10, 20, down=["h1"])])
+    (late,) = [v for v in judge(ev).violations if v.rule == "recovery"]
+    assert late.vms == ("vm1",)
+    no_room = dataclasses.replace(ev, vms_per_host=0)
+    assert "recovery" not in rules(no_room)
+
+
+def test_the_end_state_must_agree_and_keep_everything() -> None:
+    split_brain = final()
+    split_brain[1] = dataclasses.replace(split_brain[1], digest="xyz")
+    assert rules(evidence([], [], [], final=split_brain)) == ["final"]
+    lost_vm = final()
+    lost_vm[2] = dataclasses.replace(lost_vm[2], vms=("vm2",))
+    assert rules(evidence([], [], [], final=lost_vm)) == ["lost"]
+    assert rules(evidence([], [], [], final=final(vm_stable_s=600),
+                          expected_settings={"vm_stable_s": 601})) == ["lost"] * 3
+    seen_then = [(50.0, 7, "h2")]
+    assert rules(evidence([], [], [], ledger_seen=seen_then)) == ["lost"] * 3
+    ledger = [dataclasses.replace(p, fences=((7, "h2", "off"),)) for p in final()]
+    assert rules(evidence([], [], [], final=ledger, ledger_seen=seen_then)) == []
+    assert rules(evidence([], [], [], final=[])) == ["final"]
+
+
+def test_a_power_off_without_a_completed_fence_record_is_a_finding() -> None:
+    fenced = [off(30.0, "h2", "ipmi")]
+    paused = [fault(1, "pause-peer", ["h2"], 20, 28, down=["h2"])]
+    verdict = judge(evidence([], fenced, paused))
+    assert verdict.violations == []
+    assert [f.rule for f in verdict.findings] == ["unrecorded-fence"]
+    ledger = [dataclasses.replace(p, fences=((7, "h2", "off"),)) for p in final()]
+    assert judge(evidence([], fenced, paused, final=ledger)).findings == []
+
+
+def test_a_failed_power_hook_fails_the_run() -> None:
+    broken = Power(10.0, 9.9, "h1", False, "lab", "command exit 1")
+    assert "lab" in rules(evidence([], [broken], []))
