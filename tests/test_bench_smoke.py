@@ -1,5 +1,6 @@
 """Every benchmark still runs against the current code and prints its JSON (one short
-trial each; figures are not judged here: BENCHMARKS.md records them)."""
+trial each; figures are not judged here: BENCHMARKS.md records them). mypy checks bench/
+like the package (pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,18 @@ def test_raft_benchmark_runs_and_prints_its_keys() -> None:
     assert result["failures"] == 0
     for key in ("commit_p50_ms", "fsm_ops_per_s", "reelection_median_s", "fsync_cost_ms"):
         assert result[key] > 0
+
+
+def test_sim_raft_benchmark_runs_and_prints_its_keys() -> None:
+    result = run_bench("sim_raft.py", "--smoke", timeout=120)
+    for key in ("sim_s_per_s", "checked_sim_s_per_s", "msgs_per_sim_s"):
+        assert result[f"5v3m_20ms_{key}"] > 0
+
+
+def test_every_bench_script_has_a_smoke_here() -> None:
+    source = Path(__file__).read_text()
+    scripts = sorted(p.name for p in (ROOT / "bench").glob("*.py"))
+    assert scripts and [s for s in scripts if f'run_bench("{s}"' not in source] == []
 
 
 def lab_or_skip(driver: str = "test") -> None:
