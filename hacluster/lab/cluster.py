@@ -170,7 +170,9 @@ class LabCluster:
     def add_host(self, name: str, secret_file: str | None = None,
                  role: str = "voter") -> LabNode:
         """A new host joins a running cluster: Raft membership first (through any
-        peer, voters only), then its peer starts with every voter as a partner."""
+        peer, voters only), its BMC in the replicated settings (so it can be fenced),
+        then its peer starts with every voter as a partner. The observer watches
+        it from then on."""
         place = self.isolation.add_host(name)
         address = place[0]
         peers = tuple(f"{n}={node.host.spec.raft_address}" for n, node in self.nodes.items()
@@ -183,8 +185,12 @@ class LabCluster:
                                "addresses": addresses, "role": role})
         node = self._node(name, place, peers, secret_file or str(self.root / "secret"), role)
         self.nodes[name] = node
+        with self.client() as rpc:
+            self._set_bmc(rpc, name, node)
         node.host.power_on()
         self.count += 1
+        if self.observer is not None:
+            self.observer.add_host(name, self._connector(name))
         return node
 
     def _node(self, name: str, place: tuple[str, str], peers: tuple[str, ...],
@@ -224,12 +230,15 @@ class LabCluster:
             rpc.call("bmc.set", {"username": BMC_USER, "driver": "ipmi",
                                  "password": first.bmc.password.reveal()})
             for name, node in self.nodes.items():
-                rpc.call("bmc.set", {"host": name, "address": node.bmc.address,
-                                     "port": node.bmc.port,
-                                     "password": node.bmc.password.reveal()})
+                self._set_bmc(rpc, name, node)
             settings = PROFILES[self.profile]
             if settings:
                 self._set_settings(rpc, settings)
+
+    @staticmethod
+    def _set_bmc(rpc: RpcClient, name: str, node: LabNode) -> None:
+        rpc.call("bmc.set", {"host": name, "address": node.bmc.address, "port": node.bmc.port,
+                             "password": node.bmc.password.reveal()})
 
     @staticmethod
     def _set_settings(rpc: RpcClient, settings: dict[str, float]) -> None:
@@ -266,15 +275,20 @@ class LabCluster:
         with self.client(name) as rpc:
             return rpc.call(method, params or {})
 
-    def add_vms(self, count: int, prefix: str = "vm") -> list[str]:
-        names = [f"{prefix}{i + 1}" for i in range(count)]
+    def add_vms(self, count: int, prefix: str = "vm", *, start: int = 1,
+                timeout_s: float = 60.0, **options: Any) -> list[str]:
+        """Add VMs named prefix+number from `start` (with vm.add `options` such as
+        allowed_hosts) and wait until they run, seen by the observer too."""
+        names = [f"{prefix}{i}" for i in range(start, start + count)]
         kind = domain_type_for(next(iter(self.nodes.values())).host.libvirtd.uri)
-        for name in names:
-            self.call("vm.add", {"xml": minimal_domain_xml(name, self.vm_memory_mib, 1, kind)})
-        self.wait(lambda: self._all_running(names), 60, f"{count} VMs running")
+        with self.client() as rpc:
+            for name in names:
+                rpc.call("vm.add", {"xml": minimal_domain_xml(name, self.vm_memory_mib, 1, kind),
+                                    **options})
+        self.wait(lambda: self._all_running(names), timeout_s, f"{count} VMs running")
         if self.observer is not None:  # and seen by it: later checks compare with its looks
             observer = self.observer
-            self.wait(lambda: all(observer.where(n) for n in names), 10,
+            self.wait(lambda: all(observer.where(n) for n in names), max(10.0, timeout_s / 6),
                       f"the observer seeing the {count} VMs")
         return names
 
