@@ -38,9 +38,12 @@ def test_fsm_benchmark_runs_and_prints_its_keys() -> None:
 
 def test_raft_benchmark_runs_and_prints_its_keys() -> None:
     result = run_bench("raft.py", "--sync-n", "30", "--concurrent-n", "60", "--threads", "4",
-                       "--trials", "5", "--skip-raw", "--fsm", "raftlab.bench_replica:bench")
-    assert result["failures"] == 0
-    for key in ("commit_p50_ms", "fsm_ops_per_s", "reelection_median_s", "fsync_cost_ms"):
+                       "--trials", "5", "--rounds", "2", "--fsm", "raftlab.bench_replica:bench")
+    assert result["failures"] == 0 and result["failures_no_fsync"] == 0
+    assert result["raw_failures"] >= 0 and result["raw_concurrent_failures"] >= 0  # reported
+    assert len(result["ours_vs_raw_rounds"]) == 2
+    for key in ("commit_p50_ms", "fsm_ops_per_s", "reelection_median_s", "fsync_cost_ms",
+                "raw_pysyncobj_ops_per_s", "ours_vs_raw"):
         assert result[key] > 0
 
 
