@@ -196,19 +196,6 @@ def summarize(trials: list[Trial]) -> dict[str, Any]:
     return out
 
 
-def raise_fence_cap(lab: LabCluster, trials: int) -> dict[str, Any]:
-    """Every trial is one fence incident: the default cap (3 per hour) would block the
-    fourth, and its victim would wait fence-blocked for good. Said out loud."""
-    before = lab.call("fence.cap")["cap"]
-    wanted = max(before["cap"], trials + 1)
-    if wanted != before["cap"]:
-        lab.call("fence.cap", {"cap": wanted})
-        print(f"fence cap raised for this run: {before['cap']} -> {wanted} fences per "
-              f"{before['window_s']:g} s", file=sys.stderr)
-    return {"cap": wanted, "window_s": before["window_s"], "default_cap": before["cap"],
-            "raised": wanted != before["cap"]}
-
-
 def run_profile(profile: str, args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     lab = LabCluster(tempfile.mkdtemp(prefix=f"hacluster-bench-{profile}-"), args.hosts,
@@ -216,7 +203,8 @@ def run_profile(profile: str, args: argparse.Namespace) -> dict[str, Any]:
                      isolation=args.isolation, vm_memory_mib=args.vm_memory_mib)
     try:
         lab.start()
-        cap = raise_fence_cap(lab, args.trials)
+        # every trial is one fence incident
+        cap = lab.raise_fence_cap(args.trials + 1)
         if args.vms:
             lab.add_vms(args.vms, timeout_s=300)
         settings = lab.call("settings.show")["settings"]

@@ -121,7 +121,10 @@ class LabCluster:
     def __init__(self, root: str | Path, hosts: int = 3, *, profile: str = "default",
                  driver: str = "test", isolation: str = "loopback", log_level: str = "info",
                  vm_memory_mib: int | None = None, links: int = 1,
-                 notify_hook: str = "") -> None:
+                 notify_hook: str = "",
+                 timing: tuple[tuple[str, float], ...] = LAB_TIMING,
+                 raft: tuple[tuple[str, float], ...] = (),
+                 observer_interval_s: float = 0.05) -> None:
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
         if driver not in ("test", "qemu"):
@@ -138,6 +141,9 @@ class LabCluster:
             raise ValueError("links: 1, or 2 with loopback isolation")
         self.links = links
         self.notify_hook = notify_hook
+        self.timing = timing  # [timing] of every peer (() = the product's defaults)
+        self.raft = raft  # [raft] of every peer (() = the product's defaults)
+        self.observer_interval_s = observer_interval_s
         self.nodes: dict[str, LabNode] = {}
         self.cut_hosts: set[str] = set()
         self.observer: Observer | None = None
@@ -164,7 +170,8 @@ class LabCluster:
                                  lambda n: self.nodes[n].bmc.power is PowerState.ON,
                                  ignore=frozenset({"test"}) if self.driver == "test"
                                  else frozenset(),
-                                 power_log=lambda n: self.nodes[n].bmc.events())
+                                 power_log=lambda n: self.nodes[n].bmc.events(),
+                                 interval_s=self.observer_interval_s)
         self.observer.start()
 
     def add_host(self, name: str, secret_file: str | None = None,
@@ -200,9 +207,9 @@ class LabCluster:
         spec = HostSpec(name=name, directory=str(directory), address=address,
                         raft_port=RAFT_PORT, lease_port=LEASE_PORT, peers=peers,
                         secret_file=secret, role=role, driver=self.driver,
-                        log_level=self.log_level, timing=LAB_TIMING, netns=netns,
+                        log_level=self.log_level, timing=self.timing, netns=netns,
                         backend_address=backend_of(address) if self.links == 2 else "",
-                        notify_hook=self.notify_hook)
+                        notify_hook=self.notify_hook, raft=self.raft)
         host = LabHost(spec)
         host.write()
         hook = [sys.executable, "-m", "hacluster.lab.host", str(directory)]
@@ -274,6 +281,20 @@ class LabCluster:
              name: str | None = None) -> Any:
         with self.client(name) as rpc:
             return rpc.call(method, params or {})
+
+    def raise_fence_cap(self, fences: int) -> dict[str, Any]:
+        """Allow at least `fences` fence incidents per window for a run that causes
+        them on purpose (the default cap, 3 per hour, would leave the fourth victim
+        fence-blocked). Says so on stderr when it changes the cap; returns what the
+        run used: cap, window_s, default_cap, raised."""
+        before = self.call("fence.cap")["cap"]
+        wanted = max(int(before["cap"]), fences)
+        if wanted != before["cap"]:
+            self.call("fence.cap", {"cap": wanted})
+            print(f"fence cap raised for this run: {before['cap']} -> {wanted} fences per "
+                  f"{before['window_s']:g} s", file=sys.stderr)
+        return {"cap": wanted, "window_s": before["window_s"], "default_cap": before["cap"],
+                "raised": wanted != before["cap"]}
 
     def add_vms(self, count: int, prefix: str = "vm", *, start: int = 1,
                 timeout_s: float = 60.0, **options: Any) -> list[str]:

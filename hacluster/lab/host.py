@@ -50,6 +50,7 @@ class HostSpec:
     netns: str = ""  # network namespace (under /run/netns) the host lives in
     backend_address: str = ""  # a second network to renew leases over ("" = one link)
     notify_hook: str = ""  # [notify] hook
+    raft: tuple[tuple[str, float], ...] = ()  # [raft] overrides (RaftSettings fields)
 
     @property
     def path(self) -> Path:
@@ -79,6 +80,7 @@ class LabHost:
         raw = json.loads(Path(directory, "host.json").read_text())
         raw["peers"] = tuple(raw["peers"])
         raw["timing"] = tuple(tuple(p) for p in raw["timing"])
+        raw["raft"] = tuple(tuple(p) for p in raw.get("raft", ()))
         return cls(HostSpec(**raw))
 
     def write(self) -> None:
@@ -89,6 +91,7 @@ class LabHost:
     def peer_config(self) -> str:
         s = self.spec
         timing = "".join(f"{k} = {v}\n" for k, v in s.timing)
+        raft = ("\n[raft]\n" + "".join(f"{k} = {v}\n" for k, v in s.raft)) if s.raft else ""
         # Peer-to-peer live migration: the source libvirtd connects to this
         # URI (a Unix socket on the shared filesystem, so no TCP listener).
         migration = f'migration_uri = "{self.libvirtd.uri}"\n' if s.driver == "qemu" else ""
@@ -105,6 +108,7 @@ class LabHost:
             f"[timing]\n{timing}\n"
             f'[notify]\nhook = "{s.notify_hook}"\n\n'
             f'[log]\nlevel = "{s.log_level}"\n'
+            f"{raft}"
         )
 
     # ------------------------------------------------------------ power
