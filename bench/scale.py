@@ -2,13 +2,16 @@
 without faults, then with members' power cut one at a time; every figure from a
 witness outside the product.
 
-    .venv/bin/python bench/scale.py --minutes 10 --cuts 3
+    .venv/bin/python bench/scale.py --minutes 10 --cuts 3 --raft-election-s 0.6,1.4
     .venv/bin/python bench/scale.py --voters 3 --members 3 --vms 20 --minutes 0.5 --cuts 1
 
 Hosts are loopback addresses with libvirt's test driver (a private libvirtd each),
 each behind an ipmi_sim BMC; members join after the voters through `add_host`, so
 the observer (libvirt polled at --observer-hz) watches hosts added late. Peers run
-with the product's default [timing].
+with the product's default [timing]; [raft] is the product's unless
+--raft-election-s widens the election timeout: 25 peers and 25 libvirtd on 2 cores
+keep the CPU saturated, and with elections after 0.15-0.35 s of silence the voters
+then depose their leader dozens of times a minute (BENCHMARKS.md).
 
 Without faults, for --minutes:
   commit_visible_*_ms  an admin write (vm.set priority) through one peer's RPC until
@@ -204,9 +207,22 @@ class Probes:
 # ------------------------------------------------------------------ the lab
 
 
+def raft_overrides(election: str) -> tuple[tuple[str, float], ...]:
+    """[raft] for every peer: "default" keeps the product's (elections after 0.15-0.35 s
+    of silence); "MIN,MAX" widens the election timeout, the heartbeat and the
+    timeouts that must stay above it following (RaftSettings' rules)."""
+    if election == "default":
+        return ()
+    low, high = (float(x) for x in election.split(","))
+    return (("election_timeout_min_s", low), ("election_timeout_max_s", high),
+            ("heartbeat_interval_s", round(low / 6, 3)), ("connection_timeout_s", high),
+            ("leader_fallback_timeout_s", max(2.0, 3 * high)))
+
+
 def build(args: argparse.Namespace, root: str) -> tuple[LabCluster, dict[str, Any]]:
     lab = LabCluster(root, args.voters, profile=args.profile, log_level=args.log_level,
                      vm_memory_mib=args.vm_memory_mib, timing=(),
+                     raft=raft_overrides(args.raft_election_s),
                      observer_interval_s=1.0 / args.observer_hz)
     began = time.monotonic()
     lab.start(timeout_s=120)
@@ -261,6 +277,8 @@ def steady(lab: LabCluster, args: argparse.Namespace, names: list[str]) -> dict[
             probes.one(writer, reader, roles)
             i += 1
 
+    voters = [n for n in hosts if roles[n] == "voter"]
+    term_before, index_before = raft_position(lab, voters)
     resources.begin()
     thread = threading.Thread(target=probe_loop, name="probes", daemon=True)
     thread.start()
@@ -276,6 +294,7 @@ def steady(lab: LabCluster, args: argparse.Namespace, names: list[str]) -> dict[
     stop.set()
     thread.join(15)
     resources.end()
+    term_after, index_after = raft_position(lab, voters)
     leader_after = lab.leader()
     gaps = observer.gaps_s[gaps_before:]
     return {
@@ -288,12 +307,27 @@ def steady(lab: LabCluster, args: argparse.Namespace, names: list[str]) -> dict[
         "probe_failure_list": probes.failures[:20],
         **resources.figures(leader),
         "leader": leader, "leader_changed": leader != leader_after,
+        # as the voters report it: how often the Raft term moved (elections), entries
+        "raft_terms": term_after - term_before, "log_entries": index_after - index_before,
         "vm_on_two_hosts": len(observer.violations) - violations_before,
         "vms_not_running_samples": sum(1 for m in missing_samples if m),
         "vms_not_running_max": max(missing_samples, default=0),
         "observer_samples": len(missing_samples),
         **spread(gaps, "observer_look_gap_s", 3),
     }
+
+
+def raft_position(lab: LabCluster, voters: list[str]) -> tuple[int, int]:
+    """(highest term, highest applied index) the voters report."""
+    terms, indexes = [0], [0]
+    for name in voters:
+        try:
+            peer = lab.call("status", name=name)["peer"]
+        except Exception:  # a voter that does not answer now reports nothing
+            continue
+        terms.append(int(peer["term"]))
+        indexes.append(int(peer["applied_index"]))
+    return max(terms), max(indexes)
 
 
 def cut_members(lab: LabCluster, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -362,6 +396,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "hosts": len(lab.nodes), "voters": args.voters, "members": args.members,
             "vms": args.vms, "vm_memory_mib": lab.vm_memory_mib, "profile": args.profile,
             "observer_hz": args.observer_hz, "probe_interval_s": args.probe_interval_s,
+            "raft": dict(raft_overrides(args.raft_election_s)) or "product defaults",
             **built, "settle_s": round(settle_s, 1),
             "steady": quiet,
             "cuts": len(cuts), "cut_records": cuts,
@@ -397,6 +432,8 @@ def main() -> int:
     parser.add_argument("--probe-interval-s", type=float, default=1.0)
     parser.add_argument("--keep", action="store_true", help="keep the lab's files")
     parser.add_argument("--log-level", default="warning", help="of every peer")
+    parser.add_argument("--raft-election-s", default="default",
+                        help='"default" (the product\'s 0.15-0.35 s) or "MIN,MAX"')
     args = parser.parse_args()
     reason = lab_unavailable("test", "loopback")
     if reason:

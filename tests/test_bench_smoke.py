@@ -81,3 +81,16 @@ def test_hypervisor_benchmark_runs_and_prints_its_keys() -> None:
     lab_or_skip("qemu")
     result = run_bench("hypervisor.py", "--trials", "1")
     assert result, "no figures"
+
+
+def test_scale_benchmark_runs_and_prints_its_keys() -> None:
+    lab_or_skip()
+    result = run_bench("scale.py", "--voters", "3", "--members", "3", "--vms", "20",
+                       "--minutes", "0.5", "--cuts", "1", "--settle-s", "1")
+    assert result["hosts"] == 6 and result["cuts"] == 1
+    assert result["false_fences"] == 0 and result["vm_on_two_hosts"] == 0
+    assert result["recoveries_missing"] == 0 and result["cut_records"][0]["missing"] == []
+    steady = result["steady"]
+    assert steady["probes"] > 0 and steady["vms_not_running_max"] == 0
+    for key in ("commit_visible_ms_p50", "peer_rss_mib_median", "peer_cpu_pct_median"):
+        assert steady[key] > 0
