@@ -36,6 +36,7 @@ The last stdout line is one JSON object. Needs root (see hacluster.lab).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -330,6 +331,51 @@ def raft_position(lab: LabCluster, voters: list[str]) -> tuple[int, int]:
     return max(terms), max(indexes)
 
 
+def digests(lab: LabCluster) -> dict[str, tuple[int, str]]:
+    """(applied index, state digest) of every running peer that answers."""
+    out = {}
+    for name, node in lab.nodes.items():
+        if node.host.peer_pid() is None:
+            continue
+        with contextlib.suppress(Exception):
+            peer = lab.call("status", name=name)["peer"]
+            out[name] = (int(peer["applied_index"]), str(peer["digest"]))
+    return out
+
+
+def digests_agree(lab: LabCluster, timeout_s: float = 60.0) -> dict[str, Any]:
+    """At the end (the only time the peers are asked about their state): every peer
+    at the same applied index with the same state digest, within `timeout_s`."""
+    seen: dict[str, tuple[int, str]] = {}
+
+    def agree() -> bool:
+        seen.clear()
+        seen.update(digests(lab))
+        return len(seen) == len(lab.nodes) and len(set(seen.values())) == 1
+
+    try:
+        lab.wait(agree, timeout_s, "every peer at the same index with the same digest")
+        return {"digests_agree": True, "digest_index": next(iter(seen.values()))[0]}
+    except TimeoutError:
+        groups: dict[tuple[int, str], list[str]] = {}
+        for name, at in seen.items():
+            groups.setdefault(at, []).append(name)
+        return {"digests_agree": False, "digest_groups": [
+            f"{index} {digest[:12]}: {' '.join(sorted(names))}"
+            for (index, digest), names in sorted(groups.items())]}
+
+
+def truncations_logged(lab: LabCluster) -> int:
+    """pysyncobj's 'truncating already-applied log entries' (logged critical by a
+    follower that dropped entries it had applied) in every peer's log."""
+    count = 0
+    for node in lab.nodes.values():
+        with contextlib.suppress(OSError):
+            text = (node.host.spec.path / "peer.log").read_text(errors="replace")
+            count += text.count("truncating already-applied log entries")
+    return count
+
+
 def cut_members(lab: LabCluster, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Cut members' power one at a time; the observer times each recovery."""
     observer = lab.observer
@@ -387,6 +433,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cuts = cut_members(lab, args) if args.cuts else []
         if cuts:
             lab.wait(lambda: settled(lab), 300, "a settled cluster after the cuts")
+        agreement = digests_agree(lab)
         observer = lab.observer
         assert observer is not None
         false = [f"{p.host} at {p.at - began:.1f}s: {p.detail}"
@@ -404,7 +451,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "recovery_max_s": round(max(totals), 3) if totals else None,
             "recoveries_missing": len(cuts) - len(totals),
             "false_fences": len(false), "false_fence_list": false,
-            "vm_on_two_hosts": len(observer.violations),
+            "vm_on_two_hosts": len(observer.violations), **agreement,
+            "raft_truncations_logged": truncations_logged(lab),
             "observer_violations": observer.violations[:20],
             "loadavg_1m_before": round(load_before, 2),
             "loadavg_1m_after": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),

@@ -89,6 +89,7 @@ def test_scale_benchmark_runs_and_prints_its_keys() -> None:
                        "--minutes", "0.5", "--cuts", "1", "--settle-s", "1")
     assert result["hosts"] == 6 and result["cuts"] == 1
     assert result["false_fences"] == 0 and result["vm_on_two_hosts"] == 0
+    assert result["digests_agree"]
     assert result["recoveries_missing"] == 0 and result["cut_records"][0]["missing"] == []
     steady = result["steady"]
     assert steady["probes"] > 0 and steady["vms_not_running_max"] == 0
