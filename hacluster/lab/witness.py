@@ -7,9 +7,11 @@ The phases of one recovery, each from a witness:
 
     power loss    the BMC's power-off entry with the lab's cause (when it began:
                   the host's processes are frozen first, then killed)
-    first read    the first `get power` the victim's BMC answered after the loss:
-                  the leader's probe or fence looking (the product's detection, as
-                  the BMC sees it; nothing outside the product sees it sooner)
+    first read    the first `get power` the victim's BMC answered "off" after the
+                  loss: the leader's probe or fence looking (the product's detection,
+                  as the BMC sees it; nothing outside the product sees it sooner). A
+                  read answered "on" while the power-off ran is left out: it was asked
+                  before (the victim checking its own BMC, say)
     fence read    the last read answering "off" before the first of the victim's
                   VMs ran elsewhere (a fence of a host already off changes no power:
                   this read is the fence as the BMC witnesses it)
@@ -78,11 +80,12 @@ def power_loss(events: Iterable[PowerEvent], cause: str, after: float) -> float 
 
 def reads_after_loss(reads: Sequence[PowerRead], loss: float,
                      until: float | None) -> tuple[float | None, float | None]:
-    """(first read after the loss, last read answering off before `until`)."""
-    after = [r for r in reads if r.mono >= loss]
-    first = after[0].mono if after else None
-    off = [r.mono for r in after if not r.on and (until is None or r.mono <= until)]
-    return first, (off[-1] if off else None)
+    """(first read answering off after the loss, last read answering off before
+    `until`)."""
+    off = [r.mono for r in reads if r.mono >= loss and not r.on]
+    first = off[0] if off else None
+    last = [at for at in off if until is None or at <= until]
+    return first, (last[-1] if last else None)
 
 
 def recovery(bmc: BmcSim, observer: Observer, victim: str, vms: Iterable[str], cause: str,
