@@ -196,6 +196,19 @@ def summarize(trials: list[Trial]) -> dict[str, Any]:
     return out
 
 
+def fit_victim_vms(lab: LabCluster, vms: int) -> dict[str, float]:
+    """A lab host has 8 vCPUs and the default vcpu_overcommit (4) books at most 32
+    one-vCPU VMs on it: allow `vms` on one host, and say so."""
+    settings = lab.call("settings.show")["settings"]
+    needed = float(max(settings["vcpu_overcommit"], -(-vms // 8) + 1))
+    if needed == settings["vcpu_overcommit"]:
+        return {}
+    lab.call("settings.set", {"values": {"vcpu_overcommit": needed}})
+    print(f"vcpu_overcommit raised for this run: {settings['vcpu_overcommit']:g} -> "
+          f"{needed:g} ({vms} VMs on one host of 8 vCPUs)", file=sys.stderr)
+    return {"vcpu_overcommit": needed}
+
+
 def run_profile(profile: str, args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     lab = LabCluster(tempfile.mkdtemp(prefix=f"hacluster-bench-{profile}-"), args.hosts,
@@ -205,6 +218,7 @@ def run_profile(profile: str, args: argparse.Namespace) -> dict[str, Any]:
         lab.start()
         # every trial is one fence incident
         cap = lab.raise_fence_cap(args.trials + 1)
+        changed = fit_victim_vms(lab, args.victim_vms + args.vms)
         if args.vms:
             lab.add_vms(args.vms, timeout_s=300)
         settings = lab.call("settings.show")["settings"]
@@ -218,6 +232,7 @@ def run_profile(profile: str, args: argparse.Namespace) -> dict[str, Any]:
         return {**summarize(results), "lease_ttl_s": float(settings["lease_ttl_s"]),
                 "probe_after_s": float(settings.get("probe_after_s", 0.0)),
                 "designed_wait_s": designed_wait(settings), "fence_cap": cap,
+                "settings_changed": changed,
                 "isolation": args.isolation, "driver": args.driver, "hosts": args.hosts,
                 "vm_memory_mib": lab.vm_memory_mib, "vms": args.vms,
                 "victim_vms": args.victim_vms, "victim": args.victim,
