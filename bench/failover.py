@@ -237,6 +237,7 @@ def run_profile(profile: str, args: argparse.Namespace) -> dict[str, Any]:
                 "vm_memory_mib": lab.vm_memory_mib, "vms": args.vms,
                 "victim_vms": args.victim_vms, "victim": args.victim,
                 "observer_violations": len(lab.observer.violations) if lab.observer else None,
+                "observer_violation_list": lab.observer.violations[:10] if lab.observer else [],
                 "loadavg_1m_before": round(load_before, 2),
                 "loadavg_1m_after": round(os.getloadavg()[0], 2),
                 "measured_at": time.strftime("%Y-%m-%d %H:%M"),
