@@ -1,48 +1,72 @@
-"""Failover time on a lab cluster: host power loss to its last VM running
-elsewhere (as the independent observer sees it), split into detection, fence
-and restart, with the default settings and with the fast lease profile.
+"""Failover time on a lab cluster, measured by witnesses outside the product: host
+power loss to its last VM running elsewhere, split into phases, with the default
+settings and with the fast lease profile.
 
     .venv/bin/python bench/failover.py --trials 20
+    .venv/bin/python bench/failover.py --trials 10 --victim-vms 40
     .venv/bin/python bench/failover.py --trials 5 --isolation netns --driver qemu
 
-Prints one JSON object on its last stdout line:
-{"default": {...}, "fast": {...}}, each with median_s, p95_s, max_s,
-overhead_median_s (recovery minus lease timeout, BMC time and VM start time),
-trials, the medians of each phase, and the lab it ran on (isolation, driver,
-VM memory). By default hosts are loopback addresses with libvirt's test
-driver; `--isolation netns --driver qemu` makes every host a network
-namespace running real QEMU domains (32 MiB, no disk). Needs root (see
-hacluster.lab).
+Every figure comes from a witness (hacluster/lab/witness.py):
+  power loss   the victim BMC's power log (the power-off the bench asked for)
+  detection    power loss -> the first `get power` the victim's BMC answered (the
+               leader's probe or fence looking: detection as the BMC sees it; what
+               the product decided before that only the product can say)
+  fence        first read -> the last read answering off before the first VM ran
+               elsewhere (a fence of a host already off sends no power command: its
+               reads are all the BMC sees)
+  restart      that read -> the last of the victim's VMs seen running on another
+               host by the observer (libvirt polled at 20 Hz): confirming the
+               fence in the log, placing, starting
+  total        power loss -> the last VM running elsewhere
+A phase whose witness saw nothing is left out of the medians and counted in
+`missing` (never taken as 0 s). `overhead_median_s` is the total minus the wait the
+settings prescribe before the first read (probe_after_s, or lease_ttl_s when power
+reads are off). The product's own account (its event log: fence-requested,
+fence-confirmed, as one peer streams them) is reported beside, as `product_*`.
+`wrong_fences` counts power-offs by IPMI (BMC logs) during the trials: every victim
+is already off when fenced, so any such power-off hit a running host.
+
+Prints one JSON object on its last stdout line: {"default": {...}, "fast": {...}},
+each with median_s, p95_s, max_s, the phase medians, missing, wrong_fences, the fence
+cap used for the run, and the lab (isolation, driver, VM memory, VMs per victim).
+Needs root (see hacluster.lab).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from hacluster.lab.cluster import EventFollower, LabCluster, lab_unavailable
 from hacluster.lab.isolation import ISOLATIONS
+from hacluster.lab.witness import Recovery, ipmi_power_offs, recovery
+
+CAUSE = "bench: power cut"
 
 
 @dataclass
 class Trial:
-    total_s: float  # power loss -> last of its VMs seen running elsewhere
-    detection_s: float  # power loss -> fence requested (lease expiry)
-    fence_s: float  # fence requested -> fence confirmed in the log
-    restart_s: float  # fence confirmed -> last VM seen running
-    bmc_s: float  # what the BMC itself took (fence record: requested -> finished)
-    vm_start_s: float  # placement -> running, slowest VM (the agent's start)
-    lease_ttl_s: float
-    wrong_fences: int  # hosts fenced that were not really down
+    witnessed: Recovery
+    designed_wait_s: float  # what the settings make the leader wait before it reads the power
+    victim_led: bool  # the victim's peer was the Raft leader
+    product: dict[str, float | None] = field(default_factory=dict)  # its own event log
+    wrong_fences: list[str] = field(default_factory=list)
 
-    @property
-    def overhead_s(self) -> float:
-        return self.total_s - self.lease_ttl_s - self.bmc_s - self.vm_start_s
+    def record(self) -> dict[str, Any]:
+        phases = self.witnessed.phases()
+        total = phases["total_s"]
+        return {"victim": self.witnessed.victim, "vms": len(self.witnessed.vms),
+                "victim_led": self.victim_led, **phases,
+                "overhead_s": None if total is None else total - self.designed_wait_s,
+                **{f"product_{k}": v for k, v in self.product.items()},
+                "missing": self.witnessed.missing, "wrong_fences": self.wrong_fences}
 
 
 def settled(lab: LabCluster) -> bool:
@@ -59,49 +83,84 @@ def choose_victim(lab: LabCluster, placement: dict[str, str], which: str) -> str
     leader = lab.wait_leader()
     if which == "leader":
         return leader
-    hosts = sorted(h for h in set(placement.values()) if which != "follower" or h != leader)
+    hosts = sorted(h for h in lab.nodes if which != "follower" or h != leader)
     return max(hosts, key=lambda h: sum(1 for x in placement.values() if x == h))
 
 
-def one_trial(lab: LabCluster, ttl: float, which: str = "most-vms") -> Trial:
-    lab.wait(lambda: settled(lab), 60, "a settled cluster before the trial")
+def designed_wait(settings: dict[str, Any]) -> float:
+    probe = float(settings.get("probe_after_s", 0.0))
+    return probe if probe > 0 else float(settings["lease_ttl_s"])
+
+
+def pin_extra_vms(lab: LabCluster, victim: str, count: int, trial: int) -> list[str]:
+    """`count` more VMs started on the victim, then free to go anywhere."""
+    if count <= 0:
+        return []
+    names = lab.add_vms(count, prefix=f"t{trial}-", allowed_hosts=[victim], timeout_s=300)
+    with lab.client() as rpc:
+        for name in names:
+            rpc.call("vm.set", {"name": name, "allowed_hosts": []})
+    return names
+
+
+def remove_vms(lab: LabCluster, names: list[str]) -> None:
+    """Stop them (a started VM cannot be removed), then remove them."""
+    if not names:
+        return
+    with lab.client() as rpc:
+        for name in names:
+            rpc.call("vm.stop", {"name": name})
+    observer = lab.observer
+    assert observer is not None
+    lab.wait(lambda: not any(observer.where(n) for n in names)
+             and all(lab.vms()[n]["state"] == "stopped" for n in names), 120,
+             "the extra VMs stopped")
+    with lab.client() as rpc:
+        for name in names:
+            rpc.call("vm.remove", {"name": name})
+
+
+def product_account(follower: EventFollower, victim: str, loss: float | None) -> dict[
+        str, float | None]:
+    """What the product's event log says (stamped when the bench received each
+    event): relative to the witnessed power loss; None when it never said it."""
+    def rel(kind: str) -> float | None:
+        at = follower.first(kind, victim, loss or 0.0)
+        return None if at is None or loss is None else at - loss
+
+    return {"fence_requested_s": rel("fence-requested"),
+            "fence_confirmed_s": rel("fence-confirmed")}
+
+
+def one_trial(lab: LabCluster, settings: dict[str, Any], args: argparse.Namespace,
+              number: int) -> Trial:
+    lab.wait(lambda: settled(lab), 120, "a settled cluster before the trial")
     placement = {n: v["host"] for n, v in lab.vms().items()}
-    victim = choose_victim(lab, placement, which)
+    victim = choose_victim(lab, placement, args.victim)
+    extra = pin_extra_vms(lab, victim, args.victim_vms, number)
+    placement = {n: v["host"] for n, v in lab.vms().items()}
     moved = sorted(n for n, h in placement.items() if h == victim)
-    follower = EventFollower(lab, next(n for n in lab.nodes if n != victim))
+    led = lab.leader() == victim
+    follower = EventFollower(lab, next(n for n in sorted(lab.nodes) if n != victim))
     follower.start()
     time.sleep(0.3)
-    before = {n: len(lab.call("fence.history", {"host": n})["fences"]) for n in lab.nodes}
-    cut = lab.power_off(victim, "bench: power cut")
-    lab.wait(lambda: _recovered(lab, moved, victim), 60, "recovery")
     assert lab.observer is not None
-    starts = [lab.observer.first_start(n, cut, not_on=victim) for n in moved]
-    missing = [n for n, s in zip(moved, starts, strict=True) if s is None]
-    if missing:
-        raise RuntimeError(f"observer never saw {missing} start after the cut of {victim}: "
-                           f"{lab.observer.sightings[-10:]}")
-    last = max(s for s in starts if s is not None)
-    requested = follower.first("fence-requested", victim, cut) or cut
-    confirmed = follower.first("fence-confirmed", victim, cut) or requested
-    fence = lab.call("fence.history", {"host": victim})["fences"][-1]
-    placed = min((at for at, e in follower.events if at >= confirmed and e["kind"] == "vm-state"
-                  and e["subject"] in moved), default=confirmed)
-    wrong = sum(len(lab.call("fence.history", {"host": n})["fences"]) - before[n]
-                for n in lab.nodes if n != victim)
-    trial = Trial(last - cut, requested - cut, confirmed - requested, last - confirmed,
-                  max(0.0, fence["finished_at"] - fence["requested_at"]), last - placed,
-                  ttl, wrong)
+    observer = lab.observer
+    before = lab.power_off(victim, CAUSE) - 0.01
+    try:
+        lab.wait(lambda: all(observer.first_start(n, before, not_on=victim) for n in moved),
+                 120, f"the observer seeing the VMs of {victim} elsewhere")
+    except TimeoutError as exc:
+        print(f"trial {number}: {exc}", file=sys.stderr)
+    witnessed = recovery(lab.nodes[victim].bmc, observer, victim, moved, CAUSE, before)
+    product = product_account(follower, victim, witnessed.power_loss)
     follower.stop()
+    wrong = [f"{p.host} at +{p.at - before:.2f}s" for p in
+             ipmi_power_offs({n: node.bmc for n, node in lab.nodes.items()}, before)]
     lab.power_on(victim)
-    lab.wait(lambda: lab.hosts()[victim]["state"] == "online", 60, "host back online")
-    return trial
-
-
-def _recovered(lab: LabCluster, moved: list[str], victim: str) -> bool:
-    vms = lab.vms()
-    assert lab.observer is not None
-    return all(vms[n]["state"] == "started" and vms[n]["host"] != victim
-               and lab.observer.where(n) for n in moved)
+    lab.wait(lambda: lab.hosts()[victim]["state"] == "online", 120, "host back online")
+    remove_vms(lab, extra)
+    return Trial(witnessed, designed_wait(settings), led, product, wrong)
 
 
 def _p95(values: list[float]) -> float:
@@ -109,52 +168,95 @@ def _p95(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
 
 
-def summarize(trials: list[Trial]) -> dict[str, float | int]:
-    def med(attr: str) -> float:
-        return round(statistics.median(getattr(t, attr) for t in trials), 3)
+def summarize(trials: list[Trial]) -> dict[str, Any]:
+    records = [t.record() for t in trials]
 
-    totals = [t.total_s for t in trials]
-    return {
-        "median_s": round(statistics.median(totals), 3), "p95_s": round(_p95(totals), 3),
-        "max_s": round(max(totals), 3),
-        "overhead_median_s": round(statistics.median(t.overhead_s for t in trials), 3),
-        "detection_median_s": med("detection_s"), "fence_median_s": med("fence_s"),
-        "restart_median_s": med("restart_s"), "bmc_median_s": med("bmc_s"),
-        "vm_start_median_s": med("vm_start_s"), "lease_ttl_s": trials[0].lease_ttl_s,
-        "wrong_fences": sum(t.wrong_fences for t in trials), "trials": len(trials),
+    def med(key: str) -> float | None:
+        values = [r[key] for r in records if r[key] is not None]
+        return round(statistics.median(values), 3) if values else None
+
+    totals = [r["total_s"] for r in records if r["total_s"] is not None]
+    missing: dict[str, int] = {}
+    for r in records:
+        for what in r["missing"]:
+            kind = what.split(":")[0]
+            missing[kind] = missing.get(kind, 0) + 1
+    out: dict[str, Any] = {
+        "median_s": round(statistics.median(totals), 3) if totals else None,
+        "p95_s": round(_p95(totals), 3) if totals else None,
+        "max_s": round(max(totals), 3) if totals else None,
+        "trials": len(trials), "recovered_trials": len(totals),
+        "missing": missing, "wrong_fences": sum(len(r["wrong_fences"]) for r in records),
+        "victim_led_trials": sum(1 for r in records if r["victim_led"]),
+        "vms_per_victim_median": statistics.median(r["vms"] for r in records),
     }
+    for key in ("overhead_s", "first_vm_s", "detection_s", "fence_s", "restart_s",
+                "product_fence_requested_s", "product_fence_confirmed_s"):
+        out[key.removesuffix("_s") + "_median_s"] = med(key)
+    return out
 
 
-def run_profile(profile: str, trials: int, hosts: int, vms: int,
-                lab_kind: argparse.Namespace) -> dict[str, float | int | str]:
-    lab = LabCluster(tempfile.mkdtemp(prefix=f"hacluster-bench-{profile}-"), hosts,
-                     profile=profile, log_level="warning", driver=lab_kind.driver,
-                     isolation=lab_kind.isolation)
+def fit_victim_vms(lab: LabCluster, vms: int) -> dict[str, float]:
+    """A lab host has 8 vCPUs and the default vcpu_overcommit (4) books at most 32
+    one-vCPU VMs on it: allow `vms` on one host, and say so."""
+    settings = lab.call("settings.show")["settings"]
+    needed = float(max(settings["vcpu_overcommit"], -(-vms // 8) + 1))
+    if needed == settings["vcpu_overcommit"]:
+        return {}
+    lab.call("settings.set", {"values": {"vcpu_overcommit": needed}})
+    print(f"vcpu_overcommit raised for this run: {settings['vcpu_overcommit']:g} -> "
+          f"{needed:g} ({vms} VMs on one host of 8 vCPUs)", file=sys.stderr)
+    return {"vcpu_overcommit": needed}
+
+
+def run_profile(profile: str, args: argparse.Namespace) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
+    lab = LabCluster(tempfile.mkdtemp(prefix=f"hacluster-bench-{profile}-"), args.hosts,
+                     profile=profile, log_level="warning", driver=args.driver,
+                     isolation=args.isolation, vm_memory_mib=args.vm_memory_mib)
     try:
         lab.start()
-        # every trial is one fence incident: the default cap (3 per hour) would
-        # block the fourth, and the victim would wait fence-blocked for good
-        lab.call("fence.cap", {"cap": trials + 1})
-        lab.add_vms(vms)
-        ttl = float(lab.call("settings.show")["settings"]["lease_ttl_s"])
+        # every trial is one fence incident
+        cap = lab.raise_fence_cap(args.trials + 1)
+        changed = fit_victim_vms(lab, args.victim_vms + args.vms)
+        if args.vms:
+            lab.add_vms(args.vms, timeout_s=300)
+        settings = lab.call("settings.show")["settings"]
         results = []
-        for i in range(trials):
-            trial = one_trial(lab, ttl, lab_kind.victim)
-            print(f"{profile} trial {i + 1}/{trials}: " + json.dumps(
-                {k: round(v, 3) for k, v in asdict(trial).items()}), file=sys.stderr)
+        for i in range(args.trials):
+            trial = one_trial(lab, settings, args, i + 1)
+            print(f"{profile} trial {i + 1}/{args.trials}: " + json.dumps(
+                {k: round(v, 3) if isinstance(v, float) else v
+                 for k, v in trial.record().items()}), file=sys.stderr)
             results.append(trial)
-        return {**summarize(results), "isolation": lab_kind.isolation,
-                "driver": lab_kind.driver, "vm_memory_mib": lab.vm_memory_mib,
-                "victim": lab_kind.victim}
+        return {**summarize(results), "lease_ttl_s": float(settings["lease_ttl_s"]),
+                "probe_after_s": float(settings.get("probe_after_s", 0.0)),
+                "designed_wait_s": designed_wait(settings), "fence_cap": cap,
+                "settings_changed": changed,
+                "isolation": args.isolation, "driver": args.driver, "hosts": args.hosts,
+                "vm_memory_mib": lab.vm_memory_mib, "vms": args.vms,
+                "victim_vms": args.victim_vms, "victim": args.victim,
+                "observer_violations": len(lab.observer.violations) if lab.observer else None,
+                "observer_violation_list": lab.observer.violations[:10] if lab.observer else [],
+                "loadavg_1m_before": round(load_before, 2),
+                "loadavg_1m_after": round(os.getloadavg()[0], 2),
+                "measured_at": time.strftime("%Y-%m-%d %H:%M"),
+                "trial_records": [{k: round(v, 3) if isinstance(v, float) else v
+                                   for k, v in t.record().items()} for t in results]}
     finally:
         lab.stop()
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--hosts", type=int, default=3)
-    parser.add_argument("--vms", type=int, default=6)
+    parser.add_argument("--vms", type=int, default=6, help="VMs spread over the hosts")
+    parser.add_argument("--victim-vms", type=int, default=0,
+                        help="more VMs started on the victim before each cut (removed after)")
+    parser.add_argument("--vm-memory-mib", type=int, default=None,
+                        help="memory of each VM (lab default: 256 test, 32 qemu; hosts have "
+                             "8192)")
     parser.add_argument("--profiles", default="default,fast")
     parser.add_argument("--isolation", choices=ISOLATIONS, default="loopback",
                         help="hosts on loopback addresses, or each in a network namespace")
@@ -163,12 +265,13 @@ def main() -> int:
     parser.add_argument("--victim", choices=("most-vms", "leader", "follower"),
                         default="most-vms", help="whose power is cut in each trial")
     args = parser.parse_args()
+    if args.victim_vms and args.vm_memory_mib is None and args.driver == "test":
+        args.vm_memory_mib = 64  # 40 VMs of 256 MiB do not fit on the two survivors
     reason = lab_unavailable(args.driver, args.isolation)
     if reason:
         print(f"bench/failover.py: cannot build a lab cluster here: {reason}", file=sys.stderr)
         return 2
-    out = {p: run_profile(p, args.trials, args.hosts, args.vms, args)
-           for p in args.profiles.split(",")}
+    out = {p: run_profile(p, args) for p in args.profiles.split(",")}
     print(json.dumps(out))
     return 0
 

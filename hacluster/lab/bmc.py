@@ -7,7 +7,9 @@ state in `dir/power`, runs `power_off_cmd` / `power_on_cmd` when the power
 changes (e.g. `["kill", "-KILL", "--", f"-{pgid}"]` to kill a simulated host's
 process group; procps kill needs the `--`) and appends every
 change to `dir/power.log` (JSON lines with wall and CLOCK_MONOTONIC times), so
-an end-to-end observer can check when a host really lost power.
+an end-to-end observer can check when a host really lost power. Every `get power`
+an IPMI client asks is logged too (`reads()`): a fence of a host that is already
+off changes no power, and its reads are all the BMC sees of it.
 
 Modes simulate the BMC faults a fencer must tell apart (`set_mode`):
 
@@ -79,6 +81,15 @@ class PowerEvent:
     cause: str
     detail: str
     began: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerRead:
+    """One `get power` an IPMI client asked (a fence's or a probe's read, a
+    host checking its own BMC): when (CLOCK_MONOTONIC) and what it answered."""
+
+    mono: float
+    on: bool
 
 
 def _free_udp_port(address: str) -> int:
@@ -223,14 +234,17 @@ class BmcSim:
         (d / chassis.LOG_FILE).touch()
         # ipmi_sim blocks on this program for every request, and clients
         # retransmit after about a second: `get power` (polled during a fence)
-        # is answered by the shell alone, the rest goes to Python.
+        # is answered by the shell alone (bash: its clock and its echo are
+        # builtins, no fork), logged with the time; the rest goes to Python.
         python = " ".join(shlex.quote(arg) for arg in chassis.command_argv(d))
         wrapper = d / "chassis-control.sh"
         wrapper.write_text(
-            "#!/bin/sh\n"
+            "#!/bin/bash\n"
             'if [ "$1 $2" = "get power" ]; then\n'
             f"  read -r state < {shlex.quote(str(d / chassis.POWER_FILE))}\n"
-            '  [ "$state" = 1 ] && echo power:1 || echo power:0\n'
+            '  [ "$state" = 1 ] || state=0\n'
+            f'  echo "$EPOCHREALTIME $state" >> {shlex.quote(str(d / chassis.READS_FILE))}\n'
+            '  echo "power:$state"\n'
             "  exit 0\n"
             "fi\n"
             f'exec {python} "$@"\n'
@@ -354,6 +368,18 @@ class BmcSim:
                         float(raw.get("began", raw["mono"])),
                     )
                 )
+        return out
+
+    def reads(self) -> list[PowerRead]:
+        """Every `get power` answered so far, oldest first, on CLOCK_MONOTONIC
+        (converted from the wall clock the shell logs, with today's offset)."""
+        offset = time.time() - time.monotonic()
+        out: list[PowerRead] = []
+        with contextlib.suppress(FileNotFoundError):
+            for line in (self.directory / chassis.READS_FILE).read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    wall, state = line.split()
+                    out.append(PowerRead(float(wall) - offset, state == "1"))
         return out
 
     def set_power(self, on: bool, cause: str = "lab") -> bool:

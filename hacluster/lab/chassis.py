@@ -12,6 +12,8 @@ must return quickly. The state lives in files in one directory (written by
 - `pending.json` the change a slow BMC has accepted but not yet made
 - `power.log`    one JSON object per line for every power change and identify
                  (`mono`: done, the state file changed; `began`: the hook started)
+- `reads.log`    one line per `get power` an IPMI client asked: "WALL STATE" (the
+                 wall clock in seconds, 1 or 0), written by the shell wrapper
 
 Run as `python -m hacluster.lab.chassis DIR get power` and the like, or
 through `command_argv(DIR)` (what the wrapper script ipmi_sim calls uses);
@@ -37,6 +39,7 @@ CONFIG_FILE = "chassis.json"
 MODE_FILE = "mode.json"
 PENDING_FILE = "pending.json"
 LOG_FILE = "power.log"
+READS_FILE = "reads.log"
 LOCK_FILE = "chassis.lock"
 CMD_LOG_FILE = "commands.log"
 

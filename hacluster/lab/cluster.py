@@ -123,7 +123,10 @@ class LabCluster:
     def __init__(self, root: str | Path, hosts: int = 3, *, profile: str = "default",
                  driver: str = "test", isolation: str = "loopback", log_level: str = "info",
                  vm_memory_mib: int | None = None, links: int = 1,
-                 notify_hook: str = "", watchdog: tuple[float, float] | None = None) -> None:
+                 notify_hook: str = "", watchdog: tuple[float, float] | None = None,
+                 timing: tuple[tuple[str, float], ...] = LAB_TIMING,
+                 raft: tuple[tuple[str, float], ...] = (),
+                 observer_interval_s: float = 0.05) -> None:
         """watchdog: (timeout_s, self_fence_s) gives every host a watchdog that cuts its
         power when not fed (hacluster/lab/watchdog.py)."""
         if profile not in PROFILES:
@@ -144,6 +147,9 @@ class LabCluster:
         self.notify_hook = notify_hook
         self.watchdog = watchdog
         self.watchdog_emulator: WatchdogEmulator | None = None
+        self.timing = timing  # [timing] of every peer (() = the product's defaults)
+        self.raft = raft  # [raft] of every peer (() = the product's defaults)
+        self.observer_interval_s = observer_interval_s
         self.nodes: dict[str, LabNode] = {}
         self.cut_hosts: set[str] = set()
         self.observer: Observer | None = None
@@ -175,13 +181,16 @@ class LabCluster:
                                  lambda n: self.nodes[n].bmc.power is PowerState.ON,
                                  ignore=frozenset({"test"}) if self.driver == "test"
                                  else frozenset(),
-                                 power_log=lambda n: self.nodes[n].bmc.events())
+                                 power_log=lambda n: self.nodes[n].bmc.events(),
+                                 interval_s=self.observer_interval_s)
         self.observer.start()
 
     def add_host(self, name: str, secret_file: str | None = None,
                  role: str = "voter") -> LabNode:
         """A new host joins a running cluster: Raft membership first (through any
-        peer, voters only), then its peer starts with every voter as a partner."""
+        peer, voters only), its BMC in the replicated settings (so it can be fenced),
+        then its peer starts with every voter as a partner. The observer watches
+        it from then on."""
         place = self.isolation.add_host(name)
         address = place[0]
         peers = tuple(f"{n}={node.host.spec.raft_address}" for n, node in self.nodes.items()
@@ -194,8 +203,12 @@ class LabCluster:
                                "addresses": addresses, "role": role})
         node = self._node(name, place, peers, secret_file or str(self.root / "secret"), role)
         self.nodes[name] = node
+        with self.client() as rpc:
+            self._set_bmc(rpc, name, node)
         node.host.power_on()
         self.count += 1
+        if self.observer is not None:
+            self.observer.add_host(name, self._connector(name))
         return node
 
     def _node(self, name: str, place: tuple[str, str], peers: tuple[str, ...],
@@ -205,12 +218,12 @@ class LabCluster:
         spec = HostSpec(name=name, directory=str(directory), address=address,
                         raft_port=RAFT_PORT, lease_port=LEASE_PORT, peers=peers,
                         secret_file=secret, role=role, driver=self.driver,
-                        log_level=self.log_level, timing=LAB_TIMING, netns=netns,
+                        log_level=self.log_level, timing=self.timing, netns=netns,
                         backend_address=backend_of(address) if self.links == 2 else "",
                         notify_hook=self.notify_hook,
                         watchdog_timeout_s=self.watchdog[0] if self.watchdog else 0.0,
                         self_fence_s=self.watchdog[1] if self.watchdog else 0.0,
-                        cgroup_procs=self.isolation.procs_file(name))
+                        cgroup_procs=self.isolation.procs_file(name), raft=self.raft)
         host = LabHost(spec)
         host.write()
         hook = ["env", f"PYTHONPATH={package_pythonpath()}",
@@ -239,12 +252,15 @@ class LabCluster:
             rpc.call("bmc.set", {"username": BMC_USER, "driver": "ipmi",
                                  "password": first.bmc.password.reveal()})
             for name, node in self.nodes.items():
-                rpc.call("bmc.set", {"host": name, "address": node.bmc.address,
-                                     "port": node.bmc.port,
-                                     "password": node.bmc.password.reveal()})
+                self._set_bmc(rpc, name, node)
             settings = PROFILES[self.profile]
             if settings:
                 self._set_settings(rpc, settings)
+
+    @staticmethod
+    def _set_bmc(rpc: RpcClient, name: str, node: LabNode) -> None:
+        rpc.call("bmc.set", {"host": name, "address": node.bmc.address, "port": node.bmc.port,
+                             "password": node.bmc.password.reveal()})
 
     @staticmethod
     def _set_settings(rpc: RpcClient, settings: dict[str, float]) -> None:
@@ -281,15 +297,34 @@ class LabCluster:
         with self.client(name) as rpc:
             return rpc.call(method, params or {})
 
-    def add_vms(self, count: int, prefix: str = "vm") -> list[str]:
-        names = [f"{prefix}{i + 1}" for i in range(count)]
+    def raise_fence_cap(self, fences: int) -> dict[str, Any]:
+        """Allow at least `fences` fence incidents per window for a run that causes
+        them on purpose (the default cap, 3 per hour, would leave the fourth victim
+        fence-blocked). Says so on stderr when it changes the cap; returns what the
+        run used: cap, window_s, default_cap, raised."""
+        before = self.call("fence.cap")["cap"]
+        wanted = max(int(before["cap"]), fences)
+        if wanted != before["cap"]:
+            self.call("fence.cap", {"cap": wanted})
+            print(f"fence cap raised for this run: {before['cap']} -> {wanted} fences per "
+                  f"{before['window_s']:g} s", file=sys.stderr)
+        return {"cap": wanted, "window_s": before["window_s"], "default_cap": before["cap"],
+                "raised": wanted != before["cap"]}
+
+    def add_vms(self, count: int, prefix: str = "vm", *, start: int = 1,
+                timeout_s: float = 60.0, **options: Any) -> list[str]:
+        """Add VMs named prefix+number from `start` (with vm.add `options` such as
+        allowed_hosts) and wait until they run, seen by the observer too."""
+        names = [f"{prefix}{i}" for i in range(start, start + count)]
         kind = domain_type_for(next(iter(self.nodes.values())).host.libvirtd.uri)
-        for name in names:
-            self.call("vm.add", {"xml": minimal_domain_xml(name, self.vm_memory_mib, 1, kind)})
-        self.wait(lambda: self._all_running(names), 60, f"{count} VMs running")
+        with self.client() as rpc:
+            for name in names:
+                rpc.call("vm.add", {"xml": minimal_domain_xml(name, self.vm_memory_mib, 1, kind),
+                                    **options})
+        self.wait(lambda: self._all_running(names), timeout_s, f"{count} VMs running")
         if self.observer is not None:  # and seen by it: later checks compare with its looks
             observer = self.observer
-            self.wait(lambda: all(observer.where(n) for n in names), 10,
+            self.wait(lambda: all(observer.where(n) for n in names), max(10.0, timeout_s / 6),
                       f"the observer seeing the {count} VMs")
         return names
 

@@ -55,6 +55,7 @@ class HostSpec:
     watchdog_timeout_s: float = 0.0  # > 0: a watchdog (hacluster/lab/watchdog.py)
     self_fence_s: float = 0.0
     cgroup_procs: str = ""  # the cgroup.procs file the peer joins (loopback isolation)
+    raft: tuple[tuple[str, float], ...] = ()  # [raft] overrides (RaftSettings fields)
 
     @property
     def path(self) -> Path:
@@ -94,6 +95,7 @@ class LabHost:
         raw = json.loads(Path(directory, "host.json").read_text())
         raw["peers"] = tuple(raw["peers"])
         raw["timing"] = tuple(tuple(p) for p in raw["timing"])
+        raw["raft"] = tuple(tuple(p) for p in raw.get("raft", ()))
         return cls(HostSpec(**raw))
 
     def write(self) -> None:
@@ -105,6 +107,7 @@ class LabHost:
     def peer_config(self) -> str:
         s = self.spec
         timing = "".join(f"{k} = {v}\n" for k, v in s.timing)
+        raft = ("\n[raft]\n" + "".join(f"{k} = {v}\n" for k, v in s.raft)) if s.raft else ""
         # Peer-to-peer live migration: the source libvirtd connects to this
         # URI (a Unix socket on the shared filesystem, so no TCP listener).
         migration = f'migration_uri = "{self.libvirtd.uri}"\n' if s.driver == "qemu" else ""
@@ -122,6 +125,7 @@ class LabHost:
             f'[notify]\nhook = "{s.notify_hook}"\n\n'
             f'[log]\nlevel = "{s.log_level}"\n'
             f"{self._watchdog_config()}"
+            f"{raft}"
         )
 
     def _watchdog_config(self) -> str:

@@ -56,17 +56,42 @@ class Observer:
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _started: bool = False
+
+    def __post_init__(self) -> None:
+        self.hypervisors = dict(self.hypervisors)  # add_host extends our own copy
 
     def start(self) -> None:
-        for host in sorted(self.hypervisors):
-            thread = threading.Thread(target=self._loop, args=(host,),
-                                      name=f"observer-{host}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
+        with self._lock:
+            self._started = True
+            hosts = sorted(self.hypervisors)
+        for host in hosts:
+            self._watch(host)
+
+    def add_host(self, host: str, connect: Callable[[], Hypervisor]) -> None:
+        """Watch a host that joined after the start (a lab's add_host): from its
+        first look on, like the others; a host added before start() waits for it."""
+        with self._lock:
+            if host in self.hypervisors:
+                raise ValueError(f"the observer already watches {host}")
+            self.hypervisors[host] = connect
+            started = self._started and not self._stop.is_set()
+        if started:
+            self._watch(host)
+
+    def _watch(self, host: str) -> None:
+        thread = threading.Thread(target=self._loop, args=(host,),
+                                  name=f"observer-{host}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def hosts(self) -> list[str]:
+        with self._lock:
+            return sorted(self.hypervisors)
 
     def stop(self) -> None:
         self._stop.set()
-        for thread in self._threads:
+        for thread in list(self._threads):
             thread.join(5)
         for conn in list(self._conns.values()):
             if conn is not None:
@@ -85,7 +110,15 @@ class Observer:
         conn = self._conns.get(host)
         try:
             if conn is None:
-                conn = self._conns[host] = self.hypervisors[host]()
+                with self._lock:
+                    connect = self.hypervisors[host]
+                conn = self._conns[host] = connect()
+            # one libvirt call per look where the driver offers it (a lab of 25 hosts
+            # looked at 10 times a second would otherwise load every libvirtd)
+            states = getattr(conn, "domain_states", None)
+            if states is not None:
+                return {name for name, state in states().items()
+                        if state is DomainState.RUNNING and name not in self.ignore}
             return {d.name for d in conn.list_domains()
                     if d.state is DomainState.RUNNING and d.name not in self.ignore}
         except HypervisorError:
@@ -108,7 +141,7 @@ class Observer:
 
     def sample(self) -> None:
         """One look at every host in turn (the threads do this on their own)."""
-        for host in sorted(self.hypervisors):
+        for host in self.hosts():
             self.sample_host(host)
 
     def sample_host(self, host: str) -> None:

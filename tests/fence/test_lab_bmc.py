@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +38,21 @@ def test_ipmitool_switches_power_and_the_log_records_it(
     events = bmc.events()
     assert [(e.event, e.cause) for e in events] == [("power-off", "ipmi"), ("power-on", "ipmi")]
     assert events[0].mono <= events[1].mono and events[0].wall <= events[1].wall
+
+
+def test_power_reads_are_logged_with_what_they_answered(bmc: BmcSim) -> None:
+    """A fence of a host that is already off changes no power: its reads are what
+    the BMC witnesses of it."""
+    before = time.monotonic()
+    assert "Chassis Power is on" in ipmitool(bmc, "chassis", "power", "status").stdout
+    bmc.set_power(False)
+    assert "Chassis Power is off" in ipmitool(bmc, "chassis", "power", "status").stdout
+    after = time.monotonic()
+    reads = bmc.reads()
+    assert reads[0].on is True and reads[-1].on is False
+    assert [r.on for r in reads] == sorted((r.on for r in reads), reverse=True)
+    assert before - 0.05 <= reads[0].mono <= reads[-1].mono <= after + 0.05
+    assert reads[0].mono <= bmc.events()[0].mono <= reads[-1].mono
 
 
 def test_set_power_from_the_lab_runs_the_commands(

@@ -50,6 +50,17 @@ def test_define_start_list_destroy_undefine(hv: LibvirtHypervisor, name: str) ->
     assert _info(hv, name) is None
 
 
+def test_domain_states_in_one_call_agree_with_the_full_listing(hv: LibvirtHypervisor,
+                                                               name: str) -> None:
+    hv.define(name, _xml(name))
+    assert hv.domain_states()[name] is S.SHUTOFF
+    hv.start(name)
+    assert hv.domain_states() == {info.name: info.state for info in hv.list_domains()}
+    assert hv.domain_states()[name] is S.RUNNING
+    hv.undefine(name)
+    assert name not in hv.domain_states()
+
+
 def test_shutdown_of_a_cooperative_domain(hv: LibvirtHypervisor, name: str) -> None:
     hv.define(name, _xml(name))
     hv.start(name)

@@ -7,12 +7,8 @@ HACLUSTER_RAFT_SCHEDULES=<n> runs more schedules, HACLUSTER_RAFT_SEED=<seed> ano
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 from hacluster.ports import ProposeStatus
 from hacluster.sim.raftcheck import RaftChecker
@@ -222,12 +218,3 @@ def test_default_config_follows_production() -> None:
     assert 0.03 <= cfg.heartbeat_s <= 0.05
     assert ProposeStatus.MAYBE is MAYBE.status
 
-
-def test_the_speed_benchmark_runs_and_prints_its_keys() -> None:
-    bench = Path(__file__).resolve().parents[2] / "bench" / "sim_raft.py"
-    done = subprocess.run([sys.executable, str(bench), "--smoke"], capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    for key in ("sim_s_per_s", "checked_sim_s_per_s", "msgs_per_sim_s"):
-        assert result[f"5v3m_20ms_{key}"] > 0
