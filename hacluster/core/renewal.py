@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from hacluster.core.ratelimit import RefusalLine, RefusalLog
+
 VERSION = 2  # 1: sender wall clock in a 30 s window (replayable across boots)
 MAC_BYTES = 16
 MAX_DATAGRAM = 1024
@@ -262,28 +264,9 @@ class SourceBudget:
         return True
 
 
-RECENT_REFUSALS = 16
-
-
-@dataclass
-class Refusals:
-    """What was refused, by reason, and the latest sources (shown in status)."""
-
-    by_reason: dict[str, int] = field(default_factory=dict)
-    recent: deque[tuple[str, str, float]] = field(
-        default_factory=lambda: deque(maxlen=RECENT_REFUSALS))  # (source, reason, when)
-
-    def add(self, source: str, reason: str, now: float) -> None:
-        self.by_reason[reason] = self.by_reason.get(reason, 0) + 1
-        if not self.recent or self.recent[-1][:2] != (source, reason):
-            self.recent.append((source, reason, now))
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_reason.values())
-
-
 # ---------------------------------------------------------------- one peer's endpoint
+
+REFUSAL_LOG_INTERVAL_S = 10.0  # at most one log line per reason and source this often
 
 # host -> [(link, address)] to reach it
 Targets = dict[str, list[tuple[str, str]]]
@@ -304,6 +287,7 @@ class Received:
     credit_at: float | None = None  # for a renewal: what it proves (RenewalJudge.admit)
     ack: Ack | None = None  # an ack to this peer
     follow_up: bool = False  # send a round now (RenewalSender.on_ack)
+    refusal: RefusalLine | None = None  # refused, and this line may be logged now
 
 
 class LeaseEndpoint:
@@ -316,7 +300,7 @@ class LeaseEndpoint:
         self.sender = RenewalSender(me, boot)
         self.judge = RenewalJudge()
         self.budget = SourceBudget(rate_per_s=200.0, burst=400.0, strangers_per_s=200.0)
-        self.refusals = Refusals()
+        self.refusals = RefusalLog(REFUSAL_LOG_INTERVAL_S)
         self.seen: dict[str, dict[str, float]] = {}  # host -> link -> when (monotonic)
 
     @property
@@ -352,23 +336,23 @@ class LeaseEndpoint:
                 known: bool = True) -> Received:
         """One datagram from `source` (`known`: an address of a host of the cluster)."""
         if not self.budget.allow(source, known, now):
-            self.refusals.add(source, "rate", now)
-            return Received()
+            return self._refuse("rate", source, now)
         try:
             message = self.codec.unpack(data)
         except BadDatagram as exc:
-            self.refusals.add(source, exc.reason, now)
-            return Received()
+            return self._refuse(exc.reason, source, now)
         if isinstance(message, Ack):
             if message.host != self.me:
                 return Received()
             return Received(ack=message, follow_up=self.sender.on_ack(message, now))
         admitted = self.judge.admit(message, now, ttl_s)
         if admitted is None:
-            self.refusals.add(source, "replay", now)
-            return Received()
+            return self._refuse("replay", source, now)
         self.seen.setdefault(message.host, {})[message.link] = now
         return Received(renewal=message, credit_at=admitted.credit_at)
+
+    def _refuse(self, reason: str, source: str, now: float) -> Received:
+        return Received(refusal=self.refusals.refuse(reason, source or "?", now))
 
     def challenge(self, host: str, routes: list[tuple[str, str]], term: int, now: float,
                   ttl_s: float) -> list[Outgoing]:

@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hacluster.core.ratelimit import RefusalLine, RefusalLog, held_back
 from hacluster.core.readindex import ReadMark
-from hacluster.core.renewal import Ack, LeaseCodec, LeaseEndpoint, Refusals, Renewal, Targets
+from hacluster.core.renewal import (
+    REFUSAL_LOG_INTERVAL_S,
+    Ack,
+    LeaseCodec,
+    LeaseEndpoint,
+    Renewal,
+    Targets,
+)
 
 # An admitted renewal: (the renewal, credit_at or None, answer); the leader calls answer
 # with its confirmed read mark (any other peer never does).
@@ -32,6 +41,9 @@ RenewalHandler = Callable[[Renewal, float | None, Answer], None]
 class LeaseTimes:
     renew_s: float  # how often a round goes out
     ttl_s: float  # a nonce older than this credits nothing
+
+
+log = logging.getLogger("hacluster.leases")
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -98,7 +110,7 @@ class LeaseService:
         return self.endpoint.rejected
 
     @property
-    def refusals(self) -> Refusals:
+    def refusals(self) -> RefusalLog:
         return self.endpoint.refusals
 
     @property
@@ -122,6 +134,13 @@ class LeaseService:
         for _, waiter in self._ack_waiters:
             waiter.cancel()
 
+    def log_overdue_refusals(self) -> None:
+        """Say what the rate limit held back from sources that went quiet."""
+        for line in self.endpoint.refusals.overdue(time.monotonic()):
+            log.warning("lease: refused %d more datagram(s) from %s in the last %gs (%s)",
+                        line.suppressed, line.source, REFUSAL_LOG_INTERVAL_S,
+                        _reason(line.kind))
+
     # ------------------------------------------------------------ receiving
 
     def _is_known(self, address: str, now: float) -> bool:
@@ -135,6 +154,8 @@ class LeaseService:
         now = time.monotonic()
         ttl = self.times().ttl_s
         got = self.endpoint.receive(data, now, ttl, addr[0], self._is_known(addr[0], now))
+        if got.refusal is not None:
+            log_refusal(got.refusal)
         if got.ack is not None:
             self._ack(got.ack, now)
             if got.follow_up:  # the round it answers echoed a stale nonce
@@ -232,3 +253,23 @@ def _enlarge_receive_buffer(transport: asyncio.BaseTransport) -> None:
     if force is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, force, RECEIVE_BUFFER_BYTES)
+
+
+REFUSAL_REASONS = {  # BadDatagram reasons and the endpoint's own
+    "rate": "over its rate budget",
+    "replay": "a replayed or stale renewal",
+    "mac": "bad MAC (wrong cluster secret or damaged)",
+    "size": "bad size",
+    "version": "another lease protocol version",
+    "malformed": "malformed",
+}
+
+
+def _reason(kind: str) -> str:
+    return REFUSAL_REASONS.get(kind, kind)
+
+
+def log_refusal(line: RefusalLine) -> None:
+    """One rate-limited line for lease datagrams refused from a source."""
+    log.warning("lease: refused a datagram from %s: %s%s", line.source, _reason(line.kind),
+                held_back(line, REFUSAL_LOG_INTERVAL_S))

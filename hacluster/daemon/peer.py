@@ -368,15 +368,6 @@ class Peer:
                     (p.partition("=") for p in self.config.cluster.peers)}
         return renewal_targets(voters, self.me, set(self._links()), fallback)
 
-    def _lease_refusals(self) -> dict[str, Any]:
-        """Lease datagrams refused, by reason, and the latest sources (age in s)."""
-        if self.leases is None:
-            return {"by_reason": {}, "recent": []}
-        refusals, now = self.leases.refusals, time.monotonic()
-        return {"by_reason": dict(sorted(refusals.by_reason.items())),
-                "recent": [[source, reason, round(now - at, 1)]
-                           for source, reason, at in refusals.recent]}
-
     def _host_addresses(self) -> set[str]:
         """Every address a host of the cluster renews from (lease links, Raft address)."""
         with self.replica.read() as state:
@@ -401,6 +392,7 @@ class Peer:
             if self.raft is not None:  # told to the leader in our Raft answers
                 self.raft.set_hears(self.leases.heard())
             self._allow_self_fencing(fencing)
+            self.leases.log_overdue_refusals()
             await asyncio.sleep(self._lease_times().renew_s)
 
     def _allow_self_fencing(self, fencing: SelfFencing | None) -> None:
@@ -560,7 +552,6 @@ class Peer:
             "caught_up": bool(raft and raft.ready),
             "manager_ready": bool(manager and manager.ready),
             "links": self.leases.link_report() if self.leases else {},
-            "lease_refusals": self._lease_refusals(),
             "watchdog": self.self_fencing.status() if self.self_fencing else {"kind": "none"},
             "digest": self.replica.digest() if digest else "",
             "halted": self.halted,
@@ -569,6 +560,7 @@ class Peer:
 
     def refusals(self, raft: dict[str, Any]) -> dict[str, Any]:
         """Connections and messages turned away, per channel (core/ratelimit.py
-        RefusalLog.summary each): the Raft port and the admin RPC listeners."""
+        RefusalLog.summary each): the Raft port, the lease port, the admin RPC."""
         rpc = self.rpc_server.refusal_summary() if self.rpc_server is not None else {}
-        return {"raft": raft, "rpc": rpc}
+        lease = self.leases.refusals.summary(time.monotonic()) if self.leases else {}
+        return {"raft": raft, "lease": lease, "rpc": rpc}

@@ -7,9 +7,11 @@ import pytest
 
 from hacluster.core.renewal import (
     NO_NONCE,
+    REFUSAL_LOG_INTERVAL_S,
     Ack,
     BadDatagram,
     LeaseCodec,
+    LeaseEndpoint,
     Renewal,
     RenewalJudge,
     RenewalSender,
@@ -130,3 +132,25 @@ def test_a_renewal_replayed_to_a_follower_or_a_new_leader_proves_nothing() -> No
     assert credit(follower, renewal(1, nonce=nonce), 100.2) is None
     new_leader.issue(term=5, now=101.0, window_s=TTL)
     assert credit(new_leader, renewal(1, nonce=nonce), 101.1) is None
+
+
+def test_refused_datagrams_are_counted_by_reason_and_logged_once_per_source_and_interval(
+        ) -> None:
+    """A flood of forged datagrams from one source is one log line per interval (with
+    the count held back said later), while every refusal is counted for status."""
+    endpoint = LeaseEndpoint("h1", LeaseCodec(SECRET), b"boot0001")
+    forged = LeaseCodec("another-secret-0123456789").pack(renewal(1))
+    lines = [endpoint.receive(forged, 10.0 + i * 0.001, TTL, "10.0.0.9").refusal
+             for i in range(300)]
+    logged = [line for line in lines if line is not None]
+    assert [(line.kind, line.source, line.suppressed) for line in logged] == [
+        ("mac", "10.0.0.9", 0)]
+    other = endpoint.receive(b"\x00" * 40, 10.6, TTL, "10.0.0.7").refusal
+    assert other is not None and (other.kind, other.source) == ("mac", "10.0.0.7")
+    summary = endpoint.refusals.summary(11.0)
+    assert summary["total"] == 301 and summary["kinds"] == {"mac": 301}
+    assert summary["recent"][0]["source"] == "10.0.0.7"
+    assert summary["recent"][1] == {"kind": "mac", "source": "10.0.0.9", "count": 300,
+                                    "age_s": 0.7}
+    later = endpoint.refusals.overdue(10.0 + REFUSAL_LOG_INTERVAL_S + 0.1)
+    assert [(line.source, line.suppressed) for line in later] == [("10.0.0.9", 299)]
