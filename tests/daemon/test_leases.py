@@ -15,6 +15,7 @@ from hacluster.daemon.leases import Answer, LeaseService, LeaseTimes
 
 SECRET = "lease-test-secret-0123456789"
 TIMES = LeaseTimes(renew_s=0.5, ttl_s=3.0)
+ADDRESSES = ["127.0.0.2", "127.0.0.4", "127.0.0.6"]  # the replay: host, leader, tap
 
 
 def free_udp_port(addresses: list[str]) -> int:
@@ -94,12 +95,13 @@ def test_renewals_and_acks_cross_every_link_over_udp() -> None:
     asyncio.run(exchange_over_two_links())
 
 
-async def replay_two_boots() -> tuple[list[tuple[float, float | None]], float, int]:
+async def replay_two_boots(
+        port: int, others: list[LeaseService] | None = None,
+) -> tuple[list[tuple[float, float | None]], float, int]:
     """A host renews through a tap that records every datagram, restarts (a new boot),
     renews again, then dies. An attacker replays what the tap recorded, both boots
     alternately, every 0.25 s. Returns the leader's credits, when the host died, and
-    how many replays the leader refused."""
-    port = free_udp_port(["127.0.0.2", "127.0.0.4", "127.0.0.6"])
+    how many replays the leader refused. `others` (on `port` too) get every replay."""
     credits: list[tuple[float, float | None]] = []
 
     def on_renewal(renewal: Renewal, credit_at: float | None, answer: Answer) -> None:
@@ -131,6 +133,8 @@ async def replay_two_boots() -> tuple[list[tuple[float, float | None]], float, i
                 boot = recorded[:half] if i % 2 == 0 else recorded[half:]
                 for datagram in boot:
                     attacker.sendto(datagram, ("127.0.0.4", port))
+                    for other in others or []:
+                        attacker.sendto(datagram, (other.links["main"], port))
                 await asyncio.sleep(0.25)
         return credits, died, leader.rejected
     finally:
@@ -164,9 +168,44 @@ def test_replayed_renewals_of_two_boots_never_extend_a_lease() -> None:
     """Issue 9, item 1: renewals captured from two boots of one host, replayed alternately
     after it died, kept it online for 24 s against a 3 s lease. Now a replay is refused
     outright or proves nothing (no credit later than the host's last genuine renewal)."""
-    credits, died, refused = asyncio.run(replay_two_boots())
+    credits, died, refused = asyncio.run(replay_two_boots(free_udp_port(ADDRESSES)))
     genuine = [at for when, at in credits if when <= died and at is not None]
     assert genuine, "the host's own renewals were credited"
     after = [at for when, at in credits if when > died and at is not None]
     assert all(at <= max(genuine) for at in after)
     assert refused > 0
+
+
+async def replay_elsewhere() -> tuple[list[float | None], list[float | None], int]:
+    """The recording replayed to a follower (which issued no nonce) and to a new leader
+    (which issues nonces of a later term): the credits each gave, and both refusals."""
+    follower_credits: list[float | None] = []
+    new_leader_credits: list[float | None] = []
+
+    def new_leader_renewal(renewal: Renewal, credit_at: float | None, answer: Answer) -> None:
+        new_leader_credits.append(credit_at)
+        answer(ReadMark(term=8, commit_index=50, seq=0))  # it acks with nonces of term 8
+
+    ports = free_udp_port([*ADDRESSES, "127.0.0.8", "127.0.0.9"])
+    follower = LeaseService("h3", LeaseCodec(SECRET), {"main": "127.0.0.8"}, ports,
+                            lambda r, at, a: follower_credits.append(at), lambda: {},
+                            lambda: TIMES)
+    new_leader = LeaseService("h4", LeaseCodec(SECRET), {"main": "127.0.0.9"}, ports,
+                              new_leader_renewal, lambda: {}, lambda: TIMES)
+    await follower.start()
+    await new_leader.start()
+    try:
+        await replay_two_boots(ports, [follower, new_leader])
+        return follower_credits, new_leader_credits, follower.rejected + new_leader.rejected
+    finally:
+        follower.close()
+        new_leader.close()
+
+
+def test_a_renewal_replayed_to_a_follower_or_after_a_leader_change_proves_nothing() -> None:
+    """Issue 9: the captured renewals of a dead host, replayed to a peer that is not the
+    leader and to a leader elected later, credit nothing there either."""
+    follower, new_leader, refused = asyncio.run(replay_elsewhere())
+    assert follower and new_leader, "the replays reached neither peer"
+    assert all(at is None for at in follower + new_leader), (follower, new_leader)
+    assert refused > 0  # the same datagram a second time is refused outright
