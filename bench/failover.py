@@ -26,6 +26,9 @@ fence-confirmed, as one peer streams them) is reported beside, as `product_*`.
 `wrong_fences` counts power-offs by IPMI (BMC logs) during the trials: every victim
 is already off when fenced, so any such power-off hit a running host.
 
+`--profiles default,default+lease-only,...` measures a profile also with power reads
+off (probe_after_s = 0: the lease-only path), in the same run.
+
 Prints one JSON object on its last stdout line: {"default": {...}, "fast": {...}},
 each with median_s, p95_s, max_s, the phase medians, missing, wrong_fences, the fence
 cap used for the run, and the lab (isolation, driver, VM memory, VMs per victim).
@@ -209,7 +212,12 @@ def fit_victim_vms(lab: LabCluster, vms: int) -> dict[str, float]:
     return {"vcpu_overcommit": needed}
 
 
-def run_profile(profile: str, args: argparse.Namespace) -> dict[str, Any]:
+LEASE_ONLY = "+lease-only"  # a profile with power reads off: the lease-only path
+
+
+def run_profile(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """`name`: a lab profile, or one with LEASE_ONLY appended (probe_after_s = 0)."""
+    profile = name.removesuffix(LEASE_ONLY)
     load_before = os.getloadavg()[0]
     lab = LabCluster(tempfile.mkdtemp(prefix=f"hacluster-bench-{profile}-"), args.hosts,
                      profile=profile, log_level="warning", driver=args.driver,
@@ -219,13 +227,16 @@ def run_profile(profile: str, args: argparse.Namespace) -> dict[str, Any]:
         # every trial is one fence incident
         cap = lab.raise_fence_cap(args.trials + 1)
         changed = fit_victim_vms(lab, args.victim_vms + args.vms)
+        if name.endswith(LEASE_ONLY):
+            lab.call("settings.set", {"values": {"probe_after_s": 0.0}})
+            changed["probe_after_s"] = 0.0
         if args.vms:
             lab.add_vms(args.vms, timeout_s=300)
         settings = lab.call("settings.show")["settings"]
         results = []
         for i in range(args.trials):
             trial = one_trial(lab, settings, args, i + 1)
-            print(f"{profile} trial {i + 1}/{args.trials}: " + json.dumps(
+            print(f"{name} trial {i + 1}/{args.trials}: " + json.dumps(
                 {k: round(v, 3) if isinstance(v, float) else v
                  for k, v in trial.record().items()}), file=sys.stderr)
             results.append(trial)
@@ -257,7 +268,9 @@ def main() -> int:
     parser.add_argument("--vm-memory-mib", type=int, default=None,
                         help="memory of each VM (lab default: 256 test, 32 qemu; hosts have "
                              "8192)")
-    parser.add_argument("--profiles", default="default,fast")
+    parser.add_argument("--profiles", default="default,fast",
+                        help="comma-separated lab profiles; append +lease-only for the "
+                             "same with power reads off (probe_after_s = 0)")
     parser.add_argument("--isolation", choices=ISOLATIONS, default="loopback",
                         help="hosts on loopback addresses, or each in a network namespace")
     parser.add_argument("--driver", choices=("test", "qemu"), default="test",
