@@ -57,6 +57,10 @@ class LibvirtdSpec:
     host_uuid: str = ""  # default: derived from the directory path
     migration_host: str | None = None  # address peers send migration streams to
     migration_ports: tuple[int, int] = (49152, 49215)
+    # Disk leases: libvirt's lockd lock manager with its own virtlockd, its lease
+    # files in this directory (shared by every instance that should exclude the
+    # others, like a lockspace on shared storage). None: no lock manager.
+    lockspace_dir: str | None = None
 
     def resolved(self) -> LibvirtdSpec:
         base = Path(self.base_dir).absolute()
@@ -178,7 +182,20 @@ def _qemu_conf(spec: LibvirtdSpec) -> str:
     ]
     if spec.migration_host:
         lines.append(f'migration_host = "{spec.migration_host}"')
+    if spec.lockspace_dir:
+        lines.append('lock_manager = "lockd"')
     return "\n".join(lines) + "\n"
+
+
+def _lockd_conf(spec: LibvirtdSpec) -> str:
+    """qemu-lockd.conf: a lease on every writable disk, held on a file of the
+    shared lockspace named by a hash of the disk's path (indirect locking)."""
+    return (f'auto_disk_leases = 1\nrequire_lease_for_disks = 0\n'
+            f'file_lockspace_dir = "{spec.lockspace_dir}"\n')
+
+
+def _virtlockd_conf() -> str:
+    return 'log_outputs = "3:file:/var/log/libvirt/virtlockd.log"\n'
 
 
 def _with_line(path: str, line: str, unless_prefix: str = "") -> str:
@@ -277,6 +294,12 @@ class LabLibvirtd:
             sock.unlink()
         (self.base / "etc" / "libvirtd.conf").write_text(_libvirtd_conf(self.spec, self.base / "s"))
         (self.base / "etc" / "qemu.conf").write_text(_qemu_conf(self.spec))
+        for name in ("qemu-lockd.conf", "virtlockd.conf"):
+            (self.base / "etc" / name).unlink(missing_ok=True)
+        if self.spec.lockspace_dir:
+            Path(self.spec.lockspace_dir).mkdir(parents=True, exist_ok=True)
+            (self.base / "etc" / "qemu-lockd.conf").write_text(_lockd_conf(self.spec))
+            (self.base / "etc" / "virtlockd.conf").write_text(_virtlockd_conf())
         link = self.base / "drivers" / "libvirt_driver_qemu.so"
         link.unlink(missing_ok=True)
         module = _qemu_driver_module()
@@ -329,7 +352,11 @@ class LabLibvirtd:
             raise LabError(f"{command!r} in {self.base} failed: {done.stderr.decode().strip()}")
 
     def start_daemon(self, timeout_s: float = 20.0) -> None:
-        """Start libvirtd inside the running namespaces (also after stop_daemon)."""
+        """Start libvirtd inside the running namespaces (also after stop_daemon);
+        with disk leases, its virtlockd first (which outlives libvirtd restarts)."""
+        if self.spec.lockspace_dir and self._pids_of("virtlockd") == []:
+            self._nsenter("virtlockd --daemon --config /etc/libvirt/virtlockd.conf "
+                          "--pid-file /run/virtlockd.pid", timeout_s)
         self._nsenter(
             "libvirtd --daemon --config /etc/libvirt/libvirtd.conf --pid-file /run/libvirtd.pid",
             timeout_s,
@@ -389,6 +416,9 @@ class LabLibvirtd:
 
     def init_pid(self) -> int | None:
         return _verified_init(self.base)
+
+    def _pids_of(self, program: str) -> list[int]:
+        return [pid for pid, cmd in self.processes() if cmd and Path(cmd[0]).name == program]
 
     def processes(self) -> list[tuple[int, list[str]]]:
         """(pid in the root namespace, argv) of every process of the instance."""
