@@ -20,11 +20,18 @@ from hacluster.core import agent as ag
 from hacluster.core.bmc import BmcHealth, BmcSpec, bmc_health, bmc_spec
 from hacluster.daemon.fencing import SecretError, bmc_target
 from hacluster.daemon.logs import decision
-from hacluster.daemon.proposer import Proposer
+from hacluster.daemon.proposer import Proposer, VersionGateError
 from hacluster.daemon.replica import Replica
 from hacluster.fsm import commands as c
 from hacluster.fsm.model import HostRole
-from hacluster.ports import DomainState, Fencer, HostCapacity, Hypervisor, HypervisorError
+from hacluster.ports import (
+    DiskLockHeld,
+    DomainState,
+    Fencer,
+    HostCapacity,
+    Hypervisor,
+    HypervisorError,
+)
 
 log = logging.getLogger("hacluster.agent")
 
@@ -122,7 +129,16 @@ class AgentDriver:
             self._spawn(self._report(command))
 
     async def _report(self, command: c.Command) -> None:
-        outcome = await self.proposer.propose(command)
+        try:
+            outcome = await self.proposer.propose(command)
+        except VersionGateError as exc:
+            older = _older_report(command)
+            if older is None:
+                log.error("report not proposed", extra={"reason": str(exc)})
+                return
+            # a host of 0.1.0 cannot read it: a failed start it knows (caps apply)
+            log.warning("report sent as %s: %s", older.observed, exc)
+            outcome = await self.proposer.propose(older)
         for event in outcome.events:
             if event.kind == "rejected":
                 log.info("report refused", extra={"reason": event.message})
@@ -163,6 +179,13 @@ class AgentDriver:
             self.hypervisor.define(a.name, a.xml)
             self.hypervisor.start(a.name)
             return self._vm_report(a.name, a.placement, "started")
+        except DiskLockHeld as exc:
+            # a live copy holds the disk: a distinct report, which no restart follows
+            log.error("start refused: a disk lock is held", extra={"vm": a.name,
+                                                                   "error": str(exc)})
+            with contextlib.suppress(HypervisorError):
+                self.hypervisor.destroy(a.name)
+            return self._vm_report(a.name, a.placement, "start-locked", exc.why)
         except HypervisorError as exc:
             # never leave a half-started copy behind a start-failed report
             with contextlib.suppress(HypervisorError):
@@ -192,6 +215,14 @@ class AgentDriver:
     async def drain(self) -> None:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
+
+
+def _older_report(command: c.Command) -> c.VmReport | None:
+    """What a peer of an older release reads in place of a newer report, if anything."""
+    if isinstance(command, c.VmReport) and command.observed in c.VM_REPORTS_V2:
+        return c.VmReport(name=command.name, host=command.host, placement=command.placement,
+                          observed="start-failed", detail=command.detail)
+    return None
 
 
 class HostReporter:
