@@ -36,6 +36,7 @@ from hacluster.ports import (
 log = logging.getLogger("hacluster.agent")
 
 Freshness = Callable[[], Awaitable[bool]]
+FAILED_STARTS = ("start-failed", "start-locked")
 
 
 class AgentDriver:
@@ -54,6 +55,9 @@ class AgentDriver:
         self.migrate_timeout_s = migrate_timeout_s
         self.migration_uri = migration_uri
         self.busy: set[str] = set()
+        # VM -> the report of a start that failed here: a placement is never started
+        # twice (a reconcile may run before the report commits); the report is sent again
+        self.failed_starts: dict[str, c.VmReport] = {}
         self.throttle = ag.Throttle(1.0)
         self.wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -110,6 +114,10 @@ class AgentDriver:
                                       vcpus=command.vcpus, migration_uri=self.migration_uri)
             self._send_report(command, action.reason)
             return
+        failed = self.failed_starts.get(action.name)
+        if isinstance(action, ag.StartVm) and failed and failed.placement == action.placement:
+            self._send_report(failed, "this placement failed to start here; not tried again")
+            return
         self.busy.add(action.name)
         decision(log, type(action).__name__, action.reason, vm=action.name)
         self._spawn(self._run_blocking(action))
@@ -148,6 +156,8 @@ class AgentDriver:
         try:
             loop = asyncio.get_running_loop()
             report = await loop.run_in_executor(self.pool, self._perform, action)
+            if isinstance(report, c.VmReport) and report.observed in FAILED_STARTS:
+                self.failed_starts[name] = report
         finally:
             self.busy.discard(name)
             self.wake.set()

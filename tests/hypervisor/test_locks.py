@@ -4,7 +4,9 @@ manager configuration, and the agent turning a held lock into its own report."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,45 @@ def test_the_agent_reports_a_start_refused_for_a_held_lock() -> None:
         "vm1", "h2", 7, "start-locked")
     assert report.detail == classify("lockd")
     assert hv.calls == ["define vm1", "start vm1", "destroy vm1"]  # one attempt, no retry
+
+
+class Proposals:
+    """A proposer that records what the agent proposes (the version gate admits all)."""
+
+    def __init__(self) -> None:
+        self.sent: list[c.Command] = []
+
+    async def propose(self, command: c.Command) -> Any:
+        self.sent.append(command)
+
+        class Outcome:
+            events: list[object] = []
+
+        return Outcome()
+
+
+def test_a_placement_whose_start_failed_is_never_started_again_here() -> None:
+    """A reconcile that runs before the refusal's report commits decides StartVm again
+    for the same placement: the agent sends the report again instead (throttled)."""
+    hv, proposals = LockedHypervisor(), Proposals()
+    driver = AgentDriver("h2", None, hv, proposals, None, None, None,  # type: ignore[arg-type]
+                         shutdown_timeout_s=1.0, migrate_timeout_s=1.0, migration_uri="")
+
+    async def run() -> None:
+        driver._act(ag.StartVm("vm1", "<domain/>", 7, "placed here"))
+        await driver.drain()
+        await driver.drain()  # the report, spawned when the start finished
+        driver.throttle.interval_s = 0.0  # the next reconcile, a second later
+        driver._act(ag.StartVm("vm1", "<domain/>", 7, "placed here"))
+        await driver.drain()
+        driver._act(ag.StartVm("vm1", "<domain/>", 9, "restarted: a new placement"))
+        await driver.drain()
+
+    driver.pool = ThreadPoolExecutor(1)
+    asyncio.run(run())
+    assert [call for call in hv.calls if call.startswith("start")] == ["start vm1", "start vm1"]
+    assert [(p.observed, p.placement) for p in proposals.sent  # type: ignore[attr-defined]
+            ][:2] == [("start-locked", 7), ("start-locked", 7)]
 
 
 def test_any_other_start_failure_stays_start_failed() -> None:
