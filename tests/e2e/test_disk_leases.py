@@ -15,8 +15,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from hacluster.lab.bmc import BmcMode
 from hacluster.lab.cluster import LabCluster
+
+pytestmark = pytest.mark.netns
 
 Factory = Callable[..., LabCluster]
 QUIET_S = 6.0  # after the refusals: long enough for several retries of a loop
