@@ -4,6 +4,7 @@ Each instance lives under its own directory and in its own mount, UTS and PID
 namespaces (optionally inside a network namespace from hacluster.lab.netns):
 
     unshare ──> tini (PID 1 of the instance) ──> sh ──> sleep   (the "holder")
+                 ├─ virtlockd --daemon     (disk leases only; started before libvirtd)
                  ├─ libvirtd --daemon      (started with nsenter, reparented to tini)
                  ├─ qemu-system-x86_64 ... (children of libvirtd)
                  └─ virsh                  (test driver only: keeps its state alive)
@@ -18,6 +19,14 @@ Killing tini, PID 1 of the instance's PID namespace, makes the kernel kill
 every process of the instance at once: that is the simulated power-off, also
 available as `python -m hacluster.lab.libvirtd kill DIR`. Definitions in
 DIR/etc survive it, like a host's disk; /run does not, like a host's RAM.
+
+Disk leases (`LibvirtdSpec.lockspace_dir`): qemu.conf selects libvirt's lockd lock
+manager and qemu-lockd.conf puts the lease files in that directory. Every instance runs
+its own virtlockd, as every real host does: its socket is /run/libvirt/virtlockd-sock in
+the instance's private /run, where libvirtd's lockd plugin looks for it (as root it
+never starts one itself). The lease files are fcntl-locked by each virtlockd process,
+so instances sharing the directory exclude each other as hosts sharing a lockspace on
+shared storage do; a power-off kills the instance's virtlockd and releases its leases.
 """
 
 from __future__ import annotations
@@ -503,6 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start.add_argument("--netns", default=None)
     start.add_argument("--hostname", default="")
     start.add_argument("--migration-host", default=None)
+    start.add_argument("--lockspace", default=None, help="disk leases in this shared directory")
     for name, text in (("kill", "SIGKILL every process (power off)"), ("status", "show processes")):
         sub.add_parser(name, help=text).add_argument("dir")
     args = parser.parse_args(argv)
@@ -517,7 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         instance = LabLibvirtd.from_dir(args.dir)
     else:
         spec = LibvirtdSpec(args.dir, args.driver or "qemu", args.netns, args.hostname)
-        instance = LabLibvirtd(dataclasses.replace(spec, migration_host=args.migration_host))
+        instance = LabLibvirtd(dataclasses.replace(spec, migration_host=args.migration_host,
+                                                   lockspace_dir=args.lockspace))
     if instance.init_pid() is None:  # powering on a running host changes nothing
         try:
             instance.start()
