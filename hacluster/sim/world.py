@@ -428,9 +428,9 @@ class World:
 
         if self.vm_faults.fails(op, name, host.name):
             return report(f"{op}-failed", "sim fault")
-        holders = [h.name for h in self.hosts.values()
-                   if h is not host and h.powered and name in h.hyper.live()]
-        if op == "start" and self.disk_leases and holders:
+        holders = [h.name for h in self.hosts.values() if op == "start" and self.disk_leases
+                   and h is not host and h.powered and name in h.hyper.live()]
+        if holders:
             self.note(f"agent {host.name}: start of {name} refused, its disk is leased "
                       f"on {holders[0]}")
             return report("start-locked", f"sim: disk lease held on {holders[0]}")
