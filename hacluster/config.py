@@ -59,6 +59,13 @@ class HypervisorConfig:
     reserve_memory_mib: int = 1024
     shutdown_timeout_s: float = 30.0
     migrate_timeout_s: float = 120.0
+    # Disk leases (docs/safety.md): libvirt's lockd lock manager refuses to start a disk
+    # that a live QEMU on another host holds. true: the peer checks at start that libvirt
+    # is configured so (qemu.conf, qemu-lockd.conf in libvirt_config_dir) and refuses
+    # to start if not; it never edits libvirt's files (contrib/libvirt/ has them).
+    disk_leases: bool = False
+    disk_lease_dir: str = ""  # expected qemu-lockd.conf file_lockspace_dir; "" = any
+    libvirt_config_dir: str = "/etc/libvirt"
 
 
 @dataclass(frozen=True)

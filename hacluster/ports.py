@@ -137,6 +137,17 @@ class HypervisorError(Exception):
     """A hypervisor operation failed; the message names the domain and the cause."""
 
 
+class DiskLockHeld(HypervisorError):
+    """A start was refused because a disk of the domain is locked by a live process
+    (libvirt's lock manager, or QEMU's own image lock): a copy may run elsewhere, so
+    neither a retry here nor a start on another host can succeed or is wanted.
+    `why` is the short cause, for the VM's report."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
 DomainListener = Callable[[str, DomainState, str], None]  # name, new state, reason
 
 

@@ -20,15 +20,23 @@ from hacluster.core import agent as ag
 from hacluster.core.bmc import BmcHealth, BmcSpec, bmc_health, bmc_spec
 from hacluster.daemon.fencing import SecretError, bmc_target
 from hacluster.daemon.logs import decision
-from hacluster.daemon.proposer import Proposer
+from hacluster.daemon.proposer import Proposer, VersionGateError
 from hacluster.daemon.replica import Replica
 from hacluster.fsm import commands as c
 from hacluster.fsm.model import HostRole
-from hacluster.ports import DomainState, Fencer, HostCapacity, Hypervisor, HypervisorError
+from hacluster.ports import (
+    DiskLockHeld,
+    DomainState,
+    Fencer,
+    HostCapacity,
+    Hypervisor,
+    HypervisorError,
+)
 
 log = logging.getLogger("hacluster.agent")
 
 Freshness = Callable[[], Awaitable[bool]]
+FAILED_STARTS = ("start-failed", "start-locked")
 
 
 class AgentDriver:
@@ -47,6 +55,9 @@ class AgentDriver:
         self.migrate_timeout_s = migrate_timeout_s
         self.migration_uri = migration_uri
         self.busy: set[str] = set()
+        # VM -> the report of a start that failed here: a placement is never started
+        # twice (a reconcile may run before the report commits); the report is sent again
+        self.failed_starts: dict[str, c.VmReport] = {}
         self.throttle = ag.Throttle(1.0)
         self.wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -103,6 +114,10 @@ class AgentDriver:
                                       vcpus=command.vcpus, migration_uri=self.migration_uri)
             self._send_report(command, action.reason)
             return
+        failed = self.failed_starts.get(action.name)
+        if isinstance(action, ag.StartVm) and failed and failed.placement == action.placement:
+            self._send_report(failed, "this placement failed to start here; not tried again")
+            return
         self.busy.add(action.name)
         decision(log, type(action).__name__, action.reason, vm=action.name)
         self._spawn(self._run_blocking(action))
@@ -122,7 +137,16 @@ class AgentDriver:
             self._spawn(self._report(command))
 
     async def _report(self, command: c.Command) -> None:
-        outcome = await self.proposer.propose(command)
+        try:
+            outcome = await self.proposer.propose(command)
+        except VersionGateError as exc:
+            older = _older_report(command)
+            if older is None:
+                log.error("report not proposed", extra={"reason": str(exc)})
+                return
+            # a host of 0.1.0 cannot read it: a failed start it knows (caps apply)
+            log.warning("report sent as %s: %s", older.observed, exc)
+            outcome = await self.proposer.propose(older)
         for event in outcome.events:
             if event.kind == "rejected":
                 log.info("report refused", extra={"reason": event.message})
@@ -132,6 +156,8 @@ class AgentDriver:
         try:
             loop = asyncio.get_running_loop()
             report = await loop.run_in_executor(self.pool, self._perform, action)
+            if isinstance(report, c.VmReport) and report.observed in FAILED_STARTS:
+                self.failed_starts[name] = report
         finally:
             self.busy.discard(name)
             self.wake.set()
@@ -163,6 +189,13 @@ class AgentDriver:
             self.hypervisor.define(a.name, a.xml)
             self.hypervisor.start(a.name)
             return self._vm_report(a.name, a.placement, "started")
+        except DiskLockHeld as exc:
+            # a live copy holds the disk: a distinct report, which no restart follows
+            log.error("start refused: a disk lock is held", extra={"vm": a.name,
+                                                                   "error": str(exc)})
+            with contextlib.suppress(HypervisorError):
+                self.hypervisor.destroy(a.name)
+            return self._vm_report(a.name, a.placement, "start-locked", exc.why)
         except HypervisorError as exc:
             # never leave a half-started copy behind a start-failed report
             with contextlib.suppress(HypervisorError):
@@ -192,6 +225,14 @@ class AgentDriver:
     async def drain(self) -> None:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
+
+
+def _older_report(command: c.Command) -> c.VmReport | None:
+    """What a peer of an older release reads in place of a newer report, if anything."""
+    if isinstance(command, c.VmReport) and command.observed in c.VM_REPORTS_V2:
+        return c.VmReport(name=command.name, host=command.host, placement=command.placement,
+                          observed="start-failed", detail=command.detail)
+    return None
 
 
 class HostReporter:

@@ -1,7 +1,8 @@
 """Notifications: run the configured hook with one JSON event on stdin.
 
 Fired by the leader only (every peer applies the same events), for fence
-requested / succeeded / failed / cap reached / held / cancelled and host recovered. The hook runs
+requested / succeeded / failed / cap reached / held / cancelled, host recovered, and a VM
+start refused for a held disk lock (a copy runs elsewhere: "vm" names it). The hook runs
 with a timeout, off the event loop; a failing hook is logged, never retried.
 """
 
@@ -24,13 +25,19 @@ NOTIFIED_KINDS = {
     ev.FENCE_REFUSED: "fence-held",
     ev.FENCE_CANCELLED: "fence-cancelled",
     ev.HOST_RECOVERED: "host-recovered",
+    ev.VM_START_LOCKED: "vm-start-locked",
 }
+VM_KINDS = frozenset({ev.VM_START_LOCKED})  # their subject is a VM; data names the host
 
 
 def notification(event: Event, cluster: str) -> dict[str, object] | None:
     kind = NOTIFIED_KINDS.get(event.kind)
     if kind is None:
         return None
+    if event.kind in VM_KINDS:
+        return {"event": kind, "vm": event.subject, "host": event.get("host"),
+                "message": event.message, "index": event.index, "cluster": cluster,
+                "data": dict(event.data)}
     return {"event": kind, "host": event.subject, "message": event.message,
             "index": event.index, "cluster": cluster, "data": dict(event.data)}
 

@@ -28,6 +28,7 @@ from hacluster.core.readindex import state_is_fresh
 from hacluster.core.registration import registration
 from hacluster.core.renewal import LeaseCodec, renewal_targets
 from hacluster.daemon.agent import AgentDriver, HostReporter
+from hacluster.daemon.diskleases import check_disk_leases
 from hacluster.daemon.halt import halt_report
 from hacluster.daemon.leader import LeaderDriver
 from hacluster.daemon.leases import LeaseService, LeaseTimes
@@ -62,6 +63,7 @@ class Peer:
         self.exit_code = 0  # RESTART_FOR_ROLE when the cluster changed our Raft role
         self.halted: dict[str, Any] | None = None  # why Raft halted (daemon/halt.py)
         self.secret = cluster_secret if cluster_secret is not None else read_secret(config)
+        self.disk_leases = check_disk_leases(config, self.role)
         self.replica = Replica()
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="hacluster")
         # One at a time, in log order: "fence succeeded" never reaches a hook before

@@ -171,6 +171,20 @@ def _failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
         raise _wrong_state(vm, cmd)
 
 
+def _start_locked(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
+    """libvirt's lock manager refused the start: a disk of the VM is leased by a live
+    QEMU, most likely a copy still running on a host the cluster believes fenced (a
+    BMC that lied, a wrong operator confirm). Restarting or relocating cannot help and
+    must not loop: the VM waits in error, without a host, until an operator starts it."""
+    if vm.state not in (V.STARTING, V.RECOVERY) or cmd.host != vm.host:
+        raise _wrong_state(vm, cmd)
+    why = (f"start refused on {cmd.host}: a disk lock is held by a live copy elsewhere "
+           f"({cmd.detail or 'no detail'}); not retried, not relocated: make sure no other "
+           f"copy runs, then hactl vm start {vm.name}")
+    ctx.emit(ev.VM_START_LOCKED, vm.name, why, host=cmd.host)
+    ctx.set_vm(vm, V.ERROR, why, host="", target_host="")
+
+
 def _stopped(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
     if vm.state is not V.STOPPING or cmd.host != vm.host:
         raise _wrong_state(vm, cmd)
@@ -235,4 +249,5 @@ _REPORTS = {
     "stop-failed": _stop_failed,
     "migrated": _migrated,
     "migrate-failed": _migrate_failed,
+    "start-locked": _start_locked,
 }

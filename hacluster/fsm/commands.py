@@ -331,17 +331,27 @@ VM_REPORTS = (
     "stop-failed",  # could not stop it: two copies are possible, fence the host
     "migrated",  # now runs on the target host
     "migrate-failed",  # still on the source host
+    "start-locked",  # start refused: a disk lock (disk lease) is held, a live copy runs elsewhere
 )
+# Reports that version 1 of VmReport cannot carry (release 0.1.0 refuses them).
+VM_REPORTS_V2 = frozenset({"start-locked"})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class VmReport(Command):
+    """Version 2 added the report "start-locked"."""
+
     TYPE = "vm-report"
+    VERSION = 2
+    READS = (1, 2)
     name: str
     host: str  # reporting host
     placement: int  # the placement index the report is about
     observed: str  # one of VM_REPORTS
     detail: str = ""
+
+    def wire_version(self) -> int:
+        return 2 if self.observed in VM_REPORTS_V2 else 1
 
 
 # ---------------------------------------------------------------- settings

@@ -35,6 +35,7 @@ VM_ADDED = "vm-added"
 VM_REMOVED = "vm-removed"
 VM_UPDATED = "vm-updated"
 VM_STATE = "vm-state"
+VM_START_LOCKED = "vm-start-locked"  # a start refused for a held disk lock: a copy runs elsewhere
 FENCE_REQUESTED = "fence-requested"
 FENCE_CONFIRMED = "fence-confirmed"
 FENCE_FAILED = "fence-failed"

@@ -31,7 +31,7 @@ class VmState(enum.StrEnum):
     FENCE = "fence"  # its host is being fenced; the VM may still run there
     RECOVERY = "recovery"  # its host was fenced; placed elsewhere and starting
     PENDING = "pending"  # should run, no host fits (reason says why)
-    ERROR = "error"  # restart and relocate caps exhausted, or unrecoverable
+    ERROR = "error"  # caps exhausted, start refused for a held disk lock, or unrecoverable
 
 
 H = HostState

@@ -40,9 +40,11 @@ def minimal_domain_xml(
     vcpus: int = 1,
     domain_type: DomainType = "kvm",
     uuid: str | None = None,
+    disk: str = "",
 ) -> str:
     """A diskless domain: enough to boot into firmware and idle, for tests and
-    the demo. It has no ACPI, so a graceful shutdown never completes."""
+    the demo. It has no ACPI, so a graceful shutdown never completes. `disk`: the
+    path of a raw image to attach as its one writable disk (QEMU only)."""
     if not name or memory_mib <= 0 or vcpus <= 0:
         raise DomainXmlError(f"bad domain spec name={name!r} memory={memory_mib} vcpus={vcpus}")
     uuid_line = f"  <uuid>{escape(uuid)}</uuid>\n" if uuid else ""
@@ -53,7 +55,11 @@ def minimal_domain_xml(
         # Let libvirt pick the emulator from its capabilities; no balloon, no
         # display and no disk keep QEMU start, stop and migration fast.
         os_block = "  <os><type arch='x86_64' machine='pc'>hvm</type></os>\n"
-        devices = "  <devices>\n    <memballoon model='none'/>\n  </devices>\n"
+        drive = (
+            "    <disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source file={quoteattr(disk)}/><target dev='vda' bus='virtio'/></disk>\n"
+            if disk else "")
+        devices = f"  <devices>\n{drive}    <memballoon model='none'/>\n  </devices>\n"
     return (
         f"<domain type={quoteattr(domain_type)}>\n"
         f"  <name>{escape(name)}</name>\n"

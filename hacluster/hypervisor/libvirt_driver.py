@@ -31,8 +31,10 @@ from hacluster.hypervisor import domxml
 from hacluster.hypervisor.domxml import p2p_uri
 from hacluster.hypervisor.fanout import DomainEventFanout
 from hacluster.hypervisor.jobs import abort_after
+from hacluster.hypervisor.locks import held_lock
 from hacluster.hypervisor.states import IncomingMigrations, map_event, map_state
 from hacluster.ports import (
+    DiskLockHeld,
     DomainInfo,
     DomainListener,
     DomainState,
@@ -372,7 +374,8 @@ class LibvirtHypervisor:
         return domxml.stamp_digest(element)
 
     def start(self, name: str) -> None:
-        """Start a defined domain; a domain that already runs is left alone."""
+        """Start a defined domain; a domain that already runs is left alone. A start
+        refused because a disk is locked by a live process raises DiskLockHeld."""
         dom = self._require("start", name)
         try:
             if not dom.isActive():
@@ -381,7 +384,11 @@ class LibvirtHypervisor:
             with contextlib.suppress(libvirt.libvirtError):
                 if _is_active(dom):
                     return  # someone else started it meanwhile: the goal is met
-            raise self._fail("start", name, exc) from exc
+            failure = self._fail("start", name, exc)
+            why = held_lock(exc.get_error_code() or 0, exc.get_error_domain() or 0, _cause(exc))
+            if why:
+                raise DiskLockHeld(str(failure), why) from exc
+            raise failure from exc
 
     def shutdown(self, name: str, timeout_s: float) -> None:
         """Ask the guest to power off; destroy it if it still runs after timeout_s."""

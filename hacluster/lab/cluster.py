@@ -126,9 +126,18 @@ class LabCluster:
                  notify_hook: str = "", watchdog: tuple[float, float] | None = None,
                  timing: tuple[tuple[str, float], ...] = LAB_TIMING,
                  raft: tuple[tuple[str, float], ...] = (),
-                 observer_interval_s: float = 0.05) -> None:
+                 observer_interval_s: float = 0.05, disk_leases: bool = False,
+                 vm_disks: bool | None = None) -> None:
         """watchdog: (timeout_s, self_fence_s) gives every host a watchdog that cuts its
-        power when not fed (hacluster/lab/watchdog.py)."""
+        power when not fed (hacluster/lab/watchdog.py).
+
+        disk_leases: every host's libvirtd runs libvirt's lockd lock manager with its
+        own virtlockd, all of them sharing one lockspace directory (ROOT/lockspace), and
+        every peer runs with `[hypervisor] disk_leases` (QEMU only). vm_disks (default:
+        disk_leases): every VM gets a disk, /var/lib/libvirt/images/NAME.img. Each host
+        keeps its own copy of that image (its libvirtd's /var/lib/libvirt is private),
+        as a shared block device whose locks do not cross hosts would look: QEMU's own
+        image lock cannot see a second copy on another host; only a disk lease can."""
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
         if driver not in ("test", "qemu"):
@@ -150,6 +159,10 @@ class LabCluster:
         self.timing = timing  # [timing] of every peer (() = the product's defaults)
         self.raft = raft  # [raft] of every peer (() = the product's defaults)
         self.observer_interval_s = observer_interval_s
+        if disk_leases and driver != "qemu":
+            raise ValueError("disk_leases needs driver='qemu'")
+        self.disk_leases = disk_leases
+        self.vm_disks = disk_leases if vm_disks is None else vm_disks
         self.nodes: dict[str, LabNode] = {}
         self.cut_hosts: set[str] = set()
         self.observer: Observer | None = None
@@ -223,7 +236,8 @@ class LabCluster:
                         notify_hook=self.notify_hook,
                         watchdog_timeout_s=self.watchdog[0] if self.watchdog else 0.0,
                         self_fence_s=self.watchdog[1] if self.watchdog else 0.0,
-                        cgroup_procs=self.isolation.procs_file(name), raft=self.raft)
+                        cgroup_procs=self.isolation.procs_file(name), raft=self.raft,
+                        lockspace_dir=str(self.root / "lockspace") if self.disk_leases else "")
         host = LabHost(spec)
         host.write()
         hook = ["env", f"PYTHONPATH={package_pythonpath()}",
@@ -316,17 +330,29 @@ class LabCluster:
         """Add VMs named prefix+number from `start` (with vm.add `options` such as
         allowed_hosts) and wait until they run, seen by the observer too."""
         names = [f"{prefix}{i}" for i in range(start, start + count)]
-        kind = domain_type_for(next(iter(self.nodes.values())).host.libvirtd.uri)
         with self.client() as rpc:
             for name in names:
-                rpc.call("vm.add", {"xml": minimal_domain_xml(name, self.vm_memory_mib, 1, kind),
-                                    **options})
+                rpc.call("vm.add", {"xml": self.vm_xml(name), **options})
         self.wait(lambda: self._all_running(names), timeout_s, f"{count} VMs running")
         if self.observer is not None:  # and seen by it: later checks compare with its looks
             observer = self.observer
             self.wait(lambda: all(observer.where(n) for n in names), max(10.0, timeout_s / 6),
                       f"the observer seeing the {count} VMs")
         return names
+
+    def vm_xml(self, name: str) -> str:
+        """The definition add_vms gives a VM (with a disk image on every host when
+        the lab has VM disks)."""
+        kind = domain_type_for(next(iter(self.nodes.values())).host.libvirtd.uri)
+        disk = ""
+        if self.vm_disks:
+            for node in self.nodes.values():
+                image = node.host.disk_image(name)
+                image.parent.mkdir(parents=True, exist_ok=True)
+                with open(image, "ab") as handle:
+                    handle.truncate(1 << 20)  # 1 MiB, sparse: SeaBIOS finds nothing to boot
+            disk = f"/var/lib/libvirt/images/{name}.img"
+        return minimal_domain_xml(name, self.vm_memory_mib, 1, kind, disk=disk)
 
     def power_off(self, name: str, cause: str = "lab power cut") -> float:
         """Cut the host's power through its BMC simulator; returns the moment."""

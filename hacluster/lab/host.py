@@ -56,6 +56,7 @@ class HostSpec:
     self_fence_s: float = 0.0
     cgroup_procs: str = ""  # the cgroup.procs file the peer joins (loopback isolation)
     raft: tuple[tuple[str, float], ...] = ()  # [raft] overrides (RaftSettings fields)
+    lockspace_dir: str = ""  # disk leases: the lockspace every host's virtlockd shares
 
     @property
     def path(self) -> Path:
@@ -88,7 +89,8 @@ class LabHost:
         self.libvirtd = LabLibvirtd(LibvirtdSpec(
             base_dir=str(spec.path / "libvirtd"), driver=spec.driver,  # type: ignore[arg-type]
             netns=spec.netns or None,
-            migration_host=spec.address if spec.driver == "qemu" else None))
+            migration_host=spec.address if spec.driver == "qemu" else None,
+            lockspace_dir=spec.lockspace_dir or None))
 
     @classmethod
     def load(cls, directory: str | Path) -> LabHost:
@@ -119,7 +121,7 @@ class LabHost:
             f"peers = {json.dumps(list(s.peers))}\n\n"
             f'[leases]\nport = {s.lease_port}\nlinks = {{ main = "{s.address}"{backend} }}\n\n'
             f'[hypervisor]\nuri = "{self.libvirtd.uri}"\n{migration}memory_mib = {s.memory_mib}\n'
-            f"vcpus = {s.vcpus}\nshutdown_timeout_s = 5.0\n\n"
+            f"vcpus = {s.vcpus}\nshutdown_timeout_s = 5.0\n{self._disk_lease_config()}\n"
             f'[rpc]\nsocket = "{s.rpc_socket}"\n\n'
             f"[timing]\n{timing}\n"
             f'[notify]\nhook = "{s.notify_hook}"\n\n'
@@ -127,6 +129,18 @@ class LabHost:
             f"{self._watchdog_config()}"
             f"{raft}"
         )
+
+    def _disk_lease_config(self) -> str:
+        """The peer checks the instance's own qemu.conf and qemu-lockd.conf."""
+        if not self.spec.lockspace_dir:
+            return ""
+        return (f'disk_leases = true\ndisk_lease_dir = "{self.spec.lockspace_dir}"\n'
+                f'libvirt_config_dir = "{self.libvirtd.base / "etc"}"\n')
+
+    def disk_image(self, vm: str) -> Path:
+        """Where this host keeps the disk image its libvirtd sees as
+        /var/lib/libvirt/images/VM.img (hacluster.lab.cluster says why per host)."""
+        return self.libvirtd.base / "lib" / "images" / f"{vm}.img"
 
     def _watchdog_config(self) -> str:
         s = self.spec

@@ -4,6 +4,7 @@ Each instance lives under its own directory and in its own mount, UTS and PID
 namespaces (optionally inside a network namespace from hacluster.lab.netns):
 
     unshare ──> tini (PID 1 of the instance) ──> sh ──> sleep   (the "holder")
+                 ├─ virtlockd --daemon     (disk leases only; started before libvirtd)
                  ├─ libvirtd --daemon      (started with nsenter, reparented to tini)
                  ├─ qemu-system-x86_64 ... (children of libvirtd)
                  └─ virsh                  (test driver only: keeps its state alive)
@@ -18,6 +19,14 @@ Killing tini, PID 1 of the instance's PID namespace, makes the kernel kill
 every process of the instance at once: that is the simulated power-off, also
 available as `python -m hacluster.lab.libvirtd kill DIR`. Definitions in
 DIR/etc survive it, like a host's disk; /run does not, like a host's RAM.
+
+Disk leases (`LibvirtdSpec.lockspace_dir`): qemu.conf selects libvirt's lockd lock
+manager and qemu-lockd.conf puts the lease files in that directory. Every instance runs
+its own virtlockd, as every real host does: its socket is /run/libvirt/virtlockd-sock in
+the instance's private /run, where libvirtd's lockd plugin looks for it (as root it
+never starts one itself). The lease files are fcntl-locked by each virtlockd process,
+so instances sharing the directory exclude each other as hosts sharing a lockspace on
+shared storage do; a power-off kills the instance's virtlockd and releases its leases.
 """
 
 from __future__ import annotations
@@ -57,6 +66,10 @@ class LibvirtdSpec:
     host_uuid: str = ""  # default: derived from the directory path
     migration_host: str | None = None  # address peers send migration streams to
     migration_ports: tuple[int, int] = (49152, 49215)
+    # Disk leases: libvirt's lockd lock manager with its own virtlockd, its lease
+    # files in this directory (shared by every instance that should exclude the
+    # others, like a lockspace on shared storage). None: no lock manager.
+    lockspace_dir: str | None = None
 
     def resolved(self) -> LibvirtdSpec:
         base = Path(self.base_dir).absolute()
@@ -178,7 +191,20 @@ def _qemu_conf(spec: LibvirtdSpec) -> str:
     ]
     if spec.migration_host:
         lines.append(f'migration_host = "{spec.migration_host}"')
+    if spec.lockspace_dir:
+        lines.append('lock_manager = "lockd"')
     return "\n".join(lines) + "\n"
+
+
+def _lockd_conf(spec: LibvirtdSpec) -> str:
+    """qemu-lockd.conf: a lease on every writable disk, held on a file of the
+    shared lockspace named by a hash of the disk's path (indirect locking)."""
+    return (f'auto_disk_leases = 1\nrequire_lease_for_disks = 0\n'
+            f'file_lockspace_dir = "{spec.lockspace_dir}"\n')
+
+
+def _virtlockd_conf() -> str:
+    return 'log_outputs = "3:file:/var/log/libvirt/virtlockd.log"\n'
 
 
 def _with_line(path: str, line: str, unless_prefix: str = "") -> str:
@@ -277,6 +303,12 @@ class LabLibvirtd:
             sock.unlink()
         (self.base / "etc" / "libvirtd.conf").write_text(_libvirtd_conf(self.spec, self.base / "s"))
         (self.base / "etc" / "qemu.conf").write_text(_qemu_conf(self.spec))
+        for name in ("qemu-lockd.conf", "virtlockd.conf"):
+            (self.base / "etc" / name).unlink(missing_ok=True)
+        if self.spec.lockspace_dir:
+            Path(self.spec.lockspace_dir).mkdir(parents=True, exist_ok=True)
+            (self.base / "etc" / "qemu-lockd.conf").write_text(_lockd_conf(self.spec))
+            (self.base / "etc" / "virtlockd.conf").write_text(_virtlockd_conf())
         link = self.base / "drivers" / "libvirt_driver_qemu.so"
         link.unlink(missing_ok=True)
         module = _qemu_driver_module()
@@ -329,7 +361,11 @@ class LabLibvirtd:
             raise LabError(f"{command!r} in {self.base} failed: {done.stderr.decode().strip()}")
 
     def start_daemon(self, timeout_s: float = 20.0) -> None:
-        """Start libvirtd inside the running namespaces (also after stop_daemon)."""
+        """Start libvirtd inside the running namespaces (also after stop_daemon);
+        with disk leases, its virtlockd first (which outlives libvirtd restarts)."""
+        if self.spec.lockspace_dir and self._pids_of("virtlockd") == []:
+            self._nsenter("virtlockd --daemon --config /etc/libvirt/virtlockd.conf "
+                          "--pid-file /run/virtlockd.pid", timeout_s)
         self._nsenter(
             "libvirtd --daemon --config /etc/libvirt/libvirtd.conf --pid-file /run/libvirtd.pid",
             timeout_s,
@@ -389,6 +425,9 @@ class LabLibvirtd:
 
     def init_pid(self) -> int | None:
         return _verified_init(self.base)
+
+    def _pids_of(self, program: str) -> list[int]:
+        return [pid for pid, cmd in self.processes() if cmd and Path(cmd[0]).name == program]
 
     def processes(self) -> list[tuple[int, list[str]]]:
         """(pid in the root namespace, argv) of every process of the instance."""
@@ -473,6 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start.add_argument("--netns", default=None)
     start.add_argument("--hostname", default="")
     start.add_argument("--migration-host", default=None)
+    start.add_argument("--lockspace", default=None, help="disk leases in this shared directory")
     for name, text in (("kill", "SIGKILL every process (power off)"), ("status", "show processes")):
         sub.add_parser(name, help=text).add_argument("dir")
     args = parser.parse_args(argv)
@@ -487,7 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         instance = LabLibvirtd.from_dir(args.dir)
     else:
         spec = LibvirtdSpec(args.dir, args.driver or "qemu", args.netns, args.hostname)
-        instance = LabLibvirtd(dataclasses.replace(spec, migration_host=args.migration_host))
+        instance = LabLibvirtd(dataclasses.replace(spec, migration_host=args.migration_host,
+                                                   lockspace_dir=args.lockspace))
     if instance.init_pid() is None:  # powering on a running host changes nothing
         try:
             instance.start()

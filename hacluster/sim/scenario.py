@@ -29,7 +29,9 @@ events.txt, one per line, `#` starts a comment:
     TIME force fence-hold HOST REASON   (proposed past the version gate)
 
 cluster.toml: [[host]] lacks = ["fence-cancel", ...] runs an older release there;
-[[host]] watchdog = [TIMEOUT_S, SELF_FENCE_S] gives it a watchdog its peer feeds.
+[[host]] watchdog = [TIMEOUT_S, SELF_FENCE_S] gives it a watchdog its peer feeds;
+disk_leases = true: a start is refused while a powered host runs the VM (libvirt's lock
+manager with a shared lockspace).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def load_cluster(world: World, path: Path) -> tuple[dict[str, Any], float]:
             tuple(spec["watchdog"]) if "watchdog" in spec else None,
         )
         world.hosts[spec["name"]].peer.lacks = frozenset(spec.get("lacks", ()))
+    world.disk_leases = bool(doc.get("disk_leases", False))
     world.start()
     return doc, float(doc.get("duration", 30.0))
 

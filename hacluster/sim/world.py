@@ -102,6 +102,7 @@ class World:
         self.observer = Observer()
         self.vm_faults = VmFaults()
         self.lease_blocked: set[str] = set()  # hosts whose lease port a firewall drops
+        self.disk_leases = False  # libvirt's lock manager: a disk held elsewhere refuses a start
         self.timeline: list[tuple[float, str]] = []
         self.debug: list[tuple[float, str]] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -224,8 +225,8 @@ class World:
                 self.observer.fence_incident(self.now, s.fence_cap, s.fence_window_s)
         envelope = decode_command(data)
         command = getattr(envelope, "command", None)
-        if isinstance(command, c.VmReport) and command.observed in ("crashed", "stopped",
-                                                                     "start-failed"):
+        if isinstance(command, c.VmReport) and command.observed in (
+                "crashed", "stopped", "start-failed", "start-locked"):
             self.observer.host_vouched(command.host, command.name)
         if isinstance(command, c.SetVmOptions) and command.allowed_hosts is not None and \
                 events:
@@ -427,6 +428,12 @@ class World:
 
         if self.vm_faults.fails(op, name, host.name):
             return report(f"{op}-failed", "sim fault")
+        holders = [h.name for h in self.hosts.values() if op == "start" and self.disk_leases
+                   and h is not host and h.powered and name in h.hyper.live()]
+        if holders:
+            self.note(f"agent {host.name}: start of {name} refused, its disk is leased "
+                      f"on {holders[0]}")
+            return report("start-locked", f"sim: disk lease held on {holders[0]}")
         if op == "start":
             self.observer.vm_started(name, host.name, self.now)
             host.hyper.domains[name] = ag.DomainState.RUNNING

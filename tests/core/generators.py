@@ -226,7 +226,7 @@ def vm_report(ch: Chooser, state: ClusterState) -> c.Command:
     host = vm.target_host if vm.target_host and not ch.integer(0, 3) else vm.host
     likely = {
         "starting": ("started", "started", "start-failed"),
-        "recovery": ("started", "started", "crashed"),
+        "recovery": ("started", "started", "crashed", "start-locked"),
         "stopping": ("stopped", "stopped", "stop-failed"),
         "migrating": ("migrated", "migrate-failed", "crashed"),
         "started": ("crashed",),

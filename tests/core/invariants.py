@@ -23,7 +23,7 @@ H = HostState
 RELEASING = (c.ConfirmFence, c.AdminConfirmFence, c.MarkHostAlive)
 # Hosts that never hold VMs.
 EMPTY_HOSTS = frozenset({H.JOINING, H.FENCED, H.MAINTENANCE, H.REMOVED})
-NOT_RUNNING = ("stopped", "crashed", "start-failed")  # the reporting host runs no copy
+NOT_RUNNING = ("stopped", "crashed", "start-failed", "start-locked")  # no copy runs there
 NOTHING_DONE = ("rejected", "undecodable", "duplicate")
 
 

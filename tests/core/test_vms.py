@@ -261,6 +261,47 @@ def test_recovered_vm_without_ha_that_crashes_is_stopped() -> None:
     assert (cluster.vm("v1").state, cluster.vm("v1").host) == (V.STOPPED, "")
 
 
+# ---------------------------------------------------------------- disk leases
+
+
+LOCKED = "resource busy: Lockspace resource 'f277d3' is locked"
+
+
+def test_a_start_refused_for_a_held_disk_lock_waits_in_error_without_retry() -> None:
+    """A wrong confirm released v1 to h2, but its disk is leased by the copy still
+    running on h1: no restart in place, no relocation, one distinct event."""
+    cluster = two_hosts()
+    cluster.add_vm("v1", max_restarts=5, max_relocates=5)
+    cluster.fence("h1")
+    cluster.confirm("h1")
+    assert (cluster.vm("v1").state, cluster.vm("v1").host) == (V.RECOVERY, "h2")
+    events = cluster.report("v1", "start-locked", detail=LOCKED)
+    vm = cluster.vm("v1")
+    assert (vm.state, vm.host, vm.restarts, vm.relocates) == (V.ERROR, "", 0, 0)
+    assert "disk lock is held" in vm.reason and LOCKED in vm.reason
+    assert kinds(events) == ["vm-start-locked", "vm-state"]
+    assert events[0].subject == "v1" and events[0].get("host") == "h2"
+    # an operator who made sure no other copy runs starts it again, with a fresh budget
+    cluster.ok(c.SetVmDesired(name="v1", desired=Desired.STARTED))
+    assert cluster.vm_state("v1") is V.STARTING
+
+
+def test_a_lock_report_only_applies_to_a_start_on_its_host() -> None:
+    cluster = two_hosts()
+    cluster.add_vm("v1")
+    cluster.report("v1", "started")
+    assert kinds(cluster.report("v1", "start-locked")) == ["rejected"]
+    assert cluster.vm_state("v1") is V.STARTED
+
+
+def test_only_a_lock_report_needs_the_second_version_of_vm_report() -> None:
+    """Peers of 0.1.0 read every other report: they stay written as version 1."""
+    reports = {o: c.VmReport(name="v", host="h", placement=1, observed=o).wire_version()
+               for o in c.VM_REPORTS}
+    assert {o for o, v in reports.items() if v == 2} == {"start-locked"}
+    assert set(reports.values()) == {1, 2}
+
+
 # ---------------------------------------------------------------- reports
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,24 @@ def test_secret_file_must_be_private_and_long(tmp_path: Path) -> None:
         read_secret(config)
     secret.chmod(0o600)
     assert read_secret(config) == "x" * 32
+
+
+def test_a_peer_with_disk_leases_refuses_to_start_on_a_libvirt_without_them(
+        tmp_path: Path) -> None:
+    """`hacluster peer` exits 2 naming libvirt's file and option; it edits nothing."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "qemu.conf").write_text('user = "root"\n')
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 32)
+    secret.chmod(0o600)
+    config = tmp_path / "peer.toml"
+    config.write_text(f'[peer]\nname = "h1"\nraft_address = "127.0.0.1:7440"\n'
+                      f'data_dir = "{tmp_path / "data"}"\n[cluster]\nsecret_file = "{secret}"\n'
+                      f'[hypervisor]\ndisk_leases = true\nlibvirt_config_dir = "{etc}"\n')
+    done = subprocess.run([sys.executable, "-m", "hacluster.cli.main", "peer", "--config",
+                           str(config)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert (f"[hypervisor] disk_leases: {etc}/qemu.conf sets lock_manager to nothing"
+            in done.stderr)
+    assert (etc / "qemu.conf").read_text() == 'user = "root"\n'
