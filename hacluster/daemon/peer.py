@@ -33,17 +33,18 @@ from hacluster.daemon.halt import halt_report
 from hacluster.daemon.leader import LeaderDriver
 from hacluster.daemon.leases import LeaseService, LeaseTimes
 from hacluster.daemon.logs import decision
+from hacluster.daemon.membership import change_membership
 from hacluster.daemon.notify import HookNotifier, notification
-from hacluster.daemon.proposer import NoLeaderError, Outcome, Proposer
+from hacluster.daemon.proposer import Outcome, Proposer
 from hacluster.daemon.replica import EventListener, Replica
 from hacluster.daemon.sdnotify import sd_notify, watchdog_interval_s
-from hacluster.daemon.selffencing import SelfFencing
+from hacluster.daemon.selffencing import SelfFencing, destroy_cluster_vms
 from hacluster.fsm import ClusterState, Event
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
 from hacluster.fsm.model import HostRole
 from hacluster.fsm.states import HostState
-from hacluster.ports import Fencer, HostCapacity, Hypervisor, Notifier, ProposeStatus
+from hacluster.ports import Fencer, HostCapacity, Hypervisor, Notifier
 from hacluster.raft import RaftNode
 
 if TYPE_CHECKING:
@@ -158,38 +159,11 @@ class Peer:
     async def remove_raft_member(self, address: str) -> None:
         await self._membership("remove_member", address)
 
-    async def _membership(self, change: str, address: str, deadline_s: float = 10.0) -> None:
-        """Idempotent: done at once if the Raft configuration already says so. Retried
-        while there is no leader (an election is under way), another change is still in
-        progress (NOT_LEADER: it never entered the log) or a leader change left it
-        unknown (MAYBE: the next look at the configuration tells)."""
-        raft = self.raft
-        if raft is None:
+    async def _membership(self, change: str, address: str) -> None:
+        if self.raft is None:
             raise RuntimeError("the peer is not running")
-        loop = asyncio.get_running_loop()
-        adding = change == "add_member"
-        give_up = time.monotonic() + deadline_s
-        while True:
-            if await loop.run_in_executor(self.pool, self._in_raft_config, raft, address) \
-                    is adding:
-                return
-            result = await loop.run_in_executor(self.pool, getattr(raft, change), address,
-                                                self.config.timing.propose_timeout_s)
-            if result.status is ProposeStatus.COMMITTED:
-                return
-            if time.monotonic() >= give_up or self._stop.is_set():
-                raise NoLeaderError(
-                    f"{change.replace('_', ' ')} {address}: not done within {deadline_s:g} s "
-                    f"(last answer: {result.status.value}; no leader, another membership "
-                    "change in progress, or the leader refused it, e.g. to remove itself)")
-            await asyncio.sleep(0.05)
-
-    def _in_raft_config(self, raft: RaftNode, address: str) -> bool:
-        """Whether the latest Raft configuration in this peer's log has `address` as a
-        voter (Raft uses the latest configuration, committed or not)."""
-        status = raft.status()
-        return address == status.self_address or any(
-            p.address == address for p in status.partners)
+        await change_membership(self.raft, change, address, self.pool,
+                                self.config.timing.propose_timeout_s, self._stop.is_set)
 
     def config_view(self) -> dict[str, Any]:
         """The running configuration; the secret itself is never part of it."""
@@ -304,18 +278,10 @@ class Peer:
                 self.raft.close()
             except Exception:
                 log.exception("self-fence: closing Raft failed")
-        hypervisor = self._hypervisor
-        if hypervisor is None:
-            return
-        with self.replica.read() as state:
-            ours = set(state.vms)
-        for domain in hypervisor.list_domains():
-            if domain.name in ours:
-                try:
-                    hypervisor.destroy(domain.name)
-                    log.critical("self-fence: destroyed %s", domain.name)
-                except Exception as exc:
-                    log.error("self-fence: destroying %s failed: %s", domain.name, exc)
+        if self._hypervisor is not None:
+            with self.replica.read() as state:
+                ours = set(state.vms)
+            destroy_cluster_vms(self._hypervisor, ours)
 
     def _add_rpc(self) -> None:
         from hacluster.daemon.api import Api

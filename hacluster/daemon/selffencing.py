@@ -23,6 +23,7 @@ from hacluster.daemon.replica import Replica
 from hacluster.daemon.watchdog import WatchdogFeeder, make_watchdog
 from hacluster.fsm import commands as c
 from hacluster.fsm.model import Watchdog
+from hacluster.ports import Hypervisor
 
 log = logging.getLogger("hacluster.watchdog")
 RECORD_EVERY_S = 1.0
@@ -142,3 +143,14 @@ class SelfFencing:
         except Exception:
             log.exception("self-fence: destroying the VMs failed; the watchdog resets "
                           "the machine")
+
+
+def destroy_cluster_vms(hypervisor: Hypervisor, cluster_vms: set[str]) -> None:
+    """Self-fence: destroy every running domain that is a cluster VM (others are left)."""
+    for domain in hypervisor.list_domains():
+        if domain.name in cluster_vms:
+            try:
+                hypervisor.destroy(domain.name)
+                log.critical("self-fence: destroyed %s", domain.name)
+            except Exception as exc:
+                log.error("self-fence: destroying %s failed: %s", domain.name, exc)
