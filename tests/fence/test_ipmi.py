@@ -5,13 +5,17 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 
-from hacluster.fence.ipmi import IpmiFencer
+import pytest
+
+from hacluster.fence.ipmi import IpmiFencer, bound_pyghmi_waits
 from hacluster.lab.bmc import BmcMode, BmcSim
 from hacluster.ports import BmcTarget, FenceAction, FenceOutcome, FenceResult, PowerState, Secret
 
 from .support import (
+    PASSWORD,
     assert_no_secret,
     assert_one_line,
     start_host_process,
@@ -253,3 +257,24 @@ def test_a_worker_stuck_at_the_deadline_is_killed_and_not_reused(
         assert used[1] is not used[0]
     finally:
         del ipmi._launcher.take
+
+
+def test_pyghmi_waits_are_bounded_so_a_queued_reply_is_never_slept_through(
+        bmc: BmcSim, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyghmi could sleep until its retransmit timer (about 1 s) with the reply already
+    queued (fence/ipmi.py notes). The worker caps each wait: a wait asked for 5 s returns
+    within a fraction of it, the cap is applied once, and commands still work."""
+    from pyghmi.ipmi import command
+    from pyghmi.ipmi.private import session
+
+    monkeypatch.setattr(session, "_io_wait", session._io_wait)  # restored afterwards
+    ipmi_command = command.Command(bmc=b"127.0.0.1", userid=b"admin",
+                                   password=PASSWORD.encode(), port=bmc.port)
+    assert bound_pyghmi_waits() and bound_pyghmi_waits()
+    bounded = session._io_wait
+    assert bound_pyghmi_waits() and session._io_wait is bounded  # not wrapped twice
+    started = time.monotonic()
+    session._io_wait(5.0)
+    assert time.monotonic() - started < 1.0
+    assert all(ipmi_command.get_power()["powerstate"] == "on" for _ in range(20))
+    ipmi_command.ipmi_session.logout()
