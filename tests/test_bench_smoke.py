@@ -95,3 +95,13 @@ def test_scale_benchmark_runs_and_prints_its_keys() -> None:
     assert steady["probes"] > 0 and steady["vms_not_running_max"] == 0
     for key in ("commit_visible_ms_p50", "peer_rss_mib_median", "peer_cpu_pct_median"):
         assert steady[key] > 0
+
+
+def test_chassis_benchmark_runs_and_prints_its_keys() -> None:
+    lab_or_skip()
+    result = run_bench("chassis.py", "--trials", "1", "--setups", "fast:1.5:2.5")
+    figures = result["fast:1.5:2.5"]
+    assert figures["trials"] == figures["recovered_trials"] == 1
+    assert figures["not_watchdog"] == 0 and figures["wrong_fences"] == 0
+    assert figures["observer_violations"] == 0
+    assert figures["median_s"] > figures["designed_s"] > 0
