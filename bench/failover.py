@@ -206,7 +206,7 @@ def fit_victim_vms(lab: LabCluster, vms: int) -> dict[str, float]:
     needed = float(max(settings["vcpu_overcommit"], -(-vms // 8) + 1))
     if needed == settings["vcpu_overcommit"]:
         return {}
-    lab.call("settings.set", {"values": {"vcpu_overcommit": needed}})
+    lab.set_settings({"vcpu_overcommit": needed})
     print(f"vcpu_overcommit raised for this run: {settings['vcpu_overcommit']:g} -> "
           f"{needed:g} ({vms} VMs on one host of 8 vCPUs)", file=sys.stderr)
     return {"vcpu_overcommit": needed}
@@ -228,7 +228,7 @@ def run_profile(name: str, args: argparse.Namespace) -> dict[str, Any]:
         cap = lab.raise_fence_cap(args.trials + 1)
         changed = fit_victim_vms(lab, args.victim_vms + args.vms)
         if name.endswith(LEASE_ONLY):
-            lab.call("settings.set", {"values": {"probe_after_s": 0.0}})
+            lab.set_settings({"probe_after_s": 0.0})
             changed["probe_after_s"] = 0.0
         if args.vms:
             lab.add_vms(args.vms, timeout_s=300)

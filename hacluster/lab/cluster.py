@@ -311,6 +311,11 @@ class LabCluster:
         with self.client(name) as rpc:
             return rpc.call(method, params or {})
 
+    def set_settings(self, values: dict[str, float]) -> None:
+        """settings.set, waiting until every peer reads the settings' version."""
+        with self.client() as rpc:
+            self._set_settings(rpc, values)
+
     def raise_fence_cap(self, fences: int) -> dict[str, Any]:
         """Allow at least `fences` fence incidents per window for a run that causes
         them on purpose (the default cap, 3 per hour, would leave the fourth victim
