@@ -99,3 +99,42 @@ def applied_xml_size_problem(xml: str) -> str:
     if len(xml.encode()) > APPLY_MAX_XML_BYTES:
         return f"domain XML larger than {APPLY_MAX_XML_BYTES} bytes"
     return ""
+
+
+class _DiskReader:
+    """Collects `<domain><devices><disk type="file"><source file="..."/>`."""
+
+    def __init__(self) -> None:
+        self.path: list[str] = []
+        self.file_disk = False
+        self.files: list[str] = []
+
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
+        self.path.append(tag)
+        if self.path[1:] == ["devices", "disk"]:
+            self.file_disk = attrs.get("type", "file") == "file"
+        elif self.path[1:] == ["devices", "disk", "source"] and self.file_disk and \
+                attrs.get("file"):
+            self.files.append(attrs["file"])
+
+    def end(self, tag: str) -> None:
+        self.path.pop()
+
+    def refuse(self, *args: object) -> None:
+        raise _Stop("domain XML must not contain a DOCTYPE or entities")
+
+
+def domain_disk_files(xml: str) -> tuple[str, ...]:
+    """The image files of a domain's file-backed disks, in order, each once (none when
+    the XML does not parse: the storage check then reads the heartbeats only)."""
+    reader = _DiskReader()
+    parser = expat.ParserCreate(namespace_separator="}")
+    parser.StartDoctypeDeclHandler = reader.refuse
+    parser.EntityDeclHandler = reader.refuse
+    parser.StartElementHandler = reader.start
+    parser.EndElementHandler = reader.end
+    try:
+        parser.Parse(xml, True)
+    except (_Stop, expat.ExpatError, UnicodeError):
+        return ()
+    return tuple(dict.fromkeys(reader.files))
