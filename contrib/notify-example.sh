@@ -5,7 +5,9 @@
 #    "cluster": "h1", "data": {...}}
 # Events: fence-requested, fence-succeeded, fence-failed, fence-cap-reached,
 # fence-held (no majority of voters could confirm it), fence-cancelled (the host renewed),
-# host-recovered. It must finish within [timing] notify_timeout_s.
+# host-recovered, storage-active (its lease expired but it still writes shared storage:
+# not fenced), storage-unreadable (the leader cannot read a silent host's storage).
+# It must finish within [timing] notify_timeout_s.
 event=$(cat)
 logger -t hacluster-notify -- "$event"
 # mail -s "hacluster: $(printf '%s' "$event" | sed 's/.*"event": "\([^"]*\)".*/\1/')" ops@example.com <<MAIL

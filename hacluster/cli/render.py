@@ -36,9 +36,22 @@ def lease(links: dict[str, float] | None) -> str:
 def hosts_table(hosts: list[dict[str, Any]]) -> str:
     rows = [(h["name"], h["state"], h["role"], f"{h['used_memory_mib']}/{h['memory_mib']}",
              h["vms"], lease(h.get("lease_links")), _bmc(h["bmc_ok"]),
-             watchdog(h.get("watchdog")), h["reason"][:60]) for h in hosts]
+             watchdog(h.get("watchdog")), storage(h.get("storage")), h["reason"][:60])
+            for h in hosts]
     return table(rows, ["host", "state", "role", "mem MiB", "vms", "lease", "bmc", "watchdog",
-                        "reason"])
+                        "storage", "reason"])
+
+
+def storage(s: dict[str, Any] | None) -> str:
+    """"-" without heartbeats, "2 paths" when written, "active (1)" while a check of it
+    says so."""
+    if not s or not s.get("heartbeat_paths"):
+        return "-"
+    check = s.get("check") or {}
+    if check.get("verdict", "none") != "none":
+        return f"{check['verdict']} ({check['checks']})"
+    count = len(s["heartbeat_paths"])
+    return f"{count} path{'s' if count > 1 else ''}"
 
 
 def watchdog(w: dict[str, Any] | None) -> str:

@@ -1,7 +1,9 @@
 """Notifications: run the configured hook with one JSON event on stdin.
 
 Fired by the leader only (every peer applies the same events), for fence
-requested / succeeded / failed / cap reached / held / cancelled and host recovered. The hook runs
+requested / succeeded / failed / cap reached / held / cancelled, host recovered, a host
+found alive on shared storage (storage-active: not fenced) and a silent host's storage
+the leader cannot read. The hook runs
 with a timeout, off the event loop; a failing hook is logged, never retried.
 """
 
@@ -24,6 +26,8 @@ NOTIFIED_KINDS = {
     ev.FENCE_REFUSED: "fence-held",
     ev.FENCE_CANCELLED: "fence-cancelled",
     ev.HOST_RECOVERED: "host-recovered",
+    ev.STORAGE_ACTIVE: "storage-active",
+    ev.STORAGE_UNREADABLE: "storage-unreadable",
 }
 
 
