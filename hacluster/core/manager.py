@@ -328,12 +328,12 @@ class Manager(QuorumGuard):
                                                   now, lease.evidence(s))
             if not may:  # its last chance first: a challenge over every link
                 return challenge
-            gate = self.storage.gate(host, strict=False)
+            gate = self.storage.gate(host, strict=False, now=now)
             if not gate.may:
                 return self._storage_hold(state, host, gate)
             return self._fence(state, now, host, "lease expired", lease.evidence(s), gate)
         if host.state is H.STORAGE_ACTIVE and not s.cluster_maintenance:
-            gate = self.storage.gate(host, strict=False)
+            gate = self.storage.gate(host, strict=False, now=now)
             if not gate.may:
                 return self._storage_hold(state, host, gate)
             return self._fence(state, now, host, "lease expired and its storage shows no "
@@ -352,7 +352,7 @@ class Manager(QuorumGuard):
                                    "again", lease.evidence(s))
         if host.state in (H.FENCING, H.FENCE_FAILED) and not s.cluster_maintenance:
             if self.storage.verdict(host.name) is StorageVerdict.ACTIVE:  # alive after all
-                return self._storage_hold(state, host, self.storage.gate(host, strict=True),
+                return self._storage_hold(state, host, self.storage.gate(host, True, now),
                                           host.fence_token)
             reset = self._watchdog_confirm(state, host, now)
             if reset is not None or host.state is H.FENCE_FAILED:
@@ -371,7 +371,7 @@ class Manager(QuorumGuard):
             return None  # (a retry still running does not matter: the watchdog is enough)
         if self.guard_problem(state, host.name, now):
             return None  # as for any fence: a majority must be there to confirm it
-        gate = self.storage.gate(host, strict=True)  # no read-back: a quiet storage only
+        gate = self.storage.gate(host, strict=True, now=now)  # no read-back: quiet only
         if not gate.may:
             return self._storage_hold(state, host, gate, host.fence_token)
         w = host.watchdog

@@ -121,6 +121,7 @@ class _Episode:
     run: int = 0  # comparisons without a change since the last change
     quiet: int = 0  # of those, the latest consecutive ones that could read the storage
     lines: deque[str] = field(default_factory=lambda: deque(maxlen=READS_KEPT))
+    answered: float = float("-inf")  # when the latest read came back (leader's clock)
 
     def add(self, read: StorageRead) -> None:
         changes, compared = self._compare(read.files)
@@ -171,13 +172,22 @@ class StorageWatch:
     def __init__(self) -> None:
         self.checks = DEFAULT_CHECKS
         self.interval_s = DEFAULT_INTERVAL_S
+        self.read_timeout_s = DEFAULT_INTERVAL_S
         self.configured = False  # this leader's own [storage] lists heartbeat paths
         self._episodes: dict[str, _Episode] = {}
 
-    def configure(self, checks: int, interval_s: float, configured: bool) -> None:
-        if checks < 1 or not interval_s > 0:
-            raise ValueError("checks must be >= 1 and interval_s > 0")
+    def configure(self, checks: int, interval_s: float, configured: bool,
+                  read_timeout_s: float = DEFAULT_INTERVAL_S) -> None:
+        if checks < 1 or not interval_s > 0 or not read_timeout_s > 0:
+            raise ValueError("checks must be >= 1, interval_s and read_timeout_s > 0")
         self.checks, self.interval_s, self.configured = checks, interval_s, configured
+        self.read_timeout_s = read_timeout_s
+
+    @property
+    def stale_after_s(self) -> float:
+        """A verdict whose latest read came back longer ago than this is stale: a read
+        is due every interval and takes at most the read deadline; one may go amiss."""
+        return 2 * self.interval_s + self.read_timeout_s
 
     def reset(self) -> None:
         self._episodes.clear()
@@ -201,6 +211,7 @@ class StorageWatch:
             return
         episode.reading = False
         episode.next_at = now + self.interval_s
+        episode.answered = now
         episode.add(read)
 
     def verdict(self, host: str) -> StorageVerdict | None:
@@ -223,17 +234,20 @@ class StorageWatch:
         behind = {StorageVerdict.ACTIVE: 1, StorageVerdict.QUIET: episode.quiet}
         return StorageCheck(verdict, behind.get(verdict, episode.run), tuple(episode.lines))
 
-    def gate(self, host: Host, strict: bool) -> Gate:
+    def gate(self, host: Host, strict: bool, now: float) -> Gate:
         """May a fence of `host` go ahead on storage grounds now? `strict`: a fence
         without a BMC read-back (its watchdog's), which needs a readable, quiet storage;
-        a BMC fence (its read-back is the proof) also goes ahead when unreadable."""
+        a BMC fence (its read-back is the proof) also goes ahead when unreadable. Only
+        on reads that still come in (`stale_after_s`)."""
         if not host.heartbeat_paths:
             note = f"no storage check: {host.name} writes no storage heartbeats" \
                 if self.configured else ""
             return Gate(True, note=note)
         verdict, evidence = self.verdict(host.name), self.evidence(host.name)
-        if verdict is StorageVerdict.QUIET or \
-                (verdict is StorageVerdict.UNREADABLE and not strict):
+        episode = self._episodes.get(host.name)
+        fresh = episode is not None and now - episode.answered <= self.stale_after_s
+        if fresh and (verdict is StorageVerdict.QUIET or
+                      (verdict is StorageVerdict.UNREADABLE and not strict)):
             return Gate(True, evidence)
         known = host.storage_check.verdict
         report = (verdict is StorageVerdict.ACTIVE and known is not StorageVerdict.ACTIVE) or \

@@ -49,7 +49,8 @@ class LeaderDriver:
         self.manager: Manager = self.loop.manager
         self.storage = storage or StorageConfig()
         self.manager.storage.configure(self.storage.checks, self.storage.check_interval_s,
-                                       bool(self.storage.heartbeat_paths))
+                                       bool(self.storage.heartbeat_paths),
+                                       self.storage.read_timeout_s)
         self.storage_reader = StorageReader()
         self.stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
