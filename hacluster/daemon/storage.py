@@ -91,9 +91,11 @@ class HeartbeatWriter:
                              "wall": round(time.time(), 3)}).encode()
         for path in self.paths:
             running = self._running.get(path)
-            if running is not None and not running[0].done():
-                self._problem(path, f"a write has not returned for {now - running[1]:.1f} s "
-                              f"(deadline {self.timeout_s:g} s): is the storage hung?")
+            if running is not None and not running[0].done():  # skipped, said if overdue
+                if now - running[1] > self.timeout_s:
+                    self._problem(path, f"a write has not returned for "
+                                  f"{now - running[1]:.1f} s (deadline {self.timeout_s:g} "
+                                  "s): is the storage hung?")
                 continue
             self._running[path] = (self._threads[path].submit(self._write, path, record), now)
 

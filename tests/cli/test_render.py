@@ -30,3 +30,18 @@ def test_refusals_make_one_compact_line() -> None:
     lines = [line for line in render.status(doc).splitlines() if "refused" in line]
     assert lines == ["refused: raft 3001 (handshake_timeout 3000, bad_handshake 1) last from "
                      "10.0.0.7 2s ago; rpc 1 (bad_token 1) last from 10.0.0.5 3m ago"]
+
+
+def test_the_storage_column() -> None:
+    def host(storage: dict[str, Any] | None) -> dict[str, Any]:
+        return {"name": "h2", "state": "storage-active", "role": "voter", "used_memory_mib": 0,
+                "memory_mib": 8192, "vms": 2, "bmc_ok": True, "reason": "", "storage": storage}
+
+    none = {"verdict": "none", "checks": 0, "reads": []}
+    active = {"verdict": "active", "checks": 1, "reads": ["..."]}
+    shown = [render.storage(s) for s in (None, {"heartbeat_paths": [], "check": none},
+                                         {"heartbeat_paths": ["/a", "/b"], "check": none},
+                                         {"heartbeat_paths": ["/a"], "check": active})]
+    assert shown == ["-", "-", "2 paths", "active (1)"]
+    table = render.hosts_table([host({"heartbeat_paths": ["/a"], "check": active})])
+    assert "STORAGE" in table.splitlines()[0] and "active (1)" in table
