@@ -24,6 +24,7 @@ from hacluster.fsm.model import (
     Host,
     HostRole,
     StorageCheck,
+    StorageVerdict,
 )
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState
 
@@ -192,14 +193,20 @@ def _start_attempt(
         **({"storage_check": storage} if storage != StorageCheck() else {}),
     )
     freeze_for_fence(ctx, host.name)
+    checked = f" [{storage.summary(last_read=False)}]" if storage != StorageCheck() else ""
     ctx.emit(
         ev.FENCE_REQUESTED,
         host.name,
-        f"{reason} [{evidence}]",
+        f"{reason} [{evidence}]{checked}",
         token=ctx.index,
         attempt=attempt,
         action=action.value,
     )
+    if storage.verdict is StorageVerdict.UNREADABLE:  # the operator should know
+        ctx.emit(ev.STORAGE_UNREADABLE, host.name, "the leader cannot read its storage: "
+                 "the BMC fence goes ahead, a fence without read-back would wait "
+                 f"({storage.summary()})", verdict=storage.verdict.value,
+                 checks=storage.checks)
 
 
 def _current_attempt(ctx: Ctx, host: Host, token: int, what: str) -> FenceRecord:
@@ -411,8 +418,10 @@ def watchdog_confirm(ctx: Ctx, cmd: c.WatchdogConfirm) -> None:
     )
     ctx.set_host_state(host, H.FENCED, f"fence confirmed: reset by its watchdog "
                        f"({cmd.evidence})", fence_token=ctx.index, agent_ready=False)
-    ctx.emit(ev.FENCE_CONFIRMED, host.name, f"self-fenced: {cmd.evidence}", token=ctx.index,
-             method="watchdog")
+    checked = f" [{cmd.storage.summary(last_read=False)}]" \
+        if cmd.storage != StorageCheck() else ""
+    ctx.emit(ev.FENCE_CONFIRMED, host.name, f"self-fenced: {cmd.evidence}{checked}",
+             token=ctx.index, method="watchdog")
     release_after_fence(ctx, host.name)
 
 

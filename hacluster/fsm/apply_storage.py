@@ -41,7 +41,8 @@ def storage_checked(ctx: Ctx, cmd: c.StorageChecked) -> None:
                            result_evidence=check.summary(), finished_at=ctx.now,
                            storage=check)
     ctx.set_host_state(host, H.STORAGE_ACTIVE, "lease expired, but it still writes shared "
-                       f"storage: not fenced, its VMs not restarted ({check.summary()})",
+                       f"storage: not fenced, its VMs not restarted "
+                       f"({check.summary(last_read=False)})",
                        storage_check=check)
     ctx.emit(ev.STORAGE_ACTIVE, host.name, check.summary(), checks=check.checks)
 

@@ -157,10 +157,10 @@ class StorageCheck:
     checks: int = 0
     reads: tuple[str, ...] = ()
 
-    def summary(self) -> str:
+    def summary(self, last_read: bool = True) -> str:
         if self.verdict is StorageVerdict.NONE:
             return "no storage check"
-        last = f"; last read: {self.reads[-1]}" if self.reads else ""
+        last = f"; last read: {self.reads[-1]}" if self.reads and last_read else ""
         return f"storage {self.verdict.value} ({self.checks} check(s)){last}"
 
 
