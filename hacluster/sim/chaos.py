@@ -120,10 +120,12 @@ def _host_faults(world: World, rng: random.Random, host: str) -> list[Action]:
          lambda: setattr(world.hosts[host].peer.clock, "wall_skew", skew)),
         (f"bmc {host} {mode.value}", lambda: setattr(world.hosts[host].bmc, "mode", mode)),
         (f"bmc-fails {host} 2", lambda: setattr(world.hosts[host].bmc, "fail_next", 2)),
-    ] + ([
-        (f"storage-cut {host}", lambda: world.storage.cut.add(host)),
-        (f"storage-restore {host}", lambda: world.storage.cut.discard(host)),
-    ] if world.hosts[host].storage else [])
+    ] + (_storage_faults(world, host) if world.hosts[host].storage else [])
+
+
+def _storage_faults(world: World, host: str) -> list[Action]:
+    return [(f"storage-cut {host}", lambda: world.storage.cut.add(host)),
+            (f"storage-restore {host}", lambda: world.storage.cut.discard(host))]
 
 
 def _chassis_death(world: World, host: str) -> None:
