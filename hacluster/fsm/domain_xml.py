@@ -16,6 +16,7 @@ ever expanded (no "billion laughs") and nothing external is fetched.
 
 from __future__ import annotations
 
+from typing import Any
 from xml.parsers import expat
 
 MAX_DOMAIN_XML_BYTES = 256 * 1024
@@ -52,19 +53,27 @@ class _DomainReader:
         if self.reading and self.name is not None:
             self.name.append(data)
 
-    def refuse(self, *args: object) -> None:
-        raise _Stop("domain XML must not contain a DOCTYPE or entities")
+
+def _refuse(*args: object) -> None:
+    raise _Stop("domain XML must not contain a DOCTYPE or entities")
+
+
+def _parser(reader: _DomainReader | _DiskReader) -> Any:
+    """An expat parser calling `reader` for elements, refusing DOCTYPE and entity
+    declarations (nothing is ever expanded or fetched)."""
+    parser = expat.ParserCreate(namespace_separator="}")  # tags as ElementTree spells them
+    parser.StartDoctypeDeclHandler = _refuse
+    parser.EntityDeclHandler = _refuse
+    parser.StartElementHandler = reader.start
+    parser.EndElementHandler = reader.end
+    return parser
 
 
 def domain_xml_name(xml: str) -> str:
     """The <name> of a domain definition; raises ValueError saying what is wrong.
     Parsed by expat with no DOCTYPE allowed, so no entity is ever expanded or fetched."""
     reader = _DomainReader()
-    parser = expat.ParserCreate(namespace_separator="}")  # tags as ElementTree spells them
-    parser.StartDoctypeDeclHandler = reader.refuse
-    parser.EntityDeclHandler = reader.refuse
-    parser.StartElementHandler = reader.start
-    parser.EndElementHandler = reader.end
+    parser = _parser(reader)
     parser.CharacterDataHandler = reader.text
     try:
         parser.Parse(xml, True)
@@ -120,19 +129,12 @@ class _DiskReader:
     def end(self, tag: str) -> None:
         self.path.pop()
 
-    def refuse(self, *args: object) -> None:
-        raise _Stop("domain XML must not contain a DOCTYPE or entities")
-
 
 def domain_disk_files(xml: str) -> tuple[str, ...]:
     """The image files of a domain's file-backed disks, in order, each once (none when
     the XML does not parse: the storage check then reads the heartbeats only)."""
     reader = _DiskReader()
-    parser = expat.ParserCreate(namespace_separator="}")
-    parser.StartDoctypeDeclHandler = reader.refuse
-    parser.EntityDeclHandler = reader.refuse
-    parser.StartElementHandler = reader.start
-    parser.EndElementHandler = reader.end
+    parser = _parser(reader)
     try:
         parser.Parse(xml, True)
     except (_Stop, expat.ExpatError, UnicodeError):
