@@ -74,8 +74,17 @@ def vms_table(vms: list[dict[str, Any]]) -> str:
 def fences_table(fences: list[dict[str, Any]]) -> str:
     rows = [(f["token"], f["host"], f"{f['attempt']}", f["action"], f["result"],
              f["confirmed_by"] or f["requested_by"], _when(f["requested_at"]),
-             (f["result_evidence"] or f["reason"])[:60]) for f in fences]
-    return table(rows, ["token", "host", "try", "action", "result", "by", "when", "evidence"])
+             _checked(f.get("storage")), (f["result_evidence"] or f["reason"])[:60])
+            for f in fences]
+    return table(rows, ["token", "host", "try", "action", "result", "by", "when", "storage",
+                        "evidence"])
+
+
+def _checked(check: dict[str, Any] | None) -> str:
+    """The storage check before an attempt ("quiet 3"; its reads: --json)."""
+    if not check or check.get("verdict", "none") == "none":
+        return "-"
+    return f"{check['verdict']} {check['checks']}"
 
 
 def _when(ts: float) -> str:

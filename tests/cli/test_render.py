@@ -45,3 +45,12 @@ def test_the_storage_column() -> None:
     assert shown == ["-", "-", "2 paths", "active (1)"]
     table = render.hosts_table([host({"heartbeat_paths": ["/a"], "check": active})])
     assert "STORAGE" in table.splitlines()[0] and "active (1)" in table
+
+
+def test_the_fence_history_shows_the_storage_check() -> None:
+    fence = {"token": 7, "host": "h2", "attempt": 1, "action": "off", "result": "off",
+             "confirmed_by": "h1", "requested_by": "h1", "requested_at": 0.0,
+             "result_evidence": "read back off", "reason": "lease expired"}
+    quiet = {"verdict": "quiet", "checks": 3, "reads": ["..."]}
+    lines = render.fences_table([{**fence, "storage": quiet}, fence]).splitlines()
+    assert "STORAGE" in lines[0] and "quiet 3" in lines[1] and " - " in lines[2]
