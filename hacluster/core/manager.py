@@ -251,9 +251,9 @@ class Manager(QuorumGuard):
         """A read of the host's storage, if its check runs and one is due
         (core/storage.py): from its lease's expiry (unless its BMC read it off) while
         storage-active, and while a watchdog may count it fenced."""
-        if host.state is H.SUSPECT:
-            wanted = lease.verdict is Verdict.EXPIRED and not self.watch.read_off(
-                host.name, self.leases.last_life(host.name))
+        if host.state in (H.SUSPECT, H.FENCE_BLOCKED):
+            wanted = lease.verdict is Verdict.EXPIRED and not host.fence_wanted and \
+                not self.watch.read_off(host.name, self.leases.last_life(host.name))
         elif host.state in (H.FENCING, H.FENCE_FAILED):
             wanted = self.watchdog_fenced_at(state, host) is not None and \
                 state.settings.fence_fallback is FenceFallback.WATCHDOG
@@ -348,8 +348,11 @@ class Manager(QuorumGuard):
             if quorum_ok and guard_ok and (reopens is None or log_now >= reopens):
                 if host.fence_wanted:
                     return self._fence(state, now, host, "fence wanted", host.fence_wanted)
+                gate = Gate(True) if off else self.storage.gate(host, strict=False, now=now)
+                if not gate.may:  # it may have written since it was blocked
+                    return self._storage_hold(state, host, gate)
                 return self._fence(state, now, host, "lease expired; the fence can go ahead "
-                                   "again", lease.evidence(s))
+                                   "again", lease.evidence(s), gate)
         if host.state in (H.FENCING, H.FENCE_FAILED) and not s.cluster_maintenance:
             if self.storage.verdict(host.name) is StorageVerdict.ACTIVE:  # alive after all
                 return self._storage_hold(state, host, self.storage.gate(host, True, now),

@@ -95,15 +95,34 @@ class Gate:
     note: str = ""  # said in the fence's evidence when there was no check
 
 
-def disks_of(state: ClusterState, host: Host) -> tuple[str, ...]:
+def disks_of(state: ClusterState, host: Host,
+             cache: dict[str, tuple[str, ...]] | None = None) -> tuple[str, ...]:
     """The disk files of the host's VMs that lie in one of its heartbeat directories
-    (the shared storage it reported), at most MAX_DISKS."""
+    (the shared storage it reported), at most MAX_DISKS. Not those another host may
+    write too: of a VM caught in a live migration, or shared with a VM placed elsewhere
+    (their writes would look like this host's). `cache`: domain XML -> its disk files
+    (a leader checks every `interval_s`, and parses each XML once)."""
+    cache = {} if cache is None else cache
+    if len(cache) > 2 * len(state.vms) + 64:  # XMLs replaced since: start afresh
+        cache.clear()
+
+    def files(xml: str) -> tuple[str, ...]:
+        if xml not in cache:
+            cache[xml] = domain_disk_files(xml)
+        return cache[xml]
+
     roots = [p.rstrip("/") + "/" for p in host.heartbeat_paths]
+    ours = {vm.name for vm in state.vms_on(host.name) if not vm.target_host}
     found: dict[str, None] = {}
-    for vm in state.vms_on(host.name):
-        for path in domain_disk_files(vm.xml):
+    for name in sorted(ours):
+        for path in files(state.vms[name].xml):
             if "/../" not in path and any(path.startswith(root) for root in roots):
                 found[path] = None
+    if found:
+        for name, vm in state.vms.items():
+            if name not in ours and vm.host:
+                for path in files(vm.xml):
+                    found.pop(path, None)
     return tuple(sorted(found))[:MAX_DISKS]
 
 
@@ -175,6 +194,7 @@ class StorageWatch:
         self.read_timeout_s = DEFAULT_INTERVAL_S
         self.configured = False  # this leader's own [storage] lists heartbeat paths
         self._episodes: dict[str, _Episode] = {}
+        self._disks: dict[str, tuple[str, ...]] = {}  # domain XML -> its disk files
 
     def configure(self, checks: int, interval_s: float, configured: bool,
                   read_timeout_s: float = DEFAULT_INTERVAL_S) -> None:
@@ -202,7 +222,8 @@ class StorageWatch:
         if episode.reading or now < episode.next_at:
             return None
         episode.reading = True
-        return CheckStorage(host.name, host.heartbeat_paths, disks_of(state, host), why)
+        return CheckStorage(host.name, host.heartbeat_paths,
+                            disks_of(state, host, self._disks), why)
 
     def result(self, read: StorageRead, now: float) -> None:
         """A read came back (a forgotten episode's is dropped)."""

@@ -53,6 +53,6 @@ def _check_current(host: Host, token: int) -> None:
         if token != host.fence_token:
             raise Refused(f"stale storage check for token {token}: host {host.name} is "
                           f"{host.state.value} with token {host.fence_token}", host.name)
-    elif host.state not in (H.SUSPECT, H.STORAGE_ACTIVE):
+    elif host.state not in (H.SUSPECT, H.STORAGE_ACTIVE, H.FENCE_BLOCKED):
         raise Refused(f"host {host.name} is {host.state.value}: no storage check is due",
                       host.name)

@@ -181,8 +181,13 @@ def test_the_disks_read_are_the_hosts_vms_disk_files_on_its_storage() -> None:
            "<disk type='file'><source file='/var/lib/local.qcow2'/></disk>"
            f"<disk type='file'><source file='{POOL}/../etc/x'/></disk>"
            "</devices></domain>")
-    cluster.add_vm("vm1", xml=xml)
+    cluster.add_vm("vm1", xml=xml, allowed_hosts=("b",))
     assert disks_of(cluster.state, cluster.host("b")) == (f"{POOL}/vm1.qcow2",)
+    cluster.add_hosts("a")
+    shared = f"<domain><name>vm2</name><devices><disk type='file'><source file='{POOL}/vm1" \
+        ".qcow2'/></disk></devices></domain>"
+    cluster.add_vm("vm2", xml=shared, allowed_hosts=("a",))  # the same disk, elsewhere
+    assert disks_of(cluster.state, cluster.host("b"), {}) == ()
 
 
 # ---------------------------------------------------------------- the leader
@@ -392,3 +397,18 @@ def test_without_a_readable_quiet_storage_no_watchdog_confirm(answer: str) -> No
         decisions = leader.tick(at) + leader.tick(at + 5.0)
     assert proposals(decisions, c.WatchdogConfirm) == []
     assert leader.state.hosts["b"].state is H.FENCE_FAILED
+
+
+def test_a_host_blocked_by_the_cap_is_checked_again_before_its_fence() -> None:
+    leader = storage_leader(fence_cap=0)
+    expire_b(leader)
+    at, decisions = run_checks(leader, T0 + 3.0, [10, 10, 10, 10])
+    leader.commit(proposals(decisions, c.RequestFence)[0])
+    assert leader.state.hosts["b"].state is H.FENCE_BLOCKED  # the cap
+    at, decisions = run_checks(leader, at, [12])  # it writes while it waits
+    leader.cluster.ok(c.SetSettings(fence_cap=5))
+    decisions = leader.tick(at)
+    assert proposals(decisions, c.RequestFence) == []
+    (active,) = proposals(decisions, c.StorageChecked)
+    leader.commit(active)
+    assert leader.state.hosts["b"].state is H.STORAGE_ACTIVE
