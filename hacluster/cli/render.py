@@ -106,6 +106,8 @@ def status(doc: dict[str, Any]) -> str:
     line = refused(peer.get("refused") or {})
     if line:
         out.append(line)
+    out += [f"STORAGE HEARTBEAT {path}: {s['problem']}" for path, s in
+            sorted((peer.get("storage_heartbeats") or {}).items()) if s.get("problem")]
     out += ["", hosts_table(doc["hosts"]), ""]
     by_state = doc["vms_by_state"]
     counts = ", ".join(f"{state} {len(names)}" for state, names in sorted(by_state.items()))

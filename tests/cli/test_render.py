@@ -54,3 +54,12 @@ def test_the_fence_history_shows_the_storage_check() -> None:
     quiet = {"verdict": "quiet", "checks": 3, "reads": ["..."]}
     lines = render.fences_table([{**fence, "storage": quiet}, fence]).splitlines()
     assert "STORAGE" in lines[0] and "quiet 3" in lines[1] and " - " in lines[2]
+
+
+def test_a_failing_heartbeat_write_is_said() -> None:
+    doc = status_doc({})
+    doc["peer"]["storage_heartbeats"] = {
+        "/mnt/a": {"last_write_s": 0.2, "problem": ""},
+        "/mnt/b": {"last_write_s": None, "problem": "cannot write x: Read-only file system"}}
+    lines = [line for line in render.status(doc).splitlines() if "STORAGE" in line]
+    assert lines == ["STORAGE HEARTBEAT /mnt/b: cannot write x: Read-only file system"]
