@@ -61,5 +61,5 @@ def test_a_failing_heartbeat_write_is_said() -> None:
     doc["peer"]["storage_heartbeats"] = {
         "/mnt/a": {"last_write_s": 0.2, "problem": ""},
         "/mnt/b": {"last_write_s": None, "problem": "cannot write x: Read-only file system"}}
-    lines = [line for line in render.status(doc).splitlines() if "STORAGE" in line]
+    lines = [line for line in render.status(doc).splitlines() if "HEARTBEAT" in line]
     assert lines == ["STORAGE HEARTBEAT /mnt/b: cannot write x: Read-only file system"]
