@@ -24,6 +24,7 @@ from hacluster.core.storage import (
 )
 from hacluster.daemon import storage as adapter
 from hacluster.daemon import views
+from hacluster.daemon.notify import notification
 from hacluster.daemon.storage import HeartbeatWriter, StorageReader
 from hacluster.fsm import commands as c
 from hacluster.fsm.model import ClusterState, Host, StorageCheck, StorageVerdict
@@ -208,3 +209,14 @@ def test_status_says_what_the_check_holds_and_what_it_cannot_do() -> None:
     cluster.ok(c.StorageChecked(host="h1", check=StorageCheck(StorageVerdict.UNREADABLE, 3)))
     assert any(line.startswith("host h1: the leader cannot read its storage")
                for line in views.waiting_for_operator(cluster.state))
+
+
+def test_an_operator_is_notified_of_a_storage_active_host() -> None:
+    cluster = Cluster()
+    cluster.add_hosts("h2")
+    cluster.suspect("h2")
+    events = cluster.ok(c.StorageChecked(host="h2", check=StorageCheck(
+        StorageVerdict.ACTIVE, 1, ("t=1 h2: /mnt/pool: #7 -> WRITTEN",))))
+    docs = [d for d in (notification(e, "h1") for e in events) if d is not None]
+    assert [(d["event"], d["host"]) for d in docs] == [("storage-active", "h2")]
+    assert "WRITTEN" in str(docs[0]["message"])
