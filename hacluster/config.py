@@ -116,6 +116,15 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """The event history on this peer (daemon/history.py)."""
+
+    dir: str = ""  # "" = DATA_DIR/history
+    max_mib: int = 64  # the oldest records go beyond this size ...
+    max_age_days: float = 90.0  # ... or this age
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"  # debug | info | warning | error
     format: str = "text"  # text | json
@@ -132,6 +141,7 @@ class Config:
     notify: NotifyConfig = NotifyConfig()
     log: LogConfig = LogConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
+    history: HistoryConfig = HistoryConfig()
     raft: RaftSettings = field(default_factory=RaftSettings)
     source: str = "<defaults>"
 
@@ -144,6 +154,7 @@ SECTIONS: dict[str, type] = {
     "peer": PeerConfig, "cluster": ClusterConfig, "leases": LeaseConfig,
     "hypervisor": HypervisorConfig, "rpc": RpcConfig, "timing": TimingConfig,
     "notify": NotifyConfig, "log": LogConfig, "watchdog": WatchdogConfig,
+    "history": HistoryConfig,
 }
 
 
@@ -256,6 +267,10 @@ def config_problem(c: Config) -> str:
                   "[watchdog] device: kind device needs the device path")
     checks.append("" if c.rpc.max_anonymous_per_source > 0 else
                   "[rpc] max_anonymous_per_source: must be > 0")
+    checks.append("" if c.history.max_mib >= 1 else
+                  f"[history] max_mib: must be >= 1, got {c.history.max_mib}")
+    checks.append("" if math.isfinite(c.history.max_age_days) and c.history.max_age_days > 0
+                  else f"[history] max_age_days: must be > 0, got {c.history.max_age_days}")
     for section in (c.hypervisor, c.timing, c.rpc, c.watchdog):
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)

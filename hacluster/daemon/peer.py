@@ -30,6 +30,7 @@ from hacluster.core.renewal import LeaseCodec, renewal_targets
 from hacluster.daemon.agent import AgentDriver, HostReporter
 from hacluster.daemon.diskleases import check_disk_leases
 from hacluster.daemon.halt import halt_report
+from hacluster.daemon.history import open_history
 from hacluster.daemon.leader import LeaderDriver
 from hacluster.daemon.leases import LeaseService, LeaseTimes
 from hacluster.daemon.logs import decision
@@ -88,6 +89,8 @@ class Peer:
         self.extra_services: list[Any] = []  # e.g. the RPC server (start()/close())
         self.rpc_server: RpcServer | None = None
         self._caught_up = False
+        self.history = open_history(config, self.replica)  # before Raft applies anything
+        self.extra_services.append(self.history)
 
     # ------------------------------------------------------------ Raft role
 
