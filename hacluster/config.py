@@ -113,6 +113,11 @@ class WatchdogConfig:
 @dataclass(frozen=True)
 class NotifyConfig:
     hook: str = ""  # executable; gets one JSON event on stdin per notification
+    webhook_url: str = ""  # http(s) URL; gets each notification's JSON as a POST
+    webhook_token_file: str = ""  # its first line is sent as "Authorization: Bearer ..."
+    webhook_timeout_s: float = 5.0  # one POST, to its answer
+    attempts: int = 4  # tries per notification and channel (1: no retry)
+    retry_backoff_s: float = 2.0  # the first pause between tries; doubles
 
 
 @dataclass(frozen=True)
@@ -271,7 +276,12 @@ def config_problem(c: Config) -> str:
                   f"[history] max_mib: must be >= 1, got {c.history.max_mib}")
     checks.append("" if math.isfinite(c.history.max_age_days) and c.history.max_age_days > 0
                   else f"[history] max_age_days: must be > 0, got {c.history.max_age_days}")
-    for section in (c.hypervisor, c.timing, c.rpc, c.watchdog):
+    checks.append("" if not c.notify.webhook_url or c.notify.webhook_url.startswith(
+        ("http://", "https://")) else
+        f"[notify] webhook_url: expected http://... or https://..., got {c.notify.webhook_url!r}")
+    checks.append("" if 1 <= c.notify.attempts <= 20 else
+                  f"[notify] attempts: must be 1 to 20, got {c.notify.attempts}")
+    for section in (c.hypervisor, c.timing, c.rpc, c.watchdog, c.notify):
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
             if f.name.endswith("_s") and not (math.isfinite(value) and value > 0):

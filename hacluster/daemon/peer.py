@@ -28,6 +28,7 @@ from hacluster.core.readindex import state_is_fresh
 from hacluster.core.registration import registration
 from hacluster.core.renewal import LeaseCodec, renewal_targets
 from hacluster.daemon.agent import AgentDriver, HostReporter
+from hacluster.daemon.delivery import Notifications
 from hacluster.daemon.diskleases import check_disk_leases
 from hacluster.daemon.halt import halt_report
 from hacluster.daemon.history import open_history
@@ -35,7 +36,7 @@ from hacluster.daemon.leader import LeaderDriver
 from hacluster.daemon.leases import LeaseService, LeaseTimes
 from hacluster.daemon.logs import decision
 from hacluster.daemon.membership import change_membership
-from hacluster.daemon.notify import HookNotifier, notification
+from hacluster.daemon.notify import notification
 from hacluster.daemon.proposer import Outcome, Proposer
 from hacluster.daemon.replica import EventListener, Replica
 from hacluster.daemon.sdnotify import sd_notify, watchdog_interval_s
@@ -73,8 +74,9 @@ class Peer:
         self._notify_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hacluster-notify")
         self._fencer = fencer
         self._hypervisor = hypervisor
-        self.notifier: Notifier = notifier or HookNotifier(config.notify.hook,
-                                                           config.timing.notify_timeout_s)
+        # [notify] hook and webhook, and the embedder's notifier: retried, in order
+        self.notifications = Notifications(config, notifier)
+        self.notifier: Notifier = self.notifications
         self._rebuild = rebuild
         self._stop = threading.Event()
         self._stop_async: asyncio.Event | None = None
@@ -90,7 +92,7 @@ class Peer:
         self.rpc_server: RpcServer | None = None
         self._caught_up = False
         self.history = open_history(config, self.replica)  # before Raft applies anything
-        self.extra_services.append(self.history)
+        self.extra_services += [self.history, self.notifications]
 
     # ------------------------------------------------------------ Raft role
 
