@@ -121,6 +121,11 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    address: str = ""  # host:port of the Prometheus endpoint (/metrics); "" = off
+
+
+@dataclass(frozen=True)
 class HistoryConfig:
     """The event history on this peer (daemon/history.py)."""
 
@@ -147,6 +152,7 @@ class Config:
     log: LogConfig = LogConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
     history: HistoryConfig = HistoryConfig()
+    metrics: MetricsConfig = MetricsConfig()
     raft: RaftSettings = field(default_factory=RaftSettings)
     source: str = "<defaults>"
 
@@ -159,7 +165,7 @@ SECTIONS: dict[str, type] = {
     "peer": PeerConfig, "cluster": ClusterConfig, "leases": LeaseConfig,
     "hypervisor": HypervisorConfig, "rpc": RpcConfig, "timing": TimingConfig,
     "notify": NotifyConfig, "log": LogConfig, "watchdog": WatchdogConfig,
-    "history": HistoryConfig,
+    "history": HistoryConfig, "metrics": MetricsConfig,
 }
 
 
@@ -261,6 +267,8 @@ def config_problem(c: Config) -> str:
             checks.append(_address_problem("[cluster] peers", addr))
     checks.append(_address_problem("[rpc] tcp_address", c.rpc.tcp_address)
                   if c.rpc.tcp_address else "")
+    checks.append(_address_problem("[metrics] address", c.metrics.address)
+                  if c.metrics.address else "")
     checks.append("" if c.rpc.max_frame_bytes >= 1024 else
                   f"[rpc] max_frame_bytes: must be >= 1024, got {c.rpc.max_frame_bytes}")
     checks.append("" if c.rpc.max_connections > 0 else "[rpc] max_connections: must be > 0")

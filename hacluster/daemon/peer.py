@@ -50,6 +50,7 @@ from hacluster.ports import Fencer, HostCapacity, Hypervisor, Notifier
 from hacluster.raft import RaftNode
 
 if TYPE_CHECKING:
+    from hacluster.daemon.metrics import PeerMetrics
     from hacluster.rpc.server import RpcServer
 
 log = logging.getLogger("hacluster.peer")
@@ -93,6 +94,7 @@ class Peer:
         self._caught_up = False
         self.history = open_history(config, self.replica)  # before Raft applies anything
         self.extra_services += [self.history, self.notifications]
+        self.metrics = self._start_metrics()
 
     # ------------------------------------------------------------ Raft role
 
@@ -213,7 +215,17 @@ class Peer:
             from hacluster.fence import make_fencer
 
             self._fencer = make_fencer()
-        return self._fencer
+        return self._fencer if self.metrics is None else self.metrics.timed(self._fencer)
+
+    def _start_metrics(self) -> PeerMetrics | None:
+        """[metrics] address: the Prometheus endpoint (daemon/metrics.py)."""
+        if not self.config.metrics.address:
+            return None
+        from hacluster.daemon.metrics import PeerMetrics
+
+        metrics = PeerMetrics(self, self.config.metrics.address)
+        self.extra_services.append(metrics)
+        return metrics
 
     def _make_hypervisor(self) -> Hypervisor:
         if self._hypervisor is None:

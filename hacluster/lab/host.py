@@ -57,6 +57,7 @@ class HostSpec:
     cgroup_procs: str = ""  # the cgroup.procs file the peer joins (loopback isolation)
     raft: tuple[tuple[str, float], ...] = ()  # [raft] overrides (RaftSettings fields)
     lockspace_dir: str = ""  # disk leases: the lockspace every host's virtlockd shares
+    metrics_port: int = 0  # > 0: [metrics] address on this host's address
 
     @property
     def path(self) -> Path:
@@ -126,9 +127,19 @@ class LabHost:
             f"[timing]\n{timing}\n"
             f'[notify]\nhook = "{s.notify_hook}"\n\n'
             f'[log]\nlevel = "{s.log_level}"\n'
+            f"{self._metrics_config()}"
             f"{self._watchdog_config()}"
             f"{raft}"
         )
+
+    def _metrics_config(self) -> str:
+        s = self.spec
+        return f'\n[metrics]\naddress = "{s.address}:{s.metrics_port}"\n' \
+            if s.metrics_port else ""
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.spec.address}:{self.spec.metrics_port}/metrics"
 
     def _disk_lease_config(self) -> str:
         """The peer checks the instance's own qemu.conf and qemu-lockd.conf."""
