@@ -10,8 +10,10 @@ A record per applied log entry, the same on every peer:
                  "host": "h2", "vm": "db1"}]}
 
 `time` is the proposer's wall clock (informational, as in the log); `origin` the peer
-that proposed it, or "user@peer" for a write through the admin API. An entry that
-changed nothing visible has no events; it is shown as one item of kind "write".
+that proposed it, or "user@peer" for a write through the admin API. A person's write
+that changed nothing visible has no events; it is shown as one item of kind "write".
+A peer's entry without events (a periodic load report, a BMC check as before) is not
+recorded.
 A record per decision this peer logged (daemon/logs.py `decision`: a fence run, a
 power read, a proposal and why), with `"local": true`, this peer's own wall clock and
 the index it had applied; only the deciding peer has those.
@@ -171,8 +173,11 @@ class History:
     # ------------------------------------------------------------ recording
 
     def record_entry(self, index: int, entry: c.Envelope, events: list[Event]) -> None:
-        """Raft thread: one applied entry."""
-        self._take(entry_record(index, entry, events))
+        """Raft thread: one applied entry. A peer's own periodic report that changed
+        nothing worth an event (its load, a BMC check as before) is left out: it
+        would crowd out the history; a person's write is always kept."""
+        if events or "@" in entry.origin:
+            self._take(entry_record(index, entry, events))
 
     def record_decision(self, log_record: logging.LogRecord) -> None:
         self._take(decision_record(log_record, self.applied_index(), self.me))

@@ -98,7 +98,10 @@ def test_queries_by_host_vm_and_time(tmp_path: Path) -> None:
     suspect = c.MarkHostSuspect(name="h2", evidence="silent")
     history.record_entry(7, entry("h2", "h1", 300.0, suspect), [
         Event(7, "host-state", "h2", "lease silent", (("to", "suspect"),))])
-    history.record_entry(8, entry("h2", "h2", 400.0, c.ReportHostLoad(name="h2", load=0.5)), [])
+    history.record_entry(8, entry("h2", "root@h1", 400.0, c.SetHostMaintenance(name="h2",
+                                                                               on=False)), [])
+    history.record_entry(9, entry("h2", "h2", 500.0, c.ReportHostLoad(name="h2", load=0.5)),
+                         [])  # a peer's periodic report that changed nothing: left out
     history.record_entry(6, entry("vm2", "h1", 200.0), [])  # applied again: not twice
     assert history.flush()
     assert [i["index"] for i in history.query(host="h2")] == [5, 7, 8]
