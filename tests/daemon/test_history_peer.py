@@ -4,17 +4,23 @@ history directory never stops the peer."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from daemon.test_peer_signals import PEER, write_config
+from hacluster.rpc.client import RpcClient
+from hacluster.rpc.protocol import RpcError
 
 VM_XML = ("<domain type='test'><name>{name}</name><memory unit='MiB'>64</memory>"
           "<vcpu>1</vcpu><os><type>hvm</type></os></domain>")
@@ -101,6 +107,31 @@ def test_history_answers_by_vm_host_and_time_and_survives_a_restart(solo: SoloPe
     assert after[: len(before)] == before
     assert len(set(after)) == len(after)
     assert any("peer stopping" in str(i["message"]) for i in solo.events() if i["local"])
+
+
+def test_follow_streams_what_matches_as_it_happens(solo: SoloPeer) -> None:
+    solo.start()
+    followed: list[dict[str, Any]] = []
+    client = RpcClient.connect(str(solo.base / "hactl.sock"))
+
+    def follow() -> None:
+        with contextlib.suppress(OSError, RpcError):
+            for item in client.stream("events", {"follow": True, "last": 0, "vm": "vm2"},
+                                      timeout_s=math.inf):
+                followed.append(item)
+
+    threading.Thread(target=follow, daemon=True).start()
+    try:
+        add_vm(solo, "vm1")
+        add_vm(solo, "vm2")
+        deadline = time.monotonic() + 30
+        while not any(i["kind"] == "vm-added" for i in followed):
+            assert time.monotonic() < deadline, followed
+            time.sleep(0.1)
+        assert {i["vm"] for i in followed} == {"vm2"}
+        assert next(i for i in followed if i["kind"] == "vm-added")["origin"] == "root@solo"
+    finally:
+        client.close()
 
 
 def test_a_damaged_history_is_repaired_and_the_peer_starts(solo: SoloPeer) -> None:
