@@ -114,7 +114,7 @@ def items_of(record: Record) -> list[Item]:
         return [{**head, "kind": WRITE, "subject": record.get("subject", ""),
                  "message": f"{record['command']} (nothing to report)", "data": {},
                  "host": record.get("host", ""), "vm": record.get("vm", "")}]
-    return [{**head, **e} for e in record["events"]]
+    return [{**e, **head} for e in record["events"]]
 
 
 def matches(item: Item, host: str, vm: str, since: float, until: float) -> bool:
@@ -209,7 +209,7 @@ class History:
     def _run(self) -> None:
         try:
             self.store.open()
-        except OSError as exc:
+        except Exception as exc:  # OSError, or damage nobody foresaw: never fatal
             self._fail(f"history directory {self.store.directory} unusable: {exc}")
         for problem in self.store.problems:
             log.warning("history repaired on open", extra={"problem": problem})
@@ -245,7 +245,7 @@ class History:
             try:
                 self.store.append(records)
                 return
-            except OSError as exc:
+            except Exception as exc:  # a full or read-only disk (OSError), or a bug
                 self._fail(f"history not written to {self.store.directory}: {exc}")
         self._memory.extend(records)
 

@@ -52,17 +52,32 @@ class Segment:
             self.last_index = max(self.last_index, record.get("index", 0))
 
 
+EVENT_TEXT = ("kind", "subject", "message", "host", "vm")
+
+
 def parse_record(line: bytes) -> Record | None:
-    """One line as a record, or None if it is not one (damaged)."""
+    """One line as a record, or None if it is not one (damaged): what a query reads
+    from a record is all there and of its type."""
     try:
         record = json.loads(line)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, nested beyond reason
         return None
-    if not isinstance(record, dict) or not isinstance(record.get("time"), int | float) \
-            or not isinstance(record.get("index"), int) \
-            or not isinstance(record.get("events"), list):
+    if not isinstance(record, dict) or not _number(record.get("time")) \
+            or type(record.get("index")) is not int \
+            or not all(isinstance(record.get(k), str) for k in ("origin", "command")) \
+            or not isinstance(record.get("events"), list) \
+            or not all(_event_shape(e) for e in record["events"]):
         return None
     return record
+
+
+def _number(value: object) -> bool:
+    return type(value) in (int, float)
+
+
+def _event_shape(event: object) -> bool:
+    return isinstance(event, dict) and isinstance(event.get("data"), dict) and \
+        all(isinstance(event.get(k), str) for k in EVENT_TEXT)
 
 
 def encode_record(record: Record) -> bytes:

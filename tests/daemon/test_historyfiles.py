@@ -74,10 +74,13 @@ def test_damaged_lines_are_skipped_and_named(tmp_path: Path) -> None:
     store.close()
     segment = next(tmp_path.iterdir())
     segment.write_bytes(segment.read_bytes() + b"\x00\xff garbage\n[1, 2]\n"
+                        + b'{"index": 7, "time": 1.0, "events": []}\n'  # no origin
+                        + b'{"index": 7, "time": 1.0, "origin": "h1", "command": "x", '
+                          b'"events": [1]}\n' + b"[" * 100_000 + b"\n"
                         + segment.read_bytes().replace(b'"index":1', b'"index":2'))
     again = SegmentStore(tmp_path, max_bytes=1 << 20, max_age_s=1e9)
     again.open()
-    assert again.damaged_lines == 2
+    assert again.damaged_lines == 5
     assert any(f"{segment.name}:2:" in p for p in again.problems)
     assert [r["index"] for r in all_records(again)] == [1, 2]
     again.close()
