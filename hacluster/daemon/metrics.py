@@ -115,7 +115,7 @@ class PeerMetrics:
         return None
 
     async def close(self) -> None:
-        self.server.shutdown()
+        await asyncio.get_running_loop().run_in_executor(None, self.server.shutdown)
         self.server.server_close()
 
 

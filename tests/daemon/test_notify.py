@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from daemon.test_history_peer import VM_XML, SoloPeer
+from daemon.solo import VM_XML, SoloPeer
 from daemon.webhook_server import WebhookServer
 from hacluster.daemon.delivery import Channel
 from hacluster.daemon.notify import HookNotifier, notification
@@ -179,5 +180,23 @@ def test_a_peer_whose_webhook_never_answers_keeps_serving(
                  peer.log)
         assert "no answer within 0.5 s" in peer.log.read_text()
         assert server.events() == ["vm-pending"] * 2
+    finally:
+        peer.stop()
+
+
+def test_sighup_applies_a_new_webhook(server_factory: type[WebhookServer],
+                                      tmp_path: Path) -> None:
+    server = server_factory()
+    peer = SoloPeer(tmp_path)
+    try:
+        peer.start()
+        assert peer.proc is not None
+        peer.config.write_text(peer.config.read_text()
+                               + f'[notify]\nwebhook_url = "{server.url}"\n')
+        peer.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "applied=notify" in peer.log.read_text(), "reload", peer.log)
+        add_too_large_vm(peer)
+        wait_for(server.answered.is_set, "webhook delivery", peer.log)
+        assert server.events() == ["vm-pending"]
     finally:
         peer.stop()
