@@ -9,14 +9,21 @@ Rules (each violation carries its evidence: times, hosts, VMs, log lines):
   there to the start of the last look that still saw it.
 - start-before-release: a VM whose host lost power starts elsewhere only after
   that power-off completed (BMC log) and, when nobody could read that BMC (its
-  chassis died or the BMC was failing), only after an operator confirmed.
+  chassis died or the BMC was failing), only after an operator confirmed or,
+  on a host with a watchdog, once that watchdog had surely reset it (its last
+  feed, as the watchdog saw it, plus its timeout), whichever came first.
 - fence-cap: BMC-logged IPMI power-offs never exceed the cap in any window.
-- false-fence: an IPMI power-off of a host whose peer was alive, not taken
-  down or paused by a fault, and reachable from a majority of the voters over
-  at least one link (every fault's drops considered), for the whole grace
-  before it (a fence decided during a fault may run a little after its heal).
+- false-fence: an IPMI power-off, or a watchdog's reset, of a host whose peer
+  was alive, not taken down or paused by a fault, and reachable from a majority
+  of the voters over at least one link (every fault's drops considered), for
+  the whole grace before it (a fence decided during a fault may run a little
+  after its heal; a watchdog resets up to its timeout after its host gave up).
 - recovery: after each heal, every HA VM runs again (exactly once) within the
-  bound, when the powered hosts have room for all of them.
+  bound, when the powered hosts have room for all of them; for a fault the
+  cluster must do without (chassis death with a watchdog), within the bound of
+  the fault's start, while it lasts. An outage that waited for an operator's
+  confirm (chassis death without a watchdog) is timed from the confirm; the
+  wait is listed, it is no violation.
 - final: every peer holds the same state digest at the same applied index;
   no VM, setting or fence record is lost (fence records are read from a peer
   after each fault settled: every one must still be there at the end).
@@ -114,6 +121,8 @@ class Evidence:
     final: list[PeerEnd] = field(default_factory=list)
     expected_settings: dict[str, Any] = field(default_factory=dict)
     ledger_seen: list[tuple[float, int, str]] = field(default_factory=list)  # (when, token, host)
+    watchdog_timeout_s: float = 0.0  # > 0: every host has a watchdog with this timeout
+    feeds: dict[str, list[float]] = field(default_factory=dict)  # host -> feeds it saw
 
 
 Run = tuple[float, float, Seen, "Seen | None"]  # certainly running from, to; start, stop seen
@@ -138,8 +147,10 @@ class Violation:
 class Recovery:
     fault: int
     kind: str
-    outage_s: float | None  # first VM missing -> every VM running again (None: no outage)
+    outage_s: float | None  # first VM missing (or the operator's confirm) -> every VM
+    #                         running again (None: no outage)
     settle_s: float | None  # heal -> every VM running (None: not within the bound)
+    operator_s: float | None = None  # the part of the outage spent waiting for an operator
 
 
 @dataclass
@@ -245,9 +256,11 @@ def start_before_release(ev: Evidence) -> list[Violation]:
         if unreadable:
             confirm = next((at for at, host in confirms if host == gone.host
                             and at >= off.began), None)
-            release = confirm if confirm is not None else float("inf")
+            release = min(confirm if confirm is not None else float("inf"),
+                          max(off.at, watchdog_reset_by(ev, gone.host, off.at)))
         if s.by <= release:
-            why = ("an operator confirmed it" if unreadable else "its power-off completed")
+            why = ("an operator confirmed it or its watchdog surely reset it" if unreadable
+                   else "its power-off completed")
             found.append(Violation(
                 "start-before-release", s.by, (gone.host, s.host), (s.vm,),
                 f"{s.vm} of {gone.host} started on {s.host} by {s.by:.3f}, before {why} "
@@ -255,6 +268,16 @@ def start_before_release(ev: Evidence) -> list[Violation]:
                 (prev[2].line(), gone.line(), off.line(), s.line(),
                  *[f"fault #{f.index} {f.kind}: {f.description}" for f in unreadable])))
     return found
+
+
+def watchdog_reset_by(ev: Evidence, host: str, at: float) -> float:
+    """When the host's watchdog had surely reset it, counting from its last feed
+    before `at` (inf: no watchdog, or never fed, i.e. never armed)."""
+    feeds = ev.feeds.get(host, [])
+    i = bisect.bisect_right(feeds, at)
+    if ev.watchdog_timeout_s <= 0 or i == 0:
+        return float("inf")
+    return feeds[i - 1] + ev.watchdog_timeout_s
 
 
 # ---------------------------------------------------------------- the cap
@@ -303,14 +326,25 @@ def unreachable(ev: Evidence, host: str, start: float, end: float) -> list[Fault
     return blocking if reach < majority else []
 
 
+def _reset(p: Power) -> str:
+    """Who powered the host off, if it was the cluster: "IPMI", "its watchdog" or ""."""
+    if p.on:
+        return ""
+    return "IPMI" if p.cause.startswith("ipmi") else "its watchdog" if p.cause == "watchdog" \
+        else ""
+
+
 def false_fences(ev: Evidence) -> list[Violation]:
     found = []
     for p in sorted(ev.power, key=lambda p: p.at):
-        if p.on or not p.cause.startswith("ipmi"):
+        by = _reset(p)
+        if not by:
             continue
-        start, end = p.began - ev.fence_grace_s, p.began
+        # a watchdog resets its host up to its timeout after the host gave up
+        grace = ev.fence_grace_s + (ev.watchdog_timeout_s if by != "IPMI" else 0.0)
+        start, end = p.began - grace, p.began
         took_down = [f for f in ev.faults if p.host in f.down
-                     and _active(f, start, end, ev.fence_grace_s)]
+                     and _active(f, start, end, grace)]
         if took_down or _peer_down(ev, p.host, start, end):
             continue
         if unreachable(ev, p.host, start, end):
@@ -320,7 +354,7 @@ def false_fences(ev: Evidence) -> list[Violation]:
                   if _active(f, start - 30, end + 5)]
         found.append(Violation(
             "false-fence", p.began, (p.host,), (),
-            f"{p.host} powered off by IPMI at {p.began:.3f} while its peer ran, not paused, "
+            f"{p.host} powered off by {by} at {p.began:.3f} while its peer ran, not paused, "
             "and reached a majority", (p.line(), *around)))
     return found
 
@@ -376,22 +410,37 @@ def recovery(ev: Evidence) -> tuple[list[Violation], list[Recovery]]:
         # an outage belongs to this fault if it began before the next fault did
         following = next((t for t in starts if t > f.applied_at), float("inf"))
         lost = _first(timeline, f.applied_at, False)
-        outage = None
+        outage = back = waited = None
         if lost is not None and lost <= min(limit, following):
             back = _first(timeline, lost, True)
-            outage = back - lost if back is not None else None
-        recoveries.append(Recovery(f.index, f.kind, outage, settle))
-        if settle is None and limit <= ev.ended_at:
-            room = _powered_hosts(ev, limit) * ev.vms_per_host >= len(ev.vms)
-            if room:
-                _, wrong = _state_at(timeline, limit)
-                found.append(Violation(
-                    "recovery", limit, tuple(f.hosts), wrong[:20],
-                    f"{len(wrong)} HA VM(s) not running exactly once {ev.recovery_bound_s:g}s "
-                    f"after fault #{f.index} ({f.kind}) healed",
-                    (f"fault #{f.index} {f.kind} [{f.applied_at:.3f}, {f.healed_at:.3f}]: "
-                     f"{f.description}",)))
+            confirm = min((at for at, _ in f.confirms if at >= lost), default=None)
+            if back is not None and confirm is not None and confirm < back:
+                waited = confirm - lost  # the operator's share, not the cluster's
+            outage = back - lost - (waited or 0.0) if back is not None else None
+        recoveries.append(Recovery(f.index, f.kind, outage, settle, waited))
+        if f.recover_while and lost is not None and lost <= following:
+            due = f.applied_at + ev.recovery_bound_s
+            if (back is None or back > due) and due <= ev.ended_at and _room(ev, due):
+                _, wrong = _state_at(timeline, due)
+                found.append(_late(f, due, wrong, f"{ev.recovery_bound_s:g}s after fault "
+                                   f"#{f.index} ({f.kind}) began, which needs no heal"))
+        if settle is None and limit <= ev.ended_at and _room(ev, limit):
+            _, wrong = _state_at(timeline, limit)
+            found.append(_late(f, limit, wrong, f"{ev.recovery_bound_s:g}s after fault "
+                               f"#{f.index} ({f.kind}) healed"))
     return found, recoveries
+
+
+def _room(ev: Evidence, at: float) -> bool:
+    """Do the hosts powered at `at` have room for every VM?"""
+    return _powered_hosts(ev, at) * ev.vms_per_host >= len(ev.vms)
+
+
+def _late(f: FaultRecord, at: float, wrong: tuple[str, ...], when: str) -> Violation:
+    return Violation("recovery", at, tuple(f.hosts), wrong[:20],
+                     f"{len(wrong)} HA VM(s) not running exactly once {when}",
+                     (f"fault #{f.index} {f.kind} [{f.applied_at:.3f}, {f.healed_at:.3f}]: "
+                      f"{f.description}",))
 
 
 # ---------------------------------------------------------------- the end
