@@ -26,16 +26,8 @@ from typing import Any
 from hacluster.lab.cluster import PROFILES, LabCluster
 from hacluster.lab.nemesis.base import Fault, FaultRecord
 from hacluster.lab.nemesis.schedule import KINDS, build, schedule
-from hacluster.lab.soakcheck import (
-    Alive,
-    Evidence,
-    PeerEnd,
-    Power,
-    Seen,
-    Verdict,
-    judge,
-    recovery_stats,
-)
+from hacluster.lab.soakcheck import judge, recovery_stats
+from hacluster.lab.soakevidence import Alive, Evidence, PeerEnd, Power, Seen, Verdict
 from hacluster.ports import PowerState
 from hacluster.rpc.protocol import ErrorCode, RpcError
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from hacluster.lab.nemesis.base import FaultRecord
-from hacluster.lab.soakcheck import Alive, Evidence, PeerEnd, Power, Seen, judge, recovery_stats
+from hacluster.lab.soakcheck import judge, recovery_stats
+from hacluster.lab.soakevidence import Alive, Evidence, PeerEnd, Power, Seen
 
 HOSTS = ["h1", "h2", "h3"]
 
