@@ -208,17 +208,28 @@ def _peer_down(ev: Evidence, host: str, start: float, end: float) -> bool:
     return not alive
 
 
-def unreachable(ev: Evidence, host: str, start: float, end: float) -> list[FaultRecord]:
-    """The faults whose complete drops left `host` reaching fewer than a majority
-    of the voters (itself counted) at some moment of [start, end]."""
+def unreachable(ev: Evidence, host: str, start: float, end: float) -> list[str]:
+    """Why `host` reached fewer than a majority of the voters (itself counted) at
+    some moment of [start, end], if it did: the voters the faults' complete drops
+    cut it from, and the voters that could not answer anyone (powered off, peer
+    dead, or taken down or paused by a fault). Empty: it reached a majority."""
     majority = len(ev.voters) // 2 + 1
     active = [f for f in ev.faults if _active(f, start, end)]
-    blocking = [f for f in active if any(d[0] == host and d[2] >= 100 for d in f.drops)]
-    if not blocking:
+    cut = {d[1] for f in active for d in f.drops if d[0] == host and d[2] >= 100}
+    gone = {v for v in ev.voters if v != host and v not in cut and (
+        _off_during(ev, v, start, end) or _peer_down(ev, v, start, end)
+        or any(v in f.down for f in active))}
+    reach = 1 + sum(1 for v in ev.voters if v != host and v not in cut | gone)
+    if reach >= majority:
         return []
-    cut = {d[1] for f in blocking for d in f.drops if d[0] == host and d[2] >= 100}
-    reach = 1 + sum(1 for v in ev.voters if v != host and v not in cut)
-    return blocking if reach < majority else []
+    return ([f"{host} cut from {', '.join(sorted(cut))}"] if cut else []) + \
+        ([f"down meanwhile: {', '.join(sorted(gone))}"] if gone else [])
+
+
+def _off_during(ev: Evidence, host: str, start: float, end: float) -> bool:
+    """Was the host without power at some moment of [start, end]?"""
+    return not _powered(ev, host, start) or any(
+        p.host == host and not p.on and start <= p.began <= end for p in ev.power)
 
 
 def _reset(p: Power) -> str:

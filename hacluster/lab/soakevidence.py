@@ -121,3 +121,17 @@ class Verdict:
     @property
     def false_fences(self) -> list[Violation]:
         return [v for v in self.violations if v.rule == "false-fence"]
+
+
+def evidence_from_json(raw: dict[str, Any]) -> Evidence:
+    """The evidence a soak saved (evidence.json), to judge it again."""
+    raw = dict(raw)
+    raw["sightings"] = [Seen(**s) for s in raw["sightings"]]
+    raw["power"] = [Power(**p) for p in raw["power"]]
+    raw["faults"] = [FaultRecord.from_json(f) for f in raw["faults"]]
+    raw["liveness"] = [Alive(**a) for a in raw["liveness"]]
+    raw["final"] = [PeerEnd(**{**p, "vms": tuple(p["vms"]),
+                               "fences": tuple(tuple(f) for f in p["fences"])})
+                    for p in raw.get("final", [])]
+    raw["ledger_seen"] = [tuple(x) for x in raw.get("ledger_seen", [])]
+    return Evidence(**raw)

@@ -170,6 +170,14 @@ def test_a_watchdog_reset_of_a_healthy_reachable_host_is_a_false_fence() -> None
                               watchdog_timeout_s=5.0)).false_fences) == 1
 
 
+def test_a_host_left_without_a_majority_by_dead_voters_may_reset_itself() -> None:
+    # h1's chassis died, h3 was fenced just before: h2 alone resets itself (soak seed 5)
+    chassis = fault(1, "chassis-death", ["h1"], 20, 60, down=["h1"], recover_while=True)
+    power = [off(20.0, "h1"), off(18.0, "h3", "ipmi"), off(40.0, "h2", "watchdog")]
+    verdict = judge(evidence([], power, [chassis], watchdog_timeout_s=10.0))
+    assert [v.hosts for v in verdict.false_fences] == [("h3",)]  # h3 was healthy
+
+
 def test_fences_of_isolated_paused_or_dead_peers_are_justified() -> None:
     isolated = fault(1, "isolate", ["h2"], 20, 40, drops=[("h2", "h1", 100), ("h2", "h3", 100),
                                                           ("h1", "h2", 100), ("h3", "h2", 100)])
