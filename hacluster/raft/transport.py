@@ -51,6 +51,8 @@ from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 
 from hacluster.core.ratelimit import RateLimiter, RefusalLog, held_back
+from hacluster.raft.prevote import ASK as PRE_VOTE_ASK
+from hacluster.raft.prevote import YES as PRE_VOTE_YES
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,8 @@ class _Engine(Protocol):
     def ha_answer_stamp(self) -> list[int]: ...
 
     def ha_allow_for(self, node: Any) -> list[int] | None: ...
+
+    def ha_pre_vote(self, node: Any, message: dict[str, Any]) -> None: ...
 
 
 class DurableTransport(TCPTransport):
@@ -371,6 +375,9 @@ class DurableTransport(TCPTransport):
 
     def _onMessageReceived(self, node: Any, message: Any) -> None:
         kind = message.get("type") if isinstance(message, dict) else None
+        if kind in (PRE_VOTE_ASK, PRE_VOTE_YES):
+            self._engine.ha_pre_vote(node, message)  # ours: pysyncobj never sees them
+            return
         if kind == "request_vote" and self._engine.abstains_from_voting():
             return
         if kind == "append_entries":
