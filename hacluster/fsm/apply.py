@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from hacluster.fsm import apply_fence, apply_hosts, apply_vms
+from hacluster.fsm import apply_fence, apply_hosts, apply_shutdown, apply_vms
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
 from hacluster.fsm.codec import UnreadableEntry, decode_command
@@ -72,6 +72,8 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.ReportHostLoad: apply_hosts.report_load,
     c.ReportBmcHealth: apply_hosts.report_bmc_health,
     c.SetPeerStopped: apply_hosts.set_peer_stopped,
+    c.PlannedShutdown: apply_shutdown.planned_shutdown,
+    c.SetShutdownPolicy: apply_shutdown.set_shutdown_policy,
     c.SetHostAddresses: apply_hosts.set_addresses,
     c.SetHostRole: apply_hosts.set_host_role,
     c.AnnounceVersions: apply_hosts.announce_versions,

@@ -6,7 +6,8 @@ Snapshot:  msgpack {"format": SNAPSHOT_FORMAT, ...} with records as positional l
 hosts and VMs sorted by name, so equal states give equal bytes (and digests).
 (Format 1 had no "versions" map: it loads with none, as if no host had announced.
 Formats 1 and 2 had no settings.probe_after_s, formats 1 to 3 no settings.fence_fallback,
-settings.watchdog_margin_s and host.watchdog: they load with their defaults.)
+settings.watchdog_margin_s and host.watchdog, formats 1 to 4 no settings.shutdown_policy,
+host.shutdown_policy and host.shutdown: they load with their defaults.)
 
 What this peer cannot read, it never skips: `apply` raises `UnreadableEntry`, and a
 snapshot of a newer format raises `SnapshotTooNew`; both are `UnreadableLog`, on which
@@ -35,8 +36,8 @@ from hacluster.fsm.wire import (
 
 ENTRY_FORMAT = 2
 ENTRY_FORMATS = (1, 2)  # formats this peer reads
-SNAPSHOT_FORMAT = 4
-SNAPSHOT_FORMATS = (1, 2, 3, 4)  # formats this peer loads (older ones are migrated on load)
+SNAPSHOT_FORMAT = 5
+SNAPSHOT_FORMATS = (1, 2, 3, 4, 5)  # formats this peer loads (older ones are migrated on load)
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
 
@@ -206,6 +207,7 @@ def decode_snapshot(data: bytes) -> ClusterState:
 FIELDS_ADDED: dict[int, dict[type, tuple[str, ...]]] = {
     3: {Settings: ("probe_after_s",)},
     4: {Settings: ("fence_fallback", "watchdog_margin_s"), Host: ("watchdog",)},
+    5: {Settings: ("shutdown_policy",), Host: ("shutdown_policy", "shutdown")},
 }
 
 

@@ -107,6 +107,34 @@ class SetPeerStopped(Command):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class PlannedShutdown(Command):
+    """A peer stopped by SIGTERM carries out its shutdown policy (fsm/apply_shutdown.py):
+    step "begin" (no new VMs here; "migrate" drains it), "done" (its peer leaves; the VMs
+    in `stopped`, as (name, placement) pairs its agent shut down and libvirt then listed
+    as not running, start elsewhere for "failover" or here again for "stop"), "back"
+    (its peer runs again)."""
+
+    TYPE = "host-shutdown"
+    name: str
+    step: str  # one of SHUTDOWN_STEPS
+    policy: str = ""  # the ShutdownPolicy carried out
+    stopped: tuple[tuple[str, int], ...] = ()
+    detail: str = ""
+
+
+SHUTDOWN_STEPS = ("begin", "done", "back")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SetShutdownPolicy(Command):
+    """The cluster's shutdown policy (`host` ""), or one host's ("" policy: inherit)."""
+
+    TYPE = "shutdown-policy"
+    host: str = ""
+    policy: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SetHostAddresses(Command):
     """A host's lease links ("link=address"), as its own config lists them: its
     peer proposes them when it starts and finds the stored ones differ (a link
@@ -415,6 +443,8 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     HostReady,
     ReportBmcHealth,
     SetPeerStopped,
+    PlannedShutdown,
+    SetShutdownPolicy,
     SetHostAddresses,
     SetHostRole,
     AnnounceVersions,

@@ -11,6 +11,7 @@ from hacluster.fsm.model import Desired, HaPolicy, Vm
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState, VmState
 
 V = VmState
+DRAINED_FOR_SHUTDOWN = "drained for a planned shutdown: no VMs left"
 
 
 def place(
@@ -180,6 +181,10 @@ def continue_drain(ctx: Ctx, host_name: str) -> None:
         return
     on_host = [vm for vm in ctx.state.vms_on(host_name) if vm.host == host_name]
     if not on_host and not ctx.state.vms_by_host.get(host_name):
+        if host.shutdown and not host.maintenance_wanted:  # its peer stops, then returns
+            if host.reason != DRAINED_FOR_SHUTDOWN and not host.peer_stopped:
+                ctx.set_host_state(host, HostState.DRAINING, DRAINED_FOR_SHUTDOWN)
+            return
         ctx.set_host_state(host, HostState.MAINTENANCE, "drained: no VMs left")
         return
     planner = placement.Planner(ctx.state, exclude=[host_name])

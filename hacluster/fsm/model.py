@@ -44,6 +44,15 @@ class Selector(enum.StrEnum):
     LOAD = "load"
 
 
+class ShutdownPolicy(enum.StrEnum):
+    """What a peer stopped by SIGTERM (a planned reboot) does with its host's VMs."""
+
+    MIGRATE = "migrate"  # live-migrate them away (bounded), then as failover for the rest
+    STOP = "stop"  # shut them down; they start again on this host when its peer returns
+    FREEZE = "freeze"  # leave them running, unprotected until its peer returns
+    FAILOVER = "failover"  # shut them down, record that, then start them elsewhere
+
+
 class HaPolicy(enum.StrEnum):
     RESTART = "restart"
     NONE = "none"
@@ -161,6 +170,8 @@ class Settings:
     # Added to a host's self-fence delay and watchdog timeout before a host whose fence
     # failed counts as reset by its watchdog (clock rate differences, feeding period).
     watchdog_margin_s: float = 2.0
+    # What a peer stopped by SIGTERM does with its VMs (a host may override it).
+    shutdown_policy: ShutdownPolicy = ShutdownPolicy.FREEZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +197,8 @@ class Host:
     agent_ready: bool = False  # its agent reported ready since it joined or was fenced
     peer_stopped: bool = False  # its peer left cleanly: lease not judged, VMs unprotected
     watchdog: Watchdog = Watchdog()  # its self-fencing (`ReportWatchdog`)
+    shutdown_policy: str = ""  # its own shutdown policy ("": the cluster's setting)
+    shutdown: str = ""  # the policy of a planned shutdown under way ("": none)
 
     @property
     def runs_vms(self) -> bool:

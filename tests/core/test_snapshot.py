@@ -142,11 +142,18 @@ def test_format_1_is_migrated_with_no_announcements() -> None:
     assert restored.versions == {}
     assert restored == dataclasses.replace(state, versions={})
     assert decode_snapshot(encode_snapshot(restored)) == restored  # written as the new format
-    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 4
+    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 5
+
+
+def _before_format_5(doc: dict[str, Any]) -> None:
+    """No settings.shutdown_policy, host.shutdown_policy, host.shutdown."""
+    doc["settings"] = doc["settings"][:-1]
+    doc["hosts"] = [h[:-2] for h in doc["hosts"]]
 
 
 def _before_format_4(doc: dict[str, Any]) -> None:
-    """No settings.fence_fallback, settings.watchdog_margin_s, host.watchdog."""
+    """... and no settings.fence_fallback, settings.watchdog_margin_s, host.watchdog."""
+    _before_format_5(doc)
     doc["settings"] = doc["settings"][:-2]
     doc["hosts"] = [h[:-1] for h in doc["hosts"]]
 
@@ -179,9 +186,9 @@ def test_format_3_is_migrated_with_no_watchdogs_and_the_default_fallback() -> No
 
 def test_a_newer_format_is_refused_naming_both_formats() -> None:
     doc = _doc()
-    doc["format"] = 5
-    with pytest.raises(SnapshotTooNew, match=r"snapshot format 5 is newer than this peer "
-                       r"reads \(formats 1, 2, 3, 4\)") as raised:
+    doc["format"] = 6
+    with pytest.raises(SnapshotTooNew, match=r"snapshot format 6 is newer than this peer "
+                       r"reads \(formats 1, 2, 3, 4, 5\)") as raised:
         decode_snapshot(_pack(doc))
     assert isinstance(raised.value, UnreadableLog)  # the peer halts on it (exit code 76)
 
@@ -259,3 +266,14 @@ def test_corrupted_snapshot_is_a_snapshot_error_or_a_state(data: st.DataObject) 
 
 
 SNAPSHOT = encode_snapshot(busy_cluster().state)
+
+
+def test_format_4_is_migrated_with_the_default_shutdown_policies() -> None:
+    state = busy_cluster().state
+    doc = _doc()
+    doc["format"] = 4
+    _before_format_5(doc)
+    restored = decode_snapshot(_pack(doc))
+    assert restored == state
+    assert restored.settings.shutdown_policy.value == "freeze"
+    assert all(h.shutdown_policy == h.shutdown == "" for h in restored.hosts.values())
