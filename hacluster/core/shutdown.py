@@ -132,6 +132,7 @@ class PlannedShutdown:
         self._stopped: tuple[tuple[str, int], ...] = ()
         self._acting = False  # an agent stop or VM shutdown is under way
         self._agent_stopping = False  # StopAgent was returned
+        self._unsafe = ""  # why no VM may be released (an agent operation outlived it)
 
     @property
     def wants_domains(self) -> bool:
@@ -154,14 +155,25 @@ class PlannedShutdown:
         self.phase = {Phase.BEGIN: Phase.DRAIN if self.policy is P.MIGRATE else Phase.QUIESCE,
                       Phase.DONE: Phase.LEFT}.get(self.phase, self.phase)
 
-    def agent_stopped(self) -> None:
+    @property
+    def stopping_agent(self) -> bool:
+        """StopAgent was returned and has not been answered yet."""
+        return self._agent_stopping and self._acting and self.phase is Phase.QUIESCE
+
+    def agent_stopped(self, idle: bool) -> None:
+        """The agent's loop ended; `idle`: no operation of it is still under way (a start
+        or a migration that ends later could run a VM the domain list did not show: then
+        nothing is released, everything stays where it is, unprotected)."""
         self._acting = False
+        if not idle:
+            self._unsafe = "an operation of the agent did not end in time"
+            self.notes.append(f"{self._unsafe}: no VM is released to start elsewhere")
 
     def vms_shut_down(self, state: ClusterState, domains: Mapping[str, DomainState] | None
                       ) -> None:
         """The shutdowns ended; `domains`: libvirt read afterwards (None: unreadable)."""
         self._acting = False
-        self._stopped = stopped_placements(state, self.me, domains)
+        self._stopped = () if self._unsafe else stopped_placements(state, self.me, domains)
         self.phase = Phase.DONE
 
     # ------------------------------------------------------------ the next step
@@ -307,7 +319,10 @@ class PlannedShutdown:
                 f"UNPROTECTED until this peer returns: {', '.join(left)}")
 
     def _unprotected(self, state: ClusterState) -> tuple[str, ...]:
-        return tuple(vm.name for vm in state.vms_on(self.me))
+        """VMs that may still run here: not shut down and released (for "stop", those
+        shut down stay placed here, but run nowhere)."""
+        down = {name for name, _ in self._stopped}
+        return tuple(vm.name for vm in state.vms_on(self.me) if vm.name not in down)
 
 
 def _legacy_reason(state: ClusterState, me: str) -> str:

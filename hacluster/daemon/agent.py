@@ -226,6 +226,20 @@ class AgentDriver:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
 
+    async def quiesce(self, timeout_s: float) -> bool:
+        """Wait until no operation is under way (its report included); False if one
+        still is after timeout_s. Call once the loop has stopped."""
+        give_up = time.monotonic() + timeout_s
+        while self._tasks or self.busy:
+            left = give_up - time.monotonic()
+            if left <= 0:
+                return False
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=left)
+            else:
+                await asyncio.sleep(0.05)
+        return True
+
 
 def _older_report(command: c.Command) -> c.VmReport | None:
     """What a peer of an older release reads in place of a newer report, if anything."""

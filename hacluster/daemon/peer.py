@@ -404,6 +404,8 @@ class Peer:
 
     def _registration(self) -> tuple[c.Command, str] | None:
         """What the cluster state must learn about this host, and why."""
+        if self._stop.is_set():
+            return None  # stopping: the planned shutdown speaks for this host now
         addresses = tuple(f"{k}={v}" for k, v in sorted(self._links().items()))
         with self.replica.read() as state:
             return registration(self.me, state, self.role, addresses,
@@ -459,14 +461,13 @@ class Peer:
     def hypervisor_in_use(self) -> Hypervisor | None:
         return self._hypervisor
 
-    async def stop_agent(self) -> None:
+    async def stop_agent(self, timeout_s: float) -> bool:
         """Nothing starts, stops or migrates here any more (a planned shutdown): the
-        agent's loop ends and its operations under way finish (daemon/agent.py drain)."""
+        agent's loop ends and its operations under way finish. True once none is left."""
         if self._agent_task is not None:
             self._agent_task.cancel()
             await asyncio.gather(self._agent_task, return_exceptions=True)
-        if self.agent is not None:
-            await self.agent.drain()
+        return self.agent is None or await self.agent.quiesce(timeout_s)
 
     async def _shutdown(self) -> None:
         """Leave cleanly: hand leadership over, carry out the shutdown policy

@@ -88,8 +88,8 @@ async def _act(peer: Peer, plan: sd.PlannedShutdown, action: sd.Action) -> None:
     elif isinstance(action, sd.Propose):
         await _propose(peer, plan, action)
     elif isinstance(action, sd.StopAgent):
-        await peer.stop_agent()
-        plan.agent_stopped()
+        left_s = plan.budget.moving_s - (time.monotonic() - plan.started)
+        plan.agent_stopped(await peer.stop_agent(max(left_s, peer.config.timing.stop_grace_s)))
     elif isinstance(action, sd.ShutDownVms):
         await _shut_down(peer, action.names)
         domains = await _domains(peer)

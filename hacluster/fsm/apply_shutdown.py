@@ -151,6 +151,8 @@ def _back(ctx: Ctx, host: Host) -> None:
              f"({was}); it takes VMs again", step="back", policy=was)
     if host.state is H.DRAINING and not host.maintenance_wanted:
         ctx.set_host_state(host, H.ONLINE, "back from a planned shutdown")
+    elif host.state is H.ONLINE:
+        ctx.put_host(host, reason="back from a planned shutdown")
     ctx.capacity_changed = True  # schedulable again: pending VMs may fit here
 
 

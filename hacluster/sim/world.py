@@ -367,6 +367,13 @@ class World:
             host.held_lease.clear()
             self.note(f"peer {name}: killed")
 
+    def stop_peer(self, name: str) -> None:
+        """SIGTERM of the peer: a planned shutdown (core/shutdown.py), then it exits."""
+        host = self.hosts[name]
+        if host.powered and host.peer.running:
+            self.note(f"peer {name}: SIGTERM (planned shutdown)")
+            host.peer.stop_cleanly(self.now)
+
     def restart_peer(self, name: str, rebuild: bool = False,
                      log_prefix: int | None = None) -> None:
         host = self.hosts[name]
