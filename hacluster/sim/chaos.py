@@ -1,7 +1,8 @@
 """Random fault schedules over the simulated cluster, replayable by seed.
 
 A schedule builds a cluster (3 to 7 voters, sometimes non-voting members), adds VMs,
-then injects random faults for a while: power loss, peer crashes, restarts from a
+then injects random faults for a while: power loss, peer crashes, planned shutdowns
+(SIGTERM, under a random shutdown policy, the leader's too), restarts from a
 rebuilt journal and pauses (the leader's too), isolation, partitions, one-way cuts,
 packet loss, a firewall on the lease port, stepped and skewed wall clocks, BMCs that
 fail, hang, lie or are slow, VM operations that fail, and operators who stop, start,
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 from hacluster.fsm import commands as c
 from hacluster.fsm import state_digest
-from hacluster.fsm.model import Desired, HaPolicy, HostRole
+from hacluster.fsm.model import Desired, HaPolicy, HostRole, ShutdownPolicy
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState, VmState
 from hacluster.sim.fakes import BmcMode
 from hacluster.sim.raftmodel import RaftModelConfig
@@ -67,6 +68,8 @@ def build_cluster(rng: random.Random, seed: int) -> World:
         world.admin_wait(c.AddHost(name=name, memory_mib=host.memory_mib, vcpus=host.vcpus,
                                    role=host.role,
                                    addresses=tuple(f"{ln}={name}" for ln in links)))
+    # what a peer stopped by SIGTERM (stop-peer) does with its VMs (core/shutdown.py)
+    world.admin_wait(c.SetShutdownPolicy(policy=rng.choice(list(ShutdownPolicy)).value))
     world.run_until(world.now + 1.0)
     for i in range(rng.randint(3, 2 * voters)):
         world.admin_wait(_random_vm(rng, f"vm{i}", sorted(world.hosts), i))
@@ -92,6 +95,7 @@ def _host_faults(world: World, rng: random.Random, host: str) -> list[Action]:
         (f"chassis-death {host}", lambda: _chassis_death(world, host)),
         (f"power-on {host}", lambda: world.power_on(host, "chaos")),
         (f"kill-peer {host}", lambda: world.crash_peer(host)),
+        (f"stop-peer {host}", lambda: world.stop_peer(host)),
         (f"restart-peer {host}", lambda: world.restart_peer(host)),
         (f"restart-peer {host} rebuild", lambda: _rebuild(world, host)),
         (f"pause {host}", lambda: world.pause_peer(host)),
@@ -124,6 +128,7 @@ def _leader_faults(world: World) -> list[Action]:
     return [
         ("kill-leader", on_leader(lambda h: world.power_off(h, "chaos"))),
         ("kill-leader-peer", on_leader(world.crash_peer)),
+        ("stop-leader", on_leader(world.stop_peer)),
         ("pause-leader", on_leader(world.pause_peer)),
         ("isolate-leader", on_leader(world.net.isolate)),
         ("lease-block-leader", on_leader(world.lease_blocked.add)),
