@@ -68,9 +68,10 @@ def build_cluster(rng: random.Random, seed: int) -> World:
         world.admin_wait(c.AddHost(name=name, memory_mib=host.memory_mib, vcpus=host.vcpus,
                                    role=host.role,
                                    addresses=tuple(f"{ln}={name}" for ln in links)))
-    # what a peer stopped by SIGTERM (stop-peer) does with its VMs (core/shutdown.py)
-    world.admin_wait(c.SetShutdownPolicy(policy=rng.choice(list(ShutdownPolicy)).value))
     world.run_until(world.now + 1.0)
+    # what a peer stopped by SIGTERM (stop-peer) does with its VMs (core/shutdown.py);
+    # admitted once every peer announced it understands the command
+    world.admin_wait(c.SetShutdownPolicy(policy=rng.choice(list(ShutdownPolicy)).value))
     for i in range(rng.randint(3, 2 * voters)):
         world.admin_wait(_random_vm(rng, f"vm{i}", sorted(world.hosts), i))
     return world

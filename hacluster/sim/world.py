@@ -491,6 +491,7 @@ class World:
                 self.step()
             if outcome and not outcome[0]:
                 outcome.clear()
+                self.step()  # (refused at once, e.g. by the version gate: time must pass)
         return bool(outcome)
 
     # ------------------------------------------------------------ what really runs
