@@ -6,8 +6,9 @@
 # Events: fence-requested, fence-succeeded, fence-failed, fence-cap-reached,
 # fence-held (no majority of voters could confirm it), fence-cancelled (the host renewed),
 # host-recovered, vm-start-locked (a start refused for a held disk lease: "vm" names the VM,
-# "host" where it was refused; a copy runs elsewhere). It must finish within
-# [timing] notify_timeout_s.
+# "host" where it was refused; a copy runs elsewhere), storage-active (its lease expired
+# but it still writes shared storage: not fenced), storage-unreadable (the leader cannot
+# read a silent host's storage). It must finish within [timing] notify_timeout_s.
 event=$(cat)
 logger -t hacluster-notify -- "$event"
 # mail -s "hacluster: $(printf '%s' "$event" | sed 's/.*"event": "\([^"]*\)".*/\1/')" ops@example.com <<MAIL

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hacluster.fsm.context import NAME_RE
+from hacluster.fsm.validate import heartbeat_paths_problem
 from hacluster.fsm.wire import WireError, spec_of
 from hacluster.raft.settings import RaftSettings, RaftSettingsError
 
@@ -113,6 +114,18 @@ class WatchdogConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """The storage activity check (core/storage.py, daemon/storage.py): no heartbeat
+    path, no heartbeats written and no check of this host."""
+
+    heartbeat_paths: tuple[str, ...] = ()  # shared storage directories (every host mounts)
+    checks: int = 3  # consecutive checks that see nothing written before a fence
+    check_interval_s: float = 2.0  # between two reads of a silent host's storage
+    read_timeout_s: float = 2.0  # one check's reads (the leader's deadline)
+    write_timeout_s: float = 2.0  # a heartbeat write slower than this is reported
+
+
+@dataclass(frozen=True)
 class NotifyConfig:
     hook: str = ""  # executable; gets one JSON event on stdin per notification
 
@@ -134,6 +147,7 @@ class Config:
     notify: NotifyConfig = NotifyConfig()
     log: LogConfig = LogConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
+    storage: StorageConfig = StorageConfig()
     raft: RaftSettings = field(default_factory=RaftSettings)
     source: str = "<defaults>"
 
@@ -146,6 +160,7 @@ SECTIONS: dict[str, type] = {
     "peer": PeerConfig, "cluster": ClusterConfig, "leases": LeaseConfig,
     "hypervisor": HypervisorConfig, "rpc": RpcConfig, "timing": TimingConfig,
     "notify": NotifyConfig, "log": LogConfig, "watchdog": WatchdogConfig,
+    "storage": StorageConfig,
 }
 
 
@@ -258,7 +273,11 @@ def config_problem(c: Config) -> str:
                   "[watchdog] device: kind device needs the device path")
     checks.append("" if c.rpc.max_anonymous_per_source > 0 else
                   "[rpc] max_anonymous_per_source: must be > 0")
-    for section in (c.hypervisor, c.timing, c.rpc, c.watchdog):
+    checks.append(("[storage] heartbeat_paths: " + problem) if (
+        problem := heartbeat_paths_problem(c.storage.heartbeat_paths)) else "")
+    checks.append("" if 1 <= c.storage.checks <= 100 else
+                  f"[storage] checks: must be 1..100, got {c.storage.checks}")
+    for section in (c.hypervisor, c.timing, c.rpc, c.watchdog, c.storage):
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
             if f.name.endswith("_s") and not (math.isfinite(value) and value > 0):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hacluster.fsm.states import HOST_EDGES, VM_EDGES
+from hacluster.fsm.states import HOST_EDGES, HOST_MEANINGS, VM_EDGES
 
 
 def mermaid(edges: dict) -> str:  # type: ignore[type-arg]
@@ -27,6 +27,10 @@ def render() -> str:
         "a state only along these edges (anything else is reported as a bug event).",
         "",
         "## Hosts",
+        "",
+        "| state | meaning |",
+        "| --- | --- |",
+        *(f"| `{state.value}` | {meaning} |" for state, meaning in HOST_MEANINGS.items()),
         "",
         mermaid(HOST_EDGES),
         "",

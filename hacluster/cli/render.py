@@ -36,9 +36,22 @@ def lease(links: dict[str, float] | None) -> str:
 def hosts_table(hosts: list[dict[str, Any]]) -> str:
     rows = [(h["name"], h["state"], h["role"], f"{h['used_memory_mib']}/{h['memory_mib']}",
              h["vms"], lease(h.get("lease_links")), _bmc(h["bmc_ok"]),
-             watchdog(h.get("watchdog")), h["reason"][:60]) for h in hosts]
+             watchdog(h.get("watchdog")), storage(h.get("storage")), h["reason"][:60])
+            for h in hosts]
     return table(rows, ["host", "state", "role", "mem MiB", "vms", "lease", "bmc", "watchdog",
-                        "reason"])
+                        "storage", "reason"])
+
+
+def storage(s: dict[str, Any] | None) -> str:
+    """"-" without heartbeats, "2 paths" when written, "active (1)" while a check of it
+    says so."""
+    if not s or not s.get("heartbeat_paths"):
+        return "-"
+    check = s.get("check") or {}
+    if check.get("verdict", "none") != "none":
+        return f"{check['verdict']} ({check['checks']})"
+    count = len(s["heartbeat_paths"])
+    return f"{count} path{'s' if count > 1 else ''}"
 
 
 def watchdog(w: dict[str, Any] | None) -> str:
@@ -61,8 +74,17 @@ def vms_table(vms: list[dict[str, Any]]) -> str:
 def fences_table(fences: list[dict[str, Any]]) -> str:
     rows = [(f["token"], f["host"], f"{f['attempt']}", f["action"], f["result"],
              f["confirmed_by"] or f["requested_by"], _when(f["requested_at"]),
-             (f["result_evidence"] or f["reason"])[:60]) for f in fences]
-    return table(rows, ["token", "host", "try", "action", "result", "by", "when", "evidence"])
+             _checked(f.get("storage")), (f["result_evidence"] or f["reason"])[:60])
+            for f in fences]
+    return table(rows, ["token", "host", "try", "action", "result", "by", "when", "storage",
+                        "evidence"])
+
+
+def _checked(check: dict[str, Any] | None) -> str:
+    """The storage check before an attempt ("quiet 3"; its reads: --json)."""
+    if not check or check.get("verdict", "none") == "none":
+        return "-"
+    return f"{check['verdict']} {check['checks']}"
 
 
 def _when(ts: float) -> str:
@@ -84,6 +106,8 @@ def status(doc: dict[str, Any]) -> str:
     line = refused(peer.get("refused") or {})
     if line:
         out.append(line)
+    out += [f"STORAGE HEARTBEAT {path}: {s['problem']}" for path, s in
+            sorted((peer.get("storage_heartbeats") or {}).items()) if s.get("problem")]
     out += ["", hosts_table(doc["hosts"]), ""]
     by_state = doc["vms_by_state"]
     counts = ", ".join(f"{state} {len(names)}" for state, names in sorted(by_state.items()))

@@ -16,6 +16,10 @@ Safety rules implemented here (see docs/safety.md):
   pending attempt and its retries are cancelled (CancelFence).
 - VMs are released only by applying ConfirmFence (or WatchdogConfirm, or an
   operator's confirm); the manager merely proposes it.
+- Before a fence on the lease alone (no BMC read off) and before a watchdog confirm, a
+  host that writes storage heartbeats has its storage checked (core/storage.py): a host
+  that still writes is alive: it becomes storage-active (StorageChecked), is not fenced
+  and its VMs are not restarted, until consecutive checks see nothing written.
 - A host whose fence failed (its BMC dark with it) and whose watchdog is armed counts
   as fenced (WatchdogConfirm) only once it must have reset itself: its peer feeds the
   watchdog only while a leader acknowledges renewals it sent, for `self_fence_s` after
@@ -27,11 +31,13 @@ Safety rules implemented here (see docs/safety.md):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hacluster.core.lease import GRANT, RAFT, VIA, LeaseTable, LeaseView, Verdict
+from hacluster.core import versions
+from hacluster.core.lease import GRANT, RAFT, LeaseView, Verdict
+from hacluster.core.quorum import QuorumGuard, StepDown
 from hacluster.core.silence import Challenge, ProbePower, SilenceWatch
+from hacluster.core.storage import CheckStorage, Gate, StorageRead, StorageWatch
 from hacluster.fsm import commands as c
 from hacluster.fsm.apply_fence import (
     cap_reopens_at,
@@ -45,7 +51,8 @@ from hacluster.fsm.model import (
     FenceFallback,
     FenceResult,
     Host,
-    HostRole,
+    StorageCheck,
+    StorageVerdict,
 )
 from hacluster.fsm.states import HostState
 
@@ -70,39 +77,25 @@ class RunFence:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class StepDown:
-    """Hand leadership to another peer (Raft TimeoutNow): our own host must be fenced
-    (a leader never fences itself: it could not confirm the fence afterwards), or we
-    hear no majority of renewals while `target` does."""
-
-    reason: str
-    target: str = ""  # a host name; "" lets Raft pick the most caught-up follower
+Decision = Propose | RunFence | StepDown | ProbePower | Challenge | CheckStorage
 
 
-Decision = Propose | RunFence | StepDown | ProbePower | Challenge
-STEP_DOWN_EVERY_S = 2.0
-
-
-class Manager:
+class Manager(QuorumGuard):
     def __init__(self, me: str) -> None:
-        self.me = me
+        super().__init__(me)
         self.term = 0
         self.leading = False
         self.ready = False  # our Noop committed in this term
-        self.leases = LeaseTable()
         self._inflight: dict[str, float] = {}  # proposal key -> give up at
         self._last_sent: dict[tuple[str, str], float] = {}  # (key, command type) -> when
         self._my_tokens: set[int] = set()  # RequestFence indexes we committed this term
         self._fencing: set[int] = set()  # tokens with a fence running
         self._results: dict[int, Propose] = {}  # token -> its outcome, until committed
-        self._last_step_down = -1e18
         self._failed_at: dict[str, float] = {}  # host -> last failed attempt (monotonic)
-        self._majority_heard_at = -1e18  # last tick a majority of voters renewed to us
         self._led_since = -1e18  # when this leadership began (monotonic)
-        self._hears: dict[str, tuple[frozenset[str], float]] = {}  # host -> (whom, when)
         self._acked: dict[str, float] = {}  # host -> when this leader last acked it
         self.watch = SilenceWatch()  # power reads and challenges (core/silence.py)
+        self.storage = StorageWatch()  # storage activity checks (core/storage.py)
 
     # ------------------------------------------------------------ leadership
 
@@ -118,6 +111,7 @@ class Manager:
         self._hears.clear()
         self._acked.clear()
         self.watch.reset()
+        self.storage.reset()
         self.leases.grant_all(sorted(state.hosts), now)
         return [self._propose(c.Noop(term=term), "noop", f"new leader in term {term}", now)]
 
@@ -143,17 +137,6 @@ class Manager:
         last = max(self._acked.get(host.name, self._led_since), self._led_since)
         return last + w.resets_within_s * (1 + CLOCK_RATE_MARGIN) + \
             state.settings.watchdog_margin_s
-
-    def hears(self, reporter: str, ages: Mapping[str, float], at: float) -> None:
-        """Voter `reporter` said, answering our Raft replication at `at`, whose renewals
-        it receives and how long ago it got each (`ages`). A host another voter hears is
-        alive though we do not hear it (a one-way cut, a link we lack): its lease counts
-        those too, as of when that voter heard it. And a leader that hears no majority
-        learns which peer does (see _hear_majority)."""
-        self._hears[reporter] = (frozenset(ages), at)
-        for host, age in ages.items():
-            if host not in (self.me, reporter):
-                self.leases.renew(host, f"{VIA}{reporter}", at - age)
 
     def raft_contact(self, host: str, at: float) -> None:
         """The host's peer answered our Raft replication at `at`: it is alive, so its
@@ -186,6 +169,10 @@ class Manager:
     def probe_result(self, host: str, off: bool, detail: str, now: float) -> None:
         """A power read (ProbePower) came back: off, or on / no answer."""
         self.watch.probe_result(host, off, detail, now)
+
+    def storage_result(self, read: StorageRead, now: float) -> None:
+        """A storage check (CheckStorage) came back."""
+        self.storage.result(read, now)
 
     def fence_still_ours(self, token: int, raft_term: int | None) -> bool:
         """Right before a fence runs: does Raft still say we lead in the term that
@@ -224,7 +211,7 @@ class Manager:
         if not self.ready:
             return []
         self._results = {t: r for t, r in self._results.items() if _pending(state, t)}
-        out: list[Decision] = self._hear_majority(state, now)
+        out: list[Decision] = [*self._hear_majority(state, now)]
         for name in sorted(state.hosts):
             host = state.hosts[name]
             if host.state is H.REMOVED or not host.runs_vms:
@@ -236,6 +223,9 @@ class Manager:
             probe = self._probe_due(state, host, now)
             if probe is not None:
                 out.append(probe)
+            check = self._storage_due(state, host, lease, now)
+            if check is not None:
+                out.append(check)
             decision = self._decide_host(state, host, lease, now, log_now)
             if isinstance(decision, Challenge):
                 out.append(decision)
@@ -255,6 +245,38 @@ class Manager:
             return None
         return self.watch.probe_due(host.name, self.leases.last_life(host.name), now,
                                     self._led_since, state.settings.probe_after_s)
+
+    def _storage_due(self, state: ClusterState, host: Host, lease: LeaseView,
+                     now: float) -> CheckStorage | None:
+        """A read of the host's storage, if its check runs and one is due
+        (core/storage.py): from its lease's expiry (unless its BMC read it off) while
+        storage-active, and while a watchdog may count it fenced."""
+        if host.state in (H.SUSPECT, H.FENCE_BLOCKED):
+            wanted = lease.verdict is Verdict.EXPIRED and not host.fence_wanted and \
+                not self.watch.read_off(host.name, self.leases.last_life(host.name))
+        elif host.state in (H.FENCING, H.FENCE_FAILED):
+            wanted = self.watchdog_fenced_at(state, host) is not None and \
+                state.settings.fence_fallback is FenceFallback.WATCHDOG
+        else:
+            wanted = host.state is H.STORAGE_ACTIVE
+        if not wanted or not host.heartbeat_paths or host.name == self.me or \
+                state.settings.cluster_maintenance:
+            self.storage.forget(host.name)
+            return None
+        return self.storage.due(state, host, now, f"{host.name} is {host.state.value}: "
+                                "has it written shared storage since its lease expired?")
+
+    def _storage_hold(self, state: ClusterState, host: Host, gate: Gate,
+                      token: int = 0) -> Propose | None:
+        """The fence waits on the storage check; the state learns a new verdict (only
+        once no fence of ours for the host runs, and once every host reads it)."""
+        if gate.report is None or self._fence_outcome_pending(token) or \
+                not versions.admit(state, c.StorageChecked.TYPE, 1).admitted:
+            return None
+        why = ("alive on shared storage: not fenced" if gate.report.verdict is
+               StorageVerdict.ACTIVE else "its storage cannot be read: the fence waits")
+        return Propose(c.StorageChecked(host=host.name, token=token, check=gate.report),
+                       f"host:{host.name}", f"{host.name} {why} ({gate.report.summary()})")
 
     def _decide_host(
         self, state: ClusterState, host: Host, lease: LeaseView, now: float, log_now: float
@@ -276,7 +298,7 @@ class Manager:
             if host.state in (H.ONLINE, H.DRAINING):
                 return Propose(c.MarkHostSuspect(name=host.name, evidence=off),
                                f"host:{host.name}", off)
-            if host.state is H.SUSPECT:
+            if host.state in (H.SUSPECT, H.STORAGE_ACTIVE):
                 return self._fence(state, now, host, "power read off", off)
         if host.state in (H.ONLINE, H.DRAINING) and not alive:
             return Propose(
@@ -284,8 +306,8 @@ class Manager:
                 f"host:{host.name}",
                 f"lease overdue: {lease.evidence(s)}",
             )
-        if host.state in (H.SUSPECT, H.FENCE_BLOCKED, H.FENCE_FAILED) and renewed \
-                and not host.fence_wanted:
+        if host.state in (H.SUSPECT, H.FENCE_BLOCKED, H.FENCE_FAILED, H.STORAGE_ACTIVE) \
+                and renewed and not host.fence_wanted:
             return Propose(
                 c.MarkHostAlive(name=host.name, evidence=f"lease renewed {lease.age_s:.2f}s ago"),
                 f"host:{host.name}",
@@ -306,7 +328,16 @@ class Manager:
                                                   now, lease.evidence(s))
             if not may:  # its last chance first: a challenge over every link
                 return challenge
-            return self._fence(state, now, host, "lease expired", lease.evidence(s))
+            gate = self.storage.gate(host, strict=False, now=now)
+            if not gate.may:
+                return self._storage_hold(state, host, gate)
+            return self._fence(state, now, host, "lease expired", lease.evidence(s), gate)
+        if host.state is H.STORAGE_ACTIVE and not s.cluster_maintenance:
+            gate = self.storage.gate(host, strict=False, now=now)
+            if not gate.may:
+                return self._storage_hold(state, host, gate)
+            return self._fence(state, now, host, "lease expired and its storage shows no "
+                               "more activity", lease.evidence(s), gate)
         if host.state is H.FENCE_BLOCKED and not s.cluster_maintenance:
             held = state.fence_record(host.fence_token) if host.fence_token else None
             # a held attempt continues its incident, which the cap counted already
@@ -317,9 +348,15 @@ class Manager:
             if quorum_ok and guard_ok and (reopens is None or log_now >= reopens):
                 if host.fence_wanted:
                     return self._fence(state, now, host, "fence wanted", host.fence_wanted)
+                gate = Gate(True) if off else self.storage.gate(host, strict=False, now=now)
+                if not gate.may:  # it may have written since it was blocked
+                    return self._storage_hold(state, host, gate)
                 return self._fence(state, now, host, "lease expired; the fence can go ahead "
-                                   "again", lease.evidence(s))
+                                   "again", lease.evidence(s), gate)
         if host.state in (H.FENCING, H.FENCE_FAILED) and not s.cluster_maintenance:
+            if self.storage.verdict(host.name) is StorageVerdict.ACTIVE:  # alive after all
+                return self._storage_hold(state, host, self.storage.gate(host, True, now),
+                                          host.fence_token)
             reset = self._watchdog_confirm(state, host, now)
             if reset is not None or host.state is H.FENCE_FAILED:
                 return reset
@@ -337,66 +374,23 @@ class Manager:
             return None  # (a retry still running does not matter: the watchdog is enough)
         if self.guard_problem(state, host.name, now):
             return None  # as for any fence: a majority must be there to confirm it
+        gate = self.storage.gate(host, strict=True, now=now)  # no read-back: quiet only
+        if not gate.may:
+            return self._storage_hold(state, host, gate, host.fence_token)
         w = host.watchdog
         last = max(self._acked.get(host.name, self._led_since), self._led_since)
         evidence = (f"fence {failure.result.value}; last acknowledged {now - last:.1f} s ago "
                     f"(self-fence {w.self_fence_s:g} s + {w.kind.value} watchdog "
                     f"{w.timeout_s:g} s + margin {state.settings.watchdog_margin_s:g} s)")
+        evidence, storage = _with_storage(state, c.WatchdogConfirm.TYPE, evidence, gate)
         return Propose(c.WatchdogConfirm(host=host.name, token=host.fence_token,
-                                         evidence=evidence), f"fence-result:{host.name}",
-                       f"{host.name} reset by its watchdog: {evidence}")
+                                         evidence=evidence, storage=storage),
+                       f"fence-result:{host.name}", f"{host.name} reset by its watchdog: "
+                       f"{evidence}")
 
     def _fence_outcome_pending(self, token: int) -> bool:
         """A fence of ours for this token runs, or its outcome has not committed yet."""
         return token in self._fencing or token in self._results
-
-    # ------------------------------------------------------------ the quorum guard
-
-    def voters(self, state: ClusterState) -> list[str]:
-        """Voting hosts (witnesses included); a leader is one even before the state
-        lists it."""
-        return sorted({*_voters(state), self.me})
-
-    def live_voters(self, state: ClusterState, now: float, lease_only: bool = False) -> list[str]:
-        """Voters this leader hears within a lease (itself included): by a renewal or
-        through Raft, or (lease_only) by a renewal only."""
-        ttl = state.settings.lease_ttl_s
-        return [name for name in self.voters(state)
-                if name == self.me or self.leases.renewed_within(name, now, ttl, lease_only)]
-
-    def guard_problem(self, state: ClusterState, target: str, now: float) -> str:
-        """Why fencing `target` now could leave no majority to confirm it ("" if not):
-        the voters this leader hears, without the target, must be a majority."""
-        voters = self.voters(state)
-        live = [v for v in self.live_voters(state, now) if v != target]
-        if len(live) * 2 > len(voters):
-            return ""
-        return (f"only {len(live)} of {len(voters)} voters renew their leases to leader "
-                f"{self.me} without {target} ({', '.join(live) or 'none'}): a fence now "
-                "could not be confirmed; it waits for more voters, or an operator")
-
-    def _hear_majority(self, state: ClusterState, now: float) -> list[Decision]:
-        """A leader that has had renewals from no majority of voters for a whole lease is
-        more likely the one cut off (its lease traffic lost, though Raft still flows): it
-        hands leadership to a peer that may hear them; the hosts' agents need its acks."""
-        voters = self.voters(state)
-        if len(self.live_voters(state, now, lease_only=True)) * 2 > len(voters):
-            self._majority_heard_at = now
-            return []
-        ttl = state.settings.lease_ttl_s
-        if now - self._majority_heard_at < ttl:
-            return []
-        better = sorted((-n, host) for host, (heard, at) in self._hears.items()
-                        if host in voters and host != self.me and now - at < ttl
-                        and (n := len(heard & {*voters} | {host})) * 2 > len(voters))
-        if not better:  # nobody hears more: changing leaders would only churn
-            return []
-        heard = ", ".join(self.live_voters(state, now, lease_only=True))
-        target = better[0][1]
-        return self._step_down(f"this leader hears lease renewals from {heard} only, no "
-                               f"majority of {len(voters)} voters, for "
-                               f"{now - self._majority_heard_at:.1f}s; {target} hears "
-                               f"{-better[0][0]}", now, target)
 
     def _continue_fencing(self, state: ClusterState, host: Host, now: float) -> Propose | None:
         """A fencing host whose current attempt is not ours, or failed: new attempt."""
@@ -467,14 +461,8 @@ class Manager:
         self._last_sent[sent_key] = now
         return True
 
-    def _step_down(self, why: str, now: float, target: str = "") -> list[Decision]:
-        if now - self._last_step_down < STEP_DOWN_EVERY_S:
-            return []
-        self._last_step_down = now
-        return [StepDown(f"{why}; another peer must do it", target)]
-
     def _fence(self, state: ClusterState, now: float, host: Host, reason: str,
-               evidence: str) -> Propose | None:
+               evidence: str, gate: Gate | None = None) -> Propose | None:
         """RequestFence, or HoldFence when the quorum guard says a fence could not be
         confirmed now (a blocked host simply stays blocked)."""
         problem = "" if host.name == self.me else self.guard_problem(state, host.name, now)
@@ -484,7 +472,9 @@ class Manager:
                 return None  # already held, or too early to have heard every voter
             return Propose(c.HoldFence(host=host.name, reason=problem), f"host:{host.name}",
                            f"hold the fence of {host.name}")
-        cmd = c.RequestFence(host=host.name, reason=reason, evidence=evidence, term=self.term)
+        evidence, storage = _with_storage(state, c.RequestFence.TYPE, evidence, gate)
+        cmd = c.RequestFence(host=host.name, reason=reason, evidence=evidence, term=self.term,
+                             storage=storage)
         return Propose(cmd, f"host:{host.name}", f"fence {host.name}: {reason}")
 
     def _propose(self, cmd: c.Command, key: str, reason: str, now: float) -> Propose:
@@ -492,9 +482,17 @@ class Manager:
         return Propose(cmd, key, reason)
 
 
-def _voters(state: ClusterState) -> list[str]:
-    return sorted(name for name, h in state.hosts.items()
-                  if h.role is not HostRole.MEMBER and h.state is not H.REMOVED)
+def _with_storage(state: ClusterState, command_type: str, evidence: str,
+                  gate: Gate | None) -> tuple[str, StorageCheck]:
+    """The storage check goes into the command's own field (version 2) once every host
+    reads that version; until then its summary goes into the evidence text."""
+    if gate is None:
+        return evidence, StorageCheck()
+    if gate.note:
+        evidence = f"{evidence}; {gate.note}"
+    if gate.evidence == StorageCheck() or versions.admit(state, command_type, 2).admitted:
+        return evidence, gate.evidence
+    return f"{evidence}; {gate.evidence.summary()}", StorageCheck()
 
 
 def _pending(state: ClusterState, token: int) -> bool:

@@ -10,17 +10,20 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
 from typing import Any
 
+from hacluster.config import StorageConfig
 from hacluster.core.bmc import BmcSpec, bmc_spec
 from hacluster.core.leaderloop import LeaderLoop
 from hacluster.core.manager import Decision, Manager, Propose, RunFence
 from hacluster.core.readindex import ReadIndex, ReadMark
 from hacluster.core.renewal import Renewal
 from hacluster.core.silence import PROBE_TIMEOUT_S, Challenge, ProbePower
+from hacluster.core.storage import CheckStorage
 from hacluster.daemon.fencing import SecretError, as_record_result, bmc_target
 from hacluster.daemon.leases import LeaseService
 from hacluster.daemon.logs import decision
 from hacluster.daemon.proposer import Proposer
 from hacluster.daemon.replica import Replica
+from hacluster.daemon.storage import StorageReader
 from hacluster.fsm.model import FenceResult
 from hacluster.ports import Fencer, PowerState
 from hacluster.raft import RaftNode
@@ -33,7 +36,7 @@ CHALLENGE_SPACING_S = (0.0, 0.05, 0.1)  # a lost datagram or two must not decide
 class LeaderDriver:
     def __init__(self, me: str, raft: RaftNode, replica: Replica, proposer: Proposer,
                  fencer: Fencer, cluster_secret: str, pool: Executor,
-                 tick_s: float = 0.1) -> None:
+                 tick_s: float = 0.1, storage: StorageConfig | None = None) -> None:
         self.me = me
         self.tick_s = tick_s  # how often tick() is due
         self.raft = raft
@@ -44,6 +47,11 @@ class LeaderDriver:
         self.pool = pool
         self.loop = LeaderLoop(me, tick_s)
         self.manager: Manager = self.loop.manager
+        self.storage = storage or StorageConfig()
+        self.manager.storage.configure(self.storage.checks, self.storage.check_interval_s,
+                                       bool(self.storage.heartbeat_paths),
+                                       self.storage.read_timeout_s)
+        self.storage_reader = StorageReader()
         self.stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.reads: ReadIndex[Callable[[ReadMark], None]] = ReadIndex()
@@ -162,6 +170,8 @@ class LeaderDriver:
             await self._probe(d)
         elif isinstance(d, Challenge):
             self._challenge(d)
+        elif isinstance(d, CheckStorage):
+            await self._check_storage(d)
         else:
             decision(log, "step down", d.reason, target=d.target or "any")
             with self.replica.read() as state:
@@ -233,6 +243,14 @@ class LeaderDriver:
                  power="off" if off else "not off")
         self.manager.probe_result(d.host, off, detail, time.monotonic())
 
+    async def _check_storage(self, d: CheckStorage) -> None:
+        """Read a silent host's heartbeats and disk files, within the deadline
+        (core/storage.py judges what the reads show)."""
+        read = await self.storage_reader.read(d, self.storage.read_timeout_s)
+        log.debug("storage check", extra={"host": d.host, "files": [
+            f"{f.kind} {f.path}: {f.state} {f.shown}" for f in read.files]})
+        self.manager.storage_result(read, time.monotonic())
+
     def _challenge(self, d: Challenge) -> None:
         """A silent host's last chance: ask it on every link to renew now, three times."""
         leases, term = self.leases, self.manager.term
@@ -266,3 +284,4 @@ class LeaderDriver:
         """Wait for in-flight proposals and fences (used on shutdown)."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
+        self.storage_reader.close()

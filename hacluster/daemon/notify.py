@@ -1,8 +1,10 @@
 """Notifications: run the configured hook with one JSON event on stdin.
 
 Fired by the leader only (every peer applies the same events), for fence
-requested / succeeded / failed / cap reached / held / cancelled, host recovered, and a VM
-start refused for a held disk lock (a copy runs elsewhere: "vm" names it). The hook runs
+requested / succeeded / failed / cap reached / held / cancelled, host recovered, a VM
+start refused for a held disk lock (a copy runs elsewhere: "vm" names it), a host found
+alive on shared storage (storage-active: not fenced) and a silent host's storage the
+leader cannot read. The hook runs
 with a timeout, off the event loop; a failing hook is logged, never retried.
 """
 
@@ -26,6 +28,8 @@ NOTIFIED_KINDS = {
     ev.FENCE_CANCELLED: "fence-cancelled",
     ev.HOST_RECOVERED: "host-recovered",
     ev.VM_START_LOCKED: "vm-start-locked",
+    ev.STORAGE_ACTIVE: "storage-active",
+    ev.STORAGE_UNREADABLE: "storage-unreadable",
 }
 VM_KINDS = frozenset({ev.VM_START_LOCKED})  # their subject is a VM; data names the host
 

@@ -40,6 +40,7 @@ from hacluster.daemon.replica import EventListener, Replica
 from hacluster.daemon.sdnotify import sd_notify, watchdog_interval_s
 from hacluster.daemon.selffencing import SelfFencing, destroy_cluster_vms
 from hacluster.daemon.shutdown import carry_out
+from hacluster.daemon.storage import HeartbeatWriter
 from hacluster.fsm import ClusterState, Event
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
@@ -86,6 +87,9 @@ class Peer:
         self.leases: LeaseService | None = None
         self.proposer: Proposer | None = None
         self.self_fencing: SelfFencing | None = None
+        storage = config.storage if self.role is not HostRole.WITNESS else None
+        self.heartbeats = HeartbeatWriter(self.me, storage.heartbeat_paths if storage else (),
+                                          config.storage.write_timeout_s)
         self.extra_services: list[Any] = []  # e.g. the RPC server (start()/close())
         self.rpc_server: RpcServer | None = None
         self._caught_up = False
@@ -233,7 +237,8 @@ class Peer:
                                  self.replica.log_now, self.replica.read)
         fencer = self._make_fencer()
         self.leader = LeaderDriver(self.me, self.raft, self.replica, self.proposer, fencer,
-                                   self.secret, self.pool, cfg.timing.manager_tick_s)
+                                   self.secret, self.pool, cfg.timing.manager_tick_s,
+                                   cfg.storage)
         self.leases = LeaseService(self.me, LeaseCodec(self.secret), self._links(),
                                    cfg.leases.port, self.leader.renewal,
                                    self.renewal_targets, self._lease_times,
@@ -247,6 +252,9 @@ class Peer:
         self._every(1.0, self._check_role)
         self._tasks.append(asyncio.ensure_future(self._renew_forever()))
         self._tasks.append(asyncio.ensure_future(self._register()))
+        self._every(5.0, lambda: self.heartbeats.keep_record(self.proposer, self.replica,
+                                                             self.caught_up, self.role),
+                    first=5.0)
         if self.role is not HostRole.WITNESS:
             await self._start_agent(fencer)
         self._add_rpc()
@@ -360,6 +368,7 @@ class Peer:
                 await asyncio.sleep(1.0)
                 continue
             self.leases.send_round()
+            self.heartbeats.beat()  # shared storage: never waits for it (daemon/storage.py)
             if self.raft is not None:  # told to the leader in our Raft answers
                 self.raft.set_hears(self.leases.heard())
             self._allow_self_fencing(fencing)
@@ -409,7 +418,8 @@ class Peer:
         addresses = tuple(f"{k}={v}" for k, v in sorted(self._links().items()))
         with self.replica.read() as state:
             return registration(self.me, state, self.role, addresses,
-                                self.config.peer.raft_address)
+                                self.config.peer.raft_address,
+                                heartbeat_paths=self.heartbeats.paths)
 
     async def _register(self) -> None:
         """Add this host to the cluster state if missing, bring its lease links
@@ -493,6 +503,7 @@ class Peer:
             await service.close()
         if self.leases is not None:
             self.leases.close()
+        self.heartbeats.close()
         loop = asyncio.get_running_loop()
         if self.raft is not None:
             await loop.run_in_executor(None, self.raft.close)
@@ -536,6 +547,7 @@ class Peer:
             "manager_ready": bool(manager and manager.ready),
             "links": self.leases.link_report() if self.leases else {},
             "watchdog": self.self_fencing.status() if self.self_fencing else {"kind": "none"},
+            "storage_heartbeats": self.heartbeats.status(),
             "digest": self.replica.digest() if digest else "",
             "halted": self.halted,
             "refused": self.refusals(raft.refused if raft else {}),

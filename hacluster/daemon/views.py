@@ -15,6 +15,8 @@ from hacluster.fsm.model import (
     FenceFallback,
     FenceRecord,
     Host,
+    StorageCheck,
+    StorageVerdict,
     Vm,
     Watchdog,
 )
@@ -48,6 +50,8 @@ def host_view(state: ClusterState, host: Host, lease_ages: dict[str, float] | No
         "lease_links": lease_ages or {}, "watchdog": watchdog_view(host.watchdog),
         "shutdown_policy": policy_of(state, host).value if host.runs_vms else "",
         "shutdown": host.shutdown,
+        "storage": {"heartbeat_paths": list(host.heartbeat_paths),
+                    "check": storage_check_view(host.storage_check)},
     }
     if detail:
         view.update(addresses=list(host.addresses), raft_address=host.raft_address,
@@ -60,6 +64,10 @@ def host_view(state: ClusterState, host: Host, lease_ages: dict[str, float] | No
 def watchdog_view(w: Watchdog) -> dict[str, Any]:
     return {"kind": w.kind.value, "armed": w.armed, "timeout_s": w.timeout_s,
             "self_fence_s": w.self_fence_s}
+
+
+def storage_check_view(check: StorageCheck) -> dict[str, Any]:
+    return {"verdict": check.verdict.value, "checks": check.checks, "reads": list(check.reads)}
 
 
 def vm_view(vm: Vm, detail: bool = False) -> dict[str, Any]:
@@ -82,7 +90,8 @@ def fence_view(r: FenceRecord) -> dict[str, Any]:
             "action": r.action.value, "reason": r.reason, "evidence": r.evidence,
             "requested_by": r.requested_by, "requested_at": r.requested_at,
             "result": r.result.value, "result_evidence": r.result_evidence,
-            "method": r.method, "confirmed_by": r.confirmed_by, "finished_at": r.finished_at}
+            "method": r.method, "confirmed_by": r.confirmed_by, "finished_at": r.finished_at,
+            "storage": storage_check_view(r.storage)}
 
 
 def settings_view(state: ClusterState) -> dict[str, Any]:
@@ -116,6 +125,7 @@ def waiting_for_operator(state: ClusterState) -> list[str]:
                 out.append(f"host {name}: its {w.kind.value} watchdog resets it; the leader "
                            f"counts it fenced {w.resets_within_s:g} s + margin after its "
                            "last acknowledged renewal")
+        out.extend(_storage_waits(state, host))
         bmc = bmc_health(state, host)
         if bmc.ok is False and host.state is not HostState.REMOVED:
             hint = f" -> hactl bmc set --host {name} --address ADDRESS" \
@@ -136,6 +146,25 @@ def waiting_for_operator(state: ClusterState) -> list[str]:
     if state.settings.cluster_maintenance:
         out.append("cluster maintenance is on: no host will be fenced")
     return out
+
+
+def _storage_waits(state: ClusterState, host: Host) -> list[str]:
+    """What the storage activity check holds, or cannot do, for this host."""
+    name, check = host.name, host.storage_check
+    if host.state is HostState.STORAGE_ACTIVE:
+        return [f"host {name} is storage-active: its lease expired but it still writes "
+                "shared storage, so it is not fenced and its VMs stay there; find out why "
+                f"it is cut off (or, once it is off, hactl fence confirm {name} --reason "
+                f"TEXT) [{check.summary()}]"]
+    if check.verdict is StorageVerdict.UNREADABLE:
+        return [f"host {name}: the leader cannot read its storage, so a fence without a "
+                f"BMC read-back (its watchdog's) waits [{check.summary()}]"]
+    writers = any(h.heartbeat_paths for h in state.hosts.values())
+    if writers and not host.heartbeat_paths and host.runs_vms and \
+            host.state is not HostState.REMOVED:
+        return [f"host {name} writes no storage heartbeats ([storage] heartbeat_paths) "
+                "while other hosts do: no storage check spares it"]
+    return []
 
 
 def event_view(e: Event) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from hacluster.fsm import apply_fence, apply_hosts, apply_shutdown, apply_vms
+from hacluster.fsm import apply_fence, apply_hosts, apply_shutdown, apply_storage, apply_vms
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
 from hacluster.fsm.codec import UnreadableEntry, decode_command
@@ -90,6 +90,8 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.CancelFence: apply_fence.cancel_fence,
     c.WatchdogConfirm: apply_fence.watchdog_confirm,
     c.ReportWatchdog: apply_hosts.report_watchdog,
+    c.ReportStorage: apply_storage.report_storage,
+    c.StorageChecked: apply_storage.storage_checked,
     c.AddVm: apply_vms.add_vm,
     c.RemoveVm: apply_vms.remove_vm,
     c.SetVmOptions: apply_vms.set_vm_options,

@@ -23,6 +23,8 @@ from hacluster.fsm.model import (
     FenceResult,
     Host,
     HostRole,
+    StorageCheck,
+    StorageVerdict,
 )
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState
 
@@ -79,7 +81,7 @@ def _append(ctx: Ctx, record: FenceRecord) -> None:
         del fences[: len(fences) - FENCE_HISTORY_KEPT]
 
 
-def _replace(ctx: Ctx, record: FenceRecord, **changes: object) -> FenceRecord:
+def replace_record(ctx: Ctx, record: FenceRecord, **changes: object) -> FenceRecord:
     fences = ctx.state.fences
     for i in range(len(fences) - 1, -1, -1):
         if fences[i].token == record.token:
@@ -91,7 +93,7 @@ def _replace(ctx: Ctx, record: FenceRecord, **changes: object) -> FenceRecord:
 def _supersede_pending(ctx: Ctx, host: Host) -> FenceRecord | None:
     prev = ctx.state.fence_record(host.fence_token) if host.fence_token else None
     if prev is not None and prev.result is FenceResult.PENDING:
-        prev = _replace(ctx, prev, result=FenceResult.SUPERSEDED, finished_at=ctx.now)
+        prev = replace_record(ctx, prev, result=FenceResult.SUPERSEDED, finished_at=ctx.now)
     return prev
 
 
@@ -103,7 +105,7 @@ def _check_fenceable(ctx: Ctx, host: Host) -> None:
     if ctx.state.settings.cluster_maintenance:
         raise Refused("cluster maintenance is on: fencing is disabled", host.name)
     wanted = host.fence_wanted and host.state in (H.ONLINE, H.DRAINING)
-    if host.state in (H.SUSPECT, H.FENCE_BLOCKED, H.FENCING) or wanted:
+    if host.state in (H.SUSPECT, H.FENCE_BLOCKED, H.FENCING, H.STORAGE_ACTIVE) or wanted:
         return
     hints = {
         H.MAINTENANCE: "it is in maintenance and never fenced for missing leases",
@@ -148,7 +150,7 @@ def request_fence(ctx: Ctx, cmd: c.RequestFence) -> None:
             _block(ctx, host, ev.FENCE_REFUSED, problem)
             return
         incident, attempt = ctx.index, 1
-    _start_attempt(ctx, host, incident, attempt, cmd.reason, cmd.evidence)
+    _start_attempt(ctx, host, incident, attempt, cmd.reason, cmd.evidence, cmd.storage)
 
 
 def _block(ctx: Ctx, host: Host, kind: str, reason: str) -> None:
@@ -163,8 +165,10 @@ def _block(ctx: Ctx, host: Host, kind: str, reason: str) -> None:
 
 
 def _start_attempt(
-    ctx: Ctx, host: Host, incident: int, attempt: int, reason: str, evidence: str
+    ctx: Ctx, host: Host, incident: int, attempt: int, reason: str, evidence: str,
+    storage: StorageCheck | None = None,
 ) -> None:
+    storage = storage or StorageCheck()
     action = fence_action_for(ctx.state, host)
     _append(
         ctx,
@@ -178,6 +182,7 @@ def _start_attempt(
             evidence=evidence,
             requested_by=ctx.origin,
             requested_at=ctx.now,
+            storage=storage,
         ),
     )
     ctx.set_host_state(
@@ -185,16 +190,23 @@ def _start_attempt(
         H.FENCING,
         f"fence requested (token {ctx.index}, attempt {attempt}): {reason}",
         fence_token=ctx.index,
+        **({"storage_check": storage} if storage != StorageCheck() else {}),
     )
     freeze_for_fence(ctx, host.name)
+    checked = f" [{storage.summary(last_read=False)}]" if storage != StorageCheck() else ""
     ctx.emit(
         ev.FENCE_REQUESTED,
         host.name,
-        f"{reason} [{evidence}]",
+        f"{reason} [{evidence}]{checked}",
         token=ctx.index,
         attempt=attempt,
         action=action.value,
     )
+    if storage.verdict is StorageVerdict.UNREADABLE:  # the operator should know
+        ctx.emit(ev.STORAGE_UNREADABLE, host.name, "the leader cannot read its storage: "
+                 "the BMC fence goes ahead, a fence without read-back would wait "
+                 f"({storage.summary()})", verdict=storage.verdict.value,
+                 checks=storage.checks)
 
 
 def _current_attempt(ctx: Ctx, host: Host, token: int, what: str) -> FenceRecord:
@@ -211,7 +223,7 @@ def _current_attempt(ctx: Ctx, host: Host, token: int, what: str) -> FenceRecord
 def confirm_fence(ctx: Ctx, cmd: c.ConfirmFence) -> None:
     host = ctx.host(cmd.host)  # the result proves the host off (fsm/validate.py)
     record = _current_attempt(ctx, host, cmd.token, "confirm")
-    _replace(
+    replace_record(
         ctx,
         record,
         result=cmd.result,
@@ -235,7 +247,7 @@ def confirm_fence(ctx: Ctx, cmd: c.ConfirmFence) -> None:
 def fence_failed(ctx: Ctx, cmd: c.FenceFailed) -> None:
     host = ctx.host(cmd.host)
     record = _current_attempt(ctx, host, cmd.token, "failure")  # a failure: validate.py
-    _replace(
+    replace_record(
         ctx,
         record,
         result=cmd.result,
@@ -269,12 +281,12 @@ def fence_failed(ctx: Ctx, cmd: c.FenceFailed) -> None:
 def hold_fence(ctx: Ctx, cmd: c.HoldFence) -> None:
     host = ctx.host(cmd.host)
     wanted = host.fence_wanted and host.state in (H.ONLINE, H.DRAINING)
-    if host.state not in (H.SUSPECT, H.FENCING) and not wanted:
+    if host.state not in (H.SUSPECT, H.FENCING, H.STORAGE_ACTIVE) and not wanted:
         raise Refused(f"host {host.name} is {host.state.value}: no fence to hold", host.name)
     if host.state is H.FENCING:
         record = ctx.state.fence_record(host.fence_token)
         if record is not None and record.result is FenceResult.PENDING:
-            _replace(ctx, record, result=FenceResult.HELD, result_evidence=cmd.reason,
+            replace_record(ctx, record, result=FenceResult.HELD, result_evidence=cmd.reason,
                      finished_at=ctx.now)
     _block(ctx, host, ev.FENCE_REFUSED, f"held by the leader: {cmd.reason}")
 
@@ -289,7 +301,7 @@ def cancel_fence(ctx: Ctx, cmd: c.CancelFence) -> None:
                       f"{host.fence_wanted}", host.name)
     record = ctx.state.fence_record(host.fence_token)
     if record is not None and record.result is FenceResult.PENDING:
-        _replace(ctx, record, result=FenceResult.CANCELLED, result_evidence=cmd.evidence,
+        replace_record(ctx, record, result=FenceResult.CANCELLED, result_evidence=cmd.evidence,
                  finished_at=ctx.now)
     back_to = H.DRAINING if host.maintenance_wanted else H.ONLINE
     ctx.set_host_state(host, back_to, f"fence cancelled: {cmd.evidence}")
@@ -302,7 +314,7 @@ def cancel_fence(ctx: Ctx, cmd: c.CancelFence) -> None:
 
 def admin_confirm(ctx: Ctx, cmd: c.AdminConfirmFence) -> None:
     host = ctx.host(cmd.host)
-    if host.state not in FENCE_PENDING_HOSTS and host.state is not H.SUSPECT:
+    if host.state not in (*FENCE_PENDING_HOSTS, H.SUSPECT, H.STORAGE_ACTIVE):
         raise Refused(
             f"host {host.name} is {host.state.value}; only a suspect or unfenced "
             "host can be confirmed off by hand",
@@ -348,9 +360,11 @@ def admin_confirm(ctx: Ctx, cmd: c.AdminConfirmFence) -> None:
 
 
 def failed_attempt(record: FenceRecord) -> bool:
-    """An attempt that ended without the host read off, nor on purpose (none/identify)."""
+    """An attempt that ended without the host read off, nor on purpose (none/identify),
+    nor because the host showed itself alive on storage."""
     return not record.result.host_is_off and record.result not in (
-        FenceResult.PENDING, FenceResult.NOTIFIED, FenceResult.SUPERSEDED)
+        FenceResult.PENDING, FenceResult.NOTIFIED, FenceResult.SUPERSEDED,
+        FenceResult.STORAGE_ACTIVE)
 
 
 def last_failure(state: ClusterState, record: FenceRecord) -> FenceRecord | None:
@@ -381,7 +395,7 @@ def watchdog_confirm(ctx: Ctx, cmd: c.WatchdogConfirm) -> None:
         raise Refused(f"no fence attempt of {host.name}'s incident failed yet (attempt "
                       f"{cmd.token}: {shown})", host.name)
     if record.result is FenceResult.PENDING:  # a retry runs: the watchdog came first
-        record = _replace(ctx, record, result=FenceResult.SUPERSEDED, finished_at=ctx.now)
+        record = replace_record(ctx, record, result=FenceResult.SUPERSEDED, finished_at=ctx.now)
     _append(
         ctx,
         FenceRecord(
@@ -399,12 +413,15 @@ def watchdog_confirm(ctx: Ctx, cmd: c.WatchdogConfirm) -> None:
             method="watchdog",
             confirmed_by=ctx.origin,
             finished_at=ctx.now,
+            storage=cmd.storage,
         ),
     )
     ctx.set_host_state(host, H.FENCED, f"fence confirmed: reset by its watchdog "
                        f"({cmd.evidence})", fence_token=ctx.index, agent_ready=False)
-    ctx.emit(ev.FENCE_CONFIRMED, host.name, f"self-fenced: {cmd.evidence}", token=ctx.index,
-             method="watchdog")
+    checked = f" [{cmd.storage.summary(last_read=False)}]" \
+        if cmd.storage != StorageCheck() else ""
+    ctx.emit(ev.FENCE_CONFIRMED, host.name, f"self-fenced: {cmd.evidence}{checked}",
+             token=ctx.index, method="watchdog")
     release_after_fence(ctx, host.name)
 
 

@@ -222,9 +222,11 @@ def mark_suspect(ctx: Ctx, cmd: c.MarkHostSuspect) -> None:
 
 
 def mark_alive(ctx: Ctx, cmd: c.MarkHostAlive) -> None:
-    """Renewals resumed before any fence ran: the host keeps its VMs."""
+    """Renewals resumed before any fence ran: the host keeps its VMs. (A storage-active
+    host, too: only peers that applied `StorageChecked` have one, so peers of a release
+    before it never meet this case.)"""
     host = ctx.host(cmd.name)
-    if host.state not in (H.SUSPECT, H.FENCE_BLOCKED, H.FENCE_FAILED):
+    if host.state not in (H.SUSPECT, H.FENCE_BLOCKED, H.FENCE_FAILED, H.STORAGE_ACTIVE):
         raise Refused(f"host {cmd.name} is {host.state.value}; nothing to clear", cmd.name)
     drain = host.maintenance_wanted or host.shutdown == "migrate"  # (apply_shutdown.py)
     back_to = H.DRAINING if drain else H.ONLINE

@@ -6,7 +6,8 @@ Snapshot:  msgpack {"format": SNAPSHOT_FORMAT, ...} with records as positional l
 hosts and VMs sorted by name, so equal states give equal bytes (and digests).
 (Format 1 had no "versions" map: it loads with none, as if no host had announced.
 Formats 1 and 2 had no settings.probe_after_s, formats 1 to 3 no settings.fence_fallback,
-settings.watchdog_margin_s and host.watchdog, formats 1 to 4 no settings.shutdown_policy,
+settings.watchdog_margin_s and host.watchdog, formats 1 to 4 no host.heartbeat_paths,
+host.storage_check and fence.storage, formats 1 to 5 no settings.shutdown_policy,
 host.shutdown_policy and host.shutdown: they load with their defaults.)
 
 What this peer cannot read, it never skips: `apply` raises `UnreadableEntry`, and a
@@ -25,7 +26,15 @@ from typing import Any
 import msgpack
 
 from hacluster.fsm.commands import COMMANDS_BY_TYPE, Command, Envelope, Undecodable
-from hacluster.fsm.model import ClusterState, FenceRecord, Host, HostVersions, Settings, Vm
+from hacluster.fsm.model import (
+    ClusterState,
+    FenceAction,
+    FenceRecord,
+    Host,
+    HostVersions,
+    Settings,
+    Vm,
+)
 from hacluster.fsm.wire import (
     WireError,
     decode_dataclass,
@@ -36,8 +45,8 @@ from hacluster.fsm.wire import (
 
 ENTRY_FORMAT = 2
 ENTRY_FORMATS = (1, 2)  # formats this peer reads
-SNAPSHOT_FORMAT = 5
-SNAPSHOT_FORMATS = (1, 2, 3, 4, 5)  # formats this peer loads (older ones are migrated on load)
+SNAPSHOT_FORMAT = 6
+SNAPSHOT_FORMATS = (1, 2, 3, 4, 5, 6)  # formats this peer loads (older ones are migrated on load)
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
 
@@ -80,13 +89,18 @@ def _listed(numbers: tuple[int, ...]) -> str:
 
 def encode_command(envelope: Envelope, entry_format: int = ENTRY_FORMAT) -> bytes:
     cmd = envelope.command
-    head = [ENTRY_FORMAT, cmd.TYPE, cmd.wire_version(), envelope.request_id, envelope.origin,
+    version = cmd.wire_version()
+    head = [ENTRY_FORMAT, cmd.TYPE, version, envelope.request_id, envelope.origin,
             float(envelope.stamped_at)]
+    # A version's readers refuse fields they do not know: leave out those added later
+    # (wire_version() chose the oldest version that carries the command, so they hold
+    # their defaults, which the reader fills in).
+    missing = cmd.fields_missing_in(version)
+    fields = {k: v for k, v in encode_fields(cmd).items() if k not in missing}
     if entry_format == 1:  # for peers that read format 1 only
         head[0] = 1
-        return msgpack.packb([*head, encode_fields(cmd)], use_bin_type=True)
-    return msgpack.packb([*head, float(envelope.log_clock), encode_fields(cmd)],
-                         use_bin_type=True)
+        return msgpack.packb([*head, fields], use_bin_type=True)
+    return msgpack.packb([*head, float(envelope.log_clock), fields], use_bin_type=True)
 
 
 def _number(value: object) -> bool:
@@ -191,7 +205,8 @@ def decode_snapshot(data: bytes) -> ClusterState:
         state = ClusterState(
             hosts={h.name: h for h in hosts},
             vms={v.name: v for v in vms},
-            fences=[decode_dataclass(FenceRecord, r) for r in doc["fences"]],
+            fences=[decode_dataclass(FenceRecord, _padded(FenceRecord, r, found))
+                    for r in doc["fences"]],
             settings=_settings(doc["settings"], found),
             log_time=float(doc["log_time"]),
             applied_index=int(doc["applied_index"]),
@@ -207,7 +222,8 @@ def decode_snapshot(data: bytes) -> ClusterState:
 FIELDS_ADDED: dict[int, dict[type, tuple[str, ...]]] = {
     3: {Settings: ("probe_after_s",)},
     4: {Settings: ("fence_fallback", "watchdog_margin_s"), Host: ("watchdog",)},
-    5: {Settings: ("shutdown_policy",), Host: ("shutdown_policy", "shutdown")},
+    5: {Host: ("heartbeat_paths", "storage_check"), FenceRecord: ("storage",)},
+    6: {Settings: ("shutdown_policy",), Host: ("shutdown_policy", "shutdown")},
 }
 
 
@@ -228,6 +244,9 @@ def _padded(cls: type, raw: Any, found: int) -> Any:
 def _default_record(cls: type) -> Any:
     if cls is Host:
         return Host(name="-")
+    if cls is FenceRecord:
+        return FenceRecord(token=0, host="-", incident=0, attempt=0, action=FenceAction.OFF,
+                           reason="", evidence="", requested_by="", requested_at=0.0)
     return cls()
 
 

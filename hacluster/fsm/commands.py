@@ -22,6 +22,7 @@ from hacluster.fsm.model import (
     HaPolicy,
     HostRole,
     Selector,
+    StorageCheck,
     Watchdog,
 )
 
@@ -33,6 +34,9 @@ class Command:
     # Older versions this peer still decodes (their fields are a subset, absent ones take
     # their defaults, and apply treats them alike); () means VERSION only.
     READS: ClassVar[tuple[int, ...]] = ()
+    # (field, version that added it): left out of what is written in an older version,
+    # whose readers do not know the field (it must then hold its default)
+    ADDED: ClassVar[tuple[tuple[str, int], ...]] = ()
 
     @classmethod
     def versions_read(cls) -> tuple[int, ...]:
@@ -42,6 +46,10 @@ class Command:
         """The oldest version that carries this command as it is: what is written, so
         that peers of the previous release read it unless it uses something new."""
         return self.VERSION
+
+    def fields_missing_in(self, version: int) -> frozenset[str]:
+        """The fields that version `version` of this command does not have."""
+        return frozenset(name for name, since in self.ADDED if since > version)
 
 
 # ---------------------------------------------------------------- hosts
@@ -202,13 +210,21 @@ class AnnounceVersions(Command):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RequestFence(Command):
-    """Fence intent. Its log index becomes the fencing token."""
+    """Fence intent. Its log index becomes the fencing token.
+    Version 2 added the storage activity check that preceded it (kept in the record)."""
 
     TYPE = "fence-request"
+    VERSION = 2
+    READS = (1, 2)
+    ADDED = (("storage", 2),)
     host: str
     reason: str
     evidence: str
     term: int = 0  # proposer's Raft term, for the record
+    storage: StorageCheck = StorageCheck()
+
+    def wire_version(self) -> int:
+        return 1 if self.storage == StorageCheck() else 2
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -272,9 +288,43 @@ class WatchdogConfirm(Command):
     as evidence; `token` is the host's current attempt."""
 
     TYPE = "fence-watchdog"
+    VERSION = 2  # version 2 added the storage activity check that preceded it
+    READS = (1, 2)
+    ADDED = (("storage", 2),)
     host: str
     token: int
     evidence: str
+    storage: StorageCheck = StorageCheck()
+
+    def wire_version(self) -> int:
+        return 1 if self.storage == StorageCheck() else 2
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReportStorage(Command):
+    """A host's peer says where it writes its storage heartbeats ([storage]
+    heartbeat_paths, shared storage directories): the leader reads them there, and the
+    modification times of the host's VMs' disk files under them, before it fences the
+    host on its lease alone (core/storage.py)."""
+
+    TYPE = "host-storage"
+    name: str
+    heartbeat_paths: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StorageChecked(Command):
+    """The leader's storage activity check of a host whose lease ran out. Verdict
+    `active`: the host still writes shared storage, so it is alive: it becomes
+    storage-active (not fenced, its VMs not restarted; a pending attempt ends
+    `storage-active`). Other verdicts are recorded on the host and shown (an unreadable
+    storage holds a fence without a BMC read-back). `token`: the host's current fence
+    attempt when it is fencing or fence-failed (0 otherwise)."""
+
+    TYPE = "host-storage-check"
+    host: str
+    token: int = 0
+    check: StorageCheck
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -393,6 +443,7 @@ class SetSettings(Command):
     TYPE = "settings"
     VERSION = 3
     READS = (1, 2, 3)
+    ADDED = (("probe_after_s", 2), ("fence_fallback", 3), ("watchdog_margin_s", 3))
     fence_cap: int | None = None
     fence_window_s: float | None = None
     fence_action: FenceAction | None = None
@@ -462,6 +513,8 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     CancelFence,
     ReportWatchdog,
     WatchdogConfirm,
+    ReportStorage,
+    StorageChecked,
     AddVm,
     RemoveVm,
     SetVmOptions,

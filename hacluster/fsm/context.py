@@ -9,8 +9,14 @@ from typing import Any
 
 from hacluster.fsm import events as ev
 from hacluster.fsm.events import Event
-from hacluster.fsm.model import ClusterState, Host, Vm
-from hacluster.fsm.states import HostState, VmState, host_edge_allowed, vm_edge_allowed
+from hacluster.fsm.model import ClusterState, Host, StorageCheck, Vm
+from hacluster.fsm.states import (
+    STORAGE_CHECKED_HOSTS,
+    HostState,
+    VmState,
+    host_edge_allowed,
+    vm_edge_allowed,
+)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -78,6 +84,8 @@ class Ctx:
             return self.put_host(host, reason=reason, **changes)
         if not host_edge_allowed(host.state, new):
             raise IllegalEdge(f"host {host.name}: {host.state.value} -> {new.value}")
+        if new not in STORAGE_CHECKED_HOSTS and host.storage_check != StorageCheck():
+            changes.setdefault("storage_check", StorageCheck())  # that episode is over
         updated = self.put_host(host, state=new, reason=reason, since=self.now, **changes)
         self.emit(ev.HOST_STATE, host.name, reason, **{"from": host.state.value, "to": new.value})
         if new is HostState.ONLINE:

@@ -16,6 +16,7 @@ ever expanded (no "billion laughs") and nothing external is fetched.
 
 from __future__ import annotations
 
+from typing import Any
 from xml.parsers import expat
 
 MAX_DOMAIN_XML_BYTES = 256 * 1024
@@ -52,19 +53,27 @@ class _DomainReader:
         if self.reading and self.name is not None:
             self.name.append(data)
 
-    def refuse(self, *args: object) -> None:
-        raise _Stop("domain XML must not contain a DOCTYPE or entities")
+
+def _refuse(*args: object) -> None:
+    raise _Stop("domain XML must not contain a DOCTYPE or entities")
+
+
+def _parser(reader: _DomainReader | _DiskReader) -> Any:
+    """An expat parser calling `reader` for elements, refusing DOCTYPE and entity
+    declarations (nothing is ever expanded or fetched)."""
+    parser = expat.ParserCreate(namespace_separator="}")  # tags as ElementTree spells them
+    parser.StartDoctypeDeclHandler = _refuse
+    parser.EntityDeclHandler = _refuse
+    parser.StartElementHandler = reader.start
+    parser.EndElementHandler = reader.end
+    return parser
 
 
 def domain_xml_name(xml: str) -> str:
     """The <name> of a domain definition; raises ValueError saying what is wrong.
     Parsed by expat with no DOCTYPE allowed, so no entity is ever expanded or fetched."""
     reader = _DomainReader()
-    parser = expat.ParserCreate(namespace_separator="}")  # tags as ElementTree spells them
-    parser.StartDoctypeDeclHandler = reader.refuse
-    parser.EntityDeclHandler = reader.refuse
-    parser.StartElementHandler = reader.start
-    parser.EndElementHandler = reader.end
+    parser = _parser(reader)
     parser.CharacterDataHandler = reader.text
     try:
         parser.Parse(xml, True)
@@ -99,3 +108,35 @@ def applied_xml_size_problem(xml: str) -> str:
     if len(xml.encode()) > APPLY_MAX_XML_BYTES:
         return f"domain XML larger than {APPLY_MAX_XML_BYTES} bytes"
     return ""
+
+
+class _DiskReader:
+    """Collects `<domain><devices><disk type="file"><source file="..."/>`."""
+
+    def __init__(self) -> None:
+        self.path: list[str] = []
+        self.file_disk = False
+        self.files: list[str] = []
+
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
+        self.path.append(tag)
+        if self.path[1:] == ["devices", "disk"]:
+            self.file_disk = attrs.get("type", "file") == "file"
+        elif self.path[1:] == ["devices", "disk", "source"] and self.file_disk and \
+                attrs.get("file"):
+            self.files.append(attrs["file"])
+
+    def end(self, tag: str) -> None:
+        self.path.pop()
+
+
+def domain_disk_files(xml: str) -> tuple[str, ...]:
+    """The image files of a domain's file-backed disks, in order, each once (none when
+    the XML does not parse: the storage check then reads the heartbeats only)."""
+    reader = _DiskReader()
+    parser = _parser(reader)
+    try:
+        parser.Parse(xml, True)
+    except (_Stop, expat.ExpatError, UnicodeError):
+        return ()
+    return tuple(dict.fromkeys(reader.files))

@@ -86,6 +86,7 @@ class FenceResult(enum.StrEnum):
     HELD = "held"  # the leader held it: too few voters renew to confirm it (HoldFence)
     CANCELLED = "cancelled"  # the host renewed again before any fence succeeded
     SELF_FENCED = "self-fenced"  # its BMC failed; its armed watchdog has reset it by now
+    STORAGE_ACTIVE = "storage-active"  # not run: the host still writes shared storage
 
     @property
     def host_is_off(self) -> bool:
@@ -146,6 +147,32 @@ class Watchdog:
         return self.self_fence_s + self.timeout_s
 
 
+class StorageVerdict(enum.StrEnum):
+    """What the leader's storage activity check of a silent host found (core/storage.py)."""
+
+    NONE = "none"  # no check: the host writes no heartbeats, or its power read off
+    ACTIVE = "active"  # it wrote (heartbeat or VM disk) after its lease expired
+    QUIET = "quiet"  # consecutive checks read its storage and saw nothing written
+    UNREADABLE = "unreadable"  # nothing seen, but the leader could not read it every time
+
+
+@dataclass(frozen=True, slots=True)
+class StorageCheck:
+    """The evidence of a storage activity check, as the leader proposed it: its verdict,
+    how many consecutive checks that verdict rests on, and one line per read (when, what
+    was read, what it showed). Informational in `apply`, like any evidence."""
+
+    verdict: StorageVerdict = StorageVerdict.NONE
+    checks: int = 0
+    reads: tuple[str, ...] = ()
+
+    def summary(self, last_read: bool = True) -> str:
+        if self.verdict is StorageVerdict.NONE:
+            return "no storage check"
+        last = f"; last read: {self.reads[-1]}" if self.reads and last_read else ""
+        return f"storage {self.verdict.value} ({self.checks} check(s)){last}"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     fence_cap: int = 3
@@ -197,6 +224,10 @@ class Host:
     agent_ready: bool = False  # its agent reported ready since it joined or was fenced
     peer_stopped: bool = False  # its peer left cleanly: lease not judged, VMs unprotected
     watchdog: Watchdog = Watchdog()  # its self-fencing (`ReportWatchdog`)
+    # shared storage directories its peer writes heartbeats to (`ReportStorage`)
+    heartbeat_paths: tuple[str, ...] = ()
+    # the leader's latest storage check of it while its lease is out (`StorageChecked`)
+    storage_check: StorageCheck = StorageCheck()
     shutdown_policy: str = ""  # its own shutdown policy ("": the cluster's setting)
     shutdown: str = ""  # the policy of a planned shutdown under way ("": none)
 
@@ -249,6 +280,7 @@ class FenceRecord:
     method: str = ""
     confirmed_by: str = ""
     finished_at: float = 0.0
+    storage: StorageCheck = StorageCheck()  # the storage activity check before it
 
 
 @dataclass(frozen=True, slots=True)

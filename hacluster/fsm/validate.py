@@ -69,6 +69,8 @@ from hacluster.fsm.model import (
     FenceResult,
     Settings,
     ShutdownPolicy,
+    StorageCheck,
+    StorageVerdict,
     Watchdog,
     WatchdogKind,
 )
@@ -77,6 +79,9 @@ from hacluster.fsm.wire import WireError, encode_fields, spec_of
 
 MAX_TEXT_BYTES = 16 * 1024  # any other text field: reasons, evidence, addresses
 MAX_COMMAND_BYTES = MAX_DOMAIN_XML_BYTES + 64 * 1024  # a whole command, msgpack
+MAX_HEARTBEAT_PATHS = 8  # shared storage directories a host writes heartbeats to
+MAX_PATH_BYTES = 1024
+MAX_STORAGE_READS = 32  # read lines kept in one storage check's evidence
 
 INVALID, UNKNOWN, EXISTS = "invalid", "unknown", "exists"  # Problem.kind
 
@@ -288,6 +293,8 @@ def _set_host_bmc(cmd: c.SetHostBmc, admission: bool) -> Iterator[Found]:
 def _request_fence(cmd: c.RequestFence | c.Noop, admission: bool) -> Iterator[Found]:
     if admission:
         yield "term", "" if cmd.term >= 0 else f"term must be >= 0 (got {cmd.term})"
+    if isinstance(cmd, c.RequestFence):  # (a version 1 entry has no storage check)
+        yield storage_check_problem(cmd.storage, "storage")
 
 
 def _token(token: int) -> Found:
@@ -316,6 +323,45 @@ def _hold_fence(cmd: c.HoldFence, admission: bool) -> Iterator[Found]:
 def _watchdog_confirm(cmd: c.WatchdogConfirm, admission: bool) -> Iterator[Found]:
     yield _token(cmd.token)  # a command younger than this module: apply checks it all
     yield "evidence", "" if cmd.evidence.strip() else "a watchdog confirm needs its timing"
+    yield storage_check_problem(cmd.storage, "storage")
+
+
+def storage_check_problem(check: StorageCheck, field: str) -> Found:
+    if check.checks < 0:
+        return f"{field}.checks", f"checks must be >= 0 (got {check.checks})"
+    if len(check.reads) > MAX_STORAGE_READS:
+        return f"{field}.reads", (f"at most {MAX_STORAGE_READS} reads are kept (got "
+                                  f"{len(check.reads)})")
+    if check.verdict is StorageVerdict.NONE and (check.checks or check.reads):
+        return f"{field}.verdict", "a storage check without a verdict has no checks or reads"
+    return "", ""
+
+
+def heartbeat_paths_problem(paths: tuple[str, ...]) -> str:
+    """Absolute directories, each once, at most MAX_HEARTBEAT_PATHS ("" if fine): the
+    leader reads every host's heartbeats at the paths that host reported."""
+    if len(paths) > MAX_HEARTBEAT_PATHS:
+        return f"at most {MAX_HEARTBEAT_PATHS} heartbeat paths (got {len(paths)})"
+    if len(set(paths)) != len(paths):
+        return "a heartbeat path is listed twice"
+    for path in paths:
+        parts = path.split("/")
+        if not path.startswith("/") or "\x00" in path or ".." in parts or \
+                len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+            return (f"heartbeat path {path!r}: expected an absolute directory without "
+                    f"'..', at most {MAX_PATH_BYTES} bytes")
+    return ""
+
+
+def _report_storage(cmd: c.ReportStorage, admission: bool) -> Iterator[Found]:
+    yield "heartbeat_paths", heartbeat_paths_problem(cmd.heartbeat_paths)
+
+
+def _storage_checked(cmd: c.StorageChecked, admission: bool) -> Iterator[Found]:
+    yield "token", "" if cmd.token >= 0 else f"token must be >= 0 (got {cmd.token})"
+    yield "check.verdict", ("" if cmd.check.verdict is not StorageVerdict.NONE else
+                            "a storage check needs a verdict")
+    yield storage_check_problem(cmd.check, "check")
 
 
 def watchdog_problem(w: Watchdog) -> Found:
@@ -469,6 +515,8 @@ _RULES: dict[type[c.Command], Any] = {
     c.AdminConfirmFence: _admin_confirm,
     c.WatchdogConfirm: _watchdog_confirm,
     c.ReportWatchdog: _report_watchdog,
+    c.ReportStorage: _report_storage,
+    c.StorageChecked: _storage_checked,
     c.AddVm: _add_vm,
     c.SetVmOptions: _set_vm_options,
     c.VmReport: _vm_report,

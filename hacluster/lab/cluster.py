@@ -127,9 +127,13 @@ class LabCluster:
                  timing: tuple[tuple[str, float], ...] = LAB_TIMING,
                  raft: tuple[tuple[str, float], ...] = (),
                  observer_interval_s: float = 0.05, disk_leases: bool = False,
-                 vm_disks: bool | None = None) -> None:
+                 vm_disks: bool | None = None,
+                 storage: tuple[int, float] | None = None) -> None:
         """watchdog: (timeout_s, self_fence_s) gives every host a watchdog that cuts its
-        power when not fed (hacluster/lab/watchdog.py).
+        power when not fed (hacluster/lab/watchdog.py). storage: (checks,
+        check_interval_s) makes every host write storage heartbeats into ROOT/shared
+        (every lab host shares this machine's filesystem: a shared storage) and the
+        leader check it (core/storage.py).
 
         disk_leases: every host's libvirtd runs libvirt's lockd lock manager with its
         own virtlockd, all of them sharing one lockspace directory (ROOT/lockspace), and
@@ -155,6 +159,7 @@ class LabCluster:
         self.links = links
         self.notify_hook = notify_hook
         self.watchdog = watchdog
+        self.storage = storage
         self.watchdog_emulator: WatchdogEmulator | None = None
         self.timing = timing  # [timing] of every peer (() = the product's defaults)
         self.raft = raft  # [raft] of every peer (() = the product's defaults)
@@ -171,6 +176,8 @@ class LabCluster:
 
     def start(self, timeout_s: float = 60.0) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.storage is not None:
+            self.shared_storage.mkdir(exist_ok=True)
         secret_file = self.root / "secret"
         secret_file.write_text(secrets.token_hex(24))
         secret_file.chmod(0o600)
@@ -237,7 +244,8 @@ class LabCluster:
                         watchdog_timeout_s=self.watchdog[0] if self.watchdog else 0.0,
                         self_fence_s=self.watchdog[1] if self.watchdog else 0.0,
                         cgroup_procs=self.isolation.procs_file(name), raft=self.raft,
-                        lockspace_dir=str(self.root / "lockspace") if self.disk_leases else "")
+                        lockspace_dir=str(self.root / "lockspace") if self.disk_leases else "",
+                        **self._storage_spec())
         host = LabHost(spec)
         host.write()
         hook = ["env", f"PYTHONPATH={package_pythonpath()}",
@@ -249,6 +257,17 @@ class LabCluster:
                            cmd_timeout_s=30.0 if self.driver == "qemu" else 10.0,
                            power_off_cmd=[*hook, "power-off"], power_on_cmd=[*hook, "power-on"])
         return LabNode(host, bmc)
+
+    @property
+    def shared_storage(self) -> Path:
+        """The directory every host writes its storage heartbeats to (storage=...)."""
+        return self.root / "shared"
+
+    def _storage_spec(self) -> dict[str, Any]:
+        if self.storage is None:
+            return {}
+        return {"storage_paths": (str(self.shared_storage),),
+                "storage_checks": self.storage[0], "storage_interval_s": self.storage[1]}
 
     def _connector(self, name: str) -> Callable[[], Hypervisor]:
         uri = self.nodes[name].host.libvirtd.uri

@@ -57,6 +57,9 @@ class HostSpec:
     cgroup_procs: str = ""  # the cgroup.procs file the peer joins (loopback isolation)
     raft: tuple[tuple[str, float], ...] = ()  # [raft] overrides (RaftSettings fields)
     lockspace_dir: str = ""  # disk leases: the lockspace every host's virtlockd shares
+    storage_paths: tuple[str, ...] = ()  # [storage] heartbeat_paths (a shared directory)
+    storage_checks: int = 3
+    storage_interval_s: float = 2.0
 
     @property
     def path(self) -> Path:
@@ -98,6 +101,7 @@ class LabHost:
         raw["peers"] = tuple(raw["peers"])
         raw["timing"] = tuple(tuple(p) for p in raw["timing"])
         raw["raft"] = tuple(tuple(p) for p in raw.get("raft", ()))
+        raw["storage_paths"] = tuple(raw.get("storage_paths", ()))
         return cls(HostSpec(**raw))
 
     def write(self) -> None:
@@ -127,6 +131,7 @@ class LabHost:
             f'[notify]\nhook = "{s.notify_hook}"\n\n'
             f'[log]\nlevel = "{s.log_level}"\n'
             f"{self._watchdog_config()}"
+            f"{self._storage_config()}"
             f"{raft}"
         )
 
@@ -150,6 +155,14 @@ class LabHost:
         return (f'\n[watchdog]\nkind = "command"\ncommand = {json.dumps(["touch", fed])}\n'
                 f'disarm_command = {json.dumps(["rm", "-f", fed])}\n'
                 f"timeout_s = {s.watchdog_timeout_s}\nself_fence_s = {s.self_fence_s}\n")
+
+    def _storage_config(self) -> str:
+        s = self.spec
+        if not s.storage_paths:
+            return ""
+        return (f"\n[storage]\nheartbeat_paths = {json.dumps(list(s.storage_paths))}\n"
+                f"checks = {s.storage_checks}\ncheck_interval_s = {s.storage_interval_s}\n"
+                f"read_timeout_s = {s.storage_interval_s}\n")
 
     # ------------------------------------------------------------ power
 

@@ -5,7 +5,8 @@ then injects random faults for a while: power loss, peer crashes, planned shutdo
 (SIGTERM, under a random shutdown policy, the leader's too), restarts from a
 rebuilt journal and pauses (the leader's too), isolation, partitions, one-way cuts,
 packet loss, a firewall on the lease port, stepped and skewed wall clocks, BMCs that
-fail, hang, lie or are slow, VM operations that fail, and operators who stop, start,
+fail, hang, lie or are slow, a shared storage some hosts lose (in the clusters that
+write storage heartbeats), VM operations that fail, and operators who stop, start,
 migrate, remove and re-add VMs and change their options. Then everything heals, an
 operator settles what waits for a person, and the VMs must run again. The Observer
 (sim/invariants.py) judges every step.
@@ -27,6 +28,7 @@ from hacluster.sim.world import World
 
 HEAL_ROUNDS = 3
 RECOVERY_BOUND_S = 15.0  # after healing and settling, every HA VM runs again within this
+STORAGE = ("/pool",)
 Action = tuple[str, Callable[[], object]]
 
 
@@ -53,10 +55,15 @@ def build_cluster(rng: random.Random, seed: int) -> World:
     links = ("mgmt", "backend")
     # half the clusters self-fence: (watchdog timeout, self-fence delay) on every host
     watchdog = rng.choice([None, (2.0, 4.0), (5.0, 8.0)]) if rng.random() < 0.5 else None
+    # some share a storage the hosts write heartbeats and VM disks to (its own draw, so
+    # the schedules of the other clusters stay what they were)
+    storage = STORAGE if random.Random(seed * 7 + 3).random() < 0.4 else ()
     for i in range(1, voters + 1):
-        world.add_host(f"h{i}", 8192, 8, HostRole.VOTER, links, watchdog=watchdog)
+        world.add_host(f"h{i}", 8192, 8, HostRole.VOTER, links, watchdog=watchdog,
+                       storage=storage)
     for i in range(voters + 1, voters + members + 1):
-        world.add_host(f"h{i}", 8192, 8, HostRole.MEMBER, links, watchdog=watchdog)
+        world.add_host(f"h{i}", 8192, 8, HostRole.MEMBER, links, watchdog=watchdog,
+                       storage=storage)
     world.start()
     while world.leader is None:
         world.step()
@@ -73,13 +80,17 @@ def build_cluster(rng: random.Random, seed: int) -> World:
     # admitted once every peer announced it understands the command
     world.admin_wait(c.SetShutdownPolicy(policy=rng.choice(list(ShutdownPolicy)).value))
     for i in range(rng.randint(3, 2 * voters)):
-        world.admin_wait(_random_vm(rng, f"vm{i}", sorted(world.hosts), i))
+        world.admin_wait(_random_vm(rng, f"vm{i}", sorted(world.hosts), i, bool(storage)))
     return world
 
 
-def _random_vm(rng: random.Random, name: str, hosts: list[str], i: int) -> c.AddVm:
+def _random_vm(rng: random.Random, name: str, hosts: list[str], i: int,
+               disk: bool = False) -> c.AddVm:
     limits = tuple(sorted(rng.sample(hosts, 2))) if rng.random() < 0.2 else ()
-    return c.AddVm(name=name, xml="<domain/>", memory_mib=rng.choice([512, 1024, 2048]),
+    xml = (f"<domain><name>{name}</name><devices><disk type='file'><source "
+           f"file='{STORAGE[0]}/{name}.qcow2'/></disk></devices></domain>") if disk \
+        else "<domain/>"
+    return c.AddVm(name=name, xml=xml, memory_mib=rng.choice([512, 1024, 2048]),
                    vcpus=1, priority=rng.randint(0, 3), allowed_hosts=limits,
                    anti_affinity="grp" if i < 2 else "", max_restarts=10, max_relocates=10,
                    ha=HaPolicy.RESTART, desired=Desired.STARTED)
@@ -114,7 +125,12 @@ def _host_faults(world: World, rng: random.Random, host: str) -> list[Action]:
          lambda: setattr(world.hosts[host].peer.clock, "wall_skew", skew)),
         (f"bmc {host} {mode.value}", lambda: setattr(world.hosts[host].bmc, "mode", mode)),
         (f"bmc-fails {host} 2", lambda: setattr(world.hosts[host].bmc, "fail_next", 2)),
-    ]
+    ] + (_storage_faults(world, host) if world.hosts[host].storage else [])
+
+
+def _storage_faults(world: World, host: str) -> list[Action]:
+    return [(f"storage-cut {host}", lambda: world.storage.cut.add(host)),
+            (f"storage-restore {host}", lambda: world.storage.cut.discard(host))]
 
 
 def _chassis_death(world: World, host: str) -> None:
@@ -161,7 +177,8 @@ def _operator(world: World, rng: random.Random, host: str, vm: str | None) -> li
                                                                 desired=Desired.STARTED))),
         (f"vm migrate {vm}", lambda: world.admin(c.MigrateVm(name=vm))),
         (f"vm remove {vm}", lambda: world.admin(c.RemoveVm(name=vm))),
-        (f"vm re-add {vm}", lambda: world.admin(_random_vm(rng, vm, hosts, 9))),
+        (f"vm re-add {vm}", lambda: world.admin(_random_vm(rng, vm, hosts, 9, bool(
+            world.hosts[host].storage)))),
         (f"vm limit {vm}", lambda: world.admin(c.SetVmOptions(
             name=vm, allowed_hosts=tuple(sorted(rng.sample(hosts, 2)))))),
         (f"vm unlimit {vm}", lambda: world.admin(c.SetVmOptions(name=vm, allowed_hosts=()))),
@@ -212,6 +229,7 @@ def _confirm_if_off(world: World, name: str) -> None:
 def heal_everything(world: World) -> None:
     world.net.heal_all(quality=True)
     world.lease_blocked.clear()
+    world.storage.cut.clear()
     world.vm_faults.clear()
     for name, host in sorted(world.hosts.items()):
         host.bmc.mode, host.bmc.fail_next = BmcMode.WORKS, 0

@@ -34,6 +34,7 @@ from hacluster.core.renewal import (
 )
 from hacluster.core.selffence import SelfFence, Verdict
 from hacluster.core.silence import Challenge, ProbePower
+from hacluster.core.storage import CheckStorage, StorageRead
 from hacluster.fsm import ClusterState, apply, decode_command, encode_command
 from hacluster.fsm import commands as c
 from hacluster.fsm.codec import UnreadableEntry
@@ -42,6 +43,7 @@ from hacluster.fsm.model import FenceResult, HostRole, Watchdog, WatchdogKind
 from hacluster.fsm.states import HostState
 from hacluster.ports import ProposeStatus
 from hacluster.sim.raftmodel import Status
+from hacluster.sim.storage import CHECKS, INTERVAL_S, READ_TIMEOUT_S
 
 if TYPE_CHECKING:
     from hacluster.sim.world import World
@@ -57,7 +59,6 @@ LEASE_CHANNEL = "lease"
 SIM_SECRET = "simulated-cluster-secret-0123456789"
 # [timing] stop_timeout_s, [hypervisor] shutdown_timeout_s, [timing] stop_grace_s
 SHUTDOWN_BUDGET = sd.Budget(total_s=60.0, vm_shutdown_s=5.0, grace_s=2.0)
-_boots = itertools.count(1)
 
 
 @dataclass
@@ -142,14 +143,16 @@ class SimPeer:
 
     def start(self, now: float) -> None:
         """A new process (daemon/peer.py `_start`): state rebuilt from the journal."""
-        self.proc = Process(generation=next(_boots))
+        self.proc = Process(generation=next(self.world.boots))
         self.proc.loop = LeaderLoop(self.name, MANAGER_TICK_S)
         self.proc.lease = LeaseEndpoint(self.name, LeaseCodec(SIM_SECRET),
                                         self.proc.generation.to_bytes(8, "big"))
         self.proc.next_manager = self.proc.next_agent = self.proc.next_renewal = now
-        watchdog = self.world.hosts[self.name].watchdog
-        if watchdog is not None and self.role is not HostRole.WITNESS:
-            self.proc.self_fence = SelfFence(watchdog[1])
+        host = self.world.hosts[self.name]
+        if host.watchdog is not None and self.role is not HostRole.WITNESS:
+            self.proc.self_fence = SelfFence(host.watchdog[1])
+        self.proc.loop.manager.storage.configure(CHECKS, INTERVAL_S, bool(host.storage),
+                                                 READ_TIMEOUT_S)
 
     def stop(self) -> None:
         """The process is gone (crash, power loss): nothing of it survives but the log."""
@@ -184,6 +187,9 @@ class SimPeer:
             self.proc.next_renewal = now + self.proc.state.settings.lease_renew_s
             self._renew(now)
             self._allow_self_fencing(mono)
+            paths = self.world.hosts[self.name].storage  # daemon/storage.py HeartbeatWriter
+            if paths and self.role is not HostRole.WITNESS:
+                self.world.storage.write_heartbeat(self.name, paths, self.proc.generation, now)
         if now >= self.proc.next_register - 1e-9:
             self.proc.next_register = now + REGISTER_EVERY_S
             self._register()
@@ -252,7 +258,8 @@ class SimPeer:
                 raft.applied_index < raft.commit_index:
             return
         todo = registration(self.name, self.proc.state, self.role, self.addresses(),
-                            understands=self.understands())
+                            understands=self.understands(),
+                            heartbeat_paths=self.world.hosts[self.name].storage)
         host = self.proc.state.hosts.get(self.name)
         wanted = self.wanted_watchdog()
         if todo is None and host is not None and host.watchdog != wanted:
@@ -354,6 +361,8 @@ class SimPeer:
             self.world.run_probe(self, d)
         elif isinstance(d, Challenge):
             self._challenge(d)
+        elif isinstance(d, CheckStorage):
+            self.world.run_storage_check(self, d)
 
     @property
     def manager(self) -> Any:
@@ -384,6 +393,11 @@ class SimPeer:
         manager = self.manager
         if manager is not None and self.proc.generation == generation and self.running:
             manager.probe_result(host, off, detail, self.clock.mono(self.world.now))
+
+    def storage_answer(self, read: StorageRead, generation: int) -> None:
+        manager = self.manager
+        if manager is not None and self.proc.generation == generation and self.running:
+            manager.storage_result(read, self.clock.mono(self.world.now))
 
     def _challenge(self, d: Challenge) -> None:
         """A silent host's last chance (daemon/leader.py `_challenge`): on every link."""

@@ -61,6 +61,7 @@ loss (a crash keeps everything appended), connection timeouts (a TCP connection 
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 from collections.abc import Iterable, Iterator
 
@@ -122,6 +123,7 @@ class RaftCluster:
         self.net = net
         self.rng = rng
         self.config = config if config is not None else RaftModelConfig()
+        self.answer_boots = itertools.count(1)  # raftpeer.py: answers numbered per process
         self.voters = tuple(sorted(voters))
         self.members = tuple(sorted(members))
         self.names = self.voters + self.members

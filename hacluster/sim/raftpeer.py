@@ -12,7 +12,6 @@ and candidate rules, and process faults.
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
     from hacluster.sim.raftmodel import RaftCluster
 
 _NEVER = float("inf")
-_ANSWER_BOOTS = itertools.count(1)  # every process start numbers its answers afresh
 
 
 class RaftPeer(Proposing, Leading):
@@ -84,7 +82,7 @@ class RaftPeer(Proposing, Leading):
         self._votes: set[str] = set()
         self._echo_seq = 0  # highest seq processed from `leader` in `term`
         # self-fencing grants over Raft (raft/engine.py): answers numbered per process
-        self._ans_boot = next(_ANSWER_BOOTS)
+        self._ans_boot = next(self._c.answer_boots)  # numbered afresh per process
         self._ans = 0
         self._ans_sent: dict[int, float] = {}  # number -> simulated time it left
         self._allowed = 0

@@ -15,6 +15,7 @@ events.txt, one per line, `#` starts a comment:
     TIME bmc HOST works|unreachable|slow|slow-ok|already-off|bad-credentials|frozen|lies
     TIME bmc-fails HOST N                            (its next N commands fail, then it works)
     TIME chassis-death HOST                          (its BMC goes dark and its power off at once)
+    TIME storage-cut|storage-restore HOST            (it writes and reads no shared storage)
     TIME crash VM
     TIME fault|clear-fault start-fails|stop-fails|migrate-fails VM [N | on HOST]
     TIME hactl host maintenance HOST on|off
@@ -35,6 +36,8 @@ cluster.toml: [[host]] lacks = ["fence-cancel", ...] runs an older release there
 [[host]] watchdog = [TIMEOUT_S, SELF_FENCE_S] gives it a watchdog its peer feeds;
 disk_leases = true: a start is refused while a powered host runs the VM (libvirt's lock
 manager with a shared lockspace).
+[[host]] storage = ["/pool"] makes its peer write storage heartbeats there (sim/storage.py);
+[[vm]] disks = ["/pool/db.qcow2"] gives the VM those disk files (written while it runs).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def load_cluster(world: World, path: Path) -> tuple[dict[str, Any], float]:
             tuple(spec.get("links", ["mgmt"])),
             BmcMode(spec.get("bmc", "works")),
             tuple(spec["watchdog"]) if "watchdog" in spec else None,
+            tuple(spec.get("storage", ())),
         )
         world.hosts[spec["name"]].peer.lacks = frozenset(spec.get("lacks", ()))
     world.disk_leases = bool(doc.get("disk_leases", False))
@@ -96,8 +100,12 @@ def bootstrap(world: World, doc: dict[str, Any], path: Path) -> None:
         world.admin_wait(_decode(c.SetSettings, doc["settings"], path))
     _wait_until_online(world, [spec["name"] for spec in doc.get("host", [])])
     for spec in doc.get("vm", []):
+        spec = dict(spec)
+        disks = "".join(f"<disk type='file'><source file='{d}'/></disk>"
+                        for d in spec.pop("disks", ()))
+        devices = f"<devices>{disks}</devices>" if disks else ""
         fields = {
-            "xml": f"<domain><name>{spec['name']}</name></domain>",
+            "xml": f"<domain><name>{spec['name']}</name>{devices}</domain>",
             "memory_mib": 1024,
             "vcpus": 1,
             **spec,
@@ -275,6 +283,13 @@ def _power(world: World, args: list[str], verb: str) -> None:
     (world.power_off if verb == "power-off" else world.power_on)(args[0], "scenario")
 
 
+def _storage(world: World, args: list[str], verb: str) -> None:
+    cut = world.storage.cut
+    (cut.add if verb == "storage-cut" else cut.discard)(args[0])
+    shown = "cut (it writes and reads nothing there)" if verb == "storage-cut" else "restored"
+    world.note(f"storage {args[0]}: {shown}")
+
+
 def _bmc(world: World, args: list[str], verb: str) -> None:
     bmc = world.hosts[args[0]].bmc
     if verb == "bmc-fails":
@@ -316,6 +331,7 @@ ACTIONS: dict[str, Any] = {
     **{v: (lambda w, a, v=v: _power(w, a, v)) for v in ("power-off", "power-on",
                                                          "chassis-death")},
     **{v: (lambda w, a, v=v: _bmc(w, a, v)) for v in ("bmc", "bmc-fails")},
+    **{v: (lambda w, a, v=v: _storage(w, a, v)) for v in ("storage-cut", "storage-restore")},
     **{v: (lambda w, a, v=v: _vm_fault(w, a, v)) for v in ("fault", "clear-fault")},
     "crash": lambda w, a: _crash(w, a, "crash"),
 }

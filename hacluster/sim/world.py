@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from hacluster.core import agent as ag
 from hacluster.core.manager import RunFence
 from hacluster.core.silence import ProbePower
+from hacluster.core.storage import CheckStorage
 from hacluster.fsm import ClusterState, state_digest
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
@@ -26,6 +27,7 @@ from hacluster.sim.invariants import Observer
 from hacluster.sim.net import SimNet
 from hacluster.sim.peer import LEASE_CHANNEL, SimPeer
 from hacluster.sim.raftmodel import RaftCluster, RaftModelConfig
+from hacluster.sim.storage import SimStorage
 
 DELAYS = {"start": 0.4, "stop": 0.2, "migrate": 0.6}
 HypervisorAction = ag.StartVm | ag.StopVm | ag.DestroyVm | ag.MigrateVm
@@ -77,6 +79,7 @@ class SimHost:
     watchdog: tuple[float, float] | None = None
     watchdog_armed: bool = False
     watchdog_fed_at: float = 0.0
+    storage: tuple[str, ...] = ()  # shared storage directories its peer writes heartbeats to
 
     @property
     def votes(self) -> bool:
@@ -103,20 +106,25 @@ class World:
         self.vm_faults = VmFaults()
         self.lease_blocked: set[str] = set()  # hosts whose lease port a firewall drops
         self.disk_leases = False  # libvirt's lock manager: a disk held elsewhere refuses a start
+        self.storage = SimStorage()  # shared storage (sim/storage.py)
         self.timeline: list[tuple[float, str]] = []
         self.debug: list[tuple[float, str]] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count(1)
         self._requests = itertools.count(1)
+        self.boots = itertools.count(1)  # peer process generations, per simulation
 
     # ------------------------------------------------------------ setup
 
     def add_host(self, name: str, memory_mib: int, vcpus: int, role: HostRole,
                  links: tuple[str, ...] = ("mgmt",), bmc: BmcMode = BmcMode.WORKS,
-                 watchdog: tuple[float, float] | None = None) -> None:
-        """watchdog: (timeout_s, self_fence_s), or None for a host without one."""
+                 watchdog: tuple[float, float] | None = None,
+                 storage: tuple[str, ...] = ()) -> None:
+        """watchdog: (timeout_s, self_fence_s), or None for a host without one;
+        storage: the shared directories it writes heartbeats to ([storage])."""
         self.hosts[name] = SimHost(name, role, memory_mib, vcpus, links,
-                                   SimPeer(self, name, role), SimBmc(bmc), watchdog=watchdog)
+                                   SimPeer(self, name, role), SimBmc(bmc), watchdog=watchdog,
+                                   storage=storage)
         self.net.add_host(name, links)
         # Every peer's clocks: an arbitrary monotonic origin, a wall clock about right.
         self.hosts[name].peer.clock.mono_origin = self.rng.uniform(100.0, 1e6)
@@ -150,6 +158,8 @@ class World:
             self._deliver_lease(d.src, d.dst, d.link, d.payload)  # type: ignore[arg-type]
         for name in sorted(self.hosts):
             self.hosts[name].peer.step(self.now)
+        if self.storage.disks or any(h.storage for h in self.hosts.values()):
+            self.storage.write_disks(self)
         self._watchdogs()
         self._observe()
 
@@ -288,6 +298,13 @@ class World:
             peer.probe_answer(order.host, plan.off, plan.detail, generation)
 
         self.at(plan.answer_after_s, answer)
+
+    def run_storage_check(self, peer: SimPeer, order: CheckStorage) -> None:
+        """The leader reads a host's heartbeats and disks (core/storage.py)."""
+        at = peer.clock.mono(self.now)
+        after, read = self.storage.read(peer.name, order, at, f"t={self.now:.2f}")
+        generation = peer.proc.generation
+        self.at(after, lambda: peer.storage_answer(read, generation))
 
     def _healthy_since(self, host: str, deliberate: bool) -> float | None:
         """Since when the host has been healthy (None: not now, or a deliberate fence)."""

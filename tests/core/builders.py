@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
+from hacluster.core import versions
 from hacluster.fsm import ClusterState, apply, encode_command, state_digest
 from hacluster.fsm import commands as c
 from hacluster.fsm.events import Event
@@ -108,6 +109,14 @@ class Cluster:
     def add_hosts(self, *names: str, **kw: Any) -> None:
         for name in names:
             self.add_host(name, **kw)
+
+    def announce_all(self) -> None:
+        """Every host announces what this build understands, so the version gate
+        (core/versions.py) admits every command and version this build writes."""
+        for name in sorted(self.state.hosts):
+            announcement = versions.announcement(self.state, name)
+            if announcement is not None:
+                self.ok(announcement)
 
     def suspect(self, host: str) -> list[Event]:
         return self.ok(c.MarkHostSuspect(name=host, evidence="lease overdue"))

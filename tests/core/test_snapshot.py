@@ -21,6 +21,8 @@ from hacluster.fsm.model import (
     FenceResult,
     Host,
     HostVersions,
+    StorageCheck,
+    StorageVerdict,
     Vm,
     Watchdog,
 )
@@ -142,17 +144,24 @@ def test_format_1_is_migrated_with_no_announcements() -> None:
     assert restored.versions == {}
     assert restored == dataclasses.replace(state, versions={})
     assert decode_snapshot(encode_snapshot(restored)) == restored  # written as the new format
-    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 5
+    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 6
 
 
-def _before_format_5(doc: dict[str, Any]) -> None:
+def _before_format_6(doc: dict[str, Any]) -> None:
     """No settings.shutdown_policy, host.shutdown_policy, host.shutdown."""
     doc["settings"] = doc["settings"][:-1]
     doc["hosts"] = [h[:-2] for h in doc["hosts"]]
 
 
+def _before_format_5(doc: dict[str, Any]) -> None:
+    """... no host.heartbeat_paths, host.storage_check, fence.storage."""
+    _before_format_6(doc)
+    doc["hosts"] = [h[:-2] for h in doc["hosts"]]
+    doc["fences"] = [f[:-1] for f in doc["fences"]]
+
+
 def _before_format_4(doc: dict[str, Any]) -> None:
-    """... and no settings.fence_fallback, settings.watchdog_margin_s, host.watchdog."""
+    """... no settings.fence_fallback, settings.watchdog_margin_s, host.watchdog."""
     _before_format_5(doc)
     doc["settings"] = doc["settings"][:-2]
     doc["hosts"] = [h[:-1] for h in doc["hosts"]]
@@ -184,11 +193,50 @@ def test_format_3_is_migrated_with_no_watchdogs_and_the_default_fallback() -> No
     assert all(h.watchdog == Watchdog() for h in restored.hosts.values())
 
 
+def test_format_4_is_migrated_with_no_heartbeats_and_no_storage_checks() -> None:
+    state = storage_cluster().state
+    doc = msgpack.unpackb(encode_snapshot(state), raw=False)
+    doc["format"] = 4
+    _before_format_5(doc)
+    restored = decode_snapshot(_pack(doc))
+    assert restored.hosts["h2"].heartbeat_paths == ()
+    assert restored.hosts["h2"].storage_check == StorageCheck()
+    assert all(r.storage == StorageCheck() for r in restored.fences)
+    stripped = {n: dataclasses.replace(h, heartbeat_paths=(), storage_check=StorageCheck())
+                for n, h in state.hosts.items()}
+    assert restored.hosts == stripped
+    assert restored.fences == [dataclasses.replace(r, storage=StorageCheck())
+                               for r in state.fences]
+
+
+def storage_cluster() -> Cluster:
+    """busy_cluster, plus a host writing heartbeats, found active on storage, and a
+    fence whose record carries a storage check."""
+    cluster = busy_cluster()
+    check = StorageCheck(StorageVerdict.ACTIVE, 1, ("t+0.0 heartbeat changed",))
+    cluster.ok(c.ReportStorage(name="h3", heartbeat_paths=("/mnt/pool",)))
+    cluster.ok(c.MarkHostSuspect(name="h3", evidence="lease overdue"))
+    cluster.ok(c.StorageChecked(host="h3", check=check))
+    cluster.ok(c.ReportStorage(name="h2", heartbeat_paths=("/mnt/pool", "/mnt/other")))
+    quiet = StorageCheck(StorageVerdict.QUIET, 3, ("a", "b", "c"))
+    cluster.ok(c.RequestFence(host="h3", reason="storage quiet", evidence="", storage=quiet))
+    return cluster
+
+
+def test_round_trip_keeps_heartbeat_paths_and_storage_checks() -> None:
+    state = storage_cluster().state
+    restored = decode_snapshot(encode_snapshot(state))
+    assert restored == state
+    assert restored.hosts["h2"].heartbeat_paths == ("/mnt/pool", "/mnt/other")
+    assert restored.hosts["h3"].storage_check.verdict is StorageVerdict.QUIET
+    assert restored.fences[-1].storage.checks == 3
+
+
 def test_a_newer_format_is_refused_naming_both_formats() -> None:
     doc = _doc()
-    doc["format"] = 6
-    with pytest.raises(SnapshotTooNew, match=r"snapshot format 6 is newer than this peer "
-                       r"reads \(formats 1, 2, 3, 4, 5\)") as raised:
+    doc["format"] = 7
+    with pytest.raises(SnapshotTooNew, match=r"snapshot format 7 is newer than this peer "
+                       r"reads \(formats 1, 2, 3, 4, 5, 6\)") as raised:
         decode_snapshot(_pack(doc))
     assert isinstance(raised.value, UnreadableLog)  # the peer halts on it (exit code 76)
 
@@ -268,11 +316,11 @@ def test_corrupted_snapshot_is_a_snapshot_error_or_a_state(data: st.DataObject) 
 SNAPSHOT = encode_snapshot(busy_cluster().state)
 
 
-def test_format_4_is_migrated_with_the_default_shutdown_policies() -> None:
+def test_format_5_is_migrated_with_the_default_shutdown_policies() -> None:
     state = busy_cluster().state
     doc = _doc()
-    doc["format"] = 4
-    _before_format_5(doc)
+    doc["format"] = 5
+    _before_format_6(doc)
     restored = decode_snapshot(_pack(doc))
     assert restored == state
     assert restored.settings.shutdown_policy.value == "freeze"

@@ -20,6 +20,8 @@ from hacluster.fsm.model import (
     HaPolicy,
     HostRole,
     Selector,
+    StorageCheck,
+    StorageVerdict,
     Watchdog,
     WatchdogKind,
 )
@@ -37,6 +39,8 @@ from hacluster.raft.settings import RaftSettings
 
 from .builders import Cluster, kinds
 from .generators import RandomChooser, next_command
+
+QUIET = StorageCheck(StorageVerdict.QUIET, 3, ("t+0.0 heartbeat /mnt/pool: #4",))
 
 
 def xml(name: str = "db1", extra: str = "") -> str:
@@ -78,6 +82,12 @@ GOOD: list[c.Command] = [
     c.ReportWatchdog(name="h1", watchdog=Watchdog(WatchdogKind.DEVICE, 10.0, 12.0, True)),
     c.ReportWatchdog(name="h1", watchdog=Watchdog()),
     c.WatchdogConfirm(host="h1", token=7, evidence="26.1 s since its last ack"),
+    c.WatchdogConfirm(host="h1", token=7, evidence="26.1 s", storage=QUIET),
+    c.RequestFence(host="h1", reason="lease expired", evidence="-", storage=QUIET),
+    c.ReportStorage(name="h1", heartbeat_paths=("/mnt/pool", "/mnt/other")),
+    c.ReportStorage(name="h1", heartbeat_paths=()),
+    c.StorageChecked(host="h1", check=StorageCheck(StorageVerdict.ACTIVE, 1, ("changed",))),
+    c.StorageChecked(host="h1", token=4, check=StorageCheck(StorageVerdict.UNREADABLE, 3)),
     add_vm(priority=10, ha=HaPolicy.NONE, desired=Desired.STOPPED, allowed_hosts=("h1", "h2"),
            anti_affinity="db", max_restarts=0, max_relocates=3),
     c.RemoveVm(name="db1"),
@@ -154,6 +164,23 @@ BAD: list[tuple[c.Command, str, str, bool]] = [
     (c.WatchdogConfirm(host="h1", token=0, evidence="late"), "token", ">= 1", True),
     (c.WatchdogConfirm(host="h1", token=3, evidence=" "), "evidence", "its timing", True),
     (c.SetSettings(watchdog_margin_s=-1.0), "watchdog_margin_s", ">= 0", True),
+    (c.ReportStorage(name="h1", heartbeat_paths=("pool",)), "heartbeat_paths",
+     "expected an absolute directory", True),
+    (c.ReportStorage(name="h1", heartbeat_paths=("/mnt/../etc",)), "heartbeat_paths",
+     "without '..'", True),
+    (c.ReportStorage(name="h1", heartbeat_paths=("/a", "/a")), "heartbeat_paths",
+     "listed twice", True),
+    (c.ReportStorage(name="h1", heartbeat_paths=tuple(f"/p{i}" for i in range(9))),
+     "heartbeat_paths", "at most 8", True),
+    (c.StorageChecked(host="h1", check=StorageCheck()), "check.verdict", "needs a verdict",
+     True),
+    (c.StorageChecked(host="h1", token=-1, check=QUIET), "token", ">= 0", True),
+    (c.StorageChecked(host="h1", check=StorageCheck(StorageVerdict.QUIET, -1)),
+     "check.checks", ">= 0", True),
+    (c.RequestFence(host="h1", reason="r", evidence="e", storage=StorageCheck(
+        StorageVerdict.QUIET, 3, ("x",) * 33)), "storage.reads", "at most 32", True),
+    (c.WatchdogConfirm(host="h1", token=3, evidence="e", storage=StorageCheck(checks=2)),
+     "storage.verdict", "without a verdict", True),
     (add_vm(name="bad name", xml=xml("bad name")), "name", "invalid VM name 'bad name'", True),
     (add_vm(memory_mib=0), "memory_mib", "memory_mib and vcpus must be > 0", True),
     (add_vm(max_relocates=-1), "memory_mib", "max_restarts and max_relocates must be >= 0",

@@ -49,6 +49,10 @@ def test_defaults_are_enough() -> None:
     ({**MINIMAL, "rpc": {"tcp_address": "0.0.0.0:7443"}}, r"needs tls_cert and tls_key"),
     ({**MINIMAL, "raft": {"election_timeout_min_s": 1.0}}, r"\[raft\] election_timeout_max_s"),
     ({**MINIMAL, "log": {"level": "loud"}}, r"\[log\] level"),
+    ({**MINIMAL, "storage": {"heartbeat_paths": ["pool"]}},
+     r"\[storage\] heartbeat_paths: heartbeat path 'pool': expected an absolute directory"),
+    ({**MINIMAL, "storage": {"checks": 0}}, r"\[storage\] checks: must be 1..100"),
+    ({**MINIMAL, "storage": {"read_timeout_s": 0}}, r"\[storage\] read_timeout_s: must be > 0"),
 ])
 def test_errors_name_the_key(doc: dict, message: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ConfigError, match=message):
