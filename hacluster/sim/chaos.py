@@ -202,9 +202,12 @@ def random_action(world: World, rng: random.Random) -> Action:
 
 def _rebuild(world: World, host: str) -> None:
     """Its journal was lost: restart it empty. Not while another voter still catches up
-    from a rebuild: a majority without journals loses committed entries in any Raft,
-    and no operator procedure here recovers that."""
-    if any(h.peer.raft.abstaining for name, h in world.hosts.items() if name != host):
+    from a rebuild, nor while another voter is down (its journal stale): a majority
+    without journals loses committed entries in any Raft, and no operator procedure
+    here recovers that."""
+    others = [h for name, h in world.hosts.items() if name != host and h.role is not
+              HostRole.MEMBER]
+    if any(h.peer.raft.abstaining or not h.peer.running for h in others):
         world.restart_peer(host)
     else:
         world.restart_peer(host, rebuild=True)

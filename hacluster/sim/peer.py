@@ -11,6 +11,7 @@ daemon module it mirrors.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,6 +119,8 @@ class Process:
     fired: bool = False  # fenced itself: renews and starts nothing any more
     shutdown: sd.PlannedShutdown | None = None  # SIGTERM: a planned shutdown under way
     agent_stopped: bool = False  # the planned shutdown stopped the agent
+    leaving_since: float | None = None  # the plan said leave; its watchdog is disarmed
+    disarm_said: bool = False  # the watchdog's "disarmed" record committed
 
 
 class SimPeer:
@@ -584,6 +587,9 @@ class SimPeer:
     def _planned_shutdown(self, now: float) -> None:
         plan = self.proc.shutdown
         assert plan is not None
+        if self.proc.leaving_since is not None:
+            self._leave(now)
+            return
         raft, state = self.raft, self.proc.state
         domains = dict(self.world.hosts[self.name].hyper.domains) if plan.wants_domains \
             else None
@@ -594,8 +600,7 @@ class SimPeer:
         plan.notes.clear()
         if isinstance(action, sd.Leave):
             self.world.note(f"peer {self.name}: stops: {action.reason}")
-            self.raft.crash()  # the process exits (cleanly: nothing else differs here)
-            self.stop()
+            self._leave(now)
         elif isinstance(action, sd.HandOff):
             self.world.note(f"raft: {self.name} hands leadership over: {action.reason}")
             raft.transfer_leadership(None)
@@ -614,6 +619,33 @@ class SimPeer:
             plan.agent_stopped(True)  # (daemon/agent.py `quiesce`: nothing in flight)
         elif isinstance(action, sd.ShutDownVms):
             self._shut_down(plan, action.names)
+
+    def _leave(self, now: float) -> None:
+        """daemon/peer.py `_shutdown` after the plan: a watchdog is said disarmed, then
+        disarmed (left armed if that could not be said), and the process exits."""
+        generation, proc = self.proc.generation, self.proc
+        record = proc.state.hosts.get(self.name)
+        if proc.leaving_since is not None:
+            if proc.disarm_said:
+                self.world.disarm_watchdog(self.name)
+            elif now - proc.leaving_since < SHUTDOWN_BUDGET.grace_s:
+                return
+            else:
+                self.world.note(f"watchdog {self.name}: left armed (disarming not recorded)")
+        elif record is not None and record.watchdog.armed:
+            proc.leaving_since = now
+
+            def said(ok: bool, result: Any) -> None:
+                if ok and self.proc.generation == generation:
+                    self.proc.disarm_said = True  # (the process exits at its next step)
+
+            self.propose(c.ReportWatchdog(name=self.name, watchdog=dataclasses.replace(
+                record.watchdog, armed=False)), said)
+            return
+        else:
+            self.world.disarm_watchdog(self.name)
+        self.raft.crash()  # the process exits (cleanly: nothing else differs here)
+        self.stop()
 
     def _shut_down(self, plan: sd.PlannedShutdown, names: tuple[str, ...]) -> None:
         host = self.world.hosts[self.name]

@@ -331,6 +331,13 @@ class World:
                 self.note(f"watchdog {name}: armed", quiet=True)
             host.watchdog_armed, host.watchdog_fed_at = True, self.now
 
+    def disarm_watchdog(self, name: str) -> None:
+        """A peer that stops cleanly disarms its watchdog (magic close)."""
+        host = self.hosts[name]
+        if host.watchdog_armed:
+            host.watchdog_armed = False
+            self.note(f"watchdog {name}: disarmed (its peer stopped cleanly)", quiet=True)
+
     def self_fence(self, name: str) -> None:
         """The peer's allowance ran out: it destroys its VMs (and feeds no more)."""
         host = self.hosts[name]
