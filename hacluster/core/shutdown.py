@@ -44,6 +44,7 @@ HANDOFF_EVERY_S = 0.5  # TimeoutNow again if nobody took over (the target may ha
 RETRY_EVERY_S = 0.5  # a step that did not commit is proposed again this often
 STUCK_S = 5.0  # a drain in which nothing can move for this long falls back at once
 MARGIN_S = 5.0  # kept back from systemd's stop timeout
+NOT_MIGRATED = "not migrated: its source host's peer stops (planned shutdown)"
 
 
 class Phase(enum.StrEnum):
@@ -133,11 +134,14 @@ class PlannedShutdown:
         self._acting = False  # an agent stop or VM shutdown is under way
         self._agent_stopping = False  # StopAgent was returned
         self._unsafe = ""  # why no VM may be released (an agent operation outlived it)
+        self._reported: set[tuple[str, int]] = set()  # migrations reported not run
 
     @property
     def wants_domains(self) -> bool:
         """The next step needs libvirt's domain list in its View."""
-        return self.phase is Phase.SHUT_DOWN and not self._acting and not self._proposing
+        quiet = self.phase is Phase.QUIESCE and self._agent_stopping
+        return (self.phase is Phase.SHUT_DOWN or quiet) and not self._acting and \
+            not self._proposing
 
     # ------------------------------------------------------------ feedback
 
@@ -287,13 +291,25 @@ class PlannedShutdown:
         return Wait(f"draining: {len(state.vms_by_host.get(me, ()))} VM(s) still here")
 
     def _quiesce(self, view: View) -> Action:
-        """Stop the agent (once), then wait out live migrations into or out of here."""
+        """Stop the agent (once); then a migration out of here that it never ran (its
+        domain still runs here) is reported failed, as the agent would, and migrations
+        into here (other hosts' agents run them) are waited out."""
+        state, me = view.state, self.me
         if not self._agent_stopping:
             self._agent_stopping = self._acting = True
             return StopAgent("nothing may start here any more")
-        moving = migrating_here(view.state, self.me)
-        if moving and view.now - self.started < self.budget.moving_s:
-            return Wait(f"waiting out live migrations: {', '.join(moving)}")
+        for vm in state.vms_on(me):
+            if vm.state is VmState.MIGRATING and vm.host == me and \
+                    (view.domains or {}).get(vm.name) in LIVE and \
+                    (vm.name, vm.placement) not in self._reported:
+                self._reported.add((vm.name, vm.placement))
+                report = c.VmReport(name=vm.name, host=me, placement=vm.placement,
+                                    observed="migrate-failed", detail=NOT_MIGRATED)
+                return self._propose(report, f"{vm.name}: {NOT_MIGRATED}", view)
+        incoming = [vm.name for vm in state.vms_on(me)
+                    if vm.state is VmState.MIGRATING and vm.target_host == me]
+        if incoming and view.now - self.started < self.budget.moving_s:
+            return Wait(f"waiting out live migrations into this host: {', '.join(incoming)}")
         self.phase = Phase.SHUT_DOWN
         return Wait("shutting the VMs down next (libvirt read first)")
 

@@ -123,7 +123,11 @@ def _done(ctx: Ctx, host: Host, policy: ShutdownPolicy, stopped: dict[str, int],
 
 
 def _stop_until_back(ctx: Ctx, vm: Vm, why: str) -> None:
-    if vm.desired is Desired.STARTED:
+    if vm.desired is Desired.STARTED and vm.allowed_hosts and vm.host not in vm.allowed_hosts:
+        # its host limits changed while it ran there: it moves (as for a restart)
+        place(ctx, [vm], exclude=[vm.host], cause=f"{why}; {vm.host} is not among its "
+              "hosts any more")
+    elif vm.desired is Desired.STARTED:
         ctx.set_vm(vm, V.STARTING, f"{why}; starts again on {vm.host} when its peer returns",
                    placement=ctx.index)
     else:

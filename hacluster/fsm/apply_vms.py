@@ -112,6 +112,10 @@ def migrate_vm(ctx: Ctx, cmd: c.MigrateVm) -> None:
         raise Refused(f"VM {cmd.name} is {vm.state.value}; only a started VM can migrate", cmd.name)
     if cmd.target == vm.host:
         raise Refused(f"VM {cmd.name} already runs on {vm.host}", cmd.name)
+    source = ctx.state.hosts.get(vm.host)
+    if source is not None and source.shutdown:  # (its agent may have stopped already)
+        raise Refused(f"host {vm.host} is shutting down ({source.shutdown}): its peer "
+                      "decides where its VMs go", cmd.name)
     planner = placement.Planner(ctx.state, exclude=[vm.host])
     choice = planner.check(vm, cmd.target) if cmd.target else planner.choose(vm)
     if choice.host is None:

@@ -239,8 +239,8 @@ def heal_everything(world: World) -> None:
         host.peer.clock.wall_skew = 0.0
         world.resume_peer(name)
         world.power_on(name, "heal")
-        if host.peer.raft.status.value == "down":
-            world.restart_peer(name)
+        if host.peer.raft.status.value == "down" or host.peer.proc.shutdown is not None:
+            world.restart_peer(name)  # (a planned shutdown under way: its host is back)
 
 
 def _settle(world: World) -> None:

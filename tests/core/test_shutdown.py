@@ -266,3 +266,47 @@ def test_a_cluster_that_cannot_read_the_command_gets_the_old_clean_stop() -> Non
 def test_the_budget_keeps_time_back_for_the_vm_shutdowns_and_two_commits() -> None:
     assert sd.Budget(300.0, 30.0, 5.0).moving_s == 300.0 - 30.0 - 10.0 - sd.MARGIN_S
     assert sd.Budget(20.0, 30.0, 5.0).moving_s == 0.0
+
+
+def test_an_operator_cannot_migrate_a_vm_off_a_host_that_is_shutting_down() -> None:
+    cl = cluster("failover")
+    cl.add_vm("vm1")
+    host = cl.vm("vm1").host
+    cl.ok(c.PlannedShutdown(name=host, step="begin", policy="failover"))
+    events = cl.run(c.MigrateVm(name="vm1"))
+    assert "is shutting down (failover)" in only(events, "rejected")[0].message
+
+
+def test_a_migration_out_that_the_stopped_agent_never_ran_is_reported_failed() -> None:
+    cl = cluster("failover")
+    cl.add_vm("vm1")
+    host = cl.vm("vm1").host
+    cl.ok(c.MigrateVm(name="vm1"))  # committed, but the agent stops before it runs it
+    plan = sd.PlannedShutdown(host, 0.0)
+    now = 0.0
+    action = plan.step(view(cl, now))
+    cl.ok(action.command)  # type: ignore[union-attr]
+    plan.proposed(True, now)
+    assert isinstance(plan.step(view(cl, 0.1)), sd.StopAgent)
+    plan.agent_stopped(True)
+    assert plan.wants_domains
+    report = plan.step(view(cl, 0.2, domains={"vm1": RUN}))
+    assert isinstance(report, sd.Propose)
+    assert report.command == c.VmReport(name="vm1", host=host, placement=cl.vm("vm1").placement,
+                                        observed="migrate-failed", detail=sd.NOT_MIGRATED)
+    cl.ok(report.command)
+    plan.proposed(True, 0.2)
+    assert cl.vm("vm1").state is VmState.STARTED and cl.vm("vm1").host == host
+    plan.step(view(cl, 0.3, domains={"vm1": RUN}))  # nothing moves: shut down next
+    assert isinstance(plan.step(view(cl, 0.4, domains={"vm1": RUN})), sd.ShutDownVms)
+
+
+def test_stop_moves_a_vm_whose_host_limits_no_longer_name_its_host() -> None:
+    cl = cluster("stop")
+    cl.add_vm("vm1")
+    host = cl.vm("vm1").host
+    other = next(h for h in ("h1", "h2", "h3") if h != host)
+    cl.ok(c.SetVmOptions(name="vm1", allowed_hosts=(other,)))
+    cl.ok(c.PlannedShutdown(name=host, step="done", policy="stop",
+                            stopped=stopped_on(cl, host)))
+    assert cl.vm("vm1").host == other and cl.vm("vm1").state is VmState.STARTING
