@@ -22,6 +22,9 @@ def explain(state: ClusterState, name: str) -> list[str]:
 def _where(vm: Vm) -> str:
     if vm.state is VmState.MIGRATING:
         return f"{vm.name} is migrating from {vm.host} to {vm.target_host}"
+    if vm.state is VmState.FENCE:
+        return (f"{vm.name} is frozen on {vm.host} until its fence is confirmed (placement "
+                f"{vm.placement})")
     if vm.host:
         return f"{vm.name} is {vm.state.value} on {vm.host} (placement {vm.placement})"
     return f"{vm.name} is {vm.state.value} and placed on no host"
@@ -52,6 +55,10 @@ def _host_context(state: ClusterState, vm: Vm) -> list[str]:
     line = f"host {host.name} is {host.state.value}: {host.reason or '-'}"
     if host.state in (HostState.FENCING, HostState.FENCE_FAILED, HostState.FENCE_BLOCKED):
         line += " (its VMs wait until the fence is confirmed)"
+    if host.peer_stopped:
+        planned = f" for a planned shutdown ({host.shutdown})" if host.shutdown else ""
+        return [line, f"its peer is stopped{planned}: nothing protects this VM until it "
+                "returns"]
     return [line]
 
 
@@ -60,7 +67,7 @@ def _if_host_died(state: ClusterState, vm: Vm) -> str:
         return "if its host died now: it would not be restarted"
     exclude = [vm.host] if vm.host else []
     choice = Planner(state, exclude=exclude).choose(vm)
-    if choice.host is None:
-        return f"if its host died now: it would wait pending ({choice.reason})"
     died = f"if {vm.host} died now" if vm.host else "if placed now"
+    if choice.host is None:
+        return f"{died}: it would wait pending ({choice.reason})"
     return f"{died}: it would go to {choice.host} ({choice.reason})"
