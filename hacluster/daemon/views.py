@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hacluster.core.bmc import NO_ADDRESS, bmc_health
+from hacluster.fsm.apply import frozen_by_fences
 from hacluster.fsm.apply_fence import cap_reopens_at, fences_in_window
 from hacluster.fsm.apply_shutdown import policy_of
 from hacluster.fsm.events import Event
@@ -145,6 +146,10 @@ def waiting_for_operator(state: ClusterState) -> list[str]:
             out.append(f"vm {name} is {vm.state.value}: {vm.reason}")
     if state.settings.cluster_maintenance:
         out.append("cluster maintenance is on: no host will be fenced")
+        for name, vms in frozen_by_fences(state).items():
+            out.append(f"cluster maintenance holds the fence of {name}: its VMs stay frozen "
+                       f"({', '.join(vms) or 'none'}) -> hactl cluster maintenance off, or "
+                       f"hactl fence confirm {name} --reason TEXT")
     return out
 
 
