@@ -144,9 +144,15 @@ class AgentDriver:
             if older is None:
                 log.error("report not proposed", extra={"reason": str(exc)})
                 return
-            # a host of 0.1.0 cannot read it: a failed start it knows (caps apply)
-            log.warning("report sent as %s: %s", older.observed, exc)
-            outcome = await self.proposer.propose(older)
+            # a host of an older release cannot read it: what it reads instead
+            log.warning("report sent as %s v%d: %s", older.observed, older.wire_version(), exc)
+            try:
+                outcome = await self.proposer.propose(older)
+            except VersionGateError:
+                older = older.for_older_peers()  # (v3 -> v2 -> v1)
+                if older is None:
+                    return
+                outcome = await self.proposer.propose(older)
         for event in outcome.events:
             if event.kind == "rejected":
                 log.info("report refused", extra={"reason": event.message})
@@ -219,8 +225,9 @@ class AgentDriver:
         try:
             self.hypervisor.migrate(a.name, uri, self.migrate_timeout_s)
             return self._vm_report(a.name, a.placement, "migrated")
-        except HypervisorError as exc:
-            return self._vm_report(a.name, a.placement, "migrate-failed", str(exc))
+        except HypervisorError as exc:  # tried live again during a drain (apply_vms.py)
+            return c.VmReport(name=a.name, host=self.me, placement=a.placement,
+                              observed="migrate-failed", detail=str(exc), live_retry=True)
 
     async def drain(self) -> None:
         if self._tasks:
@@ -243,10 +250,7 @@ class AgentDriver:
 
 def _older_report(command: c.Command) -> c.VmReport | None:
     """What a peer of an older release reads in place of a newer report, if anything."""
-    if isinstance(command, c.VmReport) and command.observed in c.VM_REPORTS_V2:
-        return c.VmReport(name=command.name, host=command.host, placement=command.placement,
-                          observed="start-failed", detail=command.detail)
-    return None
+    return command.for_older_peers() if isinstance(command, c.VmReport) else None
 
 
 class HostReporter:

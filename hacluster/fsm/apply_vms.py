@@ -15,6 +15,7 @@ from hacluster.fsm.states import HostState, VmState
 from hacluster.fsm.validate import limits_problem
 
 V = VmState
+DRAIN_LIVE_ATTEMPTS = 3  # live migrations of one VM per drain move before stop and start
 
 
 def add_vm(ctx: Ctx, cmd: c.AddVm) -> None:
@@ -223,7 +224,7 @@ def _migrated(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
         raise _wrong_state(vm, cmd)
     why = f"live-migrated from {vm.host} to {vm.target_host}"
     vm = ctx.set_vm(vm, V.STARTED, why, host=vm.target_host, target_host="",
-                    placement=ctx.index)
+                    placement=ctx.index, migrate_tried=())
     if vm.desired is not Desired.STARTED:
         ctx.set_vm(vm, V.STOPPING, f"{why}; desired {vm.desired.value}")
 
@@ -234,15 +235,40 @@ def _migrate_failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
     detail = f"migration to {vm.target_host} failed: {cmd.detail or 'no detail'}"
     source = ctx.state.hosts.get(vm.host)
     if source is not None and source.state is HostState.DRAINING:
+        tried = (*vm.migrate_tried, vm.target_host)
+        if cmd.live_retry and _migrate_again(ctx, vm, tried, detail):
+            return
+        after = f" after {len(tried)} live attempts ({', '.join(tried)})" \
+            if cmd.live_retry else ""
         ctx.set_vm(
             vm,
             V.STOPPING,
-            f"{detail}; draining by stop and start instead",
+            f"{detail}; draining by stop and start instead{after}",
             target_host="",
             placement=ctx.index,
+            migrate_tried=(),
         )
     else:
         ctx.set_vm(vm, V.STARTED, f"{detail}; still on {vm.host}", target_host="")
+
+
+def _migrate_again(ctx: Ctx, vm: Vm, tried: tuple[str, ...], detail: str) -> bool:
+    """A drain's live migration failed: try live again, a target not tried yet first,
+    else the same one, while DRAIN_LIVE_ATTEMPTS allows (VmReport v3 `live_retry`)."""
+    if len(tried) >= DRAIN_LIVE_ATTEMPTS:
+        return False
+    choice = placement.Planner(ctx.state, exclude=[vm.host, *tried]).choose(vm)
+    target = choice.host
+    if target is None and vm.target_host in placement.Planner(ctx.state).hosts:
+        target, why = vm.target_host, "no other host fits; the same target again"
+    else:
+        why = choice.reason
+    if target is None:
+        return False
+    ctx.set_vm(vm, V.MIGRATING, f"{detail}; live migration again ({len(tried) + 1}/"
+               f"{DRAIN_LIVE_ATTEMPTS}) to {target} ({why})", target_host=target,
+               placement=ctx.index, migrate_tried=tried)
+    return True
 
 
 _REPORTS = {

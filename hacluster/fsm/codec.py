@@ -8,7 +8,7 @@ hosts and VMs sorted by name, so equal states give equal bytes (and digests).
 Formats 1 and 2 had no settings.probe_after_s, formats 1 to 3 no settings.fence_fallback,
 settings.watchdog_margin_s and host.watchdog, formats 1 to 4 no host.heartbeat_paths,
 host.storage_check and fence.storage, formats 1 to 5 no settings.shutdown_policy,
-host.shutdown_policy and host.shutdown: they load with their defaults.)
+host.shutdown_policy, host.shutdown and vm.migrate_tried: they load with their defaults.)
 
 What this peer cannot read, it never skips: `apply` raises `UnreadableEntry`, and a
 snapshot of a newer format raises `SnapshotTooNew`; both are `UnreadableLog`, on which
@@ -201,7 +201,7 @@ def decode_snapshot(data: bytes) -> ClusterState:
         )
     try:
         hosts = [decode_dataclass(Host, _padded(Host, h, found)) for h in doc["hosts"]]
-        vms = [decode_dataclass(Vm, v) for v in doc["vms"]]
+        vms = [decode_dataclass(Vm, _padded(Vm, v, found)) for v in doc["vms"]]
         state = ClusterState(
             hosts={h.name: h for h in hosts},
             vms={v.name: v for v in vms},
@@ -223,7 +223,8 @@ FIELDS_ADDED: dict[int, dict[type, tuple[str, ...]]] = {
     3: {Settings: ("probe_after_s",)},
     4: {Settings: ("fence_fallback", "watchdog_margin_s"), Host: ("watchdog",)},
     5: {Host: ("heartbeat_paths", "storage_check"), FenceRecord: ("storage",)},
-    6: {Settings: ("shutdown_policy",), Host: ("shutdown_policy", "shutdown")},
+    6: {Settings: ("shutdown_policy",), Host: ("shutdown_policy", "shutdown"),
+        Vm: ("migrate_tried",)},
 }
 
 
@@ -244,6 +245,8 @@ def _padded(cls: type, raw: Any, found: int) -> Any:
 def _default_record(cls: type) -> Any:
     if cls is Host:
         return Host(name="-")
+    if cls is Vm:
+        return Vm(name="-")
     if cls is FenceRecord:
         return FenceRecord(token=0, host="-", incident=0, attempt=0, action=FenceAction.OFF,
                            reason="", evidence="", requested_by="", requested_at=0.0)

@@ -417,19 +417,35 @@ VM_REPORTS_V2 = frozenset({"start-locked"})
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class VmReport(Command):
-    """Version 2 added the report "start-locked"."""
+    """Version 2 added the report "start-locked"; version 3 `live_retry`: a failed live
+    migration of a draining host is tried again live, to other targets too, before the
+    VM moves by stop and start (fsm/apply_vms.py); without it, at once (as before)."""
 
     TYPE = "vm-report"
-    VERSION = 2
-    READS = (1, 2)
+    VERSION = 3
+    READS = (1, 2, 3)
+    ADDED = (("live_retry", 3),)
     name: str
     host: str  # reporting host
     placement: int  # the placement index the report is about
     observed: str  # one of VM_REPORTS
     detail: str = ""
+    live_retry: bool = False
 
     def wire_version(self) -> int:
+        if self.live_retry:
+            return 3
         return 2 if self.observed in VM_REPORTS_V2 else 1
+
+    def for_older_peers(self) -> VmReport | None:
+        """What a peer of an older release reads in its place, if anything."""
+        if self.live_retry:
+            return VmReport(name=self.name, host=self.host, placement=self.placement,
+                            observed=self.observed, detail=self.detail)
+        if self.observed in VM_REPORTS_V2:  # (release 0.1.0: a failed start; caps apply)
+            return VmReport(name=self.name, host=self.host, placement=self.placement,
+                            observed="start-failed", detail=self.detail)
+        return None
 
 
 # ---------------------------------------------------------------- settings

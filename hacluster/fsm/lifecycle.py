@@ -201,6 +201,7 @@ def continue_drain(ctx: Ctx, host_name: str) -> None:
             f"draining {host_name}: live migration to {choice.host} ({choice.reason})",
             target_host=choice.host,
             placement=ctx.index,
+            migrate_tried=(),
         )
 
 

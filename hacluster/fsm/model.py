@@ -262,6 +262,7 @@ class Vm:
     relocates: int = 0
     reason: str = ""
     since: float = 0.0
+    migrate_tried: tuple[str, ...] = ()  # targets whose live migration failed in this move
 
 
 @dataclass(frozen=True, slots=True)

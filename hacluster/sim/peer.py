@@ -577,6 +577,12 @@ class SimPeer:
                 self.world.hypervisor_action(self, action)  # start, stop, destroy, migrate
 
     def report(self, command: c.Command) -> None:
+        while isinstance(command, c.VmReport) and not versions.admit(
+                self.proc.state, command.TYPE, command.wire_version()).admitted:
+            older = command.for_older_peers()  # (daemon/agent.py `_report`)
+            if older is None:
+                break
+            command = older
         key = (command.TYPE, getattr(command, "name", ""), getattr(command, "observed", ""),
                getattr(command, "placement", 0))
         if self.proc.throttle.allow(key, self.world.now):

@@ -455,7 +455,8 @@ class World:
 
         def report(observed: str, detail: str = "") -> c.Command:
             return c.VmReport(name=name, host=host.name, placement=placement,
-                              observed=observed, detail=detail)
+                              observed=observed, detail=detail,
+                              live_retry=observed == "migrate-failed")  # daemon/agent.py
 
         if self.vm_faults.fails(op, name, host.name):
             return report(f"{op}-failed", "sim fault")
