@@ -36,6 +36,9 @@ def _policy(vm: Vm) -> list[str]:
              f"{vm.relocates}/{vm.max_relocates}"]
     if vm.allowed_hosts:
         lines.append(f"host limits: only {', '.join(vm.allowed_hosts)}")
+    if vm.tried_hosts:
+        lines.append(f"failed on {', '.join(vm.tried_hosts)} since it last ran stably: a "
+                     "relocation tries the other eligible hosts first")
     if vm.anti_affinity:
         lines.append(f"anti-affinity group {vm.anti_affinity}: never shares a host with "
                      "another member")

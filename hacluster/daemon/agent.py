@@ -130,6 +130,7 @@ class AgentDriver:
     def _send_report(self, command: c.Command, reason: str) -> None:
         """Every report goes through the throttle: the one an action sends and the one
         the next reconcile would send for the same observation are one report."""
+        command = c.keeps_trying(command)  # (VmReport v3: see fsm/apply_vms.py)
         key = (command.TYPE, getattr(command, "name", ""), getattr(command, "observed", ""),
                getattr(command, "placement", 0))
         if self.throttle.allow(key, time.monotonic()):
@@ -225,9 +226,8 @@ class AgentDriver:
         try:
             self.hypervisor.migrate(a.name, uri, self.migrate_timeout_s)
             return self._vm_report(a.name, a.placement, "migrated")
-        except HypervisorError as exc:  # tried live again during a drain (apply_vms.py)
-            return c.VmReport(name=a.name, host=self.me, placement=a.placement,
-                              observed="migrate-failed", detail=str(exc), live_retry=True)
+        except HypervisorError as exc:
+            return self._vm_report(a.name, a.placement, "migrate-failed", str(exc))
 
     async def drain(self) -> None:
         if self._tasks:

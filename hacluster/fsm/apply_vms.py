@@ -96,7 +96,7 @@ def set_vm_desired(ctx: Ctx, cmd: c.SetVmDesired) -> None:
     ctx.emit(ev.VM_UPDATED, cmd.name, f"desired {cmd.desired.value}")
     if cmd.desired is Desired.STARTED:
         if vm.state in (V.STOPPED, V.ERROR):
-            vm = ctx.set_vm(vm, vm.state, vm.reason, restarts=0, relocates=0)
+            vm = ctx.set_vm(vm, vm.state, vm.reason, restarts=0, relocates=0, tried_hosts=())
             place(ctx, [vm])
         return
     why = f"{cmd.desired.value} by {ctx.origin or 'an operator'}"
@@ -171,7 +171,7 @@ def _failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
             target_host="",
         )
     elif vm.state in (V.STARTING, V.STARTED, V.RECOVERY) and cmd.host == vm.host:
-        restart_or_relocate(ctx, vm, detail)
+        restart_or_relocate(ctx, vm, detail, remember=cmd.keep_trying)
     else:
         raise _wrong_state(vm, cmd)
 
@@ -236,10 +236,10 @@ def _migrate_failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
     source = ctx.state.hosts.get(vm.host)
     if source is not None and source.state is HostState.DRAINING:
         tried = (*vm.migrate_tried, vm.target_host)
-        if cmd.live_retry and _migrate_again(ctx, vm, tried, detail):
+        if cmd.keep_trying and _migrate_again(ctx, vm, tried, detail):
             return
         after = f" after {len(tried)} live attempts ({', '.join(tried)})" \
-            if cmd.live_retry else ""
+            if cmd.keep_trying else ""
         ctx.set_vm(
             vm,
             V.STOPPING,
@@ -254,7 +254,7 @@ def _migrate_failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
 
 def _migrate_again(ctx: Ctx, vm: Vm, tried: tuple[str, ...], detail: str) -> bool:
     """A drain's live migration failed: try live again, a target not tried yet first,
-    else the same one, while DRAIN_LIVE_ATTEMPTS allows (VmReport v3 `live_retry`)."""
+    else the same one, while DRAIN_LIVE_ATTEMPTS allows (VmReport v3 `keep_trying`)."""
     if len(tried) >= DRAIN_LIVE_ATTEMPTS:
         return False
     choice = placement.Planner(ctx.state, exclude=[vm.host, *tried]).choose(vm)

@@ -8,7 +8,8 @@ hosts and VMs sorted by name, so equal states give equal bytes (and digests).
 Formats 1 and 2 had no settings.probe_after_s, formats 1 to 3 no settings.fence_fallback,
 settings.watchdog_margin_s and host.watchdog, formats 1 to 4 no host.heartbeat_paths,
 host.storage_check and fence.storage, formats 1 to 5 no settings.shutdown_policy,
-host.shutdown_policy, host.shutdown and vm.migrate_tried: they load with their defaults.)
+host.shutdown_policy, host.shutdown, vm.migrate_tried and vm.tried_hosts: they load with
+their defaults.)
 
 What this peer cannot read, it never skips: `apply` raises `UnreadableEntry`, and a
 snapshot of a newer format raises `SnapshotTooNew`; both are `UnreadableLog`, on which
@@ -224,7 +225,7 @@ FIELDS_ADDED: dict[int, dict[type, tuple[str, ...]]] = {
     4: {Settings: ("fence_fallback", "watchdog_margin_s"), Host: ("watchdog",)},
     5: {Host: ("heartbeat_paths", "storage_check"), FenceRecord: ("storage",)},
     6: {Settings: ("shutdown_policy",), Host: ("shutdown_policy", "shutdown"),
-        Vm: ("migrate_tried",)},
+        Vm: ("migrate_tried", "tried_hosts")},
 }
 
 

@@ -413,33 +413,45 @@ VM_REPORTS = (
 )
 # Reports that version 1 of VmReport cannot carry (release 0.1.0 refuses them).
 VM_REPORTS_V2 = frozenset({"start-locked"})
+# Reports this release sends with keep_trying (VmReport v3).
+KEEP_TRYING_REPORTS = frozenset({"start-failed", "crashed", "migrate-failed"})
+
+
+def keeps_trying(command: Command) -> Command:
+    """The report as this release sends it: failures that keep trying (VmReport v3)."""
+    if isinstance(command, VmReport) and command.observed in KEEP_TRYING_REPORTS:
+        return VmReport(name=command.name, host=command.host, placement=command.placement,
+                        observed=command.observed, detail=command.detail, keep_trying=True)
+    return command
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class VmReport(Command):
-    """Version 2 added the report "start-locked"; version 3 `live_retry`: a failed live
-    migration of a draining host is tried again live, to other targets too, before the
-    VM moves by stop and start (fsm/apply_vms.py); without it, at once (as before)."""
+    """Version 2 added the report "start-locked"; version 3 `keep_trying` (issue 13: do
+    not give up early, fsm/apply_vms.py): a failed live migration of a draining host is
+    tried again live, to other targets too, before the VM moves by stop and start; a VM
+    that failed to start or crashed remembers the host, and relocations try every
+    eligible host before it goes to error. Without it, as before."""
 
     TYPE = "vm-report"
     VERSION = 3
     READS = (1, 2, 3)
-    ADDED = (("live_retry", 3),)
+    ADDED = (("keep_trying", 3),)
     name: str
     host: str  # reporting host
     placement: int  # the placement index the report is about
     observed: str  # one of VM_REPORTS
     detail: str = ""
-    live_retry: bool = False
+    keep_trying: bool = False
 
     def wire_version(self) -> int:
-        if self.live_retry:
+        if self.keep_trying:
             return 3
         return 2 if self.observed in VM_REPORTS_V2 else 1
 
     def for_older_peers(self) -> VmReport | None:
         """What a peer of an older release reads in its place, if anything."""
-        if self.live_retry:
+        if self.keep_trying:
             return VmReport(name=self.name, host=self.host, placement=self.placement,
                             observed=self.observed, detail=self.detail)
         if self.observed in VM_REPORTS_V2:  # (release 0.1.0: a failed start; caps apply)

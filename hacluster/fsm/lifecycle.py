@@ -60,15 +60,18 @@ def stop_here(ctx: Ctx, vm: Vm, reason: str) -> None:
     ctx.set_vm(vm, V.STOPPED, reason, host="", target_host="")
 
 
-def restart_or_relocate(ctx: Ctx, vm: Vm, why: str) -> None:
-    """A VM that should run failed on vm.host: restart in place, then relocate, then error."""
+def restart_or_relocate(ctx: Ctx, vm: Vm, why: str, remember: bool = False) -> None:
+    """A VM that should run failed on vm.host: restart in place, then relocate, then error.
+    `remember` (a report of this release, VmReport v3 keep_trying): the hosts it failed
+    on are kept, a relocation goes to an eligible host not tried yet, and the VM goes to
+    error only once every eligible host was tried and the relocate cap is used up."""
     if vm.ha is HaPolicy.NONE or vm.desired is not Desired.STARTED:
         stop_here(
             ctx, vm, f"{why}; not restarted (HA policy {vm.ha.value}, desired {vm.desired.value})"
         )
         return
     if vm.state is V.STARTED and ctx.now - vm.since >= ctx.state.settings.vm_stable_s:
-        vm = ctx.set_vm(vm, vm.state, vm.reason, restarts=0, relocates=0)
+        vm = ctx.set_vm(vm, vm.state, vm.reason, restarts=0, relocates=0, tried_hosts=())
     host = ctx.state.hosts.get(vm.host)
     if vm.allowed_hosts and vm.host not in vm.allowed_hosts:
         # its host limits changed while it ran there: it moves, and that is no failure
@@ -85,15 +88,23 @@ def restart_or_relocate(ctx: Ctx, vm: Vm, why: str) -> None:
             placement=ctx.index,
         )
         return
-    if vm.relocates < vm.max_relocates:
-        vm = ctx.set_vm(vm, vm.state, why, restarts=0, relocates=vm.relocates + 1)
-        place(ctx, [vm], exclude=[vm.host],
-              cause=f"{why}; relocation {vm.relocates}/{vm.max_relocates}")
+    tried = tuple(sorted({*vm.tried_hosts, vm.host})) if remember else ()
+    untried = remember and placement.Planner(ctx.state, exclude=tried).choose(vm).host
+    if vm.relocates < vm.max_relocates or untried:
+        vm = ctx.set_vm(vm, vm.state, why, restarts=0, relocates=vm.relocates + 1,
+                        tried_hosts=tried)
+        count = f"{vm.relocates}/{vm.max_relocates}" if vm.relocates <= vm.max_relocates \
+            else f"{vm.relocates}, beyond the cap to a host not tried yet"
+        shown = f" (tried: {', '.join(tried)})" if tried else ""
+        place(ctx, [vm], exclude=tried if untried else [vm.host],
+              cause=f"{why}; relocation {count}{shown}")
         return
+    every = f"; every eligible host tried ({', '.join(tried)})" if remember else ""
     ctx.set_vm(
         vm,
         V.ERROR,
-        f"{why}; restart cap {vm.max_restarts} and relocate cap {vm.max_relocates} used up",
+        f"{why}; restart cap {vm.max_restarts} and relocate cap {vm.max_relocates} used "
+        f"up{every}",
         host="",
         target_host="",
     )

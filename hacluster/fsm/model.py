@@ -263,6 +263,7 @@ class Vm:
     reason: str = ""
     since: float = 0.0
     migrate_tried: tuple[str, ...] = ()  # targets whose live migration failed in this move
+    tried_hosts: tuple[str, ...] = ()  # hosts it failed on since it last ran stably
 
 
 @dataclass(frozen=True, slots=True)

@@ -577,6 +577,7 @@ class SimPeer:
                 self.world.hypervisor_action(self, action)  # start, stop, destroy, migrate
 
     def report(self, command: c.Command) -> None:
+        command = c.keeps_trying(command)  # (daemon/agent.py `_send_report`)
         while isinstance(command, c.VmReport) and not versions.admit(
                 self.proc.state, command.TYPE, command.wire_version()).admitted:
             older = command.for_older_peers()  # (daemon/agent.py `_report`)

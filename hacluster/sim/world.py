@@ -455,8 +455,7 @@ class World:
 
         def report(observed: str, detail: str = "") -> c.Command:
             return c.VmReport(name=name, host=host.name, placement=placement,
-                              observed=observed, detail=detail,
-                              live_retry=observed == "migrate-failed")  # daemon/agent.py
+                              observed=observed, detail=detail)
 
         if self.vm_faults.fails(op, name, host.name):
             return report(f"{op}-failed", "sim fault")

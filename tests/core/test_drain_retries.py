@@ -1,4 +1,4 @@
-"""A drain's failed live migration is tried again live (VmReport v3 `live_retry`), to a
+"""A drain's failed live migration is tried again live (VmReport v3 `keep_trying`), to a
 target not tried yet first, before the VM moves by stop and start; older reports keep
 the old behaviour, so peers of two releases apply the same log alike."""
 
@@ -24,11 +24,11 @@ def draining() -> tuple[Cluster, str]:
     return cl, source
 
 
-def failed(cl: Cluster, live_retry: bool = True) -> None:
+def failed(cl: Cluster, keep_trying: bool = True) -> None:
     vm = cl.vm("vm1")
     cl.ok(c.VmReport(name="vm1", host=vm.host, placement=vm.placement,
                      observed="migrate-failed", detail="connection reset",
-                     live_retry=live_retry))
+                     keep_trying=keep_trying))
 
 
 def test_a_failed_drain_migration_is_tried_again_live_on_another_target() -> None:
@@ -55,16 +55,16 @@ def test_after_the_bounded_attempts_it_moves_by_stop_and_start() -> None:
     assert f"after {DRAIN_LIVE_ATTEMPTS} live attempts ({', '.join(targets)})" in vm.reason
 
 
-def test_a_report_without_live_retry_stops_and_starts_at_once_as_before() -> None:
+def test_a_report_without_keep_trying_stops_and_starts_at_once_as_before() -> None:
     cl, _ = draining()
-    failed(cl, live_retry=False)
+    failed(cl, keep_trying=False)
     assert cl.vm_state("vm1") is VmState.STOPPING
     assert cl.vm("vm1").reason.endswith("draining by stop and start instead")
 
 
-def test_the_live_retry_report_is_version_3_and_falls_back_for_older_peers() -> None:
+def test_the_keep_trying_report_is_version_3_and_falls_back_for_older_peers() -> None:
     report = c.VmReport(name="vm1", host="h1", placement=3, observed="migrate-failed",
-                        live_retry=True)
+                        keep_trying=True)
     assert report.wire_version() == 3
     decoded = decode_command(encode_command(c.Envelope(report)))
     assert isinstance(decoded, c.Envelope) and decoded.command == report

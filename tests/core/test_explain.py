@@ -60,6 +60,13 @@ def anti_affinity(cl: Cluster) -> None:
     cl.add_vm("db2", anti_affinity="dbs")
 
 
+def relocated(cl: Cluster) -> None:
+    cl.add_vm("db", max_restarts=0)
+    vm = cl.vm("db")
+    cl.ok(c.VmReport(name="db", host=vm.host, placement=vm.placement, observed="crashed",
+                     keep_trying=True))
+
+
 def planned_shutdown(cl: Cluster) -> None:
     cl.add_vm("db")
     cl.ok(c.PlannedShutdown(name="h2", step="done", policy="freeze"))
@@ -138,6 +145,15 @@ CASES = [
         "desired started, HA policy restart, priority 0, restarts 1/2, relocations 0/1",
         "host h2 is online: agent ready",
         "if h2 died now: it would go to h1 (most free memory (4096 MiB before placing))")),
+    Case("a relocation remembers where it failed", relocated, (
+        "db is starting on h1 (placement {p})",
+        "why: crashed on h2; relocation 1/1 (tried: h2); placed on h1: most free memory "
+        "(4096 MiB before placing)",
+        "desired started, HA policy restart, priority 0, restarts 0/0, relocations 1/1",
+        "failed on h2 since it last ran stably: a relocation tries the other eligible hosts "
+        "first",
+        "host h1 is online: agent ready",
+        "if h1 died now: it would go to h2 (most free memory (8192 MiB before placing))")),
     Case("its peer stopped for a planned shutdown", planned_shutdown, (
         "db is started on h2 (placement {p})",
         "...",

@@ -149,10 +149,10 @@ def test_format_1_is_migrated_with_no_announcements() -> None:
 
 def _before_format_6(doc: dict[str, Any]) -> None:
     """No settings.shutdown_policy, host.shutdown_policy, host.shutdown,
-    vm.migrate_tried."""
+    vm.migrate_tried, vm.tried_hosts."""
     doc["settings"] = doc["settings"][:-1]
     doc["hosts"] = [h[:-2] for h in doc["hosts"]]
-    doc["vms"] = [v[:-1] for v in doc["vms"]]
+    doc["vms"] = [v[:-2] for v in doc["vms"]]
 
 
 def _before_format_5(doc: dict[str, Any]) -> None:
