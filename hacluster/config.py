@@ -128,6 +128,25 @@ class StorageConfig:
 @dataclass(frozen=True)
 class NotifyConfig:
     hook: str = ""  # executable; gets one JSON event on stdin per notification
+    webhook_url: str = ""  # http(s) URL; gets each notification's JSON as a POST
+    webhook_token_file: str = ""  # its first line is sent as "Authorization: Bearer ..."
+    webhook_timeout_s: float = 5.0  # one POST, to its answer
+    attempts: int = 4  # tries per notification and channel (1: no retry)
+    retry_backoff_s: float = 2.0  # the first pause between tries; doubles
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    address: str = ""  # host:port of the Prometheus endpoint (/metrics); "" = off
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    """The event history on this peer (daemon/history.py)."""
+
+    dir: str = ""  # "" = DATA_DIR/history
+    max_mib: int = 64  # the oldest records go beyond this size ...
+    max_age_days: float = 90.0  # ... or this age
 
 
 @dataclass(frozen=True)
@@ -148,6 +167,8 @@ class Config:
     log: LogConfig = LogConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
     storage: StorageConfig = StorageConfig()
+    history: HistoryConfig = HistoryConfig()
+    metrics: MetricsConfig = MetricsConfig()
     raft: RaftSettings = field(default_factory=RaftSettings)
     source: str = "<defaults>"
 
@@ -161,6 +182,7 @@ SECTIONS: dict[str, type] = {
     "hypervisor": HypervisorConfig, "rpc": RpcConfig, "timing": TimingConfig,
     "notify": NotifyConfig, "log": LogConfig, "watchdog": WatchdogConfig,
     "storage": StorageConfig,
+    "history": HistoryConfig, "metrics": MetricsConfig,
 }
 
 
@@ -262,6 +284,8 @@ def config_problem(c: Config) -> str:
             checks.append(_address_problem("[cluster] peers", addr))
     checks.append(_address_problem("[rpc] tcp_address", c.rpc.tcp_address)
                   if c.rpc.tcp_address else "")
+    checks.append(_address_problem("[metrics] address", c.metrics.address)
+                  if c.metrics.address else "")
     checks.append("" if c.rpc.max_frame_bytes >= 1024 else
                   f"[rpc] max_frame_bytes: must be >= 1024, got {c.rpc.max_frame_bytes}")
     checks.append("" if c.rpc.max_connections > 0 else "[rpc] max_connections: must be > 0")
@@ -277,7 +301,16 @@ def config_problem(c: Config) -> str:
         problem := heartbeat_paths_problem(c.storage.heartbeat_paths)) else "")
     checks.append("" if 1 <= c.storage.checks <= 100 else
                   f"[storage] checks: must be 1..100, got {c.storage.checks}")
-    for section in (c.hypervisor, c.timing, c.rpc, c.watchdog, c.storage):
+    checks.append("" if c.history.max_mib >= 1 else
+                  f"[history] max_mib: must be >= 1, got {c.history.max_mib}")
+    checks.append("" if math.isfinite(c.history.max_age_days) and c.history.max_age_days > 0
+                  else f"[history] max_age_days: must be > 0, got {c.history.max_age_days}")
+    checks.append("" if not c.notify.webhook_url or c.notify.webhook_url.startswith(
+        ("http://", "https://")) else
+        f"[notify] webhook_url: expected http://... or https://..., got {c.notify.webhook_url!r}")
+    checks.append("" if 1 <= c.notify.attempts <= 20 else
+                  f"[notify] attempts: must be 1 to 20, got {c.notify.attempts}")
+    for section in (c.hypervisor, c.timing, c.rpc, c.watchdog, c.storage, c.notify):
         for f in dataclasses.fields(section):
             value = getattr(section, f.name)
             if f.name.endswith("_s") and not (math.isfinite(value) and value > 0):

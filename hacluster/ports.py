@@ -213,4 +213,7 @@ class ReplicatedLog(Protocol):
 
 
 class Notifier(Protocol):
+    """Delivers one notification (daemon/notify.py); raises if it could not (it is
+    retried, daemon/delivery.py)."""
+
     def notify(self, event: dict[str, object]) -> None: ...

@@ -33,7 +33,8 @@ LAYERS = {
 }
 ADAPTERS = ("hacluster.raft", "hacluster.fence", "hacluster.hypervisor", "hacluster.secrets")
 ONE_ADAPTER = {"pysyncobj": "hacluster.raft", "pyghmi": "hacluster.fence",
-               "libvirt": "hacluster.hypervisor", "libvirtaio": "hacluster.hypervisor"}
+               "libvirt": "hacluster.hypervisor", "libvirtaio": "hacluster.hypervisor",
+               "prometheus_client": "hacluster.daemon.metrics"}
 
 
 def module_name(path: Path) -> str:

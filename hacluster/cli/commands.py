@@ -4,8 +4,10 @@ One table drives the argument parser, the interactive shell and its completion."
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,34 @@ def parse_pairs(items: list[str]) -> dict[str, Any]:
                 continue
         out[key] = value
     return out
+
+
+AGES = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(text: str, now: float) -> float:
+    """A point in time as seconds since the epoch: ISO 8601 (local time unless it names
+    its zone), @EPOCH, or an age before now (90s, 30m, 2h, 7d)."""
+    text = text.strip()
+    try:
+        if text.startswith("@"):
+            return float(text[1:])
+        if text[-1:] in AGES and text[:-1].replace(".", "", 1).isdigit():
+            return now - float(text[:-1]) * AGES[text[-1]]
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (use 2026-01-02T10:00, @EPOCH, or an age "
+                         "such as 30m, 2h, 7d)") from None
+
+
+def _events(a: argparse.Namespace) -> dict[str, Any]:
+    now = time.time()
+    params: dict[str, Any] = {"follow": a.follow, "last": a.last,
+                              **{k: v for k in ("host", "vm") if (v := getattr(a, k))}}
+    for key in ("since", "until"):
+        if getattr(a, key):
+            params[key] = parse_time(getattr(a, key), now)
+    return params
 
 
 def _vm_options(a: argparse.Namespace) -> dict[str, Any]:
@@ -204,11 +234,24 @@ COMMANDS: tuple[Spec, ...] = (
          "on: disable all fencing (hosts stay suspect); off: enable",
          ("hactl cluster maintenance on",), lambda a: {"on": a.mode == "on"},
          ((("mode",), {"choices": ["on", "off"]}),)),
-    Spec(("events",), "events", "recent events; --follow keeps printing new ones",
-         ("hactl events --follow", "hactl --json events --last 500"),
-         lambda a: {"follow": a.follow, "last": a.last},
+    Spec(("events",), "events",
+         "the event history: changes, decisions and who wrote what; --follow keeps printing",
+         ("hactl events --follow", "hactl events --vm db1 --since 2h",
+          "hactl events --host h2 --since '2026-01-02 10:00' --until '2026-01-02 11:00'",
+          "hactl --json events --last 500"),
+         _events,
          ((("--follow", "-f"), {"action": "store_true"}),
-          (("--last",), {"type": int, "default": 50})), streamed=True),
+          (("--last",), {"type": int, "default": 50, "help": "at most this many (newest)"}),
+          (("--host",), {"help": "only what concerns this host"}),
+          (("--vm",), {"help": "only what concerns this VM"}),
+          (("--since",), {"metavar": "TIME", "help": "from TIME: 2026-01-02[T10:00[:00]] "
+                          "(local time unless it ends in Z or +HH:MM), @EPOCH, or an age "
+                          "such as 90s, 30m, 2h, 7d"}),
+          (("--until",), {"metavar": "TIME", "help": "up to TIME (as --since)"})),
+         streamed=True),
+    Spec(("history",), "history.status",
+         "where this peer keeps its event history, its size, damage found at start",
+         ("hactl history",), _none, render=lambda r: render.history_status(r["history"])),
     Spec(("config", "show"), "config.show", "this peer's configuration (no secrets)",
          ("hactl config show",), _none,
          render=lambda r: "\n".join(render.block(f"[{k}]", v) for k, v in r["config"].items()

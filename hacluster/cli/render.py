@@ -168,4 +168,19 @@ def block(title: str, doc: dict[str, Any]) -> str:
 
 def event_line(e: dict[str, Any]) -> str:
     subject = f" {e['subject']}" if e["subject"] else ""
-    return f"[{e['index']}] {e['kind']}{subject}: {e['message']}"
+    line = f"[{e['index']}] {e['kind']}{subject}: {e['message']}"
+    if "time" not in e:  # an event as a write returns it
+        return line
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
+    who = f" (by {e['origin']})" if e.get("origin") and not e.get("local") else ""
+    return f"{when}.{int(e['time'] % 1 * 1000):03d} {line}{who}"
+
+
+def history_status(h: dict[str, Any]) -> str:
+    state = f"NOT ON DISK: {h['error']}" if h["error"] else "on disk"
+    lines = [f"history in {h['directory']}: {state}",
+             f"  {h['bytes']} bytes in {h['segments']} segment(s), at most {h['max_bytes']} "
+             f"bytes and {h['max_age_s'] / 86400:g} days",
+             f"  damaged lines skipped: {h['damaged_lines']}, records dropped: {h['dropped']}"]
+    lines += [f"  found on open: {p}" for p in h["problems"]]
+    return "\n".join(lines)

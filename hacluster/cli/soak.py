@@ -20,14 +20,22 @@ one-way cuts (the leader's too), packet loss between chosen hosts, BMCs slow,
 unreachable, frozen or rejecting credentials, a full or read-only data directory,
 CPU starvation, a peer restarted from an old copy of its journal.
 
+Without --watchdog a dead chassis cannot be proven off: the cluster waits for an
+operator, and the soak (as the operator) confirms once the cluster shows the host
+fence-failed; each wait is listed, it is no violation. With --watchdog every host
+has a (lab-emulated) watchdog that its peer feeds only while a leader acknowledges
+it: nobody confirms anything, and the dead chassis's VMs must run elsewhere within
+--recovery-bound of its death, while it is still dark.
+
 After each heal the soak powers on what is off and starts peers that died, then
 waits for every VM to run again. A checker that reads only the observer (libvirt
 on every host, 20 Hz), the BMCs' power logs and the fault record (and the peers
 at the end) judges the run: no VM on two powered hosts at once; no VM of a host
-started elsewhere before that host's power-off (or an operator's confirm when its
-BMC could not be read); IPMI power-offs within the cap; no false fence (a host
-powered off while its peer ran, not paused, reaching a majority); every VM back
-within --recovery-bound after each heal; at the end every peer with the same
+started elsewhere before that host's power-off (or, when its BMC could not be read,
+an operator's confirm or its watchdog's certain reset); IPMI power-offs within the
+cap; no false fence (a host powered off by IPMI or by its watchdog while its peer
+ran, not paused, reaching a majority); every VM back within --recovery-bound
+after each heal; at the end every peer with the same
 state digest at the same index, no VM, setting or fence record lost.
 
 Prints every fault with its times, every violation with its evidence, and the
@@ -41,7 +49,9 @@ EPILOG = """\
 examples:
   hacluster soak --hosts 5 --vms 40 --duration 10m --seed 7
   hacluster soak --duration 3m --seed 7 --profile fast --json
-  hacluster soak --kinds loss --loss 30-30 --duration 5m      # loss tolerance only
+  hacluster soak --duration 30m --seed 7 --watchdog            # self-fencing (10 s / 10 s)
+  hacluster soak --profile fast --watchdog 1.5:2.5 --kinds chassis-death,split
+  hacluster soak --kinds loss --loss 30 --loss-hosts 5 --hold 60s --duration 5m  # loss tolerance
   hacluster soak --hosts 3 --vms 10 --duration 90s --isolation loopback
 fault kinds: """
 
@@ -67,6 +77,25 @@ def parse_range(text: str) -> tuple[int, int]:
     return low, int(match.group(2) or low)
 
 
+def _watchdogs() -> dict[str, tuple[float, float]]:
+    from hacluster.lab.soak import WATCHDOGS
+
+    return WATCHDOGS
+
+
+def parse_watchdog(text: str | None, profile: str) -> tuple[float, float] | None:
+    """None (no watchdog), "profile" (that profile's), or "TIMEOUT:SELF_FENCE"."""
+    if text is None:
+        return None
+    if text == "profile":
+        return _watchdogs()[profile]
+    match = re.fullmatch(r"(\d+(?:\.\d+)?):(\d+(?:\.\d+)?)", text.strip())
+    if match is None:
+        raise ValueError(f"--watchdog takes TIMEOUT:SELF_FENCE in seconds (e.g. 10:10), "
+                         f"not {text!r}")
+    return float(match.group(1)), float(match.group(2))
+
+
 def add_parser(sub: Any) -> None:
     from hacluster.lab.nemesis.schedule import KINDS
 
@@ -88,6 +117,17 @@ def add_parser(sub: Any) -> None:
     soak.add_argument("--kinds", default="", help="only these fault kinds, comma-separated")
     soak.add_argument("--loss", type=parse_range, default=(10, 50),
                       help="packet loss range of the loss faults, percent (default 10-50)")
+    soak.add_argument("--watchdog", nargs="?", const="profile", default=None,
+                      metavar="TIMEOUT:SELF_FENCE",
+                      help="give every host a watchdog (lab-emulated) and its peer self-fencing:"
+                      " seconds before the watchdog resets an unfed host, and seconds without"
+                      " a leader's acknowledgement before the peer gives up (default per "
+                      "profile: " + ", ".join(f"{p} {t:g}:{f:g}" for p, (t, f)
+                                               in _watchdogs().items()) + ")")
+    soak.add_argument("--hold", type=parse_duration, default=0.0,
+                      help="hold every fault this long (default: a random time per kind)")
+    soak.add_argument("--loss-hosts", type=int, default=0,
+                      help="loss faults between this many hosts (default: 2 to all, random)")
     soak.add_argument("--recovery-bound", type=parse_duration, default=90.0,
                       help="every VM must run again this long after a heal (default 90s)")
     soak.add_argument("--dir", default="", help="lab directory (default: a new one in /tmp)")
@@ -104,9 +144,11 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip()) or KINDS
     try:
+        watchdog = parse_watchdog(args.watchdog, args.profile)
         config = SoakConfig(hosts=args.hosts, vms=args.vms, duration_s=args.duration,
                             seed=args.seed, profile=args.profile, isolation=args.isolation,
                             kinds=kinds, loss=args.loss, recovery_bound_s=args.recovery_bound,
+                            watchdog=watchdog, hold_s=args.hold, loss_hosts=args.loss_hosts,
                             root=args.dir, keep=args.keep)
     except ValueError as exc:
         print(f"hacluster soak: {exc}", file=sys.stderr)

@@ -10,13 +10,20 @@ Safety rules:
 - A live local copy of a managed VM the state places elsewhere is destroyed
   (fresh state only); incoming migrations are never touched.
 - A failed stop is reported, never ignored: the leader then fences this host.
+- The domain list is a picture of a past moment (`LibvirtRead`): it says nothing
+  about a VM whose operation here was in flight when it was taken (the operation
+  may have finished since), and a domain missing from it counts only against a
+  VM state already committed when it was taken. Otherwise a start (or an incoming
+  migration) that finished and committed after the read looks like a crash, the
+  VM is relocated, and its first copy still runs: two copies (soak seed 11,
+  scenario 41).
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hacluster.fsm import commands as c
 from hacluster.fsm.model import ClusterState, Desired, Vm, stop_failure
@@ -84,6 +91,29 @@ class Report:
 AgentAction = StartVm | StopVm | DestroyVm | MigrateVm | Report
 
 
+@dataclass(frozen=True, slots=True)
+class LibvirtRead:
+    """What the agent knew when it read the domain list: the VMs with an operation in
+    flight here, and the state and placement the committed state gave each VM held
+    by this host (placed here or migrating here)."""
+
+    busy: frozenset[str] = frozenset()
+    held: Mapping[str, tuple[VmState, int]] = field(default_factory=dict)
+
+
+def libvirt_read(me: str, state: ClusterState, busy: frozenset[str]) -> LibvirtRead:
+    """Take this right before reading the domain list, and decide with both."""
+    held = {name: (state.vms[name].state, state.vms[name].placement)
+            for name in state.vms_by_host.get(me, ()) if name in state.vms}
+    return LibvirtRead(busy, held)
+
+
+def _absence_counts(read: LibvirtRead | None, vm: Vm) -> bool:
+    """May a domain missing from the list judge this VM: was its state already
+    committed when the list was read? (None: read with this very state.)"""
+    return read is None or read.held.get(vm.name) == (vm.state, vm.placement)
+
+
 def reconcile(
     me: str,
     state: ClusterState,
@@ -91,11 +121,16 @@ def reconcile(
     busy: frozenset[str] = frozenset(),
     fresh: bool = False,
     capacity: tuple[int, int] = (0, 0),
+    read: LibvirtRead | None = None,
 ) -> list[AgentAction]:
-    """What to do now. `busy`: VMs with an operation still running here."""
+    """What to do now. `busy`: VMs with an operation still running here; `read`: what
+    the agent knew when it read `domains` (None: it read them with this very state,
+    nothing in flight then that is not in flight now)."""
     host = state.hosts.get(me)
     if host is None or host.state is HostState.REMOVED:
         return []
+    if read is not None:
+        busy = busy | read.busy  # a list read mid-operation tells nothing of that VM
     out: list[AgentAction] = []
     may_start = fresh and host.state in MAY_START
     # Only VMs placed here (or migrating here) and VMs with a local domain can need
@@ -106,7 +141,8 @@ def reconcile(
             continue
         vm = state.vms[name]
         stop_failed = host.fence_wanted.startswith(stop_failure(name))
-        action = _for_vm(me, vm, domains.get(name), may_start, fresh, stop_failed)
+        action = _for_vm(me, vm, domains.get(name), may_start, fresh, stop_failed,
+                         _absence_counts(read, vm))
         if action is not None:
             out.append(action)
     needs_ready = host.state in (HostState.JOINING, HostState.FENCED) or (
@@ -135,11 +171,13 @@ def _report(vm: Vm, me: str, observed: str, detail: str, reason: str) -> Report:
 
 def _for_vm(
     me: str, vm: Vm, dom: DomainState | None, may_start: bool, fresh: bool,
-    stop_failed: bool = False,
+    stop_failed: bool = False, absence_counts: bool = True,
 ) -> AgentAction | None:
     live = dom in LIVE
     seen = dom.value if dom else "not defined"
     if vm.host == me:
+        if not live and not absence_counts and vm.state not in (V.STARTING, V.RECOVERY):
+            return None  # committed after the list was read: judge it on the next one
         return _placed_here(me, vm, dom, live, seen, may_start, stop_failed)
     if vm.target_host == me and vm.state in (V.MIGRATING, V.FENCE):
         return None  # incoming migration: the source agent drives it

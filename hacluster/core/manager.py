@@ -371,7 +371,12 @@ class Manager(QuorumGuard):
         due = self.watchdog_fenced_at(state, host)
         failure = last_failure(state, record) if record is not None else None
         if failure is None or due is None or now < due:
-            return None  # (a retry still running does not matter: the watchdog is enough)
+            return None
+        if self._attempt_under_way(state, host):
+            # its BMC may answer it yet (the chassis repaired) and power off a host we
+            # would have counted fenced and that came back since: its outcome first
+            # (within fence_timeout_s; scenario 43)
+            return None
         if self.guard_problem(state, host.name, now):
             return None  # as for any fence: a majority must be there to confirm it
         gate = self.storage.gate(host, strict=True, now=now)  # no read-back: quiet only
@@ -387,6 +392,15 @@ class Manager(QuorumGuard):
                                          evidence=evidence, storage=storage),
                        f"fence-result:{host.name}", f"{host.name} reset by its watchdog: "
                        f"{evidence}")
+
+    def _attempt_under_way(self, state: ClusterState, host: Host) -> bool:
+        """An attempt of ours on the host is committed and not run yet, or runs."""
+        record = state.fence_record(host.fence_token)
+        if record is not None and record.result is FenceResult.PENDING and \
+                host.fence_token in self._my_tokens and host.fence_token not in self._results:
+            return True
+        return any((r := state.fence_record(t)) is not None and r.host == host.name
+                   for t in self._fencing)
 
     def _fence_outcome_pending(self, token: int) -> bool:
         """A fence of ours for this token runs, or its outcome has not committed yet."""

@@ -84,25 +84,29 @@ class AgentDriver:
 
     async def reconcile_once(self) -> None:
         loop = asyncio.get_running_loop()
-        # Read libvirt *before* the freshness barrier: see core/agent.py.
+        # What we knew as we read libvirt (core/agent.py LibvirtRead), and libvirt
+        # *before* the freshness barrier (core/agent.py).
+        with self.replica.read() as state:
+            read = ag.libvirt_read(self.me, state, frozenset(self.busy))
         domains = await loop.run_in_executor(self.pool, self.hypervisor.list_domains)
         local = {d.name: d.state for d in domains}
-        if self._needs_freshness(local):
+        if self._needs_freshness(local, read):
             fresh = await self.fresh()
-            actions = self._decide(local, fresh)
+            actions = self._decide(local, fresh, read)
         else:  # nothing that needs fresh state: skip the barrier round trip
-            actions = self._decide(local, False)
+            actions = self._decide(local, False, read)
         for action in actions:
             self._act(action)
 
-    def _decide(self, local: dict[str, DomainState], fresh: bool) -> list[ag.AgentAction]:
+    def _decide(self, local: dict[str, DomainState], fresh: bool,
+                read: ag.LibvirtRead) -> list[ag.AgentAction]:
         with self.replica.read() as state:
             return ag.reconcile(self.me, state, local, frozenset(self.busy), fresh,
-                                (self.capacity.memory_mib, self.capacity.vcpus))
+                                (self.capacity.memory_mib, self.capacity.vcpus), read)
 
-    def _needs_freshness(self, local: dict[str, DomainState]) -> bool:
+    def _needs_freshness(self, local: dict[str, DomainState], read: ag.LibvirtRead) -> bool:
         """Would fresh state change anything (start, destroy, migrate, ready)?"""
-        return self._decide(local, True) != self._decide(local, False)
+        return self._decide(local, True, read) != self._decide(local, False, read)
 
     # ------------------------------------------------------------ actions
 

@@ -19,18 +19,19 @@ only.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from hacluster.core.explain import explain
 from hacluster.daemon import views
+from hacluster.daemon.history import matches
 from hacluster.daemon.proposer import NoLeaderError, VersionGateError
 from hacluster.fsm import ClusterState
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
 from hacluster.fsm.domain_xml import domain_xml_problem
-from hacluster.fsm.events import Event
 from hacluster.fsm.model import BmcOverride, BmcSettings, Desired, HostRole
 from hacluster.fsm.states import HostState
 from hacluster.fsm.validate import EXISTS, INVALID, UNKNOWN, find_problem, state_problem
@@ -58,7 +59,8 @@ class Api:
             "host_promote", "host_demote",
             "vm_list", "vm_show", "vm_add", "vm_remove", "vm_set", "vm_start", "vm_stop",
             "vm_disable", "vm_migrate", "fence_history", "fence_confirm", "fence_retry",
-            "fence_cap", "cluster_maintenance", "events", "config_show", "explain",
+            "fence_cap", "cluster_maintenance", "events", "history_status", "config_show",
+            "explain",
             "bmc_show", "bmc_set", "settings_show", "settings_set", "shutdown_policy")}
 
     # ------------------------------------------------------------ helpers
@@ -429,30 +431,47 @@ class Api:
 
     async def m_events(self, ctx: CallContext,
                        params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The newest `last` items of this peer's history (daemon/history.py) that match
+        host, VM and the time range (seconds since the epoch, inclusive); with `follow`,
+        then every new one that matches, until the client leaves."""
         p = validate_params(params, {"follow": optional(bool, default=False),
-                                     "last": optional(int, default=50)})
-        queue: asyncio.Queue[list[Event]] = asyncio.Queue(maxsize=1000)
+                                     "last": optional(int, default=50),
+                                     "host": optional(str, default=""),
+                                     "vm": optional(str, default=""),
+                                     "since": optional(float), "until": optional(float)})
+        since = -math.inf if p["since"] is None else p["since"]
+        until = math.inf if p["until"] is None else p["until"]
+        queue: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue(maxsize=1000)
         loop = asyncio.get_running_loop()
 
-        def listener(events: list[Event]) -> None:  # Raft thread
-            loop.call_soon_threadsafe(_offer, queue, events)
+        def listener(items: list[dict[str, Any]]) -> None:  # Raft thread, or the loop's
+            loop.call_soon_threadsafe(_offer, queue, items)
 
-        unsubscribe = self.peer.subscribe(listener) if p["follow"] else None
+        history = self.peer.history
+        unsubscribe = history.listen(listener) if p["follow"] else None
         try:
-            recent = list(self.peer.replica.recent)[-max(0, p["last"]):] if p["last"] else []
-            for event in recent:
-                yield views.event_view(event)
+            recent = await loop.run_in_executor(
+                self.peer.pool, lambda: history.query(p["host"], p["vm"], since, until,
+                                                      max(0, p["last"])))
+            for item in recent:
+                yield item
             while unsubscribe is not None:
-                for event in await queue.get():
-                    yield views.event_view(event)
+                for item in await queue.get():
+                    if matches(item, p["host"], p["vm"], since, until):
+                        yield item
         finally:
             if unsubscribe is not None:
                 unsubscribe()
 
+    async def m_history_status(self, ctx: CallContext,
+                               params: dict[str, Any]) -> dict[str, Any]:
+        validate_params(params, {})
+        return {"history": self.peer.history.status()}
 
-def _offer(queue: asyncio.Queue[list[Event]], events: list[Event]) -> None:
+
+def _offer(queue: asyncio.Queue[list[dict[str, Any]]], items: list[dict[str, Any]]) -> None:
     if not queue.full():  # a reader that cannot keep up loses events, not the peer
-        queue.put_nowait(events)
+        queue.put_nowait(items)
 
 
 def _enum(cls: Any, value: str, field: str) -> Any:

@@ -28,13 +28,15 @@ from hacluster.core.readindex import state_is_fresh
 from hacluster.core.registration import registration
 from hacluster.core.renewal import LeaseCodec, renewal_targets
 from hacluster.daemon.agent import AgentDriver, HostReporter
+from hacluster.daemon.delivery import Notifications
 from hacluster.daemon.diskleases import check_disk_leases
 from hacluster.daemon.halt import halt_report
+from hacluster.daemon.history import open_history
 from hacluster.daemon.leader import LeaderDriver
 from hacluster.daemon.leases import LeaseService, LeaseTimes
 from hacluster.daemon.logs import decision
 from hacluster.daemon.membership import change_membership
-from hacluster.daemon.notify import HookNotifier, notification
+from hacluster.daemon.notify import notification
 from hacluster.daemon.proposer import Outcome, Proposer
 from hacluster.daemon.replica import EventListener, Replica
 from hacluster.daemon.sdnotify import sd_notify, watchdog_interval_s
@@ -50,6 +52,7 @@ from hacluster.ports import Fencer, HostCapacity, Hypervisor, Notifier
 from hacluster.raft import RaftNode
 
 if TYPE_CHECKING:
+    from hacluster.daemon.metrics import PeerMetrics
     from hacluster.rpc.server import RpcServer
 
 log = logging.getLogger("hacluster.peer")
@@ -74,8 +77,9 @@ class Peer:
         self._notify_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hacluster-notify")
         self._fencer = fencer
         self._hypervisor = hypervisor
-        self.notifier: Notifier = notifier or HookNotifier(config.notify.hook,
-                                                           config.timing.notify_timeout_s)
+        # [notify] hook and webhook, and the embedder's notifier: retried, in order
+        self.notifications = Notifications(config, notifier)
+        self.notifier: Notifier = self.notifications
         self._rebuild = rebuild
         self._stop = threading.Event()
         self._stop_async: asyncio.Event | None = None
@@ -94,6 +98,9 @@ class Peer:
         self.rpc_server: RpcServer | None = None
         self._caught_up = False
         self._agent_task: asyncio.Task[None] | None = None
+        self.history = open_history(config, self.replica)  # before Raft applies anything
+        self.extra_services += [self.history, self.notifications]
+        self.metrics = self._start_metrics()
 
     # ------------------------------------------------------------ Raft role
 
@@ -214,7 +221,17 @@ class Peer:
             from hacluster.fence import make_fencer
 
             self._fencer = make_fencer()
-        return self._fencer
+        return self._fencer if self.metrics is None else self.metrics.timed(self._fencer)
+
+    def _start_metrics(self) -> PeerMetrics | None:
+        """[metrics] address: the Prometheus endpoint (daemon/metrics.py)."""
+        if not self.config.metrics.address:
+            return None
+        from hacluster.daemon.metrics import PeerMetrics
+
+        metrics = PeerMetrics(self, self.config.metrics.address)
+        self.extra_services.append(metrics)
+        return metrics
 
     def _make_hypervisor(self) -> Hypervisor:
         if self._hypervisor is None:

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from hacluster.core.logclock import LogClock
 from hacluster.fsm import ClusterState, Event, apply, decode_snapshot, encode_snapshot
-from hacluster.fsm.codec import state_digest
+from hacluster.fsm.codec import decode_command, state_digest
+from hacluster.fsm.commands import Envelope
 
 EventListener = Callable[[list[Event]], None]
-RECENT_EVENTS = 10_000
+EntryListener = Callable[[int, Envelope, list[Event]], None]  # index, entry, its events
 
 
 class Replica:
@@ -27,18 +27,21 @@ class Replica:
         self._lock = threading.RLock()
         self._state = ClusterState()
         self._listeners: list[EventListener] = []
-        self.recent: deque[Event] = deque(maxlen=RECENT_EVENTS)
+        self._entry_listeners: list[EntryListener] = []
         self.clock = LogClock()  # extended by every applied log time (core/logclock.py)
 
     # ------------------------------------------------------------ Raft callbacks (Raft thread)
 
     def apply(self, data: bytes, index: int) -> list[Event]:
+        entry = decode_command(data)
         with self._lock:
-            events = apply(self._state, data, index)
+            events = apply(self._state, entry, index)  # raises for an Undecodable entry
             self.clock.observe(self._state.log_time, time.monotonic())
-            self.recent.extend(events)
         for listener in list(self._listeners):
             listener(events)
+        if isinstance(entry, Envelope):
+            for entry_listener in list(self._entry_listeners):
+                entry_listener(index, entry, events)
         return events
 
     def snapshot(self) -> bytes:
@@ -82,3 +85,9 @@ class Replica:
     def subscribe(self, listener: EventListener) -> Callable[[], None]:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
+
+    def on_entry(self, listener: EntryListener) -> Callable[[], None]:
+        """listener(index, entry, events) for every applied entry: who wrote it, when
+        (the event history, daemon/history.py); Raft thread, after the subscribers."""
+        self._entry_listeners.append(listener)
+        return lambda: self._entry_listeners.remove(listener)

@@ -14,7 +14,6 @@ import uvloop
 from hacluster.config import Config, ConfigError, load_config
 from hacluster.daemon.halt import exit_code_for
 from hacluster.daemon.logs import setup_logging
-from hacluster.daemon.notify import HookNotifier
 from hacluster.daemon.peer import Peer
 from hacluster.raft import CorruptStorage, RaftError
 from hacluster.rpc.auth import RpcSetupError
@@ -41,8 +40,8 @@ def reload(peer: Peer, path: str) -> None:
     peer.config = dataclasses.replace(old, **{name: getattr(new, name) for name in applied})
     if "log" in applied:
         setup_logging(new.log.level, new.log.format)
-    if "notify" in applied and isinstance(peer.notifier, HookNotifier):
-        peer.notifier = HookNotifier(new.notify.hook, old.timing.notify_timeout_s)
+    if "notify" in applied:
+        peer.notifications.reconfigure(peer.config)
     log.info("configuration reloaded", extra={
         "applied": ",".join(applied) or "nothing changed",
         "needs_restart": ",".join(f"[{n}]" for n in fixed) or "none"})

@@ -56,9 +56,10 @@ def set_cluster_maintenance(ctx: Ctx, cmd: c.SetClusterMaintenance) -> None:
     shown = "; ".join(f"{host} keeps {', '.join(vms) or 'no VM'} frozen"
                       for host, vms in held.items())
     if cmd.on and held:
-        shown = (f"; fences already committed do not run while it is on, and no VM of "
-                 f"their hosts starts elsewhere: {shown} (until maintenance is off or an "
-                 "operator confirms the fence)")
+        shown = (f"; of the fences already committed, an attempt under way ends, but no new "
+                 f"one runs while it is on, and no VM of their hosts starts elsewhere before "
+                 f"a fence is confirmed: {shown} (until maintenance is off or an operator "
+                 "confirms the fence)")
     elif held:
         shown = f"; the fences held meanwhile go on: {', '.join(held)}"
     ctx.emit(

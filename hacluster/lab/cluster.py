@@ -38,6 +38,7 @@ from hacluster.rpc.client import RpcClient
 from hacluster.rpc.protocol import ErrorCode, RpcError
 
 RAFT_PORT, LEASE_PORT = 7440, 7441
+METRICS_PORT = 7449  # [metrics] address of every peer, on its host's address (metrics=True)
 BMC_USER = "admin"
 
 # Replicated settings per profile (lease timings; the rest stays default).
@@ -128,7 +129,7 @@ class LabCluster:
                  raft: tuple[tuple[str, float], ...] = (),
                  observer_interval_s: float = 0.05, disk_leases: bool = False,
                  vm_disks: bool | None = None,
-                 storage: tuple[int, float] | None = None) -> None:
+                 storage: tuple[int, float] | None = None, metrics: bool = False) -> None:
         """watchdog: (timeout_s, self_fence_s) gives every host a watchdog that cuts its
         power when not fed (hacluster/lab/watchdog.py). storage: (checks,
         check_interval_s) makes every host write storage heartbeats into ROOT/shared
@@ -168,6 +169,7 @@ class LabCluster:
             raise ValueError("disk_leases needs driver='qemu'")
         self.disk_leases = disk_leases
         self.vm_disks = disk_leases if vm_disks is None else vm_disks
+        self.metrics = metrics  # every peer serves Prometheus metrics (LabHost.metrics_url)
         self.nodes: dict[str, LabNode] = {}
         self.cut_hosts: set[str] = set()
         self.observer: Observer | None = None
@@ -245,6 +247,7 @@ class LabCluster:
                         self_fence_s=self.watchdog[1] if self.watchdog else 0.0,
                         cgroup_procs=self.isolation.procs_file(name), raft=self.raft,
                         lockspace_dir=str(self.root / "lockspace") if self.disk_leases else "",
+                        metrics_port=METRICS_PORT if self.metrics else 0,
                         **self._storage_spec())
         host = LabHost(spec)
         host.write()

@@ -60,6 +60,7 @@ class HostSpec:
     storage_paths: tuple[str, ...] = ()  # [storage] heartbeat_paths (a shared directory)
     storage_checks: int = 3
     storage_interval_s: float = 2.0
+    metrics_port: int = 0  # > 0: [metrics] address on this host's address
 
     @property
     def path(self) -> Path:
@@ -130,10 +131,20 @@ class LabHost:
             f"[timing]\n{timing}\n"
             f'[notify]\nhook = "{s.notify_hook}"\n\n'
             f'[log]\nlevel = "{s.log_level}"\n'
+            f"{self._metrics_config()}"
             f"{self._watchdog_config()}"
             f"{self._storage_config()}"
             f"{raft}"
         )
+
+    def _metrics_config(self) -> str:
+        s = self.spec
+        return f'\n[metrics]\naddress = "{s.address}:{s.metrics_port}"\n' \
+            if s.metrics_port else ""
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.spec.address}:{self.spec.metrics_port}/metrics"
 
     def _disk_lease_config(self) -> str:
         """The peer checks the instance's own qemu.conf and qemu-lockd.conf."""

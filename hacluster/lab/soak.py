@@ -26,16 +26,8 @@ from typing import Any
 from hacluster.lab.cluster import PROFILES, LabCluster
 from hacluster.lab.nemesis.base import Fault, FaultRecord
 from hacluster.lab.nemesis.schedule import KINDS, build, schedule
-from hacluster.lab.soakcheck import (
-    Alive,
-    Evidence,
-    PeerEnd,
-    Power,
-    Seen,
-    Verdict,
-    judge,
-    recovery_stats,
-)
+from hacluster.lab.soakcheck import judge, recovery_stats
+from hacluster.lab.soakevidence import Alive, Evidence, PeerEnd, Power, Seen, Verdict
 from hacluster.ports import PowerState
 from hacluster.rpc.protocol import ErrorCode, RpcError
 
@@ -43,6 +35,10 @@ DEFAULT_LEASE_TTL_S = 3.0
 FENCE_CAP, FENCE_WINDOW_S = 30, 600.0  # raised for the run: a soak fences often on purpose
 HOST_MEMORY_MIB, VM_MEMORY_MIB = 8192, 256
 REPAIR_AFTER_S = 20.0  # a host off this long is powered on, fenced or not
+# --watchdog without values: (timeout_s, self_fence_s) per profile. The default
+# profile's are the product's defaults; the fast profile's those the end-to-end
+# test of chassis death uses (tests/e2e/test_chassis_death.py).
+WATCHDOGS: dict[str, tuple[float, float]] = {"default": (10.0, 10.0), "fast": (1.5, 2.5)}
 
 
 @dataclass(frozen=True)
@@ -56,6 +52,9 @@ class SoakConfig:
     kinds: tuple[str, ...] = KINDS
     loss: tuple[int, int] = (10, 50)
     recovery_bound_s: float = 90.0
+    watchdog: tuple[float, float] | None = None  # (timeout_s, self_fence_s) on every host
+    hold_s: float = 0.0  # > 0: every fault lasts this long (default: drawn per kind)
+    loss_hosts: int = 0  # > 0: loss faults between this many hosts (default: drawn)
     root: str = ""  # lab directory ("" = a new temporary one)
     keep: bool = False  # keep the lab's files even when the run passed
 
@@ -72,6 +71,12 @@ class SoakConfig:
             problems.append(f"unknown profile {self.profile!r} (known: {', '.join(PROFILES)})")
         if not 1 <= self.loss[0] <= self.loss[1] <= 100:
             problems.append(f"--loss must be MIN-MAX within 1-100, not {self.loss}")
+        if self.watchdog is not None and min(self.watchdog) <= 0:
+            problems.append(f"--watchdog timeouts must be > 0, not {self.watchdog}")
+        if self.hold_s < 0:
+            problems.append("--hold must be > 0")
+        if not 0 <= self.loss_hosts <= self.hosts or self.loss_hosts == 1:
+            problems.append(f"--loss-hosts must be 2-{self.hosts}, not {self.loss_hosts}")
         if not self.kinds or set(self.kinds) - set(KINDS):
             problems.append(f"unknown fault kind(s) {sorted(set(self.kinds) - set(KINDS))} "
                             f"(known: {', '.join(KINDS)})")
@@ -97,6 +102,7 @@ class SoakResult:
         return {
             "seed": self.config.seed, "hosts": self.config.hosts, "vms": self.config.vms,
             "profile": self.config.profile, "isolation": self.config.isolation,
+            "watchdog": list(self.config.watchdog) if self.config.watchdog else None,
             "duration_s": self.config.duration_s, "fence_cap": [FENCE_CAP, FENCE_WINDOW_S],
             "recovery_bound_s": self.config.recovery_bound_s,
             "faults": [{"index": f.index, "kind": f.kind, "description": f.description,
@@ -109,6 +115,11 @@ class SoakResult:
             "recovery_median_s": stats["all"]["median_s"],
             "recovery_p95_s": stats["all"]["p95_s"],
             "recovery_by_kind": stats["by_kind"],
+            "operator_waits": [
+                {"fault": f.index, "host": host, "waiting_s": round(at - self.started_at, 3),
+                 "confirmed_s": next((round(c - self.started_at, 3) for c, h in f.confirms
+                                      if h == host and c >= at), None)}
+                for f in self.faults for at, host in f.waits],
             "settle_s": {str(r.fault): r.settle_s for r in self.verdict.recoveries},
             "lab": self.root, "notes": self.notes,
         }
@@ -153,7 +164,8 @@ class Soak:
         self.say = say
         self.root = Path(config.root or tempfile.mkdtemp(prefix="hacluster-soak-"))
         self.lab = LabCluster(self.root / "lab", config.hosts, profile=config.profile,
-                              isolation=config.isolation, vm_memory_mib=VM_MEMORY_MIB)
+                              isolation=config.isolation, vm_memory_mib=VM_MEMORY_MIB,
+                              watchdog=config.watchdog)
         self.rng = random.Random(config.seed)
         self.vms: list[str] = []
         self.faults: list[FaultRecord] = []
@@ -195,9 +207,13 @@ class Soak:
 
     def _build(self) -> None:
         c = self.config
+        dog = (f"watchdog {c.watchdog[0]:g}s (self-fence {c.watchdog[1]:g}s)" if c.watchdog
+               else "no watchdog")
         self.say(f"soak: seed {c.seed}, {c.hosts} hosts, {c.vms} VMs, {c.profile} profile, "
-                 f"{c.isolation} isolation, {c.duration_s:g}s; lab in {self.root}")
+                 f"{dog}, {c.isolation} isolation, {c.duration_s:g}s; lab in {self.root}")
         self.lab.start()
+        if c.watchdog:
+            self.lab.wait(self._armed, 60, "every host's watchdog armed")
         cap = {"fence_cap": FENCE_CAP, "fence_window_s": FENCE_WINDOW_S}
         _call(self.lab, "settings.set", {"values": cap}, timeout_s=30)
         self.expected.update(cap, **PROFILES[c.profile])
@@ -208,12 +224,14 @@ class Soak:
     def _faults(self, current: list[Fault]) -> None:
         c = self.config
         deadline = time.monotonic() + c.duration_s
-        plans = schedule(c.seed, c.hosts, c.lease_ttl_s, 10_000, c.kinds, c.loss)
+        plans = schedule(c.seed, c.hosts, c.lease_ttl_s, 10_000, c.kinds, c.loss, c.hold_s,
+                         c.loss_hosts)
         for index, plan in enumerate(plans, start=1):
             if time.monotonic() >= deadline:
                 break
             self._bump_setting(index)
-            fault = build(plan, self.lab, index, self._leader(), c.lease_ttl_s)
+            fault = build(plan, self.lab, index, self._leader(), c.lease_ttl_s,
+                          self._loaded(), c.watchdog is not None)
             current.append(fault)
             try:
                 fault.apply()
@@ -238,13 +256,33 @@ class Soak:
         return f"+{time.monotonic() - self.started_at:7.1f}s"
 
     def _hold(self, fault: Fault, hold_s: float) -> None:
+        """The planned hold, longer while the fault wants it (up to the recovery bound)."""
         start = time.monotonic()
-        while (elapsed := time.monotonic() - start) < hold_s:
+        while (elapsed := time.monotonic() - start) < hold_s or (
+                elapsed < hold_s + self.config.recovery_bound_s and self._holds_on(fault)):
             try:
                 fault.during(elapsed)
             except Exception as exc:
                 fault.record.notes.append(f"during: {exc}")
             time.sleep(0.1)
+        if elapsed > hold_s + 0.5:
+            fault.record.notes.append(f"held {elapsed:.1f}s (planned {hold_s:.1f}s)")
+
+    @staticmethod
+    def _holds_on(fault: Fault) -> bool:
+        try:
+            return fault.holds_on()
+        except Exception as exc:
+            fault.record.notes.append(f"holds_on: {exc}")
+            return False
+
+    def _loaded(self) -> frozenset[str]:
+        """Hosts running VMs now, as the observer sees them."""
+        assert self.lab.observer is not None
+        return frozenset(h for h, names in self.lab.observer.running().items() if names)
+
+    def _armed(self) -> bool:
+        return all(h["watchdog"]["armed"] for h in _call(self.lab, "host.list")["hosts"])
 
     def _leader(self) -> str:
         try:
@@ -371,6 +409,9 @@ class Soak:
             recovery_bound_s=self.config.recovery_bound_s,
             vms_per_host=HOST_MEMORY_MIB // VM_MEMORY_MIB, ended_at=ended, final=final,
             expected_settings=self.expected,
+            watchdog_timeout_s=self.config.watchdog[0] if self.config.watchdog else 0.0,
+            feeds=({h: list(f) for h, f in self.lab.watchdog_emulator.feeds.items()}
+                   if self.lab.watchdog_emulator is not None else {}),
             ledger_seen=[(at, t, h) for (t, h), at in sorted(self.ledger_seen.items())])
 
 
@@ -384,7 +425,10 @@ def _evidence_json(ev: Evidence) -> dict[str, Any]:
 def render(result: SoakResult) -> str:
     """The human summary: faults, violations with evidence, recovery by kind."""
     s = result.summary()
-    lines = [f"faults ({len(s['faults'])}):"]
+    dog = s["watchdog"]
+    lines = [f"seed {s['seed']}, {s['hosts']} hosts, {s['vms']} VMs, {s['profile']} profile, "
+             + (f"watchdog {dog[0]:g}s (self-fence {dog[1]:g}s)" if dog else "no watchdog"),
+             f"faults ({len(s['faults'])}):"]
     for f in s["faults"]:
         settle = s["settle_s"].get(str(f["index"]))
         lines.append(f"  #{f['index']:<3} +{f['applied_s']:7.1f}s .. +{f['healed_s']:7.1f}s  "
@@ -408,7 +452,34 @@ def render(result: SoakResult) -> str:
     med, p95 = s["recovery_median_s"], s["recovery_p95_s"]
     lines.append("  all: " + (f"median {med:.2f}s p95 {p95:.2f}s" if med is not None
                               else "no outage"))
+    waits = s["operator_waits"]
+    lines.append(f"waits for an operator ({len(waits)}; expected without a watchdog, "
+                 "not violations):")
+    for w in waits:
+        confirmed = (f"confirmed at +{w['confirmed_s']:.1f}s" if w["confirmed_s"] is not None
+                     else "never confirmed")
+        lines.append(f"  #{w['fault']:<3} {w['host']} fence-failed, waiting for an operator "
+                     f"from +{w['waiting_s']:.1f}s; {confirmed}")
     lines.append(f"seed {s['seed']}: {'PASS' if not s['violations'] else 'FAIL'}"
-                 f" (replay: hacluster soak --seed {s['seed']} --hosts {s['hosts']} --vms "
-                 f"{s['vms']} --profile {s['profile']} --isolation {s['isolation']})")
+                 f" (replay: {replay_command(result.config)})")
     return "\n".join(lines)
+
+
+def replay_command(c: SoakConfig) -> str:
+    """The command line that runs this soak again (the same seed, the same faults)."""
+    words = ["hacluster soak", f"--seed {c.seed}", f"--hosts {c.hosts}", f"--vms {c.vms}",
+             f"--duration {c.duration_s:g}s", f"--profile {c.profile}",
+             f"--isolation {c.isolation}"]
+    if c.watchdog:
+        words.append(f"--watchdog {c.watchdog[0]:g}:{c.watchdog[1]:g}")
+    if c.kinds != KINDS:
+        words.append(f"--kinds {','.join(c.kinds)}")
+    if c.loss != (10, 50):
+        words.append(f"--loss {c.loss[0]}-{c.loss[1]}")
+    if c.hold_s:
+        words.append(f"--hold {c.hold_s:g}s")
+    if c.loss_hosts:
+        words.append(f"--loss-hosts {c.loss_hosts}")
+    if c.recovery_bound_s != 90.0:
+        words.append(f"--recovery-bound {c.recovery_bound_s:g}s")
+    return " ".join(words)

@@ -9,14 +9,21 @@ Rules (each violation carries its evidence: times, hosts, VMs, log lines):
   there to the start of the last look that still saw it.
 - start-before-release: a VM whose host lost power starts elsewhere only after
   that power-off completed (BMC log) and, when nobody could read that BMC (its
-  chassis died or the BMC was failing), only after an operator confirmed.
+  chassis died or the BMC was failing), only after an operator confirmed or,
+  on a host with a watchdog, once that watchdog had surely reset it (its last
+  feed, as the watchdog saw it, plus its timeout), whichever came first.
 - fence-cap: BMC-logged IPMI power-offs never exceed the cap in any window.
-- false-fence: an IPMI power-off of a host whose peer was alive, not taken
-  down or paused by a fault, and reachable from a majority of the voters over
-  at least one link (every fault's drops considered), for the whole grace
-  before it (a fence decided during a fault may run a little after its heal).
+- false-fence: an IPMI power-off, or a watchdog's reset, of a host whose peer
+  was alive, not taken down or paused by a fault, and reachable from a majority
+  of the voters over at least one link (every fault's drops considered), for
+  the whole grace before it (a fence decided during a fault may run a little
+  after its heal; a watchdog resets up to its timeout after its host gave up).
 - recovery: after each heal, every HA VM runs again (exactly once) within the
-  bound, when the powered hosts have room for all of them.
+  bound, when the powered hosts have room for all of them; for a fault the
+  cluster must do without (chassis death with a watchdog), within the bound of
+  the fault's start, while it lasts. An outage that waited for an operator's
+  confirm (chassis death without a watchdog) is timed from the confirm; the
+  wait is listed, it is no violation.
 - final: every peer holds the same state digest at the same applied index;
   no VM, setting or fence record is lost (fence records are read from a peer
   after each fault settled: every one must still be there at the end).
@@ -33,124 +40,23 @@ from __future__ import annotations
 import bisect
 import statistics
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from hacluster.lab.nemesis.base import FaultRecord
+from hacluster.lab.soakevidence import (
+    Evidence,
+    Power,
+    Recovery,
+    Seen,
+    Verdict,
+    Violation,
+)
 
 _BMC_UNREADABLE = ("chassis-death", "bmc-unreachable", "bmc-frozen", "bmc-reject-credentials")
 
 
-@dataclass(frozen=True)
-class Seen:
-    """An observer sighting: `vm` started (running) or stopped running on `host`,
-    noticed by the look that began at `at` and ended at `by`; the previous look
-    at that host began at `after`."""
-
-    at: float
-    host: str
-    vm: str
-    running: bool
-    after: float
-    by: float
-
-    def line(self) -> str:
-        return (f"observer {self.at:.3f}: {self.vm} {'running' if self.running else 'gone'} "
-                f"on {self.host} (between {self.after:.3f} and {self.by:.3f})")
-
-
-@dataclass(frozen=True)
-class Power:
-    """A BMC power log entry: the change began at `began`, was done at `at`."""
-
-    at: float
-    began: float
-    host: str
-    on: bool
-    cause: str
-    detail: str = "command exit 0"  # what the power hook (the simulated host) answered
-
-    def line(self) -> str:
-        return (f"bmc {self.host} {self.at:.3f}: power-{'on' if self.on else 'off'} "
-                f"cause={self.cause} began={self.began:.3f} ({self.detail})")
-
-
-@dataclass(frozen=True)
-class Alive:
-    """From `at` on, the host's peer process was alive (or not)."""
-
-    at: float
-    host: str
-    alive: bool
-
-
-@dataclass(frozen=True)
-class PeerEnd:
-    """What one peer says at the end of the run."""
-
-    host: str
-    applied_index: int
-    digest: str
-    vms: tuple[str, ...]
-    settings: dict[str, Any]
-    fences: tuple[tuple[int, str, str], ...]  # (token, host, result)
-
-
-@dataclass
-class Evidence:
-    hosts: list[str]
-    voters: list[str]
-    vms: list[str]  # HA VMs the soak defined
-    sightings: list[Seen]
-    power: list[Power]
-    faults: list[FaultRecord]
-    liveness: list[Alive]
-    fence_cap: int
-    fence_window_s: float
-    fence_grace_s: float  # a fence this long after a justifying fault still counts as justified
-    recovery_bound_s: float
-    vms_per_host: int  # how many of the VMs one host has room for
-    ended_at: float
-    final: list[PeerEnd] = field(default_factory=list)
-    expected_settings: dict[str, Any] = field(default_factory=dict)
-    ledger_seen: list[tuple[float, int, str]] = field(default_factory=list)  # (when, token, host)
-
-
 Run = tuple[float, float, Seen, "Seen | None"]  # certainly running from, to; start, stop seen
 Runs = dict[tuple[str, str], list[Run]]  # (vm, host) -> its runs there
-
-
-@dataclass(frozen=True)
-class Violation:
-    rule: str
-    at: float
-    hosts: tuple[str, ...]
-    vms: tuple[str, ...]
-    summary: str
-    evidence: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"rule": self.rule, "at": round(self.at, 3), "hosts": list(self.hosts),
-                "vms": list(self.vms), "summary": self.summary, "evidence": list(self.evidence)}
-
-
-@dataclass
-class Recovery:
-    fault: int
-    kind: str
-    outage_s: float | None  # first VM missing -> every VM running again (None: no outage)
-    settle_s: float | None  # heal -> every VM running (None: not within the bound)
-
-
-@dataclass
-class Verdict:
-    violations: list[Violation]
-    recoveries: list[Recovery]
-    findings: list[Violation] = field(default_factory=list)  # worth a look, not unsafe
-
-    @property
-    def false_fences(self) -> list[Violation]:
-        return [v for v in self.violations if v.rule == "false-fence"]
 
 
 # ---------------------------------------------------------------- running intervals
@@ -245,9 +151,11 @@ def start_before_release(ev: Evidence) -> list[Violation]:
         if unreadable:
             confirm = next((at for at, host in confirms if host == gone.host
                             and at >= off.began), None)
-            release = confirm if confirm is not None else float("inf")
+            release = min(confirm if confirm is not None else float("inf"),
+                          max(off.at, watchdog_reset_by(ev, gone.host, off.at)))
         if s.by <= release:
-            why = ("an operator confirmed it" if unreadable else "its power-off completed")
+            why = ("an operator confirmed it or its watchdog surely reset it" if unreadable
+                   else "its power-off completed")
             found.append(Violation(
                 "start-before-release", s.by, (gone.host, s.host), (s.vm,),
                 f"{s.vm} of {gone.host} started on {s.host} by {s.by:.3f}, before {why} "
@@ -255,6 +163,16 @@ def start_before_release(ev: Evidence) -> list[Violation]:
                 (prev[2].line(), gone.line(), off.line(), s.line(),
                  *[f"fault #{f.index} {f.kind}: {f.description}" for f in unreadable])))
     return found
+
+
+def watchdog_reset_by(ev: Evidence, host: str, at: float) -> float:
+    """When the host's watchdog had surely reset it, counting from its last feed
+    before `at` (inf: no watchdog, or never fed, i.e. never armed)."""
+    feeds = ev.feeds.get(host, [])
+    i = bisect.bisect_right(feeds, at)
+    if ev.watchdog_timeout_s <= 0 or i == 0:
+        return float("inf")
+    return feeds[i - 1] + ev.watchdog_timeout_s
 
 
 # ---------------------------------------------------------------- the cap
@@ -290,27 +208,49 @@ def _peer_down(ev: Evidence, host: str, start: float, end: float) -> bool:
     return not alive
 
 
-def unreachable(ev: Evidence, host: str, start: float, end: float) -> list[FaultRecord]:
-    """The faults whose complete drops left `host` reaching fewer than a majority
-    of the voters (itself counted) at some moment of [start, end]."""
+def unreachable(ev: Evidence, host: str, start: float, end: float) -> list[str]:
+    """Why `host` reached fewer than a majority of the voters (itself counted) at
+    some moment of [start, end], if it did: the voters the faults' complete drops
+    cut it from, and the voters that could not answer anyone (powered off, peer
+    dead, or taken down or paused by a fault). Empty: it reached a majority."""
     majority = len(ev.voters) // 2 + 1
     active = [f for f in ev.faults if _active(f, start, end)]
-    blocking = [f for f in active if any(d[0] == host and d[2] >= 100 for d in f.drops)]
-    if not blocking:
+    cut = {d[1] for f in active for d in f.drops if d[0] == host and d[2] >= 100}
+    gone = {v for v in ev.voters if v != host and v not in cut and (
+        _off_during(ev, v, start, end) or _peer_down(ev, v, start, end)
+        or any(v in f.down for f in active))}
+    reach = 1 + sum(1 for v in ev.voters if v != host and v not in cut | gone)
+    if reach >= majority:
         return []
-    cut = {d[1] for f in blocking for d in f.drops if d[0] == host and d[2] >= 100}
-    reach = 1 + sum(1 for v in ev.voters if v != host and v not in cut)
-    return blocking if reach < majority else []
+    return ([f"{host} cut from {', '.join(sorted(cut))}"] if cut else []) + \
+        ([f"down meanwhile: {', '.join(sorted(gone))}"] if gone else [])
+
+
+def _off_during(ev: Evidence, host: str, start: float, end: float) -> bool:
+    """Was the host without power at some moment of [start, end]?"""
+    return not _powered(ev, host, start) or any(
+        p.host == host and not p.on and start <= p.began <= end for p in ev.power)
+
+
+def _reset(p: Power) -> str:
+    """Who powered the host off, if it was the cluster: "IPMI", "its watchdog" or ""."""
+    if p.on:
+        return ""
+    return "IPMI" if p.cause.startswith("ipmi") else "its watchdog" if p.cause == "watchdog" \
+        else ""
 
 
 def false_fences(ev: Evidence) -> list[Violation]:
     found = []
     for p in sorted(ev.power, key=lambda p: p.at):
-        if p.on or not p.cause.startswith("ipmi"):
+        by = _reset(p)
+        if not by:
             continue
-        start, end = p.began - ev.fence_grace_s, p.began
+        # a watchdog resets its host up to its timeout after the host gave up
+        grace = ev.fence_grace_s + (ev.watchdog_timeout_s if by != "IPMI" else 0.0)
+        start, end = p.began - grace, p.began
         took_down = [f for f in ev.faults if p.host in f.down
-                     and _active(f, start, end, ev.fence_grace_s)]
+                     and _active(f, start, end, grace)]
         if took_down or _peer_down(ev, p.host, start, end):
             continue
         if unreachable(ev, p.host, start, end):
@@ -320,7 +260,7 @@ def false_fences(ev: Evidence) -> list[Violation]:
                   if _active(f, start - 30, end + 5)]
         found.append(Violation(
             "false-fence", p.began, (p.host,), (),
-            f"{p.host} powered off by IPMI at {p.began:.3f} while its peer ran, not paused, "
+            f"{p.host} powered off by {by} at {p.began:.3f} while its peer ran, not paused, "
             "and reached a majority", (p.line(), *around)))
     return found
 
@@ -376,22 +316,37 @@ def recovery(ev: Evidence) -> tuple[list[Violation], list[Recovery]]:
         # an outage belongs to this fault if it began before the next fault did
         following = next((t for t in starts if t > f.applied_at), float("inf"))
         lost = _first(timeline, f.applied_at, False)
-        outage = None
+        outage = back = waited = None
         if lost is not None and lost <= min(limit, following):
             back = _first(timeline, lost, True)
-            outage = back - lost if back is not None else None
-        recoveries.append(Recovery(f.index, f.kind, outage, settle))
-        if settle is None and limit <= ev.ended_at:
-            room = _powered_hosts(ev, limit) * ev.vms_per_host >= len(ev.vms)
-            if room:
-                _, wrong = _state_at(timeline, limit)
-                found.append(Violation(
-                    "recovery", limit, tuple(f.hosts), wrong[:20],
-                    f"{len(wrong)} HA VM(s) not running exactly once {ev.recovery_bound_s:g}s "
-                    f"after fault #{f.index} ({f.kind}) healed",
-                    (f"fault #{f.index} {f.kind} [{f.applied_at:.3f}, {f.healed_at:.3f}]: "
-                     f"{f.description}",)))
+            confirm = min((at for at, _ in f.confirms if at >= lost), default=None)
+            if back is not None and confirm is not None and confirm < back:
+                waited = confirm - lost  # the operator's share, not the cluster's
+            outage = back - lost - (waited or 0.0) if back is not None else None
+        recoveries.append(Recovery(f.index, f.kind, outage, settle, waited))
+        if f.recover_while and lost is not None and lost <= following:
+            due = f.applied_at + ev.recovery_bound_s
+            if (back is None or back > due) and due <= ev.ended_at and _room(ev, due):
+                _, wrong = _state_at(timeline, due)
+                found.append(_late(f, due, wrong, f"{ev.recovery_bound_s:g}s after fault "
+                                   f"#{f.index} ({f.kind}) began, which needs no heal"))
+        if settle is None and limit <= ev.ended_at and _room(ev, limit):
+            _, wrong = _state_at(timeline, limit)
+            found.append(_late(f, limit, wrong, f"{ev.recovery_bound_s:g}s after fault "
+                               f"#{f.index} ({f.kind}) healed"))
     return found, recoveries
+
+
+def _room(ev: Evidence, at: float) -> bool:
+    """Do the hosts powered at `at` have room for every VM?"""
+    return _powered_hosts(ev, at) * ev.vms_per_host >= len(ev.vms)
+
+
+def _late(f: FaultRecord, at: float, wrong: tuple[str, ...], when: str) -> Violation:
+    return Violation("recovery", at, tuple(f.hosts), wrong[:20],
+                     f"{len(wrong)} HA VM(s) not running exactly once {when}",
+                     (f"fault #{f.index} {f.kind} [{f.applied_at:.3f}, {f.healed_at:.3f}]: "
+                      f"{f.description}",))
 
 
 # ---------------------------------------------------------------- the end

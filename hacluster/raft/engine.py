@@ -17,7 +17,9 @@ What we override or replace, and why (pysyncobj 0.3.17):
   are denied: membership changes go through RaftNode only;
 * read index support (core/readindex.py): a leader's append_entries carry an
   increasing sequence number (`ha_seq`), a follower's answer echoes the term and
-  sequence number of the append_entries it is answering (`ha_echo`).
+  sequence number of the append_entries it is answering (`ha_echo`);
+* pre-vote (prevote.py): where `_onTick` would start an election, it first asks the
+  voters whether they would vote for us, and starts it only once a majority said yes.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from hacluster.core.readindex import ReadMark
 from hacluster.raft.errors import ApplyFailed, RaftError, StorageError
 from hacluster.raft.files import Disk
 from hacluster.raft.journal import DurableJournal
+from hacluster.raft.prevote import ASK, YES, PreVote
 from hacluster.raft.settings import RaftSettings
 from hacluster.raft.snapshot import SnapshotData, read_snapshot, write_snapshot
 from hacluster.raft.transport import DurableTransport, InboundLimits
@@ -163,6 +166,7 @@ class Engine(SyncObj):
         self._ha_allowed = 0  # highest of our answers a leader granted
         self._ha_answers: dict[str, Answer] = {}  # leader: partner -> latest received
         self._ha_allows: dict[str, Answer] = {}  # leader: partner -> granted (this term)
+        self._ha_prevote = PreVote(settings.election_timeout_min_s)
 
         conf = SyncObjConf(
             serializer=self._ha_serialize,
@@ -224,6 +228,55 @@ class Engine(SyncObj):
         finally:
             self._ha_applying = None
         return Applied(entry, result)
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        self._ha_pre_vote_gate()
+        super()._onTick(timeToWait)
+
+    def _ha_pre_vote_gate(self) -> None:
+        """Where SyncObj's tick would start an election: ask the voters first."""
+        if self._SyncObj__selfNode is None or self._ha_abstain or self._isLeader() or \
+                self._SyncObj__transferInProgress:
+            return  # a member, a rebuilt peer, the leader, or told to stand (TimeoutNow)
+        pre, now = self._ha_prevote, raft_clock()
+        if pre.won:
+            pre.election_started()  # a majority said yes: SyncObj starts it this tick
+            return
+        if self._ha_election_deadline() >= now or not self._SyncObj__connectedToAnyone():
+            return
+        self._ha_set_election_deadline(now + self._SyncObj__generateRaftTimeout())
+        me = self._SyncObj__selfNode.id
+        pre.start(me, self._SyncObj__raftCurrentTerm + 1)
+        if pre.yes(me, pre.term, len(self._SyncObj__otherNodes) + 1):
+            self._ha_set_election_deadline(0.0)  # alone: nobody to ask
+            return
+        ask = {"type": ASK, "term": pre.term,
+               "last_log_index": self._SyncObj__getCurrentLogIndex(),
+               "last_log_term": self._SyncObj__getCurrentLogTerm()}
+        for node in list(self._SyncObj__otherNodes):
+            self._SyncObj__transport.send(node, ask)
+
+    def _ha_election_deadline(self) -> float:
+        return float(getattr(self, "_SyncObj__raftElectionDeadline"))  # noqa: B009
+
+    def _ha_set_election_deadline(self, at: float) -> None:
+        setattr(self, "_SyncObj__raftElectionDeadline", at)  # noqa: B010
+
+    def ha_pre_vote(self, node: Any, message: dict[str, Any]) -> None:
+        """A pre-vote question or answer from another voter (transport.py)."""
+        term = message.get("term")
+        if node not in self._SyncObj__otherNodes or not isinstance(term, int):
+            return  # a member or a stranger, or malformed
+        if message.get("type") == YES:
+            if self._ha_prevote.yes(node.id, term, len(self._SyncObj__otherNodes) + 1):
+                self._ha_set_election_deadline(0.0)
+            return
+        index, last = message.get("last_log_index"), message.get("last_log_term")
+        if not isinstance(index, int) or not isinstance(last, int) or self._ha_abstain:
+            return  # (the term asked is not judged: a real vote request will be)
+        ours = (self._SyncObj__getCurrentLogTerm(), self._SyncObj__getCurrentLogIndex())
+        if self._ha_prevote.answer(raft_clock(), self._isLeader(), ours, (last, index)):
+            self._SyncObj__transport.send(node, {"type": YES, "term": term})
 
     def _SyncObj__generateRaftTimeout(self) -> float:
         if self._ha_abstain:
@@ -324,6 +377,8 @@ class Engine(SyncObj):
     def ha_note_append(self, node: Any, message: dict[str, Any]) -> None:
         """An append_entries arrived: the answer sent while processing it echoes it; a
         grant in it allows our self-fencing from when that answer of ours left."""
+        if int(message.get("term", 0)) >= self._SyncObj__raftCurrentTerm:
+            self._ha_prevote.leader_heard(raft_clock())  # a leader we would follow
         seq = message.get("ha_seq")
         if isinstance(seq, int):
             self._ha_answering[node] = (int(message.get("term", 0)), seq)

@@ -29,6 +29,13 @@
 * Outgoing connections leave from this node's own address (pysyncobj binds only the
   listening socket): on a host with several addresses a firewall rule or a cut of
   that address covers all of this node's Raft traffic, both ways.
+* An outgoing connection still connecting after `connectionTimeout` is dropped, so it
+  is tried again every `connectionRetryTime`. pysyncobj checks a connection's timeout
+  only when it has an event or something to send, and a connect whose SYN was lost
+  (a cut that healed since) has neither: it waited for the kernel's SYN retries, up
+  to two minutes. A follower sends nothing, so two followers stayed unconnected after
+  a partition healed; when their leader died, they could not elect one (`connected
+  to anyone` was false) and, with watchdogs, both reset themselves (soak seed 5).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 
 from hacluster.core.ratelimit import RateLimiter, RefusalLog, held_back
+from hacluster.raft.prevote import ASK as PRE_VOTE_ASK
+from hacluster.raft.prevote import YES as PRE_VOTE_YES
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +108,8 @@ class _Engine(Protocol):
     def ha_answer_stamp(self) -> list[int]: ...
 
     def ha_allow_for(self, node: Any) -> list[int] | None: ...
+
+    def ha_pre_vote(self, node: Any, message: dict[str, Any]) -> None: ...
 
 
 class DurableTransport(TCPTransport):
@@ -186,6 +197,7 @@ class DurableTransport(TCPTransport):
 
     def _onTick(self) -> None:
         super()._onTick()
+        self._drop_stalled_connects()
         self._drop_stalled_handshakes()
         self._log_overdue_refusals()
         self._listen_again()
@@ -288,6 +300,16 @@ class DurableTransport(TCPTransport):
         conn.disconnect()  # calls _onDisconnected, which logs and counts
         self._accepted_at.pop(conn, None)
 
+    def _drop_stalled_connects(self) -> None:
+        """Outgoing connects older than the connection timeout: drop, to be retried."""
+        timeout = self._syncObj.conf.connectionTimeout
+        now = monotonic()
+        for node, conn in list(self._connections.items()):
+            started = self._lastConnectAttempt.get(node)
+            if conn.state == CONNECTION_STATE.CONNECTING and started is not None \
+                    and now - started > timeout:
+                conn.disconnect()
+
     def _drop_stalled_handshakes(self) -> None:
         if not self._accepted_at:
             return
@@ -353,6 +375,9 @@ class DurableTransport(TCPTransport):
 
     def _onMessageReceived(self, node: Any, message: Any) -> None:
         kind = message.get("type") if isinstance(message, dict) else None
+        if kind in (PRE_VOTE_ASK, PRE_VOTE_YES):
+            self._engine.ha_pre_vote(node, message)  # ours: pysyncobj never sees them
+            return
         if kind == "request_vote" and self._engine.abstains_from_voting():
             return
         if kind == "append_entries":

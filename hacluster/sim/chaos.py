@@ -123,7 +123,7 @@ def _host_faults(world: World, rng: random.Random, host: str) -> list[Action]:
         (f"lease-unblock {host}", lambda: world.lease_blocked.discard(host)),
         (f"clock {host} {skew:+g}",
          lambda: setattr(world.hosts[host].peer.clock, "wall_skew", skew)),
-        (f"bmc {host} {mode.value}", lambda: setattr(world.hosts[host].bmc, "mode", mode)),
+        (f"bmc {host} {mode.value}", lambda: world.set_bmc_mode(host, mode)),
         (f"bmc-fails {host} 2", lambda: setattr(world.hosts[host].bmc, "fail_next", 2)),
     ] + (_storage_faults(world, host) if world.hosts[host].storage else [])
 
@@ -134,7 +134,7 @@ def _storage_faults(world: World, host: str) -> list[Action]:
 
 
 def _chassis_death(world: World, host: str) -> None:
-    world.hosts[host].bmc.mode = BmcMode.UNREACHABLE
+    world.set_bmc_mode(host, BmcMode.UNREACHABLE)
     world.power_off(host, "chassis death")
 
 
@@ -235,7 +235,8 @@ def heal_everything(world: World) -> None:
     world.storage.cut.clear()
     world.vm_faults.clear()
     for name, host in sorted(world.hosts.items()):
-        host.bmc.mode, host.bmc.fail_next = BmcMode.WORKS, 0
+        host.bmc.fail_next = 0
+        world.set_bmc_mode(name, BmcMode.WORKS)
         host.peer.clock.wall_skew = 0.0
         world.resume_peer(name)
         world.power_on(name, "heal")

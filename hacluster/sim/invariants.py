@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from hacluster.fsm.model import ClusterState, Desired
+from hacluster.fsm.model import ClusterState, Desired, FenceResult
 
 
 @dataclass
@@ -84,6 +84,18 @@ class Observer:
                     f"reachable from a majority since t={healthy_since:.1f}")
             self.false_fences.append(f"t={now:.2f}: {text}")
             self.fail(now, text)
+
+    def fence_not_superseded(self, host: str, token: int, truth: ClusterState | None,
+                             now: float) -> None:
+        """A fence attempt's power-off lands after the cluster counted that host reset
+        by its watchdog under a later token: the attempt outlived the decision, and a
+        host repaired meanwhile is powered off again."""
+        record = truth.hosts.get(host) if truth is not None else None
+        current = truth.fence_record(record.fence_token) if truth and record else None
+        if token and current is not None and current.token != token and \
+                current.result is FenceResult.SELF_FENCED and current.token > token:
+            self.fail(now, f"{host} powered off by fence attempt {token} after the cluster "
+                      f"counted it reset by its watchdog (token {current.token})")
 
     def watchdog_reset(self, host: str, now: float, healthy: bool) -> None:
         """A watchdog reset its host: expected of a host cut off from its leader; of a

@@ -82,6 +82,7 @@ class Barrier:
     """An agent's read barrier in flight (daemon/peer.py `_fresh`)."""
 
     domains: dict[str, ag.DomainState]  # libvirt as read before asking
+    read: ag.LibvirtRead  # what the agent knew as it read them
     seq: int  # the renewal round that asks (0: the leader asks itself)
     give_up: float
     committed_before: int  # what had committed when it asked (the observer's truth)
@@ -537,24 +538,26 @@ class SimPeer:
                 proc.barrier = None
                 self.world.observer.fresh_read(self.name, self.raft.applied_index,
                                                barrier.committed_before, now)
-                self._act(barrier.domains, fresh=True)
+                self._act(barrier.domains, True, barrier.read)
             elif now > barrier.give_up:
                 proc.barrier = None
-                self._act(barrier.domains, fresh=False)
+                self._act(barrier.domains, False, barrier.read)
             return
+        read = ag.libvirt_read(self.name, proc.state, frozenset(proc.busy))
         domains = dict(self.world.hosts[self.name].hyper.domains)
-        if self._decide(domains, True) == self._decide(domains, False):
-            self._act(domains, fresh=False)
+        if self._decide(domains, True, read) == self._decide(domains, False, read):
+            self._act(domains, False, read)
             return
-        self._ask_barrier(domains, now)
+        self._ask_barrier(domains, read, now)
 
-    def _ask_barrier(self, domains: dict[str, ag.DomainState], now: float) -> None:
+    def _ask_barrier(self, domains: dict[str, ag.DomainState], read: ag.LibvirtRead,
+                     now: float) -> None:
         give_up = now + BARRIER_TIMEOUT_S
         before = self.world.committed_index()
         manager = self.manager
         if manager is not None and manager.ready and \
                 self.raft.leader_term() == manager.term:
-            barrier = Barrier(domains, 0, give_up, before)
+            barrier = Barrier(domains, read, 0, give_up, before)
 
             def answered(mark: ReadMark) -> None:
                 barrier.read_index = mark.commit_index
@@ -562,15 +565,17 @@ class SimPeer:
             if self.read(answered, BARRIER_TIMEOUT_S):
                 self.proc.barrier = barrier
             return
-        self.proc.barrier = Barrier(domains, self._renew(now), give_up, before)
+        self.proc.barrier = Barrier(domains, read, self._renew(now), give_up, before)
 
-    def _decide(self, domains: dict[str, ag.DomainState], fresh: bool) -> list[ag.AgentAction]:
+    def _decide(self, domains: dict[str, ag.DomainState], fresh: bool,
+                read: ag.LibvirtRead) -> list[ag.AgentAction]:
         host = self.world.hosts[self.name]
         return ag.reconcile(self.name, self.proc.state, domains, frozenset(self.proc.busy),
-                            fresh, (host.memory_mib, host.vcpus))
+                            fresh, (host.memory_mib, host.vcpus), read)
 
-    def _act(self, domains: dict[str, ag.DomainState], fresh: bool) -> None:
-        for action in self._decide(domains, fresh):
+    def _act(self, domains: dict[str, ag.DomainState], fresh: bool,
+             read: ag.LibvirtRead) -> None:
+        for action in self._decide(domains, fresh, read):
             if isinstance(action, ag.Report):
                 self.report(action.command)
             else:

@@ -276,7 +276,7 @@ def _leader(world: World, args: list[str], verb: str) -> None:
 
 def _power(world: World, args: list[str], verb: str) -> None:
     if verb == "chassis-death":
-        world.hosts[args[0]].bmc.mode = BmcMode.UNREACHABLE
+        world.set_bmc_mode(args[0], BmcMode.UNREACHABLE)
         world.note(f"bmc {args[0]}: dark with its host")
         world.power_off(args[0], "chassis death")
         return
@@ -296,8 +296,8 @@ def _bmc(world: World, args: list[str], verb: str) -> None:
         bmc.fail_next = int(args[1])
         world.note(f"bmc {args[0]}: the next {args[1]} commands fail")
     else:
-        bmc.mode = BmcMode(args[1])
         world.note(f"bmc {args[0]}: mode {args[1]}")
+        world.set_bmc_mode(args[0], BmcMode(args[1]))
 
 
 def _vm_fault(world: World, args: list[str], verb: str) -> None:

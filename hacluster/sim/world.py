@@ -6,6 +6,7 @@ time. Same seed, same run."""
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import random
@@ -60,6 +61,19 @@ class VmFaults:
         self.start_on.clear()
 
 
+@dataclass(eq=False)
+class _Attempt:
+    """A fence attempt in flight (world.run_fence)."""
+
+    peer: SimPeer
+    order: RunFence
+    term: int
+    gives_up: float  # a dark BMC: when the client stops asking for a session
+    deadline: float  # the attempt's hard deadline
+    generation: int
+    plans: int = 0  # how many times it was planned (a BMC back from the dark: again)
+
+
 @dataclass
 class SimHost:
     """One machine: its power, BMC, hypervisor and the peer process on it."""
@@ -104,6 +118,7 @@ class World:
         self.hosts: dict[str, SimHost] = {}
         self.observer = Observer()
         self.vm_faults = VmFaults()
+        self._dark: list[_Attempt] = []  # fence attempts waiting on a dark BMC
         self.lease_blocked: set[str] = set()  # hosts whose lease port a firewall drops
         self.disk_leases = False  # libvirt's lock manager: a disk held elsewhere refuses a start
         self.storage = SimStorage()  # shared storage (sim/storage.py)
@@ -264,27 +279,54 @@ class World:
     def run_fence(self, peer: SimPeer, order: RunFence, term: int) -> None:
         target = self.hosts[order.host]
         deadline = peer.proc.state.settings.fence_timeout_s
-        plan = bmc_plan(target.bmc, order.action, target.powered, deadline)
         self.note(f"bmc {order.host}: {order.action.value} requested by {peer.name} (token "
                   f"{order.token}, BMC {target.bmc.mode.value})")
-        if plan.power_off_after_s is not None and order.action in (FenceAction.OFF,
-                                                                   FenceAction.REBOOT):
+        self._attempt(_Attempt(peer, order, term, self.now + min(5.0, deadline),
+                               self.now + deadline, peer.proc.generation))
+
+    def _attempt(self, a: _Attempt) -> None:
+        """Plan what the BMC does now; a dark BMC keeps the attempt waiting for a
+        session until it gives up, and answers it if it comes back meanwhile
+        (`set_bmc_mode`), as a real client's session retries do."""
+        target = self.hosts[a.order.host]
+        dark = target.bmc.mode is BmcMode.UNREACHABLE and target.bmc.fail_next == 0
+        plan = bmc_plan(target.bmc, a.order.action, target.powered, a.deadline - self.now)
+        if dark:
+            plan = dataclasses.replace(plan, answer_after_s=a.gives_up - self.now)
+            self._dark.append(a)
+        if plan.power_off_after_s is not None and a.order.action in (FenceAction.OFF,
+                                                                     FenceAction.REBOOT):
             # judged as commanded: a slow BMC may act after the host came back
-            ttl = peer.proc.state.settings.lease_ttl_s
-            deliberate = _deliberate(peer.proc.state, order.token)
-            healthy_since = self._healthy_since(order.host, deliberate)
-            self.observer.fence_commanded(peer.name, term, self.now)
+            ttl = a.peer.proc.state.settings.lease_ttl_s
+            deliberate = _deliberate(a.peer.proc.state, a.order.token)
+            healthy_since = self._healthy_since(a.order.host, deliberate)
+            if a.plans == 0:  # commanded once, when it was sent; a late BMC only acts late
+                self.observer.fence_commanded(a.peer.name, a.term, self.now)
             self.at(plan.power_off_after_s, lambda: self._fence_power_off(
-                order.host, peer.name, term, ttl, healthy_since))
+                a.order.host, a.peer.name, a.term, ttl, healthy_since, a.order.token))
         if plan.power_on_after_s is not None:
-            self.at(plan.power_on_after_s, lambda: self.power_on(order.host, "BMC"))
-        generation = peer.proc.generation
+            self.at(plan.power_on_after_s, lambda: self.power_on(a.order.host, "BMC"))
+        planned = a.plans = a.plans + 1
 
         def answer() -> None:
-            self.note(f"bmc {order.host}: {plan.result.value} ({plan.evidence})")
-            peer.fence_answer(order, plan.result, plan.evidence, generation)
+            if a.plans != planned:
+                return  # the BMC came back: the attempt was planned again
+            if a in self._dark:
+                self._dark.remove(a)
+            self.note(f"bmc {a.order.host}: {plan.result.value} ({plan.evidence})")
+            a.peer.fence_answer(a.order, plan.result, plan.evidence, a.generation)
 
         self.at(plan.answer_after_s, answer)
+
+    def set_bmc_mode(self, host: str, mode: BmcMode) -> None:
+        """A BMC changes mode; attempts waiting on it while it was dark go on now."""
+        self.hosts[host].bmc.mode = mode
+        if mode is BmcMode.UNREACHABLE:
+            return
+        for a in [a for a in self._dark if a.order.host == host]:
+            self._dark.remove(a)
+            self.note(f"bmc {host}: answers the attempt of token {a.order.token} at last")
+            self._attempt(a)
 
     def run_probe(self, peer: SimPeer, order: ProbePower) -> None:
         """A power read through the host's BMC (core/silence.py); commands nothing."""
@@ -314,11 +356,12 @@ class World:
         return last_unhealthy
 
     def _fence_power_off(self, host: str, by: str, term: int, lease_s: float,
-                         healthy_since: float | None) -> None:
+                         healthy_since: float | None, token: int = 0) -> None:
         target = self.hosts[host]
         if not target.powered:
             return
         self.observer.fence_power_off(host, by, term, self.now, healthy_since, lease_s)
+        self.observer.fence_not_superseded(host, token, self.truth(), self.now)
         target.bmc.log.append((self.now, "off"))
         self.power_off(host, "BMC")
 

@@ -3,6 +3,7 @@ and only on fresh state start or kill anything."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from hacluster.core.agent import (
@@ -13,10 +14,12 @@ from hacluster.core.agent import (
     Report,
     StartVm,
     StopVm,
+    libvirt_read,
     reconcile,
 )
 from hacluster.fsm import commands as c
 from hacluster.fsm.model import Desired
+from hacluster.fsm.states import VmState
 
 from .builders import Cluster
 
@@ -109,6 +112,37 @@ def test_leaves_busy_vms_alone() -> None:
     built = cluster()
     on_h1(built, "v1")
     assert reconcile("h1", built.state, {}, busy=frozenset({"v1"}), fresh=True) == []
+
+
+def test_a_domain_list_read_before_a_start_finished_judges_nothing_of_that_vm() -> None:
+    # soak seed 11: read while v1's start was in flight, decided after it committed
+    built = cluster()
+    on_h1(built, "v1")
+    read = libvirt_read("h1", built.state, frozenset({"v1"}))
+    built.report("v1", "started")
+    assert reconcile("h1", built.state, {}, fresh=True, read=read) == []
+    # busy no longer, but the state it was read against has changed since
+    read = libvirt_read("h1", dataclasses.replace(built.state, vms={
+        **built.state.vms, "v1": dataclasses.replace(built.vm("v1"), state=VmState.STARTING)}),
+        frozenset())
+    assert reconcile("h1", built.state, {}, fresh=True, read=read) == []
+    # read against the state in force: a missing domain is a crash
+    read = libvirt_read("h1", built.state, frozenset())
+    assert reports(reconcile("h1", built.state, {}, fresh=True, read=read)) == [("v1", "crashed")]
+
+
+def test_a_domain_list_read_before_an_incoming_migration_landed_is_no_crash() -> None:
+    built = cluster()
+    on_h1(built, "v1", start=True)
+    built.ok(c.SetVmOptions(name="v1", allowed_hosts=()))
+    built.ok(c.MigrateVm(name="v1", target="h2"))
+    read = libvirt_read("h2", built.state, frozenset())  # v1 not there yet
+    built.report("v1", "migrated")
+    assert built.vm("v1").host == "h2"
+    assert reconcile("h2", built.state, {}, fresh=True, read=read) == []
+    after = libvirt_read("h2", built.state, frozenset())
+    assert reports(reconcile("h2", built.state, {}, fresh=True, read=after)) == \
+        [("v1", "crashed")]
 
 
 def test_source_agent_drives_a_migration_only_when_fresh() -> None:

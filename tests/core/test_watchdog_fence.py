@@ -22,7 +22,7 @@ from hacluster.fsm.model import (
 )
 from hacluster.fsm.states import HostState, VmState
 
-from .test_manager import T0, Leader, fence_host_b, proposals, ready_leader
+from .test_manager import T0, Leader, fence_host_b, fences, proposals, ready_leader
 
 H = HostState
 ARMED = Watchdog(WatchdogKind.COMMAND, timeout_s=5.0, self_fence_s=8.0, armed=True)
@@ -72,6 +72,25 @@ def test_between_retries_the_watchdog_wins_over_another_attempt() -> None:
     assert leader.state.hosts["b"].state is H.FENCING
     decisions = leader.tick(due + 60)
     assert [type(p.command) for p in proposals(decisions, c.Command)] == [c.WatchdogConfirm]
+
+
+def test_an_attempt_of_ours_under_way_answers_before_the_watchdog_counts() -> None:
+    """Its BMC may come back and power the host off yet (a repaired chassis): the
+    outcome first, then the watchdog (soak seed 5, scenario 43)."""
+    leader = ready_leader("b", fence_retry_limit=5, fence_retry_backoff_s=0.5,
+                          watchdog_margin_s=MARGIN)
+    due = failed_fence(leader)
+    (retry,) = proposals(leader.tick(due - 1.0), c.RequestFence)
+    leader.commit(retry)
+    decisions = leader.tick(due + 1.0)  # committed: it runs now, no confirm beside it
+    assert len(fences(decisions)) == 1 and proposals(decisions, c.WatchdogConfirm) == []
+    assert confirms(leader, due + 5.0) == []  # it runs
+    record = leader.state.fence_record(leader.state.hosts["b"].fence_token)
+    assert record is not None
+    (failed,) = leader.manager.fence_result("b", record.token, FenceResult.UNREACHABLE,
+                                            "no answer", "ipmi", due + 6.0)
+    leader.commit(failed)  # type: ignore[arg-type]
+    assert len(confirms(leader, due + 6.1)) == 1
 
 
 def test_a_late_acknowledgement_moves_the_moment() -> None:

@@ -56,7 +56,7 @@ def lock_refusals(lab: LabCluster, hosts: list[str]) -> int:
 def test_a_wrong_confirm_on_a_live_host_starts_no_second_copy(lab_factory: Factory) -> None:
     lab = lab_factory(3, "fast", driver="qemu", isolation="netns", disk_leases=True)
     lab.call("settings.set", {"values": {"fence_retry_limit": 1}})  # fail fast
-    lab.add_vms(6)  # two per host
+    lab.add_vms(6, timeout_s=180)  # two per host (QEMU under TCG: slow on a busy machine)
     observer = lab.observer
     assert observer is not None
     leader = lab.wait_leader()

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from hacluster.lab.nemesis.base import FaultRecord
-from hacluster.lab.soakcheck import Alive, Evidence, PeerEnd, Power, Seen, judge, recovery_stats
+from hacluster.lab.soakcheck import judge, recovery_stats
+from hacluster.lab.soakevidence import Alive, Evidence, PeerEnd, Power, Seen
 
 HOSTS = ["h1", "h2", "h3"]
 
@@ -90,6 +91,44 @@ def test_a_dead_chassis_needs_an_operator_before_a_start_elsewhere() -> None:
     assert rules(evidence(base, [off(10.0, "h1")], [confirmed])) == []
 
 
+def test_with_a_watchdog_a_dead_chassis_releases_its_vms_once_it_surely_reset() -> None:
+    # h1 last fed its watchdog (timeout 5 s) at 9.5, its chassis died at 10: nobody could
+    # tell that from an isolated host whose watchdog resets it by 14.5
+    base = [seen(10.05, "h1", "vm1", False)]
+    chassis = fault(1, "chassis-death", ["h1"], 10, 40, down=["h1"], recover_while=True)
+    dog = {"watchdog_timeout_s": 5.0, "feeds": {"h1": [8.5, 9.5], "h2": [9.9]}}
+    early = evidence([*base, seen(13.0, "h3", "vm1")], [off(10.0, "h1")], [chassis], **dog)
+    assert "start-before-release" in rules(early)
+    late = evidence([*base, seen(15.0, "h3", "vm1")], [off(10.0, "h1")], [chassis], **dog)
+    assert rules(late) == []
+    never_fed = dataclasses.replace(late, feeds={})  # never armed: only an operator helps
+    assert "start-before-release" in rules(never_fed)
+
+
+def test_with_a_watchdog_a_dead_chassis_must_recover_while_it_is_still_dark() -> None:
+    chassis = fault(1, "chassis-death", ["h1"], 10, 80, down=["h1"], recover_while=True)
+    dog = {"watchdog_timeout_s": 5.0, "feeds": {"h1": [9.5]}, "ended_at": 200}
+    # back at 50: 40 s after the death, beyond the 30 s bound, though the heal came later
+    slow = evidence([seen(10.05, "h1", "vm1", False), seen(50.0, "h3", "vm1")],
+                    [off(10.0, "h1")], [chassis], **dog)
+    (late,) = [v for v in judge(slow).violations if v.rule == "recovery"]
+    assert "began" in late.summary and late.vms == ("vm1",)
+    quick = evidence([seen(10.05, "h1", "vm1", False), seen(20.0, "h3", "vm1")],
+                     [off(10.0, "h1")], [chassis], **dog)
+    assert rules(quick) == []
+
+
+def test_an_outage_that_waited_for_an_operator_is_timed_from_the_confirm() -> None:
+    chassis = fault(1, "chassis-death", ["h1"], 10, 40, down=["h1"],
+                    confirms=[(25.0, "h1")], waits=[(24.0, "h1")])
+    ev = evidence([seen(10.05, "h1", "vm1", False), seen(26.0, "h3", "vm1")],
+                  [off(10.0, "h1")], [chassis])
+    verdict = judge(ev)
+    assert verdict.violations == []
+    (rec,) = verdict.recoveries
+    assert rec.operator_s == pytest.approx(15.0) and rec.outage_s == pytest.approx(1.0)
+
+
 def test_more_fences_than_the_cap_in_a_window_is_a_violation() -> None:
     fences = [off(10 + i, h, "ipmi") for i, h in enumerate(HOSTS)]
     pauses = [fault(i + 1, "pause-peer", [h], 5 + i, 20, down=[h]) for i, h in enumerate(HOSTS)]
@@ -117,6 +156,26 @@ def test_loss_leaves_the_host_reachable_so_its_fence_is_false() -> None:
     loss = fault(1, "loss", HOSTS, 20, 40, drops=[(a, b, 30) for a in HOSTS for b in HOSTS
                                                   if a != b])
     assert len(judge(evidence([], [off(30.0, "h2", "ipmi")], [loss])).false_fences) == 1
+
+
+def test_a_watchdog_reset_of_a_healthy_reachable_host_is_a_false_fence() -> None:
+    assert len(judge(evidence([], [off(30.0, "h2", "watchdog")], [],
+                              watchdog_timeout_s=5.0)).false_fences) == 1
+    # a minority host gives up and resets up to the watchdog's timeout after the heal
+    split = fault(1, "split", HOSTS, 20, 28, drops=[("h2", "h1", 100), ("h2", "h3", 100),
+                                                    ("h1", "h2", 100), ("h3", "h2", 100)])
+    assert judge(evidence([], [off(36.0, "h2", "watchdog")], [split],
+                          watchdog_timeout_s=5.0)).false_fences == []
+    assert len(judge(evidence([], [off(45.0, "h2", "watchdog")], [split],
+                              watchdog_timeout_s=5.0)).false_fences) == 1
+
+
+def test_a_host_left_without_a_majority_by_dead_voters_may_reset_itself() -> None:
+    # h1's chassis died, h3 was fenced just before: h2 alone resets itself (soak seed 5)
+    chassis = fault(1, "chassis-death", ["h1"], 20, 60, down=["h1"], recover_while=True)
+    power = [off(20.0, "h1"), off(18.0, "h3", "ipmi"), off(40.0, "h2", "watchdog")]
+    verdict = judge(evidence([], power, [chassis], watchdog_timeout_s=10.0))
+    assert [v.hosts for v in verdict.false_fences] == [("h3",)]  # h3 was healthy
 
 
 def test_fences_of_isolated_paused_or_dead_peers_are_justified() -> None:

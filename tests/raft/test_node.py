@@ -339,3 +339,30 @@ def test_large_commands_replicate_and_oversized_ones_are_refused(tmp_path, nodes
     wait_for(lambda: len({m.digest() for _, m in started}) == 1, 10, "both replicas")
     with pytest.raises(ValueError, match="max_command_bytes"):
         leader.propose(b"x" * (200 * 1024 + 1), 1.0)
+
+
+def test_a_connect_whose_syn_was_lost_is_tried_again(tmp_path: Any, nodes: list[RaftNode]) -> None:
+    """A listener whose accept queue is full drops every SYN, as a cut does: the connect
+    must not wait for the kernel's SYN retries (minutes) but be dropped after the
+    connection timeout and tried again (transport.py; soak seed 5)."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    filler = socket.create_connection(hole.getsockname())  # the queue is full from now on
+    try:
+        (port,) = free_ports(1)
+        # pysyncobj connects from the larger address to the smaller: 127.0.0.2 > 127.0.0.1
+        node, _ = start(f"127.0.0.2:{port}", [f"127.0.0.1:{hole.getsockname()[1]}"],
+                        str(tmp_path), settings=RaftSettings(connection_timeout_s=0.5))
+        nodes.append(node)
+        transport = node._engine._SyncObj__transport  # type: ignore[attr-defined]
+        attempts: set[float] = set()
+
+        def retried() -> bool:
+            attempts.update(transport._lastConnectAttempt.values())
+            return len(attempts) >= 3
+
+        wait_for(retried, 5.0, "the stalled connect tried again")
+    finally:
+        filler.close()
+        hole.close()

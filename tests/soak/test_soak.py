@@ -6,6 +6,7 @@ and no false fence. HACLUSTER_SOAK=1 runs the long one (10 minutes, 5 hosts,
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -32,5 +33,10 @@ def test_a_short_soak_finds_no_violation_and_no_false_fence(tmp_path: Path) -> N
     result = Soak(config).run()
     print(render(result))
     assert result.faults, "no fault was injected"
+    summary = result.summary()  # what --json prints on its last line
+    for key in ("faults", "violations", "false_fences", "recovery_median_s",
+                "recovery_p95_s", "seed", "operator_waits"):
+        assert key in summary, key
+    assert json.loads(json.dumps(summary))["seed"] == SEED
     assert result.verdict.false_fences == []
     assert result.verdict.violations == [], render(result)

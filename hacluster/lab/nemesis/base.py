@@ -18,7 +18,12 @@ class FaultRecord:
     down: hosts the fault takes down or freezes (power, peer killed or paused,
     its journal swapped): fencing them while it lasts is justified.
     drops: (src, dst, percent) packet drops between hosts while it lasts.
-    confirms: (time, host) fences an operator confirmed by hand meanwhile."""
+    confirms: (time, host) fences an operator confirmed by hand meanwhile.
+    waits: (time, host) when the operator first saw the cluster wait for them
+    (a host `fence-failed`): expected without a watchdog, listed in the summary.
+    recover_while: the VMs must run again within the recovery bound of the
+    fault's start while it still lasts (nobody needs to heal it: chassis death
+    with a watchdog)."""
 
     index: int
     kind: str
@@ -29,6 +34,8 @@ class FaultRecord:
     down: list[str] = field(default_factory=list)
     drops: list[tuple[str, str, int]] = field(default_factory=list)
     confirms: list[tuple[float, str]] = field(default_factory=list)
+    waits: list[tuple[float, str]] = field(default_factory=list)
+    recover_while: bool = False
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -39,6 +46,7 @@ class FaultRecord:
         raw = dict(raw)
         raw["drops"] = [tuple(d) for d in raw.get("drops", [])]
         raw["confirms"] = [tuple(c) for c in raw.get("confirms", [])]
+        raw["waits"] = [tuple(c) for c in raw.get("waits", [])]
         return cls(**raw)
 
 
@@ -65,6 +73,12 @@ class Fault:
 
     def during(self, elapsed_s: float) -> None:
         """Called about every 0.1 s while the fault lasts (operator actions)."""
+
+    def holds_on(self) -> bool:
+        """Whether the fault wants to last beyond its planned hold (the soak
+        allows it up to the recovery bound more): a dead chassis stays dead
+        until the cluster did without it."""
+        return False
 
     def _apply(self) -> None:
         raise NotImplementedError

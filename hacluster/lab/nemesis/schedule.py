@@ -4,6 +4,7 @@ schedule; only "the leader" is resolved when the fault starts."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,27 +83,41 @@ def plan_one(rng: random.Random, kind: str, hosts: int, lease_s: float,
 
 
 def schedule(seed: int, hosts: int, lease_s: float, count: int,
-             kinds: tuple[str, ...] = KINDS, loss: tuple[int, int] = (10, 50)) -> list[Plan]:
+             kinds: tuple[str, ...] = KINDS, loss: tuple[int, int] = (10, 50),
+             hold_s: float = 0.0, loss_hosts: int = 0) -> list[Plan]:
+    """hold_s > 0: every fault lasts exactly that long; loss_hosts > 0: every
+    loss fault spans that many hosts. Both replace a drawn value after the
+    draw, so the rest of the schedule stays that of the seed."""
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown fault kind {unknown[0]!r} (known: {', '.join(KINDS)})")
     if hosts < 3:
         raise ValueError("a soak needs at least 3 hosts")
+    if not 0 <= loss_hosts <= hosts or loss_hosts == 1:
+        raise ValueError(f"loss between {loss_hosts} hosts: 2-{hosts}, or 0 for random")
     rng = random.Random(seed)
     weights = [WEIGHTS[k] for k in kinds]
-    return [plan_one(rng, rng.choices(kinds, weights)[0], hosts, lease_s, loss)
-            for _ in range(count)]
+    plans = [plan_one(rng, rng.choices(kinds, weights)[0], hosts, lease_s, loss)
+             for _ in range(count)]
+    if hold_s > 0:
+        plans = [dataclasses.replace(p, hold_s=hold_s) for p in plans]
+    if loss_hosts:
+        plans = [dataclasses.replace(p, variant=str(loss_hosts)) if p.kind == "loss" else p
+                 for p in plans]
+    return plans
 
 
-def build(plan: Plan, lab: LabCluster, index: int, leader: str, lease_s: float) -> Fault:
-    """The fault of `plan` on this lab (`leader`: the leader's host now)."""
+def build(plan: Plan, lab: LabCluster, index: int, leader: str, lease_s: float,
+          loaded: frozenset[str] = frozenset(), watchdog: bool = False) -> Fault:
+    """The fault of `plan` on this lab (`leader`: the leader's host now; `loaded`:
+    the hosts that run VMs now; `watchdog`: every host has one)."""
     names = sorted(lab.nodes)
     chosen = [names[i] for i in plan.picks]
-    host = chosen[0]
+    host = next((h for h in chosen if h in loaded), chosen[0])
     others = [h for h in chosen if h != leader]
     builders: dict[str, Callable[[], Fault]] = {
         "power-loss": lambda: PowerLoss(lab, index, host),
-        "chassis-death": lambda: ChassisDeath(lab, index, host, plan.value),
+        "chassis-death": lambda: ChassisDeath(lab, index, host, plan.value, watchdog),
         "kill-peer": lambda: KillPeer(lab, index, host),
         "kill-leader": lambda: KillPeer(lab, index, leader, "the leader"),
         "pause-peer": lambda: PausePeer(lab, index, host, plan.hold_s, lease_s),
