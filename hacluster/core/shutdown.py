@@ -129,6 +129,8 @@ class PlannedShutdown:
         self._handed_at = -1e18
         self._proposing = False
         self._retry_at = -1e18
+        self._step_since: float | None = None  # the first proposal of the current step
+        self._step_phase: Phase | None = None
         self._stuck_since: float | None = None
         self._stopped: tuple[tuple[str, int], ...] = ()
         self._acting = False  # an agent stop or VM shutdown is under way
@@ -241,8 +243,17 @@ class PlannedShutdown:
         """(Called only while no proposal is under way.)"""
         if view.now < self._retry_at:
             return Wait(f"{self.phase.value}: proposing again shortly")
+        if self._step_since is None or self._step_phase is not self.phase:
+            self._step_since, self._step_phase = view.now, self.phase
         self._proposing = True
         return Propose(command, reason)
+
+    def _given_up(self, now: float, by_s: float) -> bool:
+        """A step that did not commit within a commit time (no quorum, most likely: the
+        driver retries each proposal that long), or past its place in the budget."""
+        stuck = self._step_phase is self.phase and self._step_since is not None and \
+            now - self._step_since > self.budget.grace_s
+        return stuck or now - self.started > by_s
 
     def _begin(self, view: View) -> Action:
         state = view.state
@@ -260,10 +271,10 @@ class PlannedShutdown:
         if self.policy is P.FREEZE:
             self.phase = Phase.DONE
             return self._done(view)
-        if view.now - self.started > self.budget.moving_s:
+        if self._given_up(view.now, self.budget.moving_s):
             self.phase = Phase.LEFT
-            return Leave("the planned shutdown could not be recorded in time (no quorum?): "
-                         "VMs left as they are; the host's lease is judged as usual")
+            return Leave("the planned shutdown could not be recorded (no quorum?): VMs left "
+                         "as they are; the host's lease is judged as usual")
         cmd = c.PlannedShutdown(name=self.me, step="begin", policy=self.policy.value)
         return self._propose(cmd, f"planned shutdown ({self.policy.value}): begin", view)
 
@@ -320,7 +331,7 @@ class PlannedShutdown:
         else:
             cmd = c.PlannedShutdown(name=self.me, step="done", policy=self._policy_name,
                                     stopped=self._stopped)
-        if view.now - self.started > self.budget.total_s - MARGIN_S:
+        if self._given_up(view.now, self.budget.total_s - MARGIN_S):
             self.phase = Phase.LEFT
             return Leave("could not record that this peer stops (no quorum?): its host's "
                          "lease is judged as usual, so it is fenced before any VM of it "

@@ -241,7 +241,9 @@ def test_a_step_that_never_commits_ends_with_the_vms_left_as_they_are() -> None:
     plan.step(view(cl, 0.0))
     plan.proposed(False, 0.0)
     assert isinstance(plan.step(view(cl, 0.1)), sd.Wait)  # proposed again shortly
-    leave = plan.step(view(cl, budget.moving_s + 1))
+    assert isinstance(plan.step(view(cl, 1.0)), sd.Propose)
+    plan.proposed(False, 1.0)
+    leave = plan.step(view(cl, budget.grace_s + 0.1))  # no quorum: it does not linger
     assert isinstance(leave, sd.Leave) and "could not be recorded" in leave.reason
 
 

@@ -53,3 +53,17 @@ def test_a_stopping_leader_hands_leadership_over_before_it_leaves(
     lab.wait(lambda: lab.hosts()[old]["peer_stopped"], 10, "the old leader marked stopped")
     assert lab.call("fence.history")["fences"] == []
     assert lab.hosts()[old]["state"] == "online"
+
+
+def test_a_peer_without_quorum_leaves_without_lingering(lab_factory: Factory) -> None:
+    """Nothing can be recorded: the peer says so and leaves after one commit time (its
+    host is then judged by its lease, as any silent host), instead of spending the whole
+    stop timeout (300 s) on it and being killed by systemd."""
+    lab = lab_factory(3)
+    lab.add_vms(1)
+    for name in ("h2", "h3"):
+        lab.nodes[name].host.stop_peer()
+    lab.nodes["h1"].host.stop_peer(timeout_s=60)  # SIGKILL after that: no "peer stopped"
+    text = log_of(lab, "h1")
+    assert "could not record that this peer stops (no quorum?)" in text, text[-2000:]
+    assert text.rstrip().splitlines()[-1].split()[3:5] == ["peer", "stopped"]
