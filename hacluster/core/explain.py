@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from hacluster.fsm.model import ClusterState, Desired, HaPolicy, Vm
 from hacluster.fsm.placement import Planner
+from hacluster.fsm.room import MAKING_ROOM, MAX_MOVES
 from hacluster.fsm.states import HostState, VmState
 
 
@@ -15,6 +16,7 @@ def explain(state: ClusterState, name: str) -> list[str]:
     lines = [_where(vm), f"why: {vm.reason or '-'}"]
     lines += _policy(vm)
     lines += _host_context(state, vm)
+    lines += _room(state, vm)
     lines.append(_if_host_died(state, vm))
     return lines
 
@@ -49,6 +51,18 @@ def _policy(vm: Vm) -> list[str]:
     elif vm.ha is HaPolicy.NONE:
         lines.append("HA policy none: not restarted after a crash or a host failure")
     return lines
+
+
+def _room(state: ClusterState, vm: Vm) -> list[str]:
+    """A pending VM for which room is being made (fsm/room.py)."""
+    if vm.state is not VmState.PENDING:
+        return []
+    movers = sorted(v.name for v in state.vms.values() if v.state is VmState.MIGRATING
+                    and v.reason.startswith(MAKING_ROOM) and f" for {vm.name} " in v.reason)
+    if not movers:
+        return []
+    return [f"room is being made for it: {', '.join(movers)} move away by live migration "
+            f"(at most {MAX_MOVES} VMs, VMs without host limits only)"]
 
 
 def _host_context(state: ClusterState, vm: Vm) -> list[str]:

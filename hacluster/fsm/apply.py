@@ -117,6 +117,7 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.SetVmOptions: apply_vms.set_vm_options,
     c.SetVmDesired: apply_vms.set_vm_desired,
     c.MigrateVm: apply_vms.migrate_vm,
+    c.MakeRoom: apply_vms.make_room,
     c.VmReport: apply_vms.vm_report,
     c.SetSettings: set_settings,
     c.SetBmcDefaults: set_bmc_defaults,

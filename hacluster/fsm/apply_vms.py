@@ -7,7 +7,7 @@ import dataclasses
 
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
-from hacluster.fsm import placement
+from hacluster.fsm import placement, room
 from hacluster.fsm.context import Ctx, Refused
 from hacluster.fsm.lifecycle import continue_drain, place, restart_or_relocate, stop_here
 from hacluster.fsm.model import Desired, Vm, stop_failure
@@ -128,6 +128,25 @@ def migrate_vm(ctx: Ctx, cmd: c.MigrateVm) -> None:
         target_host=choice.host,
         placement=ctx.index,
     )
+
+
+def make_room(ctx: Ctx, cmd: c.MakeRoom) -> None:
+    """Live-migrate a few VMs without limits away from a host the pending VM may use."""
+    vm = ctx.vm(cmd.name)
+    if room.moving(ctx.state):
+        raise Refused("room is being made for another VM already", cmd.name)
+    plan = room.plan(ctx.state, vm)
+    if plan is None:
+        raise Refused(f"no room can be made for {cmd.name} on its hosts "
+                      f"({', '.join(vm.allowed_hosts) or 'any'})", cmd.name)
+    limits = ", ".join(vm.allowed_hosts)
+    for name, target in plan.moves:
+        ctx.set_vm(ctx.state.vms[name], V.MIGRATING,
+                   f"{room.MAKING_ROOM} {plan.host} for {vm.name} (pending: its host limits "
+                   f"allow only {limits}): live migration to {target}", target_host=target,
+                   placement=ctx.index, migrate_tried=())
+    ctx.set_vm(vm, V.PENDING, f"waiting for room on {plan.host}: "
+               f"{', '.join(n for n, _ in plan.moves)} move away by live migration")
 
 
 def vm_report(ctx: Ctx, cmd: c.VmReport) -> None:

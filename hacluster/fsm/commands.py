@@ -400,6 +400,16 @@ class MigrateVm(Command):
     target: str = ""  # "" = let placement choose
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MakeRoom(Command):
+    """Proposed by the leader for a VM pending because its host limits name only full
+    hosts: apply live-migrates a few VMs without limits away from one of them
+    (fsm/room.py), or refuses when that cannot make it fit."""
+
+    TYPE = "make-room"
+    name: str  # the pending VM
+
+
 # What an agent observed for a VM placement it was given.
 VM_REPORTS = (
     "started",  # running on the reporting host
@@ -548,6 +558,7 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     SetVmOptions,
     SetVmDesired,
     MigrateVm,
+    MakeRoom,
     VmReport,
     SetSettings,
     SetBmcDefaults,

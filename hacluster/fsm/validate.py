@@ -98,7 +98,8 @@ COUNTED_SETTINGS = ("fence_cap", "fence_retry_limit", "fence_retry_backoff_s")
 CHECKED_SETTINGS = (*POSITIVE_SETTINGS, *COUNTED_SETTINGS, "probe_after_s",
                     "watchdog_margin_s")
 LEASE_SETTINGS = ("lease_renew_s", "lease_suspect_s", "lease_ttl_s")
-VM_COMMANDS = (c.AddVm, c.RemoveVm, c.SetVmOptions, c.SetVmDesired, c.MigrateVm, c.VmReport)
+VM_COMMANDS = (c.AddVm, c.RemoveVm, c.SetVmOptions, c.SetVmDesired, c.MigrateVm, c.VmReport,
+               c.MakeRoom)
 
 Found = tuple[str, str]  # (field, message); "" message: no problem
 
