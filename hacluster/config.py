@@ -96,6 +96,8 @@ class TimingConfig:
     bmc_check_timeout_s: float = 10.0
     notify_timeout_s: float = 10.0  # notification hook run time
     stop_grace_s: float = 5.0  # SIGTERM: time to finish in-flight work
+    # systemd's TimeoutStopSec: a planned shutdown (core/shutdown.py) ends within it
+    stop_timeout_s: float = 300.0
     halt_linger_s: float = 10.0  # a halted peer answers `hactl status` this long, then exits
 
 

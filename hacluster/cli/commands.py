@@ -263,6 +263,14 @@ COMMANDS: tuple[Spec, ...] = (
          ("hactl settings set lease_ttl_s=5 selector=vm-count",),
          lambda a: {"values": parse_pairs(a.pairs)}, ((("pairs",), {"nargs": "+",
                                                               "metavar": "KEY=VALUE"}),)),
+    Spec(("settings", "shutdown-policy"), "shutdown.policy",
+         "what a peer stopped by SIGTERM does with its VMs (--host: that host's own; "
+         "default: it follows the cluster's)",
+         ("hactl settings shutdown-policy migrate",
+          "hactl settings shutdown-policy freeze --host h2"),
+         lambda a: {"policy": a.policy, "host": a.host or ""},
+         ((("policy",), {"choices": ["migrate", "stop", "freeze", "failover", "default"]}),
+          (("--host",), {"help": "this host only"}))),
     Spec(("bmc", "show"), "bmc.show", "BMC defaults and per-host overrides (sealed)",
          ("hactl bmc show",), _none,
          render=lambda r: "\n".join([render.block("defaults", r["defaults"])] + [

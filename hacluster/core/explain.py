@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from hacluster.fsm.model import ClusterState, Desired, HaPolicy, Vm
 from hacluster.fsm.placement import Planner
+from hacluster.fsm.room import MAKING_ROOM, MAX_MOVES
 from hacluster.fsm.states import HostState, VmState
 
 
@@ -15,6 +16,7 @@ def explain(state: ClusterState, name: str) -> list[str]:
     lines = [_where(vm), f"why: {vm.reason or '-'}"]
     lines += _policy(vm)
     lines += _host_context(state, vm)
+    lines += _room(state, vm)
     lines.append(_if_host_died(state, vm))
     return lines
 
@@ -22,6 +24,9 @@ def explain(state: ClusterState, name: str) -> list[str]:
 def _where(vm: Vm) -> str:
     if vm.state is VmState.MIGRATING:
         return f"{vm.name} is migrating from {vm.host} to {vm.target_host}"
+    if vm.state is VmState.FENCE:
+        return (f"{vm.name} is frozen on {vm.host} until its fence is confirmed (placement "
+                f"{vm.placement})")
     if vm.host:
         return f"{vm.name} is {vm.state.value} on {vm.host} (placement {vm.placement})"
     return f"{vm.name} is {vm.state.value} and placed on no host"
@@ -33,6 +38,9 @@ def _policy(vm: Vm) -> list[str]:
              f"{vm.relocates}/{vm.max_relocates}"]
     if vm.allowed_hosts:
         lines.append(f"host limits: only {', '.join(vm.allowed_hosts)}")
+    if vm.tried_hosts:
+        lines.append(f"failed on {', '.join(vm.tried_hosts)} since it last ran stably: a "
+                     "relocation tries the other eligible hosts first")
     if vm.anti_affinity:
         lines.append(f"anti-affinity group {vm.anti_affinity}: never shares a host with "
                      "another member")
@@ -45,6 +53,18 @@ def _policy(vm: Vm) -> list[str]:
     return lines
 
 
+def _room(state: ClusterState, vm: Vm) -> list[str]:
+    """A pending VM for which room is being made (fsm/room.py)."""
+    if vm.state is not VmState.PENDING:
+        return []
+    movers = sorted(v.name for v in state.vms.values() if v.state is VmState.MIGRATING
+                    and v.reason.startswith(MAKING_ROOM) and f" for {vm.name} " in v.reason)
+    if not movers:
+        return []
+    return [f"room is being made for it: {', '.join(movers)} move away by live migration "
+            f"(at most {MAX_MOVES} VMs, VMs without host limits only)"]
+
+
 def _host_context(state: ClusterState, vm: Vm) -> list[str]:
     host = state.hosts.get(vm.host) if vm.host else None
     if host is None:
@@ -52,6 +72,10 @@ def _host_context(state: ClusterState, vm: Vm) -> list[str]:
     line = f"host {host.name} is {host.state.value}: {host.reason or '-'}"
     if host.state in (HostState.FENCING, HostState.FENCE_FAILED, HostState.FENCE_BLOCKED):
         line += " (its VMs wait until the fence is confirmed)"
+    if host.peer_stopped:
+        planned = f" for a planned shutdown ({host.shutdown})" if host.shutdown else ""
+        return [line, f"its peer is stopped{planned}: nothing protects this VM until it "
+                "returns"]
     return [line]
 
 
@@ -60,7 +84,7 @@ def _if_host_died(state: ClusterState, vm: Vm) -> str:
         return "if its host died now: it would not be restarted"
     exclude = [vm.host] if vm.host else []
     choice = Planner(state, exclude=exclude).choose(vm)
-    if choice.host is None:
-        return f"if its host died now: it would wait pending ({choice.reason})"
     died = f"if {vm.host} died now" if vm.host else "if placed now"
+    if choice.host is None:
+        return f"{died}: it would wait pending ({choice.reason})"
     return f"{died}: it would go to {choice.host} ({choice.reason})"

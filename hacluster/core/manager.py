@@ -39,6 +39,7 @@ from hacluster.core.quorum import QuorumGuard, StepDown
 from hacluster.core.silence import Challenge, ProbePower, SilenceWatch
 from hacluster.core.storage import CheckStorage, Gate, StorageRead, StorageWatch
 from hacluster.fsm import commands as c
+from hacluster.fsm import room
 from hacluster.fsm.apply_fence import (
     cap_reopens_at,
     fence_action_for,
@@ -59,6 +60,7 @@ from hacluster.fsm.states import HostState
 H = HostState
 PROPOSAL_TIMEOUT_S = 10.0  # forget an unanswered proposal after this long
 CLOCK_RATE_MARGIN = 0.01  # a host's clock may run this much slower than the leader's
+ROOM_EVERY_S = 2.0  # how often the leader looks for a pending VM to make room for
 REPEAT_AFTER_S = 1.0  # the same command for the same host at most this often
 
 
@@ -94,6 +96,7 @@ class Manager(QuorumGuard):
         self._failed_at: dict[str, float] = {}  # host -> last failed attempt (monotonic)
         self._led_since = -1e18  # when this leadership began (monotonic)
         self._acked: dict[str, float] = {}  # host -> when this leader last acked it
+        self._room_checked = -1e18  # when _make_room last looked (fsm/room.py)
         self.watch = SilenceWatch()  # power reads and challenges (core/silence.py)
         self.storage = StorageWatch()  # storage activity checks (core/storage.py)
 
@@ -236,7 +239,23 @@ class Manager(QuorumGuard):
                 out.append(decision)
         out.extend(self._fences_to_run(state, now))
         out.extend(r for r in self._results.values() if self._may_send(r, now))
+        out.extend(self._make_room(state, now))
         return out
+
+    def _make_room(self, state: ClusterState, now: float) -> list[Decision]:
+        """A VM pending because VMs without limits fill the hosts its limits name: have
+        room made there by live migration (fsm/room.py), one batch at a time."""
+        if not state.pending or now - self._room_checked < ROOM_EVERY_S or \
+                not versions.admit(state, c.MakeRoom.TYPE, c.MakeRoom.VERSION).admitted:
+            return []
+        self._room_checked = now
+        name = room.wanted(state)
+        if not name:
+            return []
+        d = Propose(c.MakeRoom(name=name), f"room:{name}",
+                    f"{name} waits pending: its host limits name only hosts that VMs "
+                    "without limits fill")
+        return [d] if self._may_send(d, now) else []
 
     def _probe_due(self, state: ClusterState, host: Host, now: float) -> ProbePower | None:
         """A read of a silent host's power, if one is due (core/silence.py)."""

@@ -29,6 +29,9 @@ def registration(me: str, state: ClusterState, role: HostRole, addresses: tuple[
     announce = versions.announcement(state, me, understands)
     if announce is not None:
         return announce, "the cluster state does not say what this peer understands"
+    if host.shutdown:  # (only peers that understand it can have recorded one)
+        return c.PlannedShutdown(name=me, step="back"), \
+            f"it was stopped for a planned shutdown ({host.shutdown})"
     report = storage_report(me, state, role, heartbeat_paths)
     if report is not None:
         return report

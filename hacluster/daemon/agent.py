@@ -134,6 +134,7 @@ class AgentDriver:
     def _send_report(self, command: c.Command, reason: str) -> None:
         """Every report goes through the throttle: the one an action sends and the one
         the next reconcile would send for the same observation are one report."""
+        command = c.keeps_trying(command)  # (VmReport v3: see fsm/apply_vms.py)
         key = (command.TYPE, getattr(command, "name", ""), getattr(command, "observed", ""),
                getattr(command, "placement", 0))
         if self.throttle.allow(key, time.monotonic()):
@@ -148,9 +149,15 @@ class AgentDriver:
             if older is None:
                 log.error("report not proposed", extra={"reason": str(exc)})
                 return
-            # a host of 0.1.0 cannot read it: a failed start it knows (caps apply)
-            log.warning("report sent as %s: %s", older.observed, exc)
-            outcome = await self.proposer.propose(older)
+            # a host of an older release cannot read it: what it reads instead
+            log.warning("report sent as %s v%d: %s", older.observed, older.wire_version(), exc)
+            try:
+                outcome = await self.proposer.propose(older)
+            except VersionGateError:
+                older = older.for_older_peers()  # (v3 -> v2 -> v1)
+                if older is None:
+                    return
+                outcome = await self.proposer.propose(older)
         for event in outcome.events:
             if event.kind == "rejected":
                 log.info("report refused", extra={"reason": event.message})
@@ -230,13 +237,24 @@ class AgentDriver:
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
 
+    async def quiesce(self, timeout_s: float) -> bool:
+        """Wait until no operation is under way (its report included); False if one
+        still is after timeout_s. Call once the loop has stopped."""
+        give_up = time.monotonic() + timeout_s
+        while self._tasks or self.busy:
+            left = give_up - time.monotonic()
+            if left <= 0:
+                return False
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=left)
+            else:
+                await asyncio.sleep(0.05)
+        return True
+
 
 def _older_report(command: c.Command) -> c.VmReport | None:
     """What a peer of an older release reads in place of a newer report, if anything."""
-    if isinstance(command, c.VmReport) and command.observed in c.VM_REPORTS_V2:
-        return c.VmReport(name=command.name, host=command.host, placement=command.placement,
-                          observed="start-failed", detail=command.detail)
-    return None
+    return command.for_older_peers() if isinstance(command, c.VmReport) else None
 
 
 class HostReporter:

@@ -61,7 +61,7 @@ class Api:
             "vm_disable", "vm_migrate", "fence_history", "fence_confirm", "fence_retry",
             "fence_cap", "cluster_maintenance", "events", "history_status", "config_show",
             "explain",
-            "bmc_show", "bmc_set", "settings_show", "settings_set")}
+            "bmc_show", "bmc_set", "settings_show", "settings_set", "shutdown_policy")}
 
     # ------------------------------------------------------------ helpers
 
@@ -372,10 +372,24 @@ class Api:
     async def m_settings_set(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         p = validate_params(params, {"values": dict})
         unknown = sorted(set(p["values"]) - set(SETTING_KEYS))
+        if "shutdown_policy" in unknown:
+            raise RpcError(ErrorCode.BAD_PARAMS, "the shutdown policy has a command of its "
+                           "own: hactl settings shutdown-policy POLICY [--host NAME]",
+                           {"field": "shutdown_policy"})
         if unknown:
             raise RpcError(ErrorCode.BAD_PARAMS, f"unknown setting {unknown[0]!r}",
                            {"field": unknown[0], "known": SETTING_KEYS})
         return await self._write(ctx, _decode(c.SetSettings, p["values"]))
+
+    async def m_shutdown_policy(self, ctx: CallContext,
+                                params: dict[str, Any]) -> dict[str, Any]:
+        """What a peer stopped by SIGTERM does with its VMs: the cluster's policy, or one
+        host's ("default": it follows the cluster's again)."""
+        p = validate_params(params, {"policy": str, "host": optional(str, default="")})
+        if p["host"]:
+            self._host(p["host"])
+        policy = "" if p["policy"] == "default" and p["host"] else p["policy"]
+        return await self._write(ctx, c.SetShutdownPolicy(host=p["host"], policy=policy))
 
     async def m_bmc_show(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         validate_params(params, {})

@@ -53,6 +53,7 @@ RULES: tuple[Rule, ...] = (
     Rule("host-recovered", ev.HOST_RECOVERED),
     Rule("bmc-failing", ev.HOST_UPDATED, when=(("bmc_ok", "False"),)),
     Rule("peer-stopped", ev.HOST_UPDATED, when=(("peer_stopped", "True"),)),
+    Rule("peer-stopped", ev.HOST_SHUTDOWN, when=(("step", "done"),)),  # planned shutdown
     Rule("vm-error", ev.VM_STATE, VM, when=(("to", "error"),), unless=(("from", "error"),)),
     Rule("vm-pending", ev.VM_STATE, VM, when=(("to", "pending"),),
          unless=(("from", "pending"),)),

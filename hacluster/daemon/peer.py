@@ -41,6 +41,7 @@ from hacluster.daemon.proposer import Outcome, Proposer
 from hacluster.daemon.replica import EventListener, Replica
 from hacluster.daemon.sdnotify import sd_notify, watchdog_interval_s
 from hacluster.daemon.selffencing import SelfFencing, destroy_cluster_vms
+from hacluster.daemon.shutdown import carry_out
 from hacluster.daemon.storage import HeartbeatWriter
 from hacluster.fsm import ClusterState, Event
 from hacluster.fsm import commands as c
@@ -96,6 +97,7 @@ class Peer:
         self.extra_services: list[Any] = []  # e.g. the RPC server (start()/close())
         self.rpc_server: RpcServer | None = None
         self._caught_up = False
+        self._agent_task: asyncio.Task[None] | None = None
         self.history = open_history(config, self.replica)  # before Raft applies anything
         self.extra_services += [self.history, self.notifications]
         self.metrics = self._start_metrics()
@@ -326,7 +328,8 @@ class Peer:
             self.me, self.replica, hypervisor, self.proposer, self._fresh, capacity, self.pool,
             shutdown_timeout_s=hv.shutdown_timeout_s, migrate_timeout_s=hv.migrate_timeout_s,
             migration_uri=hv.migration_uri or hv.uri)
-        self._tasks.append(asyncio.ensure_future(self.agent.run(timing.agent_tick_s)))
+        self._agent_task = asyncio.ensure_future(self.agent.run(timing.agent_tick_s))
+        self._tasks.append(self._agent_task)
         reporter = HostReporter(self.me, self.replica, self.proposer, fencer, self.secret,
                                 self.pool)
         self._every(30.0, reporter.report_load)
@@ -427,6 +430,8 @@ class Peer:
 
     def _registration(self) -> tuple[c.Command, str] | None:
         """What the cluster state must learn about this host, and why."""
+        if self._stop.is_set():
+            return None  # stopping: the planned shutdown speaks for this host now
         addresses = tuple(f"{k}={v}" for k, v in sorted(self._links().items()))
         with self.replica.read() as state:
             return registration(self.me, state, self.role, addresses,
@@ -479,16 +484,26 @@ class Peer:
         finally:
             await self._shutdown()
 
+    @property
+    def hypervisor_in_use(self) -> Hypervisor | None:
+        return self._hypervisor
+
+    async def stop_agent(self, timeout_s: float) -> bool:
+        """Nothing starts, stops or migrates here any more (a planned shutdown): the
+        agent's loop ends and its operations under way finish. True once none is left."""
+        if self._agent_task is not None:
+            self._agent_task.cancel()
+            await asyncio.gather(self._agent_task, return_exceptions=True)
+        return self.agent is None or await self.agent.quiesce(timeout_s)
+
     async def _shutdown(self) -> None:
-        """Leave cleanly: nobody gets fenced because this peer stops."""
+        """Leave cleanly: hand leadership over, carry out the shutdown policy
+        (daemon/shutdown.py), and nobody gets fenced because this peer stops."""
         sd_notify("STOPPING=1")
         if self.leader is not None:
             self.leader.stopping = True
-        if self.proposer is not None and self.role is not HostRole.WITNESS and not self.halted:
-            outcome = await self.proposer.submit(c.SetPeerStopped(name=self.me, stopped=True),
-                                                 deadline_s=self.config.timing.stop_grace_s)
-            decision(log, "peer stopping", "marked stopped in the cluster state"
-                     if outcome.committed else "could not mark stopped (no quorum?)")
+        if self.proposer is not None and self.raft is not None and not self.halted:
+            await carry_out(self)
         if self.self_fencing is not None and not self.halted:
             await self.self_fencing.stop(self.proposer, self.config.timing.stop_grace_s)
         for task in self._tasks:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from hacluster.core.bmc import NO_ADDRESS, bmc_health
+from hacluster.fsm.apply import frozen_by_fences
 from hacluster.fsm.apply_fence import cap_reopens_at, fences_in_window
+from hacluster.fsm.apply_shutdown import policy_of
 from hacluster.fsm.events import Event
 from hacluster.fsm.model import (
     BmcOverride,
@@ -47,6 +49,8 @@ def host_view(state: ClusterState, host: Host, lease_ages: dict[str, float] | No
         "vms": len(vms), "load": host.load, "bmc_ok": bmc.ok,
         "bmc_detail": bmc.detail, "peer_stopped": host.peer_stopped,
         "lease_links": lease_ages or {}, "watchdog": watchdog_view(host.watchdog),
+        "shutdown_policy": policy_of(state, host).value if host.runs_vms else "",
+        "shutdown": host.shutdown,
         "storage": {"heartbeat_paths": list(host.heartbeat_paths),
                     "check": storage_check_view(host.storage_check)},
     }
@@ -129,13 +133,23 @@ def waiting_for_operator(state: ClusterState) -> list[str]:
                 if bmc.detail == NO_ADDRESS else ""
             out.append(f"host {name} cannot be fenced: {bmc.detail}{hint}")
         if host.peer_stopped:
-            out.append(f"host {name}: its peer is stopped; its VMs are not protected")
+            left = [vm.name for vm in state.vms_on(name) if vm.host == name and
+                    vm.state is not VmState.STARTING]
+            shown = f" ({', '.join(left[:10])}{', ...' if len(left) > 10 else ''})" \
+                if left else ""
+            planned = f" for a planned shutdown ({host.shutdown})" if host.shutdown else ""
+            out.append(f"host {name}: its peer is stopped{planned}; its VMs are not "
+                       f"protected{shown}")
     for name in sorted(state.vms):
         vm = state.vms[name]
         if vm.state in (VmState.PENDING, VmState.ERROR):
             out.append(f"vm {name} is {vm.state.value}: {vm.reason}")
     if state.settings.cluster_maintenance:
         out.append("cluster maintenance is on: no host will be fenced")
+        for name, vms in frozen_by_fences(state).items():
+            out.append(f"cluster maintenance holds the fence of {name}: its VMs stay frozen "
+                       f"({', '.join(vms) or 'none'}) -> hactl cluster maintenance off, or "
+                       f"hactl fence confirm {name} --reason TEXT")
     return out
 
 

@@ -15,7 +15,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from hacluster.fsm import apply_fence, apply_hosts, apply_storage, apply_vms
+from hacluster.fsm import apply_fence, apply_hosts, apply_shutdown, apply_storage, apply_vms
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
 from hacluster.fsm.codec import UnreadableEntry, decode_command
@@ -23,6 +23,7 @@ from hacluster.fsm.context import Ctx, IllegalEdge, Refused
 from hacluster.fsm.events import Event
 from hacluster.fsm.lifecycle import place_pending, refresh_drains
 from hacluster.fsm.model import RECENT_REQUESTS_KEPT, ClusterState
+from hacluster.fsm.states import FENCE_PENDING_HOSTS, VmState
 from hacluster.fsm.validate import find_problem, settings_given, settings_problem, subject_of
 
 
@@ -51,12 +52,31 @@ def set_bmc_defaults(ctx: Ctx, cmd: c.SetBmcDefaults) -> None:
 def set_cluster_maintenance(ctx: Ctx, cmd: c.SetClusterMaintenance) -> None:
     ctx.state.settings = dataclasses.replace(ctx.state.settings, cluster_maintenance=cmd.on)
     who = cmd.who or ctx.origin or "an operator"
+    held = frozen_by_fences(ctx.state)
+    shown = "; ".join(f"{host} keeps {', '.join(vms) or 'no VM'} frozen"
+                      for host, vms in held.items())
+    if cmd.on and held:
+        shown = (f"; of the fences already committed, an attempt under way ends, but no new "
+                 f"one runs while it is on, and no VM of their hosts starts elsewhere before "
+                 f"a fence is confirmed: {shown} (until maintenance is off or an operator "
+                 "confirms the fence)")
+    elif held:
+        shown = f"; the fences held meanwhile go on: {', '.join(held)}"
     ctx.emit(
         ev.CLUSTER_MAINTENANCE,
         "",
         f"cluster maintenance {'on' if cmd.on else 'off'} "
-        f"by {who}" + (": fencing disabled" if cmd.on else ": fencing enabled"),
+        f"by {who}" + (": fencing disabled" if cmd.on else ": fencing enabled") + shown,
+        held=",".join(held), frozen=",".join(vm for vms in held.values() for vm in vms),
     )
+
+
+def frozen_by_fences(state: ClusterState) -> dict[str, list[str]]:
+    """Hosts whose fence is pending (committed, failed or held) -> the VMs it keeps
+    frozen: cluster maintenance stops those fences from running (core/manager.py)."""
+    return {name: [vm.name for vm in state.vms_on(name) if vm.state is VmState.FENCE]
+            for name, host in sorted(state.hosts.items())
+            if host.state in FENCE_PENDING_HOSTS}
 
 
 def noop(ctx: Ctx, cmd: c.Noop) -> None:
@@ -72,6 +92,8 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.ReportHostLoad: apply_hosts.report_load,
     c.ReportBmcHealth: apply_hosts.report_bmc_health,
     c.SetPeerStopped: apply_hosts.set_peer_stopped,
+    c.PlannedShutdown: apply_shutdown.planned_shutdown,
+    c.SetShutdownPolicy: apply_shutdown.set_shutdown_policy,
     c.SetHostAddresses: apply_hosts.set_addresses,
     c.SetHostRole: apply_hosts.set_host_role,
     c.AnnounceVersions: apply_hosts.announce_versions,
@@ -95,6 +117,7 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.SetVmOptions: apply_vms.set_vm_options,
     c.SetVmDesired: apply_vms.set_vm_desired,
     c.MigrateVm: apply_vms.migrate_vm,
+    c.MakeRoom: apply_vms.make_room,
     c.VmReport: apply_vms.vm_report,
     c.SetSettings: set_settings,
     c.SetBmcDefaults: set_bmc_defaults,

@@ -228,7 +228,8 @@ def mark_alive(ctx: Ctx, cmd: c.MarkHostAlive) -> None:
     host = ctx.host(cmd.name)
     if host.state not in (H.SUSPECT, H.FENCE_BLOCKED, H.FENCE_FAILED, H.STORAGE_ACTIVE):
         raise Refused(f"host {cmd.name} is {host.state.value}; nothing to clear", cmd.name)
-    back_to = H.DRAINING if host.maintenance_wanted else H.ONLINE
+    drain = host.maintenance_wanted or host.shutdown == "migrate"  # (apply_shutdown.py)
+    back_to = H.DRAINING if drain else H.ONLINE
     ctx.set_host_state(host, back_to, cmd.evidence)
     unfreeze(ctx, cmd.name)
     if back_to is H.DRAINING:

@@ -7,7 +7,7 @@ import dataclasses
 
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
-from hacluster.fsm import placement
+from hacluster.fsm import placement, room
 from hacluster.fsm.context import Ctx, Refused
 from hacluster.fsm.lifecycle import continue_drain, place, restart_or_relocate, stop_here
 from hacluster.fsm.model import Desired, Vm, stop_failure
@@ -15,6 +15,7 @@ from hacluster.fsm.states import HostState, VmState
 from hacluster.fsm.validate import limits_problem
 
 V = VmState
+DRAIN_LIVE_ATTEMPTS = 3  # live migrations of one VM per drain move before stop and start
 
 
 def add_vm(ctx: Ctx, cmd: c.AddVm) -> None:
@@ -95,7 +96,7 @@ def set_vm_desired(ctx: Ctx, cmd: c.SetVmDesired) -> None:
     ctx.emit(ev.VM_UPDATED, cmd.name, f"desired {cmd.desired.value}")
     if cmd.desired is Desired.STARTED:
         if vm.state in (V.STOPPED, V.ERROR):
-            vm = ctx.set_vm(vm, vm.state, vm.reason, restarts=0, relocates=0)
+            vm = ctx.set_vm(vm, vm.state, vm.reason, restarts=0, relocates=0, tried_hosts=())
             place(ctx, [vm])
         return
     why = f"{cmd.desired.value} by {ctx.origin or 'an operator'}"
@@ -112,6 +113,10 @@ def migrate_vm(ctx: Ctx, cmd: c.MigrateVm) -> None:
         raise Refused(f"VM {cmd.name} is {vm.state.value}; only a started VM can migrate", cmd.name)
     if cmd.target == vm.host:
         raise Refused(f"VM {cmd.name} already runs on {vm.host}", cmd.name)
+    source = ctx.state.hosts.get(vm.host)
+    if source is not None and source.shutdown:  # (its agent may have stopped already)
+        raise Refused(f"host {vm.host} is shutting down ({source.shutdown}): its peer "
+                      "decides where its VMs go", cmd.name)
     planner = placement.Planner(ctx.state, exclude=[vm.host])
     choice = planner.check(vm, cmd.target) if cmd.target else planner.choose(vm)
     if choice.host is None:
@@ -123,6 +128,25 @@ def migrate_vm(ctx: Ctx, cmd: c.MigrateVm) -> None:
         target_host=choice.host,
         placement=ctx.index,
     )
+
+
+def make_room(ctx: Ctx, cmd: c.MakeRoom) -> None:
+    """Live-migrate a few VMs without limits away from a host the pending VM may use."""
+    vm = ctx.vm(cmd.name)
+    if room.moving(ctx.state):
+        raise Refused("room is being made for another VM already", cmd.name)
+    plan = room.plan(ctx.state, vm)
+    if plan is None:
+        raise Refused(f"no room can be made for {cmd.name} on its hosts "
+                      f"({', '.join(vm.allowed_hosts) or 'any'})", cmd.name)
+    limits = ", ".join(vm.allowed_hosts)
+    for name, target in plan.moves:
+        ctx.set_vm(ctx.state.vms[name], V.MIGRATING,
+                   f"{room.MAKING_ROOM} {plan.host} for {vm.name} (pending: its host limits "
+                   f"allow only {limits}): live migration to {target}", target_host=target,
+                   placement=ctx.index, migrate_tried=())
+    ctx.set_vm(vm, V.PENDING, f"waiting for room on {plan.host}: "
+               f"{', '.join(n for n, _ in plan.moves)} move away by live migration")
 
 
 def vm_report(ctx: Ctx, cmd: c.VmReport) -> None:
@@ -166,7 +190,7 @@ def _failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
             target_host="",
         )
     elif vm.state in (V.STARTING, V.STARTED, V.RECOVERY) and cmd.host == vm.host:
-        restart_or_relocate(ctx, vm, detail)
+        restart_or_relocate(ctx, vm, detail, remember=cmd.keep_trying)
     else:
         raise _wrong_state(vm, cmd)
 
@@ -219,7 +243,7 @@ def _migrated(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
         raise _wrong_state(vm, cmd)
     why = f"live-migrated from {vm.host} to {vm.target_host}"
     vm = ctx.set_vm(vm, V.STARTED, why, host=vm.target_host, target_host="",
-                    placement=ctx.index)
+                    placement=ctx.index, migrate_tried=())
     if vm.desired is not Desired.STARTED:
         ctx.set_vm(vm, V.STOPPING, f"{why}; desired {vm.desired.value}")
 
@@ -230,15 +254,40 @@ def _migrate_failed(ctx: Ctx, vm: Vm, cmd: c.VmReport) -> None:
     detail = f"migration to {vm.target_host} failed: {cmd.detail or 'no detail'}"
     source = ctx.state.hosts.get(vm.host)
     if source is not None and source.state is HostState.DRAINING:
+        tried = (*vm.migrate_tried, vm.target_host)
+        if cmd.keep_trying and _migrate_again(ctx, vm, tried, detail):
+            return
+        after = f" after {len(tried)} live attempts ({', '.join(tried)})" \
+            if cmd.keep_trying else ""
         ctx.set_vm(
             vm,
             V.STOPPING,
-            f"{detail}; draining by stop and start instead",
+            f"{detail}; draining by stop and start instead{after}",
             target_host="",
             placement=ctx.index,
+            migrate_tried=(),
         )
     else:
         ctx.set_vm(vm, V.STARTED, f"{detail}; still on {vm.host}", target_host="")
+
+
+def _migrate_again(ctx: Ctx, vm: Vm, tried: tuple[str, ...], detail: str) -> bool:
+    """A drain's live migration failed: try live again, a target not tried yet first,
+    else the same one, while DRAIN_LIVE_ATTEMPTS allows (VmReport v3 `keep_trying`)."""
+    if len(tried) >= DRAIN_LIVE_ATTEMPTS:
+        return False
+    choice = placement.Planner(ctx.state, exclude=[vm.host, *tried]).choose(vm)
+    target = choice.host
+    if target is None and vm.target_host in placement.Planner(ctx.state).hosts:
+        target, why = vm.target_host, "no other host fits; the same target again"
+    else:
+        why = choice.reason
+    if target is None:
+        return False
+    ctx.set_vm(vm, V.MIGRATING, f"{detail}; live migration again ({len(tried) + 1}/"
+               f"{DRAIN_LIVE_ATTEMPTS}) to {target} ({why})", target_host=target,
+               placement=ctx.index, migrate_tried=tried)
+    return True
 
 
 _REPORTS = {

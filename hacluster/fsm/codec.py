@@ -7,7 +7,9 @@ hosts and VMs sorted by name, so equal states give equal bytes (and digests).
 (Format 1 had no "versions" map: it loads with none, as if no host had announced.
 Formats 1 and 2 had no settings.probe_after_s, formats 1 to 3 no settings.fence_fallback,
 settings.watchdog_margin_s and host.watchdog, formats 1 to 4 no host.heartbeat_paths,
-host.storage_check and fence.storage: they load with their defaults.)
+host.storage_check and fence.storage, formats 1 to 5 no settings.shutdown_policy,
+host.shutdown_policy, host.shutdown, vm.migrate_tried and vm.tried_hosts: they load with
+their defaults.)
 
 What this peer cannot read, it never skips: `apply` raises `UnreadableEntry`, and a
 snapshot of a newer format raises `SnapshotTooNew`; both are `UnreadableLog`, on which
@@ -44,8 +46,8 @@ from hacluster.fsm.wire import (
 
 ENTRY_FORMAT = 2
 ENTRY_FORMATS = (1, 2)  # formats this peer reads
-SNAPSHOT_FORMAT = 5
-SNAPSHOT_FORMATS = (1, 2, 3, 4, 5)  # formats this peer loads (older ones are migrated on load)
+SNAPSHOT_FORMAT = 6
+SNAPSHOT_FORMATS = (1, 2, 3, 4, 5, 6)  # formats this peer loads (older ones are migrated on load)
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
 
@@ -200,7 +202,7 @@ def decode_snapshot(data: bytes) -> ClusterState:
         )
     try:
         hosts = [decode_dataclass(Host, _padded(Host, h, found)) for h in doc["hosts"]]
-        vms = [decode_dataclass(Vm, v) for v in doc["vms"]]
+        vms = [decode_dataclass(Vm, _padded(Vm, v, found)) for v in doc["vms"]]
         state = ClusterState(
             hosts={h.name: h for h in hosts},
             vms={v.name: v for v in vms},
@@ -222,6 +224,8 @@ FIELDS_ADDED: dict[int, dict[type, tuple[str, ...]]] = {
     3: {Settings: ("probe_after_s",)},
     4: {Settings: ("fence_fallback", "watchdog_margin_s"), Host: ("watchdog",)},
     5: {Host: ("heartbeat_paths", "storage_check"), FenceRecord: ("storage",)},
+    6: {Settings: ("shutdown_policy",), Host: ("shutdown_policy", "shutdown"),
+        Vm: ("migrate_tried", "tried_hosts")},
 }
 
 
@@ -242,6 +246,8 @@ def _padded(cls: type, raw: Any, found: int) -> Any:
 def _default_record(cls: type) -> Any:
     if cls is Host:
         return Host(name="-")
+    if cls is Vm:
+        return Vm(name="-")
     if cls is FenceRecord:
         return FenceRecord(token=0, host="-", incident=0, attempt=0, action=FenceAction.OFF,
                            reason="", evidence="", requested_by="", requested_at=0.0)

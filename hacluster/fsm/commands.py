@@ -115,6 +115,34 @@ class SetPeerStopped(Command):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class PlannedShutdown(Command):
+    """A peer stopped by SIGTERM carries out its shutdown policy (fsm/apply_shutdown.py):
+    step "begin" (no new VMs here; "migrate" drains it), "done" (its peer leaves; the VMs
+    in `stopped`, as (name, placement) pairs its agent shut down and libvirt then listed
+    as not running, start elsewhere for "failover" or here again for "stop"), "back"
+    (its peer runs again)."""
+
+    TYPE = "host-shutdown"
+    name: str
+    step: str  # one of SHUTDOWN_STEPS
+    policy: str = ""  # the ShutdownPolicy carried out
+    stopped: tuple[tuple[str, int], ...] = ()
+    detail: str = ""
+
+
+SHUTDOWN_STEPS = ("begin", "done", "back")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SetShutdownPolicy(Command):
+    """The cluster's shutdown policy (`host` ""), or one host's ("" policy: inherit)."""
+
+    TYPE = "shutdown-policy"
+    host: str = ""
+    policy: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class SetHostAddresses(Command):
     """A host's lease links ("link=address"), as its own config lists them: its
     peer proposes them when it starts and finds the stored ones differ (a link
@@ -372,6 +400,16 @@ class MigrateVm(Command):
     target: str = ""  # "" = let placement choose
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MakeRoom(Command):
+    """Proposed by the leader for a VM pending because its host limits name only full
+    hosts: apply live-migrates a few VMs without limits away from one of them
+    (fsm/room.py), or refuses when that cannot make it fit."""
+
+    TYPE = "make-room"
+    name: str  # the pending VM
+
+
 # What an agent observed for a VM placement it was given.
 VM_REPORTS = (
     "started",  # running on the reporting host
@@ -385,23 +423,51 @@ VM_REPORTS = (
 )
 # Reports that version 1 of VmReport cannot carry (release 0.1.0 refuses them).
 VM_REPORTS_V2 = frozenset({"start-locked"})
+# Reports this release sends with keep_trying (VmReport v3).
+KEEP_TRYING_REPORTS = frozenset({"start-failed", "crashed", "migrate-failed"})
+
+
+def keeps_trying(command: Command) -> Command:
+    """The report as this release sends it: failures that keep trying (VmReport v3)."""
+    if isinstance(command, VmReport) and command.observed in KEEP_TRYING_REPORTS:
+        return VmReport(name=command.name, host=command.host, placement=command.placement,
+                        observed=command.observed, detail=command.detail, keep_trying=True)
+    return command
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class VmReport(Command):
-    """Version 2 added the report "start-locked"."""
+    """Version 2 added the report "start-locked"; version 3 `keep_trying` (issue 13: do
+    not give up early, fsm/apply_vms.py): a failed live migration of a draining host is
+    tried again live, to other targets too, before the VM moves by stop and start; a VM
+    that failed to start or crashed remembers the host, and relocations try every
+    eligible host before it goes to error. Without it, as before."""
 
     TYPE = "vm-report"
-    VERSION = 2
-    READS = (1, 2)
+    VERSION = 3
+    READS = (1, 2, 3)
+    ADDED = (("keep_trying", 3),)
     name: str
     host: str  # reporting host
     placement: int  # the placement index the report is about
     observed: str  # one of VM_REPORTS
     detail: str = ""
+    keep_trying: bool = False
 
     def wire_version(self) -> int:
+        if self.keep_trying:
+            return 3
         return 2 if self.observed in VM_REPORTS_V2 else 1
+
+    def for_older_peers(self) -> VmReport | None:
+        """What a peer of an older release reads in its place, if anything."""
+        if self.keep_trying:
+            return VmReport(name=self.name, host=self.host, placement=self.placement,
+                            observed=self.observed, detail=self.detail)
+        if self.observed in VM_REPORTS_V2:  # (release 0.1.0: a failed start; caps apply)
+            return VmReport(name=self.name, host=self.host, placement=self.placement,
+                            observed="start-failed", detail=self.detail)
+        return None
 
 
 # ---------------------------------------------------------------- settings
@@ -466,6 +532,8 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     HostReady,
     ReportBmcHealth,
     SetPeerStopped,
+    PlannedShutdown,
+    SetShutdownPolicy,
     SetHostAddresses,
     SetHostRole,
     AnnounceVersions,
@@ -490,6 +558,7 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     SetVmOptions,
     SetVmDesired,
     MigrateVm,
+    MakeRoom,
     VmReport,
     SetSettings,
     SetBmcDefaults,

@@ -31,6 +31,7 @@ HOST_REMOVED = "host-removed"
 HOST_STATE = "host-state"
 HOST_UPDATED = "host-updated"
 HOST_RECOVERED = "host-recovered"
+HOST_SHUTDOWN = "host-shutdown"  # a planned shutdown's steps (SIGTERM of its peer)
 VM_ADDED = "vm-added"
 VM_REMOVED = "vm-removed"
 VM_UPDATED = "vm-updated"

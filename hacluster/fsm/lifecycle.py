@@ -11,6 +11,7 @@ from hacluster.fsm.model import Desired, HaPolicy, Vm
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState, VmState
 
 V = VmState
+DRAINED_FOR_SHUTDOWN = "drained for a planned shutdown: no VMs left"
 
 
 def place(
@@ -59,15 +60,18 @@ def stop_here(ctx: Ctx, vm: Vm, reason: str) -> None:
     ctx.set_vm(vm, V.STOPPED, reason, host="", target_host="")
 
 
-def restart_or_relocate(ctx: Ctx, vm: Vm, why: str) -> None:
-    """A VM that should run failed on vm.host: restart in place, then relocate, then error."""
+def restart_or_relocate(ctx: Ctx, vm: Vm, why: str, remember: bool = False) -> None:
+    """A VM that should run failed on vm.host: restart in place, then relocate, then error.
+    `remember` (a report of this release, VmReport v3 keep_trying): the hosts it failed
+    on are kept, a relocation goes to an eligible host not tried yet, and the VM goes to
+    error only once every eligible host was tried and the relocate cap is used up."""
     if vm.ha is HaPolicy.NONE or vm.desired is not Desired.STARTED:
         stop_here(
             ctx, vm, f"{why}; not restarted (HA policy {vm.ha.value}, desired {vm.desired.value})"
         )
         return
     if vm.state is V.STARTED and ctx.now - vm.since >= ctx.state.settings.vm_stable_s:
-        vm = ctx.set_vm(vm, vm.state, vm.reason, restarts=0, relocates=0)
+        vm = ctx.set_vm(vm, vm.state, vm.reason, restarts=0, relocates=0, tried_hosts=())
     host = ctx.state.hosts.get(vm.host)
     if vm.allowed_hosts and vm.host not in vm.allowed_hosts:
         # its host limits changed while it ran there: it moves, and that is no failure
@@ -84,15 +88,23 @@ def restart_or_relocate(ctx: Ctx, vm: Vm, why: str) -> None:
             placement=ctx.index,
         )
         return
-    if vm.relocates < vm.max_relocates:
-        vm = ctx.set_vm(vm, vm.state, why, restarts=0, relocates=vm.relocates + 1)
-        place(ctx, [vm], exclude=[vm.host],
-              cause=f"{why}; relocation {vm.relocates}/{vm.max_relocates}")
+    tried = tuple(sorted({*vm.tried_hosts, vm.host})) if remember else ()
+    untried = remember and placement.Planner(ctx.state, exclude=tried).choose(vm).host
+    if vm.relocates < vm.max_relocates or untried:
+        vm = ctx.set_vm(vm, vm.state, why, restarts=0, relocates=vm.relocates + 1,
+                        tried_hosts=tried)
+        count = f"{vm.relocates}/{vm.max_relocates}" if vm.relocates <= vm.max_relocates \
+            else f"{vm.relocates}, beyond the cap to a host not tried yet"
+        shown = f" (tried: {', '.join(tried)})" if tried else ""
+        place(ctx, [vm], exclude=tried if untried else [vm.host],
+              cause=f"{why}; relocation {count}{shown}")
         return
+    every = f"; every eligible host tried ({', '.join(tried)})" if remember else ""
     ctx.set_vm(
         vm,
         V.ERROR,
-        f"{why}; restart cap {vm.max_restarts} and relocate cap {vm.max_relocates} used up",
+        f"{why}; restart cap {vm.max_restarts} and relocate cap {vm.max_relocates} used "
+        f"up{every}",
         host="",
         target_host="",
     )
@@ -180,6 +192,10 @@ def continue_drain(ctx: Ctx, host_name: str) -> None:
         return
     on_host = [vm for vm in ctx.state.vms_on(host_name) if vm.host == host_name]
     if not on_host and not ctx.state.vms_by_host.get(host_name):
+        if host.shutdown and not host.maintenance_wanted:  # its peer stops, then returns
+            if host.reason != DRAINED_FOR_SHUTDOWN and not host.peer_stopped:
+                ctx.set_host_state(host, HostState.DRAINING, DRAINED_FOR_SHUTDOWN)
+            return
         ctx.set_host_state(host, HostState.MAINTENANCE, "drained: no VMs left")
         return
     planner = placement.Planner(ctx.state, exclude=[host_name])
@@ -196,6 +212,7 @@ def continue_drain(ctx: Ctx, host_name: str) -> None:
             f"draining {host_name}: live migration to {choice.host} ({choice.reason})",
             target_host=choice.host,
             placement=ctx.index,
+            migrate_tried=(),
         )
 
 

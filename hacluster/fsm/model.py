@@ -44,6 +44,15 @@ class Selector(enum.StrEnum):
     LOAD = "load"
 
 
+class ShutdownPolicy(enum.StrEnum):
+    """What a peer stopped by SIGTERM (a planned reboot) does with its host's VMs."""
+
+    MIGRATE = "migrate"  # live-migrate them away (bounded), then as failover for the rest
+    STOP = "stop"  # shut them down; they start again on this host when its peer returns
+    FREEZE = "freeze"  # leave them running, unprotected until its peer returns
+    FAILOVER = "failover"  # shut them down, record that, then start them elsewhere
+
+
 class HaPolicy(enum.StrEnum):
     RESTART = "restart"
     NONE = "none"
@@ -188,6 +197,8 @@ class Settings:
     # Added to a host's self-fence delay and watchdog timeout before a host whose fence
     # failed counts as reset by its watchdog (clock rate differences, feeding period).
     watchdog_margin_s: float = 2.0
+    # What a peer stopped by SIGTERM does with its VMs (a host may override it).
+    shutdown_policy: ShutdownPolicy = ShutdownPolicy.FREEZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +228,8 @@ class Host:
     heartbeat_paths: tuple[str, ...] = ()
     # the leader's latest storage check of it while its lease is out (`StorageChecked`)
     storage_check: StorageCheck = StorageCheck()
+    shutdown_policy: str = ""  # its own shutdown policy ("": the cluster's setting)
+    shutdown: str = ""  # the policy of a planned shutdown under way ("": none)
 
     @property
     def runs_vms(self) -> bool:
@@ -249,6 +262,8 @@ class Vm:
     relocates: int = 0
     reason: str = ""
     since: float = 0.0
+    migrate_tried: tuple[str, ...] = ()  # targets whose live migration failed in this move
+    tried_hosts: tuple[str, ...] = ()  # hosts it failed on since it last ran stably
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,7 @@ class Planner:
             name: host
             for name, host in state.hosts.items()
             if host.state in SCHEDULABLE_HOSTS and host.runs_vms and name not in excluded
+            and not host.shutdown  # a planned shutdown is under way (fsm/apply_shutdown.py)
         }
         self.usage = {name: state.usage_of(name).copy() for name in self.hosts}
         self.booked_vcpus = dict.fromkeys(self.hosts, 0)

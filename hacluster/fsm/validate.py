@@ -68,6 +68,7 @@ from hacluster.fsm.model import (
     FenceAction,
     FenceResult,
     Settings,
+    ShutdownPolicy,
     StorageCheck,
     StorageVerdict,
     Watchdog,
@@ -97,7 +98,8 @@ COUNTED_SETTINGS = ("fence_cap", "fence_retry_limit", "fence_retry_backoff_s")
 CHECKED_SETTINGS = (*POSITIVE_SETTINGS, *COUNTED_SETTINGS, "probe_after_s",
                     "watchdog_margin_s")
 LEASE_SETTINGS = ("lease_renew_s", "lease_suspect_s", "lease_ttl_s")
-VM_COMMANDS = (c.AddVm, c.RemoveVm, c.SetVmOptions, c.SetVmDesired, c.MigrateVm, c.VmReport)
+VM_COMMANDS = (c.AddVm, c.RemoveVm, c.SetVmOptions, c.SetVmDesired, c.MigrateVm, c.VmReport,
+               c.MakeRoom)
 
 Found = tuple[str, str]  # (field, message); "" message: no problem
 
@@ -162,8 +164,8 @@ def _refs(command: c.Command) -> Iterator[tuple[str, str, str]]:
     values = {f.name: getattr(command, f.name) for f in fields(command)}
     if "name" in values:
         yield "name", "VM" if isinstance(command, VM_COMMANDS) else "host", values["name"]
-    if "host" in values:
-        yield "host", "host", values["host"]
+    if "host" in values and (values["host"] or not isinstance(command, c.SetShutdownPolicy)):
+        yield "host", "host", values["host"]  # (a shutdown policy's "" is the cluster's)
     if values.get("target"):
         yield "target", "host", values["target"]
     for host in values.get("allowed_hosts") or ():
@@ -471,6 +473,27 @@ def _set_settings(cmd: c.SetSettings, admission: bool) -> Iterator[Found]:
                                   f"lease_suspect_s < lease_ttl_s (given: {shown})")
 
 
+def shutdown_policy_problem(policy: str, inherit_ok: bool) -> str:
+    """Why `policy` names no shutdown policy ("" if it does; "" inherits, for a host)."""
+    known = [p.value for p in ShutdownPolicy]
+    if policy in known or (inherit_ok and policy == ""):
+        return ""
+    return f"unknown shutdown policy {policy!r}: one of {', '.join(known)}"
+
+
+def _planned_shutdown(cmd: c.PlannedShutdown, admission: bool) -> Iterator[Found]:
+    yield "step", "" if cmd.step in c.SHUTDOWN_STEPS else \
+        f"unknown step {cmd.step!r}: one of {', '.join(c.SHUTDOWN_STEPS)}"
+    yield "policy", shutdown_policy_problem(cmd.policy, cmd.step == "back")
+    for vm, placement in cmd.stopped:
+        yield "stopped", name_problem("VM", vm, strict=True) or (
+            "" if placement >= 0 else "placement must be >= 0")
+
+
+def _shutdown_policy(cmd: c.SetShutdownPolicy, admission: bool) -> Iterator[Found]:
+    yield "policy", shutdown_policy_problem(cmd.policy, bool(cmd.host))
+
+
 def _bmc_defaults(cmd: c.SetBmcDefaults, admission: bool) -> Iterator[Found]:
     yield "bmc.driver", ("" if DRIVER_RE.match(cmd.bmc.driver) else
                          f"BMC driver {cmd.bmc.driver!r}: expected a name such as ipmi, "
@@ -500,6 +523,8 @@ _RULES: dict[type[c.Command], Any] = {
     c.VmReport: _vm_report,
     c.SetSettings: _set_settings,
     c.SetBmcDefaults: _bmc_defaults,
+    c.PlannedShutdown: _planned_shutdown,  # new commands: apply checks them all alike
+    c.SetShutdownPolicy: _shutdown_policy,
 }
 
 

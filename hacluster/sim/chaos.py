@@ -1,7 +1,8 @@
 """Random fault schedules over the simulated cluster, replayable by seed.
 
 A schedule builds a cluster (3 to 7 voters, sometimes non-voting members), adds VMs,
-then injects random faults for a while: power loss, peer crashes, restarts from a
+then injects random faults for a while: power loss, peer crashes, planned shutdowns
+(SIGTERM, under a random shutdown policy, the leader's too), restarts from a
 rebuilt journal and pauses (the leader's too), isolation, partitions, one-way cuts,
 packet loss, a firewall on the lease port, stepped and skewed wall clocks, BMCs that
 fail, hang, lie or are slow, a shared storage some hosts lose (in the clusters that
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 
 from hacluster.fsm import commands as c
 from hacluster.fsm import state_digest
-from hacluster.fsm.model import Desired, HaPolicy, HostRole
+from hacluster.fsm.model import Desired, HaPolicy, HostRole, ShutdownPolicy
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState, VmState
 from hacluster.sim.fakes import BmcMode
 from hacluster.sim.raftmodel import RaftModelConfig
@@ -75,6 +76,9 @@ def build_cluster(rng: random.Random, seed: int) -> World:
                                    role=host.role,
                                    addresses=tuple(f"{ln}={name}" for ln in links)))
     world.run_until(world.now + 1.0)
+    # what a peer stopped by SIGTERM (stop-peer) does with its VMs (core/shutdown.py);
+    # admitted once every peer announced it understands the command
+    world.admin_wait(c.SetShutdownPolicy(policy=rng.choice(list(ShutdownPolicy)).value))
     for i in range(rng.randint(3, 2 * voters)):
         world.admin_wait(_random_vm(rng, f"vm{i}", sorted(world.hosts), i, bool(storage)))
     return world
@@ -103,6 +107,7 @@ def _host_faults(world: World, rng: random.Random, host: str) -> list[Action]:
         (f"chassis-death {host}", lambda: _chassis_death(world, host)),
         (f"power-on {host}", lambda: world.power_on(host, "chaos")),
         (f"kill-peer {host}", lambda: world.crash_peer(host)),
+        (f"stop-peer {host}", lambda: world.stop_peer(host)),
         (f"restart-peer {host}", lambda: world.restart_peer(host)),
         (f"restart-peer {host} rebuild", lambda: _rebuild(world, host)),
         (f"pause {host}", lambda: world.pause_peer(host)),
@@ -140,6 +145,7 @@ def _leader_faults(world: World) -> list[Action]:
     return [
         ("kill-leader", on_leader(lambda h: world.power_off(h, "chaos"))),
         ("kill-leader-peer", on_leader(world.crash_peer)),
+        ("stop-leader", on_leader(world.stop_peer)),
         ("pause-leader", on_leader(world.pause_peer)),
         ("isolate-leader", on_leader(world.net.isolate)),
         ("lease-block-leader", on_leader(world.lease_blocked.add)),
@@ -196,9 +202,12 @@ def random_action(world: World, rng: random.Random) -> Action:
 
 def _rebuild(world: World, host: str) -> None:
     """Its journal was lost: restart it empty. Not while another voter still catches up
-    from a rebuild: a majority without journals loses committed entries in any Raft,
-    and no operator procedure here recovers that."""
-    if any(h.peer.raft.abstaining for name, h in world.hosts.items() if name != host):
+    from a rebuild, nor while another voter is down (its journal stale): a majority
+    without journals loses committed entries in any Raft, and no operator procedure
+    here recovers that."""
+    others = [h for name, h in world.hosts.items() if name != host and h.role is not
+              HostRole.MEMBER]
+    if any(h.peer.raft.abstaining or not h.peer.running for h in others):
         world.restart_peer(host)
     else:
         world.restart_peer(host, rebuild=True)
@@ -231,8 +240,8 @@ def heal_everything(world: World) -> None:
         host.peer.clock.wall_skew = 0.0
         world.resume_peer(name)
         world.power_on(name, "heal")
-        if host.peer.raft.status.value == "down":
-            world.restart_peer(name)
+        if host.peer.raft.status.value == "down" or host.peer.proc.shutdown is not None:
+            world.restart_peer(name)  # (a planned shutdown under way: its host is back)
 
 
 def _settle(world: World) -> None:

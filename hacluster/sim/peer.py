@@ -11,12 +11,14 @@ daemon module it mirrors.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hacluster.core import agent as ag
+from hacluster.core import shutdown as sd
 from hacluster.core import versions
 from hacluster.core.leaderloop import LeaderLoop
 from hacluster.core.logclock import LogClock
@@ -56,6 +58,8 @@ REGISTER_EVERY_S = 0.2
 FENCE_CONFIRM_TIMEOUT_S = 1.0
 LEASE_CHANNEL = "lease"
 SIM_SECRET = "simulated-cluster-secret-0123456789"
+# [timing] stop_timeout_s, [hypervisor] shutdown_timeout_s, [timing] stop_grace_s
+SHUTDOWN_BUDGET = sd.Budget(total_s=60.0, vm_shutdown_s=5.0, grace_s=2.0)
 
 
 @dataclass
@@ -114,6 +118,10 @@ class Process:
     generation: int = 0
     self_fence: SelfFence | None = None  # with a watchdog (daemon/selffencing.py)
     fired: bool = False  # fenced itself: renews and starts nothing any more
+    shutdown: sd.PlannedShutdown | None = None  # SIGTERM: a planned shutdown under way
+    agent_stopped: bool = False  # the planned shutdown stopped the agent
+    leaving_since: float | None = None  # the plan said leave; its watchdog is disarmed
+    disarm_said: bool = False  # the watchdog's "disarmed" record committed
 
 
 class SimPeer:
@@ -154,6 +162,13 @@ class SimPeer:
         """The process is gone (crash, power loss): nothing of it survives but the log."""
         self.proc = Process()
 
+    def stop_cleanly(self, now: float) -> None:
+        """SIGTERM (daemon/peer.py `_shutdown`): the leader loop stops deciding, and the
+        planned shutdown (core/shutdown.py) runs until it says leave."""
+        if self.running and self.proc.shutdown is None:
+            self.proc.shutdown = sd.PlannedShutdown(self.name, self.clock.mono(now),
+                                                    SHUTDOWN_BUDGET)
+
     # ------------------------------------------------------------ one step
 
     def step(self, now: float) -> None:
@@ -183,8 +198,12 @@ class SimPeer:
             self.proc.next_register = now + REGISTER_EVERY_S
             self._register()
         self._watchdog(now, mono)
+        if self.proc.shutdown is not None:
+            self._planned_shutdown(now)
+            if not self.running:
+                return
         if self.role is not HostRole.WITNESS and now >= self.proc.next_agent - 1e-9 \
-                and not self.proc.fired:
+                and not self.proc.fired and not self.proc.agent_stopped:
             self.proc.next_agent = now + AGENT_TICK_S
             self._agent(now)
 
@@ -239,7 +258,7 @@ class SimPeer:
     def _register(self) -> None:
         """Once caught up, tell the cluster state what it must know about this host."""
         raft = self.raft
-        if self.proc.registering or raft.leader is None or \
+        if self.proc.registering or raft.leader is None or self.proc.shutdown or \
                 raft.applied_index < raft.commit_index:
             return
         todo = registration(self.name, self.proc.state, self.role, self.addresses(),
@@ -320,7 +339,8 @@ class SimPeer:
         mono = self.clock.mono(now)
         heard = {host: self.clock.mono(at) for host, at in self.raft.heard_from().items()}
         hears = {host: ages for host, (ages, _) in self.raft.hears_reports().items()}
-        result = loop.tick(self.raft.leader_term(), self.proc.state, mono, self.log_now(now),
+        term = None if self.proc.shutdown is not None else self.raft.leader_term()
+        result = loop.tick(term, self.proc.state, mono, self.log_now(now),
                            self.proc.clock.running, heard, hears)
         if result.start_log_clock and self.proc.state.log_time <= 0:
             self.proc.clock.start(self.clock.wall(now), mono)
@@ -484,8 +504,8 @@ class SimPeer:
     def _renewal(self, r: Renewal, credit_at: float | None, src: str, link: str,
                  ttl: float) -> None:
         manager = self.manager
-        if manager is None or self.raft.leader_term() is None:
-            return
+        if manager is None or self.raft.leader_term() is None or self.proc.shutdown:
+            return  # (daemon/leader.py `renewal`: a stopping peer credits nothing)
         if credit_at is not None:
             manager.renewal(r.host, r.link, credit_at)
         lease = self.proc.lease
@@ -562,7 +582,95 @@ class SimPeer:
                 self.world.hypervisor_action(self, action)  # start, stop, destroy, migrate
 
     def report(self, command: c.Command) -> None:
+        command = c.keeps_trying(command)  # (daemon/agent.py `_send_report`)
+        while isinstance(command, c.VmReport) and not versions.admit(
+                self.proc.state, command.TYPE, command.wire_version()).admitted:
+            older = command.for_older_peers()  # (daemon/agent.py `_report`)
+            if older is None:
+                break
+            command = older
         key = (command.TYPE, getattr(command, "name", ""), getattr(command, "observed", ""),
                getattr(command, "placement", 0))
         if self.proc.throttle.allow(key, self.world.now):
             self.propose(command)
+
+    # ------------------------------------------------------------ SIGTERM (daemon/shutdown.py)
+
+    def _planned_shutdown(self, now: float) -> None:
+        plan = self.proc.shutdown
+        assert plan is not None
+        if self.proc.leaving_since is not None:
+            self._leave(now)
+            return
+        raft, state = self.raft, self.proc.state
+        domains = dict(self.world.hosts[self.name].hyper.domains) if plan.wants_domains \
+            else None
+        action = plan.step(sd.View(self.clock.mono(now), state, raft.leader_term() is not None,
+                                   raft.leader or "", raft.term, domains))
+        for note in plan.notes:
+            self.world.note(f"peer {self.name}: planned shutdown: {note}")
+        plan.notes.clear()
+        if isinstance(action, sd.Leave):
+            self.world.note(f"peer {self.name}: stops: {action.reason}")
+            self._leave(now)
+        elif isinstance(action, sd.HandOff):
+            self.world.note(f"raft: {self.name} hands leadership over: {action.reason}")
+            raft.transfer_leadership(None)
+        elif isinstance(action, sd.Propose):
+            generation = self.proc.generation
+
+            def done(ok: bool, result: Any) -> None:
+                if self.proc.generation == generation and self.proc.shutdown is plan:
+                    plan.proposed(ok, self.clock.mono(self.world.now))
+
+            self.propose(action.command, done)
+        elif isinstance(action, sd.StopAgent):
+            self.proc.agent_stopped = True
+            self.proc.barrier = None
+        if self.proc.agent_stopped and not self.proc.busy and plan.stopping_agent:
+            plan.agent_stopped(True)  # (daemon/agent.py `quiesce`: nothing in flight)
+        elif isinstance(action, sd.ShutDownVms):
+            self._shut_down(plan, action.names)
+
+    def _leave(self, now: float) -> None:
+        """daemon/peer.py `_shutdown` after the plan: a watchdog is said disarmed, then
+        disarmed (left armed if that could not be said), and the process exits."""
+        generation, proc = self.proc.generation, self.proc
+        record = proc.state.hosts.get(self.name)
+        if proc.leaving_since is not None:
+            if proc.disarm_said:
+                self.world.disarm_watchdog(self.name)
+            elif now - proc.leaving_since < SHUTDOWN_BUDGET.grace_s:
+                return
+            else:
+                self.world.note(f"watchdog {self.name}: left armed (disarming not recorded)")
+        elif record is not None and record.watchdog.armed:
+            proc.leaving_since = now
+
+            def said(ok: bool, result: Any) -> None:
+                if ok and self.proc.generation == generation:
+                    self.proc.disarm_said = True  # (the process exits at its next step)
+
+            self.propose(c.ReportWatchdog(name=self.name, watchdog=dataclasses.replace(
+                record.watchdog, armed=False)), said)
+            return
+        else:
+            self.world.disarm_watchdog(self.name)
+        self.raft.crash()  # the process exits (cleanly: nothing else differs here)
+        self.stop()
+
+    def _shut_down(self, plan: sd.PlannedShutdown, names: tuple[str, ...]) -> None:
+        host = self.world.hosts[self.name]
+        generation = self.proc.generation
+        if names:
+            self.world.note(f"peer {self.name}: shuts down {', '.join(names)}")
+
+        def done() -> None:
+            for name in names:
+                host.hyper.domains.pop(name, None)
+            if self.proc.generation == generation and host.powered:
+                plan.vms_shut_down(self.proc.state, dict(host.hyper.domains))
+
+        from hacluster.sim.world import DELAYS  # (world imports this module)
+
+        self.world.at(DELAYS["stop"], done)

@@ -5,6 +5,7 @@ events.txt, one per line, `#` starts a comment:
     TIME power-off|power-on|isolate|heal HOST
     TIME heal-all | kill-leader | pause-leader | lease-block-leader
     TIME kill-peer|pause|resume|lease-block|lease-unblock HOST
+    TIME stop-peer HOST | stop-leader               (SIGTERM: a planned shutdown)
     TIME restart-peer HOST [rebuild | prefix N]     (N: journal entries kept)
     TIME cut-link|restore-link HOST LINK
     TIME cut|restore A B [one-way]                  (all links between A and B)
@@ -22,10 +23,12 @@ events.txt, one per line, `#` starts a comment:
     TIME hactl vm start|stop|disable|remove VM | hactl vm migrate VM [HOST]
     TIME hactl cluster maintenance on|off
     TIME hactl settings KEY=VALUE...
+    TIME hactl shutdown-policy POLICY [HOST]        (the cluster's, or HOST's; "default")
     TIME expect vm VM STATE [HOST] | expect host HOST STATE | expect running VM HOST|nowhere
     TIME expect fences N        (confirmed fences so far)
     TIME expect power-offs HOST N   (fence power-offs of HOST in its BMC log)
     TIME expect halted HOST         (its peer stopped at an entry it cannot read)
+    TIME expect leader HOST TERM    (the peer that leads now, and in which term)
     TIME upgrade HOST               (its peer restarts as this release)
     TIME force fence-hold HOST REASON   (proposed past the version gate)
 
@@ -230,6 +233,8 @@ def _net(world: World, args: list[str], verb: str) -> None:
 def _process(world: World, args: list[str], verb: str) -> None:
     if verb == "kill-peer":
         world.crash_peer(args[0])
+    elif verb == "stop-peer":
+        world.stop_peer(args[0])
     elif verb == "restart-peer":
         rebuild = args[1:2] == ["rebuild"]
         prefix = int(args[2]) if args[1:2] == ["prefix"] else None
@@ -265,6 +270,8 @@ def _leader(world: World, args: list[str], verb: str) -> None:
         world.pause_peer(leader)
     elif verb == "lease-block-leader":
         _process(world, [leader], "lease-block")
+    elif verb == "stop-leader":
+        world.stop_peer(leader)
 
 
 def _power(world: World, args: list[str], verb: str) -> None:
@@ -317,10 +324,10 @@ ACTIONS: dict[str, Any] = {
         "isolate", "heal", "heal-all", "cut-link", "restore-link", "cut", "restore", "loss",
         "partition")},
     **{v: (lambda w, a, v=v: _process(w, a, v)) for v in (
-        "kill-peer", "restart-peer", "pause", "resume", "lease-block", "lease-unblock",
+        "kill-peer", "stop-peer", "restart-peer", "pause", "resume", "lease-block", "lease-unblock",
         "clock", "upgrade")},
     **{v: (lambda w, a, v=v: _leader(w, a, v)) for v in (
-        "kill-leader", "pause-leader", "lease-block-leader")},
+        "kill-leader", "pause-leader", "lease-block-leader", "stop-leader")},
     **{v: (lambda w, a, v=v: _power(w, a, v)) for v in ("power-off", "power-on",
                                                          "chassis-death")},
     **{v: (lambda w, a, v=v: _bmc(w, a, v)) for v in ("bmc", "bmc-fails")},
@@ -353,6 +360,9 @@ def hactl_command(args: list[str]) -> c.Command:
             return c.SetClusterMaintenance(on=mode == "on", who="operator")
         case ["settings", *pairs]:
             return decode_fields(c.SetSettings, parse_pairs(pairs))
+        case ["shutdown-policy", policy, *host]:
+            return c.SetShutdownPolicy(host=host[0] if host else "",
+                                       policy="" if policy == "default" else policy)
     raise ValueError(f"unknown hactl command {' '.join(args)!r}")
 
 
@@ -387,6 +397,10 @@ def expect(world: World, args: list[str]) -> str:
         case ["halted", host]:
             got = world.hosts[host].peer.halted or "running"
             ok = bool(world.hosts[host].peer.halted)
+        case ["leader", host, term]:
+            leader = world.leader
+            got = f"{leader} in term {world.hosts[leader].peer.raft.term}" if leader else "none"
+            ok = got == f"{host} in term {term}"
         case ["power-offs", host, count]:
             got = str(sum(1 for _, what in world.hosts[host].bmc.log if what == "off"))
             ok = got == count

@@ -374,6 +374,13 @@ class World:
                 self.note(f"watchdog {name}: armed", quiet=True)
             host.watchdog_armed, host.watchdog_fed_at = True, self.now
 
+    def disarm_watchdog(self, name: str) -> None:
+        """A peer that stops cleanly disarms its watchdog (magic close)."""
+        host = self.hosts[name]
+        if host.watchdog_armed:
+            host.watchdog_armed = False
+            self.note(f"watchdog {name}: disarmed (its peer stopped cleanly)", quiet=True)
+
     def self_fence(self, name: str) -> None:
         """The peer's allowance ran out: it destroys its VMs (and feeds no more)."""
         host = self.hosts[name]
@@ -426,6 +433,13 @@ class World:
             host.peer.stop()
             host.held_lease.clear()
             self.note(f"peer {name}: killed")
+
+    def stop_peer(self, name: str) -> None:
+        """SIGTERM of the peer: a planned shutdown (core/shutdown.py), then it exits."""
+        host = self.hosts[name]
+        if host.powered and host.peer.running:
+            self.note(f"peer {name}: SIGTERM (planned shutdown)")
+            host.peer.stop_cleanly(self.now)
 
     def restart_peer(self, name: str, rebuild: bool = False,
                      log_prefix: int | None = None) -> None:
@@ -544,6 +558,7 @@ class World:
                 self.step()
             if outcome and not outcome[0]:
                 outcome.clear()
+                self.step()  # (refused at once, e.g. by the version gate: time must pass)
         return bool(outcome)
 
     # ------------------------------------------------------------ what really runs

@@ -144,11 +144,20 @@ def test_format_1_is_migrated_with_no_announcements() -> None:
     assert restored.versions == {}
     assert restored == dataclasses.replace(state, versions={})
     assert decode_snapshot(encode_snapshot(restored)) == restored  # written as the new format
-    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 5
+    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 6
+
+
+def _before_format_6(doc: dict[str, Any]) -> None:
+    """No settings.shutdown_policy, host.shutdown_policy, host.shutdown,
+    vm.migrate_tried, vm.tried_hosts."""
+    doc["settings"] = doc["settings"][:-1]
+    doc["hosts"] = [h[:-2] for h in doc["hosts"]]
+    doc["vms"] = [v[:-2] for v in doc["vms"]]
 
 
 def _before_format_5(doc: dict[str, Any]) -> None:
-    """No host.heartbeat_paths, host.storage_check, fence.storage."""
+    """... no host.heartbeat_paths, host.storage_check, fence.storage."""
+    _before_format_6(doc)
     doc["hosts"] = [h[:-2] for h in doc["hosts"]]
     doc["fences"] = [f[:-1] for f in doc["fences"]]
 
@@ -227,9 +236,9 @@ def test_round_trip_keeps_heartbeat_paths_and_storage_checks() -> None:
 
 def test_a_newer_format_is_refused_naming_both_formats() -> None:
     doc = _doc()
-    doc["format"] = 6
-    with pytest.raises(SnapshotTooNew, match=r"snapshot format 6 is newer than this peer "
-                       r"reads \(formats 1, 2, 3, 4, 5\)") as raised:
+    doc["format"] = 7
+    with pytest.raises(SnapshotTooNew, match=r"snapshot format 7 is newer than this peer "
+                       r"reads \(formats 1, 2, 3, 4, 5, 6\)") as raised:
         decode_snapshot(_pack(doc))
     assert isinstance(raised.value, UnreadableLog)  # the peer halts on it (exit code 76)
 
@@ -307,3 +316,14 @@ def test_corrupted_snapshot_is_a_snapshot_error_or_a_state(data: st.DataObject) 
 
 
 SNAPSHOT = encode_snapshot(busy_cluster().state)
+
+
+def test_format_5_is_migrated_with_the_default_shutdown_policies() -> None:
+    state = busy_cluster().state
+    doc = _doc()
+    doc["format"] = 5
+    _before_format_6(doc)
+    restored = decode_snapshot(_pack(doc))
+    assert restored == state
+    assert restored.settings.shutdown_policy.value == "freeze"
+    assert all(h.shutdown_policy == h.shutdown == "" for h in restored.hosts.values())

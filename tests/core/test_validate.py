@@ -62,6 +62,9 @@ GOOD: list[c.Command] = [
     c.HostReady(name="h1", memory_mib=2048, vcpus=8, migration_uri="qemu+tcp://h1/system"),
     c.ReportBmcHealth(name="h1", ok=False, detail="timeout after 5 s"),
     c.SetPeerStopped(name="h1", stopped=True),
+    c.PlannedShutdown(name="h1", step="done", policy="failover", stopped=(("vm1", 12),)),
+    c.SetShutdownPolicy(policy="migrate"),
+    c.MakeRoom(name="db1"),
     c.SetHostAddresses(name="h1", addresses=("main=10.0.0.1",)),
     c.SetHostRole(name="h1", role=HostRole.MEMBER),
     c.AnnounceVersions(name="h1", commands=(("add-vm", 1), ("noop", 1)), entry_formats=(1, 2)),
@@ -103,6 +106,15 @@ GOOD: list[c.Command] = [
 
 # (command, field at fault, part of the message, whether apply refuses it too)
 BAD: list[tuple[c.Command, str, str, bool]] = [
+    (c.PlannedShutdown(name="h1", step="later", policy="stop"), "step", "unknown step", True),
+    (c.PlannedShutdown(name="h1", step="begin", policy=""), "policy", "unknown shutdown",
+     True),
+    (c.PlannedShutdown(name="h1", step="done", policy="stop", stopped=(("vm 1", 3),)),
+     "stopped", "invalid VM name", True),
+    (c.SetShutdownPolicy(policy=""), "policy", "one of migrate, stop, freeze, failover",
+     True),
+    (c.SetShutdownPolicy(host="bad name", policy="stop"), "host", "invalid host name", False),
+    (c.MakeRoom(name="db 1"), "name", "invalid VM name", False),
     (c.AddHost(name="bad name"), "name", "invalid host name 'bad name'", True),
     (c.AddHost(name="-h1"), "name", "invalid host name", True),
     (c.AddHost(name="h1", memory_mib=-1), "memory_mib", "must be >= 0", True),

@@ -1,0 +1,181 @@
+"""`hactl explain` (core/explain.py), table-driven: each case grows a state by applying
+real commands, then checks every line explain gives for one VM."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from hacluster.core.explain import explain
+from hacluster.fsm import commands as c
+from hacluster.fsm.model import Desired, HaPolicy
+
+from .builders import Cluster
+
+
+def three_hosts() -> Cluster:
+    cl = Cluster()
+    cl.add_host("h1", 4096)
+    cl.add_host("h2", 8192)
+    cl.add_host("h3", 2048)
+    cl.announce_all()
+    return cl
+
+
+def started(**options: object) -> Callable[[Cluster], None]:
+    return lambda cl: cl.add_vm("db", **options)  # type: ignore[arg-type]
+
+
+def migrating(cl: Cluster) -> None:
+    cl.add_vm("db")
+    cl.ok(c.MigrateVm(name="db", target="h1"))
+
+
+def stopped(cl: Cluster) -> None:
+    cl.add_vm("db", desired=Desired.STOPPED)
+
+
+def disabled(cl: Cluster) -> None:
+    cl.add_vm("db", desired=Desired.DISABLED)
+
+
+def too_big(cl: Cluster) -> None:
+    cl.add_vm("db", memory_mib=100_000)
+
+
+def host_fencing(cl: Cluster) -> None:
+    cl.add_vm("db")
+    cl.fence("h2")
+
+
+def restarted_once(cl: Cluster) -> None:
+    cl.add_vm("db")
+    cl.report("db", "crashed")
+
+
+def anti_affinity(cl: Cluster) -> None:
+    cl.add_vm("db", anti_affinity="dbs")
+    cl.add_vm("db2", anti_affinity="dbs")
+
+
+def relocated(cl: Cluster) -> None:
+    cl.add_vm("db", max_restarts=0)
+    vm = cl.vm("db")
+    cl.ok(c.VmReport(name="db", host=vm.host, placement=vm.placement, observed="crashed",
+                     keep_trying=True))
+
+
+def planned_shutdown(cl: Cluster) -> None:
+    cl.add_vm("db")
+    cl.ok(c.PlannedShutdown(name="h2", step="done", policy="freeze"))
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    setup: Callable[[Cluster], None]
+    lines: tuple[str, ...]  # every line, in order; "..." matches any one line
+
+
+CASES = [
+    Case("started, with the next host it would go to", started(), (
+        "db is started on h2 (placement {p})",
+        "why: running on h2",
+        "desired started, HA policy restart, priority 0, restarts 0/2, relocations 0/1",
+        "host h2 is online: agent ready",
+        "if h2 died now: it would go to h1 (most free memory (4096 MiB before placing))")),
+    Case("host limits and nowhere else to go", started(allowed_hosts=("h2",)), (
+        "db is started on h2 (placement {p})",
+        "...",
+        "...",
+        "host limits: only h2",
+        "...",
+        "if h2 died now: it would wait pending (no host fits 1024 MiB, 1 vCPU: outside "
+        "the VM's host limits (h1, h3))")),
+    Case("anti-affinity keeps it off its group's hosts", anti_affinity, (
+        "db is started on h2 (placement {p})",
+        "...",
+        "...",
+        "anti-affinity group dbs: never shares a host with another member",
+        "...",
+        "if h2 died now: it would go to h3 (most free memory (2048 MiB before placing))")),
+    Case("migrating names both ends", migrating, (
+        "db is migrating from h2 to h1",
+        "why: live migration to h1 (requested)",
+        "...",
+        "host h2 is online: agent ready",
+        "if h2 died now: it would go to h1 (most free memory (3072 MiB before placing))")),
+    Case("stopped on purpose", stopped, (
+        "db is stopped and placed on no host",
+        "why: defined",
+        "desired stopped, HA policy restart, priority 0, restarts 0/2, relocations 0/1",
+        "stopped on purpose: it stays down until started",
+        "if its host died now: it would not be restarted")),
+    Case("disabled", disabled, (
+        "db is stopped and placed on no host",
+        "why: defined",
+        "...",
+        "disabled: the cluster neither starts, recovers nor moves it",
+        "if its host died now: it would not be restarted")),
+    Case("HA policy none", started(ha=HaPolicy.NONE, priority=5), (
+        "db is started on h2 (placement {p})",
+        "...",
+        "desired started, HA policy none, priority 5, restarts 0/2, relocations 0/1",
+        "HA policy none: not restarted after a crash or a host failure",
+        "host h2 is online: agent ready",
+        "if its host died now: it would not be restarted")),
+    Case("pending: no host fits, and why", too_big, (
+        "db is pending and placed on no host",
+        "why: no host fits 100000 MiB, 1 vCPU: lacks memory (h1, h2, h3)",
+        "...",
+        "if placed now: it would wait pending (no host fits 100000 MiB, 1 vCPU: lacks "
+        "memory (h1, h2, h3))")),
+    Case("its host is being fenced", host_fencing, (
+        "db is frozen on h2 until its fence is confirmed (placement {p})",
+        "why: host h2 is being fenced; VM frozen until the fence is confirmed",
+        "...",
+        "host h2 is fencing: fence requested (token 13, attempt 1): lease expired (its VMs "
+        "wait until the fence is confirmed)",
+        "if h2 died now: it would go to h1 (most free memory (4096 MiB before placing))")),
+    Case("a restart in place is counted", restarted_once, (
+        "db is starting on h2 (placement {p})",
+        "why: crashed on h2; restart 1/2 on h2",
+        "desired started, HA policy restart, priority 0, restarts 1/2, relocations 0/1",
+        "host h2 is online: agent ready",
+        "if h2 died now: it would go to h1 (most free memory (4096 MiB before placing))")),
+    Case("a relocation remembers where it failed", relocated, (
+        "db is starting on h1 (placement {p})",
+        "why: crashed on h2; relocation 1/1 (tried: h2); placed on h1: most free memory "
+        "(4096 MiB before placing)",
+        "desired started, HA policy restart, priority 0, restarts 0/0, relocations 1/1",
+        "failed on h2 since it last ran stably: a relocation tries the other eligible hosts "
+        "first",
+        "host h1 is online: agent ready",
+        "if h1 died now: it would go to h2 (most free memory (8192 MiB before placing))")),
+    Case("its peer stopped for a planned shutdown", planned_shutdown, (
+        "db is started on h2 (placement {p})",
+        "...",
+        "...",
+        "host h2 is online: peer stopped for a planned shutdown (freeze)",
+        "its peer is stopped for a planned shutdown (freeze): nothing protects this VM "
+        "until it returns",
+        "if h2 died now: it would go to h1 (most free memory (4096 MiB before placing))")),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_explain(case: Case) -> None:
+    cl = three_hosts()
+    case.setup(cl)
+    got = explain(cl.state, "db")
+    assert len(got) == len(case.lines), "\n".join(got)
+    placement = cl.vm("db").placement
+    for want, line in zip(case.lines, got, strict=True):
+        if want != "...":
+            assert line == want.format(p=placement), "\n".join(got)
+
+
+def test_an_unknown_vm_is_said_so() -> None:
+    assert explain(three_hosts().state, "ghost") == ["no VM named 'ghost'"]
