@@ -135,6 +135,7 @@ class Engine(SyncObj):
         disk: Disk,
         machine: Machine,
         rebuilding: bool,
+        on_caught_up: Callable[[], None] | None = None,
     ) -> None:
         # Attributes the overridden hooks read must exist before SyncObj.__init__ runs.
         self._ha_settings = settings
@@ -144,6 +145,7 @@ class Engine(SyncObj):
         self._ha_fatal: BaseException | None = None
         self._ha_fatal_lock = threading.Lock()
         self._ha_abstain = rebuilding
+        self._ha_on_caught_up = on_caught_up  # makes the end of the abstention durable
         self._ha_catchup_target: int | None = None
         self._ha_led_terms: deque[int] = deque(maxlen=64)
         self._ha_applying: AppliedEntry | None = None
@@ -508,6 +510,8 @@ class Engine(SyncObj):
         if self._ha_catchup_target is None and target is not None:
             self._ha_catchup_target = target
         if self._ha_catchup_target is not None and self.raftLastApplied >= self._ha_catchup_target:
+            if self._ha_on_caught_up is not None:
+                self._ha_on_caught_up()
             self._ha_abstain = False
             log.warning("rebuilt peer caught up at index %d: voting again", self.raftLastApplied)
 

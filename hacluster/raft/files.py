@@ -23,6 +23,9 @@ JOURNAL_NAME = "raft.journal"
 META_NAME = "raft.meta"
 SNAPSHOT_NAME = "raft.snapshot"
 LOCK_NAME = "raft.lock"
+# present from a rebuild until the peer caught up: it votes and stands for nothing meanwhile,
+# also after a restart (its journal holds only part of what it once acknowledged)
+CATCHING_UP_NAME = "raft.catching-up"
 
 
 class Disk:

@@ -149,7 +149,8 @@ class RaftNode:
                 self._storage.journal,
                 self._disk,
                 machine,
-                rebuilding=self._storage.rebuilt_into is not None,
+                rebuilding=self._storage.catching_up,
+                on_caught_up=self._storage.caught_up,
             )
         except BaseException as exc:
             self._storage.journal.close()

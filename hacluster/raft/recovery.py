@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from hacluster.raft.errors import CorruptStorage
 from hacluster.raft.files import (
+    CATCHING_UP_NAME,
     JOURNAL_NAME,
     META_NAME,
     SNAPSHOT_NAME,
@@ -48,21 +49,41 @@ class Storage:
     snapshot_path: str
     lock: DirLock
     rebuilt_into: str | None = None  # quarantine directory when started by a rebuild
+    catching_up: bool = False  # rebuilt and not caught up yet (this run or an earlier one)
+    disk: Disk | None = None
+
+    def caught_up(self) -> None:
+        """The rebuilt peer holds everything committed when it started: it may vote."""
+        path = os.path.join(os.path.dirname(self.snapshot_path), CATCHING_UP_NAME)
+        try:
+            os.unlink(path)
+            if self.disk is not None:
+                self.disk.sync_dir(os.path.dirname(path) or ".")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:  # safe: after a restart it abstains until caught up again
+            log.error("cannot remove %s: %s", path, exc)
+        self.catching_up = False
 
 
 def open_storage(data_dir: str, disk: Disk, rebuild: bool) -> Storage:
     """Lock `data_dir` and open its Raft files; see the module docstring."""
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     lock = DirLock(data_dir)
+    marker = os.path.join(data_dir, CATCHING_UP_NAME)
     try:
         try:
-            return Storage(*_open_checked(data_dir, disk), lock=lock)
+            journal, snapshot_path = _open_checked(data_dir, disk)
+            return Storage(journal, snapshot_path, lock, catching_up=os.path.exists(marker),
+                           disk=disk)
         except CorruptStorage as exc:
             if not rebuild:
                 raise
             log.error("corrupt Raft storage (%s); rebuilding from the other peers", exc)
+            atomic_write(marker, b"rebuilt: no vote until caught up\n", disk)
             journal, snapshot_path, moved_to = _rebuild(data_dir, disk)
-            return Storage(journal, snapshot_path, lock, rebuilt_into=moved_to)
+            return Storage(journal, snapshot_path, lock, rebuilt_into=moved_to,
+                           catching_up=True, disk=disk)
     except BaseException:
         lock.release()
         raise

@@ -7,7 +7,14 @@ import os
 
 import pytest
 
-from hacluster.raft.files import JOURNAL_NAME, META_NAME, SNAPSHOT_NAME, encode_meta, load_meta
+from hacluster.raft.files import (
+    CATCHING_UP_NAME,
+    JOURNAL_NAME,
+    META_NAME,
+    SNAPSHOT_NAME,
+    encode_meta,
+    load_meta,
+)
 from raftlab.harness import Peer, PeerFailed, propose_all, wait_for
 from raftlab.peer import CORRUPT_EXIT
 
@@ -102,3 +109,32 @@ def test_a_rebuilt_peer_with_a_higher_term_than_the_leader_catches_up(make_clust
     assert new_term > term + 20  # the cluster elected above the rebuilt peer's term
     propose_all(new_leader, 3, "b")
     c.wait_converged(min_count=13)
+
+
+def test_a_rebuilt_peer_restarted_before_it_caught_up_still_does_not_vote(make_cluster):
+    """Its journal holds part of what it once acknowledged until it caught up: a restart
+    in between (a crash, a reboot) must not make it a voter again. The abstention is on
+    disk (raft.catching-up) until it caught up."""
+    c = make_cluster(3).start()
+    leader, _ = c.wait_leader()
+    propose_all(leader, 10, "a")
+    c.wait_converged(min_count=10)
+    victim = next(p for p in c.peers if p is not leader)
+    others = [p for p in c.peers if p is not victim]
+    for peer in c.peers:
+        peer.stop()
+    damage(os.path.join(victim.data_dir, JOURNAL_NAME), "corrupt")
+    victim.start(rebuild=True)  # nobody to catch up from
+    assert victim.status()["abstaining"]
+    victim.kill()
+    victim.start()  # restarted before it caught up, without --rebuild
+    assert victim.status()["abstaining"]
+    assert os.path.exists(os.path.join(victim.data_dir, CATCHING_UP_NAME))
+    for peer in others:
+        peer.start()
+    c.wait_converged(min_count=10)
+    wait_for(lambda: not victim.status()["abstaining"], 20, "the rebuilt peer to vote again")
+    assert not os.path.exists(os.path.join(victim.data_dir, CATCHING_UP_NAME))
+    victim.stop()
+    victim.start()
+    assert not victim.status()["abstaining"]
