@@ -146,6 +146,7 @@ class SimPeer:
         watchdog = self.world.hosts[self.name].watchdog
         if watchdog is not None and self.role is not HostRole.WITNESS:
             self.proc.self_fence = SelfFence(watchdog[1])
+            self.raft.enable_carry()  # daemon/peer.py `_start_self_fencing`
 
     def stop(self) -> None:
         """The process is gone (crash, power loss): nothing of it survives but the log."""
