@@ -290,6 +290,8 @@ class Peer:
                                                   self._self_fenced)
         if not fencing.enabled:
             return
+        if self.raft is not None:
+            self.raft.carry_answers()  # its allowance may also travel through other voters
         self.leases.round_sent = fencing.round_sent
         self.leases.ack_received = fencing.ack_received
         fencing.start()

@@ -43,7 +43,7 @@ from hacluster.core.readindex import ReadMark
 from hacluster.raft.errors import ApplyFailed, RaftError, StorageError
 from hacluster.raft.files import Disk
 from hacluster.raft.journal import DurableJournal
-from hacluster.raft.prevote import ASK, YES, PreVote
+from hacluster.raft.prevote import ASK, CARRY, CARRY_EVERY_S, RELAY, RELAY_AFTER_S, YES, PreVote
 from hacluster.raft.settings import RaftSettings
 from hacluster.raft.snapshot import SnapshotData, read_snapshot, write_snapshot
 from hacluster.raft.transport import DurableTransport, InboundLimits
@@ -168,6 +168,14 @@ class Engine(SyncObj):
         self._ha_allowed = 0  # highest of our answers a leader granted
         self._ha_answers: dict[str, Answer] = {}  # leader: partner -> latest received
         self._ha_allows: dict[str, Answer] = {}  # leader: partner -> granted (this term)
+        self._ha_allows_rev = 0  # leader: moves with every grant that moved
+        self._ha_relays_sent: dict[str, int] = {}  # leader: voter -> rev it last got
+        self._ha_relayed: dict[str, Answer] = {}  # follower: voter -> grant relayed to it
+        # the other way: a follower numbers an answer for the leader and gives it to the
+        # other voters too, who pass it on in their answers (a one-way cut to the leader)
+        self._ha_carried: dict[str, Answer] = {}  # voter -> its latest answer to pass on
+        self._ha_next_carry = 0.0  # raft_clock(): when to hand the voters an answer again
+        self.ha_carry_enabled = False  # set by RaftNode.carry_answers (self-fencing hosts)
         self._ha_prevote = PreVote(settings.election_timeout_min_s)
 
         conf = SyncObjConf(
@@ -233,7 +241,37 @@ class Engine(SyncObj):
 
     def _onTick(self, timeToWait: float = 0.0) -> None:
         self._ha_pre_vote_gate()
+        self._ha_carry_answer()
         super()._onTick(timeToWait)
+
+    def _ha_carry_answer(self) -> None:
+        """A voter, not leading, every CARRY_EVERY_S: an answer numbered like those it
+        sends the leader (which go out only in reply to the leader's replication), to
+        every other voter: the leader takes it as an answer, the others pass it on in
+        their answers (ha_carried). Cut from the leader one way or the other, a grant
+        still comes, directly or passed on (ha_relay)."""
+        now = raft_clock()
+        if not self.ha_carry_enabled or now < self._ha_next_carry or \
+                self._SyncObj__selfNode is None or self._isLeader():
+            return
+        self._ha_next_carry = now + CARRY_EVERY_S
+        message = {"type": CARRY, "ans": self.ha_answer_stamp()}
+        for node in list(self._SyncObj__otherNodes):
+            self._SyncObj__transport.send(node, message)
+
+    def ha_carry(self, node: Any, message: dict[str, Any]) -> None:
+        """Another voter's answer (transport.py): leading, take it; else pass it on."""
+        ans = _answer(message.get("ans"))
+        if ans is None or node not in self._SyncObj__otherNodes:
+            return
+        if self._isLeader():
+            self._ha_take_carried("", {str(node.id): list(ans)})
+        else:
+            self._ha_carried[str(node.id)] = ans
+
+    def ha_carried(self) -> dict[str, list[int]]:
+        """The answers other voters gave us to pass on, for our answer to the leader."""
+        return {name: list(ans) for name, ans in self._ha_carried.items()}
 
     def _ha_pre_vote_gate(self) -> None:
         """Where SyncObj's tick would start an election: ask the voters first."""
@@ -247,6 +285,7 @@ class Engine(SyncObj):
         if self._ha_election_deadline() >= now or not self._SyncObj__connectedToAnyone():
             return
         self._ha_set_election_deadline(now + self._SyncObj__generateRaftTimeout())
+        self._SyncObj__raftLeader = None  # as an election would: we lost it
         me = self._SyncObj__selfNode.id
         pre.start(me, self._SyncObj__raftCurrentTerm + 1)
         if pre.yes(me, pre.term, len(self._SyncObj__otherNodes) + 1):
@@ -293,6 +332,7 @@ class Engine(SyncObj):
         self._ha_reports = {}
         self._ha_answers = {}
         self._ha_allows = {}
+        self._ha_relays_sent = {}
         if new == _LEADER_STATE:
             self._ha_led_terms.append(self.raftCurrentTerm)
             log.info("became leader in term %d", self.raftCurrentTerm)
@@ -384,7 +424,12 @@ class Engine(SyncObj):
         seq = message.get("ha_seq")
         if isinstance(seq, int):
             self._ha_answering[node] = (int(message.get("term", 0)), seq)
-        allow = _answer(message.get("ha_allow"))
+        self._ha_take_allow(_answer(message.get("ha_allow")))
+        if "ha_relay" in message:
+            self.ha_relay(message["ha_relay"])
+
+    def _ha_take_allow(self, allow: Answer | None) -> None:
+        """A leader granted our answer `allow` (boot, number): allowed from its departure."""
         if allow is not None and allow[0] == self._ha_boot and \
                 self._ha_allowed < allow[1] <= self._ha_ans:
             self._ha_allowed = allow[1]
@@ -420,7 +465,39 @@ class Engine(SyncObj):
             if granted is None or granted[0] != ans[0] or ans[1] > granted[1]:
                 self._ha_allows[node] = ans
                 moved.append(node)
+        if moved:
+            self._ha_allows_rev += 1
         return moved
+
+    def ha_relay_for(self, node: Any) -> dict[str, list[int]] | None:
+        """Leader, to voter `node`: every other voter's grant, when they moved since it
+        last got them, for it to pass on (a voter we cannot reach, say a one-way cut,
+        may hear it from another). A grant allows nothing later, whoever carries it:
+        the leader counts it acknowledged when it is made (daemon/leader.py)."""
+        name = str(getattr(node, "id", node))
+        if node not in self._SyncObj__otherNodes or \
+                self._ha_relays_sent.get(name) == self._ha_allows_rev:
+            return None
+        self._ha_relays_sent[name] = self._ha_allows_rev
+        voters, stale = {str(n.id) for n in self._SyncObj__otherNodes}, raft_clock() - RELAY_AFTER_S
+        return {v: list(a) for v, a in self._ha_allows.items() if v != name and v in voters
+                and self._ha_heard.get(v, float("-inf")) < stale}  # only those we miss
+
+    def ha_relay(self, relay: object) -> None:
+        """Follower: pass each voter the grant the leader made it, when it moved."""
+        if not isinstance(relay, dict) or len(relay) > MAX_HEARS_REPORT:
+            return
+        by_id = {str(n.id): n for n in self._SyncObj__otherNodes}
+        for name, raw in relay.items():
+            allow, node = _answer(raw), by_id.get(name)
+            if allow is None or node is None or self._ha_relayed.get(name) == allow:
+                continue
+            self._ha_relayed[name] = allow
+            self._SyncObj__transport.send(node, {"type": RELAY, "allow": list(allow)})
+
+    def ha_relayed(self, message: dict[str, Any]) -> None:
+        """A grant of ours, passed on by another voter (ha_relay)."""
+        self._ha_take_allow(_answer(message.get("allow")))
 
     def ha_allow_for(self, node: Any) -> list[int] | None:
         granted = self._ha_allows.get(str(getattr(node, "id", node)))
@@ -437,11 +514,26 @@ class Engine(SyncObj):
             known = self._ha_answers.get(str(node.id))
             if ans is not None and (known is None or known[0] != ans[0] or ans[1] > known[1]):
                 self._ha_answers[str(node.id)] = ans  # a new boot replaces the old one
+            carried = message.get("ha_carried")
+            if isinstance(carried, dict) and len(carried) <= MAX_HEARS_REPORT:
+                self._ha_take_carried(str(node.id), carried)
             hears = message.get("ha_hears")
             if isinstance(hears, dict) and len(hears) <= MAX_HEARS_REPORT and all(
                     isinstance(k, str) and isinstance(v, int | float) for k, v in hears.items()):
                 self._ha_reports[str(node.id)] = hears
         self.ha_note_echo(node, message.get("ha_echo"))
+
+    def _ha_take_carried(self, carrier: str, carried: dict[str, Any]) -> None:
+        """Leader: answers of other voters that `carrier` passes on count as theirs,
+        for grants only, when of the boot we know and newer (or of a voter we have no
+        answer from yet)."""
+        voters = {str(n.id) for n in self._SyncObj__otherNodes}
+        for name, raw in carried.items():
+            ans, known = _answer(raw), self._ha_answers.get(name)
+            if ans is None or name == carrier or name not in voters:
+                continue
+            if known is None or (known[0] == ans[0] and ans[1] > known[1]):
+                self._ha_answers[name] = ans
 
     def ha_note_echo(self, node: Any, echo: object) -> None:
         """Count a follower's echo if it is for our current term."""

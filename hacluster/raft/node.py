@@ -240,6 +240,12 @@ class RaftNode:
         granted left; None if none was."""
         return self._engine.ha_allowed_anchor()
 
+    def carry_answers(self) -> None:
+        """This host self-fences: give the other voters an answer for the leader every
+        half second, so that a grant reaches it though its link to the leader is cut one
+        way (engine.py `_ha_carry_answer`)."""
+        self._engine.ha_carry_enabled = True
+
     def set_hears(self, heard: dict[str, float]) -> None:
         """What this host reports in its Raft answers: host -> when (time.monotonic())
         it last received that host's renewal; each answer carries the ages then."""

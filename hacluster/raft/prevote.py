@@ -23,6 +23,14 @@ from dataclasses import dataclass, field
 # {"type", "term": the term it would stand in, "last_log_index", "last_log_term"}
 ASK = "ha_pre_vote"
 YES = "ha_pre_vote_yes"  # {"type", "term"}
+# not pre-vote, but like it a message pysyncobj never sees: a self-fencing grant of the
+# leader passed on by another voter (engine.py ha_relay) {"type", "allow": [boot, n]}
+RELAY = "ha_allow_relay"
+RELAY_AFTER_S = 1.0  # only the grants of voters the leader has not heard for this long
+# and the other way: a follower's numbered answer given to the other voters, who pass
+# it on to the leader in their answers (engine.py ha_carry) {"type", "ans": [boot, n]}
+CARRY = "ha_answer_carry"
+CARRY_EVERY_S = 0.5
 
 
 @dataclass

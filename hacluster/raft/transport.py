@@ -52,6 +52,8 @@ from pysyncobj.transport import TCPTransport
 
 from hacluster.core.ratelimit import RateLimiter, RefusalLog, held_back
 from hacluster.raft.prevote import ASK as PRE_VOTE_ASK
+from hacluster.raft.prevote import CARRY as ANSWER_CARRY
+from hacluster.raft.prevote import RELAY as ALLOW_RELAY
 from hacluster.raft.prevote import YES as PRE_VOTE_YES
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,14 @@ class _Engine(Protocol):
 
     def ha_pre_vote(self, node: Any, message: dict[str, Any]) -> None: ...
 
+    def ha_relay_for(self, node: Any) -> dict[str, list[int]] | None: ...
+
+    def ha_relayed(self, message: dict[str, Any]) -> None: ...
+
+    def ha_carry(self, node: Any, message: dict[str, Any]) -> None: ...
+
+    def ha_carried(self) -> dict[str, list[int]]: ...
+
 
 class DurableTransport(TCPTransport):
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
@@ -162,10 +172,16 @@ class DurableTransport(TCPTransport):
             allow = self._engine.ha_allow_for(node)
             if allow is not None:
                 message["ha_allow"] = allow
+            relay = self._engine.ha_relay_for(node)
+            if relay:
+                message["ha_relay"] = relay
         elif kind == "next_node_idx":
             echo = self._engine.ha_echo_for(node)
             message = {**message, "ha_hears": self._engine.ha_hears_now(),
                        "ha_ans": self._engine.ha_answer_stamp()}
+            carried = self._engine.ha_carried()
+            if carried:
+                message["ha_carried"] = carried
             if echo is not None:
                 message["ha_echo"] = echo
         self._outbox.append((node, message))
@@ -377,6 +393,12 @@ class DurableTransport(TCPTransport):
         kind = message.get("type") if isinstance(message, dict) else None
         if kind in (PRE_VOTE_ASK, PRE_VOTE_YES):
             self._engine.ha_pre_vote(node, message)  # ours: pysyncobj never sees them
+            return
+        if kind == ALLOW_RELAY:
+            self._engine.ha_relayed(message)
+            return
+        if kind == ANSWER_CARRY:
+            self._engine.ha_carry(node, message)
             return
         if kind == "request_vote" and self._engine.abstains_from_voting():
             return

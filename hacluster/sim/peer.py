@@ -155,6 +155,7 @@ class SimPeer:
         host = self.world.hosts[self.name]
         if host.watchdog is not None and self.role is not HostRole.WITNESS:
             self.proc.self_fence = SelfFence(host.watchdog[1])
+            self.raft.enable_carry()  # daemon/peer.py `_start_self_fencing`
         self.proc.loop.manager.storage.configure(CHECKS, INTERVAL_S, bool(host.storage),
                                                  READ_TIMEOUT_S)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
+from hacluster.raft.prevote import RELAY_AFTER_S
 from hacluster.sim.raftmsgs import AppendEntries, AppendReply, Entry, Role, Status, Tag, TimeoutNow
 
 if TYPE_CHECKING:
@@ -77,6 +78,8 @@ class Leading:
         self._echoes: dict[str, int] = {}
         self._answers: dict[str, tuple[int, int]] = {}  # follower -> its latest answer id
         self._allows: dict[str, tuple[int, int]] = {}  # follower -> answer id granted
+        self._allows_rev = 0  # moves with every grant that moved
+        self._relays_sent: dict[str, int] = {}  # voter -> the rev it last got
         self._term_start = 0  # index of this term's no-op
 
     def _become_leader(self, now: float) -> None:
@@ -94,6 +97,7 @@ class Leading:
         self._echoes = {}
         self._answers = {}
         self._allows = {}
+        self._relays_sent = {}
         self._note("leader", self.term)
         self._tags += 1
         self._term_start = self._append_own(None, (self.name, self._tags))
@@ -121,7 +125,7 @@ class Leading:
         entries = log[prev : prev + self._c.config.max_batch] if prev < len(log) else _EMPTY
         self._seq += 1
         msg = AppendEntries(self.term, prev, self.term_at(prev), entries, self.commit_index,
-                            self._seq, self._allows.get(dst))
+                            self._seq, self._allows.get(dst), self._relay_for(dst))
         self._next[dst] = prev + len(entries) + 1  # optimistic, like pysyncobj
         self._c.send(self.name, dst, msg)
 
@@ -159,6 +163,8 @@ class Leading:
         if m.ans is not None and (known is None or known[0] != m.ans[0] or
                                   m.ans[1] > known[1]):
             self._answers[src] = m.ans
+        if m.carried:
+            self._take_carried(src, m.carried)
         if m.success:
             if m.match > self._match[src]:
                 self._match[src] = m.match
@@ -210,6 +216,26 @@ class Leading:
         """The latest answer id of each follower (raft/engine.py `ha_answers_snapshot`)."""
         return dict(self._answers) if self.role is Role.LEADER else {}
 
+    def _take_carried(self, carrier: str, carried: dict[str, tuple[int, int]]) -> None:
+        """raft/engine.py `_ha_take_carried`: other voters' answers passed on count as
+        theirs, when of the boot known and newer (or from a voter not heard yet)."""
+        for name, ans in carried.items():
+            known = self._answers.get(name)
+            if name == carrier or name not in self._c.voters or name == self.name:
+                continue
+            if known is None or (known[0] == ans[0] and ans[1] > known[1]):
+                self._answers[name] = ans
+
+    def _relay_for(self, dst: str) -> dict[str, tuple[int, int]] | None:
+        """raft/engine.py `ha_relay_for`: the other voters' grants, when they moved."""
+        voters = self._c.voters
+        if dst not in voters or self._relays_sent.get(dst) == self._allows_rev:
+            return None
+        self._relays_sent[dst] = self._allows_rev
+        stale = self._c.now - RELAY_AFTER_S
+        return {v: a for v, a in self._allows.items() if v != dst and v in voters
+                and self._heard.get(v, float("-inf")) < stale} or None
+
     def grant(self, answers: dict[str, tuple[int, int]], term: int) -> list[str]:
         """A mark taken after `answers` arrived was confirmed (raft/engine.py `ha_grant`):
         returns the followers whose grant moved."""
@@ -221,6 +247,8 @@ class Leading:
             if granted is None or granted[0] != ans[0] or ans[1] > granted[1]:
                 self._allows[name] = ans
                 moved.append(name)
+        if moved:
+            self._allows_rev += 1
         return moved
 
     def echoes(self) -> dict[str, int]:

@@ -105,6 +105,14 @@ class AppendEntries:
     commit: int
     seq: int  # per-leader, increasing with every AppendEntries it sends
     allow: tuple[int, int] | None = None  # the receiver's answer this leader granted
+    relay: dict[str, tuple[int, int]] | None = None  # other voters' grants, to pass on
+
+
+@dataclass(slots=True)
+class AllowRelay:
+    """A voter passes on the grant a leader made another (raft/engine.py ha_relay)."""
+
+    allow: tuple[int, int]
 
 
 @dataclass(slots=True)
@@ -116,6 +124,14 @@ class AppendReply:
     echo: int  # highest seq processed from this leader in this term
     hears: dict[str, float] | None = None  # whose renewals its host receives, host -> age
     ans: tuple[int, int] | None = None  # (boot, number) of this answer (raft/engine.py)
+    carried: dict[str, tuple[int, int]] | None = None  # other voters' answers passed on
+
+
+@dataclass(slots=True)
+class AnswerCarry:
+    """A voter's numbered answer given to another voter (raft/engine.py ha_carry)."""
+
+    ans: tuple[int, int]
 
 
 @dataclass(slots=True)

@@ -15,10 +15,13 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from hacluster.raft.prevote import CARRY_EVERY_S
 from hacluster.sim.raftapply import Proposing
 from hacluster.sim.raftlead import Leading
 from hacluster.sim.raftmsgs import (
     MAYBE,
+    AllowRelay,
+    AnswerCarry,
     AppendEntries,
     AppendReply,
     AppliedRecord,
@@ -49,6 +52,7 @@ class RaftPeer(Proposing, Leading):
         self._c = cluster
         self.name = name
         self.voter = voter
+        self.carry_answers = False  # its host self-fences (daemon/peer.py carry_answers)
         # durable (a journal and a meta file in production)
         self.term = 0
         self.voted_for: str | None = None
@@ -86,6 +90,9 @@ class RaftPeer(Proposing, Leading):
         self._ans = 0
         self._ans_sent: dict[int, float] = {}  # number -> simulated time it left
         self._allowed = 0
+        self._relayed: dict[str, tuple[int, int]] = {}  # voter -> grant passed on to it
+        self._carried: dict[str, tuple[int, int]] = {}  # voter -> its answer to pass on
+        self._carry_at = self._c.now + CARRY_EVERY_S if self.carry_answers else _NEVER
         self._timeout = 0.0  # the election timeout drawn last
         self._catchup_target: int | None = None
         self._reset_proposals()
@@ -128,7 +135,7 @@ class RaftPeer(Proposing, Leading):
             self._c.schedule(at, self, self._token)
 
     def _rearm(self) -> None:
-        first = min(self._election_at, self._heartbeat_at)
+        first = min(self._election_at, self._heartbeat_at, self._carry_at)
         if self._deadlines:
             first = min(first, self._deadlines[0][0])
         self._arm(first)
@@ -142,8 +149,41 @@ class RaftPeer(Proposing, Leading):
             self._on_heartbeat(now)
         if self._election_at <= now:
             self._on_election_timeout(now)
+        if self._carry_at <= now:
+            self._carry(now)
         self._expire_proposals(now)
         self._rearm()
+
+    def enable_carry(self) -> None:
+        if not self.carry_answers:
+            self.carry_answers = True
+            self._carry_at = self._c.now + CARRY_EVERY_S
+            self._rearm()
+
+    def _carry(self, now: float) -> None:
+        """raft/engine.py `_ha_carry_answer`: a voter not leading gives every other voter
+        a numbered answer; the leader takes it, the others pass it on."""
+        self._carry_at = now + CARRY_EVERY_S
+        if not self.carry_answers or not self.voter or self.role is Role.LEADER:
+            return
+        ans = self._stamp_answer(now)
+        for voter in self._c.voters:
+            if voter != self.name:
+                self._c.send(self.name, voter, AnswerCarry(ans))
+
+    def _stamp_answer(self, now: float) -> tuple[int, int]:
+        self._ans += 1
+        self._ans_sent[self._ans] = now
+        self._ans_sent.pop(self._ans - 4096, None)
+        return (self._ans_boot, self._ans)
+
+    def _on_answer_carry(self, src: str, m: AnswerCarry, now: float) -> None:
+        if src not in self._c.voters:
+            return
+        if self.role is Role.LEADER:
+            self._take_carried("", {src: m.ans})
+        else:
+            self._carried[src] = m.ans
 
     def _note(self, what: str, value: int) -> None:
         self._c.note(self, what, value)
@@ -273,19 +313,34 @@ class RaftPeer(Proposing, Leading):
             return
         if m.seq > self._echo_seq:
             self._echo_seq = m.seq
-        if m.allow is not None and m.allow[0] == self._ans_boot and \
-                self._allowed < m.allow[1] <= self._ans:
-            self._allowed = m.allow[1]
+        self._take_allow(m.allow)
+        if m.relay:
+            self._relay(m.relay)
         reply = self._append_entries(m, now)
-        self._ans += 1
-        self._ans_sent[self._ans] = now
-        self._ans_sent.pop(self._ans - 4096, None)
-        reply.ans = (self._ans_boot, self._ans)
+        reply.ans = self._stamp_answer(now)
+        if self._carried:
+            reply.carried = dict(self._carried)
         self._c.send(self.name, src, reply)
         if self.abstaining:
             if self._catchup_target is None:
                 self._catchup_target = m.commit
             self._check_caught_up(now)
+
+    def _take_allow(self, allow: tuple[int, int] | None) -> None:
+        if allow is not None and allow[0] == self._ans_boot and \
+                self._allowed < allow[1] <= self._ans:
+            self._allowed = allow[1]
+
+    def _relay(self, relay: dict[str, tuple[int, int]]) -> None:
+        """raft/engine.py `ha_relay`: pass each voter its grant, when it moved."""
+        for voter, allow in relay.items():
+            if voter != self.name and voter in self._c.voters and \
+                    self._relayed.get(voter) != allow:
+                self._relayed[voter] = allow
+                self._c.send(self.name, voter, AllowRelay(allow))
+
+    def _on_allow_relay(self, src: str, m: AllowRelay, now: float) -> None:
+        self._take_allow(m.allow)
 
     def _follow(self, src: str, m: AppendEntries, now: float) -> bool:
         """An AppendEntries from a leader we did not follow yet: adopt it unless stale."""
@@ -462,6 +517,8 @@ class RaftPeer(Proposing, Leading):
             RequestVote: self._on_request_vote,
             VoteReply: self._on_vote_reply,
             TimeoutNow: self._on_timeout_now,
+            AllowRelay: self._on_allow_relay,
+            AnswerCarry: self._on_answer_carry,
             Forward: self._on_forward,
             ForwardReply: self._on_forward_reply,
         }

@@ -6,6 +6,7 @@ BMCs' power logs are the witnesses, never the cluster's own account."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from hacluster.lab.bmc import BmcMode
@@ -68,3 +69,29 @@ def test_an_isolated_host_with_a_dead_bmc_resets_itself_first(lab_factory: Facto
         assert started is not None and started > resets[0].mono
     fence = lab.call("fence.history", {"host": victim})["fences"][-1]
     assert (fence["result"], fence["method"]) == ("self-fenced", "watchdog")
+
+
+def test_a_host_cut_off_from_the_leader_one_way_keeps_its_watchdog_fed(
+        lab_factory: Factory) -> None:
+    """Everything the leader sends the victim is dropped (the victim still reaches the
+    leader, the others reach both): no acknowledgement and no Raft grant of the leader
+    reaches it directly, but the leader's grants travel through the other voters
+    (raft/engine.py ha_relay) and its answers too (ha_carry): it never fences itself,
+    nor is it fenced (soak seed 13 with --watchdog)."""
+    from hacluster.lab.linkfaults import Drop
+
+    lab = lab_factory(3, watchdog=WATCHDOG)
+    lab.add_vms(4)
+    lab.wait(lambda: armed(lab), 20, "every host's watchdog armed and recorded")
+    leader = lab.wait_leader()
+    victim = next(n for n in lab.nodes if n != leader and vms_on(lab, n))
+    kept = vms_on(lab, victim)
+    cut = lab.isolation.links.install([Drop(leader, victim)])
+    try:
+        time.sleep(4 * WATCHDOG[1])  # four self-fence delays
+    finally:
+        lab.isolation.links.remove(cut)
+    offs = [e for e in lab.nodes[victim].bmc.events() if e.event == "power-off"]
+    assert offs == [], f"{victim} was powered off: {offs}"
+    assert lab.observer is not None and lab.observer.violations == []
+    assert all(lab.observer.where(n) == [victim] for n in kept)
