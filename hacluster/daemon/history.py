@@ -51,7 +51,7 @@ VM_KINDS = frozenset({ev.VM_ADDED, ev.VM_REMOVED, ev.VM_UPDATED, ev.VM_STATE,
                       ev.VM_START_LOCKED})
 WRITE = "write"  # the item shown for an entry that emitted no event
 DECISION = "decision"
-DECISION_LOGGERS = ("hacluster.peer", "hacluster.manager", "hacluster.agent")
+DECISION_LOGGERS = ("hacluster.peer", "hacluster.manager", "hacluster.agent", "hacluster.shutdown")
 MEMORY_RECORDS = 10_000  # kept when the directory cannot be used
 MAX_QUEUED = 100_000  # records waiting for the writer; more are dropped (and counted)
 FLUSH_WAIT_S = 2.0  # a query first waits this long at most for what is queued
