@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import faulthandler
 import logging
 import signal
 import sys
@@ -78,6 +79,9 @@ def run_peer(path: str, rebuild: bool = False,
         print(f"hacluster peer: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(config.log.level, config.log.format)
+    # `kill -USR1 PID` writes every thread's stack to stderr (the journal under systemd):
+    # what a peer that seems stuck is waiting for, without stopping it
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     try:
         peer = Peer(config, rebuild=rebuild)
         if prepare is not None:

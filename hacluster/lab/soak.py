@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
+import signal
 import tempfile
 import threading
 import time
@@ -363,8 +365,26 @@ class Soak:
             self.lab.wait(settled, self.config.recovery_bound_s, f"{what} to settle")
         except TimeoutError as exc:
             self.notes.append(str(exc))
-            self.say(f"{self._t()}  {exc}")
+            self.say(f"{self._t()}  {exc}; {self._capture(what)}")
         return time.monotonic()
+
+    def _capture(self, what: str) -> str:
+        """A run that did not settle: every peer's status into the lab directory, and
+        every thread's stack into its log (SIGUSR1), for a look afterwards."""
+        views: dict[str, Any] = {}
+        for name, node in sorted(self.lab.nodes.items()):
+            try:
+                views[name] = _call(self.lab, "status", name=name, timeout_s=3)
+            except (RpcError, RuntimeError, OSError) as exc:
+                views[name] = {"error": str(exc)}
+            pid = node.host.peer_pid()
+            if pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGUSR1)
+        path = self.root / f"unsettled-{len(self.notes)}.json"
+        path.write_text(json.dumps({"what": what, "at": time.monotonic(), "peers": views},
+                                   default=str))
+        return f"peers' status in {path}, their stacks in their peer.log"
 
     # ------------------------------------------------------------ the end
 

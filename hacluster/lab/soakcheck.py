@@ -124,10 +124,12 @@ def _active(fault: FaultRecord, start: float, end: float, grace_s: float = 0.0) 
 
 
 def _previous_run(intervals: Runs, start: Seen) -> Run | None:
-    """The VM's run on another host that began last before `start` was seen."""
-    runs = [r for (vm, host), spans in intervals.items() if vm == start.vm and host != start.host
+    """The VM's run that began last before `start` was seen, if on another host (a
+    restart in place, after libvirtd lost its domains say, starts nothing elsewhere)."""
+    runs = [(host, r) for (vm, host), spans in intervals.items() if vm == start.vm
             for r in spans if r[2].at < start.at]
-    return max(runs, key=lambda r: r[2].at, default=None)
+    host, run = max(runs, key=lambda hr: hr[1][2].at, default=(start.host, None))
+    return run if host != start.host else None
 
 
 def start_before_release(ev: Evidence) -> list[Violation]:
@@ -145,8 +147,10 @@ def start_before_release(ev: Evidence) -> list[Violation]:
                     and gone.after - 1.0 <= p.began <= gone.by), None)
         if off is None:
             continue  # it stopped there while the host ran (moved, stopped, crashed)
+        # nobody could read its power then (not an IPMI power-off: that one read it)
         unreadable = [f for f in ev.faults if f.kind in _BMC_UNREADABLE
-                      and gone.host in f.hosts and _active(f, off.began, s.by)]
+                      and gone.host in f.hosts and _active(f, off.began, off.at)
+                      and not off.cause.startswith("ipmi")]
         release = off.at
         if unreadable:
             confirm = next((at for at, host in confirms if host == gone.host

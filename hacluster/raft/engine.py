@@ -18,18 +18,19 @@ What we override or replace, and why (pysyncobj 0.3.17):
 * read index support (core/readindex.py): a leader's append_entries carry an
   increasing sequence number (`ha_seq`), a follower's answer echoes the term and
   sequence number of the append_entries it is answering (`ha_echo`);
-* pre-vote (prevote.py): where `_onTick` would start an election, it first asks the
-  voters whether they would vote for us, and starts it only once a majority said yes.
+* pre-vote (prevote.py `PreVoting`): where `_onTick` would start an election, it first asks the
+  voters whether they would vote for us, and starts it only once a majority said yes;
+* self-fencing allowances (allowances.py `Allowances`): numbered answers, the leader's
+  grants, both also passed through other voters.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,10 +41,11 @@ from pysyncobj.monotonic import monotonic as raft_clock  # CLOCK_MONOTONIC_RAW
 from pysyncobj.node import TCPNode
 
 from hacluster.core.readindex import ReadMark
+from hacluster.raft.allowances import Allowances, answer_id
 from hacluster.raft.errors import ApplyFailed, RaftError, StorageError
 from hacluster.raft.files import Disk
 from hacluster.raft.journal import DurableJournal
-from hacluster.raft.prevote import ASK, CARRY, CARRY_EVERY_S, RELAY, RELAY_AFTER_S, YES, PreVote
+from hacluster.raft.prevote import PreVote, PreVoting
 from hacluster.raft.settings import RaftSettings
 from hacluster.raft.snapshot import SnapshotData, read_snapshot, write_snapshot
 from hacluster.raft.transport import DurableTransport, InboundLimits
@@ -55,18 +57,6 @@ _NO_OP = b"\x01"
 _LEADER_STATE = 2  # pysyncobj _RAFT_STATE.LEADER
 _PARKED_TIMEOUT_S = 1e9
 MAX_HEARS_REPORT = 1000  # hosts in one follower's report (a sanity bound)
-ANSWERS_REMEMBERED = 4096  # departure times of our latest answers (grants lag a little)
-Answer = tuple[int, int]  # (boot of the answering process, its answer number)
-
-
-def _answer(value: object) -> Answer | None:
-    """An answer id from the wire, if well formed."""
-    if isinstance(value, list | tuple) and len(value) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
-        return int(value[0]), int(value[1])
-    return None
-
-
 @dataclass(frozen=True)
 class AppliedEntry:
     """Where an applied entry sits in the log, and who committed it.
@@ -124,7 +114,7 @@ class CommitTerms:
         return self._ranges[0][1] if self._ranges else 0
 
 
-class Engine(SyncObj):
+class Engine(Allowances, PreVoting, SyncObj):
     def __init__(
         self,
         self_address: str | None,
@@ -157,25 +147,7 @@ class Engine(SyncObj):
         self._ha_heard: dict[str, float] = {}  # partner -> raft_clock() of its last answer
         self._ha_reports: dict[str, dict[str, float]] = {}  # partner -> whom its host hears
         self.ha_hears: dict[str, float] = {}  # set by the daemon: whom it heard, when
-        # Self-fencing allowances over Raft (core/selffence.py): a follower numbers its
-        # answers and remembers when each left; the leader grants the answers it had
-        # received before a read mark that a majority then confirmed.
-        # Answers are (boot, n): a restarted peer numbers afresh, and a grant of its
-        # previous process's answer never matches one of the new process.
-        self._ha_boot = secrets.randbits(62)
-        self._ha_ans = 0
-        self._ha_ans_sent: OrderedDict[int, float] = OrderedDict()  # n -> monotonic
-        self._ha_allowed = 0  # highest of our answers a leader granted
-        self._ha_answers: dict[str, Answer] = {}  # leader: partner -> latest received
-        self._ha_allows: dict[str, Answer] = {}  # leader: partner -> granted (this term)
-        self._ha_allows_rev = 0  # leader: moves with every grant that moved
-        self._ha_relays_sent: dict[str, int] = {}  # leader: voter -> rev it last got
-        self._ha_relayed: dict[str, Answer] = {}  # follower: voter -> grant relayed to it
-        # the other way: a follower numbers an answer for the leader and gives it to the
-        # other voters too, who pass it on in their answers (a one-way cut to the leader)
-        self._ha_carried: dict[str, Answer] = {}  # voter -> its latest answer to pass on
-        self._ha_next_carry = 0.0  # raft_clock(): when to hand the voters an answer again
-        self.ha_carry_enabled = False  # set by RaftNode.carry_answers (self-fencing hosts)
+        self._ha_init_allowances()
         self._ha_prevote = PreVote(settings.election_timeout_min_s)
 
         conf = SyncObjConf(
@@ -243,81 +215,6 @@ class Engine(SyncObj):
         self._ha_pre_vote_gate()
         self._ha_carry_answer()
         super()._onTick(timeToWait)
-
-    def _ha_carry_answer(self) -> None:
-        """A voter, not leading, every CARRY_EVERY_S: an answer numbered like those it
-        sends the leader (which go out only in reply to the leader's replication), to
-        every other voter: the leader takes it as an answer, the others pass it on in
-        their answers (ha_carried). Cut from the leader one way or the other, a grant
-        still comes, directly or passed on (ha_relay)."""
-        now = raft_clock()
-        if not self.ha_carry_enabled or now < self._ha_next_carry or \
-                self._SyncObj__selfNode is None or self._isLeader():
-            return
-        self._ha_next_carry = now + CARRY_EVERY_S
-        message = {"type": CARRY, "ans": self.ha_answer_stamp()}
-        for node in list(self._SyncObj__otherNodes):
-            self._SyncObj__transport.send(node, message)
-
-    def ha_carry(self, node: Any, message: dict[str, Any]) -> None:
-        """Another voter's answer (transport.py): leading, take it; else pass it on."""
-        ans = _answer(message.get("ans"))
-        if ans is None or node not in self._SyncObj__otherNodes:
-            return
-        if self._isLeader():
-            self._ha_take_carried("", {str(node.id): list(ans)})
-        else:
-            self._ha_carried[str(node.id)] = ans
-
-    def ha_carried(self) -> dict[str, list[int]]:
-        """The answers other voters gave us to pass on, for our answer to the leader."""
-        return {name: list(ans) for name, ans in self._ha_carried.items()}
-
-    def _ha_pre_vote_gate(self) -> None:
-        """Where SyncObj's tick would start an election: ask the voters first."""
-        if self._SyncObj__selfNode is None or self._ha_abstain or self._isLeader() or \
-                self._SyncObj__transferInProgress:
-            return  # a member, a rebuilt peer, the leader, or told to stand (TimeoutNow)
-        pre, now = self._ha_prevote, raft_clock()
-        if pre.won:
-            pre.election_started()  # a majority said yes: SyncObj starts it this tick
-            return
-        if self._ha_election_deadline() >= now or not self._SyncObj__connectedToAnyone():
-            return
-        self._ha_set_election_deadline(now + self._SyncObj__generateRaftTimeout())
-        self._SyncObj__raftLeader = None  # as an election would: we lost it
-        me = self._SyncObj__selfNode.id
-        pre.start(me, self._SyncObj__raftCurrentTerm + 1)
-        if pre.yes(me, pre.term, len(self._SyncObj__otherNodes) + 1):
-            self._ha_set_election_deadline(0.0)  # alone: nobody to ask
-            return
-        ask = {"type": ASK, "term": pre.term,
-               "last_log_index": self._SyncObj__getCurrentLogIndex(),
-               "last_log_term": self._SyncObj__getCurrentLogTerm()}
-        for node in list(self._SyncObj__otherNodes):
-            self._SyncObj__transport.send(node, ask)
-
-    def _ha_election_deadline(self) -> float:
-        return float(getattr(self, "_SyncObj__raftElectionDeadline"))  # noqa: B009
-
-    def _ha_set_election_deadline(self, at: float) -> None:
-        setattr(self, "_SyncObj__raftElectionDeadline", at)  # noqa: B010
-
-    def ha_pre_vote(self, node: Any, message: dict[str, Any]) -> None:
-        """A pre-vote question or answer from another voter (transport.py)."""
-        term = message.get("term")
-        if node not in self._SyncObj__otherNodes or not isinstance(term, int):
-            return  # a member or a stranger, or malformed
-        if message.get("type") == YES:
-            if self._ha_prevote.yes(node.id, term, len(self._SyncObj__otherNodes) + 1):
-                self._ha_set_election_deadline(0.0)
-            return
-        index, last = message.get("last_log_index"), message.get("last_log_term")
-        if not isinstance(index, int) or not isinstance(last, int) or self._ha_abstain:
-            return  # (the term asked is not judged: a real vote request will be)
-        ours = (self._SyncObj__getCurrentLogTerm(), self._SyncObj__getCurrentLogIndex())
-        if self._ha_prevote.answer(raft_clock(), self._isLeader(), ours, (last, index)):
-            self._SyncObj__transport.send(node, {"type": YES, "term": term})
 
     def _SyncObj__generateRaftTimeout(self) -> float:
         if self._ha_abstain:
@@ -424,84 +321,9 @@ class Engine(SyncObj):
         seq = message.get("ha_seq")
         if isinstance(seq, int):
             self._ha_answering[node] = (int(message.get("term", 0)), seq)
-        self._ha_take_allow(_answer(message.get("ha_allow")))
+        self._ha_take_allow(answer_id(message.get("ha_allow")))
         if "ha_relay" in message:
             self.ha_relay(message["ha_relay"])
-
-    def _ha_take_allow(self, allow: Answer | None) -> None:
-        """A leader granted our answer `allow` (boot, number): allowed from its departure."""
-        if allow is not None and allow[0] == self._ha_boot and \
-                self._ha_allowed < allow[1] <= self._ha_ans:
-            self._ha_allowed = allow[1]
-
-    # ------------------------------------------------------------ self-fencing allowances
-
-    def ha_answer_stamp(self) -> list[int]:
-        """An answer to a leader leaves now: its (boot, number) (transport)."""
-        self._ha_ans += 1
-        self._ha_ans_sent[self._ha_ans] = time.monotonic()  # the daemon's clock
-        while len(self._ha_ans_sent) > ANSWERS_REMEMBERED:
-            self._ha_ans_sent.popitem(last=False)
-        return [self._ha_boot, self._ha_ans]
-
-    def ha_allowed_anchor(self) -> float | None:
-        """When the latest of our answers a leader granted left (time.monotonic())."""
-        return self._ha_ans_sent.get(self._ha_allowed)
-
-    def ha_answers_snapshot(self) -> dict[str, Answer]:
-        """Leader: the answers received so far, to grant once a later mark confirms."""
-        return dict(self._ha_answers) if self._isLeader() else {}
-
-    def ha_grant(self, answers: dict[str, Answer], term: int) -> list[str]:
-        """Leader: a mark taken after `answers` arrived was confirmed by a majority in
-        `term`: each partner may count its allowance from its answer's departure.
-        Returns the partners whose grant moved (granting the same answer again moves
-        nothing: its departure stays where it was)."""
-        if not self._isLeader() or term != self.raftCurrentTerm:
-            return []
-        moved = []
-        for node, ans in answers.items():
-            granted = self._ha_allows.get(node)
-            if granted is None or granted[0] != ans[0] or ans[1] > granted[1]:
-                self._ha_allows[node] = ans
-                moved.append(node)
-        if moved:
-            self._ha_allows_rev += 1
-        return moved
-
-    def ha_relay_for(self, node: Any) -> dict[str, list[int]] | None:
-        """Leader, to voter `node`: every other voter's grant, when they moved since it
-        last got them, for it to pass on (a voter we cannot reach, say a one-way cut,
-        may hear it from another). A grant allows nothing later, whoever carries it:
-        the leader counts it acknowledged when it is made (daemon/leader.py)."""
-        name = str(getattr(node, "id", node))
-        if node not in self._SyncObj__otherNodes or \
-                self._ha_relays_sent.get(name) == self._ha_allows_rev:
-            return None
-        self._ha_relays_sent[name] = self._ha_allows_rev
-        voters, stale = {str(n.id) for n in self._SyncObj__otherNodes}, raft_clock() - RELAY_AFTER_S
-        return {v: list(a) for v, a in self._ha_allows.items() if v != name and v in voters
-                and self._ha_heard.get(v, float("-inf")) < stale}  # only those we miss
-
-    def ha_relay(self, relay: object) -> None:
-        """Follower: pass each voter the grant the leader made it, when it moved."""
-        if not isinstance(relay, dict) or len(relay) > MAX_HEARS_REPORT:
-            return
-        by_id = {str(n.id): n for n in self._SyncObj__otherNodes}
-        for name, raw in relay.items():
-            allow, node = _answer(raw), by_id.get(name)
-            if allow is None or node is None or self._ha_relayed.get(name) == allow:
-                continue
-            self._ha_relayed[name] = allow
-            self._SyncObj__transport.send(node, {"type": RELAY, "allow": list(allow)})
-
-    def ha_relayed(self, message: dict[str, Any]) -> None:
-        """A grant of ours, passed on by another voter (ha_relay)."""
-        self._ha_take_allow(_answer(message.get("allow")))
-
-    def ha_allow_for(self, node: Any) -> list[int] | None:
-        granted = self._ha_allows.get(str(getattr(node, "id", node)))
-        return list(granted) if granted is not None else None
 
     def ha_echo_for(self, node: Any) -> tuple[int, int] | None:
         return self._ha_answering.get(node)
@@ -510,7 +332,7 @@ class Engine(SyncObj):
         """A follower answered our replication: when, what it echoes, what it hears."""
         if self._isLeader():
             self._ha_heard[str(node.id)] = raft_clock()
-            ans = _answer(message.get("ha_ans"))
+            ans = answer_id(message.get("ha_ans"))
             known = self._ha_answers.get(str(node.id))
             if ans is not None and (known is None or known[0] != ans[0] or ans[1] > known[1]):
                 self._ha_answers[str(node.id)] = ans  # a new boot replaces the old one
@@ -522,18 +344,6 @@ class Engine(SyncObj):
                     isinstance(k, str) and isinstance(v, int | float) for k, v in hears.items()):
                 self._ha_reports[str(node.id)] = hears
         self.ha_note_echo(node, message.get("ha_echo"))
-
-    def _ha_take_carried(self, carrier: str, carried: dict[str, Any]) -> None:
-        """Leader: answers of other voters that `carrier` passes on count as theirs,
-        for grants only, when of the boot we know and newer (or of a voter we have no
-        answer from yet)."""
-        voters = {str(n.id) for n in self._SyncObj__otherNodes}
-        for name, raw in carried.items():
-            ans, known = _answer(raw), self._ha_answers.get(name)
-            if ans is None or name == carrier or name not in voters:
-                continue
-            if known is None or (known[0] == ans[0] and ans[1] > known[1]):
-                self._ha_answers[name] = ans
 
     def ha_note_echo(self, node: Any, echo: object) -> None:
         """Count a follower's echo if it is for our current term."""

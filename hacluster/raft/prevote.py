@@ -18,19 +18,15 @@ follow. A leadership transfer (TimeoutNow) skips it: the leader asked for it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from pysyncobj.monotonic import monotonic as raft_clock  # CLOCK_MONOTONIC_RAW
 
 # {"type", "term": the term it would stand in, "last_log_index", "last_log_term"}
 ASK = "ha_pre_vote"
 YES = "ha_pre_vote_yes"  # {"type", "term"}
-# not pre-vote, but like it a message pysyncobj never sees: a self-fencing grant of the
-# leader passed on by another voter (engine.py ha_relay) {"type", "allow": [boot, n]}
-RELAY = "ha_allow_relay"
-RELAY_AFTER_S = 1.0  # only the grants of voters the leader has not heard for this long
-# and the other way: a follower's numbered answer given to the other voters, who pass
-# it on to the leader in their answers (engine.py ha_carry) {"type", "ans": [boot, n]}
-CARRY = "ha_answer_carry"
-CARRY_EVERY_S = 0.5
 
 
 @dataclass
@@ -68,3 +64,68 @@ class PreVote:
     def election_started(self) -> None:
         self.term, self.yeses, self.won = 0, set(), False
 
+
+
+class PreVoting:
+    """The pre-vote glue, mixed into Engine (a SyncObj): these are its internals it
+    reads and sets (pysyncobj 0.3.17), as engine.py does its own."""
+
+    _SyncObj__otherNodes: Any
+    _SyncObj__selfNode: Any
+    _SyncObj__transport: Any
+    _SyncObj__transferInProgress: Any
+    _SyncObj__raftCurrentTerm: Any
+    _SyncObj__raftLeader: Any
+    _ha_abstain: bool
+    _ha_prevote: PreVote
+
+    _isLeader: Callable[[], bool]  # SyncObj's
+    _SyncObj__connectedToAnyone: Callable[[], bool]  # SyncObj's
+    _SyncObj__generateRaftTimeout: Callable[[], float]  # Engine's
+    _SyncObj__getCurrentLogIndex: Callable[[], int]  # SyncObj's
+    _SyncObj__getCurrentLogTerm: Callable[[], int]  # SyncObj's
+    def _ha_pre_vote_gate(self) -> None:
+        """Where SyncObj's tick would start an election: ask the voters first."""
+        if self._SyncObj__selfNode is None or self._ha_abstain or self._isLeader() or \
+                self._SyncObj__transferInProgress:
+            return  # a member, a rebuilt peer, the leader, or told to stand (TimeoutNow)
+        pre, now = self._ha_prevote, raft_clock()
+        if pre.won:
+            pre.election_started()  # a majority said yes: SyncObj starts it this tick
+            return
+        if self._ha_election_deadline() >= now or not self._SyncObj__connectedToAnyone():
+            return
+        self._ha_set_election_deadline(now + self._SyncObj__generateRaftTimeout())
+        self._SyncObj__raftLeader = None  # as an election would: we lost it
+        me = self._SyncObj__selfNode.id
+        pre.start(me, self._SyncObj__raftCurrentTerm + 1)
+        if pre.yes(me, pre.term, len(self._SyncObj__otherNodes) + 1):
+            self._ha_set_election_deadline(0.0)  # alone: nobody to ask
+            return
+        ask = {"type": ASK, "term": pre.term,
+               "last_log_index": self._SyncObj__getCurrentLogIndex(),
+               "last_log_term": self._SyncObj__getCurrentLogTerm()}
+        for node in list(self._SyncObj__otherNodes):
+            self._SyncObj__transport.send(node, ask)
+
+    def _ha_election_deadline(self) -> float:
+        return float(getattr(self, "_SyncObj__raftElectionDeadline"))  # noqa: B009
+
+    def _ha_set_election_deadline(self, at: float) -> None:
+        setattr(self, "_SyncObj__raftElectionDeadline", at)  # noqa: B010
+
+    def ha_pre_vote(self, node: Any, message: dict[str, Any]) -> None:
+        """A pre-vote question or answer from another voter (transport.py)."""
+        term = message.get("term")
+        if node not in self._SyncObj__otherNodes or not isinstance(term, int):
+            return  # a member or a stranger, or malformed
+        if message.get("type") == YES:
+            if self._ha_prevote.yes(node.id, term, len(self._SyncObj__otherNodes) + 1):
+                self._ha_set_election_deadline(0.0)
+            return
+        index, last = message.get("last_log_index"), message.get("last_log_term")
+        if not isinstance(index, int) or not isinstance(last, int) or self._ha_abstain:
+            return  # (the term asked is not judged: a real vote request will be)
+        ours = (self._SyncObj__getCurrentLogTerm(), self._SyncObj__getCurrentLogIndex())
+        if self._ha_prevote.answer(raft_clock(), self._isLeader(), ours, (last, index)):
+            self._SyncObj__transport.send(node, {"type": YES, "term": term})

@@ -51,9 +51,9 @@ from pysyncobj.tcp_connection import CONNECTION_STATE
 from pysyncobj.transport import TCPTransport
 
 from hacluster.core.ratelimit import RateLimiter, RefusalLog, held_back
+from hacluster.raft.allowances import CARRY as ANSWER_CARRY
+from hacluster.raft.allowances import RELAY as ALLOW_RELAY
 from hacluster.raft.prevote import ASK as PRE_VOTE_ASK
-from hacluster.raft.prevote import CARRY as ANSWER_CARRY
-from hacluster.raft.prevote import RELAY as ALLOW_RELAY
 from hacluster.raft.prevote import YES as PRE_VOTE_YES
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from hacluster.raft.prevote import RELAY_AFTER_S
+from hacluster.raft.allowances import RELAY_AFTER_S
 from hacluster.sim.raftmsgs import AppendEntries, AppendReply, Entry, Role, Status, Tag, TimeoutNow
 
 if TYPE_CHECKING:

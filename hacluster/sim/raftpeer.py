@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from hacluster.raft.prevote import CARRY_EVERY_S
+from hacluster.raft.allowances import CARRY_EVERY_S
 from hacluster.sim.raftapply import Proposing
 from hacluster.sim.raftlead import Leading
 from hacluster.sim.raftmsgs import (

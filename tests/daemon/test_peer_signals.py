@@ -203,3 +203,24 @@ def test_sighup_rotates_rpc_tokens_without_a_restart(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def test_sigusr1_writes_every_threads_stack_and_the_peer_goes_on(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    log = tmp_path / "peer.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([*PEER, str(config)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while "peer running" not in log.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGUSR1)
+        while "most recent call first" not in log.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        assert log.read_text().count("Thread 0x") >= 2  # the loop, Raft, the watchdog...
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0

@@ -32,10 +32,21 @@ def armed(lab: LabCluster) -> bool:
     return all(h["watchdog"]["armed"] for h in lab.hosts().values())
 
 
-def test_chassis_death_recovers_with_no_operator(lab_factory: Factory) -> None:
+def armed_lab(lab_factory: Factory) -> LabCluster:
+    """Three hosts with watchdogs, four VMs, every watchdog armed and recorded."""
     lab = lab_factory(3, watchdog=WATCHDOG)
     lab.add_vms(4)
     lab.wait(lambda: armed(lab), 20, "every host's watchdog armed and recorded")
+    return lab
+
+
+def follower_with_vms(lab: LabCluster) -> str:
+    leader = lab.wait_leader()
+    return next(n for n in lab.nodes if n != leader and vms_on(lab, n))
+
+
+def test_chassis_death_recovers_with_no_operator(lab_factory: Factory) -> None:
+    lab = armed_lab(lab_factory)
     victim = lab.vms()["vm1"]["host"]
     moved = vms_on(lab, victim)
     lab.nodes[victim].bmc.set_mode(BmcMode.UNREACHABLE)  # the BMC goes dark with it
@@ -50,11 +61,8 @@ def test_chassis_death_recovers_with_no_operator(lab_factory: Factory) -> None:
 
 
 def test_an_isolated_host_with_a_dead_bmc_resets_itself_first(lab_factory: Factory) -> None:
-    lab = lab_factory(3, watchdog=WATCHDOG)
-    lab.add_vms(4)
-    lab.wait(lambda: armed(lab), 20, "every host's watchdog armed and recorded")
-    leader = lab.wait_leader()
-    victim = next(n for n in lab.nodes if n != leader and vms_on(lab, n))
+    lab = armed_lab(lab_factory)
+    victim = follower_with_vms(lab)
     moved = vms_on(lab, victim)
     lab.nodes[victim].bmc.set_mode(BmcMode.UNREACHABLE)
     with lab.cut_off(victim) as cut:
@@ -76,15 +84,13 @@ def test_a_host_cut_off_from_the_leader_one_way_keeps_its_watchdog_fed(
     """Everything the leader sends the victim is dropped (the victim still reaches the
     leader, the others reach both): no acknowledgement and no Raft grant of the leader
     reaches it directly, but the leader's grants travel through the other voters
-    (raft/engine.py ha_relay) and its answers too (ha_carry): it never fences itself,
+    (raft/allowances.py ha_relay) and its answers too (ha_carry): it never fences itself,
     nor is it fenced (soak seed 13 with --watchdog)."""
     from hacluster.lab.linkfaults import Drop
 
-    lab = lab_factory(3, watchdog=WATCHDOG)
-    lab.add_vms(4)
-    lab.wait(lambda: armed(lab), 20, "every host's watchdog armed and recorded")
+    lab = armed_lab(lab_factory)
     leader = lab.wait_leader()
-    victim = next(n for n in lab.nodes if n != leader and vms_on(lab, n))
+    victim = follower_with_vms(lab)
     kept = vms_on(lab, victim)
     cut = lab.isolation.links.install([Drop(leader, victim)])
     try:

@@ -129,6 +129,17 @@ def test_an_outage_that_waited_for_an_operator_is_timed_from_the_confirm() -> No
     assert rec.operator_s == pytest.approx(15.0) and rec.outage_s == pytest.approx(1.0)
 
 
+def test_a_restart_in_place_long_after_a_fence_needs_no_confirm() -> None:
+    # vm1 moved from h1 (IPMI fence at 10) to h3; h1's BMC froze later (40-50); at 60
+    # h3's libvirtd lost its domains and vm1 restarted in place: not a start elsewhere
+    frozen = fault(2, "bmc-frozen", ["h1"], 40, 50)
+    isolated = fault(1, "isolate", ["h1"], 5, 20, drops=[("h1", "h2", 100), ("h1", "h3", 100)])
+    ev = evidence([seen(10.05, "h1", "vm1", False), seen(12.0, "h3", "vm1"),
+                   seen(60.0, "h3", "vm1", False), seen(61.0, "h3", "vm1")],
+                  [off(10.0, "h1", "ipmi")], [isolated, frozen])
+    assert "start-before-release" not in rules(ev)
+
+
 def test_more_fences_than_the_cap_in_a_window_is_a_violation() -> None:
     fences = [off(10 + i, h, "ipmi") for i, h in enumerate(HOSTS)]
     pauses = [fault(i + 1, "pause-peer", [h], 5 + i, 20, down=[h]) for i, h in enumerate(HOSTS)]
