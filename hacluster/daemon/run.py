@@ -99,4 +99,15 @@ def run_peer(path: str, rebuild: bool = False,
     except RaftError as exc:  # e.g. halted while starting: 76 if it cannot read the log
         print(f"hacluster peer: {exc}", file=sys.stderr)
         return exit_code_for(exc)
+    except OSError as exc:  # e.g. the data directory read-only or its disk gone
+        print(f"hacluster peer: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_STORAGE
     return 0
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the file and the system's reason, instead of a traceback."""
+    where = f" on {exc.filename}" if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    return (f"cannot use the data directory or a file it needs: {reason}{where}; "
+            "the peer stopped: fix the disk or its permissions and start it again")

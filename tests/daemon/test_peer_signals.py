@@ -224,3 +224,18 @@ def test_sigusr1_writes_every_threads_stack_and_the_peer_goes_on(tmp_path: Path)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_a_read_only_data_directory_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """A disk remounted read-only (as after I/O errors) must give one clear line."""
+    config = write_config(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(data)], check=True)
+    try:
+        run = subprocess.run([*PEER, str(config)], capture_output=True, text=True, timeout=60)
+    finally:
+        subprocess.run(["umount", str(data)], check=True)
+    assert run.returncode == 3, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "Read-only file system" in run.stderr and str(data) in run.stderr
