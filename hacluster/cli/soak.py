@@ -35,8 +35,9 @@ started elsewhere before that host's power-off (or, when its BMC could not be re
 an operator's confirm or its watchdog's certain reset); IPMI power-offs within the
 cap; no false fence (a host powered off by IPMI or by its watchdog while its peer
 ran, not paused, reaching a majority); every VM back within --recovery-bound
-after each heal; at the end every peer with the same
-state digest at the same index, no VM, setting or fence record lost.
+after each heal; no peer dying again and again on a powered host with no fault
+to blame (a crash loop: 4 deaths within 2 minutes); at the end every peer with the
+same state digest at the same index, no VM, setting or fence record lost.
 
 Prints every fault with its times, every violation with its evidence, and the
 recovery times by fault kind; with --json the last stdout line is one JSON object

@@ -411,6 +411,43 @@ def unrecorded_fences(ev: Evidence) -> list[Violation]:
     return found
 
 
+# ---------------------------------------------------------------- peers that keep dying
+
+CRASH_LOOP_DEATHS = 4  # unexplained deaths of one host's peer ...
+CRASH_LOOP_WINDOW_S = 120.0  # ... within this long: a crash loop
+
+
+def _death_explained(ev: Evidence, host: str, at: float) -> bool:
+    """A fault took the peer down (killed, paused, its disk made unusable), or its
+    host lost power around then (a fence's power-off kills the peer)."""
+    if any(host in f.down and _active(f, at, at, ev.fence_grace_s) for f in ev.faults):
+        return True
+    return any(p.host == host and not p.on and p.began - 2.0 <= at <= p.at + 2.0
+               for p in ev.power) or not _powered(ev, host, at)
+
+
+def crash_loops(ev: Evidence) -> list[Violation]:
+    """A peer that dies again and again on a powered host, no fault to blame: the
+    cluster runs a voter short for as long (systemd would restart it forever)."""
+    found = []
+    for host in ev.hosts:
+        alive, deaths = True, []
+        for a in sorted((a for a in ev.liveness if a.host == host), key=lambda a: a.at):
+            if alive and not a.alive and not _death_explained(ev, host, a.at):
+                deaths.append(a.at)
+            alive = a.alive
+        for i in range(len(deaths) - CRASH_LOOP_DEATHS + 1):
+            burst = deaths[i:i + CRASH_LOOP_DEATHS]
+            if burst[-1] - burst[0] <= CRASH_LOOP_WINDOW_S:
+                found.append(Violation(
+                    "crash-loop", burst[0], (host,), (),
+                    f"{host}'s peer died {len(burst)} times in {burst[-1] - burst[0]:.0f}s "
+                    "with its host powered and no fault taking it down",
+                    tuple(f"peer of {host} gone at {t:.3f}" for t in burst)))
+                break
+    return found
+
+
 # ---------------------------------------------------------------- the lab itself
 
 def lab_errors(ev: Evidence) -> list[Violation]:
@@ -426,7 +463,8 @@ def lab_errors(ev: Evidence) -> list[Violation]:
 def judge(ev: Evidence) -> Verdict:
     late, recoveries = recovery(ev)
     violations = (two_copies(ev) + start_before_release(ev) + fence_cap(ev)
-                  + false_fences(ev) + late + final_state(ev) + lab_errors(ev))
+                  + false_fences(ev) + late + final_state(ev) + crash_loops(ev)
+                  + lab_errors(ev))
     return Verdict(sorted(violations, key=lambda v: v.at), recoveries, unrecorded_fences(ev))
 
 

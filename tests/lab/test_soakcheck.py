@@ -239,3 +239,29 @@ def test_a_power_off_without_a_completed_fence_record_is_a_finding() -> None:
 def test_a_failed_power_hook_fails_the_run() -> None:
     broken = Power(10.0, 9.9, "h1", False, "lab", "command exit 1")
     assert "lab" in rules(evidence([], [broken], []))
+
+
+def _flapping(host: str, start: float, times: int, period: float) -> list[Alive]:
+    """The peer starts and dies again, `times` times, `period` apart."""
+    out = []
+    for i in range(times):
+        out += [Alive(start + i * period, host, False), Alive(start + i * period + 0.1, host, True)]
+    return out
+
+
+def test_a_peer_that_keeps_dying_on_a_powered_host_is_a_crash_loop() -> None:
+    ev = evidence([], [], [], liveness=[*(Alive(0, h, True) for h in HOSTS),
+                                        *_flapping("h2", 20, 5, 3.0)])
+    (violation,) = [v for v in judge(ev).violations if v.rule == "crash-loop"]
+    assert violation.hosts == ("h2",) and len(violation.evidence) == 4
+
+
+def test_deaths_a_fault_or_a_power_off_explains_are_no_crash_loop() -> None:
+    killed = fault(1, "kill-peer", ["h2"], 19, 40, down=["h2"])
+    ev = evidence([], [off(60.0, "h3"), on(61.0, "h3"), off(70.0, "h3"), on(71.0, "h3"),
+                       off(80.0, "h3"), on(81.0, "h3"), off(90.0, "h3")], [killed],
+                  liveness=[*(Alive(0, h, True) for h in HOSTS), *_flapping("h2", 20, 5, 3.0),
+                            *(Alive(t, "h3", alive) for t in (60.0, 70.0, 80.0, 90.0)
+                              for alive in (False,)),
+                            *(Alive(t + 1.5, "h3", True) for t in (60.0, 70.0, 80.0))])
+    assert "crash-loop" not in rules(ev)
