@@ -25,6 +25,7 @@ import pytest
 from daemon.newer_peer import FROBNICATED_VM_STABLE_S, SOCKET
 from daemon.support import converged
 
+from hacluster import __version__
 from hacluster.core.versions import this_peer
 from hacluster.lab.cluster import LabCluster
 from hacluster.lab.observer import Observer
@@ -72,6 +73,12 @@ def runs_release(lab: LabCluster, name: str, release: Release) -> bool:
     env = dict(item.split(b"=", 1) for item in
                Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
     return env[b"PYTHONPATH"].decode().split(os.pathsep)[0] == str(release.path)
+
+
+def last_start(lab: LabCluster, name: str) -> str:
+    """The host's peer log line of its last start (it names the release since 0.3.0)."""
+    log = (lab.nodes[name].host.spec.path / "peer.log").read_text()
+    return [line for line in log.splitlines() if "peer running" in line][-1]
 
 
 def next_host(lab: LabCluster, old: list[str]) -> str:
@@ -122,6 +129,7 @@ def test_rolling_upgrade_from_the_previous_release_keeps_vms_running(
     gained = sorted({*this_peer("x").commands, NEW_COMMAND} - understood(release.path))
     lab = lab_factory(3, release=str(release.path))
     assert all(runs_release(lab, n, release) for n in lab.nodes)
+    assert all("release=" not in last_start(lab, n) for n in lab.nodes)  # 0.2.0 did not say
     assert lab.call("settings.show")["settings"]["shutdown_policy"] == "freeze"
     vms = lab.add_vms(3)
     observer = lab.observer
@@ -135,6 +143,7 @@ def test_rolling_upgrade_from_the_previous_release_keeps_vms_running(
         upgrade(lab, name)
         old.remove(name)
         assert not runs_release(lab, name, release)
+        assert f"release={__version__}" in last_start(lab, name)
         # what the old peer had announced lacked exactly what the current code added
         news = "now understands " + ", ".join(f"{t} v{v}" for t, v in gained) + ";"
         lab.wait(lambda: announced(lab, name)[-1].startswith(news), 10,  # noqa: B023
