@@ -42,7 +42,26 @@ setup() {
   fi
 }
 
+# The rolling upgrade test (tests/upgrade) builds the previous release from git history,
+# which a shallow clone (CI's `git clone --depth N`) lacks: deepen it from its remote.
+# Only adds history objects and tags (the work tree and branches stay as they are); a
+# failed fetch (offline) is reported and that test then fails naming the cause.
+unshallow() {
+  command -v git >/dev/null || return 0
+  [ "$(git rev-parse --is-shallow-repository 2>/dev/null)" = true ] || return 0
+  local remote
+  remote=$(git remote | head -n 1)
+  if [ -z "$remote" ]; then
+    echo "dev.sh: shallow clone without a remote: tests/upgrade cannot build the previous release" >&2
+    return 0
+  fi
+  echo "dev.sh: shallow clone: fetching the history and tags from $remote (tests/upgrade)" >&2
+  git fetch -q --unshallow --tags "$remote" ||
+    echo "dev.sh: git fetch --unshallow failed: tests/upgrade will fail" >&2
+}
+
 run_tests() {
+  unshallow
   .venv/bin/ruff check hacluster tests bench scripts contrib
   .venv/bin/mypy
   .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from hacluster import __version__
+
 EPILOG = """examples:
   hacluster peer --config /etc/hacluster/hacluster.toml
   hacluster sim hacluster/sim/scenarios/01-host-power-loss
@@ -113,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"hacluster {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     peer = sub.add_parser(
         "peer", help="run this host's peer daemon",

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hacluster import __version__
 from hacluster.config import Config, WatchdogConfig, read_secret
 from hacluster.core.readindex import state_is_fresh
 from hacluster.core.registration import registration
@@ -479,7 +480,8 @@ class Peer:
         try:
             await self._start()
             sd_notify("READY=1")
-            decision(log, "peer running", "started", host=self.me, role=self.role.value)
+            decision(log, "peer running", "started", host=self.me, role=self.role.value,
+                     release=__version__)
             if on_ready is not None:
                 on_ready()
             await self._stop_async.wait()

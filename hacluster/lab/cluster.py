@@ -129,7 +129,8 @@ class LabCluster:
                  raft: tuple[tuple[str, float], ...] = (),
                  observer_interval_s: float = 0.05, disk_leases: bool = False,
                  vm_disks: bool | None = None,
-                 storage: tuple[int, float] | None = None, metrics: bool = False) -> None:
+                 storage: tuple[int, float] | None = None, metrics: bool = False,
+                 release: str = "") -> None:
         """watchdog: (timeout_s, self_fence_s) gives every host a watchdog that cuts its
         power when not fed (hacluster/lab/watchdog.py). storage: (checks,
         check_interval_s) makes every host write storage heartbeats into ROOT/shared
@@ -142,7 +143,8 @@ class LabCluster:
         disk_leases): every VM gets a disk, /var/lib/libvirt/images/NAME.img. Each host
         keeps its own copy of that image (its libvirtd's /var/lib/libvirt is private),
         as a shared block device whose locks do not cross hosts would look: QEMU's own
-        image lock cannot see a second copy on another host; only a disk lease can."""
+        image lock cannot see a second copy on another host; only a disk lease can.
+        release: every peer runs the older release in this directory (HostSpec.release)."""
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r} (known: {', '.join(PROFILES)})")
         if driver not in ("test", "qemu"):
@@ -170,6 +172,7 @@ class LabCluster:
         self.disk_leases = disk_leases
         self.vm_disks = disk_leases if vm_disks is None else vm_disks
         self.metrics = metrics  # every peer serves Prometheus metrics (LabHost.metrics_url)
+        self.release = release
         self.nodes: dict[str, LabNode] = {}
         self.cut_hosts: set[str] = set()
         self.observer: Observer | None = None
@@ -247,7 +250,7 @@ class LabCluster:
                         self_fence_s=self.watchdog[1] if self.watchdog else 0.0,
                         cgroup_procs=self.isolation.procs_file(name), raft=self.raft,
                         lockspace_dir=str(self.root / "lockspace") if self.disk_leases else "",
-                        metrics_port=METRICS_PORT if self.metrics else 0,
+                        metrics_port=METRICS_PORT if self.metrics else 0, release=self.release,
                         **self._storage_spec())
         host = LabHost(spec)
         host.write()

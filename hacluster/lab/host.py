@@ -61,6 +61,9 @@ class HostSpec:
     storage_checks: int = 3
     storage_interval_s: float = 2.0
     metrics_port: int = 0  # > 0: [metrics] address on this host's address
+    # Where the hacluster release the peer runs is ("" = this package): a directory
+    # holding an older release's `hacluster/` (a rolling upgrade test, tests/upgrade).
+    release: str = ""
 
     @property
     def path(self) -> Path:
@@ -75,14 +78,16 @@ class HostSpec:
         return str(self.path / "hactl.sock")
 
 
-def package_pythonpath() -> str:
+def package_pythonpath(release: str = "") -> str:
     """PYTHONPATH for the lab's Python children (peers, the BMC's power hooks):
     this very hacluster package first, not another checkout that the
     virtualenv happens to have installed (a worktree's lab would otherwise run
-    the main checkout's peers and hooks)."""
+    the main checkout's peers and hooks); or, given `release`, that directory
+    first and this package not at all (a peer of an older release)."""
     root = str(Path(__file__).resolve().parents[2])
-    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
-    return os.pathsep.join([root, *rest])
+    rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            if p and p not in (root, release)]
+    return os.pathsep.join([release or root, *rest])
 
 
 class LabHost:
@@ -198,7 +203,7 @@ class LabHost:
 
     def start_peer(self, program: list[str] | None = None) -> subprocess.Popen[bytes]:
         """Start the peer (`hacluster peer`, or `program`, given --config) in the
-        background; the handle tells how it exited (tests)."""
+        background, of the release `spec.release`; the handle tells how it exited (tests)."""
         program = program or [sys.executable, "-m", "hacluster.cli.main", "peer"]
         argv = [*program, "--config", str(self.spec.path / "peer.toml")]
         if self.spec.cgroup_procs:  # a network cut tells the host's sockets by their cgroup
@@ -210,7 +215,7 @@ class LabHost:
             argv,
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=self.spec.path,
-            env=dict(os.environ, PYTHONPATH=package_pythonpath()))
+            env=dict(os.environ, PYTHONPATH=package_pythonpath(self.spec.release)))
         log.close()
         self.pid_file.write_text(str(proc.pid))
         return proc
