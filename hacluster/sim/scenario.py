@@ -99,6 +99,9 @@ def bootstrap(world: World, doc: dict[str, Any], path: Path) -> None:
     if doc.get("settings"):
         world.admin_wait(_decode(c.SetSettings, doc["settings"], path))
     _wait_until_online(world, [spec["name"] for spec in doc.get("host", [])])
+    for spec in doc.get("host", []):
+        for tag in spec.get("tags", ()):
+            world.admin_wait(c.TagHost(name=spec["name"], tag=tag))
     for spec in doc.get("vm", []):
         spec = dict(spec)
         disks = "".join(f"<disk type='file'><source file='{d}'/></disk>"
@@ -341,6 +344,8 @@ def hactl_command(args: list[str]) -> c.Command:
     match args:
         case ["host", "maintenance", host, ("on" | "off") as mode]:
             return c.SetHostMaintenance(name=host, on=mode == "on")
+        case ["host", "tag", host, ("add" | "remove") as verb, tag]:
+            return c.TagHost(name=host, tag=tag, add=verb == "add")
         case ["fence", "confirm", host, *reason]:
             return c.AdminConfirmFence(host=host, who="operator", reason=" ".join(reason))
         case ["fence", "retry", host]:
