@@ -50,7 +50,7 @@ def host_view(state: ClusterState, host: Host, lease_ages: dict[str, float] | No
         "bmc_detail": bmc.detail, "peer_stopped": host.peer_stopped,
         "lease_links": lease_ages or {}, "watchdog": watchdog_view(host.watchdog),
         "shutdown_policy": policy_of(state, host).value if host.runs_vms else "",
-        "shutdown": host.shutdown,
+        "shutdown": host.shutdown, "tags": list(host.tags),
         "storage": {"heartbeat_paths": list(host.heartbeat_paths),
                     "check": storage_check_view(host.storage_check)},
     }
@@ -82,7 +82,8 @@ def vm_view(vm: Vm, detail: bool = False) -> dict[str, Any]:
         view.update(allowed_hosts=list(vm.allowed_hosts), anti_affinity=vm.anti_affinity,
                     max_restarts=vm.max_restarts, max_relocates=vm.max_relocates,
                     restarts=vm.restarts, relocates=vm.relocates, placement=vm.placement,
-                    since=vm.since, xml=vm.xml)
+                    since=vm.since, xml=vm.xml, start_after=list(vm.start_after),
+                    colocation=vm.colocation, required_tags=list(vm.required_tags))
     return view
 
 
