@@ -19,6 +19,7 @@ events.txt, one per line, `#` starts a comment:
     TIME crash VM
     TIME fault|clear-fault start-fails|stop-fails|migrate-fails VM [N | on HOST]
     TIME hactl host maintenance HOST on|off
+    TIME hactl host tag HOST add|remove TAG
     TIME hactl fence confirm HOST REASON... | hactl fence retry HOST
     TIME hactl vm start|stop|disable|remove VM | hactl vm migrate VM [HOST]
     TIME hactl cluster maintenance on|off
@@ -38,6 +39,8 @@ disk_leases = true: a start is refused while a powered host runs the VM (libvirt
 manager with a shared lockspace).
 [[host]] storage = ["/pool"] makes its peer write storage heartbeats there (sim/storage.py);
 [[vm]] disks = ["/pool/db.qcow2"] gives the VM those disk files (written while it runs).
+[[host]] tags = ["ssd"] tags it (`host-tag`); [[vm]] takes any AddVm field (start_after,
+colocation, required_tags, ...).
 """
 
 from __future__ import annotations
