@@ -21,6 +21,7 @@ from hacluster.fsm.model import (
     Vm,
     Watchdog,
 )
+from hacluster.fsm.relations import waiting_for
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState, VmState
 
 SEALED = "<sealed>"
@@ -145,6 +146,7 @@ def waiting_for_operator(state: ClusterState) -> list[str]:
         vm = state.vms[name]
         if vm.state in (VmState.PENDING, VmState.ERROR):
             out.append(f"vm {name} is {vm.state.value}: {vm.reason}")
+        out.extend(_order_waits(state, vm))
     if state.settings.cluster_maintenance:
         out.append("cluster maintenance is on: no host will be fenced")
         for name, vms in frozen_by_fences(state).items():
@@ -152,6 +154,19 @@ def waiting_for_operator(state: ClusterState) -> list[str]:
                        f"({', '.join(vms) or 'none'}) -> hactl cluster maintenance off, or "
                        f"hactl fence confirm {name} --reason TEXT")
     return out
+
+
+def _order_waits(state: ClusterState, vm: Vm) -> list[str]:
+    """A VM held by its start order on a dependency that will not start by itself."""
+    if vm.state not in (VmState.STARTING, VmState.RECOVERY) or not vm.start_after:
+        return []
+    stuck = [d for d in waiting_for(state, vm)
+             if state.vms[d].state in (VmState.PENDING, VmState.ERROR, VmState.STOPPED)]
+    if not stuck:
+        return []
+    why = ", ".join(f"{d} is {state.vms[d].state.value}" for d in stuck)
+    return [f"vm {vm.name} waits to start until {', '.join(stuck)} run(s) (mandatory start "
+            f"order; {why}) -> hactl explain {vm.name}"]
 
 
 def _storage_waits(state: ClusterState, host: Host) -> list[str]:

@@ -42,6 +42,8 @@ def test_order_and_colocation_hold_through_a_real_failover(lab_factory: Factory)
     assert observer.where("web1") == observer.where("cache1") != [victim]
     explained = lab.call("explain", {"name": "app1"})["lines"]
     assert "waiting for db1 to run: db1 is pending" in explained, explained
+    assert ("vm app1 waits to start until db1 run(s) (mandatory start order; db1 is "
+            "pending) -> hactl explain app1") in lab.call("status")["waiting"]
     observer.sample()  # a fresh look at every host: app1 did not start anywhere
     assert observer.where("app1") == [] and observer.first_start("app1", cut) is None
 
