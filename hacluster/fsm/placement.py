@@ -85,7 +85,15 @@ class Planner:
         self.usage = {name: state.usage_of(name).copy() for name in self.hosts}
         self.booked_vcpus = dict.fromkeys(self.hosts, 0)
         self.ranking = sorted((self._key(name), name) for name in self.hosts)
-        self.anchors = _anchors(state, self.hosts)  # colocation group -> its host
+        self._state = state
+        self._anchors: dict[str, str] | None = None  # computed when a colocated VM comes
+
+    @property
+    def anchors(self) -> dict[str, str]:
+        """Colocation group -> the host it runs on (booked members included)."""
+        if self._anchors is None:
+            self._anchors = _anchors(self._state, self.hosts)
+        return self._anchors
 
     def _key(self, name: str) -> float:
         return _score(self.selector, self.hosts[name], self.usage[name], self.settings,
