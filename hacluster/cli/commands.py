@@ -94,9 +94,11 @@ def _events(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _vm_options(a: argparse.Namespace) -> dict[str, Any]:
-    params = _given(a, "priority", "ha", "anti_affinity", "max_restarts", "max_relocates")
-    if a.allowed_hosts is not None:
-        params["allowed_hosts"] = _csv(a.allowed_hosts)
+    params = _given(a, "priority", "ha", "anti_affinity", "max_restarts", "max_relocates",
+                    "colocation")
+    for listed in ("allowed_hosts", "start_after", "required_tags"):
+        if getattr(a, listed) is not None:  # "" clears the list
+            params[listed] = _csv(getattr(a, listed))
     return params
 
 
@@ -136,6 +138,12 @@ VM_OPTIONS: tuple[Arg, ...] = (
     (("--anti-affinity",), {"metavar": "GROUP", "help": "members never share a host"}),
     (("--max-restarts",), {"type": int, "help": "restarts in place before relocating"}),
     (("--max-relocates",), {"type": int, "help": "relocations before giving up (error)"}),
+    (("--start-after",), {"metavar": "VM1,VM2", "help": "start only once these VMs run "
+                          "(mandatory start order, no timeout; '' clears)"}),
+    (("--colocation",), {"metavar": "GROUP", "help": "members are kept together on one "
+                         "host and move together ('' leaves the group)"}),
+    (("--required-tags",), {"metavar": "T1,T2", "help": "run only on hosts carrying all "
+                            "these tags (hactl host tag; '' clears)"}),
 )
 NAME = (("name",), {"help": "name"})
 
@@ -180,6 +188,12 @@ COMMANDS: tuple[Spec, ...] = (
     Spec(("host", "ready"), "host.maintenance", "same as maintenance off",
          ("hactl host ready h2",), lambda a: {"name": a.name, "on": False}, (NAME,),
          completes=("host",)),
+    Spec(("host", "tag"), "host.tag",
+         "add or remove a host tag (VMs with --required-tags run only on hosts with them)",
+         ("hactl host tag h2 add ssd", "hactl host tag h2 remove ssd"),
+         lambda a: {"name": a.name, "tag": a.tag, "add": a.action == "add"},
+         (NAME, (("action",), {"choices": ["add", "remove"]}), (("tag",), {"help": "tag"})),
+         completes=("host",)),
     Spec(("vm", "list"), "vm.list", "VMs with state, host and the reason",
          ("hactl vm list",), _none, render=_tables("vms", render.vms_table)),
     Spec(("vm", "show"), "vm.show", "one VM in detail", ("hactl vm show db1",), _name,
@@ -192,8 +206,11 @@ COMMANDS: tuple[Spec, ...] = (
           *VM_OPTIONS, (("--desired",), {"choices": ["started", "stopped", "disabled"]}))),
     Spec(("vm", "remove"), "vm.remove", "forget a stopped VM", ("hactl vm remove db1",),
          _name, (NAME,), completes=("vm",)),
-    Spec(("vm", "set"), "vm.set", "change priority, limits, anti-affinity, HA policy, caps",
-         ("hactl vm set db1 --priority 20 --allowed-hosts h1,h2",), _vm_set,
+    Spec(("vm", "set"), "vm.set",
+         "change priority, limits, anti-affinity, relations, HA policy, caps",
+         ("hactl vm set db1 --priority 20 --allowed-hosts h1,h2",
+          "hactl vm set app1 --start-after db1 --colocation shop --required-tags ssd"),
+         _vm_set,
          (NAME, *VM_OPTIONS, (("--xml-file",), {"help": "new domain XML (next start)"})),
          completes=("vm",)),
     Spec(("vm", "start"), "vm.start", "desired started", ("hactl vm start db1",), _name,

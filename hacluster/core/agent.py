@@ -10,6 +10,8 @@ Safety rules:
 - A live local copy of a managed VM the state places elsewhere is destroyed
   (fresh state only); incoming migrations are never touched.
 - A failed stop is reported, never ignored: the leader then fences this host.
+- Start order (Vm.start_after, fsm/relations.py) is mandatory: a VM placed here is not
+  started while a VM it starts after does not run; it keeps its placement and waits.
 - The domain list is a picture of a past moment (`LibvirtRead`): it says nothing
   about a VM whose operation here was in flight when it was taken (the operation
   may have finished since), and a domain missing from it counts only against a
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 
 from hacluster.fsm import commands as c
 from hacluster.fsm.model import ClusterState, Desired, Vm, stop_failure
+from hacluster.fsm.relations import waiting_for
 from hacluster.fsm.states import HostState, VmState
 
 V = VmState
@@ -141,7 +144,8 @@ def reconcile(
             continue
         vm = state.vms[name]
         stop_failed = host.fence_wanted.startswith(stop_failure(name))
-        action = _for_vm(me, vm, domains.get(name), may_start, fresh, stop_failed,
+        in_order = may_start and not _waits_for_order(state, vm)
+        action = _for_vm(me, vm, domains.get(name), in_order, fresh, stop_failed,
                          _absence_counts(read, vm))
         if action is not None:
             out.append(action)
@@ -160,6 +164,12 @@ def reconcile(
             )
         )
     return out
+
+
+def _waits_for_order(state: ClusterState, vm: Vm) -> bool:
+    """A VM to start here whose start-after dependencies do not all run yet."""
+    return (bool(vm.start_after) and vm.state in (V.STARTING, V.RECOVERY)
+            and bool(waiting_for(state, vm)))
 
 
 def _report(vm: Vm, me: str, observed: str, detail: str, reason: str) -> Report:

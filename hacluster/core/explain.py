@@ -3,8 +3,9 @@ where it would go if its host died now. Pure: reads the state only."""
 
 from __future__ import annotations
 
+from hacluster.fsm import relations
 from hacluster.fsm.model import ClusterState, Desired, HaPolicy, Vm
-from hacluster.fsm.placement import Planner
+from hacluster.fsm.placement import Planner, plan
 from hacluster.fsm.room import MAKING_ROOM, MAX_MOVES
 from hacluster.fsm.states import HostState, VmState
 
@@ -15,6 +16,9 @@ def explain(state: ClusterState, name: str) -> list[str]:
         return [f"no VM named {name!r}"]
     lines = [_where(vm), f"why: {vm.reason or '-'}"]
     lines += _policy(vm)
+    lines += _start_order(state, vm)
+    lines += _colocation(state, vm)
+    lines += _tags(state, vm)
     lines += _host_context(state, vm)
     lines += _room(state, vm)
     lines.append(_if_host_died(state, vm))
@@ -53,6 +57,50 @@ def _policy(vm: Vm) -> list[str]:
     return lines
 
 
+def _start_order(state: ClusterState, vm: Vm) -> list[str]:
+    """Mandatory start order: what it waits for (core/agent.py does not start it)."""
+    lines = []
+    if vm.start_after:
+        lines.append(f"start order: starts only after {', '.join(vm.start_after)} run "
+                     "(mandatory: it waits as long as it takes)")
+        waiting = relations.waiting_for(state, vm)
+        if waiting and vm.state in (VmState.STARTING, VmState.RECOVERY):
+            lines.append(f"waiting for {', '.join(waiting)} to run: "
+                         + "; ".join(_dependency(state.vms[n]) for n in waiting))
+    later = relations.dependents(state, vm.name)
+    if later:
+        lines.append(f"start order: {', '.join(later)} start(s) only once it runs")
+    return lines
+
+
+def _dependency(dep: Vm) -> str:
+    where = f" on {dep.host}" if dep.host else ""
+    line = f"{dep.name} is {dep.state.value}{where}"
+    if dep.desired is not Desired.STARTED:
+        line += f" (desired {dep.desired.value}: start it or drop the dependency)"
+    return line
+
+
+def _colocation(state: ClusterState, vm: Vm) -> list[str]:
+    if not vm.colocation:
+        return []
+    others = relations.mates(state, vm)
+    shown = ", ".join(f"{m.name} ({m.host or m.state.value})" for m in others) or "no other"
+    return [f"colocation group {vm.colocation}: kept on one host with {shown}; the group "
+            "moves together"]
+
+
+def _tags(state: ClusterState, vm: Vm) -> list[str]:
+    if not vm.required_tags:
+        return []
+    hosts = relations.hosts_with_tags(state, vm.required_tags)
+    tags = ", ".join(vm.required_tags)
+    if not hosts:
+        return [f"requires host tag(s) {tags}: no host carries them all (hactl host tag "
+                "HOST add TAG); it cannot run anywhere"]
+    return [f"requires host tag(s) {tags}: carried by {', '.join(hosts)}"]
+
+
 def _room(state: ClusterState, vm: Vm) -> list[str]:
     """A pending VM for which room is being made (fsm/room.py)."""
     if vm.state is not VmState.PENDING:
@@ -83,7 +131,12 @@ def _if_host_died(state: ClusterState, vm: Vm) -> str:
     if vm.desired is not Desired.STARTED or vm.ha is not HaPolicy.RESTART:
         return "if its host died now: it would not be restarted"
     exclude = [vm.host] if vm.host else []
-    choice = Planner(state, exclude=exclude).choose(vm)
+    # its colocation group on the same host dies with it (pending, they wait together):
+    # they are placed in one plan
+    together = [vm, *(m for m in relations.mates(state, vm)
+                      if (m.host == vm.host if vm.host else m.state is VmState.PENDING))]
+    choice = next(ch for v, ch in plan(Planner(state, exclude=exclude), together)
+                  if v.name == vm.name)
     died = f"if {vm.host} died now" if vm.host else "if placed now"
     if choice.host is None:
         return f"{died}: it would wait pending ({choice.reason})"

@@ -28,6 +28,7 @@ from hacluster.core.explain import explain
 from hacluster.daemon import views
 from hacluster.daemon.history import matches
 from hacluster.daemon.proposer import NoLeaderError, VersionGateError
+from hacluster.daemon.vmparams import vm_option_params
 from hacluster.fsm import ClusterState
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
@@ -56,7 +57,7 @@ class Api:
     def methods(self) -> dict[str, Method]:
         return {name.replace("_", "."): getattr(self, "m_" + name) for name in (
             "status", "host_list", "host_show", "host_add", "host_remove", "host_maintenance",
-            "host_promote", "host_demote",
+            "host_promote", "host_demote", "host_tag",
             "vm_list", "vm_show", "vm_add", "vm_remove", "vm_set", "vm_start", "vm_stop",
             "vm_disable", "vm_migrate", "fence_history", "fence_confirm", "fence_retry",
             "fence_cap", "cluster_maintenance", "events", "history_status", "config_show",
@@ -249,6 +250,11 @@ class Api:
         self._host(p["name"])
         return await self._write(ctx, c.SetHostMaintenance(name=p["name"], on=p["on"]))
 
+    async def m_host_tag(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
+        p = validate_params(params, {"name": str, "tag": str, "add": bool})
+        self._host(p["name"])
+        return await self._write(ctx, c.TagHost(name=p["name"], tag=p["tag"], add=p["add"]))
+
     # ------------------------------------------------------------ VMs
 
     async def m_vm_list(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
@@ -268,10 +274,8 @@ class Api:
         from hacluster.hypervisor.domxml import DomainXmlError, domain_resources
 
         p = validate_params(params, {
-            "xml": str, "priority": optional(int, default=0), "ha": optional(str),
-            "desired": optional(str), "allowed_hosts": optional(list),
-            "anti_affinity": optional(str), "max_restarts": optional(int),
-            "max_relocates": optional(int), "memory_mib": optional(int), "vcpus": optional(int)})
+            "xml": str, "priority": optional(int, default=0), "desired": optional(str),
+            "memory_mib": optional(int), "vcpus": optional(int), **vm_option_params()})
         problem = domain_xml_problem(p["xml"])  # the size first, then one careful parse
         if problem:
             raise RpcError(ErrorCode.BAD_PARAMS, problem, {"field": "xml"})
@@ -291,10 +295,7 @@ class Api:
 
     async def m_vm_set(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         p = validate_params(params, {
-            "name": str, "priority": optional(int), "ha": optional(str),
-            "allowed_hosts": optional(list), "anti_affinity": optional(str),
-            "max_restarts": optional(int), "max_relocates": optional(int),
-            "xml": optional(str)})
+            "name": str, "priority": optional(int), "xml": optional(str), **vm_option_params()})
         self._vm(p["name"])
         fields = {k: v for k, v in p.items() if v is not None}
         if len(fields) == 1:

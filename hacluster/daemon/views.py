@@ -21,6 +21,7 @@ from hacluster.fsm.model import (
     Vm,
     Watchdog,
 )
+from hacluster.fsm.relations import waiting_for
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState, VmState
 
 SEALED = "<sealed>"
@@ -50,7 +51,7 @@ def host_view(state: ClusterState, host: Host, lease_ages: dict[str, float] | No
         "bmc_detail": bmc.detail, "peer_stopped": host.peer_stopped,
         "lease_links": lease_ages or {}, "watchdog": watchdog_view(host.watchdog),
         "shutdown_policy": policy_of(state, host).value if host.runs_vms else "",
-        "shutdown": host.shutdown,
+        "shutdown": host.shutdown, "tags": list(host.tags),
         "storage": {"heartbeat_paths": list(host.heartbeat_paths),
                     "check": storage_check_view(host.storage_check)},
     }
@@ -82,7 +83,8 @@ def vm_view(vm: Vm, detail: bool = False) -> dict[str, Any]:
         view.update(allowed_hosts=list(vm.allowed_hosts), anti_affinity=vm.anti_affinity,
                     max_restarts=vm.max_restarts, max_relocates=vm.max_relocates,
                     restarts=vm.restarts, relocates=vm.relocates, placement=vm.placement,
-                    since=vm.since, xml=vm.xml)
+                    since=vm.since, xml=vm.xml, start_after=list(vm.start_after),
+                    colocation=vm.colocation, required_tags=list(vm.required_tags))
     return view
 
 
@@ -144,6 +146,7 @@ def waiting_for_operator(state: ClusterState) -> list[str]:
         vm = state.vms[name]
         if vm.state in (VmState.PENDING, VmState.ERROR):
             out.append(f"vm {name} is {vm.state.value}: {vm.reason}")
+        out.extend(_order_waits(state, vm))
     if state.settings.cluster_maintenance:
         out.append("cluster maintenance is on: no host will be fenced")
         for name, vms in frozen_by_fences(state).items():
@@ -151,6 +154,19 @@ def waiting_for_operator(state: ClusterState) -> list[str]:
                        f"({', '.join(vms) or 'none'}) -> hactl cluster maintenance off, or "
                        f"hactl fence confirm {name} --reason TEXT")
     return out
+
+
+def _order_waits(state: ClusterState, vm: Vm) -> list[str]:
+    """A VM held by its start order on a dependency that will not start by itself."""
+    if vm.state not in (VmState.STARTING, VmState.RECOVERY) or not vm.start_after:
+        return []
+    stuck = [d for d in waiting_for(state, vm)
+             if state.vms[d].state in (VmState.PENDING, VmState.ERROR, VmState.STOPPED)]
+    if not stuck:
+        return []
+    why = ", ".join(f"{d} is {state.vms[d].state.value}" for d in stuck)
+    return [f"vm {vm.name} waits to start until {', '.join(stuck)} run(s) (mandatory start "
+            f"order; {why}) -> hactl explain {vm.name}"]
 
 
 def _storage_waits(state: ClusterState, host: Host) -> list[str]:

@@ -123,6 +123,7 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.SetBmcDefaults: set_bmc_defaults,
     c.SetClusterMaintenance: set_cluster_maintenance,
     c.Noop: noop,
+    c.TagHost: apply_hosts.tag_host,
 }
 
 

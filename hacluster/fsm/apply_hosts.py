@@ -234,3 +234,19 @@ def mark_alive(ctx: Ctx, cmd: c.MarkHostAlive) -> None:
     unfreeze(ctx, cmd.name)
     if back_to is H.DRAINING:
         continue_drain(ctx, cmd.name)
+
+
+def tag_host(ctx: Ctx, cmd: c.TagHost) -> None:
+    """Add or remove a host tag. VMs already running there keep running when a tag they
+    require is removed; they leave the host at their next restart (fsm/lifecycle.py)."""
+    host = ctx.host(cmd.name)
+    has = cmd.tag in host.tags
+    if has == cmd.add:
+        ctx.emit(ev.HOST_UPDATED, host.name,
+                 f"tag {cmd.tag} {'already set' if has else 'not set'}; nothing changed")
+        return
+    tags = tuple(sorted({*host.tags, cmd.tag} if cmd.add else set(host.tags) - {cmd.tag}))
+    ctx.put_host(host, tags=tags)
+    ctx.emit(ev.HOST_UPDATED, host.name, f"tag {cmd.tag} {'added' if cmd.add else 'removed'}"
+             f" (tags: {', '.join(tags) or 'none'})")
+    ctx.capacity_changed = True  # pending VMs that require it may fit now

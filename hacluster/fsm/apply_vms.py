@@ -7,11 +7,11 @@ import dataclasses
 
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
-from hacluster.fsm import placement, room
+from hacluster.fsm import placement, relations, room
 from hacluster.fsm.context import Ctx, Refused
 from hacluster.fsm.lifecycle import continue_drain, place, restart_or_relocate, stop_here
 from hacluster.fsm.model import Desired, Vm, stop_failure
-from hacluster.fsm.states import HostState, VmState
+from hacluster.fsm.states import VM_SHOULD_RUN, HostState, VmState
 from hacluster.fsm.validate import limits_problem
 
 V = VmState
@@ -36,7 +36,13 @@ def add_vm(ctx: Ctx, cmd: c.AddVm) -> None:
         state=V.STOPPED,
         since=ctx.now,
         reason="defined",
+        start_after=tuple(sorted(set(cmd.start_after))),
+        colocation=cmd.colocation,
+        required_tags=tuple(sorted(set(cmd.required_tags))),
     )
+    problem = relations.relation_problem(ctx.state, vm)
+    if problem:
+        raise Refused(problem, cmd.name)
     ctx.state.put_vm(vm)
     ctx.emit(
         ev.VM_ADDED,
@@ -52,6 +58,10 @@ def remove_vm(ctx: Ctx, cmd: c.RemoveVm) -> None:
     vm = ctx.vm(cmd.name)
     if vm.state not in (V.STOPPED, V.PENDING, V.ERROR):
         raise Refused(f"VM {cmd.name} is {vm.state.value}; stop it first", cmd.name)
+    waiting = relations.dependents(ctx.state, cmd.name)
+    if waiting:
+        raise Refused(f"VM {cmd.name} is a start-after dependency of {', '.join(waiting)}; "
+                      "remove it from their start-after first", cmd.name)
     ctx.state.drop_vm(cmd.name)
     ctx.emit(ev.VM_REMOVED, cmd.name, "removed")
 
@@ -63,11 +73,13 @@ def set_vm_options(ctx: Ctx, cmd: c.SetVmOptions) -> None:
         for f in dataclasses.fields(cmd)
         if f.name != "name" and getattr(cmd, f.name) is not None
     }
-    if "allowed_hosts" in changes:
-        changes["allowed_hosts"] = tuple(sorted(set(changes["allowed_hosts"])))
+    for listed in ("allowed_hosts", "start_after", "required_tags"):
+        if listed in changes:
+            changes[listed] = tuple(sorted(set(changes[listed])))
     updated = dataclasses.replace(vm, **changes)
     problem = limits_problem(updated.memory_mib, updated.vcpus, updated.max_restarts,
-                             updated.max_relocates)
+                             updated.max_relocates) or relations.relation_problem(ctx.state,
+                                                                                  updated)
     if problem:
         raise Refused(problem, cmd.name)
     ctx.state.put_vm(updated)
@@ -121,6 +133,12 @@ def migrate_vm(ctx: Ctx, cmd: c.MigrateVm) -> None:
     choice = planner.check(vm, cmd.target) if cmd.target else planner.choose(vm)
     if choice.host is None:
         raise Refused(f"cannot migrate {cmd.name}: {choice.reason}", cmd.name)
+    apart = [m.name for m in relations.mates(ctx.state, vm)
+             if m.state in VM_SHOULD_RUN and m.host != choice.host]
+    if apart:
+        raise Refused(f"cannot migrate {cmd.name} alone: colocation group {vm.colocation} "
+                      f"keeps it with {', '.join(apart)}; drain {vm.host} to move the group "
+                      "together", cmd.name)
     ctx.set_vm(
         vm,
         V.MIGRATING,

@@ -8,8 +8,9 @@ hosts and VMs sorted by name, so equal states give equal bytes (and digests).
 Formats 1 and 2 had no settings.probe_after_s, formats 1 to 3 no settings.fence_fallback,
 settings.watchdog_margin_s and host.watchdog, formats 1 to 4 no host.heartbeat_paths,
 host.storage_check and fence.storage, formats 1 to 5 no settings.shutdown_policy,
-host.shutdown_policy, host.shutdown, vm.migrate_tried and vm.tried_hosts: they load with
-their defaults.)
+host.shutdown_policy, host.shutdown, vm.migrate_tried and vm.tried_hosts, formats 1 to 6
+no host.tags, vm.start_after, vm.colocation and vm.required_tags: they load with their
+defaults.)
 
 What this peer cannot read, it never skips: `apply` raises `UnreadableEntry`, and a
 snapshot of a newer format raises `SnapshotTooNew`; both are `UnreadableLog`, on which
@@ -46,8 +47,8 @@ from hacluster.fsm.wire import (
 
 ENTRY_FORMAT = 2
 ENTRY_FORMATS = (1, 2)  # formats this peer reads
-SNAPSHOT_FORMAT = 6
-SNAPSHOT_FORMATS = (1, 2, 3, 4, 5, 6)  # formats this peer loads (older ones are migrated on load)
+SNAPSHOT_FORMAT = 7
+SNAPSHOT_FORMATS = (1, 2, 3, 4, 5, 6, 7)  # formats this peer loads (older ones migrated)
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
 
@@ -226,6 +227,7 @@ FIELDS_ADDED: dict[int, dict[type, tuple[str, ...]]] = {
     5: {Host: ("heartbeat_paths", "storage_check"), FenceRecord: ("storage",)},
     6: {Settings: ("shutdown_policy",), Host: ("shutdown_policy", "shutdown"),
         Vm: ("migrate_tried", "tried_hosts")},
+    7: {Host: ("tags",), Vm: ("start_after", "colocation", "required_tags")},  # relations
 }
 
 

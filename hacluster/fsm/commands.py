@@ -349,9 +349,20 @@ class RetryFence(Command):
 # ---------------------------------------------------------------- VMs
 
 
+# Fields of the VM relations (start order, colocation, required host tags): version 2
+# of AddVm and SetVmOptions; a command that leaves them at their defaults is written
+# as version 1, which every release reads.
+RELATION_FIELDS = ("start_after", "colocation", "required_tags")
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AddVm(Command):
+    """Version 2 added the VM relations (RELATION_FIELDS)."""
+
     TYPE = "add-vm"
+    VERSION = 2
+    READS = (1, 2)
+    ADDED = tuple((f, 2) for f in RELATION_FIELDS)
     name: str
     xml: str
     memory_mib: int
@@ -363,6 +374,12 @@ class AddVm(Command):
     anti_affinity: str = ""
     max_restarts: int = 2
     max_relocates: int = 1
+    start_after: tuple[str, ...] = ()
+    colocation: str = ""
+    required_tags: tuple[str, ...] = ()
+
+    def wire_version(self) -> int:
+        return 2 if (self.start_after or self.colocation or self.required_tags) else 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -373,9 +390,13 @@ class RemoveVm(Command):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SetVmOptions(Command):
-    """Change placement options; fields left None keep their value."""
+    """Change placement options; fields left None keep their value.
+    Version 2 added the VM relations (RELATION_FIELDS)."""
 
     TYPE = "vm-set"
+    VERSION = 2
+    READS = (1, 2)
+    ADDED = tuple((f, 2) for f in RELATION_FIELDS)
     name: str
     priority: int | None = None
     ha: HaPolicy | None = None
@@ -384,6 +405,13 @@ class SetVmOptions(Command):
     max_restarts: int | None = None
     max_relocates: int | None = None
     xml: str | None = None
+    start_after: tuple[str, ...] | None = None
+    colocation: str | None = None
+    required_tags: tuple[str, ...] | None = None
+
+    def wire_version(self) -> int:
+        relations = (self.start_after, self.colocation, self.required_tags)
+        return 1 if all(value is None for value in relations) else 2
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -468,6 +496,17 @@ class VmReport(Command):
             return VmReport(name=self.name, host=self.host, placement=self.placement,
                             observed="start-failed", detail=self.detail)
         return None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TagHost(Command):
+    """Add a tag to a host or remove one (`hactl host tag`): VMs that require tags
+    (Vm.required_tags) run only on hosts carrying all of them."""
+
+    TYPE = "host-tag"
+    name: str  # the host
+    tag: str
+    add: bool = True  # False: remove it
 
 
 # ---------------------------------------------------------------- settings
@@ -564,6 +603,7 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     SetBmcDefaults,
     SetClusterMaintenance,
     Noop,
+    TagHost,
 )
 
 COMMANDS_BY_TYPE: dict[str, type[Command]] = {c.TYPE: c for c in ALL_COMMANDS}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from hacluster.fsm import placement
+from hacluster.fsm import placement, relations
 from hacluster.fsm.context import Ctx
 from hacluster.fsm.model import Desired, HaPolicy, Vm
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState, VmState
@@ -21,7 +21,8 @@ def place(
     """Place VMs in one plan (priority order, capacity booked); misfits go pending."""
     planner = placement.Planner(ctx.state, exclude)
     before = f"{cause}; " if cause else ""
-    for vm, choice in placement.plan(planner, vms):
+    placed = placement.plan(planner, vms)
+    for vm, choice in placed:
         if choice.host is None:
             ctx.set_vm(vm, V.PENDING, before + choice.reason, host="", target_host="")
             continue
@@ -34,6 +35,27 @@ def place(
             target_host="",
             placement=ctx.index,
         )
+    planned = {vm.name for vm, _ in placed}
+    for vm, choice in placed:
+        if choice.host is not None and vm.colocation:
+            pull_colocated(ctx, vm, choice.host, planned)
+
+
+# A colocated VM in these states on another (online) host follows its group: it stops
+# there and is placed again where the group now runs (fsm/apply_vms.py `_stopped`).
+_PULLED = frozenset({V.STARTING, V.RECOVERY, V.STARTED})
+
+
+def pull_colocated(ctx: Ctx, vm: Vm, host: str, planned: set[str]) -> None:
+    """vm was placed on host apart from its colocation group (it had to leave the
+    group's host): the group moves with it, each member by stop and start."""
+    for mate in relations.mates(ctx.state, vm):
+        where = ctx.state.hosts.get(mate.host)
+        if (mate.name in planned or mate.state not in _PULLED or mate.host == host
+                or where is None or where.state is not HostState.ONLINE):
+            continue
+        ctx.set_vm(mate, V.STOPPING, f"colocation group {vm.colocation} moves to {host} "
+                   f"with {vm.name}: stopping on {mate.host}, then starting there")
 
 
 def place_pending(ctx: Ctx) -> None:
@@ -73,8 +95,10 @@ def restart_or_relocate(ctx: Ctx, vm: Vm, why: str, remember: bool = False) -> N
     if vm.state is V.STARTED and ctx.now - vm.since >= ctx.state.settings.vm_stable_s:
         vm = ctx.set_vm(vm, vm.state, vm.reason, restarts=0, relocates=0, tried_hosts=())
     host = ctx.state.hosts.get(vm.host)
-    if vm.allowed_hosts and vm.host not in vm.allowed_hosts:
-        # its host limits changed while it ran there: it moves, and that is no failure
+    if (vm.allowed_hosts and vm.host not in vm.allowed_hosts) or (
+            host is not None and relations.missing_tags(vm, host)):
+        # its host limits (or tags) changed while it ran there: it moves, and that is
+        # no failure
         place(ctx, [vm], exclude=[vm.host],
               cause=f"{why}; {vm.host} is not among its hosts any more")
         return
@@ -199,8 +223,9 @@ def continue_drain(ctx: Ctx, host_name: str) -> None:
         ctx.set_host_state(host, HostState.MAINTENANCE, "drained: no VMs left")
         return
     planner = placement.Planner(ctx.state, exclude=[host_name])
-    for vm in placement.by_priority(v for v in on_host if v.state is V.STARTED):
-        choice = planner.choose(vm)
+    batch = placement.by_priority(v for v in on_host if v.state is V.STARTED)
+    for vm in batch:
+        choice = planner.choose_in(vm, batch)  # a colocation group moves together
         if choice.host is None:
             if vm.reason != f"drain waits: {choice.reason}":
                 ctx.set_vm(vm, vm.state, f"drain waits: {choice.reason}")

@@ -230,6 +230,7 @@ class Host:
     storage_check: StorageCheck = StorageCheck()
     shutdown_policy: str = ""  # its own shutdown policy ("": the cluster's setting)
     shutdown: str = ""  # the policy of a planned shutdown under way ("": none)
+    tags: tuple[str, ...] = ()  # sorted; VMs may require them (Vm.required_tags)
 
     @property
     def runs_vms(self) -> bool:
@@ -264,6 +265,10 @@ class Vm:
     since: float = 0.0
     migrate_tried: tuple[str, ...] = ()  # targets whose live migration failed in this move
     tried_hosts: tuple[str, ...] = ()  # hosts it failed on since it last ran stably
+    # VM relations (fsm/relations.py): started only once these VMs run (mandatory order)
+    start_after: tuple[str, ...] = ()
+    colocation: str = ""  # group name; members are kept together on one host
+    required_tags: tuple[str, ...] = ()  # runs only on hosts carrying all of these tags
 
 
 @dataclass(frozen=True, slots=True)

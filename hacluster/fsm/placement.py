@@ -1,9 +1,11 @@
 """Placement: which host a VM goes to, with the one line that explains why.
 
 Pure and deterministic: hosts are ranked by the replicated selector, ties
-broken by host name; constraints are host limits, anti-affinity groups and
-capacity (never beyond the replicated overcommit ratios). A `Planner` books
-capacity as it goes, so one plan places all VMs of a dead host at once.
+broken by host name; constraints are host limits, required host tags,
+anti-affinity groups, colocation groups and capacity (never beyond the replicated
+overcommit ratios). A `Planner` books capacity as it goes, so one plan places all
+VMs of a dead host at once; the members of a colocation group in one plan go to one
+host that fits them all, and a member placed alone goes where its group runs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hacluster.fsm.model import ClusterState, Host, Selector, Settings, Usage, Vm
-from hacluster.fsm.states import SCHEDULABLE_HOSTS
+from hacluster.fsm.relations import missing_tags
+from hacluster.fsm.states import SCHEDULABLE_HOSTS, VM_SHOULD_RUN, VmState
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,9 @@ def misfit(vm: Vm, host: Host, usage: Usage, settings: Settings) -> str:
     """Why vm cannot go to host ("" if it can)."""
     if vm.allowed_hosts and host.name not in vm.allowed_hosts:
         return "outside the VM's host limits"
+    lacking = missing_tags(vm, host)
+    if lacking:
+        return f"lacks tag(s) {', '.join(lacking)}"
     if vm.anti_affinity and usage.groups.get(vm.anti_affinity):
         return f"already runs anti-affinity group {vm.anti_affinity}"
     if usage.memory_mib + vm.memory_mib > host.memory_mib * settings.memory_overcommit:
@@ -79,6 +85,15 @@ class Planner:
         self.usage = {name: state.usage_of(name).copy() for name in self.hosts}
         self.booked_vcpus = dict.fromkeys(self.hosts, 0)
         self.ranking = sorted((self._key(name), name) for name in self.hosts)
+        self._state = state
+        self._anchors: dict[str, str] | None = None  # computed when a colocated VM comes
+
+    @property
+    def anchors(self) -> dict[str, str]:
+        """Colocation group -> the host it runs on (booked members included)."""
+        if self._anchors is None:
+            self._anchors = _anchors(self._state, self.hosts)
+        return self._anchors
 
     def _key(self, name: str) -> float:
         return _score(self.selector, self.hosts[name], self.usage[name], self.settings,
@@ -88,22 +103,59 @@ class Planner:
         for _, name in self.ranking:
             host = self.hosts[name]
             usage = self.usage[name]
-            if not misfit(vm, host, usage, self.settings):
+            if not self._misfit(vm, name):
                 return Choice(name, _describe(self.selector, host, usage, self.settings))
         return Choice(None, self._why_nothing_fits(vm))
+
+    def choose_in(self, vm: Vm, batch: Iterable[Vm]) -> Choice:
+        """Choose for vm, placed in a batch: a colocation group with no host yet
+        goes to a host that fits all its members of the batch."""
+        together = [v for v in batch if vm.colocation and v.colocation == vm.colocation]
+        if len(together) < 2 or vm.colocation in self.anchors:
+            return self.choose(vm)
+        return self._choose_together(vm.colocation, together)
+
+    def _misfit(self, vm: Vm, name: str) -> str:
+        anchor = self.anchors.get(vm.colocation) if vm.colocation else None
+        if anchor is not None and anchor != name:
+            return f"not where colocation group {vm.colocation} runs ({anchor})"
+        return misfit(vm, self.hosts[name], self.usage[name], self.settings)
+
+    def _choose_together(self, group: str, members: list[Vm]) -> Choice:
+        names = ", ".join(v.name for v in members)
+        why: dict[str, list[str]] = {}
+        for _, name in self.ranking:
+            usage = self.usage[name].copy()
+            problem = ""
+            for member in members:
+                problem = misfit(member, self.hosts[name], usage, self.settings)
+                if problem:
+                    problem = f"{problem} for {member.name}"
+                    break
+                usage.add(member, 1)
+            if not problem:
+                fits = _describe(self.selector, self.hosts[name], self.usage[name],
+                                 self.settings)
+                return Choice(name, f"{fits}; with its colocation group {group} ({names})")
+            why.setdefault(problem, []).append(name)
+        parts = [f"{w} ({_names(sorted(h))})" for w, h in sorted(why.items())]
+        return Choice(None, f"colocation group {group} ({names}) fits on no host together"
+                      + (": " + "; ".join(parts) if parts else ": no schedulable host"))
 
     def check(self, vm: Vm, name: str) -> Choice:
         """Can vm go to this particular host?"""
         host = self.hosts.get(name)
         if host is None:
             return Choice(None, f"host {name} is not schedulable")
-        problem = misfit(vm, host, self.usage[name], self.settings)
+        problem = self._misfit(vm, name)
         return Choice(None, f"host {name} {problem}") if problem else Choice(name, "requested")
 
     def book(self, vm: Vm, name: str) -> None:
         old_key = self._key(name)
         self.usage[name].add(vm, 1)
         self.booked_vcpus[name] += vm.vcpus
+        if vm.colocation:
+            self.anchors.setdefault(vm.colocation, name)
         del self.ranking[bisect.bisect_left(self.ranking, (old_key, name))]
         bisect.insort(self.ranking, (self._key(name), name))
 
@@ -113,7 +165,7 @@ class Planner:
             return f"no schedulable host for {need}"
         by_reason: dict[str, list[str]] = {}
         for name in sorted(self.hosts):
-            why = misfit(vm, self.hosts[name], self.usage[name], self.settings)
+            why = self._misfit(vm, name)
             by_reason.setdefault(why, []).append(name)
         parts = [f"{why} ({_names(hosts)})" for why, hosts in sorted(by_reason.items())]
         return f"no host fits {need}: " + "; ".join(parts)
@@ -124,6 +176,21 @@ def _names(hosts: list[str], shown: int = 4) -> str:
     return ", ".join(hosts[:shown]) + more
 
 
+def _anchors(state: ClusterState, hosts: dict[str, Host]) -> dict[str, str]:
+    """Where each colocation group runs: the usable host holding most of its members
+    that should run (ties: host name). A member on a host this plan may not use (dead,
+    draining, excluded) anchors nothing, so the group may go elsewhere together."""
+    counts: dict[str, dict[str, int]] = {}
+    for vm in state.vms.values():
+        if not vm.colocation or vm.state not in VM_SHOULD_RUN:
+            continue
+        where = vm.target_host if vm.state is VmState.MIGRATING else vm.host
+        if where in hosts:
+            on = counts.setdefault(vm.colocation, {})
+            on[where] = on.get(where, 0) + 1
+    return {group: min(on, key=lambda h: (-on[h], h)) for group, on in counts.items()}
+
+
 def by_priority(vms: Iterable[Vm]) -> list[Vm]:
     """Highest priority first, then name: the order in which a plan places VMs."""
     return sorted(vms, key=lambda vm: (-vm.priority, vm.name))
@@ -132,8 +199,9 @@ def by_priority(vms: Iterable[Vm]) -> list[Vm]:
 def plan(planner: Planner, vms: Iterable[Vm]) -> list[tuple[Vm, Choice]]:
     """Place VMs in priority order, booking capacity as each one is placed."""
     out = []
-    for vm in by_priority(vms):
-        choice = planner.choose(vm)
+    ordered = by_priority(vms)
+    for vm in ordered:
+        choice = planner.choose_in(vm, ordered)
         if choice.host is not None:
             planner.book(vm, choice.host)
         out.append((vm, choice))

@@ -62,6 +62,7 @@ def _room_on(state: ClusterState, vm: Vm, name: str) -> Room | None:
         return None
     usage = here.usage[name].copy()
     movable = sorted((v for v in state.vms_on(name) if v.host == name and not v.allowed_hosts
+                      and not v.required_tags and not v.colocation  # (not moved alone)
                       and v.state is VmState.STARTED and not v.target_host),
                      key=lambda v: (-v.memory_mib, -v.vcpus, v.name))
     moves: list[tuple[str, str]] = []

@@ -172,6 +172,19 @@ def _refs(command: c.Command) -> Iterator[tuple[str, str, str]]:
         yield "allowed_hosts", "host", host
     if values.get("anti_affinity"):
         yield "anti_affinity", "anti-affinity group", values["anti_affinity"]
+    yield from _relation_refs(values)
+
+
+def _relation_refs(values: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """The names of the VM relations (start order, colocation, host tags)."""
+    for vm in values.get("start_after") or ():
+        yield "start_after", "VM", vm
+    if values.get("colocation"):
+        yield "colocation", "colocation group", values["colocation"]
+    for tag in values.get("required_tags") or ():
+        yield "required_tags", "tag", tag
+    if values.get("tag") is not None:
+        yield "tag", "tag", values["tag"]
 
 
 def _names(command: c.Command) -> Iterator[Found]:
@@ -402,6 +415,18 @@ def _add_vm(cmd: c.AddVm, admission: bool) -> Iterator[Found]:
     yield "xml", applied_xml_size_problem(cmd.xml)
     yield "memory_mib", limits_problem(cmd.memory_mib, cmd.vcpus, cmd.max_restarts,
                                        cmd.max_relocates)
+    yield from _relations(cmd)
+
+
+def _relations(cmd: c.AddVm | c.SetVmOptions | c.TagHost) -> Iterator[Found]:
+    """The relation fields are new (AddVm/SetVmOptions v2, TagHost): apply checks them
+    as admission does. The state's checks (cycles, unknown VMs, contradictions) are
+    apply's (fsm/relations.py `relation_problem`)."""
+    values = {f.name: getattr(cmd, f.name) for f in fields(cmd)}
+    for field, kind, name in _relation_refs(values):
+        yield field, name_problem(kind, name, strict=True)
+    if cmd.name in (values.get("start_after") or ()):
+        yield "start_after", f"VM {cmd.name} cannot start after itself"
 
 
 def _set_vm_options(cmd: c.SetVmOptions, admission: bool) -> Iterator[Found]:
@@ -415,6 +440,7 @@ def _set_vm_options(cmd: c.SetVmOptions, admission: bool) -> Iterator[Found]:
     if admission:  # apply checks the updated record (apply_vms.set_vm_options)
         yield "max_restarts", limits_problem(1, 1, cmd.max_restarts or 0,
                                              cmd.max_relocates or 0)
+    yield from _relations(cmd)
 
 
 def _vm_report(cmd: c.VmReport, admission: bool) -> Iterator[Found]:
@@ -525,6 +551,7 @@ _RULES: dict[type[c.Command], Any] = {
     c.SetBmcDefaults: _bmc_defaults,
     c.PlannedShutdown: _planned_shutdown,  # new commands: apply checks them all alike
     c.SetShutdownPolicy: _shutdown_policy,
+    c.TagHost: lambda cmd, admission: _relations(cmd),
 }
 
 
@@ -556,7 +583,8 @@ def _missing(state: ClusterState, command: c.Command) -> Problem | None:
     still to come, and a report's host is judged against the VM's placement."""
     for field, kind, name in _refs(command):
         reporter = field == "host" and isinstance(command, c.VmReport)
-        if reporter or field in ("allowed_hosts", "anti_affinity"):
+        if reporter or field in ("allowed_hosts", "anti_affinity", "colocation",
+                                 "required_tags", "tag"):
             continue
         if kind == "VM":
             missing = name not in state.vms

@@ -159,6 +159,18 @@ class Observer:
                 self.fail(now, f"{vm} started on {host} beside {other}, both of "
                           f"anti-affinity group {group}")
 
+    def start_in_order(self, vm: str, host: str, now: float, truth: ClusterState | None,
+                       live: set[str]) -> None:
+        """An agent starts vm: every VM it starts after (mandatory start order) must
+        really run somewhere (a live copy on a powered host), not merely be placed."""
+        record = truth.vms.get(vm) if truth is not None else None
+        if truth is None or record is None or not record.start_after:
+            return
+        down = sorted(d for d in record.start_after if d in truth.vms and d not in live)
+        if down:
+            self.fail(now, f"{vm} started on {host} before {', '.join(down)} ran "
+                      "(start order)")
+
     def check_single_copy(self, running: dict[str, list[str]], now: float) -> None:
         """running: vm -> powered hosts with a live copy."""
         for vm, hosts in sorted(running.items()):

@@ -19,6 +19,7 @@ events.txt, one per line, `#` starts a comment:
     TIME crash VM
     TIME fault|clear-fault start-fails|stop-fails|migrate-fails VM [N | on HOST]
     TIME hactl host maintenance HOST on|off
+    TIME hactl host tag HOST add|remove TAG
     TIME hactl fence confirm HOST REASON... | hactl fence retry HOST
     TIME hactl vm start|stop|disable|remove VM | hactl vm migrate VM [HOST]
     TIME hactl cluster maintenance on|off
@@ -38,6 +39,8 @@ disk_leases = true: a start is refused while a powered host runs the VM (libvirt
 manager with a shared lockspace).
 [[host]] storage = ["/pool"] makes its peer write storage heartbeats there (sim/storage.py);
 [[vm]] disks = ["/pool/db.qcow2"] gives the VM those disk files (written while it runs).
+[[host]] tags = ["ssd"] tags it (`host-tag`); [[vm]] takes any AddVm field (start_after,
+colocation, required_tags, ...).
 """
 
 from __future__ import annotations
@@ -99,6 +102,9 @@ def bootstrap(world: World, doc: dict[str, Any], path: Path) -> None:
     if doc.get("settings"):
         world.admin_wait(_decode(c.SetSettings, doc["settings"], path))
     _wait_until_online(world, [spec["name"] for spec in doc.get("host", [])])
+    for spec in doc.get("host", []):
+        for tag in spec.get("tags", ()):
+            world.admin_wait(c.TagHost(name=spec["name"], tag=tag))
     for spec in doc.get("vm", []):
         spec = dict(spec)
         disks = "".join(f"<disk type='file'><source file='{d}'/></disk>"
@@ -341,6 +347,8 @@ def hactl_command(args: list[str]) -> c.Command:
     match args:
         case ["host", "maintenance", host, ("on" | "off") as mode]:
             return c.SetHostMaintenance(name=host, on=mode == "on")
+        case ["host", "tag", host, ("add" | "remove") as verb, tag]:
+            return c.TagHost(name=host, tag=tag, add=verb == "add")
         case ["fence", "confirm", host, *reason]:
             return c.AdminConfirmFence(host=host, who="operator", reason=" ".join(reason))
         case ["fence", "retry", host]:

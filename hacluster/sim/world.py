@@ -479,6 +479,8 @@ class World:
         if op == "start":
             self.observer.start_decided(action.name, peer.name, self.now, self.truth(),
                                         host.hyper.live())
+            self.observer.start_in_order(action.name, peer.name, self.now, self.truth(), {
+                vm for h in self.hosts.values() if h.powered for vm in h.hyper.live()})
         peer.proc.busy.add(action.name)
         generation = peer.proc.generation
 

@@ -82,6 +82,16 @@ def test_commands_against_a_running_cluster(lab_factory: Factory, tmp_path: Path
     explained = hactl(lab, "explain", "db1")
     assert "if" in explained.stdout and "died now" in explained.stdout
     assert hactl(lab, "vm", "show", "nope").returncode == 1  # not found
+    tagged = hactl(lab, "host", "tag", "h2", "add", "ssd")
+    assert tagged.returncode == 0 and "tag ssd added" in tagged.stdout, tagged.stderr
+    assert json.loads(hactl(lab, "--json", "host", "show", "h2").stdout)["host"]["tags"] == \
+        ["ssd"]
+    looped = hactl(lab, "vm", "set", "db1", "--start-after", "db1")
+    assert looped.returncode == 2 and "VM db1 cannot start after itself" in looped.stderr
+    related = hactl(lab, "vm", "set", "db1", "--colocation", "shop", "--required-tags", "ssd")
+    assert related.returncode == 0, related.stderr
+    shown = json.loads(hactl(lab, "--json", "vm", "show", "db1").stdout)["vm"]
+    assert (shown["colocation"], shown["required_tags"]) == ("shop", ["ssd"])
     refused = hactl(lab, "vm", "remove", "db1")  # running: refused by the cluster
     assert refused.returncode == 1 and "stop it first" in refused.stderr
     bad = hactl(lab, "settings", "set", "lease_ttl_s=0.1")  # refused before it is proposed

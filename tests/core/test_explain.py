@@ -72,6 +72,35 @@ def planned_shutdown(cl: Cluster) -> None:
     cl.ok(c.PlannedShutdown(name="h2", step="done", policy="freeze"))
 
 
+def waits_for_order(cl: Cluster) -> None:
+    cl.add_vm("base", start=False)  # placed, its agent has not reported it running yet
+    cl.add_vm("db", start_after=("base",), start=False)
+    cl.add_vm("app", start_after=("db",), start=False)
+
+
+def colocated(cl: Cluster) -> None:
+    cl.add_vm("db", colocation="pair")
+    cl.add_vm("web", colocation="pair")
+
+
+def colocated_too_big(cl: Cluster) -> None:
+    """Both fit h2 together; when h2 dies, h1 fits one of them only."""
+    cl.add_vm("db", memory_mib=3000, colocation="pair")
+    cl.add_vm("web", memory_mib=3000, colocation="pair")
+    cl.fence("h2")
+    cl.confirm("h2")
+
+
+def tagged(cl: Cluster) -> None:
+    cl.ok(c.TagHost(name="h1", tag="ssd"))
+    cl.ok(c.TagHost(name="h3", tag="ssd"))
+    cl.add_vm("db", required_tags=("ssd",))
+
+
+def unknown_tag(cl: Cluster) -> None:
+    cl.add_vm("db", required_tags=("gpu",))
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -162,6 +191,46 @@ CASES = [
         "its peer is stopped for a planned shutdown (freeze): nothing protects this VM "
         "until it returns",
         "if h2 died now: it would go to h1 (most free memory (4096 MiB before placing))")),
+    Case("start order: waits for its dependency to run", waits_for_order, (
+        "db is starting on h2 (placement {p})",
+        "...",
+        "...",
+        "start order: starts only after base run (mandatory: it waits as long as it takes)",
+        "waiting for base to run: base is starting on h2",
+        "start order: app start(s) only once it runs",
+        "host h2 is online: agent ready",
+        "...")),
+    Case("colocation: the group is placed and would move together", colocated, (
+        "db is started on h2 (placement {p})",
+        "...",
+        "...",
+        "colocation group pair: kept on one host with web (h2); the group moves together",
+        "host h2 is online: agent ready",
+        "if h2 died now: it would go to h1 (most free memory (4096 MiB before placing); "
+        "with its colocation group pair (db, web))")),
+    Case("colocation: a group that fits on no host together waits", colocated_too_big, (
+        "db is pending and placed on no host",
+        "why: colocation group pair (db, web) fits on no host together: lacks memory for "
+        "db (h3); lacks memory for web (h1)",
+        "...",
+        "colocation group pair: kept on one host with web (pending); the group moves "
+        "together",
+        "if placed now: it would wait pending (colocation group pair (db, web) fits on no "
+        "host together: lacks memory for db (h3); lacks memory for web (h1))")),
+    Case("required tags: only hosts carrying them", tagged, (
+        "db is started on h1 (placement {p})",
+        "...",
+        "...",
+        "requires host tag(s) ssd: carried by h1, h3",
+        "host h1 is online: agent ready",
+        "if h1 died now: it would go to h3 (most free memory (2048 MiB before placing))")),
+    Case("required tags no host carries: pending, and said so", unknown_tag, (
+        "db is pending and placed on no host",
+        "why: no host fits 1024 MiB, 1 vCPU: lacks tag(s) gpu (h1, h2, h3)",
+        "...",
+        "requires host tag(s) gpu: no host carries them all (hactl host tag HOST add TAG); "
+        "it cannot run anywhere",
+        "...")),
 ]
 
 

@@ -144,12 +144,19 @@ def test_format_1_is_migrated_with_no_announcements() -> None:
     assert restored.versions == {}
     assert restored == dataclasses.replace(state, versions={})
     assert decode_snapshot(encode_snapshot(restored)) == restored  # written as the new format
-    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 6
+    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 7
+
+
+def _before_format_7(doc: dict[str, Any]) -> None:
+    """No host.tags, vm.start_after, vm.colocation, vm.required_tags."""
+    doc["hosts"] = [h[:-1] for h in doc["hosts"]]
+    doc["vms"] = [v[:-3] for v in doc["vms"]]
 
 
 def _before_format_6(doc: dict[str, Any]) -> None:
     """No settings.shutdown_policy, host.shutdown_policy, host.shutdown,
     vm.migrate_tried, vm.tried_hosts."""
+    _before_format_7(doc)
     doc["settings"] = doc["settings"][:-1]
     doc["hosts"] = [h[:-2] for h in doc["hosts"]]
     doc["vms"] = [v[:-2] for v in doc["vms"]]
@@ -211,6 +218,30 @@ def test_format_4_is_migrated_with_no_heartbeats_and_no_storage_checks() -> None
                                for r in state.fences]
 
 
+def relations_cluster() -> Cluster:
+    """busy_cluster, plus host tags and VMs with start order, colocation and tags."""
+    cluster = busy_cluster()
+    cluster.ok(c.TagHost(name="h3", tag="ssd"))
+    cluster.ok(c.SetVmOptions(name="v01", start_after=("v02",), colocation="pair",
+                              required_tags=("ssd",)))
+    return cluster
+
+
+def test_round_trip_keeps_relations_and_format_6_loads_without_them() -> None:
+    state = relations_cluster().state
+    assert decode_snapshot(encode_snapshot(state)) == state
+    assert state.hosts["h3"].tags == ("ssd",) and state.vms["v01"].colocation == "pair"
+    doc = msgpack.unpackb(encode_snapshot(state), raw=False)
+    doc["format"] = 6
+    _before_format_7(doc)
+    restored = decode_snapshot(_pack(doc))
+    assert restored.hosts == {n: dataclasses.replace(h, tags=()) for n, h in
+                              state.hosts.items()}
+    assert restored.vms == {n: dataclasses.replace(v, start_after=(), colocation="",
+                                                   required_tags=())
+                            for n, v in state.vms.items()}
+
+
 def storage_cluster() -> Cluster:
     """busy_cluster, plus a host writing heartbeats, found active on storage, and a
     fence whose record carries a storage check."""
@@ -236,9 +267,9 @@ def test_round_trip_keeps_heartbeat_paths_and_storage_checks() -> None:
 
 def test_a_newer_format_is_refused_naming_both_formats() -> None:
     doc = _doc()
-    doc["format"] = 7
-    with pytest.raises(SnapshotTooNew, match=r"snapshot format 7 is newer than this peer "
-                       r"reads \(formats 1, 2, 3, 4, 5, 6\)") as raised:
+    doc["format"] = 8
+    with pytest.raises(SnapshotTooNew, match=r"snapshot format 8 is newer than this peer "
+                       r"reads \(formats 1, 2, 3, 4, 5, 6, 7\)") as raised:
         decode_snapshot(_pack(doc))
     assert isinstance(raised.value, UnreadableLog)  # the peer halts on it (exit code 76)
 
