@@ -123,6 +123,7 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.SetBmcDefaults: set_bmc_defaults,
     c.SetClusterMaintenance: set_cluster_maintenance,
     c.Noop: noop,
+    c.SetHostFencing: apply_hosts.set_host_fencing,
 }
 
 

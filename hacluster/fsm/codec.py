@@ -8,8 +8,8 @@ hosts and VMs sorted by name, so equal states give equal bytes (and digests).
 Formats 1 and 2 had no settings.probe_after_s, formats 1 to 3 no settings.fence_fallback,
 settings.watchdog_margin_s and host.watchdog, formats 1 to 4 no host.heartbeat_paths,
 host.storage_check and fence.storage, formats 1 to 5 no settings.shutdown_policy,
-host.shutdown_policy, host.shutdown, vm.migrate_tried and vm.tried_hosts: they load with
-their defaults.)
+host.shutdown_policy, host.shutdown, vm.migrate_tried and vm.tried_hosts, formats 1 to 6
+no host.fence_levels: they load with their defaults.)
 
 What this peer cannot read, it never skips: `apply` raises `UnreadableEntry`, and a
 snapshot of a newer format raises `SnapshotTooNew`; both are `UnreadableLog`, on which
@@ -46,8 +46,8 @@ from hacluster.fsm.wire import (
 
 ENTRY_FORMAT = 2
 ENTRY_FORMATS = (1, 2)  # formats this peer reads
-SNAPSHOT_FORMAT = 6
-SNAPSHOT_FORMATS = (1, 2, 3, 4, 5, 6)  # formats this peer loads (older ones are migrated on load)
+SNAPSHOT_FORMAT = 7
+SNAPSHOT_FORMATS = (1, 2, 3, 4, 5, 6, 7)  # formats this peer loads (older ones are migrated on load)
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
 
@@ -167,9 +167,16 @@ def _without_secrets(record: Any) -> dict[str, Any]:
     for f in dataclasses.fields(record):
         if "password" in f.name:
             continue
-        value = getattr(record, f.name)
-        out[f.name] = _without_secrets(value) if dataclasses.is_dataclass(value) else value
+        out[f.name] = _secretless(getattr(record, f.name))
     return out
+
+
+def _secretless(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return _without_secrets(value)
+    if isinstance(value, tuple) and any(dataclasses.is_dataclass(v) for v in value):
+        return tuple(_secretless(v) for v in value)  # e.g. fencing levels and devices
+    return value
 
 
 def encode_snapshot(state: ClusterState) -> bytes:
@@ -226,6 +233,7 @@ FIELDS_ADDED: dict[int, dict[type, tuple[str, ...]]] = {
     5: {Host: ("heartbeat_paths", "storage_check"), FenceRecord: ("storage",)},
     6: {Settings: ("shutdown_policy",), Host: ("shutdown_policy", "shutdown"),
         Vm: ("migrate_tried", "tried_hosts")},
+    7: {Host: ("fence_levels",)},  # fencing levels (SetHostFencing): none before
 }
 
 

@@ -18,6 +18,7 @@ from hacluster.fsm.model import (
     Desired,
     FenceAction,
     FenceFallback,
+    FenceLevel,
     FenceResult,
     HaPolicy,
     HostRole,
@@ -526,6 +527,17 @@ class Noop(Command):
     term: int = 0
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SetHostFencing(Command):
+    """A host's fencing levels, tried in order until one fences it (every device of that
+    level powered off and read back off); () = its BMC alone, as before levels existed.
+    Replaces the host's levels as a whole."""
+
+    TYPE = "host-fencing"
+    name: str
+    levels: tuple[FenceLevel, ...] = ()
+
+
 ALL_COMMANDS: tuple[type[Command], ...] = (
     AddHost,
     RemoveHost,
@@ -564,6 +576,7 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     SetBmcDefaults,
     SetClusterMaintenance,
     Noop,
+    SetHostFencing,
 )
 
 COMMANDS_BY_TYPE: dict[str, type[Command]] = {c.TYPE: c for c in ALL_COMMANDS}

@@ -16,7 +16,9 @@ from hacluster.fsm import commands as c
 from hacluster.fsm.codec import SNAPSHOT_FORMAT, SnapshotError, SnapshotTooNew, UnreadableLog
 from hacluster.fsm.model import (
     BmcOverride,
+    FenceDevice,
     FenceFallback,
+    FenceLevel,
     FenceRecord,
     FenceResult,
     Host,
@@ -144,12 +146,18 @@ def test_format_1_is_migrated_with_no_announcements() -> None:
     assert restored.versions == {}
     assert restored == dataclasses.replace(state, versions={})
     assert decode_snapshot(encode_snapshot(restored)) == restored  # written as the new format
-    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 6
+    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 7
+
+
+def _before_format_7(doc: dict[str, Any]) -> None:
+    """No host.fence_levels."""
+    doc["hosts"] = [h[:-1] for h in doc["hosts"]]
 
 
 def _before_format_6(doc: dict[str, Any]) -> None:
-    """No settings.shutdown_policy, host.shutdown_policy, host.shutdown,
+    """... no settings.shutdown_policy, host.shutdown_policy, host.shutdown,
     vm.migrate_tried, vm.tried_hosts."""
+    _before_format_7(doc)
     doc["settings"] = doc["settings"][:-1]
     doc["hosts"] = [h[:-2] for h in doc["hosts"]]
     doc["vms"] = [v[:-2] for v in doc["vms"]]
@@ -211,6 +219,35 @@ def test_format_4_is_migrated_with_no_heartbeats_and_no_storage_checks() -> None
                                for r in state.fences]
 
 
+def test_format_6_is_migrated_with_no_fencing_levels() -> None:
+    state = levels_cluster().state
+    doc = msgpack.unpackb(encode_snapshot(state), raw=False)
+    doc["format"] = 6
+    _before_format_7(doc)
+    restored = decode_snapshot(_pack(doc))
+    assert all(h.fence_levels == () for h in restored.hosts.values())
+    assert restored.hosts == {n: dataclasses.replace(h, fence_levels=())
+                              for n, h in state.hosts.items()}
+
+
+def levels_cluster() -> Cluster:
+    """busy_cluster, plus a host with two fencing levels (the second of two devices)."""
+    cluster = busy_cluster()
+    pdu = FenceDevice("agent", "pdu1", agent="fence_apc_snmp", sealed_password=b"\x00sealed",
+                      options=(("plug", "3"),))
+    cluster.ok(c.SetHostFencing(name="h2", levels=(
+        FenceLevel((FenceDevice("bmc"),)),
+        FenceLevel((pdu, FenceDevice("ipmi", "10.0.9.2", port=6230))))))
+    return cluster
+
+
+def test_round_trip_keeps_fencing_levels() -> None:
+    state = levels_cluster().state
+    restored = decode_snapshot(encode_snapshot(state))
+    assert restored == state
+    assert restored.hosts["h2"].fence_levels[1].devices[0].sealed_password == b"\x00sealed"
+
+
 def storage_cluster() -> Cluster:
     """busy_cluster, plus a host writing heartbeats, found active on storage, and a
     fence whose record carries a storage check."""
@@ -236,9 +273,9 @@ def test_round_trip_keeps_heartbeat_paths_and_storage_checks() -> None:
 
 def test_a_newer_format_is_refused_naming_both_formats() -> None:
     doc = _doc()
-    doc["format"] = 7
-    with pytest.raises(SnapshotTooNew, match=r"snapshot format 7 is newer than this peer "
-                       r"reads \(formats 1, 2, 3, 4, 5, 6\)") as raised:
+    doc["format"] = 8
+    with pytest.raises(SnapshotTooNew, match=r"snapshot format 8 is newer than this peer "
+                       r"reads \(formats 1, 2, 3, 4, 5, 6, 7\)") as raised:
         decode_snapshot(_pack(doc))
     assert isinstance(raised.value, UnreadableLog)  # the peer halts on it (exit code 76)
 
