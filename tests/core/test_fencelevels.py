@@ -180,8 +180,8 @@ def test_a_multi_level_fence_is_one_fence_against_the_cap() -> None:
 def test_all_levels_failing_is_a_failed_attempt_with_the_usual_retries() -> None:
     cluster = cluster_with_levels()
     token = cluster.fence("h1")
-    result, evidence, method = fence_verdict(
-        fence_plan(cluster.state, "h1"), [LevelOutcome(1, (DARK,)), LevelOutcome(2, (OFF, REFUSED))])
+    done = [LevelOutcome(1, (DARK,)), LevelOutcome(2, (OFF, REFUSED))]
+    result, evidence, method = fence_verdict(fence_plan(cluster.state, "h1"), done)
     events = cluster.ok(c.FenceFailed(host="h1", token=token, result=result,
                                       evidence=evidence, method=method))
     assert [e.get("final") for e in events if e.kind == "fence-failed"] == ["False"]
