@@ -17,6 +17,7 @@ from hacluster.core.fencelevels import (
 )
 from hacluster.fsm import commands as c
 from hacluster.fsm.apply_fence import fences_in_window
+from hacluster.fsm.codec import command_summary
 from hacluster.fsm.model import (
     BmcOverride,
     BmcSettings,
@@ -204,6 +205,14 @@ def test_a_witness_gets_no_levels_and_an_unknown_host_is_refused() -> None:
     for name in ("w1", "nosuch"):
         events = cluster.run(c.SetHostFencing(name=name, levels=LEVELS))
         assert [e.kind for e in events] == ["rejected"]
+
+
+def test_sealed_device_passwords_are_left_out_of_summaries() -> None:
+    sealed = FenceDevice("ipmi", "10.0.9.1", sealed_password=b"SEALED-XYZ")
+    command = c.SetHostFencing(name="h1", levels=(FenceLevel((sealed,)),))
+    summary = command_summary(command)
+    assert "SEALED-XYZ" not in repr(summary) and "SEALED-XYZ" not in repr(command)
+    assert summary["levels"][0]["devices"][0]["address"] == "10.0.9.1"
 
 
 def test_the_version_gate_refuses_levels_until_every_host_understands_them() -> None:
