@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hacluster.cli import render
+from hacluster.cli.fencespec import fencing_params
 from hacluster.fsm.domain_xml import MAX_DOMAIN_XML_BYTES
 
 Arg = tuple[tuple[str, ...], dict[str, Any]]
@@ -193,6 +194,21 @@ COMMANDS: tuple[Spec, ...] = (
          ("hactl host tag h2 add ssd", "hactl host tag h2 remove ssd"),
          lambda a: {"name": a.name, "tag": a.tag, "add": a.action == "add"},
          (NAME, (("action",), {"choices": ["add", "remove"]}), (("tag",), {"help": "tag"})),
+         completes=("host",)),
+    Spec(("host", "fencing"), "host.fencing",
+         "set a host's fencing levels, tried in order; a level fences only when all its "
+         "devices power off. DEVICE: bmc, ipmi:ADDR[:PORT], redfish:ADDR[:PORT] or "
+         "agent:FENCE_AGENT:ADDR[:PORT], then ,KEY=VALUE... (username, password-file, "
+         "cipher, or an agent option)",
+         ("hactl host fencing h2 --level bmc --level "
+          "agent:fence_apc_snmp:10.0.3.1,plug=3,password-file=/root/pdu.pw "
+          "agent:fence_apc_snmp:10.0.3.2,plug=3,password-file=/root/pdu.pw",
+          "hactl host fencing h2 --clear"), fencing_params,
+         (NAME, (("--level",), {"action": "append", "nargs": "+", "metavar": "DEVICE",
+                                "help": "one level: its devices, all of which must power "
+                                "off (repeat for the next level)"}),
+          (("--clear",), {"action": "store_true",
+                          "help": "no levels: the host's BMC alone fences it"})),
          completes=("host",)),
     Spec(("vm", "list"), "vm.list", "VMs with state, host and the reason",
          ("hactl vm list",), _none, render=_tables("vms", render.vms_table)),

@@ -35,7 +35,7 @@ def lease(links: dict[str, float] | None) -> str:
 
 def hosts_table(hosts: list[dict[str, Any]]) -> str:
     rows = [(h["name"], h["state"], h["role"], f"{h['used_memory_mib']}/{h['memory_mib']}",
-             h["vms"], lease(h.get("lease_links")), _bmc(h["bmc_ok"]),
+             h["vms"], lease(h.get("lease_links")), _bmc(h["bmc_ok"], h.get("fence_levels")),
              watchdog(h.get("watchdog")), storage(h.get("storage")), h["reason"][:60])
             for h in hosts]
     return table(rows, ["host", "state", "role", "mem MiB", "vms", "lease", "bmc", "watchdog",
@@ -61,8 +61,9 @@ def watchdog(w: dict[str, Any] | None) -> str:
     return f"{w['kind']} {w['timeout_s']:g}s" if w.get("armed") else f"{w['kind']} (off)"
 
 
-def _bmc(ok: bool | None) -> str:
-    return "-" if ok is None else "ok" if ok else "FAIL"
+def _bmc(ok: bool | None, levels: list[str] | None = None) -> str:
+    shown = "-" if ok is None else "ok" if ok else "FAIL"
+    return f"{shown} ({len(levels)} levels)" if levels else shown
 
 
 def vms_table(vms: list[dict[str, Any]]) -> str:

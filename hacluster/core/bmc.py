@@ -61,12 +61,15 @@ def bmc_health(state: ClusterState, host: Host) -> BmcHealth:
     """
     if not host.runs_vms:
         return BmcHealth(None, "a witness is never fenced")
-    if not host.bmc.address:
+    if not host.bmc.address and not host.fence_levels:
         return BmcHealth(False, NO_ADDRESS)
     fence = _confirmed_fence(state, host)
     if fence is not None and fence.finished_at >= host.bmc_checked_at:
         return BmcHealth(True, f"powered the host off (fence token {fence.token}, "
                                f"{fence.result.value} via {fence.method})")
+    if not host.bmc.address:  # its fencing levels fence it; nobody checks their devices
+        return BmcHealth(None, f"{NO_ADDRESS}; fenced through its {len(host.fence_levels)} "
+                               "fencing level(s), not checked")
     if host.bmc_checked_at <= 0:
         return BmcHealth(None, host.bmc_detail)
     return BmcHealth(host.bmc_ok, host.bmc_detail)

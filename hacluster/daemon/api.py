@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from hacluster.core.explain import explain
 from hacluster.daemon import views
+from hacluster.daemon.api_fencing import FencingMethods
 from hacluster.daemon.history import matches
 from hacluster.daemon.proposer import NoLeaderError, VersionGateError
 from hacluster.daemon.vmparams import vm_option_params
@@ -50,14 +51,14 @@ PROBLEM_CODES = {INVALID: ErrorCode.BAD_PARAMS, UNKNOWN: ErrorCode.NOT_FOUND,
                  EXISTS: ErrorCode.CONFLICT}
 
 
-class Api:
+class Api(FencingMethods):
     def __init__(self, peer: Peer) -> None:
         self.peer = peer
 
     def methods(self) -> dict[str, Method]:
         return {name.replace("_", "."): getattr(self, "m_" + name) for name in (
             "status", "host_list", "host_show", "host_add", "host_remove", "host_maintenance",
-            "host_promote", "host_demote", "host_tag",
+            "host_promote", "host_demote", "host_tag", "host_fencing",
             "vm_list", "vm_show", "vm_add", "vm_remove", "vm_set", "vm_start", "vm_stop",
             "vm_disable", "vm_migrate", "fence_history", "fence_confirm", "fence_retry",
             "fence_cap", "cluster_maintenance", "events", "history_status", "config_show",

@@ -11,14 +11,15 @@ from concurrent.futures import Executor
 from typing import Any
 
 from hacluster.config import StorageConfig
-from hacluster.core.bmc import BmcSpec, bmc_spec
+from hacluster.core.bmc import bmc_spec
+from hacluster.core.fencelevels import FencePlan, fence_plan
 from hacluster.core.leaderloop import LeaderLoop
 from hacluster.core.manager import Decision, Manager, Propose, RunFence
 from hacluster.core.readindex import ReadIndex, ReadMark
 from hacluster.core.renewal import Renewal
 from hacluster.core.silence import PROBE_TIMEOUT_S, Challenge, ProbePower
 from hacluster.core.storage import CheckStorage
-from hacluster.daemon.fencing import SecretError, as_record_result, bmc_target
+from hacluster.daemon.fencing import SecretError, bmc_target, run_plan
 from hacluster.daemon.leases import LeaseService
 from hacluster.daemon.logs import decision
 from hacluster.daemon.proposer import Proposer
@@ -205,20 +206,17 @@ class LeaderDriver:
     async def _fence(self, d: RunFence) -> None:
         # Confirm, right before acting, that a majority still follows us in the term
         # that committed the token (a deposed leader believes it leads for a while).
-        mark = None if self.stopping else await self.read_barrier(FENCE_CONFIRM_TIMEOUT_S)
-        term = None if mark is None else mark.term
-        if self.stopping or not self.manager.fence_still_ours(d.token, term) or \
-                self.raft.leader_term() != term:
+        if await self._fence_not_ours(d):
             decision(log, "fence skipped", "leadership could not be confirmed (or this peer "
                      "is stopping) before the fence ran", host=d.host, token=d.token)
             self.manager.fence_result(d.host, d.token, FenceResult.ERROR, "leader changed",
                                       "none", time.monotonic())
             return
         with self.replica.read() as state:
-            spec = bmc_spec(state, d.host)
+            plan = fence_plan(state, d.host)
             deadline = state.settings.fence_timeout_s
         decision(log, "fence", d.reason, host=d.host, token=d.token, action=d.action.value)
-        result, evidence, method = await self._run_backend(d, spec, deadline)
+        result, evidence, method = await self._run_backend(d, plan, deadline)
         decision(log, "fence result", evidence, host=d.host, token=d.token, result=result.value)
         for follow in self.manager.fence_result(d.host, d.token, result, evidence, method,
                                                 time.monotonic()):
@@ -267,18 +265,25 @@ class LeaderDriver:
         for delay in CHALLENGE_SPACING_S:
             loop.call_later(delay, leases.challenge, d.host, routes, term)
 
-    async def _run_backend(self, d: RunFence, spec: BmcSpec | None,
+    async def _fence_not_ours(self, d: RunFence) -> bool:
+        """Right before acting: does a majority still follow us in the term that
+        committed the token? (A deposed leader believes it leads for a while.)"""
+        mark = None if self.stopping else await self.read_barrier(FENCE_CONFIRM_TIMEOUT_S)
+        term = None if mark is None else mark.term
+        return self.stopping or not self.manager.fence_still_ours(d.token, term) or \
+            self.raft.leader_term() != term
+
+    async def _run_backend(self, d: RunFence, plan: FencePlan,
                            deadline: float) -> tuple[FenceResult, str, str]:
-        if spec is None:
-            return FenceResult.ERROR, f"host {d.host} has no BMC address configured", "none"
-        try:
-            target = bmc_target(spec, self.secret)
-        except SecretError as exc:
-            return FenceResult.ERROR, str(exc), "none"
-        loop = asyncio.get_running_loop()
-        res = await loop.run_in_executor(self.pool, self.fencer.fence, target, d.action,
-                                         deadline)
-        return as_record_result(res.outcome), res.evidence, res.method
+        """The host's fencing levels in order (one device: its BMC, as before levels);
+        leadership is confirmed again before each further level."""
+        async def still_ours() -> str:
+            if await self._fence_not_ours(d):
+                return "leadership could not be confirmed (or this peer is stopping)"
+            return ""
+
+        return await run_plan(plan, d.action, deadline, self.fencer, self.secret, self.pool,
+                              still_ours)
 
     async def drain(self) -> None:
         """Wait for in-flight proposals and fences (used on shutdown)."""

@@ -13,6 +13,7 @@ from hacluster.fsm.model import (
     BmcOverride,
     BmcSettings,
     ClusterState,
+    FenceDevice,
     FenceFallback,
     FenceRecord,
     Host,
@@ -54,6 +55,7 @@ def host_view(state: ClusterState, host: Host, lease_ages: dict[str, float] | No
         "shutdown": host.shutdown, "tags": list(host.tags),
         "storage": {"heartbeat_paths": list(host.heartbeat_paths),
                     "check": storage_check_view(host.storage_check)},
+        "fence_levels": fence_levels_view(host),
     }
     if detail:
         view.update(addresses=list(host.addresses), raft_address=host.raft_address,
@@ -61,6 +63,28 @@ def host_view(state: ClusterState, host: Host, lease_ages: dict[str, float] | No
                     fence_wanted=host.fence_wanted, since=host.since,
                     bmc=_bmc_override(host.bmc), vm_names=[vm.name for vm in vms])
     return view
+
+
+def fence_levels_view(host: Host) -> list[str]:
+    """One line per fencing level, in order ([] when the host's BMC alone fences it)."""
+    return [f"{n}: " + " + ".join(fence_device_line(d) for d in level.devices)
+            for n, level in enumerate(host.fence_levels, 1)]
+
+
+def fence_device_line(d: FenceDevice) -> str:
+    """A device as hactl shows it; the password only as <sealed>."""
+    if d.driver == "bmc":
+        return "bmc (the host's BMC settings)"
+    words = [d.driver, *([d.agent] if d.agent else []),
+             f"{d.address}:{d.port}" if d.port else d.address]
+    if d.username:
+        words.append(f"username={d.username}")
+    if d.sealed_password:
+        words.append(f"password={SEALED}")
+    if d.cipher_suite >= 0:
+        words.append(f"cipher={d.cipher_suite}")
+    words += [f"{k}={v}" for k, v in d.options]
+    return " ".join(words)
 
 
 def watchdog_view(w: Watchdog) -> dict[str, Any]:

@@ -124,6 +124,7 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.SetClusterMaintenance: set_cluster_maintenance,
     c.Noop: noop,
     c.TagHost: apply_hosts.tag_host,
+    c.SetHostFencing: apply_hosts.set_host_fencing,
 }
 
 

@@ -214,6 +214,17 @@ def set_host_bmc(ctx: Ctx, cmd: c.SetHostBmc) -> None:
     ctx.emit(ev.HOST_UPDATED, cmd.name, "BMC settings changed")
 
 
+def set_host_fencing(ctx: Ctx, cmd: c.SetHostFencing) -> None:
+    host = ctx.host(cmd.name)
+    if cmd.levels and not host.runs_vms:
+        raise Refused(f"host {cmd.name} is a witness: it is never fenced", cmd.name)
+    ctx.put_host(host, fence_levels=cmd.levels)
+    shown = (f"{len(cmd.levels)} level(s), devices per level "
+             f"{'/'.join(str(len(level.devices)) for level in cmd.levels)}"
+             if cmd.levels else "none: its BMC alone")
+    ctx.emit(ev.HOST_UPDATED, cmd.name, f"fencing levels changed: {shown}")
+
+
 def mark_suspect(ctx: Ctx, cmd: c.MarkHostSuspect) -> None:
     host = ctx.host(cmd.name)
     if host.state not in (H.ONLINE, H.DRAINING):

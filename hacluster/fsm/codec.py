@@ -9,8 +9,8 @@ Formats 1 and 2 had no settings.probe_after_s, formats 1 to 3 no settings.fence_
 settings.watchdog_margin_s and host.watchdog, formats 1 to 4 no host.heartbeat_paths,
 host.storage_check and fence.storage, formats 1 to 5 no settings.shutdown_policy,
 host.shutdown_policy, host.shutdown, vm.migrate_tried and vm.tried_hosts, formats 1 to 6
-no host.tags, vm.start_after, vm.colocation and vm.required_tags: they load with their
-defaults.)
+no host.tags, host.fence_levels, vm.start_after, vm.colocation and vm.required_tags: they
+load with their defaults.)
 
 What this peer cannot read, it never skips: `apply` raises `UnreadableEntry`, and a
 snapshot of a newer format raises `SnapshotTooNew`; both are `UnreadableLog`, on which
@@ -168,9 +168,16 @@ def _without_secrets(record: Any) -> dict[str, Any]:
     for f in dataclasses.fields(record):
         if "password" in f.name:
             continue
-        value = getattr(record, f.name)
-        out[f.name] = _without_secrets(value) if dataclasses.is_dataclass(value) else value
+        out[f.name] = _secretless(getattr(record, f.name))
     return out
+
+
+def _secretless(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return _without_secrets(value)
+    if isinstance(value, tuple) and any(dataclasses.is_dataclass(v) for v in value):
+        return tuple(_secretless(v) for v in value)  # e.g. fencing levels and devices
+    return value
 
 
 def encode_snapshot(state: ClusterState) -> bytes:
@@ -227,7 +234,8 @@ FIELDS_ADDED: dict[int, dict[type, tuple[str, ...]]] = {
     5: {Host: ("heartbeat_paths", "storage_check"), FenceRecord: ("storage",)},
     6: {Settings: ("shutdown_policy",), Host: ("shutdown_policy", "shutdown"),
         Vm: ("migrate_tried", "tried_hosts")},
-    7: {Host: ("tags",), Vm: ("start_after", "colocation", "required_tags")},  # relations
+    # 0.3.0: relations (host tags, start order, colocation), fencing levels
+    7: {Host: ("tags", "fence_levels"), Vm: ("start_after", "colocation", "required_tags")},
 }
 
 

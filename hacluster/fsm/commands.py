@@ -18,6 +18,7 @@ from hacluster.fsm.model import (
     Desired,
     FenceAction,
     FenceFallback,
+    FenceLevel,
     FenceResult,
     HaPolicy,
     HostRole,
@@ -565,6 +566,17 @@ class Noop(Command):
     term: int = 0
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SetHostFencing(Command):
+    """A host's fencing levels, tried in order until one fences it (every device of that
+    level powered off and read back off); () = its BMC alone, as before levels existed.
+    Replaces the host's levels as a whole."""
+
+    TYPE = "host-fencing"
+    name: str
+    levels: tuple[FenceLevel, ...] = ()
+
+
 ALL_COMMANDS: tuple[type[Command], ...] = (
     AddHost,
     RemoveHost,
@@ -604,6 +616,7 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     SetClusterMaintenance,
     Noop,
     TagHost,
+    SetHostFencing,
 )
 
 COMMANDS_BY_TYPE: dict[str, type[Command]] = {c.TYPE: c for c in ALL_COMMANDS}

@@ -231,6 +231,8 @@ class Host:
     shutdown_policy: str = ""  # its own shutdown policy ("": the cluster's setting)
     shutdown: str = ""  # the policy of a planned shutdown under way ("": none)
     tags: tuple[str, ...] = ()  # sorted; VMs may require them (Vm.required_tags)
+    # its fencing levels, tried in order (`SetHostFencing`); () = its BMC is level 1
+    fence_levels: tuple[FenceLevel, ...] = ()
 
     @property
     def runs_vms(self) -> bool:
@@ -408,3 +410,35 @@ class ClusterState:
             if record.token == token:
                 return record
         return None
+
+
+# ---------------------------------------------------------------- fencing levels
+
+
+FENCE_DEVICE_DRIVERS = ("bmc", "ipmi", "redfish", "agent")
+
+
+@dataclass(frozen=True, slots=True)
+class FenceDevice:
+    """One device of a fencing level. driver "bmc": the host's own BMC settings (cluster
+    defaults with its overrides; no other field is set). ipmi and redfish devices with no
+    username, password or cipher suite take the cluster's BMC defaults; agent devices
+    take nothing from them (a fence agent has its own defaults). port 0: the driver's
+    default. The password is sealed by the proposer, as BMC passwords are."""
+
+    driver: str
+    address: str = ""
+    port: int = 0
+    username: str = ""
+    sealed_password: bytes = field(default=b"", repr=False)
+    agent: str = ""  # driver "agent": the fence_* executable
+    cipher_suite: int = -1  # -1: the cluster default (ipmi), none given (agent)
+    options: tuple[tuple[str, str], ...] = ()  # extra key=value for agents / redfish
+
+
+@dataclass(frozen=True, slots=True)
+class FenceLevel:
+    """Devices that must ALL power off (and read back off) for the level to fence the
+    host, e.g. the two PDU outlets of a host with two power supplies."""
+
+    devices: tuple[FenceDevice, ...] = ()

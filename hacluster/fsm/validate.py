@@ -75,6 +75,7 @@ from hacluster.fsm.model import (
     WatchdogKind,
 )
 from hacluster.fsm.states import HostState
+from hacluster.fsm.validate_fencing import fence_levels_problem
 from hacluster.fsm.wire import WireError, encode_fields, spec_of
 
 MAX_TEXT_BYTES = 16 * 1024  # any other text field: reasons, evidence, addresses
@@ -303,6 +304,10 @@ def _set_host_bmc(cmd: c.SetHostBmc, admission: bool) -> Iterator[Found]:
 
 
 # ---------------------------------------------------------------- fencing
+
+def _set_host_fencing(cmd: c.SetHostFencing, admission: bool) -> Iterator[Found]:
+    yield fence_levels_problem(cmd.levels)  # a new command: apply checks it all alike
+
 
 def _request_fence(cmd: c.RequestFence | c.Noop, admission: bool) -> Iterator[Found]:
     if admission:
@@ -552,6 +557,7 @@ _RULES: dict[type[c.Command], Any] = {
     c.PlannedShutdown: _planned_shutdown,  # new commands: apply checks them all alike
     c.SetShutdownPolicy: _shutdown_policy,
     c.TagHost: lambda cmd, admission: _relations(cmd),
+    c.SetHostFencing: _set_host_fencing,
 }
 
 

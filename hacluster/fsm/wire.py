@@ -113,6 +113,10 @@ def _encoder_for(tp: Any) -> Encoder | None:
         return None if enc is None else (lambda v: None if v is None else enc(v))
     if dataclasses.is_dataclass(tp):
         return encode_dataclass
+    args = typing.get_args(tp)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        item = _encoder_for(args[0])  # e.g. a tuple of records (fencing levels)
+        return None if item is None else (lambda v: [item(x) for x in v])
     return None
 
 

@@ -418,12 +418,13 @@ class SimPeer:
             self.world.send_lease(now, self.name, out.address, out.link, out.datagram)
 
     def fence_answer(self, order: RunFence, result: FenceResult, evidence: str,
-                     generation: int) -> None:
+                     generation: int, method: str = "") -> None:
         manager = self.manager
         if manager is None or self.proc.generation != generation or not self.running:
             return
         for d in manager.fence_result(order.host, order.token, result, evidence,
-                                      f"sim-bmc {order.host}", self.clock.mono(self.world.now)):
+                                      method or f"sim-bmc {order.host}",
+                                      self.clock.mono(self.world.now)):
             self._dispatch(d)
 
     # ------------------------------------------------------------ read index (daemon/leader.py)

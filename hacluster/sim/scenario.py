@@ -14,6 +14,7 @@ events.txt, one per line, `#` starts a comment:
     TIME clock HOST SECONDS                          (its wall clock steps to this skew)
     TIME bmc HOST works|unreachable|slow|slow-ok|already-off|bad-credentials|frozen|lies
     TIME bmc-fails HOST N                            (its next N commands fail, then it works)
+    TIME outlet ADDRESS MODE                         (a fence device of a level, as bmc)
     TIME chassis-death HOST                          (its BMC goes dark and its power off at once)
     TIME storage-cut|storage-restore HOST            (it writes and reads no shared storage)
     TIME crash VM
@@ -25,9 +26,11 @@ events.txt, one per line, `#` starts a comment:
     TIME hactl cluster maintenance on|off
     TIME hactl settings KEY=VALUE...
     TIME hactl shutdown-policy POLICY [HOST]        (the cluster's, or HOST's; "default")
+    TIME hactl host fencing HOST --level DEVICE... [--level ...]   (sim/levels.py)
     TIME expect vm VM STATE [HOST] | expect host HOST STATE | expect running VM HOST|nowhere
     TIME expect fences N        (confirmed fences so far)
     TIME expect power-offs HOST N   (fence power-offs of HOST in its BMC log)
+    TIME expect outlet-offs ADDRESS N   (power-offs of that fence device)
     TIME expect halted HOST         (its peer stopped at an entry it cannot read)
     TIME expect leader HOST TERM    (the peer that leads now, and in which term)
     TIME upgrade HOST               (its peer restarts as this release)
@@ -53,11 +56,19 @@ from pathlib import Path
 from typing import Any
 
 from hacluster.cli.commands import parse_pairs
+from hacluster.cli.fencespec import parse_device
 from hacluster.fsm import commands as c
-from hacluster.fsm.model import ClusterState, Desired, FenceResult, HostRole
+from hacluster.fsm.model import (
+    ClusterState,
+    Desired,
+    FenceDevice,
+    FenceLevel,
+    FenceResult,
+    HostRole,
+)
 from hacluster.fsm.states import HostState
 from hacluster.fsm.wire import WireError, decode_fields
-from hacluster.sim.fakes import BmcMode
+from hacluster.sim.fakes import BmcMode, SimBmc
 from hacluster.sim.world import World
 
 
@@ -340,7 +351,26 @@ ACTIONS: dict[str, Any] = {
     **{v: (lambda w, a, v=v: _storage(w, a, v)) for v in ("storage-cut", "storage-restore")},
     **{v: (lambda w, a, v=v: _vm_fault(w, a, v)) for v in ("fault", "clear-fault")},
     "crash": lambda w, a: _crash(w, a, "crash"),
+    "outlet": lambda w, a: _outlet(w, a),
 }
+
+
+def _outlet(world: World, args: list[str]) -> None:
+    world.outlets.setdefault(args[0], SimBmc()).mode = BmcMode(args[1])
+    world.note(f"outlet {args[0]}: mode {args[1]}")
+
+
+def _fencing(host: str, words: list[str]) -> c.SetHostFencing:
+    """`--level DEVICE... --level ...` in hactl's device words (cli/fencespec.py)."""
+    levels: list[list[FenceDevice]] = []
+    for word in words:
+        if word == "--level":
+            levels.append([])
+            continue
+        raw = parse_device(word)
+        raw["options"] = [[k, v] for k, v in raw.get("options", {}).items()]
+        levels[-1].append(decode_fields(FenceDevice, raw))
+    return c.SetHostFencing(name=host, levels=tuple(FenceLevel(tuple(d)) for d in levels))
 
 
 def hactl_command(args: list[str]) -> c.Command:
@@ -368,6 +398,8 @@ def hactl_command(args: list[str]) -> c.Command:
             return c.SetClusterMaintenance(on=mode == "on", who="operator")
         case ["settings", *pairs]:
             return decode_fields(c.SetSettings, parse_pairs(pairs))
+        case ["host", "fencing", host, "--level", *words]:
+            return _fencing(host, ["--level", *words])
         case ["shutdown-policy", policy, *host]:
             return c.SetShutdownPolicy(host=host[0] if host else "",
                                        policy="" if policy == "default" else policy)
@@ -409,6 +441,10 @@ def expect(world: World, args: list[str]) -> str:
             leader = world.leader
             got = f"{leader} in term {world.hosts[leader].peer.raft.term}" if leader else "none"
             ok = got == f"{host} in term {term}"
+        case ["outlet-offs", address, count]:
+            outlet = world.outlets.get(address)
+            got = str(sum(1 for _, what in outlet.log if what == "off") if outlet else 0)
+            ok = got == count
         case ["power-offs", host, count]:
             got = str(sum(1 for _, what in world.hosts[host].bmc.log if what == "off"))
             ok = got == count

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hacluster.core import agent as ag
+from hacluster.core.fencelevels import fence_plan
 from hacluster.core.manager import RunFence
 from hacluster.core.silence import ProbePower
 from hacluster.core.storage import CheckStorage
@@ -25,6 +26,7 @@ from hacluster.fsm.events import Event
 from hacluster.fsm.model import FenceAction, HostRole
 from hacluster.sim.fakes import BmcMode, FakeHypervisor, SimBmc, bmc_plan, probe_plan
 from hacluster.sim.invariants import Observer
+from hacluster.sim.levels import LevelWalk
 from hacluster.sim.net import SimNet
 from hacluster.sim.peer import LEASE_CHANNEL, SimPeer
 from hacluster.sim.raftmodel import RaftCluster, RaftModelConfig
@@ -116,6 +118,7 @@ class World:
         self.raft_config = raft_config or RaftModelConfig()
         self.raft: RaftCluster = None  # type: ignore[assignment]  # made by start()
         self.hosts: dict[str, SimHost] = {}
+        self.outlets: dict[str, SimBmc] = {}  # fence devices by address (sim/levels.py)
         self.observer = Observer()
         self.vm_faults = VmFaults()
         self._dark: list[_Attempt] = []  # fence attempts waiting on a dark BMC
@@ -277,6 +280,10 @@ class World:
     # ------------------------------------------------------------ fencing
 
     def run_fence(self, peer: SimPeer, order: RunFence, term: int) -> None:
+        plan = fence_plan(peer.proc.state, order.host)
+        if not plan.implicit:  # the host has fencing levels
+            LevelWalk(self, peer, order, term, plan, peer.proc.generation).start()
+            return
         target = self.hosts[order.host]
         deadline = peer.proc.state.settings.fence_timeout_s
         self.note(f"bmc {order.host}: {order.action.value} requested by {peer.name} (token "
@@ -347,6 +354,9 @@ class World:
         after, read = self.storage.read(peer.name, order, at, f"t={self.now:.2f}")
         generation = peer.proc.generation
         self.at(after, lambda: peer.storage_answer(read, generation))
+
+    def fence_healthy_since(self, host: str, token: int, peer: SimPeer) -> float | None:
+        return self._healthy_since(host, _deliberate(peer.proc.state, token))
 
     def _healthy_since(self, host: str, deliberate: bool) -> float | None:
         """Since when the host has been healthy (None: not now, or a deliberate fence)."""

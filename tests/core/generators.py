@@ -22,6 +22,8 @@ from hacluster.fsm.model import (
     ClusterState,
     Desired,
     FenceAction,
+    FenceDevice,
+    FenceLevel,
     FenceResult,
     HaPolicy,
     HostRole,
@@ -140,6 +142,11 @@ def host_misc(ch: Chooser, state: ClusterState) -> c.Command:
             ),
             evidence="renewed",
         ),
+        c.SetHostFencing(name=name, levels=ch.pick(((), (
+            FenceLevel((FenceDevice("bmc"),)),
+            FenceLevel((FenceDevice("agent", "pdu1", agent="fence_apc",
+                                    sealed_password=_secret(ch)),
+                        FenceDevice("ipmi", "10.0.9.1", sealed_password=_secret(ch)))))))),
     ]
     return ch.pick(options)
 

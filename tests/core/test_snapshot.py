@@ -16,7 +16,9 @@ from hacluster.fsm import commands as c
 from hacluster.fsm.codec import SNAPSHOT_FORMAT, SnapshotError, SnapshotTooNew, UnreadableLog
 from hacluster.fsm.model import (
     BmcOverride,
+    FenceDevice,
     FenceFallback,
+    FenceLevel,
     FenceRecord,
     FenceResult,
     Host,
@@ -148,13 +150,13 @@ def test_format_1_is_migrated_with_no_announcements() -> None:
 
 
 def _before_format_7(doc: dict[str, Any]) -> None:
-    """No host.tags, vm.start_after, vm.colocation, vm.required_tags."""
-    doc["hosts"] = [h[:-1] for h in doc["hosts"]]
+    """No host.tags, host.fence_levels, vm.start_after, vm.colocation, vm.required_tags."""
+    doc["hosts"] = [h[:-2] for h in doc["hosts"]]
     doc["vms"] = [v[:-3] for v in doc["vms"]]
 
 
 def _before_format_6(doc: dict[str, Any]) -> None:
-    """No settings.shutdown_policy, host.shutdown_policy, host.shutdown,
+    """... no settings.shutdown_policy, host.shutdown_policy, host.shutdown,
     vm.migrate_tried, vm.tried_hosts."""
     _before_format_7(doc)
     doc["settings"] = doc["settings"][:-1]
@@ -240,6 +242,35 @@ def test_round_trip_keeps_relations_and_format_6_loads_without_them() -> None:
     assert restored.vms == {n: dataclasses.replace(v, start_after=(), colocation="",
                                                    required_tags=())
                             for n, v in state.vms.items()}
+
+
+def test_format_6_is_migrated_with_no_fencing_levels() -> None:
+    state = levels_cluster().state
+    doc = msgpack.unpackb(encode_snapshot(state), raw=False)
+    doc["format"] = 6
+    _before_format_7(doc)
+    restored = decode_snapshot(_pack(doc))
+    assert all(h.fence_levels == () for h in restored.hosts.values())
+    assert restored.hosts == {n: dataclasses.replace(h, fence_levels=())
+                              for n, h in state.hosts.items()}
+
+
+def levels_cluster() -> Cluster:
+    """busy_cluster, plus a host with two fencing levels (the second of two devices)."""
+    cluster = busy_cluster()
+    pdu = FenceDevice("agent", "pdu1", agent="fence_apc_snmp", sealed_password=b"\x00sealed",
+                      options=(("plug", "3"),))
+    cluster.ok(c.SetHostFencing(name="h2", levels=(
+        FenceLevel((FenceDevice("bmc"),)),
+        FenceLevel((pdu, FenceDevice("ipmi", "10.0.9.2", port=6230))))))
+    return cluster
+
+
+def test_round_trip_keeps_fencing_levels() -> None:
+    state = levels_cluster().state
+    restored = decode_snapshot(encode_snapshot(state))
+    assert restored == state
+    assert restored.hosts["h2"].fence_levels[1].devices[0].sealed_password == b"\x00sealed"
 
 
 def storage_cluster() -> Cluster:

@@ -16,6 +16,8 @@ from hacluster.fsm.model import (
     BmcSettings,
     Desired,
     FenceAction,
+    FenceDevice,
+    FenceLevel,
     FenceResult,
     HaPolicy,
     HostRole,
@@ -103,6 +105,9 @@ GOOD: list[c.Command] = [
     c.SetBmcDefaults(bmc=BmcSettings(driver="agent", port=1, agent="fence_ipmilan")),
     c.SetClusterMaintenance(on=True, who="alice"),
     c.Noop(term=4),
+    c.SetHostFencing(name="h1", levels=(FenceLevel((FenceDevice("bmc"),)), FenceLevel((
+        FenceDevice("agent", "pdu1", agent="fence_apc_snmp", options=(("plug", "3"),)),
+        FenceDevice("agent", "pdu2", agent="fence_apc_snmp", options=(("plug", "3"),)))))),
 ]
 
 # (command, field at fault, part of the message, whether apply refuses it too)
@@ -233,6 +238,9 @@ BAD: list[tuple[c.Command, str, str, bool]] = [
     (c.SetBmcDefaults(bmc=BmcSettings(port=0)), "bmc.port", "BMC port 0 out of range", True),
     (c.SetClusterMaintenance(on=True, who="x" * 20_000), "who", "bytes of text", False),
     (c.Noop(term=-2), "term", ">= 0", False),
+    (c.SetHostFencing(name="h1", levels=(FenceLevel((FenceDevice("agent", "pdu1",
+                                                                agent="rm"),)),)),
+     "levels", "expected a fence_* executable", True),
 ]
 
 
