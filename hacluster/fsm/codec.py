@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -37,6 +38,7 @@ from hacluster.fsm.model import (
     Settings,
     Vm,
 )
+from hacluster.fsm.states import HostState
 from hacluster.fsm.wire import (
     WireError,
     decode_dataclass,
@@ -181,18 +183,76 @@ def _secretless(value: Any) -> Any:
 
 
 def encode_snapshot(state: ClusterState) -> bytes:
+    """The state in the newest snapshot format every host reads (`snapshot_format`):
+    during a rolling upgrade an older peer may be sent this snapshot, and one it cannot
+    read would halt it."""
+    fmt = snapshot_format(state)
+    if fmt == SNAPSHOT_FORMAT:  # the usual case: nothing to trim
+        return _pack_snapshot(state, fmt, lambda cls, raw: raw)
+    return _pack_snapshot(state, fmt, lambda cls, raw: _trimmed(cls, raw, fmt))
+
+
+def _pack_snapshot(state: ClusterState, fmt: int,
+                   trim: Callable[[type, list[Any]], Any]) -> bytes:
     doc = {
-        "format": SNAPSHOT_FORMAT,
+        "format": fmt,
         "applied_index": state.applied_index,
         "log_time": state.log_time,
-        "settings": encode_dataclass(state.settings),
-        "hosts": [encode_dataclass(state.hosts[n]) for n in sorted(state.hosts)],
-        "vms": [encode_dataclass(state.vms[n]) for n in sorted(state.vms)],
-        "fences": [encode_dataclass(r) for r in state.fences],
+        "settings": trim(Settings, encode_dataclass(state.settings)),
+        "hosts": [trim(Host, encode_dataclass(state.hosts[n])) for n in sorted(state.hosts)],
+        "vms": [trim(Vm, encode_dataclass(state.vms[n])) for n in sorted(state.vms)],
+        "fences": [trim(FenceRecord, encode_dataclass(r)) for r in state.fences],
         "recent": [[rid, idx] for rid, idx in state.recent_requests.items()],
         "versions": [encode_dataclass(state.versions[n]) for n in sorted(state.versions)],
     }
     return msgpack.packb(doc, use_bin_type=True)
+
+
+# snapshot format -> a command whose understanding a host's announcement (AnnounceVersions)
+# shows for the releases that read that format. Releases before 0.3.0 read formats up to 6.
+SNAPSHOT_FORMAT_READERS: dict[int, tuple[str, int]] = {7: ("host-fencing", 1)}
+OLDEST_WRITTEN_SNAPSHOT_FORMAT = 6  # what 0.2.0 writes and reads
+
+
+def snapshot_format(state: ClusterState) -> int:
+    """The newest format every host that is not removed reads, if the state fits in it
+    (its newer fields at their defaults, as the version gate keeps them while an older
+    host is in the cluster); else this peer's own format."""
+    fmt = SNAPSHOT_FORMAT
+    for name, host in state.hosts.items():
+        if host.state is HostState.REMOVED:
+            continue
+        known = state.versions.get(name)
+        commands = set(known.commands) if known is not None else set()
+        while fmt > OLDEST_WRITTEN_SNAPSHOT_FORMAT and \
+                SNAPSHOT_FORMAT_READERS.get(fmt, ("", 0)) not in commands:
+            fmt -= 1
+    if fmt < SNAPSHOT_FORMAT and not _fits(state, fmt):
+        return SNAPSHOT_FORMAT
+    return fmt
+
+
+def _fits(state: ClusterState, fmt: int) -> bool:
+    records: list[tuple[type, Any]] = [(Settings, state.settings)]
+    records += [(Host, h) for h in state.hosts.values()]
+    records += [(Vm, v) for v in state.vms.values()]
+    records += [(FenceRecord, r) for r in state.fences]
+    return all(_trimmed(cls, encode_dataclass(r), fmt) is not None for cls, r in records)
+
+
+def _trimmed(cls: type, raw: list[Any], fmt: int) -> Any:
+    """The record as format `fmt` holds it: without the fields added since, which must
+    hold their defaults (None when one does not)."""
+    added = [name for f, records in FIELDS_ADDED.items() if f > fmt
+             for name in records.get(cls, ())]
+    if not added:
+        return raw
+    names = [f.name for f in dataclasses.fields(cls)]
+    defaults = encode_dataclass(_default_record(cls))
+    keep = len(raw) - len(added)
+    if any(raw[names.index(n)] != defaults[names.index(n)] for n in added):
+        return None
+    return raw[:keep]
 
 
 def decode_snapshot(data: bytes) -> ClusterState:

@@ -11,9 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hacluster.core import versions
 from hacluster.fsm import ClusterState, decode_snapshot, encode_snapshot, state_digest
 from hacluster.fsm import commands as c
-from hacluster.fsm.codec import SNAPSHOT_FORMAT, SnapshotError, SnapshotTooNew, UnreadableLog
+from hacluster.fsm.codec import (
+    SNAPSHOT_FORMAT,
+    SnapshotError,
+    SnapshotTooNew,
+    UnreadableLog,
+    snapshot_format,
+)
 from hacluster.fsm.model import (
     BmcOverride,
     FenceDevice,
@@ -52,7 +59,10 @@ def busy_cluster() -> Cluster:
     cluster.fail_fence("h2")
     cluster.ok(c.SetHostMaintenance(name="h4", on=True))
     cluster.ok(c.ReportHostLoad(name="h3", load=1.25))
-    cluster.ok(c.AnnounceVersions(name="h3", commands=(("add-host", 1), ("frobnicate", 2)),
+    for name in ("h1", "h2", "h4", "h5"):  # this release everywhere: snapshots in its format
+        cluster.ok(versions.announcement(cluster.state, name))
+    mine = versions.this_peer("h3")
+    cluster.ok(c.AnnounceVersions(name="h3", commands=(*mine.commands, ("frobnicate", 2)),
                                   entry_formats=(1, 2)))
     return cluster
 
@@ -129,9 +139,12 @@ def test_garbage_is_a_snapshot_error() -> None:
 
 
 def test_round_trip_keeps_the_version_announcements() -> None:
-    restored = decode_snapshot(encode_snapshot(busy_cluster().state))
-    assert restored.versions == {"h3": HostVersions("h3", (("add-host", 1), ("frobnicate", 2)),
-                                                    (1, 2))}
+    state = busy_cluster().state
+    restored = decode_snapshot(encode_snapshot(state))
+    assert set(restored.versions) == {"h1", "h2", "h3", "h4", "h5"}
+    assert restored.versions == state.versions
+    assert ("frobnicate", 2) in restored.versions["h3"].commands
+    assert isinstance(restored.versions["h3"], HostVersions)
 
 
 def test_format_1_is_migrated_with_no_announcements() -> None:
@@ -145,8 +158,9 @@ def test_format_1_is_migrated_with_no_announcements() -> None:
     restored = decode_snapshot(_pack(doc))
     assert restored.versions == {}
     assert restored == dataclasses.replace(state, versions={})
-    assert decode_snapshot(encode_snapshot(restored)) == restored  # written as the new format
-    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 7
+    assert decode_snapshot(encode_snapshot(restored)) == restored
+    # nobody announced: hosts of releases before 0.3.0, which read format 6 at most
+    assert msgpack.unpackb(encode_snapshot(restored))["format"] == 6
 
 
 def _before_format_7(doc: dict[str, Any]) -> None:
@@ -389,3 +403,29 @@ def test_format_5_is_migrated_with_the_default_shutdown_policies() -> None:
     assert restored == state
     assert restored.settings.shutdown_policy.value == "freeze"
     assert all(h.shutdown_policy == h.shutdown == "" for h in restored.hosts.values())
+
+
+def test_while_an_older_release_is_in_the_cluster_snapshots_are_written_as_it_reads() -> None:
+    """A rolling upgrade: h3 still runs 0.2.0 (no host-fencing, snapshot format 6). A
+    snapshot the new peers send it must be one it reads, and carry the same state."""
+    cluster = busy_cluster()
+    older = tuple(t for t in versions.this_peer("h3").commands if t[0] != "host-fencing")
+    cluster.ok(c.AnnounceVersions(name="h3", commands=older, entry_formats=(1, 2)))
+    state = cluster.state
+    assert snapshot_format(state) == 6
+    data = encode_snapshot(state)
+    assert msgpack.unpackb(data)["format"] == 6
+    assert decode_snapshot(data) == state
+    upgraded = versions.announcement(state, "h3")
+    assert upgraded is not None
+    cluster.ok(upgraded)
+    assert msgpack.unpackb(encode_snapshot(cluster.state))["format"] == SNAPSHOT_FORMAT
+
+
+def test_a_state_that_does_not_fit_the_older_format_keeps_the_newer_one() -> None:
+    cluster = busy_cluster()
+    cluster.ok(c.TagHost(name="h1", tag="ssd"))  # (the version gate would have refused it)
+    older = tuple(t for t in versions.this_peer("h3").commands if t[0] != "host-fencing")
+    cluster.ok(c.AnnounceVersions(name="h3", commands=older, entry_formats=(1, 2)))
+    assert snapshot_format(cluster.state) == SNAPSHOT_FORMAT
+    assert decode_snapshot(encode_snapshot(cluster.state)) == cluster.state
