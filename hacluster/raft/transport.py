@@ -18,10 +18,12 @@
 * If accept() fails (out of file descriptors), pysyncobj closes its listening socket
   for good: we bind it again.
 * While a rebuilt peer catches up it drops vote requests (it must not vote with an
-  empty log: it may have acknowledged entries it no longer has). If it kept a term
-  above the leader's (its meta file survived), pysyncobj would ignore that leader's
-  append_entries for ever: it tells the leader its term instead (a vote request it
-  cannot win), so the others elect a leader above it, whom it follows.
+  empty log: it may have acknowledged entries it no longer has).
+* A peer whose term is above the leader's (it stood for an election whose vote requests
+  a cut dropped, or a rebuilt peer whose meta file survived) would see pysyncobj ignore
+  that leader's append_entries for ever, and with pre-vote it cannot win an election to
+  move on: it tells the leader its term (a vote request it cannot win), so the leader
+  steps down and the others elect a leader above it, whom it follows.
 * A leader keeps each follower's nextIndex monotonic on successful acknowledgements
   (pipelining), see `_onMessageReceived`.
 * Read index: a leader's append_entries get a sequence number, a follower's answer
@@ -143,8 +145,10 @@ class DurableTransport(TCPTransport):
         now = monotonic()
         if isinstance(term, int) and term < ours and now - self._term_told.get(node, 0) > 1.0:
             self._term_told[node] = now
-            log.warning("rebuilt peer: leader %s is in term %d, below ours (%d): telling it",
-                        getattr(node, "id", node), term, ours)
+            log.warning("leader %s is in term %d, below ours (%d): telling it, so that it "
+                        "steps down and the next election takes us back", getattr(node, "id",
+                                                                                   node),
+                        term, ours)
             self.send(node, {"type": "request_vote", "term": ours, "last_log_index": 0,
                              "last_log_term": 0})
 
@@ -404,8 +408,11 @@ class DurableTransport(TCPTransport):
             return
         if kind == "append_entries":
             self._engine.ha_note_append(node, message)
-            if self._engine.abstains_from_voting():
-                self._tell_term_if_stale(node, message)
+            # pysyncobj ignores a leader of a lower term without a word. A peer that stood
+            # for election while cut off (or was rebuilt) keeps that higher term; with
+            # pre-vote it cannot win another election, so unless the leader learns our
+            # term nobody ever moves past it and this peer never catches up (soak seed 21).
+            self._tell_term_if_stale(node, message)
         elif kind == "next_node_idx":
             self._engine.ha_note_answer(node, message)
         if kind == "next_node_idx" and message.get("success") and not message.get("reset"):

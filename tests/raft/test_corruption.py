@@ -138,3 +138,30 @@ def test_a_rebuilt_peer_restarted_before_it_caught_up_still_does_not_vote(make_c
     victim.stop()
     victim.start()
     assert not victim.status()["abstaining"]
+
+
+def test_a_peer_that_stood_for_election_while_cut_off_catches_up(make_cluster):
+    """Its vote requests for a higher term were lost in a cut; it kept that term (meta
+    file) and came back behind the others. pysyncobj ignores a leader of a lower term and
+    pre-vote keeps this peer from winning an election: without telling the leader its
+    term it would never apply another entry (soak seed 21, default profile: h1 stuck at
+    term 6 while h2 led term 5)."""
+    c = make_cluster(3).start()
+    leader, term = c.wait_leader()
+    propose_all(leader, 10, "a")
+    c.wait_converged(min_count=10)
+    victim = next(p for p in c.peers if p is not leader)
+    victim.stop()
+    propose_all(leader, 5, "b")  # it falls behind: it cannot win a pre-vote
+    meta_path = os.path.join(victim.data_dir, META_NAME)
+    meta = load_meta(meta_path)
+    assert meta is not None
+    meta.term, meta.voted_for = term + 3, victim.address  # it voted for itself
+    with open(meta_path, "wb") as f:
+        f.write(encode_meta(meta))
+    victim.start()
+    c.wait_converged(min_count=15)
+    new_leader, new_term = c.wait_leader()
+    assert new_term > term + 3
+    propose_all(new_leader, 3, "c")
+    c.wait_converged(min_count=18)
