@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 from typing import Any
 
@@ -138,6 +139,10 @@ def add_parser(sub: Any) -> None:
     soak.set_defaults(func=cmd_soak)
 
 
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_soak(args: argparse.Namespace) -> int:
     from hacluster.lab.cluster import lab_unavailable
     from hacluster.lab.nemesis.schedule import KINDS
@@ -158,7 +163,14 @@ def cmd_soak(args: argparse.Namespace) -> int:
     if reason:
         print(f"hacluster soak: a lab cluster cannot run here: {reason}", file=sys.stderr)
         return 2
-    result = Soak(config, say=lambda line: print(line, flush=True)).run()
+    # SIGTERM (a CI timeout, `kill`) tears the lab down as Ctrl-C does: without this the
+    # namespaces, nft tables, mounts and every peer and libvirtd of the lab would linger
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        result = Soak(config, say=lambda line: print(line, flush=True)).run()
+    except KeyboardInterrupt:
+        print("hacluster soak: interrupted; the lab was taken down", file=sys.stderr)
+        return 130
     print(render(result), flush=True)
     if args.json:
         print(json.dumps(result.summary()), flush=True)
