@@ -9,7 +9,7 @@ Formats 1 and 2 had no settings.probe_after_s, formats 1 to 3 no settings.fence_
 settings.watchdog_margin_s and host.watchdog, formats 1 to 4 no host.heartbeat_paths,
 host.storage_check and fence.storage, formats 1 to 5 no settings.shutdown_policy,
 host.shutdown_policy, host.shutdown, vm.migrate_tried and vm.tried_hosts: they load with
-their defaults.)
+their defaults. Formats 1 to 6 had no failback: `_migrate_failback` fills it in.)
 
 What this peer cannot read, it never skips: `apply` raises `UnreadableEntry`, and a
 snapshot of a newer format raises `SnapshotTooNew`; both are `UnreadableLog`, on which
@@ -27,6 +27,7 @@ from typing import Any
 import msgpack
 
 from hacluster.fsm.commands import COMMANDS_BY_TYPE, Command, Envelope, Undecodable
+from hacluster.fsm.context import NOT_READY_AFTER
 from hacluster.fsm.model import (
     ClusterState,
     FenceAction,
@@ -36,6 +37,7 @@ from hacluster.fsm.model import (
     Settings,
     Vm,
 )
+from hacluster.fsm.states import FENCE_PENDING_HOSTS
 from hacluster.fsm.wire import (
     WireError,
     decode_dataclass,
@@ -46,8 +48,8 @@ from hacluster.fsm.wire import (
 
 ENTRY_FORMAT = 2
 ENTRY_FORMATS = (1, 2)  # formats this peer reads
-SNAPSHOT_FORMAT = 6
-SNAPSHOT_FORMATS = (1, 2, 3, 4, 5, 6)  # formats this peer loads (older ones are migrated on load)
+SNAPSHOT_FORMAT = 7
+SNAPSHOT_FORMATS = (1, 2, 3, 4, 5, 6, 7)  # formats this peer loads (older ones are migrated on load)
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
 
@@ -216,7 +218,18 @@ def decode_snapshot(data: bytes) -> ClusterState:
         )
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise SnapshotError(f"snapshot content is invalid: {exc}") from None
+    if found < 7:
+        _migrate_failback(state)
     return state
+
+
+def _migrate_failback(state: ClusterState) -> None:
+    """Format 6 and older knew no failback readiness: a host that is fenced, in a fence
+    or in maintenance now counts as not ready, as if it had entered that state since
+    (fsm/context.py NOT_READY_AFTER); the others are ready, as the default says."""
+    for name, host in state.hosts.items():
+        if host.state in NOT_READY_AFTER or host.state in FENCE_PENDING_HOSTS:
+            state.hosts[name] = dataclasses.replace(host, failback_ready=False)
 
 
 # snapshot format -> the record fields it added (always at the end of their record)
@@ -226,6 +239,9 @@ FIELDS_ADDED: dict[int, dict[type, tuple[str, ...]]] = {
     5: {Host: ("heartbeat_paths", "storage_check"), FenceRecord: ("storage",)},
     6: {Settings: ("shutdown_policy",), Host: ("shutdown_policy", "shutdown"),
         Vm: ("migrate_tried", "tried_hosts")},
+    7: {Settings: ("failback_max_concurrent", "failback_stickiness", "failback_hold_down_s",
+                   "failback_ready_after_s"), Host: ("failback_ready",),
+        Vm: ("preferred_hosts", "failback")},
 }
 
 

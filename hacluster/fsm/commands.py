@@ -16,6 +16,7 @@ from hacluster.fsm.model import (
     BmcOverride,
     BmcSettings,
     Desired,
+    Failback,
     FenceAction,
     FenceFallback,
     FenceResult,
@@ -163,11 +164,19 @@ class ReportHostLoad(Command):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SetHostMaintenance(Command):
     """on: drain the host by live migration, then hold it in maintenance.
-    off: make it schedulable again."""
+    off: make it schedulable again. Version 2 added `ready` (with off: `hactl host
+    ready`, an operator's statement that the host may take VMs back by failback)."""
 
     TYPE = "host-maintenance"
+    VERSION = 2
+    READS = (1, 2)
+    ADDED = (("ready", 2),)
     name: str
     on: bool
+    ready: bool = False
+
+    def wire_version(self) -> int:
+        return 2 if self.ready else 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -363,6 +372,15 @@ class AddVm(Command):
     anti_affinity: str = ""
     max_restarts: int = 2
     max_relocates: int = 1
+    preferred_hosts: tuple[tuple[str, int], ...] = ()
+    failback: Failback = Failback.NEVER
+
+    VERSION = 2  # version 2 added preferred_hosts and failback (fsm/failback.py)
+    READS = (1, 2)
+    ADDED = (("preferred_hosts", 2), ("failback", 2))
+
+    def wire_version(self) -> int:
+        return 2 if self.preferred_hosts or self.failback is not Failback.NEVER else 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -384,6 +402,15 @@ class SetVmOptions(Command):
     max_restarts: int | None = None
     max_relocates: int | None = None
     xml: str | None = None
+    preferred_hosts: tuple[tuple[str, int], ...] | None = None
+    failback: Failback | None = None
+
+    VERSION = 2  # version 2 added preferred_hosts and failback (fsm/failback.py)
+    READS = (1, 2)
+    ADDED = (("preferred_hosts", 2), ("failback", 2))
+
+    def wire_version(self) -> int:
+        return 1 if self.preferred_hosts is None and self.failback is None else 2
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -408,6 +435,17 @@ class MakeRoom(Command):
 
     TYPE = "make-room"
     name: str  # the pending VM
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FailbackVm(Command):
+    """Proposed by the leader: live-migrate a VM whose failback policy is auto back to
+    its best preferred host. Apply checks again on the committed state (fsm/failback.py:
+    the host ready, the score margin, the hold-down, the concurrency bound, capacity)."""
+
+    TYPE = "vm-failback"
+    name: str
+    target: str
 
 
 # What an agent observed for a VM placement it was given.
@@ -476,12 +514,15 @@ class VmReport(Command):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SetSettings(Command):
     """Change replicated settings; fields left None keep their value.
-    Version 2 added probe_after_s, version 3 fence_fallback and watchdog_margin_s."""
+    Version 2 added probe_after_s, version 3 fence_fallback and watchdog_margin_s,
+    version 4 the failback settings."""
 
     TYPE = "settings"
-    VERSION = 3
-    READS = (1, 2, 3)
-    ADDED = (("probe_after_s", 2), ("fence_fallback", 3), ("watchdog_margin_s", 3))
+    VERSION = 4
+    READS = (1, 2, 3, 4)
+    ADDED = (("probe_after_s", 2), ("fence_fallback", 3), ("watchdog_margin_s", 3),
+             ("failback_max_concurrent", 4), ("failback_stickiness", 4),
+             ("failback_hold_down_s", 4), ("failback_ready_after_s", 4))
     fence_cap: int | None = None
     fence_window_s: float | None = None
     fence_action: FenceAction | None = None
@@ -498,8 +539,14 @@ class SetSettings(Command):
     probe_after_s: float | None = None
     fence_fallback: FenceFallback | None = None
     watchdog_margin_s: float | None = None
+    failback_max_concurrent: int | None = None
+    failback_stickiness: int | None = None
+    failback_hold_down_s: float | None = None
+    failback_ready_after_s: float | None = None
 
     def wire_version(self) -> int:
+        if any(getattr(self, name) is not None for name, since in self.ADDED if since == 4):
+            return 4
         if self.fence_fallback is not None or self.watchdog_margin_s is not None:
             return 3
         return 1 if self.probe_after_s is None else 2
@@ -559,6 +606,7 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     SetVmDesired,
     MigrateVm,
     MakeRoom,
+    FailbackVm,
     VmReport,
     SetSettings,
     SetBmcDefaults,

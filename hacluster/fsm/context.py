@@ -18,6 +18,10 @@ from hacluster.fsm.states import (
     vm_edge_allowed,
 )
 
+# Entering these, a host stops being ready to take VMs back (fsm/failback.py) until an
+# operator says `hactl host ready` (or failback_ready_after_s passes online).
+NOT_READY_AFTER = frozenset({HostState.FENCING, HostState.FENCED, HostState.DRAINING,
+                             HostState.MAINTENANCE})
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -86,6 +90,8 @@ class Ctx:
             raise IllegalEdge(f"host {host.name}: {host.state.value} -> {new.value}")
         if new not in STORAGE_CHECKED_HOSTS and host.storage_check != StorageCheck():
             changes.setdefault("storage_check", StorageCheck())  # that episode is over
+        if new in NOT_READY_AFTER:  # it takes VMs back only once ready again (failback)
+            changes.setdefault("failback_ready", False)
         updated = self.put_host(host, state=new, reason=reason, since=self.now, **changes)
         self.emit(ev.HOST_STATE, host.name, reason, **{"from": host.state.value, "to": new.value})
         if new is HostState.ONLINE:

@@ -53,6 +53,13 @@ class ShutdownPolicy(enum.StrEnum):
     FAILOVER = "failover"  # shut them down, record that, then start them elsewhere
 
 
+class Failback(enum.StrEnum):
+    """Whether a VM returns to its best preferred host once that host is ready again."""
+
+    NEVER = "never"  # it stays where it is (the behaviour before failback existed)
+    AUTO = "auto"  # live-migrated back, bounded and sticky (fsm/failback.py)
+
+
 class HaPolicy(enum.StrEnum):
     RESTART = "restart"
     NONE = "none"
@@ -199,6 +206,14 @@ class Settings:
     watchdog_margin_s: float = 2.0
     # What a peer stopped by SIGTERM does with its VMs (a host may override it).
     shutdown_policy: ShutdownPolicy = ShutdownPolicy.FREEZE
+    # Failback (fsm/failback.py): live migrations back to preferred hosts at a time, the
+    # score a preferred host must beat the current one by, how long a VM stays after it
+    # last started or moved, and after how long online a returned host counts as ready
+    # without `hactl host ready` (0: only an operator's statement makes it ready).
+    failback_max_concurrent: int = 2
+    failback_stickiness: int = 0
+    failback_hold_down_s: float = 300.0
+    failback_ready_after_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +245,9 @@ class Host:
     storage_check: StorageCheck = StorageCheck()
     shutdown_policy: str = ""  # its own shutdown policy ("": the cluster's setting)
     shutdown: str = ""  # the policy of a planned shutdown under way ("": none)
+    # may take VMs back by failback: lost when it is fenced or enters maintenance
+    # (Ctx.set_host_state), restored by `hactl host ready` (SetHostMaintenance v2)
+    failback_ready: bool = True
 
     @property
     def runs_vms(self) -> bool:
@@ -264,6 +282,9 @@ class Vm:
     since: float = 0.0
     migrate_tried: tuple[str, ...] = ()  # targets whose live migration failed in this move
     tried_hosts: tuple[str, ...] = ()  # hosts it failed on since it last ran stably
+    # (host, score) best first: placement prefers higher scores (fsm/placement.py)
+    preferred_hosts: tuple[tuple[str, int], ...] = ()
+    failback: Failback = Failback.NEVER  # return to the best preferred host (fsm/failback.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,12 +85,27 @@ class Planner:
                       self.booked_vcpus[name])
 
     def choose(self, vm: Vm) -> Choice:
+        if vm.preferred_hosts:
+            return self._preferred(vm)
         for _, name in self.ranking:
             host = self.hosts[name]
             usage = self.usage[name]
             if not misfit(vm, host, usage, self.settings):
                 return Choice(name, _describe(self.selector, host, usage, self.settings))
         return Choice(None, self._why_nothing_fits(vm))
+
+    def _preferred(self, vm: Vm) -> Choice:
+        """A VM with preferred hosts: the best score among the hosts that fit (hosts it
+        does not prefer score 0), then the selector's ranking (fsm/failback.py)."""
+        scores = dict(vm.preferred_hosts)
+        fits = [(-scores.get(name, 0), rank, name) for rank, (_, name) in
+                enumerate(self.ranking)
+                if not misfit(vm, self.hosts[name], self.usage[name], self.settings)]
+        if not fits:
+            return Choice(None, self._why_nothing_fits(vm))
+        score, _, name = min(fits)
+        why = _describe(self.selector, self.hosts[name], self.usage[name], self.settings)
+        return Choice(name, f"preferred host (score {-score}), {why}" if score else why)
 
     def check(self, vm: Vm, name: str) -> Choice:
         """Can vm go to this particular host?"""

@@ -144,12 +144,20 @@ def test_format_1_is_migrated_with_no_announcements() -> None:
     assert restored.versions == {}
     assert restored == dataclasses.replace(state, versions={})
     assert decode_snapshot(encode_snapshot(restored)) == restored  # written as the new format
-    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 6
+    assert msgpack.unpackb(encode_snapshot(restored))["format"] == SNAPSHOT_FORMAT == 7
+
+
+def _before_format_7(doc: dict[str, Any]) -> None:
+    """No settings.failback_*, host.failback_ready, vm.preferred_hosts, vm.failback."""
+    doc["settings"] = doc["settings"][:-4]
+    doc["hosts"] = [h[:-1] for h in doc["hosts"]]
+    doc["vms"] = [v[:-2] for v in doc["vms"]]
 
 
 def _before_format_6(doc: dict[str, Any]) -> None:
-    """No settings.shutdown_policy, host.shutdown_policy, host.shutdown,
+    """... no settings.shutdown_policy, host.shutdown_policy, host.shutdown,
     vm.migrate_tried, vm.tried_hosts."""
+    _before_format_7(doc)
     doc["settings"] = doc["settings"][:-1]
     doc["hosts"] = [h[:-2] for h in doc["hosts"]]
     doc["vms"] = [v[:-2] for v in doc["vms"]]
@@ -211,6 +219,22 @@ def test_format_4_is_migrated_with_no_heartbeats_and_no_storage_checks() -> None
                                for r in state.fences]
 
 
+def test_format_6_is_migrated_with_no_preferences_and_fenced_hosts_not_ready() -> None:
+    """Before failback (format 6): no VM prefers a host nor fails back; a host fenced, in
+    a fence or in maintenance is not ready to take VMs back, the others are."""
+    state = busy_cluster().state
+    doc = _doc()
+    doc["format"] = 6
+    _before_format_7(doc)
+    restored = decode_snapshot(_pack(doc))
+    assert restored == state  # the live state lost readiness the same way
+    ready = {n: h.failback_ready for n, h in restored.hosts.items()}
+    assert ready == {"h1": False, "h2": False, "h3": True, "h4": False, "h5": True}
+    assert all(v.preferred_hosts == () and v.failback.value == "never"
+               for v in restored.vms.values())
+    assert restored.settings.failback_max_concurrent == 2
+
+
 def storage_cluster() -> Cluster:
     """busy_cluster, plus a host writing heartbeats, found active on storage, and a
     fence whose record carries a storage check."""
@@ -236,9 +260,9 @@ def test_round_trip_keeps_heartbeat_paths_and_storage_checks() -> None:
 
 def test_a_newer_format_is_refused_naming_both_formats() -> None:
     doc = _doc()
-    doc["format"] = 7
-    with pytest.raises(SnapshotTooNew, match=r"snapshot format 7 is newer than this peer "
-                       r"reads \(formats 1, 2, 3, 4, 5, 6\)") as raised:
+    doc["format"] = 8
+    with pytest.raises(SnapshotTooNew, match=r"snapshot format 8 is newer than this peer "
+                       r"reads \(formats 1, 2, 3, 4, 5, 6, 7\)") as raised:
         decode_snapshot(_pack(doc))
     assert isinstance(raised.value, UnreadableLog)  # the peer halts on it (exit code 76)
 
