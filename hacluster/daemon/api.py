@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from hacluster.core import versions
 from hacluster.core.explain import explain
 from hacluster.daemon import views
 from hacluster.daemon.history import matches
@@ -245,9 +246,21 @@ class Api:
 
     async def m_host_maintenance(self, ctx: CallContext,
                                  params: dict[str, Any]) -> dict[str, Any]:
-        p = validate_params(params, {"name": str, "on": bool})
+        p = validate_params(params, {"name": str, "on": bool,
+                                     "ready": optional(bool, default=False)})
         self._host(p["name"])
-        return await self._write(ctx, c.SetHostMaintenance(name=p["name"], on=p["on"]))
+        if p["ready"] and p["on"]:
+            raise RpcError(ErrorCode.BAD_PARAMS, "ready goes with maintenance off (hactl "
+                           "host ready HOST)", {"field": "ready"})
+        ready, note = p["ready"], ""
+        if ready:  # during a rolling upgrade: maintenance off, as before failback existed
+            with self._read() as state:
+                gate = versions.admit(state, c.SetHostMaintenance.TYPE, 2)
+            if not gate.admitted:
+                ready, note = False, f"maintenance off only; not marked ready: {gate.refusal}"
+        result = await self._write(ctx, c.SetHostMaintenance(name=p["name"], on=p["on"],
+                                                             ready=ready))
+        return {**result, "note": note} if note else result
 
     # ------------------------------------------------------------ VMs
 
@@ -271,7 +284,8 @@ class Api:
             "xml": str, "priority": optional(int, default=0), "ha": optional(str),
             "desired": optional(str), "allowed_hosts": optional(list),
             "anti_affinity": optional(str), "max_restarts": optional(int),
-            "max_relocates": optional(int), "memory_mib": optional(int), "vcpus": optional(int)})
+            "max_relocates": optional(int), "memory_mib": optional(int), "vcpus": optional(int),
+            "preferred_hosts": optional(list), "failback": optional(str)})
         problem = domain_xml_problem(p["xml"])  # the size first, then one careful parse
         if problem:
             raise RpcError(ErrorCode.BAD_PARAMS, problem, {"field": "xml"})
@@ -294,7 +308,8 @@ class Api:
             "name": str, "priority": optional(int), "ha": optional(str),
             "allowed_hosts": optional(list), "anti_affinity": optional(str),
             "max_restarts": optional(int), "max_relocates": optional(int),
-            "xml": optional(str)})
+            "xml": optional(str), "preferred_hosts": optional(list),
+            "failback": optional(str)})
         self._vm(p["name"])
         fields = {k: v for k, v in p.items() if v is not None}
         if len(fields) == 1:

@@ -53,6 +53,7 @@ def host_view(state: ClusterState, host: Host, lease_ages: dict[str, float] | No
         "shutdown": host.shutdown,
         "storage": {"heartbeat_paths": list(host.heartbeat_paths),
                     "check": storage_check_view(host.storage_check)},
+        "failback_ready": host.failback_ready,
     }
     if detail:
         view.update(addresses=list(host.addresses), raft_address=host.raft_address,
@@ -82,7 +83,9 @@ def vm_view(vm: Vm, detail: bool = False) -> dict[str, Any]:
         view.update(allowed_hosts=list(vm.allowed_hosts), anti_affinity=vm.anti_affinity,
                     max_restarts=vm.max_restarts, max_relocates=vm.max_relocates,
                     restarts=vm.restarts, relocates=vm.relocates, placement=vm.placement,
-                    since=vm.since, xml=vm.xml)
+                    since=vm.since, xml=vm.xml,
+                    preferred_hosts=[list(p) for p in vm.preferred_hosts],
+                    failback=vm.failback.value)
     return view
 
 

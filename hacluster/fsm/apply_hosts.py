@@ -176,6 +176,9 @@ def set_maintenance(ctx: Ctx, cmd: c.SetHostMaintenance) -> None:
     if cmd.ready and host.state in FENCE_PENDING_HOSTS:
         raise Refused(f"host {cmd.name} is {host.state.value}; it can be ready only once "
                       "its fence is confirmed", cmd.name)
+    if cmd.ready and host.state not in (H.DRAINING, H.MAINTENANCE):
+        _ready_for_failback(ctx, ctx.put_host(host, maintenance_wanted=False))
+        return
     host = _leave_maintenance(ctx, host)
     if cmd.ready:
         _ready_for_failback(ctx, host)

@@ -88,8 +88,10 @@ def ready_problem(host: Host | None, settings: Settings, now: float, name: str =
     """Why a host may not take VMs back now ("" when it may)."""
     if host is None or host.state is HostState.REMOVED:
         return f"host {name} is not in the cluster"
-    if host.state in (HostState.DRAINING, HostState.MAINTENANCE):
-        return f"host {host.name} is in maintenance ({host.state.value})"
+    if host.state is HostState.MAINTENANCE:
+        return f"host {host.name} is in maintenance"
+    if host.state is HostState.DRAINING:
+        return f"host {host.name} is draining for maintenance"
     if host.state is not HostState.ONLINE or not host.runs_vms:
         return f"host {host.name} is {host.state.value}" + \
             ("" if host.runs_vms else " (a witness runs no VMs)")

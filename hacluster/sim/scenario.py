@@ -18,7 +18,7 @@ events.txt, one per line, `#` starts a comment:
     TIME storage-cut|storage-restore HOST            (it writes and reads no shared storage)
     TIME crash VM
     TIME fault|clear-fault start-fails|stop-fails|migrate-fails VM [N | on HOST]
-    TIME hactl host maintenance HOST on|off
+    TIME hactl host maintenance HOST on|off | hactl host ready HOST
     TIME hactl fence confirm HOST REASON... | hactl fence retry HOST
     TIME hactl vm start|stop|disable|remove VM | hactl vm migrate VM [HOST]
     TIME hactl cluster maintenance on|off
@@ -38,6 +38,7 @@ disk_leases = true: a start is refused while a powered host runs the VM (libvirt
 manager with a shared lockspace).
 [[host]] storage = ["/pool"] makes its peer write storage heartbeats there (sim/storage.py);
 [[vm]] disks = ["/pool/db.qcow2"] gives the VM those disk files (written while it runs).
+[[vm]] takes AddVm's fields: preferred_hosts = [["h1", 100]], failback = "auto" (failback).
 """
 
 from __future__ import annotations
@@ -341,6 +342,8 @@ def hactl_command(args: list[str]) -> c.Command:
     match args:
         case ["host", "maintenance", host, ("on" | "off") as mode]:
             return c.SetHostMaintenance(name=host, on=mode == "on")
+        case ["host", "ready", host]:
+            return c.SetHostMaintenance(name=host, on=False, ready=True)
         case ["fence", "confirm", host, *reason]:
             return c.AdminConfirmFence(host=host, who="operator", reason=" ".join(reason))
         case ["fence", "retry", host]:
