@@ -49,7 +49,7 @@ from hacluster.fsm.wire import (
 ENTRY_FORMAT = 2
 ENTRY_FORMATS = (1, 2)  # formats this peer reads
 SNAPSHOT_FORMAT = 7
-SNAPSHOT_FORMATS = (1, 2, 3, 4, 5, 6, 7)  # formats this peer loads (older ones are migrated on load)
+SNAPSHOT_FORMATS = (1, 2, 3, 4, 5, 6, 7)  # formats this peer loads (older ones migrated)
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 
 
