@@ -160,7 +160,7 @@ def failback_vm(ctx: Ctx, cmd: c.FailbackVm) -> None:
     so now (fsm/failback.py): a repeated or stale proposal is refused, never doubled."""
     vm = ctx.vm(cmd.name)
     verdict = failback.judge(ctx.state, vm, ctx.now)
-    if verdict.target != cmd.target:
+    if not verdict.target or verdict.target != cmd.target:
         why = verdict.why if not verdict.target else f"its best target now is {verdict.target}"
         raise Refused(f"no failback of {cmd.name} to {cmd.target}: {why}", cmd.name)
     ctx.set_vm(vm, V.MIGRATING, f"{verdict.why}: live migration", target_host=cmd.target,

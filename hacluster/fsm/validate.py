@@ -422,6 +422,10 @@ def _set_vm_options(cmd: c.SetVmOptions, admission: bool) -> Iterator[Found]:
     yield "preferred_hosts", failback.preferences_problem(cmd.preferred_hosts or ())
 
 
+def _failback_vm(cmd: c.FailbackVm, admission: bool) -> Iterator[Found]:
+    yield "target", "" if cmd.target else "a failback needs its target host"
+
+
 def _vm_report(cmd: c.VmReport, admission: bool) -> Iterator[Found]:
     yield "observed", "" if cmd.observed in c.VM_REPORTS else f"unknown report {cmd.observed!r}"
     if admission:
@@ -528,6 +532,7 @@ _RULES: dict[type[c.Command], Any] = {
     c.AddVm: _add_vm,
     c.SetVmOptions: _set_vm_options,
     c.VmReport: _vm_report,
+    c.FailbackVm: _failback_vm,
     c.SetSettings: _set_settings,
     c.SetBmcDefaults: _bmc_defaults,
     c.PlannedShutdown: _planned_shutdown,  # new commands: apply checks them all alike
