@@ -361,6 +361,9 @@ class RetryFence(Command):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AddVm(Command):
     TYPE = "add-vm"
+    VERSION = 2  # version 2 added preferred_hosts and failback (fsm/failback.py)
+    READS = (1, 2)
+    ADDED = (("preferred_hosts", 2), ("failback", 2))
     name: str
     xml: str
     memory_mib: int
@@ -374,10 +377,6 @@ class AddVm(Command):
     max_relocates: int = 1
     preferred_hosts: tuple[tuple[str, int], ...] = ()
     failback: Failback = Failback.NEVER
-
-    VERSION = 2  # version 2 added preferred_hosts and failback (fsm/failback.py)
-    READS = (1, 2)
-    ADDED = (("preferred_hosts", 2), ("failback", 2))
 
     def wire_version(self) -> int:
         return 2 if self.preferred_hosts or self.failback is not Failback.NEVER else 1
@@ -394,6 +393,9 @@ class SetVmOptions(Command):
     """Change placement options; fields left None keep their value."""
 
     TYPE = "vm-set"
+    VERSION = 2  # version 2 added preferred_hosts and failback (fsm/failback.py)
+    READS = (1, 2)
+    ADDED = (("preferred_hosts", 2), ("failback", 2))
     name: str
     priority: int | None = None
     ha: HaPolicy | None = None
@@ -404,10 +406,6 @@ class SetVmOptions(Command):
     xml: str | None = None
     preferred_hosts: tuple[tuple[str, int], ...] | None = None
     failback: Failback | None = None
-
-    VERSION = 2  # version 2 added preferred_hosts and failback (fsm/failback.py)
-    READS = (1, 2)
-    ADDED = (("preferred_hosts", 2), ("failback", 2))
 
     def wire_version(self) -> int:
         return 1 if self.preferred_hosts is None and self.failback is None else 2

@@ -282,7 +282,8 @@ class Vm:
     since: float = 0.0
     migrate_tried: tuple[str, ...] = ()  # targets whose live migration failed in this move
     tried_hosts: tuple[str, ...] = ()  # hosts it failed on since it last ran stably
-    # (host, score) best first: placement prefers higher scores (fsm/placement.py)
+    # (host, score) as the operator listed them: placement prefers higher scores
+    # (fsm/placement.py), failback returns to the best ready one (fsm/failback.py)
     preferred_hosts: tuple[tuple[str, int], ...] = ()
     failback: Failback = Failback.NEVER  # return to the best preferred host (fsm/failback.py)
 
