@@ -163,8 +163,9 @@ def failback_vm(ctx: Ctx, cmd: c.FailbackVm) -> None:
     if not verdict.target or verdict.target != cmd.target:
         why = verdict.why if not verdict.target else f"its best target now is {verdict.target}"
         raise Refused(f"no failback of {cmd.name} to {cmd.target}: {why}", cmd.name)
-    ctx.set_vm(vm, V.MIGRATING, f"{verdict.why}: live migration", target_host=cmd.target,
-               placement=ctx.index, migrate_tried=())
+    head, _, better = verdict.why.partition("; ")  # (why not a better host, if any)
+    ctx.set_vm(vm, V.MIGRATING, f"{head}: live migration" + (f" ({better})" if better else ""),
+               target_host=cmd.target, placement=ctx.index, migrate_tried=())
 
 
 def vm_report(ctx: Ctx, cmd: c.VmReport) -> None:

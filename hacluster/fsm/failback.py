@@ -181,8 +181,10 @@ def _timing(state: ClusterState, vm: Vm, now: float, target: str, score: int, cu
         return Verdict("", f"{before}concurrency limit: {count} failback migration(s) in "
                        f"flight (failback_max_concurrent {settings.failback_max_concurrent})",
                        best)
-    return Verdict(target, f"{before}{FAILING_BACK} {target} (score {score}, {vm.host} "
-                   f"{current})", best)
+    # (the reason starts with FAILING_BACK: that is how `in_flight` counts the move)
+    better = f"; {'; '.join(reasons)}" if reasons else ""
+    return Verdict(target, f"{FAILING_BACK} {target} (score {score}, {vm.host} "
+                   f"{current}){better}", best)
 
 
 def wanted(state: ClusterState, now: float) -> list[tuple[str, str]]:

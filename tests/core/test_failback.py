@@ -189,7 +189,13 @@ def test_a_lower_preferred_host_is_used_while_a_better_one_cannot_take_it() -> N
     assert cl.vm("db").host == "h2"
     cl.ok(c.SetHostMaintenance(name="h3", on=False, ready=True))
     verdict = failback.judge(cl.state, cl.vm("db"), later(cl))
-    assert verdict.target == "h3" and verdict.why.startswith("host h1 is back but not ready")
+    assert verdict.target == "h3" and verdict.why == \
+        "failback to h3 (score 50, h2 0); host h1 is back but not ready: waiting for " \
+        "`hactl host ready h1`"
+    fail_back(cl, "db", "h3")
+    assert failback.in_flight(cl.state) == ["db"]  # counted against the bound
+    assert cl.vm("db").reason == "failback to h3 (score 50, h2 0): live migration (host h1 " \
+        "is back but not ready: waiting for `hactl host ready h1`)"
 
 
 # ---------------------------------------------------------------- bounds
