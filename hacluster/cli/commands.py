@@ -96,11 +96,30 @@ def _events(a: argparse.Namespace) -> dict[str, Any]:
 
 def _vm_options(a: argparse.Namespace) -> dict[str, Any]:
     params = _given(a, "priority", "ha", "anti_affinity", "max_restarts", "max_relocates",
-                    "colocation")
+                    "colocation", "failback")
     for listed in ("allowed_hosts", "start_after", "required_tags"):
         if getattr(a, listed) is not None:  # "" clears the list
             params[listed] = _csv(getattr(a, listed))
+    if a.prefer is not None:
+        params["preferred_hosts"] = parse_preferred(a.prefer)
     return params
+
+
+def parse_preferred(text: str) -> list[list[Any]]:
+    """`h1=100,h2=50` -> [["h1", 100], ["h2", 50]]; a host without a score gets 100 less
+    10 for each host listed before it (`h1,h2`: 100, 90); "" clears the list."""
+    out: list[list[Any]] = []
+    for place, item in enumerate(_csv(text)):
+        name, sep, score = item.partition("=")
+        if not sep:
+            out.append([name, max(1, 100 - 10 * place)])
+            continue
+        try:
+            out.append([name, int(score)])
+        except ValueError:
+            raise ValueError(f"--prefer {item!r}: the score after '=' must be a whole "
+                             "number (1 to 1000000)") from None
+    return out
 
 
 def read_domain_xml(path: str) -> str:
@@ -145,6 +164,10 @@ VM_OPTIONS: tuple[Arg, ...] = (
                          "host and move together ('' leaves the group)"}),
     (("--required-tags",), {"metavar": "T1,T2", "help": "run only on hosts carrying all "
                             "these tags (hactl host tag; '' clears)"}),
+    (("--prefer",), {"metavar": "H1=SCORE,H2", "help": "preferred hosts with scores (higher "
+                     "first; bare names 100, 90, ...; '' clears): placement prefers them"}),
+    (("--failback",), {"choices": ["never", "auto"], "help": "auto: live-migrate back to the "
+                       "best preferred host once it is ready (hactl host ready)"}),
 )
 NAME = (("name",), {"help": "name"})
 
@@ -186,9 +209,11 @@ COMMANDS: tuple[Spec, ...] = (
     Spec(("host", "drain"), "host.maintenance", "same as maintenance on",
          ("hactl host drain h2",), lambda a: {"name": a.name, "on": True}, (NAME,),
          completes=("host",)),
-    Spec(("host", "ready"), "host.maintenance", "same as maintenance off",
-         ("hactl host ready h2",), lambda a: {"name": a.name, "on": False}, (NAME,),
-         completes=("host",)),
+    Spec(("host", "ready"), "host.maintenance",
+         "maintenance off, and the host may take VMs back: VMs with failback auto that "
+         "prefer it return by live migration (a fenced or drained host waits for this)",
+         ("hactl host ready h2",), lambda a: {"name": a.name, "on": False, "ready": True},
+         (NAME,), completes=("host",)),
     Spec(("host", "tag"), "host.tag",
          "add or remove a host tag (VMs with --required-tags run only on hosts with them)",
          ("hactl host tag h2 add ssd", "hactl host tag h2 remove ssd"),
@@ -223,10 +248,11 @@ COMMANDS: tuple[Spec, ...] = (
     Spec(("vm", "remove"), "vm.remove", "forget a stopped VM", ("hactl vm remove db1",),
          _name, (NAME,), completes=("vm",)),
     Spec(("vm", "set"), "vm.set",
-         "change priority, limits, anti-affinity, relations, HA policy, caps",
+         "change priority, limits, anti-affinity, relations, HA policy, caps, preferred "
+         "hosts, failback",
          ("hactl vm set db1 --priority 20 --allowed-hosts h1,h2",
-          "hactl vm set app1 --start-after db1 --colocation shop --required-tags ssd"),
-         _vm_set,
+          "hactl vm set app1 --start-after db1 --colocation shop --required-tags ssd",
+          "hactl vm set db1 --prefer h1=100,h2=50 --failback auto"), _vm_set,
          (NAME, *VM_OPTIONS, (("--xml-file",), {"help": "new domain XML (next start)"})),
          completes=("vm",)),
     Spec(("vm", "start"), "vm.start", "desired started", ("hactl vm start db1",), _name,

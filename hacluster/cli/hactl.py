@@ -63,6 +63,7 @@ def run_command(args: argparse.Namespace, client: RpcClient,
 def _written(result: dict[str, Any]) -> str:
     lines = [f"committed at index {result['index']}"]
     lines += [f"  {render.event_line(e)}" for e in result.get("events", [])]
+    lines += [f"note: {result['note']}"] if result.get("note") else []
     return "\n".join(lines)
 
 

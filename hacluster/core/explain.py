@@ -3,7 +3,7 @@ where it would go if its host died now. Pure: reads the state only."""
 
 from __future__ import annotations
 
-from hacluster.fsm import relations
+from hacluster.fsm import failback, relations
 from hacluster.fsm.model import ClusterState, Desired, HaPolicy, Vm
 from hacluster.fsm.placement import Planner, plan
 from hacluster.fsm.room import MAKING_ROOM, MAX_MOVES
@@ -21,6 +21,7 @@ def explain(state: ClusterState, name: str) -> list[str]:
     lines += _tags(state, vm)
     lines += _host_context(state, vm)
     lines += _room(state, vm)
+    lines += _failback(state, vm)
     lines.append(_if_host_died(state, vm))
     return lines
 
@@ -111,6 +112,26 @@ def _room(state: ClusterState, vm: Vm) -> list[str]:
         return []
     return [f"room is being made for it: {', '.join(movers)} move away by live migration "
             f"(at most {MAX_MOVES} VMs, VMs without host limits only)"]
+
+
+def _failback(state: ClusterState, vm: Vm) -> list[str]:
+    """Its preferred hosts, and why it is not on the best one (fsm/failback.py), judged
+    at the replica's log time."""
+    if not vm.preferred_hosts:
+        return []
+    shown = ", ".join(f"{name} ({score})" for name, score in failback.ranked(vm))
+    lines = [f"preferred hosts: {shown}; failback {vm.failback.value}"]
+    verdict = failback.judge(state, vm, state.log_time)
+    if vm.state is VmState.MIGRATING and vm.reason.startswith(failback.FAILING_BACK):
+        lines.append(f"failing back to {vm.target_host} by live migration")
+    elif verdict.target:
+        lines.append(f"not on its preferred host {verdict.best} yet: it fails back to "
+                     f"{verdict.target} next")
+    elif verdict.why.startswith("on its preferred host"):
+        lines.append(verdict.why)
+    elif vm.host:
+        lines.append(f"not on its preferred host {verdict.best}: {verdict.why}")
+    return lines
 
 
 def _host_context(state: ClusterState, vm: Vm) -> list[str]:

@@ -39,7 +39,7 @@ from hacluster.core.quorum import QuorumGuard, StepDown
 from hacluster.core.silence import Challenge, ProbePower, SilenceWatch
 from hacluster.core.storage import CheckStorage, Gate, StorageRead, StorageWatch
 from hacluster.fsm import commands as c
-from hacluster.fsm import room
+from hacluster.fsm import failback, room
 from hacluster.fsm.apply_fence import (
     cap_reopens_at,
     fence_action_for,
@@ -61,6 +61,7 @@ H = HostState
 PROPOSAL_TIMEOUT_S = 10.0  # forget an unanswered proposal after this long
 CLOCK_RATE_MARGIN = 0.01  # a host's clock may run this much slower than the leader's
 ROOM_EVERY_S = 2.0  # how often the leader looks for a pending VM to make room for
+FAILBACK_EVERY_S = 2.0  # how often the leader looks for VMs to fail back
 REPEAT_AFTER_S = 1.0  # the same command for the same host at most this often
 
 
@@ -97,6 +98,7 @@ class Manager(QuorumGuard):
         self._led_since = -1e18  # when this leadership began (monotonic)
         self._acked: dict[str, float] = {}  # host -> when this leader last acked it
         self._room_checked = -1e18  # when _make_room last looked (fsm/room.py)
+        self._failback_checked = -1e18  # when _failback last looked (fsm/failback.py)
         self.watch = SilenceWatch()  # power reads and challenges (core/silence.py)
         self.storage = StorageWatch()  # storage activity checks (core/storage.py)
 
@@ -240,6 +242,23 @@ class Manager(QuorumGuard):
         out.extend(self._fences_to_run(state, now))
         out.extend(r for r in self._results.values() if self._may_send(r, now))
         out.extend(self._make_room(state, now))
+        out.extend(self._failback(state, now, log_now))
+        return out
+
+    def _failback(self, state: ClusterState, now: float, log_now: float) -> list[Decision]:
+        """VMs whose policy is failback auto go back to their best preferred host once it
+        is ready, a bounded number at a time (fsm/failback.py; apply checks again). The
+        hold-down and a host's time online count in log time, as apply counts them."""
+        if now - self._failback_checked < FAILBACK_EVERY_S or \
+                not versions.admit(state, c.FailbackVm.TYPE, c.FailbackVm.VERSION).admitted:
+            return []
+        self._failback_checked = now
+        out: list[Decision] = []
+        for name, target in failback.wanted(state, log_now):
+            d = Propose(c.FailbackVm(name=name, target=target), f"failback:{name}",
+                        f"{name} fails back to its preferred host {target}")
+            if self._may_send(d, now):
+                out.append(d)
         return out
 
     def _make_room(self, state: ClusterState, now: float) -> list[Decision]:

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from hacluster.core import versions
 from hacluster.core.explain import explain
 from hacluster.daemon import views
 from hacluster.daemon.api_fencing import FencingMethods
@@ -247,9 +248,21 @@ class Api(FencingMethods):
 
     async def m_host_maintenance(self, ctx: CallContext,
                                  params: dict[str, Any]) -> dict[str, Any]:
-        p = validate_params(params, {"name": str, "on": bool})
+        p = validate_params(params, {"name": str, "on": bool,
+                                     "ready": optional(bool, default=False)})
         self._host(p["name"])
-        return await self._write(ctx, c.SetHostMaintenance(name=p["name"], on=p["on"]))
+        if p["ready"] and p["on"]:
+            raise RpcError(ErrorCode.BAD_PARAMS, "ready goes with maintenance off (hactl "
+                           "host ready HOST)", {"field": "ready"})
+        ready, note = p["ready"], ""
+        if ready:  # during a rolling upgrade: maintenance off, as before failback existed
+            with self._read() as state:
+                gate = versions.admit(state, c.SetHostMaintenance.TYPE, 2)
+            if not gate.admitted:
+                ready, note = False, f"maintenance off only; not marked ready: {gate.refusal}"
+        result = await self._write(ctx, c.SetHostMaintenance(name=p["name"], on=p["on"],
+                                                             ready=ready))
+        return {**result, "note": note} if note else result
 
     async def m_host_tag(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         p = validate_params(params, {"name": str, "tag": str, "add": bool})

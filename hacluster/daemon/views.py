@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hacluster.core.bmc import NO_ADDRESS, bmc_health
+from hacluster.fsm import failback
 from hacluster.fsm.apply import frozen_by_fences
 from hacluster.fsm.apply_fence import cap_reopens_at, fences_in_window
 from hacluster.fsm.apply_shutdown import policy_of
@@ -13,6 +14,7 @@ from hacluster.fsm.model import (
     BmcOverride,
     BmcSettings,
     ClusterState,
+    Failback,
     FenceDevice,
     FenceFallback,
     FenceRecord,
@@ -56,6 +58,7 @@ def host_view(state: ClusterState, host: Host, lease_ages: dict[str, float] | No
         "storage": {"heartbeat_paths": list(host.heartbeat_paths),
                     "check": storage_check_view(host.storage_check)},
         "fence_levels": fence_levels_view(host),
+        "failback_ready": host.failback_ready,
     }
     if detail:
         view.update(addresses=list(host.addresses), raft_address=host.raft_address,
@@ -108,7 +111,9 @@ def vm_view(vm: Vm, detail: bool = False) -> dict[str, Any]:
                     max_restarts=vm.max_restarts, max_relocates=vm.max_relocates,
                     restarts=vm.restarts, relocates=vm.relocates, placement=vm.placement,
                     since=vm.since, xml=vm.xml, start_after=list(vm.start_after),
-                    colocation=vm.colocation, required_tags=list(vm.required_tags))
+                    colocation=vm.colocation, required_tags=list(vm.required_tags),
+                    preferred_hosts=[list(p) for p in vm.preferred_hosts],
+                    failback=vm.failback.value)
     return view
 
 
@@ -171,6 +176,7 @@ def waiting_for_operator(state: ClusterState) -> list[str]:
         if vm.state in (VmState.PENDING, VmState.ERROR):
             out.append(f"vm {name} is {vm.state.value}: {vm.reason}")
         out.extend(_order_waits(state, vm))
+    out.extend(_failback_waits(state))
     if state.settings.cluster_maintenance:
         out.append("cluster maintenance is on: no host will be fenced")
         for name, vms in frozen_by_fences(state).items():
@@ -215,3 +221,24 @@ def _storage_waits(state: ClusterState, host: Host) -> list[str]:
 def event_view(e: Event) -> dict[str, Any]:
     return {"index": e.index, "kind": e.kind, "subject": e.subject, "message": e.message,
             "data": dict(e.data)}
+
+
+def _failback_waits(state: ClusterState) -> list[str]:
+    """Online hosts not ready to take back the VMs with failback auto that prefer them
+    (fsm/failback.py): only an operator's `hactl host ready` lets them return."""
+    waiting: dict[str, list[str]] = {}
+    why: dict[str, str] = {}
+    for name in sorted(state.vms):
+        vm = state.vms[name]
+        if vm.failback is not Failback.AUTO or vm.state is not VmState.STARTED:
+            continue
+        best = failback.judge(state, vm, state.log_time).best
+        host = state.hosts.get(best)
+        if host is None or host.state is not HostState.ONLINE or vm.host == best:
+            continue
+        problem = failback.ready_problem(host, state.settings, state.log_time)
+        if problem.startswith(f"host {best} is back but not ready"):
+            waiting.setdefault(best, []).append(name)
+            why[best] = problem
+    return [f"{why[host]}; {', '.join(vms[:10])} would fail back there"
+            for host, vms in sorted(waiting.items())]

@@ -118,6 +118,7 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.SetVmDesired: apply_vms.set_vm_desired,
     c.MigrateVm: apply_vms.migrate_vm,
     c.MakeRoom: apply_vms.make_room,
+    c.FailbackVm: apply_vms.failback_vm,
     c.VmReport: apply_vms.vm_report,
     c.SetSettings: set_settings,
     c.SetBmcDefaults: set_bmc_defaults,

@@ -172,8 +172,28 @@ def set_maintenance(ctx: Ctx, cmd: c.SetHostMaintenance) -> None:
     host = ctx.host(cmd.name)
     if cmd.on:
         _enter_maintenance(ctx, host)
-    else:
-        _leave_maintenance(ctx, host)
+        return
+    if cmd.ready and host.state in FENCE_PENDING_HOSTS:
+        raise Refused(f"host {cmd.name} is {host.state.value}; it can be ready only once "
+                      "its fence is confirmed", cmd.name)
+    if cmd.ready and host.state not in (H.DRAINING, H.MAINTENANCE):
+        _ready_for_failback(ctx, ctx.put_host(host, maintenance_wanted=False))
+        return
+    host = _leave_maintenance(ctx, host)
+    if cmd.ready:
+        _ready_for_failback(ctx, host)
+
+
+def _ready_for_failback(ctx: Ctx, host: Host) -> None:
+    """`hactl host ready`: an operator states the host may take VMs back (fsm/failback.py)."""
+    if host.failback_ready:
+        ctx.emit(ev.HOST_UPDATED, host.name, "already ready: VMs that prefer it may fail back")
+        return
+    ctx.put_host(host, failback_ready=True)
+    ctx.emit(ev.HOST_UPDATED, host.name, f"ready, said {ctx.origin or 'an operator'}: VMs "
+             "that prefer it may fail back" + ("" if host.state is H.ONLINE else
+                                               f" once it is online ({host.state.value})"),
+             failback_ready=True)
 
 
 def _enter_maintenance(ctx: Ctx, host: Host) -> None:
@@ -195,17 +215,17 @@ def _enter_maintenance(ctx: Ctx, host: Host) -> None:
     continue_drain(ctx, host.name)
 
 
-def _leave_maintenance(ctx: Ctx, host: Host) -> None:
+def _leave_maintenance(ctx: Ctx, host: Host) -> Host:
     if host.state not in (H.DRAINING, H.MAINTENANCE):
         if host.maintenance_wanted:
-            ctx.put_host(host, maintenance_wanted=False)
+            host = ctx.put_host(host, maintenance_wanted=False)
         ctx.emit(ev.HOST_UPDATED, host.name, f"not in maintenance ({host.state.value})")
-        return
+        return host
     if host.agent_ready:
-        ctx.set_host_state(host, H.ONLINE, "maintenance off", maintenance_wanted=False)
-    else:  # fenced or new while in maintenance: its agent must report ready first
-        ctx.set_host_state(host, H.JOINING, "maintenance off; waiting for its agent to "
-                           "report ready", maintenance_wanted=False)
+        return ctx.set_host_state(host, H.ONLINE, "maintenance off", maintenance_wanted=False)
+    # fenced or new while in maintenance: its agent must report ready first
+    return ctx.set_host_state(host, H.JOINING, "maintenance off; waiting for its agent to "
+                              "report ready", maintenance_wanted=False)
 
 
 def set_host_bmc(ctx: Ctx, cmd: c.SetHostBmc) -> None:

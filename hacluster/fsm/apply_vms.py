@@ -7,10 +7,10 @@ import dataclasses
 
 from hacluster.fsm import commands as c
 from hacluster.fsm import events as ev
-from hacluster.fsm import placement, relations, room
+from hacluster.fsm import failback, placement, relations, room
 from hacluster.fsm.context import Ctx, Refused
 from hacluster.fsm.lifecycle import continue_drain, place, restart_or_relocate, stop_here
-from hacluster.fsm.model import Desired, Vm, stop_failure
+from hacluster.fsm.model import Desired, Failback, Vm, stop_failure
 from hacluster.fsm.states import VM_SHOULD_RUN, HostState, VmState
 from hacluster.fsm.validate import limits_problem
 
@@ -33,6 +33,8 @@ def add_vm(ctx: Ctx, cmd: c.AddVm) -> None:
         anti_affinity=cmd.anti_affinity,
         max_restarts=cmd.max_restarts,
         max_relocates=cmd.max_relocates,
+        preferred_hosts=cmd.preferred_hosts,
+        failback=cmd.failback,
         state=V.STOPPED,
         since=ctx.now,
         reason="defined",
@@ -83,7 +85,7 @@ def set_vm_options(ctx: Ctx, cmd: c.SetVmOptions) -> None:
     if problem:
         raise Refused(problem, cmd.name)
     ctx.state.put_vm(updated)
-    shown = ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items()) if k != "xml")
+    shown = ", ".join(f"{k}={_shown(v)}" for k, v in sorted(changes.items()) if k != "xml")
     ctx.emit(
         ev.VM_UPDATED,
         cmd.name,
@@ -91,6 +93,10 @@ def set_vm_options(ctx: Ctx, cmd: c.SetVmOptions) -> None:
     )
     if updated.state is V.PENDING:
         ctx.capacity_changed = True
+
+
+def _shown(value: object) -> str:
+    return repr(value.value if isinstance(value, Failback) else value)
 
 
 def set_vm_desired(ctx: Ctx, cmd: c.SetVmDesired) -> None:
@@ -165,6 +171,19 @@ def make_room(ctx: Ctx, cmd: c.MakeRoom) -> None:
                    placement=ctx.index, migrate_tried=())
     ctx.set_vm(vm, V.PENDING, f"waiting for room on {plan.host}: "
                f"{', '.join(n for n, _ in plan.moves)} move away by live migration")
+
+
+def failback_vm(ctx: Ctx, cmd: c.FailbackVm) -> None:
+    """Live-migrate a VM back to its preferred host, if the committed state still says
+    so now (fsm/failback.py): a repeated or stale proposal is refused, never doubled."""
+    vm = ctx.vm(cmd.name)
+    verdict = failback.judge(ctx.state, vm, ctx.now)
+    if not verdict.target or verdict.target != cmd.target:
+        why = verdict.why if not verdict.target else f"its best target now is {verdict.target}"
+        raise Refused(f"no failback of {cmd.name} to {cmd.target}: {why}", cmd.name)
+    head, _, better = verdict.why.partition("; ")  # (why not a better host, if any)
+    ctx.set_vm(vm, V.MIGRATING, f"{head}: live migration" + (f" ({better})" if better else ""),
+               target_host=cmd.target, placement=ctx.index, migrate_tried=())
 
 
 def vm_report(ctx: Ctx, cmd: c.VmReport) -> None:

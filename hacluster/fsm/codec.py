@@ -9,8 +9,9 @@ Formats 1 and 2 had no settings.probe_after_s, formats 1 to 3 no settings.fence_
 settings.watchdog_margin_s and host.watchdog, formats 1 to 4 no host.heartbeat_paths,
 host.storage_check and fence.storage, formats 1 to 5 no settings.shutdown_policy,
 host.shutdown_policy, host.shutdown, vm.migrate_tried and vm.tried_hosts, formats 1 to 6
-no host.tags, host.fence_levels, vm.start_after, vm.colocation and vm.required_tags: they
-load with their defaults.)
+no host.tags, host.fence_levels, host.failback_ready, vm.start_after, vm.colocation,
+vm.required_tags, vm.preferred_hosts, vm.failback and the failback settings: they load
+with their defaults.)
 
 What this peer cannot read, it never skips: `apply` raises `UnreadableEntry`, and a
 snapshot of a newer format raises `SnapshotTooNew`; both are `UnreadableLog`, on which
@@ -38,7 +39,7 @@ from hacluster.fsm.model import (
     Settings,
     Vm,
 )
-from hacluster.fsm.states import HostState
+from hacluster.fsm.releases import RELEASE_0_3_0, everyone_runs
 from hacluster.fsm.wire import (
     WireError,
     decode_dataclass,
@@ -208,28 +209,19 @@ def _pack_snapshot(state: ClusterState, fmt: int,
     return msgpack.packb(doc, use_bin_type=True)
 
 
-# snapshot format -> a command whose understanding a host's announcement (AnnounceVersions)
-# shows for the releases that read that format. Releases before 0.3.0 read formats up to 6.
-SNAPSHOT_FORMAT_READERS: dict[int, tuple[str, int]] = {7: ("host-fencing", 1)}
 OLDEST_WRITTEN_SNAPSHOT_FORMAT = 6  # what 0.2.0 writes and reads
 
 
 def snapshot_format(state: ClusterState) -> int:
-    """The newest format every host that is not removed reads, if the state fits in it
-    (its newer fields at their defaults, as the version gate keeps them while an older
-    host is in the cluster); else this peer's own format."""
-    fmt = SNAPSHOT_FORMAT
-    for name, host in state.hosts.items():
-        if host.state is HostState.REMOVED:
-            continue
-        known = state.versions.get(name)
-        commands = set(known.commands) if known is not None else set()
-        while fmt > OLDEST_WRITTEN_SNAPSHOT_FORMAT and \
-                SNAPSHOT_FORMAT_READERS.get(fmt, ("", 0)) not in commands:
-            fmt -= 1
-    if fmt < SNAPSHOT_FORMAT and not _fits(state, fmt):
+    """Format 7 once every host that is not removed runs 0.3.0 (fsm/releases.py), else
+    format 6, which 0.2.0 reads, if the state fits in it (the fields of format 7 at their
+    defaults, as the version gate and fsm/releases.py keep them while an older host is in
+    the cluster); else this peer's own format."""
+    if everyone_runs(state, RELEASE_0_3_0):
         return SNAPSHOT_FORMAT
-    return fmt
+    if _fits(state, OLDEST_WRITTEN_SNAPSHOT_FORMAT):
+        return OLDEST_WRITTEN_SNAPSHOT_FORMAT
+    return SNAPSHOT_FORMAT
 
 
 def _fits(state: ClusterState, fmt: int) -> bool:
@@ -294,8 +286,11 @@ FIELDS_ADDED: dict[int, dict[type, tuple[str, ...]]] = {
     5: {Host: ("heartbeat_paths", "storage_check"), FenceRecord: ("storage",)},
     6: {Settings: ("shutdown_policy",), Host: ("shutdown_policy", "shutdown"),
         Vm: ("migrate_tried", "tried_hosts")},
-    # 0.3.0: relations (host tags, start order, colocation), fencing levels
-    7: {Host: ("tags", "fence_levels"), Vm: ("start_after", "colocation", "required_tags")},
+    # 0.3.0: relations (host tags, start order, colocation), fencing levels, failback
+    7: {Settings: ("failback_max_concurrent", "failback_stickiness", "failback_hold_down_s",
+                   "failback_ready_after_s"),
+        Host: ("tags", "fence_levels", "failback_ready"),
+        Vm: ("start_after", "colocation", "required_tags", "preferred_hosts", "failback")},
 }
 
 

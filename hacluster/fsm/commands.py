@@ -16,6 +16,7 @@ from hacluster.fsm.model import (
     BmcOverride,
     BmcSettings,
     Desired,
+    Failback,
     FenceAction,
     FenceFallback,
     FenceLevel,
@@ -164,11 +165,19 @@ class ReportHostLoad(Command):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SetHostMaintenance(Command):
     """on: drain the host by live migration, then hold it in maintenance.
-    off: make it schedulable again."""
+    off: make it schedulable again. Version 2 added `ready` (with off: `hactl host
+    ready`, an operator's statement that the host may take VMs back by failback)."""
 
     TYPE = "host-maintenance"
+    VERSION = 2
+    READS = (1, 2)
+    ADDED = (("ready", 2),)
     name: str
     on: bool
+    ready: bool = False
+
+    def wire_version(self) -> int:
+        return 2 if self.ready else 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -350,20 +359,21 @@ class RetryFence(Command):
 # ---------------------------------------------------------------- VMs
 
 
-# Fields of the VM relations (start order, colocation, required host tags): version 2
-# of AddVm and SetVmOptions; a command that leaves them at their defaults is written
-# as version 1, which every release reads.
+# Fields of version 2 of AddVm and SetVmOptions (release 0.3.0): the VM relations (start
+# order, colocation, required host tags) and failback (preferred hosts, policy). A command
+# that leaves them at their defaults is written as version 1, which every release reads.
 RELATION_FIELDS = ("start_after", "colocation", "required_tags")
+FAILBACK_FIELDS = ("preferred_hosts", "failback")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class AddVm(Command):
-    """Version 2 added the VM relations (RELATION_FIELDS)."""
+    """Version 2 added the VM relations and failback (RELATION_FIELDS, FAILBACK_FIELDS)."""
 
     TYPE = "add-vm"
     VERSION = 2
     READS = (1, 2)
-    ADDED = tuple((f, 2) for f in RELATION_FIELDS)
+    ADDED = tuple((f, 2) for f in RELATION_FIELDS + FAILBACK_FIELDS)
     name: str
     xml: str
     memory_mib: int
@@ -378,9 +388,13 @@ class AddVm(Command):
     start_after: tuple[str, ...] = ()
     colocation: str = ""
     required_tags: tuple[str, ...] = ()
+    preferred_hosts: tuple[tuple[str, int], ...] = ()
+    failback: Failback = Failback.NEVER
 
     def wire_version(self) -> int:
-        return 2 if (self.start_after or self.colocation or self.required_tags) else 1
+        relations = self.start_after or self.colocation or self.required_tags
+        return 2 if relations or self.preferred_hosts or self.failback is not Failback.NEVER \
+            else 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -392,12 +406,12 @@ class RemoveVm(Command):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SetVmOptions(Command):
     """Change placement options; fields left None keep their value.
-    Version 2 added the VM relations (RELATION_FIELDS)."""
+    Version 2 added the VM relations and failback (RELATION_FIELDS, FAILBACK_FIELDS)."""
 
     TYPE = "vm-set"
     VERSION = 2
     READS = (1, 2)
-    ADDED = tuple((f, 2) for f in RELATION_FIELDS)
+    ADDED = tuple((f, 2) for f in RELATION_FIELDS + FAILBACK_FIELDS)
     name: str
     priority: int | None = None
     ha: HaPolicy | None = None
@@ -409,10 +423,13 @@ class SetVmOptions(Command):
     start_after: tuple[str, ...] | None = None
     colocation: str | None = None
     required_tags: tuple[str, ...] | None = None
+    preferred_hosts: tuple[tuple[str, int], ...] | None = None
+    failback: Failback | None = None
 
     def wire_version(self) -> int:
-        relations = (self.start_after, self.colocation, self.required_tags)
-        return 1 if all(value is None for value in relations) else 2
+        added = (self.start_after, self.colocation, self.required_tags,
+                 self.preferred_hosts, self.failback)
+        return 1 if all(value is None for value in added) else 2
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -437,6 +454,17 @@ class MakeRoom(Command):
 
     TYPE = "make-room"
     name: str  # the pending VM
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FailbackVm(Command):
+    """Proposed by the leader: live-migrate a VM whose failback policy is auto back to
+    its best preferred host. Apply checks again on the committed state (fsm/failback.py:
+    the host ready, the score margin, the hold-down, the concurrency bound, capacity)."""
+
+    TYPE = "vm-failback"
+    name: str
+    target: str
 
 
 # What an agent observed for a VM placement it was given.
@@ -516,12 +544,15 @@ class TagHost(Command):
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SetSettings(Command):
     """Change replicated settings; fields left None keep their value.
-    Version 2 added probe_after_s, version 3 fence_fallback and watchdog_margin_s."""
+    Version 2 added probe_after_s, version 3 fence_fallback and watchdog_margin_s,
+    version 4 the failback settings."""
 
     TYPE = "settings"
-    VERSION = 3
-    READS = (1, 2, 3)
-    ADDED = (("probe_after_s", 2), ("fence_fallback", 3), ("watchdog_margin_s", 3))
+    VERSION = 4
+    READS = (1, 2, 3, 4)
+    ADDED = (("probe_after_s", 2), ("fence_fallback", 3), ("watchdog_margin_s", 3),
+             ("failback_max_concurrent", 4), ("failback_stickiness", 4),
+             ("failback_hold_down_s", 4), ("failback_ready_after_s", 4))
     fence_cap: int | None = None
     fence_window_s: float | None = None
     fence_action: FenceAction | None = None
@@ -538,8 +569,14 @@ class SetSettings(Command):
     probe_after_s: float | None = None
     fence_fallback: FenceFallback | None = None
     watchdog_margin_s: float | None = None
+    failback_max_concurrent: int | None = None
+    failback_stickiness: int | None = None
+    failback_hold_down_s: float | None = None
+    failback_ready_after_s: float | None = None
 
     def wire_version(self) -> int:
+        if any(getattr(self, name) is not None for name, since in self.ADDED if since == 4):
+            return 4
         if self.fence_fallback is not None or self.watchdog_margin_s is not None:
             return 3
         return 1 if self.probe_after_s is None else 2
@@ -610,6 +647,7 @@ ALL_COMMANDS: tuple[type[Command], ...] = (
     SetVmDesired,
     MigrateVm,
     MakeRoom,
+    FailbackVm,
     VmReport,
     SetSettings,
     SetBmcDefaults,

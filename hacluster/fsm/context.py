@@ -10,6 +10,7 @@ from typing import Any
 from hacluster.fsm import events as ev
 from hacluster.fsm.events import Event
 from hacluster.fsm.model import ClusterState, Host, StorageCheck, Vm
+from hacluster.fsm.releases import RELEASE_0_3_0, everyone_runs
 from hacluster.fsm.states import (
     STORAGE_CHECKED_HOSTS,
     HostState,
@@ -18,6 +19,10 @@ from hacluster.fsm.states import (
     vm_edge_allowed,
 )
 
+# Entering these, a host stops being ready to take VMs back (fsm/failback.py) until an
+# operator says `hactl host ready` (or failback_ready_after_s passes online).
+NOT_READY_AFTER = frozenset({HostState.FENCING, HostState.FENCED, HostState.DRAINING,
+                             HostState.MAINTENANCE})
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -86,6 +91,10 @@ class Ctx:
             raise IllegalEdge(f"host {host.name}: {host.state.value} -> {new.value}")
         if new not in STORAGE_CHECKED_HOSTS and host.storage_check != StorageCheck():
             changes.setdefault("storage_check", StorageCheck())  # that episode is over
+        # it takes VMs back only once ready again (failback); tracked once every host
+        # runs 0.3.0: an older peer's snapshot cannot hold it (fsm/releases.py)
+        if new in NOT_READY_AFTER and everyone_runs(self.state, RELEASE_0_3_0):
+            changes.setdefault("failback_ready", False)
         updated = self.put_host(host, state=new, reason=reason, since=self.now, **changes)
         self.emit(ev.HOST_STATE, host.name, reason, **{"from": host.state.value, "to": new.value})
         if new is HostState.ONLINE:

@@ -53,6 +53,13 @@ class ShutdownPolicy(enum.StrEnum):
     FAILOVER = "failover"  # shut them down, record that, then start them elsewhere
 
 
+class Failback(enum.StrEnum):
+    """Whether a VM returns to its best preferred host once that host is ready again."""
+
+    NEVER = "never"  # it stays where it is (the behaviour before failback existed)
+    AUTO = "auto"  # live-migrated back, bounded and sticky (fsm/failback.py)
+
+
 class HaPolicy(enum.StrEnum):
     RESTART = "restart"
     NONE = "none"
@@ -199,6 +206,14 @@ class Settings:
     watchdog_margin_s: float = 2.0
     # What a peer stopped by SIGTERM does with its VMs (a host may override it).
     shutdown_policy: ShutdownPolicy = ShutdownPolicy.FREEZE
+    # Failback (fsm/failback.py): live migrations back to preferred hosts at a time, the
+    # score a preferred host must beat the current one by, how long a VM stays after it
+    # last started or moved, and after how long online a returned host counts as ready
+    # without `hactl host ready` (0: only an operator's statement makes it ready).
+    failback_max_concurrent: int = 2
+    failback_stickiness: int = 0
+    failback_hold_down_s: float = 300.0
+    failback_ready_after_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +248,9 @@ class Host:
     tags: tuple[str, ...] = ()  # sorted; VMs may require them (Vm.required_tags)
     # its fencing levels, tried in order (`SetHostFencing`); () = its BMC is level 1
     fence_levels: tuple[FenceLevel, ...] = ()
+    # may take VMs back by failback: lost when it is fenced or enters maintenance
+    # (Ctx.set_host_state), restored by `hactl host ready` (SetHostMaintenance v2)
+    failback_ready: bool = True
 
     @property
     def runs_vms(self) -> bool:
@@ -271,6 +289,10 @@ class Vm:
     start_after: tuple[str, ...] = ()
     colocation: str = ""  # group name; members are kept together on one host
     required_tags: tuple[str, ...] = ()  # runs only on hosts carrying all of these tags
+    # (host, score) as the operator listed them: placement prefers higher scores
+    # (fsm/placement.py), failback returns to the best ready one (fsm/failback.py)
+    preferred_hosts: tuple[tuple[str, int], ...] = ()
+    failback: Failback = Failback.NEVER  # return to the best preferred host (fsm/failback.py)
 
 
 @dataclass(frozen=True, slots=True)

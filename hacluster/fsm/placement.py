@@ -100,6 +100,8 @@ class Planner:
                       self.booked_vcpus[name])
 
     def choose(self, vm: Vm) -> Choice:
+        if vm.preferred_hosts:
+            return self._preferred(vm)
         for _, name in self.ranking:
             host = self.hosts[name]
             usage = self.usage[name]
@@ -141,6 +143,19 @@ class Planner:
         parts = [f"{w} ({_names(sorted(h))})" for w, h in sorted(why.items())]
         return Choice(None, f"colocation group {group} ({names}) fits on no host together"
                       + (": " + "; ".join(parts) if parts else ": no schedulable host"))
+
+    def _preferred(self, vm: Vm) -> Choice:
+        """A VM with preferred hosts: the best score among the hosts that fit (hosts it
+        does not prefer score 0), then the selector's ranking (fsm/failback.py)."""
+        scores = dict(vm.preferred_hosts)
+        fits = [(-scores.get(name, 0), rank, name) for rank, (_, name) in
+                enumerate(self.ranking)
+                if not self._misfit(vm, name)]
+        if not fits:
+            return Choice(None, self._why_nothing_fits(vm))
+        score, _, name = min(fits)
+        why = _describe(self.selector, self.hosts[name], self.usage[name], self.settings)
+        return Choice(name, f"preferred host (score {-score}), {why}" if score else why)
 
     def check(self, vm: Vm, name: str) -> Choice:
         """Can vm go to this particular host?"""

@@ -56,6 +56,7 @@ from typing import Any
 import msgpack
 
 from hacluster.fsm import commands as c
+from hacluster.fsm import failback
 from hacluster.fsm.context import name_problem
 from hacluster.fsm.domain_xml import (
     MAX_DOMAIN_XML_BYTES,
@@ -97,10 +98,10 @@ POSITIVE_SETTINGS = ("fence_window_s", "fence_timeout_s", "memory_overcommit",
                      "vm_stable_s")
 COUNTED_SETTINGS = ("fence_cap", "fence_retry_limit", "fence_retry_backoff_s")
 CHECKED_SETTINGS = (*POSITIVE_SETTINGS, *COUNTED_SETTINGS, "probe_after_s",
-                    "watchdog_margin_s")
+                    "watchdog_margin_s", *failback.FAILBACK_SETTINGS)
 LEASE_SETTINGS = ("lease_renew_s", "lease_suspect_s", "lease_ttl_s")
 VM_COMMANDS = (c.AddVm, c.RemoveVm, c.SetVmOptions, c.SetVmDesired, c.MigrateVm, c.VmReport,
-               c.MakeRoom)
+               c.MakeRoom, c.FailbackVm)
 
 Found = tuple[str, str]  # (field, message); "" message: no problem
 
@@ -171,6 +172,8 @@ def _refs(command: c.Command) -> Iterator[tuple[str, str, str]]:
         yield "target", "host", values["target"]
     for host in values.get("allowed_hosts") or ():
         yield "allowed_hosts", "host", host
+    for host, _ in values.get("preferred_hosts") or ():
+        yield "preferred_hosts", "host", host
     if values.get("anti_affinity"):
         yield "anti_affinity", "anti-affinity group", values["anti_affinity"]
     yield from _relation_refs(values)
@@ -421,6 +424,7 @@ def _add_vm(cmd: c.AddVm, admission: bool) -> Iterator[Found]:
     yield "memory_mib", limits_problem(cmd.memory_mib, cmd.vcpus, cmd.max_restarts,
                                        cmd.max_relocates)
     yield from _relations(cmd)
+    yield "preferred_hosts", failback.preferences_problem(cmd.preferred_hosts)
 
 
 def _relations(cmd: c.AddVm | c.SetVmOptions | c.TagHost) -> Iterator[Found]:
@@ -446,6 +450,11 @@ def _set_vm_options(cmd: c.SetVmOptions, admission: bool) -> Iterator[Found]:
         yield "max_restarts", limits_problem(1, 1, cmd.max_restarts or 0,
                                              cmd.max_relocates or 0)
     yield from _relations(cmd)
+    yield "preferred_hosts", failback.preferences_problem(cmd.preferred_hosts or ())
+
+
+def _failback_vm(cmd: c.FailbackVm, admission: bool) -> Iterator[Found]:
+    yield "target", "" if cmd.target else "a failback needs its target host"
 
 
 def _vm_report(cmd: c.VmReport, admission: bool) -> Iterator[Found]:
@@ -468,6 +477,8 @@ def setting_problem(name: str, value: Any) -> str:
         return f"probe_after_s must be 0 (off) or a positive number (got {value})"
     if name == "watchdog_margin_s" and not (math.isfinite(value) and value >= 0):
         return f"watchdog_margin_s must be a number >= 0 (got {value})"
+    if name in failback.FAILBACK_SETTINGS:
+        return failback.setting_problem(name, value)
     return ""
 
 
@@ -552,6 +563,7 @@ _RULES: dict[type[c.Command], Any] = {
     c.AddVm: _add_vm,
     c.SetVmOptions: _set_vm_options,
     c.VmReport: _vm_report,
+    c.FailbackVm: _failback_vm,
     c.SetSettings: _set_settings,
     c.SetBmcDefaults: _bmc_defaults,
     c.PlannedShutdown: _planned_shutdown,  # new commands: apply checks them all alike
@@ -590,7 +602,7 @@ def _missing(state: ClusterState, command: c.Command) -> Problem | None:
     for field, kind, name in _refs(command):
         reporter = field == "host" and isinstance(command, c.VmReport)
         if reporter or field in ("allowed_hosts", "anti_affinity", "colocation",
-                                 "required_tags", "tag"):
+                                 "required_tags", "tag", "preferred_hosts"):
             continue
         if kind == "VM":
             missing = name not in state.vms

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import threading
 import time
+import uuid as uuidlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -45,6 +46,8 @@ from hacluster.ports import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# the namespace of the uuids `define` derives from VM names (an XML without a <uuid>)
+VM_UUID_NAMESPACE = uuidlib.UUID("5d1c7c0e-6f1a-4e39-9a52-3a1f0c6b8e21")
 _UNDEFINE_ALL = (
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
     | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
@@ -352,7 +355,11 @@ class LibvirtHypervisor:
         digest = domxml.xml_digest(xml)
         dom = self._find("define", name)
         try:
-            uuid = None
+            # An XML without a <uuid> gets one derived from the VM's name: every host then
+            # defines the VM under the same uuid, so a live migration back to a host that
+            # still holds an old inactive definition (fenced, or stopped there) is accepted
+            # instead of refused as "already exists with uuid" (failback, drains).
+            uuid = str(uuidlib.uuid5(VM_UUID_NAMESPACE, name))
             if dom is not None:
                 if self._stamp_of(dom) == digest:
                     return

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from hacluster.fsm import commands as c
 from hacluster.fsm import state_digest
-from hacluster.fsm.model import Desired, HaPolicy, HostRole, ShutdownPolicy
+from hacluster.fsm.model import Desired, Failback, HaPolicy, HostRole, ShutdownPolicy
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState, VmState
 from hacluster.sim.fakes import BmcMode
 from hacluster.sim.raftmodel import RaftModelConfig
@@ -79,6 +79,7 @@ def build_cluster(rng: random.Random, seed: int) -> World:
     # what a peer stopped by SIGTERM (stop-peer) does with its VMs (core/shutdown.py);
     # admitted once every peer announced it understands the command
     world.admin_wait(c.SetShutdownPolicy(policy=rng.choice(list(ShutdownPolicy)).value))
+    world.admin_wait(c.SetSettings(failback_hold_down_s=2.0))  # failback within a run
     for i in range(rng.randint(3, 2 * voters)):
         world.admin_wait(_random_vm(rng, f"vm{i}", sorted(world.hosts), i, bool(storage)))
     return world
@@ -90,10 +91,12 @@ def _random_vm(rng: random.Random, name: str, hosts: list[str], i: int,
     xml = (f"<domain><name>{name}</name><devices><disk type='file'><source "
            f"file='{STORAGE[0]}/{name}.qcow2'/></disk></devices></domain>") if disk \
         else "<domain/>"
+    prefer = ((rng.choice(hosts), 100),) if rng.random() < 0.3 else ()
     return c.AddVm(name=name, xml=xml, memory_mib=rng.choice([512, 1024, 2048]),
                    vcpus=1, priority=rng.randint(0, 3), allowed_hosts=limits,
                    anti_affinity="grp" if i < 2 else "", max_restarts=10, max_relocates=10,
-                   ha=HaPolicy.RESTART, desired=Desired.STARTED)
+                   ha=HaPolicy.RESTART, desired=Desired.STARTED, preferred_hosts=prefer,
+                   failback=Failback.AUTO if prefer else Failback.NEVER)
 
 
 def _host_faults(world: World, rng: random.Random, host: str) -> list[Action]:
@@ -160,6 +163,8 @@ def _operator(world: World, rng: random.Random, host: str, vm: str | None) -> li
                                                                             on=True))),
         (f"maintenance {host} off", lambda: world.admin(c.SetHostMaintenance(name=host,
                                                                              on=False))),
+        (f"host ready {host}", lambda: world.admin(c.SetHostMaintenance(name=host, on=False,
+                                                                         ready=True))),
         (f"confirm-if-off {host}", lambda: _confirm_if_off(world, host)),
         (f"retry {host}", lambda: world.admin(c.RetryFence(host=host, who="chaos"))),
     ]
@@ -182,6 +187,8 @@ def _operator(world: World, rng: random.Random, host: str, vm: str | None) -> li
         (f"vm limit {vm}", lambda: world.admin(c.SetVmOptions(
             name=vm, allowed_hosts=tuple(sorted(rng.sample(hosts, 2)))))),
         (f"vm unlimit {vm}", lambda: world.admin(c.SetVmOptions(name=vm, allowed_hosts=()))),
+        (f"vm prefer {vm}", lambda: world.admin(c.SetVmOptions(  # failback (fsm/failback.py)
+            name=vm, preferred_hosts=((rng.choice(hosts), 100),), failback=Failback.AUTO))),
     ]
     return out
 

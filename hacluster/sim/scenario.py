@@ -19,7 +19,7 @@ events.txt, one per line, `#` starts a comment:
     TIME storage-cut|storage-restore HOST            (it writes and reads no shared storage)
     TIME crash VM
     TIME fault|clear-fault start-fails|stop-fails|migrate-fails VM [N | on HOST]
-    TIME hactl host maintenance HOST on|off
+    TIME hactl host maintenance HOST on|off | hactl host ready HOST
     TIME hactl host tag HOST add|remove TAG
     TIME hactl fence confirm HOST REASON... | hactl fence retry HOST
     TIME hactl vm start|stop|disable|remove VM | hactl vm migrate VM [HOST]
@@ -43,7 +43,7 @@ manager with a shared lockspace).
 [[host]] storage = ["/pool"] makes its peer write storage heartbeats there (sim/storage.py);
 [[vm]] disks = ["/pool/db.qcow2"] gives the VM those disk files (written while it runs).
 [[host]] tags = ["ssd"] tags it (`host-tag`); [[vm]] takes any AddVm field (start_after,
-colocation, required_tags, ...).
+colocation, required_tags, preferred_hosts = [["h1", 100]], failback = "auto", ...).
 """
 
 from __future__ import annotations
@@ -379,6 +379,8 @@ def hactl_command(args: list[str]) -> c.Command:
             return c.SetHostMaintenance(name=host, on=mode == "on")
         case ["host", "tag", host, ("add" | "remove") as verb, tag]:
             return c.TagHost(name=host, tag=tag, add=verb == "add")
+        case ["host", "ready", host]:
+            return c.SetHostMaintenance(name=host, on=False, ready=True)
         case ["fence", "confirm", host, *reason]:
             return c.AdminConfirmFence(host=host, who="operator", reason=" ".join(reason))
         case ["fence", "retry", host]:

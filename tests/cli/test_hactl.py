@@ -167,3 +167,19 @@ def test_every_group_and_the_top_level_help_show_examples(
     with pytest.raises(SystemExit):
         build_parser("/nonexistent").parse_args([*words, "--help"])
     assert "examples:\n  hactl " in capsys.readouterr().out
+
+
+def test_preferred_hosts_failback_and_host_ready_become_their_params() -> None:
+    parser = build_parser("/nonexistent")
+    args = parser.parse_args(["vm", "set", "db1", "--prefer", "h1=250,h2,h3", "--failback",
+                              "auto"])
+    assert args.spec.params(args) == {"name": "db1", "failback": "auto",
+                                      "preferred_hosts": [["h1", 250], ["h2", 90], ["h3", 80]]}
+    cleared = parser.parse_args(["vm", "set", "db1", "--prefer", ""])
+    assert cleared.spec.params(cleared) == {"name": "db1", "preferred_hosts": []}
+    bad = parser.parse_args(["vm", "set", "db1", "--prefer", "h1=lots"])
+    with pytest.raises(ValueError, match="the score after '=' must be a whole number"):
+        bad.spec.params(bad)
+    ready = parser.parse_args(["host", "ready", "h2"])
+    assert (ready.spec.method, ready.spec.params(ready)) == \
+        ("host.maintenance", {"name": "h2", "on": False, "ready": True})

@@ -365,8 +365,8 @@ def test_an_older_version_this_peer_still_reads_decodes() -> None:
     decoded = decode_command(raw_entry("settings", version=1, fields={"fence_cap": 2}))
     assert isinstance(decoded, c.Envelope)
     assert decoded.command == c.SetSettings(fence_cap=2)
-    assert "version 4 not supported (this peer reads 1, 2, 3)" in problem_of(
-        raw_entry("settings", version=4, fields={"fence_cap": 2}))
+    assert "version 5 not supported (this peer reads 1, 2, 3, 4)" in problem_of(
+        raw_entry("settings", version=5, fields={"fence_cap": 2}))
 
 
 def test_a_command_is_written_in_the_oldest_version_that_carries_it() -> None:
@@ -380,3 +380,5 @@ def test_a_command_is_written_in_the_oldest_version_that_carries_it() -> None:
     assert new.command == c.SetSettings(probe_after_s=0.5)
     newest = c.SetSettings(probe_after_s=0.5, fence_fallback=FenceFallback.OPERATOR)
     assert msgpack.unpackb(encode_command(c.Envelope(newest)))[2] == 3
+    failback = c.SetSettings(fence_cap=2, failback_max_concurrent=1)
+    assert msgpack.unpackb(encode_command(c.Envelope(failback)))[2] == 4

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from hacluster.core.explain import explain
 from hacluster.fsm import commands as c
-from hacluster.fsm.model import Desired, HaPolicy
+from hacluster.fsm.model import Desired, Failback, HaPolicy
 
 from .builders import Cluster
 
@@ -99,6 +100,52 @@ def tagged(cl: Cluster) -> None:
 
 def unknown_tag(cl: Cluster) -> None:
     cl.add_vm("db", required_tags=("gpu",))
+
+
+def failed_over(failback: Failback = Failback.AUTO, *, ready: bool = True,
+                **settings: Any) -> Callable[[Cluster], None]:
+    """db prefers h1 and ran there; h1 was fenced, db restarted elsewhere, h1 is back
+    (and said ready)."""
+    def setup(cl: Cluster) -> None:
+        if settings:
+            cl.ok(c.SetSettings(**settings))
+        cl.add_vm("db", preferred_hosts=(("h1", 100), ("h3", 20)), failback=failback)
+        if "failback_max_concurrent" in settings:
+            cl.add_vm("web", 512, preferred_hosts=(("h1", 100),), failback=Failback.AUTO,
+                      priority=1)
+        cl.add_vm("other", 3072, start=False, allowed_hosts=("h2",))
+        cl.fence("h1")
+        cl.confirm("h1")
+        cl.report("db", "started")
+        cl.ok(c.HostReady(name="h1"))
+        if ready:
+            cl.ok(c.SetHostMaintenance(name="h1", on=False, ready=True))
+    return setup
+
+
+def failback_in_flight(cl: Cluster) -> None:
+    failed_over(failback_hold_down_s=0.0)(cl)
+    cl.ok(c.FailbackVm(name="db", target="h1"))
+
+
+def concurrency_limit(cl: Cluster) -> None:
+    failed_over(failback_hold_down_s=0.0, failback_max_concurrent=1)(cl)
+    cl.report("web", "started")
+    cl.ok(c.FailbackVm(name="web", target="h1"))  # first: the higher priority
+
+
+def preferred_in_maintenance(cl: Cluster) -> None:
+    failed_over(failback_hold_down_s=0.0)(cl)
+    cl.ok(c.SetHostMaintenance(name="h1", on=True))
+
+
+def preferred_full(cl: Cluster) -> None:
+    failed_over(failback_hold_down_s=0.0)(cl)
+    cl.add_vm("filler", 4096, allowed_hosts=("h1",))
+
+
+def on_preferred(cl: Cluster) -> None:
+    cl.add_vm("db", preferred_hosts=(("h1", 100),), failback=Failback.AUTO)
 
 
 @dataclass(frozen=True)
@@ -230,6 +277,75 @@ CASES = [
         "...",
         "requires host tag(s) gpu: no host carries them all (hactl host tag HOST add TAG); "
         "it cannot run anywhere",
+        "...")),
+    Case("on its preferred host", on_preferred, (
+        "db is started on h1 (placement {p})",
+        "...",
+        "...",
+        "host h1 is online: agent ready",
+        "preferred hosts: h1 (100); failback auto",
+        "on its preferred host h1 (score 100)",
+        "...")),
+    Case("failback never keeps it where it is", failed_over(Failback.NEVER), (
+        "db is started on h3 (placement {p})",
+        "...",
+        "...",
+        "host h3 is online: agent ready",
+        "preferred hosts: h1 (100), h3 (20); failback never",
+        "not on its preferred host h1: failback never (vm set --failback auto lets it "
+        "return)",
+        "if h3 died now: it would go to h1 (preferred host (score 100), most free memory "
+        "(4096 MiB before placing))")),
+    Case("its preferred host is back but not ready", failed_over(ready=False), (
+        "db is started on h3 (placement {p})",
+        "...",
+        "...",
+        "...",
+        "preferred hosts: h1 (100), h3 (20); failback auto",
+        "not on its preferred host h1: host h1 is back but not ready: waiting for "
+        "`hactl host ready h1`",
+        "...")),
+    Case("its preferred host is in maintenance", preferred_in_maintenance, (
+        "db is started on h3 (placement {p})",
+        "...",
+        "...",
+        "...",
+        "...",
+        "not on its preferred host h1: host h1 is in maintenance",
+        "if h3 died now: it would go to h2 (most free memory (5120 MiB before placing))")),
+    Case("its preferred host has no capacity", preferred_full, (
+        "db is started on h3 (placement {p})",
+        "...",
+        "...",
+        "...",
+        "...",
+        "not on its preferred host h1: no capacity: host h1 lacks memory",
+        "...")),
+    Case("stickiness hold-down after its last move", failed_over(), (
+        "db is started on h3 (placement {p})",
+        "...",
+        "...",
+        "...",
+        "...",
+        "not on its preferred host h1: stickiness hold-down: on h3 since log time 1016, "
+        "may fail back to h1 from 1316 (298 s)",
+        "...")),
+    Case("a failback migration in flight", failback_in_flight, (
+        "db is migrating from h3 to h1",
+        "why: failback to h1 (score 100, h3 20): live migration",
+        "...",
+        "...",
+        "...",
+        "failing back to h1 by live migration",
+        "...")),
+    Case("the failback concurrency limit", concurrency_limit, (
+        "db is started on h3 (placement {p})",
+        "...",
+        "...",
+        "...",
+        "...",
+        "not on its preferred host h1: concurrency limit: 1 failback migration(s) in flight "
+        "(failback_max_concurrent 1)",
         "...")),
 ]
 

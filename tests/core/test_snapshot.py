@@ -164,9 +164,11 @@ def test_format_1_is_migrated_with_no_announcements() -> None:
 
 
 def _before_format_7(doc: dict[str, Any]) -> None:
-    """No host.tags, host.fence_levels, vm.start_after, vm.colocation, vm.required_tags."""
-    doc["hosts"] = [h[:-2] for h in doc["hosts"]]
-    doc["vms"] = [v[:-3] for v in doc["vms"]]
+    """No settings.failback_*, host.tags, host.fence_levels, host.failback_ready,
+    vm.start_after, vm.colocation, vm.required_tags, vm.preferred_hosts, vm.failback."""
+    doc["settings"] = doc["settings"][:-4]
+    doc["hosts"] = [h[:-3] for h in doc["hosts"]]
+    doc["vms"] = [v[:-5] for v in doc["vms"]]
 
 
 def _before_format_6(doc: dict[str, Any]) -> None:
@@ -227,7 +229,8 @@ def test_format_4_is_migrated_with_no_heartbeats_and_no_storage_checks() -> None
     assert restored.hosts["h2"].heartbeat_paths == ()
     assert restored.hosts["h2"].storage_check == StorageCheck()
     assert all(r.storage == StorageCheck() for r in restored.fences)
-    stripped = {n: dataclasses.replace(h, heartbeat_paths=(), storage_check=StorageCheck())
+    stripped = {n: dataclasses.replace(h, heartbeat_paths=(), storage_check=StorageCheck(),
+                                       failback_ready=True)  # format 7 added readiness
                 for n, h in state.hosts.items()}
     assert restored.hosts == stripped
     assert restored.fences == [dataclasses.replace(r, storage=StorageCheck())
@@ -285,6 +288,36 @@ def test_round_trip_keeps_fencing_levels() -> None:
     restored = decode_snapshot(encode_snapshot(state))
     assert restored == state
     assert restored.hosts["h2"].fence_levels[1].devices[0].sealed_password == b"\x00sealed"
+
+
+def test_format_6_is_migrated_with_no_preferences_and_every_host_ready() -> None:
+    """Before failback (format 6): no VM prefers a host nor fails back, every host is
+    ready to take VMs back (readiness is tracked only once every host runs 0.3.0:
+    fsm/releases.py), and the failback settings take their defaults."""
+    state = busy_cluster().state
+    doc = _doc()
+    doc["format"] = 6
+    _before_format_7(doc)
+    restored = decode_snapshot(_pack(doc))
+    assert all(h.failback_ready for h in restored.hosts.values())
+    assert restored.hosts == {n: dataclasses.replace(h, failback_ready=True)
+                              for n, h in state.hosts.items()}
+    assert all(v.preferred_hosts == () and v.failback.value == "never"
+               for v in restored.vms.values())
+    assert restored.settings.failback_max_concurrent == 2
+
+
+def test_readiness_is_tracked_only_once_every_host_runs_0_3_0() -> None:
+    """An older peer's snapshot cannot hold it: a newer peer loading one would differ."""
+    older = busy_cluster()
+    commands = tuple(t for t in versions.this_peer("h1").commands if t[0] != "host-fencing")
+    older.ok(c.AnnounceVersions(name="h1", commands=commands, entry_formats=(1, 2)))
+    older.fence("h3")
+    assert older.state.hosts["h3"].failback_ready
+    assert decode_snapshot(encode_snapshot(older.state)) == older.state
+    newer = busy_cluster()
+    newer.fence("h3")
+    assert not newer.state.hosts["h3"].failback_ready
 
 
 def storage_cluster() -> Cluster:

@@ -119,7 +119,8 @@ def test_an_older_release_reads_what_is_written_in_its_version() -> None:
     """A version's readers refuse fields they do not know: those added later are left
     out (settings v1 as release 0.1.0 knew it, watchdog confirms of version 1)."""
     raw = msgpack.unpackb(encode_command(c.Envelope(c.SetSettings(fence_cap=2))))
-    later = {"probe_after_s", "fence_fallback", "watchdog_margin_s"}
+    later = {"probe_after_s", "fence_fallback", "watchdog_margin_s", "failback_max_concurrent",
+             "failback_stickiness", "failback_hold_down_s", "failback_ready_after_s"}
     assert raw[2] == 1
     assert set(raw[-1]) == {f.name for f in dataclasses.fields(c.SetSettings)} - later
     watchdog = msgpack.unpackb(encode_command(c.Envelope(

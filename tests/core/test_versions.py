@@ -22,7 +22,7 @@ NEW = ("frobnicate", 1)  # a command of a newer release
 # Command types added since release 0.1.0, whose peers never announce.
 SINCE_0_1_0 = {c.AnnounceVersions, c.HoldFence, c.CancelFence, c.ReportWatchdog,
                c.WatchdogConfirm, c.ReportStorage, c.StorageChecked, c.PlannedShutdown,
-               c.SetShutdownPolicy, c.MakeRoom, c.TagHost, c.SetHostFencing}
+               c.SetShutdownPolicy, c.MakeRoom, c.TagHost, c.SetHostFencing, c.FailbackVm}
 
 
 def announce(cluster: Cluster, name: str, commands: tuple[tuple[str, int], ...] = (),

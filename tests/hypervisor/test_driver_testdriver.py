@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from hacluster.hypervisor.domxml import minimal_domain_xml
-from hacluster.hypervisor.libvirt_driver import LibvirtHypervisor
+from hacluster.hypervisor.libvirt_driver import VM_UUID_NAMESPACE, LibvirtHypervisor
 from hacluster.ports import DomainInfo, HostCapacity, Hypervisor, HypervisorError
 from hacluster.ports import DomainState as S
 
@@ -85,6 +86,20 @@ def test_redefine_only_when_the_xml_changed(hv: LibvirtHypervisor, name: str) ->
     assert _info(hv, name) == DomainInfo(name, S.SHUTOFF, 96, 1)
     hv.start(name)
     events.wait(name, S.RUNNING)
+
+
+def test_an_xml_without_uuid_is_defined_under_the_uuid_of_the_vms_name(
+        hv: LibvirtHypervisor, name: str) -> None:
+    """Every host defines the VM under the same uuid, so a live migration back to a host
+    that kept an inactive definition (failback after a fence) is not refused."""
+    hv.define(name, _xml(name))
+    expected = str(uuid.uuid5(VM_UUID_NAMESPACE, name))
+    assert hv._require("test", name).UUIDString() == expected
+    hv.undefine(name)
+    own = _xml(name).replace("<vcpu>", "<uuid>00000000-0000-4000-8000-00000000000a</uuid>"
+                             "<vcpu>")
+    hv.define(name, own)  # the XML's own uuid wins
+    assert hv._require("test", name).UUIDString() == "00000000-0000-4000-8000-00000000000a"
 
 
 def test_define_refuses_a_mismatched_or_broken_xml(hv: LibvirtHypervisor, name: str) -> None:

@@ -1,0 +1,72 @@
+"""Failback end to end with real QEMU (live migration needs it: the test driver cannot
+migrate): a VM that prefers a host fails over when that host loses power, stays away
+while the host is back but not said ready, and after `hactl host ready` returns by live
+migration. Judged from outside the cluster too: the lab observer polls every libvirtd."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from hacluster.lab.cluster import EventFollower, LabCluster
+from hacluster.lab.observer import Observer
+
+pytestmark = pytest.mark.netns
+
+Factory = Callable[..., LabCluster]
+
+
+def hactl(lab: LabCluster, peer: str, *words: str) -> str:
+    argv = [sys.executable, "-m", "hacluster.cli.hactl", "--connect",
+            lab.nodes[peer].host.spec.rpc_socket, *words]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_vm_live_migrates_back_after_host_ready(lab_factory: Factory) -> None:
+    lab = lab_factory(3, "fast", driver="qemu", isolation="netns")
+    observer = lab.observer
+    assert isinstance(observer, Observer)
+    leader = lab.wait_leader()
+    home = next(n for n in sorted(lab.nodes) if n != leader)
+    lab.set_settings({"failback_hold_down_s": 1.0})
+    lab.add_vms(1, preferred_hosts=[[home, 100]], failback="auto")
+    assert lab.vms()["vm1"]["host"] == home  # placement prefers it
+
+    cut = lab.power_off(home)
+    lab.wait(lambda: lab.vms()["vm1"]["state"] == "started" and lab.vms()["vm1"]["host"]
+             != home and home not in observer.where("vm1") and bool(observer.where("vm1")),
+             40, "vm1 running elsewhere")
+    away = lab.vms()["vm1"]["host"]
+    lab.power_on(home)
+    lab.wait(lambda: lab.hosts()[home]["state"] == "online", 90, f"{home} back online")
+    assert not lab.hosts()[home]["failback_ready"]  # back, not ready: vm1 stays
+    explained = hactl(lab, leader, "explain", "vm1")
+    assert f"host {home} is back but not ready: waiting for `hactl host ready {home}`" \
+        in explained, explained
+    assert lab.vms()["vm1"]["host"] == away
+
+    events = EventFollower(lab, leader)
+    events.start()
+    moment = max((s.at for s in observer.sightings), default=cut)
+    try:
+        assert "VMs that prefer it may fail back" in hactl(lab, leader, "host", "ready", home)
+        lab.wait(lambda: lab.vms()["vm1"]["host"] == home and lab.vms()["vm1"]["state"]
+                 == "started" and observer.where("vm1") == [home], 60, "vm1 back home")
+    finally:
+        events.stop()
+    said = [e["message"] for _, e in events.events
+            if e["kind"] == "vm-state" and e["subject"] == "vm1"]
+    assert any(m.startswith(f"failback to {home} (score 100, {away} 0)") for m in said), said
+    assert f"live-migrated from {away} to {home}" in said  # live, not stopped and started
+    gone = observer.first_sighting("vm1", moment, running=False, on=away)
+    came = observer.first_sighting("vm1", moment, not_on=away)
+    assert gone is not None and came is not None
+    assert came.by >= gone.after, "vm1 ran on both ends at once"
+    assert observer.violations == []
+    assert [f["host"] for f in lab.call("fence.history")["fences"]] == [home]
+    assert f"on its preferred host {home} (score 100)" in hactl(lab, leader, "explain", "vm1")
