@@ -18,17 +18,15 @@ only.
 
 from __future__ import annotations
 
-import asyncio
-import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from hacluster.core import versions
 from hacluster.core.explain import explain
 from hacluster.daemon import views
+from hacluster.daemon.api_events import EventMethods
 from hacluster.daemon.api_fencing import FencingMethods
-from hacluster.daemon.history import matches
 from hacluster.daemon.proposer import NoLeaderError, VersionGateError
 from hacluster.daemon.vmparams import vm_option_params
 from hacluster.fsm import ClusterState
@@ -52,7 +50,7 @@ PROBLEM_CODES = {INVALID: ErrorCode.BAD_PARAMS, UNKNOWN: ErrorCode.NOT_FOUND,
                  EXISTS: ErrorCode.CONFLICT}
 
 
-class Api(FencingMethods):
+class Api(FencingMethods, EventMethods):
     def __init__(self, peer: Peer) -> None:
         self.peer = peer
 
@@ -441,52 +439,6 @@ class Api(FencingMethods):
     async def m_config_show(self, ctx: CallContext, params: dict[str, Any]) -> dict[str, Any]:
         validate_params(params, {})
         return {"freshness": self._freshness(), "config": self.peer.config_view()}
-
-    # ------------------------------------------------------------ events
-
-    async def m_events(self, ctx: CallContext,
-                       params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """The newest `last` items of this peer's history (daemon/history.py) that match
-        host, VM and the time range (seconds since the epoch, inclusive); with `follow`,
-        then every new one that matches, until the client leaves."""
-        p = validate_params(params, {"follow": optional(bool, default=False),
-                                     "last": optional(int, default=50),
-                                     "host": optional(str, default=""),
-                                     "vm": optional(str, default=""),
-                                     "since": optional(float), "until": optional(float)})
-        since = -math.inf if p["since"] is None else p["since"]
-        until = math.inf if p["until"] is None else p["until"]
-        queue: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue(maxsize=1000)
-        loop = asyncio.get_running_loop()
-
-        def listener(items: list[dict[str, Any]]) -> None:  # Raft thread, or the loop's
-            loop.call_soon_threadsafe(_offer, queue, items)
-
-        history = self.peer.history
-        unsubscribe = history.listen(listener) if p["follow"] else None
-        try:
-            recent = await loop.run_in_executor(
-                self.peer.pool, lambda: history.query(p["host"], p["vm"], since, until,
-                                                      max(0, p["last"])))
-            for item in recent:
-                yield item
-            while unsubscribe is not None:
-                for item in await queue.get():
-                    if matches(item, p["host"], p["vm"], since, until):
-                        yield item
-        finally:
-            if unsubscribe is not None:
-                unsubscribe()
-
-    async def m_history_status(self, ctx: CallContext,
-                               params: dict[str, Any]) -> dict[str, Any]:
-        validate_params(params, {})
-        return {"history": self.peer.history.status()}
-
-
-def _offer(queue: asyncio.Queue[list[dict[str, Any]]], items: list[dict[str, Any]]) -> None:
-    if not queue.full():  # a reader that cannot keep up loses events, not the peer
-        queue.put_nowait(items)
 
 
 def _enum(cls: Any, value: str, field: str) -> Any:
