@@ -33,6 +33,11 @@ class SoloPeer:
             assert time.monotonic() < deadline and self.proc.poll() is None, \
                 self.log.read_text()
             time.sleep(0.1)
+        # the version gate admits this release's newer commands once the peer announced it
+        while not any(e.get("kind") == "versions-announced" for e in self.events()):
+            assert time.monotonic() < deadline and self.proc.poll() is None, \
+                self.log.read_text()
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.proc is None:

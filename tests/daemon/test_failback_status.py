@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hacluster.core import versions
 from hacluster.daemon import views
 from hacluster.fsm import commands as c
 from hacluster.fsm.model import Failback
@@ -11,6 +12,8 @@ from tests.core.builders import Cluster
 def test_status_names_a_returned_host_that_vms_wait_to_fail_back_to() -> None:
     cl = Cluster()
     cl.add_hosts("h1", "h2")
+    for name in ("h1", "h2"):  # readiness is tracked once every host runs 0.3.0
+        cl.ok(versions.announcement(cl.state, name))
     cl.add_vm("db", preferred_hosts=(("h1", 100),), failback=Failback.AUTO)
     cl.add_vm("never", preferred_hosts=(("h1", 100),))
     cl.fence("h1")

