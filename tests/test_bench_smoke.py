@@ -86,7 +86,7 @@ def test_hypervisor_benchmark_runs_and_prints_its_keys() -> None:
 def test_scale_benchmark_runs_and_prints_its_keys() -> None:
     lab_or_skip()
     result = run_bench("scale.py", "--voters", "3", "--members", "3", "--vms", "20",
-                       "--minutes", "0.5", "--cuts", "1", "--settle-s", "1")
+                       "--minutes", "0.2", "--cuts", "1", "--settle-s", "1")
     assert result["hosts"] == 6 and result["cuts"] == 1
     assert result["false_fences"] == 0 and result["vm_on_two_hosts"] == 0
     assert result["digests_agree"]

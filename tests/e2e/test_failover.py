@@ -114,6 +114,7 @@ def test_leader_host_dies_and_the_new_leader_finishes(lab_factory: Factory) -> N
 
 def test_unreachable_bmc_waits_for_an_operator(lab_factory: Factory) -> None:
     lab = lab_factory(3)
+    lab.set_settings({"fence_retry_limit": 1})  # each attempt waits out a silent BMC
     lab.add_vms(3)
     victim = lab.vms()["vm1"]["host"]
     frozen = vms_on(lab, victim)
