@@ -50,7 +50,6 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, is_dataclass, replace
-from itertools import pairwise
 from typing import Any
 
 import msgpack
@@ -68,38 +67,43 @@ from hacluster.fsm.model import (
     ClusterState,
     FenceAction,
     FenceResult,
-    Settings,
-    ShutdownPolicy,
-    StorageCheck,
-    StorageVerdict,
-    Watchdog,
-    WatchdogKind,
 )
 from hacluster.fsm.states import HostState
 from hacluster.fsm.validate_fencing import fence_levels_problem
+from hacluster.fsm.validate_reports import (  # noqa: F401 (also imported from here)
+    MAX_HEARTBEAT_PATHS,
+    MAX_PATH_BYTES,
+    MAX_STORAGE_READS,
+    _report_storage,
+    _report_watchdog,
+    _storage_checked,
+    heartbeat_paths_problem,
+    storage_check_problem,
+    watchdog_problem,
+)
+from hacluster.fsm.validate_settings import (  # noqa: F401 (also imported from here)
+    CHECKED_SETTINGS,
+    DRIVER_RE,
+    LEASE_SETTINGS,
+    _bmc_defaults,
+    _planned_shutdown,
+    _set_settings,
+    _shutdown_policy,
+    setting_problem,
+    settings_given,
+    settings_problem,
+    shutdown_policy_problem,
+)
 from hacluster.fsm.wire import WireError, encode_fields, spec_of
 
 MAX_TEXT_BYTES = 16 * 1024  # any other text field: reasons, evidence, addresses
 MAX_COMMAND_BYTES = MAX_DOMAIN_XML_BYTES + 64 * 1024  # a whole command, msgpack
-MAX_HEARTBEAT_PATHS = 8  # shared storage directories a host writes heartbeats to
-MAX_PATH_BYTES = 1024
-MAX_STORAGE_READS = 32  # read lines kept in one storage check's evidence
 
 INVALID, UNKNOWN, EXISTS = "invalid", "unknown", "exists"  # Problem.kind
 
 COMMAND_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 MAX_ANNOUNCED = 1024
 FENCE_ACTIONS = ("", *(a.value for a in FenceAction))
-# Built-in drivers are ipmi, redfish and agent; embedders may register more, so any
-# plain name is accepted here and an unknown one fails visibly at the BMC check.
-DRIVER_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-POSITIVE_SETTINGS = ("fence_window_s", "fence_timeout_s", "memory_overcommit",
-                     "vcpu_overcommit", "lease_renew_s", "lease_suspect_s", "lease_ttl_s",
-                     "vm_stable_s")
-COUNTED_SETTINGS = ("fence_cap", "fence_retry_limit", "fence_retry_backoff_s")
-CHECKED_SETTINGS = (*POSITIVE_SETTINGS, *COUNTED_SETTINGS, "probe_after_s",
-                    "watchdog_margin_s", *failback.FAILBACK_SETTINGS)
-LEASE_SETTINGS = ("lease_renew_s", "lease_suspect_s", "lease_ttl_s")
 VM_COMMANDS = (c.AddVm, c.RemoveVm, c.SetVmOptions, c.SetVmDesired, c.MigrateVm, c.VmReport,
                c.MakeRoom, c.FailbackVm)
 
@@ -348,59 +352,6 @@ def _watchdog_confirm(cmd: c.WatchdogConfirm, admission: bool) -> Iterator[Found
     yield storage_check_problem(cmd.storage, "storage")
 
 
-def storage_check_problem(check: StorageCheck, field: str) -> Found:
-    if check.checks < 0:
-        return f"{field}.checks", f"checks must be >= 0 (got {check.checks})"
-    if len(check.reads) > MAX_STORAGE_READS:
-        return f"{field}.reads", (f"at most {MAX_STORAGE_READS} reads are kept (got "
-                                  f"{len(check.reads)})")
-    if check.verdict is StorageVerdict.NONE and (check.checks or check.reads):
-        return f"{field}.verdict", "a storage check without a verdict has no checks or reads"
-    return "", ""
-
-
-def heartbeat_paths_problem(paths: tuple[str, ...]) -> str:
-    """Absolute directories, each once, at most MAX_HEARTBEAT_PATHS ("" if fine): the
-    leader reads every host's heartbeats at the paths that host reported."""
-    if len(paths) > MAX_HEARTBEAT_PATHS:
-        return f"at most {MAX_HEARTBEAT_PATHS} heartbeat paths (got {len(paths)})"
-    if len(set(paths)) != len(paths):
-        return "a heartbeat path is listed twice"
-    for path in paths:
-        parts = path.split("/")
-        if not path.startswith("/") or "\x00" in path or ".." in parts or \
-                len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
-            return (f"heartbeat path {path!r}: expected an absolute directory without "
-                    f"'..', at most {MAX_PATH_BYTES} bytes")
-    return ""
-
-
-def _report_storage(cmd: c.ReportStorage, admission: bool) -> Iterator[Found]:
-    yield "heartbeat_paths", heartbeat_paths_problem(cmd.heartbeat_paths)
-
-
-def _storage_checked(cmd: c.StorageChecked, admission: bool) -> Iterator[Found]:
-    yield "token", "" if cmd.token >= 0 else f"token must be >= 0 (got {cmd.token})"
-    yield "check.verdict", ("" if cmd.check.verdict is not StorageVerdict.NONE else
-                            "a storage check needs a verdict")
-    yield storage_check_problem(cmd.check, "check")
-
-
-def watchdog_problem(w: Watchdog) -> Found:
-    if w.kind is WatchdogKind.NONE:
-        return "watchdog.armed", "a host without a watchdog cannot have it armed" \
-            if w.armed else ""
-    for name in ("timeout_s", "self_fence_s"):
-        value = getattr(w, name)
-        if not (math.isfinite(value) and value > 0):
-            return f"watchdog.{name}", f"{name} must be a positive number (got {value})"
-    return "", ""
-
-
-def _report_watchdog(cmd: c.ReportWatchdog, admission: bool) -> Iterator[Found]:
-    yield watchdog_problem(cmd.watchdog)
-
-
 def _admin_confirm(cmd: c.AdminConfirmFence, admission: bool) -> Iterator[Found]:
     given = cmd.who.strip() and cmd.reason.strip()
     yield "reason", "" if given else "an operator confirm needs who and a reason"
@@ -461,86 +412,6 @@ def _vm_report(cmd: c.VmReport, admission: bool) -> Iterator[Found]:
     yield "observed", "" if cmd.observed in c.VM_REPORTS else f"unknown report {cmd.observed!r}"
     if admission:
         yield "placement", "" if cmd.placement >= 0 else "placement must be >= 0"
-
-
-# ---------------------------------------------------------------- settings
-
-def setting_problem(name: str, value: Any) -> str:
-    """What is wrong with one setting's value on its own ("" if nothing)."""
-    if name in POSITIVE_SETTINGS and not (math.isfinite(value) and value > 0):
-        return f"{name} must be a positive number (got {value})"
-    wrong = {"fence_cap": lambda v: v < 0, "fence_retry_limit": lambda v: v < 1,
-             "fence_retry_backoff_s": lambda v: not v >= 0}.get(name)
-    if wrong is not None and wrong(value):
-        return "fence_cap must be >= 0, fence_retry_limit >= 1, fence_retry_backoff_s >= 0"
-    if name == "probe_after_s" and not (math.isfinite(value) and value >= 0):
-        return f"probe_after_s must be 0 (off) or a positive number (got {value})"
-    if name == "watchdog_margin_s" and not (math.isfinite(value) and value >= 0):
-        return f"watchdog_margin_s must be a number >= 0 (got {value})"
-    if name in failback.FAILBACK_SETTINGS:
-        return failback.setting_problem(name, value)
-    return ""
-
-
-def settings_problem(s: Settings) -> str:
-    """The first thing wrong with a settings record ("" when valid)."""
-    for name in CHECKED_SETTINGS:
-        problem = setting_problem(name, getattr(s, name))
-        if problem:
-            return problem
-    if not s.lease_renew_s < s.lease_suspect_s < s.lease_ttl_s:
-        return (
-            "lease timings must satisfy lease_renew_s < lease_suspect_s < lease_ttl_s "
-            f"(got {s.lease_renew_s} < {s.lease_suspect_s} < {s.lease_ttl_s})"
-        )
-    return ""
-
-
-def settings_given(cmd: c.SetSettings) -> dict[str, Any]:
-    return {f.name: getattr(cmd, f.name) for f in fields(cmd) if getattr(cmd, f.name)
-            is not None}
-
-
-def _set_settings(cmd: c.SetSettings, admission: bool) -> Iterator[Found]:
-    given = settings_given(cmd)
-    yield "", "" if given else "no setting given"
-    for name in CHECKED_SETTINGS:
-        if name in given:
-            yield name, setting_problem(name, given[name])
-    if admission:
-        leases = [(k, given[k]) for k in LEASE_SETTINGS if k in given]
-        if any(a[1] >= b[1] for a, b in pairwise(leases)):
-            shown = ", ".join(f"{k}={v}" for k, v in leases)
-            yield leases[-1][0], ("lease timings must satisfy lease_renew_s < "
-                                  f"lease_suspect_s < lease_ttl_s (given: {shown})")
-
-
-def shutdown_policy_problem(policy: str, inherit_ok: bool) -> str:
-    """Why `policy` names no shutdown policy ("" if it does; "" inherits, for a host)."""
-    known = [p.value for p in ShutdownPolicy]
-    if policy in known or (inherit_ok and policy == ""):
-        return ""
-    return f"unknown shutdown policy {policy!r}: one of {', '.join(known)}"
-
-
-def _planned_shutdown(cmd: c.PlannedShutdown, admission: bool) -> Iterator[Found]:
-    yield "step", "" if cmd.step in c.SHUTDOWN_STEPS else \
-        f"unknown step {cmd.step!r}: one of {', '.join(c.SHUTDOWN_STEPS)}"
-    yield "policy", shutdown_policy_problem(cmd.policy, cmd.step == "back")
-    for vm, placement in cmd.stopped:
-        yield "stopped", name_problem("VM", vm, strict=True) or (
-            "" if placement >= 0 else "placement must be >= 0")
-
-
-def _shutdown_policy(cmd: c.SetShutdownPolicy, admission: bool) -> Iterator[Found]:
-    yield "policy", shutdown_policy_problem(cmd.policy, bool(cmd.host))
-
-
-def _bmc_defaults(cmd: c.SetBmcDefaults, admission: bool) -> Iterator[Found]:
-    yield "bmc.driver", ("" if DRIVER_RE.match(cmd.bmc.driver) else
-                         f"BMC driver {cmd.bmc.driver!r}: expected a name such as ipmi, "
-                         "redfish or agent")
-    yield "bmc.port", "" if 0 < cmd.bmc.port < 65536 else f"BMC port {cmd.bmc.port} out of range"
 
 
 _RULES: dict[type[c.Command], Any] = {
