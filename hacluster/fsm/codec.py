@@ -21,6 +21,7 @@ the peer halts (docs/safety.md, "Version skew").
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from collections import OrderedDict
@@ -186,23 +187,18 @@ def _secretless(value: Any) -> Any:
 def encode_snapshot(state: ClusterState) -> bytes:
     """The state in the newest snapshot format every host reads (`snapshot_format`):
     during a rolling upgrade an older peer may be sent this snapshot, and one it cannot
-    read would halt it."""
-    fmt = snapshot_format(state)
-    if fmt == SNAPSHOT_FORMAT:  # the usual case: nothing to trim
-        return _pack_snapshot(state, fmt, lambda cls, raw: raw)
-    return _pack_snapshot(state, fmt, lambda cls, raw: _trimmed(cls, raw, fmt))
-
-
-def _pack_snapshot(state: ClusterState, fmt: int,
-                   trim: Callable[[type, list[Any]], Any]) -> bytes:
+    read would halt it. Each record is encoded once."""
+    records = _records(state)
+    fmt = SNAPSHOT_FORMAT
+    if not everyone_runs(state, RELEASE_0_3_0):
+        older = _in_format(records, OLDEST_WRITTEN_SNAPSHOT_FORMAT)
+        if older is not None:
+            fmt, records = OLDEST_WRITTEN_SNAPSHOT_FORMAT, older
     doc = {
         "format": fmt,
         "applied_index": state.applied_index,
         "log_time": state.log_time,
-        "settings": trim(Settings, encode_dataclass(state.settings)),
-        "hosts": [trim(Host, encode_dataclass(state.hosts[n])) for n in sorted(state.hosts)],
-        "vms": [trim(Vm, encode_dataclass(state.vms[n])) for n in sorted(state.vms)],
-        "fences": [trim(FenceRecord, encode_dataclass(r)) for r in state.fences],
+        **records,
         "recent": [[rid, idx] for rid, idx in state.recent_requests.items()],
         "versions": [encode_dataclass(state.versions[n]) for n in sorted(state.versions)],
     }
@@ -210,6 +206,7 @@ def _pack_snapshot(state: ClusterState, fmt: int,
 
 
 OLDEST_WRITTEN_SNAPSHOT_FORMAT = 6  # what 0.2.0 writes and reads
+_RECORD_TYPES = {"settings": Settings, "hosts": Host, "vms": Vm, "fences": FenceRecord}
 
 
 def snapshot_format(state: ClusterState) -> int:
@@ -217,34 +214,47 @@ def snapshot_format(state: ClusterState) -> int:
     format 6, which 0.2.0 reads, if the state fits in it (the fields of format 7 at their
     defaults, as the version gate and fsm/releases.py keep them while an older host is in
     the cluster); else this peer's own format."""
-    if everyone_runs(state, RELEASE_0_3_0):
+    if everyone_runs(state, RELEASE_0_3_0) or \
+            _in_format(_records(state), OLDEST_WRITTEN_SNAPSHOT_FORMAT) is None:
         return SNAPSHOT_FORMAT
-    if _fits(state, OLDEST_WRITTEN_SNAPSHOT_FORMAT):
-        return OLDEST_WRITTEN_SNAPSHOT_FORMAT
-    return SNAPSHOT_FORMAT
+    return OLDEST_WRITTEN_SNAPSHOT_FORMAT
 
 
-def _fits(state: ClusterState, fmt: int) -> bool:
-    records: list[tuple[type, Any]] = [(Settings, state.settings)]
-    records += [(Host, h) for h in state.hosts.values()]
-    records += [(Vm, v) for v in state.vms.values()]
-    records += [(FenceRecord, r) for r in state.fences]
-    return all(_trimmed(cls, encode_dataclass(r), fmt) is not None for cls, r in records)
+def _records(state: ClusterState) -> dict[str, Any]:
+    """The state's records, encoded as this release writes them."""
+    return {
+        "settings": encode_dataclass(state.settings),
+        "hosts": [encode_dataclass(state.hosts[n]) for n in sorted(state.hosts)],
+        "vms": [encode_dataclass(state.vms[n]) for n in sorted(state.vms)],
+        "fences": [encode_dataclass(r) for r in state.fences],
+    }
 
 
-def _trimmed(cls: type, raw: list[Any], fmt: int) -> Any:
-    """The record as format `fmt` holds it: without the fields added since, which must
-    hold their defaults (None when one does not)."""
-    added = [name for f, records in FIELDS_ADDED.items() if f > fmt
-             for name in records.get(cls, ())]
-    if not added:
-        return raw
+def _in_format(records: dict[str, Any], fmt: int) -> dict[str, Any] | None:
+    """The records as format `fmt` holds them: without the fields added since, which
+    must all hold their defaults (None when one does not: the state does not fit)."""
+    out: dict[str, Any] = {}
+    for key, raw in records.items():
+        trim = _trimmer(_RECORD_TYPES[key], fmt)
+        out[key] = trim(raw) if key == "settings" else [trim(r) for r in raw]
+        if out[key] is None or (key != "settings" and None in out[key]):
+            return None
+    return out
+
+
+def _trimmer(cls: type, fmt: int) -> Callable[[list[Any]], list[Any] | None]:
+    """Cuts the fields a record type gained after format `fmt` (always its last ones)."""
     names = [f.name for f in dataclasses.fields(cls)]
+    added = [names.index(name) for f, records in FIELDS_ADDED.items() if f > fmt
+             for name in records.get(cls, ())]
     defaults = encode_dataclass(_default_record(cls))
-    keep = len(raw) - len(added)
-    if any(raw[names.index(n)] != defaults[names.index(n)] for n in added):
-        return None
-    return raw[:keep]
+    keep = len(names) - len(added)
+
+    def trim(raw: list[Any]) -> list[Any] | None:
+        if any(raw[i] != defaults[i] for i in added):
+            return None
+        return raw[:keep]
+    return trim
 
 
 def decode_snapshot(data: bytes) -> ClusterState:
@@ -299,13 +309,19 @@ def _padded(cls: type, raw: Any, found: int) -> Any:
     defaults (encoded, as the record's other fields are)."""
     if not isinstance(raw, list):
         return raw
+    padding = _padding(cls, found)
+    return [*raw, *padding] if padding else raw
+
+
+@functools.cache
+def _padding(cls: type, found: int) -> tuple[Any, ...]:
+    """The encoded defaults of the fields `cls` gained after format `found`, in order
+    (once per record type and format: a snapshot holds thousands of records)."""
     added = [name for fmt, records in sorted(FIELDS_ADDED.items()) if fmt > found
              for name in records.get(cls, ())]
-    if not added:
-        return raw
     defaults = encode_dataclass(_default_record(cls))
     names = [f.name for f in dataclasses.fields(cls)]
-    return [*raw, *(defaults[names.index(name)] for name in added)]
+    return tuple(defaults[names.index(name)] for name in added)
 
 
 def _default_record(cls: type) -> Any:

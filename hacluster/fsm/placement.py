@@ -112,7 +112,9 @@ class Planner:
     def choose_in(self, vm: Vm, batch: Iterable[Vm]) -> Choice:
         """Choose for vm, placed in a batch: a colocation group with no host yet
         goes to a host that fits all its members of the batch."""
-        together = [v for v in batch if vm.colocation and v.colocation == vm.colocation]
+        if not vm.colocation:  # the usual VM: no pass over the whole batch
+            return self.choose(vm)
+        together = [v for v in batch if v.colocation == vm.colocation]
         if len(together) < 2 or vm.colocation in self.anchors:
             return self.choose(vm)
         return self._choose_together(vm.colocation, together)

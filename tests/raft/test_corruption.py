@@ -42,6 +42,16 @@ def damage(path: str, how: str) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
+def set_term(peer: Peer, term: int, voted_for: str | None) -> None:
+    """Rewrite a stopped peer's meta file (its current term and vote)."""
+    meta_path = os.path.join(peer.data_dir, META_NAME)
+    meta = load_meta(meta_path)
+    assert meta is not None
+    meta.term, meta.voted_for = term, voted_for
+    with open(meta_path, "wb") as f:
+        f.write(encode_meta(meta))
+
+
 def compact(peer: Peer) -> None:
     peer.call("compact")
     wait_for(lambda: peer.status()["log_first_index"] > 1, 10, f"{peer.name} to compact")
@@ -95,12 +105,7 @@ def test_a_rebuilt_peer_with_a_higher_term_than_the_leader_catches_up(make_clust
     c.wait_converged(min_count=10)
     victim = next(p for p in c.peers if p is not leader)
     victim.stop()
-    meta_path = os.path.join(victim.data_dir, META_NAME)
-    meta = load_meta(meta_path)
-    assert meta is not None
-    meta.term, meta.voted_for = term + 20, None
-    with open(meta_path, "wb") as f:
-        f.write(encode_meta(meta))
+    set_term(victim, term + 20, None)
     damage(os.path.join(victim.data_dir, JOURNAL_NAME), "corrupt")
     victim.start(rebuild=True)
     c.wait_converged(min_count=10)
@@ -153,12 +158,7 @@ def test_a_peer_that_stood_for_election_while_cut_off_catches_up(make_cluster):
     victim = next(p for p in c.peers if p is not leader)
     victim.stop()
     propose_all(leader, 5, "b")  # it falls behind: it cannot win a pre-vote
-    meta_path = os.path.join(victim.data_dir, META_NAME)
-    meta = load_meta(meta_path)
-    assert meta is not None
-    meta.term, meta.voted_for = term + 3, victim.address  # it voted for itself
-    with open(meta_path, "wb") as f:
-        f.write(encode_meta(meta))
+    set_term(victim, term + 3, victim.address)  # it voted for itself
     victim.start()
     c.wait_converged(min_count=15)
     new_leader, new_term = c.wait_leader()
