@@ -51,9 +51,12 @@ def test_order_and_colocation_hold_through_a_real_failover(lab_factory: Factory)
     lab.call("host.tag", {"name": others[1], "tag": "dbhost", "add": True})
     lab.wait(lambda: observer.where("db1") == [others[1]] and observer.where("app1") != [],
              30, "db1, then app1, running")
-    db_start = observer.first_start("db1", tagged)
-    app_start = observer.first_start("app1", cut)
-    # a look stamps when it began: app1 first seen in the same look as db1, or a later one
-    assert db_start is not None and app_start is not None and app_start >= db_start
+    db_start = observer.first_sighting("db1", tagged)
+    app_start = observer.first_sighting("app1", cut)
+    # The observer looks at each host in turn and stamps a look when it began, so app1's
+    # host may be looked at a millisecond before db1's. app1 started first only if a look
+    # that ended seeing it ended before the last look that did not see db1 began.
+    assert db_start is not None and app_start is not None
+    assert app_start.by >= db_start.after, (app_start, db_start)
     assert lab.vms()["app1"]["state"] == "started"
     assert observer.violations == []
