@@ -6,7 +6,6 @@ test must not slow down the next)."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from hacluster.fence.agent import AgentFencer
 from hacluster.fence.ipmi import IpmiFencer
 from hacluster.lab.bmc import BmcSim
+from raftlab.harness import free_ports
 
 from .support import PASSWORD, need
 
@@ -61,6 +61,4 @@ def agent() -> AgentFencer:
 @pytest.fixture
 def silent_udp_port() -> int:
     """A loopback UDP port nobody listens on (the moment we checked)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1)[0]

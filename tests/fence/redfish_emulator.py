@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from raftlab.harness import free_ports
+
 _BOOTSTRAP = """
 import sys
 from sushy_tools.emulator.resources.systems import fakedriver
@@ -48,19 +50,10 @@ def sushy_unavailable_reason() -> str | None:
     return None
 
 
-_CLAIMED: set[int] = set()  # ports handed to emulators of this process: never twice
-
-
 def _free_tcp_port() -> int:
-    """A port the kernel says is free now and no other emulator here was given; the
+    """A port free now, outside the ephemeral range, never given twice here; the
     emulator binds it about a second later, so wait_ready retries if it was taken."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port not in _CLAIMED:
-            _CLAIMED.add(port)
-            return port
+    return free_ports(1)[0]
 
 
 def make_self_signed(directory: Path) -> tuple[Path, Path, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import socket
 import uuid
 from collections.abc import Iterator
 
@@ -11,6 +10,7 @@ import pytest
 
 from hacluster.fence.redfish import RedfishFencer
 from hacluster.ports import BmcTarget, FenceAction, FenceOutcome, PowerState, Secret
+from raftlab.harness import free_ports
 
 from .redfish_emulator import FakeSystem, RedfishEmulator, sushy_unavailable_reason
 from .support import PASSWORD, assert_no_secret, assert_one_line, timed
@@ -132,9 +132,7 @@ def test_refused_power_off_is_command_rejected(
 
 
 def test_nothing_listening_is_unreachable(redfish: RedfishFencer) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])  # closed again when we connect
+    (port,) = free_ports(1)
     silent = BmcTarget("h", "redfish", "127.0.0.1", port, "u", Secret("p"), verify_tls=False)
     result = timed(lambda: redfish.fence(silent, FenceAction.OFF, 2.0), 2.0)
     assert result.outcome is FenceOutcome.UNREACHABLE, result.evidence

@@ -36,18 +36,42 @@ def _child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out on 127.0.0.1 (all held until all are known)."""
-    socks = []
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(v) for v in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+_HANDED_OUT: set[int] = set()  # never the same port twice to this process's tests
+
+
+def _bindable(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def free_ports(count: int) -> list[int]:
+    """Loopback ports free for TCP and UDP now, chosen outside the kernel's ephemeral
+    range. A port the kernel hands out for bind(0) is also what it picks as the source
+    port of the next outgoing connection, so a peer started on one a moment later can
+    find it taken (seen in CI: BindError on restart of a 3-peer cluster)."""
+    low, high = _ephemeral_range()
+    pool = range(10000, low) if low > 12000 else range(high + 1, 65536)
+    ports: list[int] = []
+    while len(ports) < count:
+        port = pool[int.from_bytes(os.urandom(4), "big") % len(pool)]
+        if port not in _HANDED_OUT and _bindable(port):
+            _HANDED_OUT.add(port)
+            ports.append(port)
+    return ports
 
 
 def wait_for(

@@ -20,6 +20,7 @@ from hacluster.rpc.client import RpcClient
 from hacluster.rpc.endpoint import ConnectError, Target, parse_target
 from hacluster.rpc.protocol import ErrorCode, RpcError
 from hacluster.rpc.server import ServerLimits
+from raftlab.harness import free_ports
 
 from .conftest import TOKEN
 from .support import Pki, Probe, ServerThread, unix_config, wait_for
@@ -58,9 +59,7 @@ def test_dead_socket_is_refused(tmp_short: Path) -> None:
 
 
 def test_closed_tcp_port_is_named() -> None:
-    with socket.socket() as probe:  # a port that was free a moment ago
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    (port,) = free_ports(1)  # a port that was free a moment ago
     with pytest.raises(ConnectError) as info:
         RpcClient.connect(f"127.0.0.1:{port}", timeout_s=2)
     assert info.value.message == (f"cannot connect to 127.0.0.1:{port}: "
