@@ -12,7 +12,8 @@ carry out the action it returns, reporting back through the `*_done` methods.
    - freeze: record "done" at once: its VMs run on, unprotected until it returns.
    - stop, failover: record "begin" (no new VMs here), stop the agent (nothing starts
      here any more), wait out live migrations into or out of this host, shut the VMs
-     down, read libvirt, record "done" with the placements found stopped.
+     down (in reverse start order, wave after wave, within one shutdown timeout), read
+     libvirt, record "done" with the placements found stopped.
    - migrate: record "begin" (the host drains by live migration, fsm/lifecycle.py),
      wait until it holds no VM, or until nothing can move, or until the budget for it is
      spent; whatever is left then goes as for failover.
@@ -36,6 +37,7 @@ from hacluster.core.agent import LIVE, DomainState
 from hacluster.fsm import commands as c
 from hacluster.fsm.apply_shutdown import RELEASABLE, policy_of
 from hacluster.fsm.model import ClusterState, ShutdownPolicy
+from hacluster.fsm.relations import stop_waves
 from hacluster.fsm.states import FENCE_PENDING_HOSTS, HostState, VmState
 
 P = ShutdownPolicy
@@ -87,6 +89,9 @@ class StopAgent:
 class ShutDownVms:
     names: tuple[str, ...]
     reason: str
+    # the names in the order they stop, wave after wave (fsm/relations.py `stop_waves`):
+    # an application before the database it starts after
+    waves: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +206,10 @@ class PlannedShutdown:
         if self.phase is Phase.SHUT_DOWN:
             names = to_shut_down(view.state, self.me, view.domains or {})
             self._acting = True
+            waves = stop_waves(view.state, names)
+            order = f" in {len(waves)} waves (start order reversed)" if len(waves) > 1 else ""
             return ShutDownVms(names, f"planned shutdown ({self._policy_name}): shut down "
-                               f"{len(names)} VM(s) before leaving")
+                               f"{len(names)} VM(s){order} before leaving", waves)
         return self._done(view)
 
     @property

@@ -91,7 +91,7 @@ async def _act(peer: Peer, plan: sd.PlannedShutdown, action: sd.Action) -> None:
         left_s = plan.budget.moving_s - (time.monotonic() - plan.started)
         plan.agent_stopped(await peer.stop_agent(max(left_s, peer.config.timing.stop_grace_s)))
     elif isinstance(action, sd.ShutDownVms):
-        await _shut_down(peer, action.names)
+        await _shut_down(peer, action.waves)
         domains = await _domains(peer)
         with peer.replica.read() as state:
             plan.vms_shut_down(state, domains)
@@ -109,17 +109,21 @@ async def _propose(peer: Peer, plan: sd.PlannedShutdown, action: sd.Propose) -> 
     plan.proposed(outcome.committed, time.monotonic(), refused=refused)
 
 
-async def _shut_down(peer: Peer, names: tuple[str, ...]) -> None:
-    """Every VM at once: each shuts down gracefully, destroyed after the timeout."""
+async def _shut_down(peer: Peer, waves: tuple[tuple[str, ...], ...]) -> None:
+    """Wave after wave (an application before its database), every VM of a wave at
+    once: each shuts down gracefully and is destroyed when its wave's share of the
+    shutdown timeout is spent (the last wave gets what the earlier ones left)."""
     hypervisor = peer.hypervisor_in_use
-    if hypervisor is None or not names:
+    if hypervisor is None:
         return
     loop = asyncio.get_running_loop()
-    timeout = peer.config.hypervisor.shutdown_timeout_s
-    results = await asyncio.gather(*(loop.run_in_executor(
-        peer.pool, hypervisor.shutdown, name, timeout) for name in names),
-        return_exceptions=True)
-    for name, result in zip(names, results, strict=True):
-        if isinstance(result, BaseException):
-            log.error("planned shutdown: a VM did not stop", extra={"vm": name,
-                                                                    "error": str(result)})
+    deadline = time.monotonic() + peer.config.hypervisor.shutdown_timeout_s
+    for i, names in enumerate(waves):
+        share = max(deadline - time.monotonic(), 0.0) / (len(waves) - i)
+        results = await asyncio.gather(*(loop.run_in_executor(
+            peer.pool, hypervisor.shutdown, name, share) for name in names),
+            return_exceptions=True)
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("planned shutdown: a VM did not stop",
+                          extra={"vm": name, "error": str(result)})

@@ -4,8 +4,9 @@ Start order is mandatory, as Pacemaker's ordering constraints of kind Mandatory:
 whose `start_after` names other VMs is placed as usual (its capacity is booked) but its
 agent starts it only once every one of them runs, i.e. its agent reported it started
 (state started or migrating). There is no timeout: a dependency that never runs keeps
-its dependents waiting, and `hactl explain` says for what. Only start order is enforced;
-stops (planned shutdown, drain, stop) do not wait for each other.
+its dependents waiting, and `hactl explain` says for what. A planned shutdown stops the
+VMs of its host in reverse order (`stop_waves`: an application before its database);
+other stops (drain, hactl vm stop, a fence) do not wait for each other.
 
 A colocation group (`colocation`) is kept on one host: placement puts the members of a
 plan on one host that fits them all, and a member placed alone goes where the rest of
@@ -17,7 +18,7 @@ Pure: reads the state only.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from hacluster.fsm.model import ClusterState, Host, Vm
 from hacluster.fsm.states import VmState
@@ -80,6 +81,37 @@ def relation_problem(state: ClusterState, vm: Vm) -> str:
 def dependents(state: ClusterState, name: str) -> list[str]:
     """The VMs that start only after `name` (sorted)."""
     return sorted(v.name for v in state.vms.values() if name in v.start_after)
+
+
+def stop_waves(state: ClusterState, names: Iterable[str]) -> tuple[tuple[str, ...], ...]:
+    """`names` in waves to stop one after the other: a VM stops in an earlier wave than
+    every VM among `names` it starts after, directly or through VMs elsewhere (the
+    order is acyclic: apply refuses a cycle). Each wave sorted; () for no names."""
+    among = set(names)
+
+    def needs(name: str) -> set[str]:  # what `name` starts after, transitively
+        seen: set[str] = set()
+        todo = list(state.vms[name].start_after) if name in state.vms else []
+        while todo:
+            dep = todo.pop()
+            if dep not in seen and dep in state.vms:
+                seen.add(dep)
+                todo.extend(state.vms[dep].start_after)
+        return seen & among
+
+    stopped_before = {n: needs(n) for n in among}  # n stops before each of these
+    wave: dict[str, int] = {}
+
+    def wave_of(name: str) -> int:
+        if name not in wave:
+            wave[name] = 1 + max((wave_of(d) for d in among if name in stopped_before[d]),
+                                 default=-1)
+        return wave[name]
+
+    for name in among:
+        wave_of(name)
+    return tuple(tuple(sorted(n for n in among if wave[n] == i))
+                 for i in range(max(wave.values(), default=-1) + 1))
 
 
 def mates(state: ClusterState, vm: Vm) -> list[Vm]:

@@ -632,7 +632,7 @@ class SimPeer:
         if self.proc.agent_stopped and not self.proc.busy and plan.stopping_agent:
             plan.agent_stopped(True)  # (daemon/agent.py `quiesce`: nothing in flight)
         elif isinstance(action, sd.ShutDownVms):
-            self._shut_down(plan, action.names)
+            self._shut_down(plan, action.waves)
 
     def _leave(self, now: float) -> None:
         """daemon/peer.py `_shutdown` after the plan: a watchdog is said disarmed, then
@@ -661,18 +661,31 @@ class SimPeer:
         self.raft.crash()  # the process exits (cleanly: nothing else differs here)
         self.stop()
 
-    def _shut_down(self, plan: sd.PlannedShutdown, names: tuple[str, ...]) -> None:
+    def _shut_down(self, plan: sd.PlannedShutdown, waves: tuple[tuple[str, ...], ...]) -> None:
+        """daemon/shutdown.py `_shut_down`: wave after wave, each taking a VM stop."""
         host = self.world.hosts[self.name]
         generation = self.proc.generation
-        if names:
-            self.world.note(f"peer {self.name}: shuts down {', '.join(names)}")
 
-        def done() -> None:
-            for name in names:
-                host.hyper.domains.pop(name, None)
+        def finish() -> None:
             if self.proc.generation == generation and host.powered:
                 plan.vms_shut_down(self.proc.state, dict(host.hyper.domains))
 
+        def run(left: tuple[tuple[str, ...], ...]) -> None:
+            self.world.note(f"peer {self.name}: shuts down {', '.join(left[0])}")
+
+            def done() -> None:
+                for name in left[0]:  # (asked of libvirt already: stops whatever follows)
+                    host.hyper.domains.pop(name, None)
+                if len(left) == 1:
+                    finish()
+                elif self.proc.generation == generation and host.powered:
+                    run(left[1:])
+
+            self.world.at(DELAYS["stop"], done)
+
         from hacluster.sim.world import DELAYS  # (world imports this module)
 
-        self.world.at(DELAYS["stop"], done)
+        if waves:
+            run(waves)
+        else:
+            self.world.at(DELAYS["stop"], finish)

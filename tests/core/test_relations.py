@@ -8,6 +8,7 @@ from hacluster.core.versions import admit
 from hacluster.fsm import commands as c
 from hacluster.fsm.codec import decode_command, encode_command
 from hacluster.fsm.model import Desired, Selector
+from hacluster.fsm.relations import stop_waves
 from hacluster.fsm.states import HostState, VmState
 
 from .builders import Cluster, only
@@ -196,6 +197,21 @@ def test_a_dependent_on_another_host_waits_for_the_dependency_there() -> None:
     assert reconcile("h3", cl.state, {}, fresh=True) == []
     cl.report("db", "started")
     assert [type(a) for a in reconcile("h3", cl.state, {}, fresh=True)] == [StartVm]
+
+
+def test_a_planned_shutdown_stops_in_reverse_start_order() -> None:
+    cl = cluster()
+    for name, after in (("db", ()), ("cache", ()), ("mid", ("db",)), ("app", ("mid",)),
+                        ("web", ("app", "cache")), ("lone", ())):
+        cl.add_vm(name, start_after=after, desired=Desired.STOPPED)
+    every = ("app", "cache", "db", "lone", "mid", "web")
+    assert stop_waves(cl.state, every) == (("lone", "web"), ("app", "cache"), ("mid",),
+                                           ("db",))
+    # "mid" runs elsewhere: "app" still stops before "db", which it needs through "mid"
+    assert stop_waves(cl.state, ("db", "app", "lone")) == (("app", "lone"), ("db",))
+    assert stop_waves(cl.state, ("db", "cache")) == (("cache", "db"),)
+    assert stop_waves(cl.state, ()) == ()
+    assert stop_waves(cl.state, ("gone", "db")) == (("db", "gone"),)  # removed meanwhile
 
 
 # ---------------------------------------------------------------- versions

@@ -197,6 +197,20 @@ def test_failover_shuts_down_what_runs_here_and_lists_what_libvirt_no_longer_sho
     assert isinstance(leave, sd.Leave) and leave.unprotected == (here[0],)
 
 
+def test_an_application_shuts_down_before_the_database_it_starts_after() -> None:
+    cl = cluster("stop")
+    cl.add_vm("db", allowed_hosts=("h1",))
+    cl.add_vm("app", allowed_hosts=("h1",), start_after=("db",))
+    cl.add_vm("tool", allowed_hosts=("h1",))
+    plan = sd.PlannedShutdown("h1", 0.0)
+    now = drive_to_shutdown(cl, plan)
+    action = plan.step(view(cl, now, domains={"db": RUN, "app": RUN, "tool": RUN}))
+    assert isinstance(action, sd.ShutDownVms)
+    assert action.waves == (("app", "tool"), ("db",))
+    assert action.names == ("app", "db", "tool")
+    assert "3 VM(s) in 2 waves (start order reversed)" in action.reason
+
+
 def test_an_agent_operation_still_running_releases_nothing() -> None:
     cl = cluster("failover")
     cl.add_vm("vm1")

@@ -100,3 +100,40 @@ def test_migrate_policy_drains_by_live_migration_and_the_host_comes_back(
     assert host["peer_stopped"] and host["state"] == "draining" and host["vms"] == 0
     lab.nodes[victim].host.power_on()
     lab.wait(lambda: lab.hosts()[victim]["state"] == "online", 60, "the host back online")
+
+
+@pytest.mark.netns
+def test_stop_policy_shuts_an_application_down_before_its_database(
+        lab_factory: Factory) -> None:
+    """Real QEMU domains ignore the graceful shutdown (no guest OS), so each wave is
+    destroyed when its share of the shutdown timeout is spent: the observer sees the
+    application gone a few seconds before the database, and when the peer returns the
+    database runs before the application starts."""
+    lab = lab_factory(3, "fast", driver="qemu", isolation="netns")
+    lab.add_vms(1, "db", colocation="shop")
+    lab.add_vms(1, "app", colocation="shop", start_after=["db1"])
+    observer = lab.observer
+    assert isinstance(observer, Observer)
+    host = lab.vms()["db1"]["host"]
+    assert lab.vms()["app1"]["host"] == host
+    set_policy(lab, "stop", host, only_this_host=True)
+    moment = max((s.at for s in observer.sightings), default=0.0)
+    lab.nodes[host].host.stop_peer(timeout_s=60)
+    lab.wait(lambda: observer.where("db1") == [] and observer.where("app1") == [], 30,
+             "both VMs shut down")
+    app_gone = observer.first_sighting("app1", moment, running=False, on=host)
+    db_gone = observer.first_sighting("db1", moment, running=False, on=host)
+    assert app_gone is not None and db_gone is not None
+    # app1 was gone in a look that ended before the last look still seeing db1 began
+    assert app_gone.by <= db_gone.after, (app_gone, db_gone)
+    assert lab.call("fence.history")["fences"] == []
+
+    back = max((s.at for s in observer.sightings), default=0.0)
+    lab.nodes[host].host.power_on()  # its peer returns: the VMs start there again
+    lab.wait(lambda: observer.where("db1") == [host] and observer.where("app1") == [host],
+             60, "both VMs running again")
+    db_up = observer.first_sighting("db1", back, on=host)
+    app_up = observer.first_sighting("app1", back, on=host)
+    assert db_up is not None and app_up is not None
+    assert db_up.by <= app_up.after, (db_up, app_up)
+    assert observer.violations == []
