@@ -1,4 +1,5 @@
-"""ports.Hypervisor over libvirt-python; the only module that imports libvirt.
+"""ports.Hypervisor over libvirt-python; this module and migration.py (live
+migration) are the only ones that import libvirt.
 
 One `LibvirtHypervisor` owns one connection to one URI (qemu:///system,
 qemu:///system?socket=PATH, test:///default, test+unix:///default?socket=PATH).
@@ -29,10 +30,10 @@ from typing import Any, TypeVar
 import libvirt
 
 from hacluster.hypervisor import domxml
-from hacluster.hypervisor.domxml import p2p_uri
 from hacluster.hypervisor.fanout import DomainEventFanout
 from hacluster.hypervisor.jobs import abort_after
 from hacluster.hypervisor.locks import held_lock
+from hacluster.hypervisor.migration import run_migration
 from hacluster.hypervisor.states import IncomingMigrations, map_event, map_state
 from hacluster.ports import (
     DiskLockHeld,
@@ -481,22 +482,23 @@ class LibvirtHypervisor:
         migration_uri: str | None = None,
     ) -> None:
         """Live-migrate to the libvirtd at dest_uri; the definition moves with
-        the domain. Peer-to-peer lets the source libvirtd reach dest_uri itself;
-        otherwise this client talks to both. After timeout_s the migration job
-        is aborted and the domain keeps running here."""
+        the domain and replaces a stale inactive one there (migration.py); an
+        active domain of that name there refuses it. Peer-to-peer lets the source
+        libvirtd reach dest_uri itself; otherwise this client talks to both. After
+        timeout_s the migration job is aborted and the domain keeps running here."""
         dom = self._require("migrate", name)
         params: dict[str, Any] = {}
         if bandwidth_mib_s:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(bandwidth_mib_s)
         if migration_uri:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = migration_uri
+        what = f"migration of domain {name!r} from {self.uri} to {dest_uri}"
         with self._migrating_lock:
             self._migrating.add(name)
         try:
             with abort_after(timeout_s, lambda: _abort_job(dom), f"migration of {name}") as aborted:
-                self._run_migration(dom, dest_uri, params, peer_to_peer)
+                run_migration(dom, dest_uri, params, peer_to_peer, what)
         except libvirt.libvirtError as exc:
-            what = f"migration of domain {name!r} from {self.uri} to {dest_uri}"
             if aborted.is_set():
                 raise HypervisorError(
                     f"{what} did not finish within {timeout_s:g} s and was aborted: {_cause(exc)}"
@@ -505,22 +507,6 @@ class LibvirtHypervisor:
         finally:
             with self._migrating_lock:
                 self._migrating.discard(name)
-
-    def _run_migration(
-        self, dom: libvirt.virDomain, dest_uri: str, params: dict[str, Any], peer_to_peer: bool
-    ) -> None:
-        flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
-        flags |= libvirt.VIR_MIGRATE_ABORT_ON_ERROR
-        if dom.isPersistent():
-            flags |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-        if peer_to_peer:
-            dom.migrateToURI3(p2p_uri(dest_uri), params, flags | libvirt.VIR_MIGRATE_PEER2PEER)
-            return
-        dest = libvirt.open(dest_uri)
-        try:
-            dom.migrate3(dest, params, flags)
-        finally:
-            dest.close()
 
     def subscribe(self, listener: DomainListener) -> None:
         """Deliver (name, state, reason) for every lifecycle change, from a

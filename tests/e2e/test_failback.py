@@ -5,14 +5,18 @@ migration. Judged from outside the cluster too: the lab observer polls every lib
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 
 import pytest
 
+from hacluster.hypervisor.libvirt_driver import LibvirtHypervisor
 from hacluster.lab.cluster import EventFollower, LabCluster
 from hacluster.lab.observer import Observer
+from hacluster.ports import DomainState
 
 pytestmark = pytest.mark.netns
 
@@ -27,7 +31,22 @@ def hactl(lab: LabCluster, peer: str, *words: str) -> str:
     return done.stdout
 
 
-def test_a_vm_live_migrates_back_after_host_ready(lab_factory: Factory) -> None:
+def _redefine_under_another_uuid(uri: str, name: str) -> str:
+    """What a host of release 0.2.0 (a random uuid per host) or a hand-made definition
+    leaves behind: the VM's inactive definition under a uuid its running copy lacks."""
+    stale = str(uuid.uuid4())
+    with LibvirtHypervisor(uri) as hv:
+        assert [i.state for i in hv.list_domains() if i.name == name] == [DomainState.SHUTOFF]
+        xml = hv._require("read", name).XMLDesc(0)
+        hv.undefine(name)
+        hv.define(name, re.sub(r"<uuid>[^<]*</uuid>", f"<uuid>{stale}</uuid>", xml, count=1))
+        assert hv._require("read", name).UUIDString() == stale
+    return stale
+
+
+@pytest.mark.parametrize("stale_uuid", [False, True], ids=["same-uuid", "stale-uuid"])
+def test_a_vm_live_migrates_back_after_host_ready(lab_factory: Factory,
+                                                  stale_uuid: bool) -> None:
     lab = lab_factory(3, "fast", driver="qemu", isolation="netns")
     observer = lab.observer
     assert isinstance(observer, Observer)
@@ -49,6 +68,12 @@ def test_a_vm_live_migrates_back_after_host_ready(lab_factory: Factory) -> None:
     assert f"host {home} is back but not ready: waiting for `hactl host ready {home}`" \
         in explained, explained
     assert lab.vms()["vm1"]["host"] == away
+    home_uri = lab.nodes[home].host.libvirtd.uri
+    stale = ""
+    if stale_uuid:  # libvirt alone refuses the migration back ("already exists with uuid")
+        stale = _redefine_under_another_uuid(home_uri, "vm1")
+    with LibvirtHypervisor(lab.nodes[away].host.libvirtd.uri) as hv:
+        running_uuid = hv._require("read", "vm1").UUIDString()
 
     events = EventFollower(lab, leader)
     events.start()
@@ -73,3 +98,9 @@ def test_a_vm_live_migrates_back_after_host_ready(lab_factory: Factory) -> None:
     assert [v for v in observer.violations if v.split()[0] != "vm1"] == []
     assert [f["host"] for f in lab.call("fence.history")["fences"]] == [home]
     assert f"on its preferred host {home} (score 100)" in hactl(lab, leader, "explain", "vm1")
+    with LibvirtHypervisor(home_uri) as hv:  # the incoming definition replaced the stale one
+        assert hv._require("read", "vm1").UUIDString() == running_uuid
+    if stale_uuid:  # the source's log names what was replaced
+        log = (lab.nodes[away].host.spec.path / "peer.log").read_text()
+        assert re.search(f"removed the stale inactive definition of vm1 on {re.escape(home_uri)} "
+                         f"\\(uuid {stale}\\) .*\\(uuid {running_uuid}\\)", log), log[-3000:]

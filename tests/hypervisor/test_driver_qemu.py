@@ -3,9 +3,11 @@ network namespace (two diskless 32 MiB hosts; see the qemu_pair fixture)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -183,3 +185,58 @@ def test_libvirt_errors_name_the_domain(
     )
     with pytest.raises(HypervisorError, match=f"define of domain '{name}'.*nonexistent"):
         hv.define(name, broken)
+
+
+def _uuid(hv: LibvirtHypervisor, name: str) -> str:
+    return hv._require("read the uuid", name).UUIDString()
+
+
+@pytest.mark.parametrize("peer_to_peer", [True, False], ids=["p2p", "client"])
+def test_migration_replaces_a_stale_inactive_definition_under_another_uuid(
+    qemu_pair: Pair, hvs: tuple[LibvirtHypervisor, LibvirtHypervisor], name: str,
+    peer_to_peer: bool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A host of release 0.2.0 (random uuid per host) or a hand-made definition left an
+    inactive definition of the VM on A under another uuid: libvirt would refuse the
+    migration back to A ("already exists with uuid"), breaking failback and drains."""
+    (host_a, _), (hv_a, hv_b) = qemu_pair, hvs
+    stale = str(uuid.uuid4())
+    hv_a.define(name, minimal_domain_xml(name, 32, 1, domain_type_for(hv_a.uri), uuid=stale))
+    _started(hv_b, name)
+    running = _uuid(hv_b, name)
+    assert running != stale
+    with caplog.at_level(logging.WARNING, logger="hacluster.hypervisor"):
+        hv_b.migrate(name, host_a.uri, timeout_s=20.0, peer_to_peer=peer_to_peer)
+    assert _state(hv_b, name) is None
+    assert _state(hv_a, name) == S.RUNNING
+    assert _uuid(hv_a, name) == running
+    evidence = [r.getMessage() for r in caplog.records if "stale inactive" in r.getMessage()]
+    assert len(evidence) == 1
+    assert all(part in evidence[0] for part in (name, host_a.uri, stale, running))
+    hv_a.destroy(name)
+    assert _state(hv_a, name) == S.SHUTOFF  # the incoming definition is the persistent one
+
+
+@pytest.mark.parametrize("dest_uuid,pause", [("other", False), ("other", True), ("same", False)],
+                         ids=["running-other-uuid", "paused-other-uuid", "running-same-uuid"])
+def test_migration_never_touches_an_active_domain_of_that_name_at_the_destination(
+    qemu_pair: Pair, hvs: tuple[LibvirtHypervisor, LibvirtHypervisor], name: str,
+    dest_uuid: str, pause: bool,
+) -> None:
+    """Two running copies of one VM are split brain: the migration is refused, both stay."""
+    (host_a, _), (hv_a, hv_b) = qemu_pair, hvs
+    own = str(uuid.uuid4()) if dest_uuid == "other" else None  # None: the name's uuid
+    hv_a.define(name, minimal_domain_xml(name, 32, 1, domain_type_for(hv_a.uri), uuid=own))
+    hv_a.start(name)
+    if pause:
+        hv_a._require("pause", name).suspend()
+    before = _uuid(hv_a, name)
+    _started(hv_b, name)
+    assert (_uuid(hv_b, name) == before) == (dest_uuid == "same")
+    for peer_to_peer in (True, False):
+        with pytest.raises(HypervisorError, match=f"migration of domain '{name}'") as refused:
+            hv_b.migrate(name, host_a.uri, timeout_s=20.0, peer_to_peer=peer_to_peer)
+        assert "split brain" in str(refused.value)
+        assert _state(hv_a, name) == (S.PAUSED if pause else S.RUNNING)
+        assert _uuid(hv_a, name) == before
+        assert _state(hv_b, name) == S.RUNNING
