@@ -17,6 +17,7 @@ running copies of one VM would be split brain.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import libvirt
@@ -25,6 +26,7 @@ from hacluster.hypervisor.domxml import p2p_uri
 from hacluster.ports import HypervisorError
 
 log = logging.getLogger(__name__)
+LOOK_TIMEOUT_S = 10.0  # how long a peer-to-peer migration waits to look at the destination
 
 # Removing a stale definition takes its managed save image (a saved state of an old
 # copy: restoring it later would roll the VM's disks back under it) and its snapshot
@@ -36,6 +38,34 @@ _UNDEFINE_STALE = (
     | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
     | libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
 )
+
+
+def _open_within(uri: str, timeout_s: float) -> libvirt.virConnect | str:
+    """A connection to uri, or why there is none. libvirt's open has no timeout (an
+    unreachable host holds it for the kernel's SYN retries, minutes, which the
+    migration's own deadline cannot abort): it runs in a thread of its own, and a
+    connection that comes too late is closed when it comes."""
+    result: list[libvirt.virConnect | str] = []
+    lock = threading.Lock()
+
+    def connect() -> None:
+        try:
+            conn: libvirt.virConnect | str = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            conn = exc.get_error_message() or str(exc)
+        with lock:
+            result.append(conn)
+            late = len(result) > 1
+        if late and isinstance(conn, libvirt.virConnect):
+            conn.close()
+
+    thread = threading.Thread(target=connect, name=f"open {uri}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    with lock:
+        if not result:
+            result.append(f"no answer within {timeout_s:g} s")  # marks a late one
+        return result[0]
 
 
 def migration_flags(dom: libvirt.virDomain) -> int:
@@ -58,16 +88,15 @@ def run_migration(
         # The source libvirtd reaches the destination itself; this client opens it
         # too only to look for a stale definition. If it cannot, the migration goes
         # ahead: libvirtd may have a way in that we lack, and it refuses a conflict.
-        try:
-            dest = libvirt.open(dest_uri)
-        except libvirt.libvirtError as exc:
+        looked = _open_within(dest_uri, LOOK_TIMEOUT_S)
+        if isinstance(looked, str):
             log.warning("%s: cannot open the destination to look for a stale definition "
-                        "(%s); migrating anyway", what, exc.get_error_message() or exc)
+                        "(%s); migrating anyway", what, looked)
         else:
             try:
-                clear_stale_definition(dom, dest, dest_uri, flags, what)
+                clear_stale_definition(dom, looked, dest_uri, flags, what)
             finally:
-                dest.close()
+                looked.close()
         dom.migrateToURI3(p2p_uri(dest_uri), params, flags | libvirt.VIR_MIGRATE_PEER2PEER)
         return
     dest = libvirt.open(dest_uri)
