@@ -47,7 +47,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from hacluster.lab.cluster import EventFollower, LabCluster, lab_unavailable
+from hacluster.lab.cluster import LabCluster, lab_unavailable
+from hacluster.lab.events import EventFollower
 from hacluster.lab.isolation import ISOLATIONS
 from hacluster.lab.witness import Recovery, ipmi_power_offs, recovery
 

@@ -15,11 +15,9 @@ Needs root (private libvirtd instances use namespaces).
 from __future__ import annotations
 
 import contextlib
-import math
 import secrets
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,47 +52,6 @@ def backend_of(address: str) -> str:
     """The second network of a loopback host: the same host number one /24 up."""
     a, b, c, d = address.split(".")
     return f"{a}.{b}.{(int(c) % 254) + 1}.{d}"
-
-
-class EventFollower:
-    """Streams a peer's cluster events in a thread, stamped with arrival time."""
-
-    def __init__(self, lab: LabCluster, peer: str) -> None:
-        self.lab = lab
-        self.peer = peer
-        self.events: list[tuple[float, dict[str, Any]]] = []
-        self._stop = threading.Event()
-
-    def start(self) -> None:
-        threading.Thread(target=self._run, name="event-follower", daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        try:
-            with self.lab.client(self.peer) as rpc:
-                for item in rpc.stream("events", {"follow": True, "last": 0},
-                                       timeout_s=math.inf):
-                    self.events.append((time.monotonic(), item))
-                    if self._stop.is_set():
-                        return
-        except (RpcError, OSError, RuntimeError):
-            return
-
-    def started_after(self, vm: str, after: float) -> bool:
-        """Whether an event said `vm` reached state started at or after `after`."""
-        return any(item["kind"] == "vm-state" and item["subject"] == vm
-                   and item["data"].get("to") == "started" and at >= after
-                   for at, item in list(self.events))
-
-    def first(self, kind: str, subject: str, after: float = 0.0) -> float | None:
-        """When the first event of `kind` about `subject` arrived at or after `after`
-        (bench/failover.py splits a failover into phases with it)."""
-        for at, item in list(self.events):
-            if item["kind"] == kind and item["subject"] == subject and at >= after:
-                return at
-        return None
 
 
 def lab_unavailable(driver: str = "test", isolation: str = "loopback") -> str | None:

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from hacluster.lab.cluster import EventFollower, LabCluster
+from hacluster.lab.cluster import LabCluster
+from hacluster.lab.events import EventFollower
 
 SHOWN_EVENTS = ("host-state", "fence-requested", "fence-confirmed", "fence-failed",
                 "fence-cap-reached", "vm-state", "noop")

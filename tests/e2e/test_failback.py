@@ -14,7 +14,8 @@ from collections.abc import Callable
 import pytest
 
 from hacluster.hypervisor.libvirt_driver import LibvirtHypervisor
-from hacluster.lab.cluster import EventFollower, LabCluster
+from hacluster.lab.cluster import LabCluster
+from hacluster.lab.events import EventFollower
 from hacluster.lab.observer import Observer
 from hacluster.ports import DomainState
 

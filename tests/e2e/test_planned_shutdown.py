@@ -8,7 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from hacluster.lab.cluster import EventFollower, LabCluster
+from hacluster.lab.cluster import LabCluster
+from hacluster.lab.events import EventFollower
 from hacluster.lab.observer import Observer
 
 Factory = Callable[..., LabCluster]
