@@ -42,6 +42,8 @@ RaftPeer, the public part:
   up to the persisted commit index come back with commit_term 0 (unknown).
 * ReadIndex: `read_mark() -> ReadMark(term, commit_index, seq) | None`, `echoes()`,
   `read_confirmed(mark)`, `heartbeat()`; see raftlead.py for why echoes are sound.
+* elections with pre-vote (raftprevote.py, the daemon's raft/prevote.py rules) unless
+  `RaftModelConfig.pre_vote` is off; TimeoutNow and `stand_for_election` skip it.
 * `transfer_leadership() -> bool` (TimeoutNow to the most up-to-date voter),
   `match_index()`.
 * process faults: `crash()`, `restart(rebuild=False, log_prefix=None, term=None,
