@@ -35,7 +35,7 @@ def schedule(seed: int, chaos_s: float = 10.0, **kwargs: object) -> tuple[Harnes
     # Production (pre-vote, a stale leader told our term), bare pysyncobj (neither),
     # and a stale leader told without pre-vote; elections with and without a
     # connection. Not pre-vote alone: a peer that won one and lost its vote requests
-    # stays above the leader for good (docs/safety.md), and settle() would fail.
+    # stays above the leader for good (scenario 47), and settle() would fail.
     config = RaftModelConfig(reply_to_stale_leader=seed % 3 != 1, pre_vote=seed % 3 == 0,
                              require_connection=seed % 5 != 0)
     h = Harness(seed, voters, members, config, **kwargs)  # type: ignore[arg-type]

@@ -332,6 +332,35 @@ def test_a_follower_cut_from_the_leader_deposes_it_only_without_pre_vote(
         assert max(p.term for p in h.cluster) > term and leader.leader_term() is None
 
 
+@pytest.mark.parametrize("reply", [True, False])
+def test_a_voter_that_won_a_pre_vote_but_lost_its_vote_requests(reply: bool) -> None:
+    """Scenario 47 in the bare model: it stands above the leader, which the others
+    follow; only telling the leader its term (reply_to_stale_leader) gets it back."""
+    h = Harness(32, voters=3, config=RaftModelConfig(reply_to_stale_leader=reply))
+    leader = elect(h)
+    ahead, behind = others(h, leader)
+    term = leader.term
+    h.net.cut(leader.name, behind.name)
+    entry = h.propose(leader.name)  # committed by the leader and `ahead` only
+    until(h, lambda: status(entry) is ProposeStatus.COMMITTED, 0.5)
+    h.net.cut(leader.name, ahead.name)
+    h.cluster.lost_vote_requests.add(ahead.name)
+    until(h, lambda: ahead.term > term, 0.5)  # `behind` said yes; nobody heard the votes
+    assert behind.term == term  # its own pre-votes: `ahead` has the longer log
+    h.net.heal_all()
+    h.cluster.lost_vote_requests.clear()
+    h.run(h.now + 3.0)
+    new = h.propose(h.cluster.leader().name)  # type: ignore[union-attr]
+    h.run(h.now + 0.5)
+    assert status(new) is ProposeStatus.COMMITTED
+    if reply:
+        assert ahead.leader is not None and ahead.commit_index >= new.outcome.index  # type: ignore[union-attr]
+    else:  # stuck: the leader keeps its term, `ahead` applies nothing more
+        assert leader.leader_term() == term and ahead.leader is None
+        assert ahead.commit_index < new.outcome.index  # type: ignore[union-attr]
+    assert not h.violations
+
+
 # ---------------------------------------------------------------- process faults
 
 
