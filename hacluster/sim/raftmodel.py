@@ -42,6 +42,8 @@ RaftPeer, the public part:
   up to the persisted commit index come back with commit_term 0 (unknown).
 * ReadIndex: `read_mark() -> ReadMark(term, commit_index, seq) | None`, `echoes()`,
   `read_confirmed(mark)`, `heartbeat()`; see raftlead.py for why echoes are sound.
+* elections with pre-vote (raftprevote.py, the daemon's raft/prevote.py rules) unless
+  `RaftModelConfig.pre_vote` is off; TimeoutNow and `stand_for_election` skip it.
 * `transfer_leadership() -> bool` (TimeoutNow to the most up-to-date voter),
   `match_index()`.
 * process faults: `crash()`, `restart(rebuild=False, log_prefix=None, term=None,
@@ -52,6 +54,8 @@ members), `leaders()`, `leader()`, `connected(a, b)`, `listeners` (RaftListener:
 of role changes and faults, commits, applies; raftcheck.RaftChecker is one). It
 reserves its channel on the SimNet ("raft"): `net.due(now)` leaves it alone. A crashed
 peer refuses connections: messages to it are dropped, also after its restart.
+`lost_vote_requests`: peers whose RequestVotes are dropped (a script's cut that falls
+right between a won pre-vote and the election).
 
 Not modelled: snapshots and log compaction, membership changes, disk latency and fsync
 loss (a crash keeps everything appended), connection timeouts (a TCP connection is
@@ -71,6 +75,7 @@ from hacluster.sim.raftmsgs import (
     AppliedRecord,
     Entry,
     RaftModelConfig,
+    RequestVote,
     Role,
     SimProposeResult,
     Status,
@@ -132,6 +137,7 @@ class RaftCluster:
         self.now = start
         net.reserve(self.config.channel)
         self.listeners: list[RaftListener] = []
+        self.lost_vote_requests: set[str] = set()
         self._timers: list[tuple[float, int, RaftPeer, int]] = []
         self._timer_seq = 0
         self.peers: dict[str, RaftPeer] = {}
@@ -225,6 +231,9 @@ class RaftCluster:
 
     def send(self, src: str, dst: str, msg: object) -> None:
         # A crashed process refuses connections: nothing sent now reaches its next life.
+        if self.lost_vote_requests and src in self.lost_vote_requests and \
+                isinstance(msg, RequestVote):
+            return
         if self.peers[dst].status is not Status.DOWN:
             self.net.send(self.now, src, dst, self.config.channel, msg)
 

@@ -34,6 +34,10 @@ class RaftModelConfig:
     # pysyncobj stands for election only while connected (TCP, both ways) to some peer:
     # an isolated peer does not inflate its term.
     require_connection: bool = True
+    # Pre-vote (raft/prevote.py): a peer whose election timer ran out asks the voters
+    # first and stands only with a majority of yeses (sim/raftprevote.py). False: bare
+    # pysyncobj, every timeout starts an election.
+    pre_vote: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.election_min_s <= self.election_max_s:
@@ -148,6 +152,22 @@ class RequestVote:
 class VoteReply:
     term: int
     granted: bool
+
+
+@dataclass(slots=True)
+class PreVoteAsk:
+    """raft/prevote.py ASK: would you vote for me in `term`? (changes no term)"""
+
+    term: int
+    last_index: int
+    last_term: int
+
+
+@dataclass(slots=True)
+class PreVoteYes:
+    """raft/prevote.py YES: I would, in `term`."""
+
+    term: int
 
 
 @dataclass(slots=True)

@@ -7,7 +7,8 @@ TimeoutNow, read-only members, and (for rebuilt peers) abstaining until caught u
 
 Leader-side replication lives in raftlead.py (`Leading`), proposals and the apply stream
 in raftapply.py (`Proposing`); this module holds the peer's state, timers, the follower
-and candidate rules, and process faults.
+and candidate rules, and process faults. Pre-vote, before an election, is in
+raftprevote.py (`PreVoting`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from hacluster.sim.raftmsgs import (
     Forward,
     ForwardReply,
     OnDone,
+    PreVoteAsk,
+    PreVoteYes,
     RequestVote,
     Role,
     Status,
@@ -36,6 +39,7 @@ from hacluster.sim.raftmsgs import (
     TimeoutNow,
     VoteReply,
 )
+from hacluster.sim.raftprevote import PreVoting
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,7 +49,7 @@ if TYPE_CHECKING:
 _NEVER = float("inf")
 
 
-class RaftPeer(Proposing, Leading):
+class RaftPeer(Proposing, Leading, PreVoting):
     """One peer; its public methods are listed in raftmodel.py's docstring."""
 
     def __init__(self, cluster: RaftCluster, name: str, voter: bool) -> None:
@@ -96,6 +100,7 @@ class RaftPeer(Proposing, Leading):
         self._timeout = 0.0  # the election timeout drawn last
         self._catchup_target: int | None = None
         self._reset_proposals()
+        self._reset_pre_vote()
         self._election_at = _NEVER
         self._heartbeat_at = _NEVER
         self._reset_leading()
@@ -221,6 +226,7 @@ class RaftPeer(Proposing, Leading):
         self._heartbeat_at = _NEVER
         self._reset_election_timer(self._c.now)
         if was_leader:
+            self._pre_vote_after_leading()
             self._note("stepped-down", self.term)
 
     def _set_leader(self, name: str | None) -> None:
@@ -239,14 +245,19 @@ class RaftPeer(Proposing, Leading):
         if not self.voter or self.abstaining or self.role is Role.LEADER:
             self._election_at = _NEVER
             return
+        won = self._pre_vote_won()
         if self._c.config.require_connection and not self._c.connected_to_anyone(self.name):
             self._election_at = now + self._c.config.heartbeat_s  # look again soon
+            return
+        if self._c.config.pre_vote and not won:
+            self._ask_pre_vote(now)  # raftprevote.py: the election waits for a majority
             return
         self._start_election(now)
 
     def stand_for_election(self) -> bool:
-        """Start an election now, as if the election timer fired (for scripted scenarios;
-        ignores the connection rule). False if this peer may not stand."""
+        """Start an election now, as if the election timer fired and pre-vote was won
+        (for scripted scenarios; ignores the connection rule). False if this peer may
+        not stand."""
         if not self.voter or self.abstaining or self.status is not Status.UP:
             return False
         self._start_election(self._c.now)
@@ -300,13 +311,15 @@ class RaftPeer(Proposing, Leading):
             self._count_votes(now)
 
     def _on_timeout_now(self, src: str, m: TimeoutNow, now: float) -> None:
-        # pysyncobj: only from the leader we follow, only a voter that may stand.
+        # pysyncobj: only from the leader we follow, only a voter that may stand; no
+        # pre-vote (raft/prevote.py: the leader asked for it).
         if m.term >= self.term and src == self.leader and self.voter and not self.abstaining:
             self._start_election(now)
 
     # ------------------------------------------------------------ following
 
     def _on_append(self, src: str, m: AppendEntries, now: float) -> None:
+        self._leader_heard(m.term, now)
         if m.term == self.term and src == self.leader and self.role is Role.FOLLOWER:
             self._reset_election_timer(now, redraw=False)  # the usual heartbeat
         elif not self._follow(src, m, now):
@@ -516,6 +529,8 @@ class RaftPeer(Proposing, Leading):
             AppendReply: self._on_append_reply,
             RequestVote: self._on_request_vote,
             VoteReply: self._on_vote_reply,
+            PreVoteAsk: self._on_pre_vote_ask,
+            PreVoteYes: self._on_pre_vote_yes,
             TimeoutNow: self._on_timeout_now,
             AllowRelay: self._on_allow_relay,
             AnswerCarry: self._on_answer_carry,

@@ -11,6 +11,8 @@ events.txt, one per line, `#` starts a comment:
     TIME cut|restore A B [one-way]                  (all links between A and B)
     TIME loss A B PERCENT                            (both ways; 0 heals it)
     TIME partition H1,H2 H3,H4,H5
+    TIME vote-requests HOST lost|delivered          (its Raft RequestVotes only: a cut that
+                                                     falls between its pre-vote and its election)
     TIME clock HOST SECONDS                          (its wall clock steps to this skew)
     TIME bmc HOST works|unreachable|slow|slow-ok|already-off|bad-credentials|frozen|lies
     TIME bmc-fails HOST N                            (its next N commands fail, then it works)
@@ -33,6 +35,7 @@ events.txt, one per line, `#` starts a comment:
     TIME expect outlet-offs ADDRESS N   (power-offs of that fence device)
     TIME expect halted HOST         (its peer stopped at an entry it cannot read)
     TIME expect leader HOST TERM    (the peer that leads now, and in which term)
+    TIME expect term HOST TERM      (the current Raft term of HOST's peer)
     TIME upgrade HOST               (its peer restarts as this release)
     TIME force fence-hold HOST REASON   (proposed past the version gate)
 
@@ -69,6 +72,7 @@ from hacluster.fsm.model import (
 from hacluster.fsm.states import HostState
 from hacluster.fsm.wire import WireError, decode_fields
 from hacluster.sim.fakes import BmcMode, SimBmc
+from hacluster.sim.raftmsgs import RaftModelConfig
 from hacluster.sim.world import World
 
 
@@ -147,8 +151,10 @@ def _decode(cls: type, fields: dict[str, Any], path: Path) -> Any:
         raise ScenarioError(f"{path}: {exc}") from None
 
 
-def run_scenario(directory: Path) -> Outcome:
-    world = World()
+def run_scenario(directory: Path, raft_config: RaftModelConfig | None = None) -> Outcome:
+    """raft_config: another Raft model than production's (a test shows a scenario fail
+    without a fix); expected.log is written with the default."""
+    world = World(raft_config=raft_config)
     cluster_file = directory / "cluster.toml"
     doc, duration = load_cluster(world, cluster_file)
     bootstrap(world, doc, cluster_file)
@@ -227,6 +233,7 @@ def _net(world: World, args: list[str], verb: str) -> None:
     elif verb == "heal-all":
         net.heal_all(quality=True)
         world.lease_blocked.clear()
+        world.raft.lost_vote_requests.clear()
         world.note("net: all partitions and faults healed")
     elif verb in ("cut-link", "restore-link"):
         if verb == "cut-link":
@@ -245,6 +252,11 @@ def _net(world: World, args: list[str], verb: str) -> None:
     elif verb == "partition":
         net.partition(*(g.split(",") for g in args))
         world.note(f"net: partition {' | '.join(args)}")
+    elif verb == "vote-requests":
+        lost = {"lost": True, "delivered": False}[args[1]]
+        (world.raft.lost_vote_requests.add if lost else world.raft.lost_vote_requests.discard)(
+            args[0])
+        world.note(f"net {args[0]}: its Raft vote requests are {args[1]}")
 
 
 def _process(world: World, args: list[str], verb: str) -> None:
@@ -339,7 +351,7 @@ def _crash(world: World, args: list[str], verb: str) -> None:
 ACTIONS: dict[str, Any] = {
     **{v: (lambda w, a, v=v: _net(w, a, v)) for v in (
         "isolate", "heal", "heal-all", "cut-link", "restore-link", "cut", "restore", "loss",
-        "partition")},
+        "partition", "vote-requests")},
     **{v: (lambda w, a, v=v: _process(w, a, v)) for v in (
         "kill-peer", "stop-peer", "restart-peer", "pause", "resume", "lease-block", "lease-unblock",
         "clock", "upgrade")},
@@ -443,6 +455,9 @@ def expect(world: World, args: list[str]) -> str:
             leader = world.leader
             got = f"{leader} in term {world.hosts[leader].peer.raft.term}" if leader else "none"
             ok = got == f"{host} in term {term}"
+        case ["term", host, term]:
+            got = str(world.hosts[host].peer.raft.term)
+            ok = got == term
         case ["outlet-offs", address, count]:
             outlet = world.outlets.get(address)
             got = str(sum(1 for _, what in outlet.log if what == "off") if outlet else 0)

@@ -227,6 +227,7 @@ def test_maybe_when_the_deadline_passes() -> None:
 def test_forward_refused_by_a_deposed_leader_never_enters_a_log() -> None:
     h = Harness(13, voters=3)
     leader = elect(h)
+    until(h, lambda: all(m == len(leader.log) for m in leader.match_index().values()), 0.2)
     follower, target = others(h, leader)  # transfer picks the higher name on a tie
     h.net.set_path(follower.name, leader.name, delay=(0.05, 0.05))  # a slow forward
     h.net.cut(target.name, follower.name)  # the follower misses the new term for now
@@ -264,7 +265,7 @@ def test_leadership_transfer_hands_over_at_once() -> None:
     follower = others(h, leader)[0]
     term = leader.term
     assert not follower.transfer_leadership()
-    assert leader.transfer_leadership()
+    assert leader.transfer_leadership()  # no pre-vote: the others just heard the leader
     took = until(h, lambda: any(p.leader_term() == term + 1 for p in h.cluster), 0.1)
     assert took < 0.05
     until(h, lambda: leader.leader_term() is None, 0.05)
@@ -310,6 +311,56 @@ def test_every_size_elects_and_commits(voters: int) -> None:
     assert not h.violations
 
 
+# ---------------------------------------------------------------- pre-vote
+
+
+@pytest.mark.parametrize("pre_vote", [True, False])
+def test_a_follower_cut_from_the_leader_deposes_it_only_without_pre_vote(
+        pre_vote: bool) -> None:
+    h = Harness(31, voters=3, config=RaftModelConfig(pre_vote=pre_vote))
+    leader = elect(h)
+    cut, _ = others(h, leader)
+    term = leader.term
+    h.net.cut(leader.name, cut.name)  # it still reaches the other follower
+    h.run(h.now + 1.5)
+    if pre_vote:  # it asked; the other follower hears the leader and says no
+        assert cut._prevote.term == term + 1
+        assert leader.leader_term() == term and max(p.term for p in h.cluster) == term
+        h.net.heal_all()
+        until(h, lambda: cut.leader == leader.name, 0.5)
+    else:
+        assert max(p.term for p in h.cluster) > term and leader.leader_term() is None
+
+
+@pytest.mark.parametrize("reply", [True, False])
+def test_a_voter_that_won_a_pre_vote_but_lost_its_vote_requests(reply: bool) -> None:
+    """Scenario 47 in the bare model: it stands above the leader, which the others
+    follow; only telling the leader its term (reply_to_stale_leader) gets it back."""
+    h = Harness(32, voters=3, config=RaftModelConfig(reply_to_stale_leader=reply))
+    leader = elect(h)
+    ahead, behind = others(h, leader)
+    term = leader.term
+    h.net.cut(leader.name, behind.name)
+    entry = h.propose(leader.name)  # committed by the leader and `ahead` only
+    until(h, lambda: status(entry) is ProposeStatus.COMMITTED, 0.5)
+    h.net.cut(leader.name, ahead.name)
+    h.cluster.lost_vote_requests.add(ahead.name)
+    until(h, lambda: ahead.term > term, 0.5)  # `behind` said yes; nobody heard the votes
+    assert behind.term == term  # its own pre-votes: `ahead` has the longer log
+    h.net.heal_all()
+    h.cluster.lost_vote_requests.clear()
+    h.run(h.now + 3.0)
+    new = h.propose(h.cluster.leader().name)  # type: ignore[union-attr]
+    h.run(h.now + 0.5)
+    assert status(new) is ProposeStatus.COMMITTED
+    if reply:
+        assert ahead.leader is not None and ahead.commit_index >= new.outcome.index  # type: ignore[union-attr]
+    else:  # stuck: the leader keeps its term, `ahead` applies nothing more
+        assert leader.leader_term() == term and ahead.leader is None
+        assert ahead.commit_index < new.outcome.index  # type: ignore[union-attr]
+    assert not h.violations
+
+
 # ---------------------------------------------------------------- process faults
 
 
@@ -334,8 +385,9 @@ def test_restart_replays_from_the_start_with_unknown_commit_terms() -> None:
     assert not h.violations
 
 
-def test_rebuilt_peer_neither_votes_nor_stands_until_caught_up() -> None:
-    h = Harness(19, voters=3)
+@pytest.mark.parametrize("pre_vote", [True, False])
+def test_rebuilt_peer_neither_votes_nor_stands_until_caught_up(pre_vote: bool) -> None:
+    h = Harness(19, voters=3, config=RaftModelConfig(pre_vote=pre_vote))
     leader = elect(h)
     for _ in range(3):
         h.propose(leader.name)
@@ -348,7 +400,11 @@ def test_rebuilt_peer_neither_votes_nor_stands_until_caught_up() -> None:
     assert rebuilt.term == term  # the meta file (term, vote) is kept
     h.run(h.now + 3.0)
     assert h.cluster.leader() is None  # the other cannot win without the rebuilt vote
-    assert rebuilt.voted_for is None and rebuilt.role is Role.FOLLOWER
+    assert rebuilt.role is Role.FOLLOWER
+    if pre_vote:  # the rebuilt peer answers no pre-vote: the other never stands
+        assert max(p.term for p in h.cluster) == term
+    else:  # the other stood in ever higher terms; the rebuilt peer voted in none
+        assert rebuilt.term > term and rebuilt.voted_for is None
     leader.restart()
     until(h, lambda: not rebuilt.abstaining, 3.0)
     assert rebuilt.commit_index >= 4

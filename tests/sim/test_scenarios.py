@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from hacluster.cli.main import main, shipped_scenarios
+from hacluster.sim.raftmsgs import RaftModelConfig
 from hacluster.sim.scenario import ScenarioError, run_scenario
 
 SCENARIOS = shipped_scenarios()
@@ -23,6 +24,23 @@ def test_scenario_matches_expected_timeline(directory: Path) -> None:
     assert (directory / "expected.log").exists(), "run hacluster sim --all --rewrite"
     assert outcome.mismatch == "", outcome.mismatch
     assert "expect " in outcome.timeline  # every scenario checks something
+
+
+def test_the_stuck_voter_scenario_fails_without_telling_a_stale_leader() -> None:
+    """Scenario 47 catches the hole: with pysyncobj's silence towards a leader of a lower
+    term, the voter that stood above it (a won pre-vote, its vote requests lost) stays
+    there, and the VM placed on its host never starts. Without pre-vote it heals itself
+    (its next election deposes the leader): the hole needs both."""
+    directory = next(p for p in SCENARIOS if p.name.startswith("47-"))
+    stuck = run_scenario(directory, RaftModelConfig(reply_to_stale_leader=False))
+    assert not any("expected term" in f for f in stuck.failures), stuck.failures  # it stood
+    assert any("expected running g h3, got nowhere" in f for f in stuck.failures), \
+        stuck.failures
+    assert any("expected leader h3 4, got h1 in term 2" in f for f in stuck.failures), \
+        stuck.failures
+    healed = run_scenario(directory, RaftModelConfig(reply_to_stale_leader=False,
+                                                     pre_vote=False))
+    assert not any(" g " in f for f in healed.failures), healed.failures
 
 
 def test_cli_reports_a_diverging_timeline(tmp_path: Path,
