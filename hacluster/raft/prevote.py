@@ -36,13 +36,14 @@ class PreVote:
     term: int = 0  # the term of the round under way (0: none)
     yeses: set[str] = field(default_factory=set)  # voters that said yes, this peer included
     won: bool = False  # a majority said yes: the next election may start
+    started_at: float = float("-inf")  # when the round under way began
 
     def leader_heard(self, now: float) -> None:
         self.heard_leader_at = now
 
-    def start(self, me: str, term: int) -> None:
+    def start(self, me: str, term: int, now: float) -> None:
         """A round for `term` (the current term + 1); this peer says yes to itself."""
-        self.term, self.yeses, self.won = term, {me}, False
+        self.term, self.yeses, self.won, self.started_at = term, {me}, False, now
 
     def answer(self, now: float, leading: bool, ours: tuple[int, int],
                theirs: tuple[int, int]) -> bool:
@@ -51,10 +52,15 @@ class PreVote:
             return False
         return theirs >= ours
 
-    def yes(self, voter: str, term: int, voters: int) -> bool:
+    def yes(self, voter: str, term: int, voters: int, current_term: int) -> bool:
         """A yes arrived; True once a majority of `voters` (this peer included) said yes
-        in the round under way."""
-        if term != self.term or self.term == 0:
+        in the round under way. A round is void once this peer's term moved on (it voted
+        for another in the term it asked about) or it heard a leader after the round
+        began: a late yes would otherwise start an election against the leader it
+        follows, in the term after that leader's, and depose it (seen at a lab cluster's
+        start: a leader of term 1 deposed by a peer that stood in term 2)."""
+        if term != self.term or self.term == 0 or current_term + 1 != self.term or \
+                self.heard_leader_at >= self.started_at:
             return False
         self.yeses.add(voter)
         if len(self.yeses) * 2 > voters:
@@ -98,8 +104,9 @@ class PreVoting:
         self._ha_set_election_deadline(now + self._SyncObj__generateRaftTimeout())
         self._SyncObj__raftLeader = None  # as an election would: we lost it
         me = self._SyncObj__selfNode.id
-        pre.start(me, self._SyncObj__raftCurrentTerm + 1)
-        if pre.yes(me, pre.term, len(self._SyncObj__otherNodes) + 1):
+        term = self._SyncObj__raftCurrentTerm
+        pre.start(me, term + 1, now)
+        if pre.yes(me, pre.term, len(self._SyncObj__otherNodes) + 1, term):
             self._ha_set_election_deadline(0.0)  # alone: nobody to ask
             return
         ask = {"type": ASK, "term": pre.term,
@@ -120,7 +127,8 @@ class PreVoting:
         if node not in self._SyncObj__otherNodes or not isinstance(term, int):
             return  # a member or a stranger, or malformed
         if message.get("type") == YES:
-            if self._ha_prevote.yes(node.id, term, len(self._SyncObj__otherNodes) + 1):
+            if self._ha_prevote.yes(node.id, term, len(self._SyncObj__otherNodes) + 1,
+                                    self._SyncObj__raftCurrentTerm):
                 self._ha_set_election_deadline(0.0)
             return
         index, last = message.get("last_log_index"), message.get("last_log_term")

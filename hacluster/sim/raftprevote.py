@@ -77,8 +77,8 @@ class PreVoting:
         self._reset_election_timer(now)
         self._set_leader(None)  # as an election would: we lost it
         pre = self._prevote
-        pre.start(self.name, self.term + 1)
-        if pre.yes(self.name, pre.term, len(self._c.voters)):
+        pre.start(self.name, self.term + 1, now)
+        if pre.yes(self.name, pre.term, len(self._c.voters), self.term):
             self._election_due(now)  # alone: nobody to ask
             return
         last = len(self.log)
@@ -100,5 +100,6 @@ class PreVoting:
             self._c.send(self.name, src, PreVoteYes(m.term))
 
     def _on_pre_vote_yes(self, src: str, m: PreVoteYes, now: float) -> None:
-        if src in self._c.voters and self._prevote.yes(src, m.term, len(self._c.voters)):
+        if src in self._c.voters and \
+                self._prevote.yes(src, m.term, len(self._c.voters), self.term):
             self._election_due(now)

@@ -18,6 +18,7 @@ from hacluster.sim.raftmodel import (
     SimProposeResult,
     Status,
 )
+from hacluster.sim.raftmsgs import PreVoteYes
 
 from .raftharness import Harness, Proposal
 
@@ -330,6 +331,22 @@ def test_a_follower_cut_from_the_leader_deposes_it_only_without_pre_vote(
         until(h, lambda: cut.leader == leader.name, 0.5)
     else:
         assert max(p.term for p in h.cluster) > term and leader.leader_term() is None
+
+
+def test_a_late_pre_vote_yes_does_not_depose_the_leader_it_follows() -> None:
+    """A follower asked about term T before it voted for the leader of T (a cluster's
+    start); the other voter's yes arrives once it follows that leader. Counting it would
+    have it stand in T + 1 and depose a healthy leader (seen in CI: raft/prevote.py)."""
+    h = Harness(33, voters=3)
+    leader = elect(h)
+    until(h, lambda: all(p.leader == leader.name for p in others(h, leader)), 0.5)
+    late, other = others(h, leader)
+    term = leader.term
+    late._prevote.start(late.name, term, h.now - 0.5)  # asked while still in term - 1
+    late._on_pre_vote_yes(other.name, PreVoteYes(term), h.now)
+    h.run(h.now + 1.0)
+    assert leader.leader_term() == term and max(p.term for p in h.cluster) == term
+    assert not h.violations
 
 
 @pytest.mark.parametrize("reply", [True, False])
