@@ -683,7 +683,7 @@ class SimPeer:
 
             self.world.at(DELAYS["stop"], done)
 
-        from hacluster.sim.world import DELAYS  # (world imports this module)
+        from hacluster.sim.machines import DELAYS  # (it imports this module)
 
         if waves:
             run(waves)

@@ -11,9 +11,7 @@ import heapq
 import itertools
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from hacluster.core import agent as ag
 from hacluster.core.fencelevels import fence_plan
 from hacluster.core.manager import RunFence
 from hacluster.core.silence import ProbePower
@@ -24,83 +22,15 @@ from hacluster.fsm import events as ev
 from hacluster.fsm.codec import decode_command
 from hacluster.fsm.events import Event
 from hacluster.fsm.model import FenceAction, HostRole
-from hacluster.sim.fakes import BmcMode, FakeHypervisor, SimBmc, bmc_plan, probe_plan
+from hacluster.sim.fakes import BmcMode, SimBmc, bmc_plan, probe_plan
+from hacluster.sim.hypervisors import run_hypervisor_action
 from hacluster.sim.invariants import Observer
 from hacluster.sim.levels import LevelWalk
+from hacluster.sim.machines import Attempt, HypervisorAction, SimHost, VmFaults
 from hacluster.sim.net import SimNet
 from hacluster.sim.peer import LEASE_CHANNEL, SimPeer
 from hacluster.sim.raftmodel import RaftCluster, RaftModelConfig
 from hacluster.sim.storage import SimStorage
-
-DELAYS = {"start": 0.4, "stop": 0.2, "migrate": 0.6}
-HypervisorAction = ag.StartVm | ag.StopVm | ag.DestroyVm | ag.MigrateVm
-
-
-@dataclass
-class VmFaults:
-    """Hypervisor operations that fail: vm -> times left (-1: always), or only on a host."""
-
-    start: dict[str, int] = field(default_factory=dict)
-    stop: dict[str, int] = field(default_factory=dict)
-    migrate: dict[str, int] = field(default_factory=dict)
-    start_on: set[tuple[str, str]] = field(default_factory=set)  # (vm, host)
-
-    def fails(self, op: str, vm: str, host: str) -> bool:
-        if op == "start" and (vm, host) in self.start_on:
-            return True
-        table: dict[str, int] = getattr(self, op)
-        left = table.get(vm, 0)
-        if left == 0:
-            return False
-        if left > 0:
-            table[vm] = left - 1
-        return True
-
-    def clear(self) -> None:
-        self.start.clear()
-        self.stop.clear()
-        self.migrate.clear()
-        self.start_on.clear()
-
-
-@dataclass(eq=False)
-class _Attempt:
-    """A fence attempt in flight (world.run_fence)."""
-
-    peer: SimPeer
-    order: RunFence
-    term: int
-    gives_up: float  # a dark BMC: when the client stops asking for a session
-    deadline: float  # the attempt's hard deadline
-    generation: int
-    plans: int = 0  # how many times it was planned (a BMC back from the dark: again)
-
-
-@dataclass
-class SimHost:
-    """One machine: its power, BMC, hypervisor and the peer process on it."""
-
-    name: str
-    role: HostRole
-    memory_mib: int
-    vcpus: int
-    links: tuple[str, ...]
-    peer: SimPeer
-    bmc: SimBmc = field(default_factory=SimBmc)
-    hyper: FakeHypervisor = field(default_factory=FakeHypervisor)
-    powered: bool = True
-    held_lease: list[tuple[str, str, bytes]] = field(default_factory=list)  # while paused
-    # A hardware watchdog (timeout_s, self_fence_s of its peer's configuration), outside
-    # the peer process: armed and last fed survive a crash of the peer, not a power cut.
-    watchdog: tuple[float, float] | None = None
-    watchdog_armed: bool = False
-    watchdog_fed_at: float = 0.0
-    storage: tuple[str, ...] = ()  # shared storage directories its peer writes heartbeats to
-
-    @property
-    def votes(self) -> bool:
-        return self.role is not HostRole.MEMBER
-
 
 REBOOT_S = 30.0  # a machine a watchdog reset boots again after this long
 
@@ -121,7 +51,7 @@ class World:
         self.outlets: dict[str, SimBmc] = {}  # fence devices by address (sim/levels.py)
         self.observer = Observer()
         self.vm_faults = VmFaults()
-        self._dark: list[_Attempt] = []  # fence attempts waiting on a dark BMC
+        self._dark: list[Attempt] = []  # fence attempts waiting on a dark BMC
         self.lease_blocked: set[str] = set()  # hosts whose lease port a firewall drops
         self.disk_leases = False  # libvirt's lock manager: a disk held elsewhere refuses a start
         self.storage = SimStorage()  # shared storage (sim/storage.py)
@@ -288,10 +218,10 @@ class World:
         deadline = peer.proc.state.settings.fence_timeout_s
         self.note(f"bmc {order.host}: {order.action.value} requested by {peer.name} (token "
                   f"{order.token}, BMC {target.bmc.mode.value})")
-        self._attempt(_Attempt(peer, order, term, self.now + min(5.0, deadline),
+        self._attempt(Attempt(peer, order, term, self.now + min(5.0, deadline),
                                self.now + deadline, peer.proc.generation))
 
-    def _attempt(self, a: _Attempt) -> None:
+    def _attempt(self, a: Attempt) -> None:
         """Plan what the BMC does now; a dark BMC keeps the attempt waiting for a
         session until it gives up, and answers it if it comes back meanwhile
         (`set_bmc_mode`), as a real client's session retries do."""
@@ -480,63 +410,7 @@ class World:
     # ------------------------------------------------------------ the hypervisor
 
     def hypervisor_action(self, peer: SimPeer, action: HypervisorAction) -> None:
-        host = self.hosts[peer.name]
-        if isinstance(action, ag.DestroyVm):
-            host.hyper.domains.pop(action.name, None)
-            self.note(f"agent {peer.name}: destroyed {action.name} ({action.reason})")
-            return
-        op = {ag.StartVm: "start", ag.StopVm: "stop", ag.MigrateVm: "migrate"}[type(action)]
-        if op == "start":
-            self.observer.start_decided(action.name, peer.name, self.now, self.truth(),
-                                        host.hyper.live())
-            self.observer.start_in_order(action.name, peer.name, self.now, self.truth(), {
-                vm for h in self.hosts.values() if h.powered for vm in h.hyper.live()})
-        peer.proc.busy.add(action.name)
-        generation = peer.proc.generation
-
-        def done() -> None:
-            if not host.powered:
-                return
-            report = self._finish(host, op, action)
-            if peer.proc.generation == generation:
-                peer.proc.busy.discard(action.name)
-                if report is not None:
-                    peer.report(report)
-
-        self.at(DELAYS[op], done)
-
-    def _finish(self, host: SimHost, op: str, action: HypervisorAction) -> c.Command | None:
-        name, placement = action.name, getattr(action, "placement", 0)
-
-        def report(observed: str, detail: str = "") -> c.Command:
-            return c.VmReport(name=name, host=host.name, placement=placement,
-                              observed=observed, detail=detail)
-
-        if self.vm_faults.fails(op, name, host.name):
-            return report(f"{op}-failed", "sim fault")
-        holders = [h.name for h in self.hosts.values() if op == "start" and self.disk_leases
-                   and h is not host and h.powered and name in h.hyper.live()]
-        if holders:
-            self.note(f"agent {host.name}: start of {name} refused, its disk is leased "
-                      f"on {holders[0]}")
-            return report("start-locked", f"sim: disk lease held on {holders[0]}")
-        if op == "start":
-            self.observer.vm_started(name, host.name, self.now)
-            host.hyper.domains[name] = ag.DomainState.RUNNING
-            self.note(f"agent {host.name}: started {name}")
-            return report("started")
-        if op == "stop":
-            host.hyper.domains.pop(name, None)
-            self.note(f"agent {host.name}: stopped {name}")
-            return report("stopped")
-        target_name = getattr(action, "target", "")
-        target = self.hosts.get(target_name)
-        if target is None or not target.powered or name not in host.hyper.domains or \
-                not self.net.reachable(host.name, target_name):
-            return report("migrate-failed", "sim: target unreachable")
-        target.hyper.domains[name] = host.hyper.domains.pop(name)
-        self.note(f"agent {host.name}: migrated {name} to {target_name}")
-        return report("migrated")
+        run_hypervisor_action(self, peer, action)
 
     # ------------------------------------------------------------ operators
 
