@@ -70,7 +70,8 @@ REFUSALS = {
     "not_member": "has the secret but is not a member (says it is {detail})",
     "bad_message": "undecodable message on an established connection",
     "handshake_dropped": "it closed our connection during the handshake (another cluster "
-                         "secret, or not a hacluster peer?)",
+                         "secret, not a hacluster peer, or too busy to answer within its "
+                         "handshake timeout: its own log says which)",
 }
 
 
