@@ -87,8 +87,18 @@ def _colocation(state: ClusterState, vm: Vm) -> list[str]:
         return []
     others = relations.mates(state, vm)
     shown = ", ".join(f"{m.name} ({m.host or m.state.value})" for m in others) or "no other"
-    return [f"colocation group {vm.colocation}: kept on one host with {shown}; the group "
-            "moves together"]
+    lines = [f"colocation group {vm.colocation}: kept on one host with {shown}; the group "
+             "moves together"]
+    running = {m.host for m in others if m.state is VmState.STARTED and m.host}
+    apart = sorted(running - {vm.host})
+    if vm.state is VmState.STARTED and apart:
+        # the group was set (or a member added) after its members were placed apart
+        how = f"; now: hactl vm migrate {vm.name} {apart[0]}" if running == {apart[0]} \
+            else ""
+        lines.append(f"not together yet: {vm.name} runs on {vm.host}, other members on "
+                     f"{', '.join(apart)}; the group comes together when it is next placed "
+                     f"(a failover, a drain){how}")
+    return lines
 
 
 def _tags(state: ClusterState, vm: Vm) -> list[str]:

@@ -84,6 +84,14 @@ def colocated(cl: Cluster) -> None:
     cl.add_vm("web", colocation="pair")
 
 
+def colocated_later(cl: Cluster) -> None:
+    """The group is set after its members were placed on two hosts."""
+    cl.add_vm("db", allowed_hosts=("h1",))
+    cl.add_vm("web", allowed_hosts=("h2",))
+    cl.ok(c.SetVmOptions(name="db", colocation="pair", allowed_hosts=()))
+    cl.ok(c.SetVmOptions(name="web", colocation="pair", allowed_hosts=()))
+
+
 def colocated_too_big(cl: Cluster) -> None:
     """Both fit h2 together; when h2 dies, h1 fits one of them only."""
     cl.add_vm("db", memory_mib=3000, colocation="pair")
@@ -255,6 +263,15 @@ CASES = [
         "host h2 is online: agent ready",
         "if h2 died now: it would go to h1 (most free memory (4096 MiB before placing); "
         "with its colocation group pair (db, web))")),
+    Case("colocation: a group set after its members were placed apart", colocated_later, (
+        "db is started on h1 (placement {p})",
+        "...",
+        "...",
+        "colocation group pair: kept on one host with web (h2); the group moves together",
+        "not together yet: db runs on h1, other members on h2; the group comes together "
+        "when it is next placed (a failover, a drain); now: hactl vm migrate db h2",
+        "...",
+        "...")),
     Case("colocation: a group that fits on no host together waits", colocated_too_big, (
         "db is pending and placed on no host",
         "why: colocation group pair (db, web) fits on no host together: lacks memory for "

@@ -4,6 +4,7 @@ mandatory start order, through real commands applied to a state."""
 from __future__ import annotations
 
 from hacluster.core.agent import DomainState, StartVm, reconcile
+from hacluster.core.explain import explain
 from hacluster.core.versions import admit
 from hacluster.fsm import commands as c
 from hacluster.fsm.codec import decode_command, encode_command
@@ -136,6 +137,21 @@ def test_a_live_migration_of_one_member_is_refused_and_a_drain_moves_the_group()
     cl.ok(c.SetHostMaintenance(name="h2", on=True))
     assert cl.host_state("h2") is HostState.DRAINING
     assert cl.vm("db").target_host == cl.vm("web").target_host == "h1"
+
+
+def test_a_group_set_after_placement_is_brought_together_as_explain_says() -> None:
+    cl = cluster()
+    cl.add_vm("db", allowed_hosts=("h1",))
+    cl.add_vm("web", allowed_hosts=("h2",))
+    cl.ok(c.SetVmOptions(name="db", colocation="pair", allowed_hosts=()))
+    cl.ok(c.SetVmOptions(name="web", colocation="pair", allowed_hosts=()))
+    assert (cl.vm("db").host, cl.vm("web").host) == ("h1", "h2")  # nothing moved by itself
+    hint = [line for line in explain(cl.state, "db") if line.startswith("not together yet")]
+    assert hint and hint[0].endswith("now: hactl vm migrate db h2")
+    cl.ok(c.MigrateVm(name="db", target="h2"))  # what it says works
+    cl.report("db", "migrated")
+    assert cl.vm("db").host == "h2"
+    assert not [line for line in explain(cl.state, "db") if "not together" in line]
 
 
 def test_colocation_and_anti_affinity_with_the_same_member_are_refused() -> None:
