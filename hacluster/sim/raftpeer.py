@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from hacluster.sim.raftmodel import RaftCluster
 
 _NEVER = float("inf")
+TELL_TERM_EVERY_S = 1.0  # raft/transport.py `_tell_term_if_stale`: at most once a second
 
 
 class RaftPeer(Proposing, Leading, PreVoting):
@@ -98,6 +99,7 @@ class RaftPeer(Proposing, Leading, PreVoting):
         self._carried: dict[str, tuple[int, int]] = {}  # voter -> its answer to pass on
         self._carry_at = self._c.now + CARRY_EVERY_S if self.carry_answers else _NEVER
         self._timeout = 0.0  # the election timeout drawn last
+        self._term_told: dict[str, float] = {}  # stale leader -> when we last told it
         self._catchup_target: int | None = None
         self._reset_proposals()
         self._reset_pre_vote()
@@ -361,7 +363,10 @@ class RaftPeer(Proposing, Leading, PreVoting):
             # A rebuilt peer may have kept a term above the leader's (its meta file) and
             # would never catch up: it says its term (raft/transport.py does the same),
             # so that the cluster elects anew above it.
-            if self._c.config.reply_to_stale_leader or self.abstaining:
+            told = self._term_told.get(src, -_NEVER)
+            if (self._c.config.reply_to_stale_leader or self.abstaining) and \
+                    now - told > TELL_TERM_EVERY_S:
+                self._term_told[src] = now
                 self._c.send(self.name, src, AppendReply(self.term, False, 0, 0, 0))
             return False
         if m.term > self.term:

@@ -4,6 +4,7 @@ peers, restarts, and the Figure 8 rule."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -18,7 +19,7 @@ from hacluster.sim.raftmodel import (
     SimProposeResult,
     Status,
 )
-from hacluster.sim.raftmsgs import PreVoteYes
+from hacluster.sim.raftmsgs import AppendReply, PreVoteYes
 
 from .raftharness import Harness, Proposal
 
@@ -347,6 +348,28 @@ def test_a_late_pre_vote_yes_does_not_depose_the_leader_it_follows() -> None:
     h.run(h.now + 1.0)
     assert leader.leader_term() == term and max(p.term for p in h.cluster) == term
     assert not h.violations
+
+
+def test_a_peer_above_the_leader_tells_it_at_most_once_a_second() -> None:
+    """raft/transport.py `_tell_term_if_stale` answers a stale leader once a second, not
+    at every heartbeat: with its answers lost, the model must not heal faster."""
+    h = Harness(34, voters=3)
+    leader = elect(h)
+    ahead, _ = others(h, leader)
+    h.net.cut(ahead.name, leader.name)  # its answers are lost: the leader keeps sending
+    ahead.term = leader.term + 1
+    told: list[float] = []
+    send = h.cluster.send
+
+    def counting(src: str, dst: str, msg: object) -> None:
+        if (src, dst) == (ahead.name, leader.name) and isinstance(msg, AppendReply):
+            told.append(h.now)
+        send(src, dst, msg)
+
+    h.cluster.send = counting  # type: ignore[method-assign]
+    h.run(h.now + 2.5)
+    assert len(told) == 3, told
+    assert all(b - a > 1.0 for a, b in itertools.pairwise(told))
 
 
 @pytest.mark.parametrize("reply", [True, False])
