@@ -28,7 +28,8 @@ class RaftModelConfig:
     # leader learns the new term only from a RequestVote or the new leader's own
     # AppendEntries, and a peer whose term ran ahead (it stood for an election whose
     # requests a cut dropped) never catches up. The daemon answers with its term
-    # (raft/transport.py `_tell_term_if_stale`), as the dissertation does: True, as it.
+    # (raft/transport.py `_tell_term_if_stale`, at most once a second), as the
+    # dissertation does: True, as it.
     # False models bare pysyncobj (tests/sim/test_raftmodel.py varies it).
     reply_to_stale_leader: bool = True
     # pysyncobj stands for election only while connected (TCP, both ways) to some peer:
