@@ -5,12 +5,15 @@ take, and a fence attempt in flight (sim/world.py drives them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hacluster.core import agent as ag
 from hacluster.core.manager import RunFence
 from hacluster.fsm.model import HostRole
 from hacluster.sim.fakes import FakeHypervisor, SimBmc
-from hacluster.sim.peer import SimPeer
+
+if TYPE_CHECKING:  # (peer.py imports this module)
+    from hacluster.sim.peer import SimPeer
 
 DELAYS = {"start": 0.4, "stop": 0.2, "migrate": 0.6}
 HypervisorAction = ag.StartVm | ag.StopVm | ag.DestroyVm | ag.MigrateVm

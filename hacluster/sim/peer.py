@@ -43,6 +43,7 @@ from hacluster.fsm.events import Event
 from hacluster.fsm.model import FenceResult, HostRole, Watchdog, WatchdogKind
 from hacluster.fsm.states import HostState
 from hacluster.ports import ProposeStatus
+from hacluster.sim.machines import DELAYS
 from hacluster.sim.raftmodel import Status
 from hacluster.sim.storage import CHECKS, INTERVAL_S, READ_TIMEOUT_S
 
@@ -682,8 +683,6 @@ class SimPeer:
                     run(left[1:])
 
             self.world.at(DELAYS["stop"], done)
-
-        from hacluster.sim.machines import DELAYS  # (it imports this module)
 
         if waves:
             run(waves)

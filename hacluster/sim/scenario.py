@@ -253,7 +253,9 @@ def _net(world: World, args: list[str], verb: str) -> None:
         net.partition(*(g.split(",") for g in args))
         world.note(f"net: partition {' | '.join(args)}")
     elif verb == "vote-requests":
-        lost = {"lost": True, "delivered": False}[args[1]]
+        if args[1] not in ("lost", "delivered"):
+            raise ValueError(f"vote-requests takes lost or delivered, got {args[1]!r}")
+        lost = args[1] == "lost"
         (world.raft.lost_vote_requests.add if lost else world.raft.lost_vote_requests.discard)(
             args[0])
         world.note(f"net {args[0]}: its Raft vote requests are {args[1]}")
